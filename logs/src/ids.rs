@@ -1,0 +1,80 @@
+//! 16-byte ids: 8 random bytes per process, then a counter. Unique without coordination.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Every rayr id (object, task, worker, node, job, event) is 16 bytes.
+pub type Id = [u8; 16];
+
+fn process_salt() -> u64 {
+    static SALT: OnceLock<u64> = OnceLock::new();
+    *SALT.get_or_init(|| {
+        let mut b = [0u8; 8];
+        // SAFETY: getrandom writes at most b.len() bytes into b.
+        let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
+        let mut salt = u64::from_le_bytes(b);
+        if n != 8 {
+            salt = (std::process::id() as u64) << 32 ^ now_us() as u64;
+        }
+        salt
+    })
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(1);
+
+/// A new id, unique across processes and hosts with overwhelming probability.
+/// The random half comes first so that id prefixes typed by a user tell processes apart.
+#[inline]
+pub fn new_id() -> Id {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&process_salt().to_be_bytes());
+    id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    id
+}
+
+/// Microseconds since the Unix epoch.
+#[inline]
+pub fn now_us() -> i64 {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    d.as_micros() as i64
+}
+
+/// Lowercase hex of any byte string (ids are displayed this way everywhere).
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[(b >> 4) as usize] as char);
+        s.push(DIGITS[(b & 15) as usize] as char);
+    }
+    s
+}
+
+/// Parses hex into bytes; `None` when the text is not an even run of hex digits.
+pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
+    let s = s.trim();
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_unique_and_round_trip_through_hex() {
+        let a = new_id();
+        let b = new_id();
+        assert_ne!(a, b);
+        assert_eq!(parse_hex(&hex(&a)).unwrap(), a.to_vec());
+        assert_eq!(parse_hex("zz"), None);
+        assert_eq!(parse_hex("abc"), None);
+    }
+}

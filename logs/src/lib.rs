@@ -1,0 +1,32 @@
+//! Where a rayr session keeps its files, and the append-only event log.
+//!
+//! This crate owns the on-disk layout of a session (see ARCHITECTURE.md):
+//!
+//! ```text
+//! $RAYR_TMPDIR (default /tmp/rayr)/
+//!   session_latest -> session_<date>_<pid>/
+//!   session_…/  logs/  events/  sockets/  spilled_objects/
+//! ```
+//!
+//! and the event log format: `events/events-<node>.log` is a sequence of frames, each a
+//! u32 little-endian length followed by one encoded `rayr_proto::Event`. Only the node
+//! agent appends; anyone may read. A torn frame at the tail (a crash mid-write) is
+//! invisible to readers and cut off when the log is next opened for writing, so a killed
+//! process never leaves a log that later appends would corrupt.
+//!
+//! It does not know about processes, sockets or the index built from the log.
+//!
+//! ```no_run
+//! let session = rayr_logs::Session::create(&rayr_logs::tmpdir()).unwrap();
+//! let mut log = rayr_logs::EventLogWriter::open(&session.event_log("ab12")).unwrap();
+//! # let frames: Vec<u8> = vec![];
+//! log.append(&frames).unwrap();
+//! ```
+
+mod event_log;
+mod ids;
+mod session;
+
+pub use event_log::{EventLogReader, EventLogWriter, read_events};
+pub use ids::{Id, hex, new_id, now_us, parse_hex};
+pub use session::{Session, tmpdir};

@@ -1,0 +1,126 @@
+//! rayr's wire contract: every message that crosses a process boundary.
+//!
+//! The schemas live in `proto/schemas/`: `events.proto` (the typed event record),
+//! `core.proto` (the hot-path frames between drivers, workers and node agents) and
+//! `head.proto` (the head's gRPC service). This crate only compiles them; it holds no
+//! logic beyond the frame helpers every transport shares.
+
+#![allow(clippy::large_enum_variant)]
+tonic::include_proto!("rayr");
+
+pub use prost::Message;
+
+/// Appends `msg` to `buf` as one frame: u32 little-endian length, then the encoded bytes.
+pub fn encode_frame<M: Message>(msg: &M, buf: &mut Vec<u8>) {
+    let len = msg.encoded_len();
+    buf.reserve(4 + len);
+    buf.extend_from_slice(&(len as u32).to_le_bytes());
+    msg.encode(buf).expect("Vec<u8> has room");
+}
+
+/// Largest frame any peer may send (1 GiB): a length above it means a corrupt stream.
+pub const MAX_FRAME: usize = 1 << 30;
+
+/// Splits the first complete frame off `buf`: `Ok(Some((body, consumed)))`, `Ok(None)` when
+/// more bytes are needed, `Err` when the length prefix is impossible.
+pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
+    if buf.len() < 4 {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes(buf[..4].try_into().unwrap()) as usize;
+    if len > MAX_FRAME {
+        return Err(format!("frame of {len} bytes exceeds the {MAX_FRAME}-byte limit"));
+    }
+    if buf.len() < 4 + len {
+        return Ok(None);
+    }
+    Ok(Some((&buf[4..4 + len], 4 + len)))
+}
+
+impl EventKind {
+    /// The name used on the command line and in JSON: `TASK_FAILED` → `task_failed`.
+    pub fn cli_name(self) -> String {
+        self.as_str_name().to_ascii_lowercase()
+    }
+    /// Parses `task_failed` or `TASK_FAILED`.
+    pub fn parse_cli(s: &str) -> Option<Self> {
+        Self::from_str_name(&s.to_ascii_uppercase()).filter(|k| *k != EventKind::Unspecified)
+    }
+}
+
+/// Blocking frame I/O over any byte stream (Unix sockets on the hot path).
+pub mod frames {
+    use std::io::{self, Read, Write};
+
+    use prost::Message;
+
+    /// Reads frames from a stream with one buffer reused for all of them: a read syscall
+    /// typically brings in many frames at once.
+    pub struct FrameReader<R> {
+        inner: R,
+        buf: Vec<u8>,
+        start: usize,
+        end: usize,
+    }
+
+    impl<R: Read> FrameReader<R> {
+        pub fn new(inner: R) -> Self {
+            FrameReader { inner, buf: vec![0; 64 << 10], start: 0, end: 0 }
+        }
+
+        /// The next message; `Ok(None)` at a clean end of stream.
+        pub fn next<M: Message + Default>(&mut self) -> io::Result<Option<M>> {
+            loop {
+                match super::split_frame(&self.buf[self.start..self.end]) {
+                    Ok(Some((body, used))) => {
+                        let msg = M::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                        self.start += used;
+                        return Ok(Some(msg));
+                    }
+                    Ok(None) => {}
+                    Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                }
+                // Need more bytes: compact, grow if one frame is larger than the buffer, read.
+                if self.start > 0 {
+                    self.buf.copy_within(self.start..self.end, 0);
+                    self.end -= self.start;
+                    self.start = 0;
+                }
+                if self.end >= 4 {
+                    let want = 4 + u32::from_le_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                    if want > self.buf.len() {
+                        self.buf.resize(want, 0);
+                    }
+                }
+                if self.end == self.buf.len() {
+                    self.buf.resize(self.buf.len() * 2, 0);
+                }
+                let n = self.inner.read(&mut self.buf[self.end..])?;
+                if n == 0 {
+                    return if self.end == 0 {
+                        Ok(None)
+                    } else {
+                        Err(io::Error::new(io::ErrorKind::UnexpectedEof, "stream ended inside a frame"))
+                    };
+                }
+                self.end += n;
+            }
+        }
+
+        /// Whether a complete frame is already buffered (no syscall needed to read it).
+        pub fn has_buffered_frame(&self) -> bool {
+            matches!(super::split_frame(&self.buf[self.start..self.end]), Ok(Some(_)))
+        }
+
+        pub fn get_ref(&self) -> &R {
+            &self.inner
+        }
+    }
+
+    /// Writes one message as a frame with a single `write_all`.
+    pub fn write_frame<W: Write, M: Message>(w: &mut W, msg: &M, scratch: &mut Vec<u8>) -> io::Result<()> {
+        scratch.clear();
+        super::encode_frame(msg, scratch);
+        w.write_all(scratch)
+    }
+}

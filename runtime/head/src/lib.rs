@@ -1,0 +1,116 @@
+//! The head: the session's event index, the state views built from it, and the head's
+//! gRPC service that answers `rayr list`, `rayr events` and (later) the dashboard.
+//!
+//! What it owns:
+//! - [`EventIndex`]: every event of the session's `events/*.log` files in a redb database
+//!   (`session.head_db()`), findable by every id it names and by kind, plus the views
+//!   (tasks, objects, workers, nodes, jobs) that say where each entity stands. The index
+//!   is rebuilt from the logs, never the other way round: the logs are the record.
+//! - [`start_head`]: the indexer thread that tails the logs, and the `Head` gRPC server.
+//!
+//! What it must not touch: processes (starting, signalling or reaping workers is the node
+//! agent's), worker sockets, and the event logs themselves (it only reads them). The views
+//! are derived from events alone, so they answer the same after every process is gone.
+//!
+//! Reading a finished session without a running head:
+//!
+//! ```no_run
+//! use rayr_head::EventIndex;
+//! use rayr_proto::ListRequest;
+//! let session = rayr_logs::Session::latest(&rayr_logs::tmpdir()).unwrap();
+//! let index = EventIndex::open(&session)?;
+//! index.catch_up(&session)?;
+//! let failed = index.list(&ListRequest {
+//!     entity: "tasks".into(),
+//!     filters: vec![rayr_proto::Filter { key: "state".into(), value: "failed".into() }],
+//!     ..Default::default()
+//! })?;
+//! println!("{} failed tasks", failed.total);
+//! # Ok::<(), rayr_head::HeadError>(())
+//! ```
+
+mod ids;
+mod index;
+mod query;
+mod service;
+mod views;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+pub use ids::{IdPattern, short_id};
+pub use index::{EventIndex, EventQuery, EventsPage, MAX_ID_MATCHES};
+pub use query::{DEFAULT_PAGE, ENTITIES};
+pub use service::{HeadHandle, ID_PATTERN_METADATA, start_head};
+
+/// What can go wrong in the head. Each message says what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum HeadError {
+    #[error(
+        "the event index {} is in use by another process: this session's head, or another `rayr` command \
+         reading the session (such as `rayr events --follow`); if the head is running, ask it instead: pass its \
+         address with --address or RAYR_ADDRESS (it is written in {})",
+        path.display(),
+        path.with_file_name("head_address").display()
+    )]
+    Locked { path: PathBuf },
+
+    #[error("cannot open the event index {}: {source}; if the file is damaged, delete it and it will be rebuilt from the event logs", path.display())]
+    Open { path: PathBuf, source: redb::Error },
+
+    #[error("event index: {0}")]
+    Store(#[from] redb::Error),
+
+    #[error("event index holds a record that does not decode ({0}); delete head.redb in the session directory to rebuild it from the event logs")]
+    Corrupt(#[from] prost::DecodeError),
+
+    #[error("{}: {source}", path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+
+    #[error("cannot listen on {addr}: {source}; choose another port (port 0 picks a free one)")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+
+    #[error("{0}")]
+    Server(String),
+
+    /// A query the head cannot answer as asked (unknown entity, filter key, …).
+    #[error("{0}")]
+    BadRequest(String),
+
+    #[error("no id in this session matches `{pattern}`; `rayr list tasks` (or objects, workers, …) shows the ids there are")]
+    UnknownId { pattern: String },
+
+    #[error("{}", ambiguous(pattern, *total, candidates))]
+    AmbiguousId { pattern: String, total: usize, candidates: Vec<Vec<u8>> },
+}
+
+fn ambiguous(pattern: &str, total: usize, candidates: &[Vec<u8>]) -> String {
+    let which = if total > candidates.len() { format!("the first {}", candidates.len()) } else { "they".to_string() };
+    let mut s = format!("`{pattern}` matches {total} ids; give more digits. {}{which} are:", if which == "they" { "" } else { "Of them, " });
+    for c in candidates {
+        s.push_str("\n  ");
+        s.push_str(&rayr_logs::hex(c));
+    }
+    s
+}
+
+macro_rules! redb_errors {
+    ($($t:ty),*) => {$(
+        impl From<$t> for HeadError {
+            fn from(e: $t) -> HeadError {
+                HeadError::Store(e.into())
+            }
+        }
+    )*};
+}
+redb_errors!(
+    redb::DatabaseError,
+    redb::TransactionError,
+    redb::TableError,
+    redb::StorageError,
+    redb::CommitError,
+    redb::SetDurabilityError
+);
+
+#[cfg(test)]
+mod tests;

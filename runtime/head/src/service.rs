@@ -1,0 +1,320 @@
+//! The head's gRPC service (`rayr_proto::head_server::Head`) and the threads behind it.
+//!
+//! `start_head` runs two threads: the indexer, which tails the session's event logs into the
+//! `EventIndex` at the lowest CPU priority (it must never slow the tasks it records), and
+//! the gRPC server on its own small tokio runtime. Queries run on tokio's blocking pool
+//! because redb reads are synchronous.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rayr_logs::Session;
+use rayr_proto::head_server::{Head, HeadServer};
+use rayr_proto::{ClusterInfoReply, ClusterInfoRequest, Event, EventsRequest, ListReply, ListRequest};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::HeadError;
+use crate::index::{EventIndex, EventQuery};
+
+/// How often the indexer looks for new events.
+const INDEX_EVERY: Duration = Duration::from_millis(20);
+/// How often a following `Events` stream looks for new matches.
+const FOLLOW_EVERY: Duration = Duration::from_millis(50);
+/// Events sent per index read while streaming.
+const STREAM_PAGE: usize = 5_000;
+/// How long in-flight calls get to finish once the head is asked to stop.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Request metadata key carrying an id *pattern* (prefix or `HEAD…TAIL`) for `Events`,
+/// resolved by the head to the one id it names. `EventsRequest.id` takes whole ids only.
+pub const ID_PATTERN_METADATA: &str = "rayr-id-pattern";
+
+/// A running head. Stops (server, indexer; final catch-up; address file removed) on
+/// `shutdown` or when dropped.
+pub struct HeadHandle {
+    address: SocketAddr,
+    session: Session,
+    index: Arc<EventIndex>,
+    stop_server: Option<watch::Sender<bool>>,
+    server: Option<JoinHandle<()>>,
+    stop_indexer: Arc<AtomicBool>,
+    indexer: Option<JoinHandle<()>>,
+}
+
+impl HeadHandle {
+    /// Where clients reach the head (`HOST:PORT`, the real port; loopback when it listens
+    /// on every interface). The same text is in `session.head_address_file()`.
+    pub fn address(&self) -> SocketAddr {
+        self.address
+    }
+
+    /// The index the head serves, for in-process queries (an embedded head's driver).
+    pub fn index(&self) -> &Arc<EventIndex> {
+        &self.index
+    }
+
+    pub fn session(&self) -> &Session {
+        &self.session
+    }
+
+    /// Stops serving, indexes what the logs gained meanwhile, makes it durable and removes
+    /// the address file.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(tx) = self.stop_server.take() {
+            let _ = tx.send(true);
+        }
+        if let Some(t) = self.server.take() {
+            let _ = t.join();
+        }
+        self.stop_indexer.store(true, Ordering::Release);
+        if let Some(t) = self.indexer.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+        if let Err(e) = self.index.catch_up(&self.session).and_then(|_| self.index.flush()) {
+            tracing::warn!(error = %e, "final indexing of the event logs failed");
+        }
+        // Remove the address only if it is still ours (a restarted head may have replaced it).
+        if self.session.head_address().as_deref() == Some(self.address.to_string().as_str()) {
+            let _ = std::fs::remove_file(self.session.head_address_file());
+        }
+    }
+}
+
+impl Drop for HeadHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Opens the session's index, starts the indexer and the gRPC server on `bind` (port 0:
+/// any free port), and writes the address to `session.head_address_file()`.
+pub fn start_head(session: Session, bind: SocketAddr) -> Result<HeadHandle, HeadError> {
+    let index = Arc::new(EventIndex::open(&session)?);
+    // Index what is already there before answering anyone, so the first query is complete.
+    index.catch_up(&session)?;
+
+    let listener = std::net::TcpListener::bind(bind).map_err(|e| HeadError::Bind { addr: bind, source: e })?;
+    listener.set_nonblocking(true).map_err(|e| HeadError::Bind { addr: bind, source: e })?;
+    let local = listener.local_addr().map_err(|e| HeadError::Bind { addr: bind, source: e })?;
+    let address = if local.ip().is_unspecified() {
+        let loopback = if local.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(std::net::Ipv6Addr::LOCALHOST) };
+        SocketAddr::new(loopback, local.port())
+    } else {
+        local
+    };
+
+    let stop_indexer = Arc::new(AtomicBool::new(false));
+    let indexer = {
+        let (index, session, stop) = (index.clone(), session.clone(), stop_indexer.clone());
+        std::thread::Builder::new()
+            .name("rayr-head-indexer".into())
+            .spawn(move || run_indexer(&index, &session, &stop))
+            .map_err(|e| HeadError::Server(format!("cannot start the indexer thread: {e}")))?
+    };
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let service = HeadService { index: index.clone(), session: session.clone(), stop: stop_rx.clone() };
+    let server = std::thread::Builder::new()
+        .name("rayr-head-grpc".into())
+        .spawn(move || run_server(listener, service, stop_rx))
+        .map_err(|e| HeadError::Server(format!("cannot start the gRPC thread: {e}")))?;
+
+    let handle = HeadHandle {
+        address,
+        session: session.clone(),
+        index,
+        stop_server: Some(stop_tx),
+        server: Some(server),
+        stop_indexer,
+        indexer: Some(indexer),
+    };
+    // Written last, atomically: a client that finds the file finds a head that answers.
+    let tmp = session.dir.join(format!(".head_address.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{address}\n"))
+        .and_then(|_| std::fs::rename(&tmp, session.head_address_file()))
+        .map_err(|e| HeadError::Io { path: session.head_address_file(), source: e })?;
+    Ok(handle)
+}
+
+fn run_indexer(index: &EventIndex, session: &Session, stop: &AtomicBool) {
+    // Lowest priority for this thread only: indexing can always wait for real work.
+    // SAFETY: plain syscalls on the calling thread's own id.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+    }
+    let mut last_error = String::new();
+    while !stop.load(Ordering::Acquire) {
+        match index.catch_up(session) {
+            Ok(_) => last_error.clear(),
+            Err(e) => {
+                // Report each new problem once, not 50 times a second.
+                let msg = e.to_string();
+                if msg != last_error {
+                    tracing::warn!(error = %msg, "indexing the event logs failed; retrying");
+                    last_error = msg;
+                }
+            }
+        }
+        std::thread::park_timeout(INDEX_EVERY);
+    }
+}
+
+fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch::Receiver<bool>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start the head's tokio runtime");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        let listener = match tokio::net::TcpListener::from_std(listener) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot serve on the head's socket");
+                return;
+            }
+        };
+        let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+        let serve = tonic::transport::Server::builder()
+            .add_service(HeadServer::new(service).max_decoding_message_size(64 << 20))
+            .serve_with_incoming_shutdown(incoming, stopped(stop.clone()));
+        tokio::select! {
+            r = serve => if let Err(e) = r {
+                tracing::error!(error = %e, "the head's gRPC server stopped");
+            },
+            // A client holding a call open must not keep the head from stopping.
+            _ = async { stopped(stop).await; tokio::time::sleep(SHUTDOWN_GRACE).await } => {}
+        }
+    });
+    rt.shutdown_background();
+}
+
+/// Resolves once `stop` says true (or its sender is gone).
+async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+struct HeadService {
+    index: Arc<EventIndex>,
+    session: Session,
+    stop: watch::Receiver<bool>,
+}
+
+/// Runs a blocking index read on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, HeadError> + Send + 'static) -> Result<T, Status> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(r) => r.map_err(Status::from),
+        Err(e) => Err(Status::internal(format!("head query panicked: {e}"))),
+    }
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Head for HeadService {
+    async fn cluster_info(&self, _: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoReply>, Status> {
+        let index = self.index.clone();
+        let session_dir = self.session.dir.display().to_string();
+        let reply = blocking(move || {
+            Ok(ClusterInfoReply {
+                session_dir,
+                nodes: index.nodes()?,
+                events_indexed: index.events_indexed()?,
+                head_pid: std::process::id(),
+            })
+        })
+        .await?;
+        Ok(Response::new(reply))
+    }
+
+    async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
+        let index = self.index.clone();
+        let req = req.into_inner();
+        Ok(Response::new(blocking(move || index.list(&req)).await?))
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(&self, req: Request<EventsRequest>) -> Result<Response<EventStream>, Status> {
+        let pattern = req.metadata().get(ID_PATTERN_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let req = req.into_inner();
+        let mut id = (!req.id.is_empty()).then_some(req.id);
+        if let (None, Some(pattern)) = (&id, pattern) {
+            let index = self.index.clone();
+            id = Some(blocking(move || index.resolve_unique(&pattern)).await?);
+        }
+        let resolved = id.as_ref().map(|id| rayr_logs::hex(id));
+        let query = EventQuery { id, kind: req.kind, since_us: req.since_us };
+        let (tx, rx) = mpsc::channel(1024);
+        tokio::spawn(stream_events(self.index.clone(), query, req.follow, self.stop.clone(), tx));
+        let stream: EventStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
+        let mut response = Response::new(stream);
+        // Tells a client that sent a pattern which id it named.
+        if let Some(hex) = resolved
+            && let Ok(v) = hex.parse()
+        {
+            response.metadata_mut().insert(ID_PATTERN_METADATA, v);
+        }
+        Ok(response)
+    }
+}
+
+async fn stream_events(
+    index: Arc<EventIndex>,
+    query: EventQuery,
+    follow: bool,
+    mut stop: watch::Receiver<bool>,
+    tx: mpsc::Sender<Result<Event, Status>>,
+) {
+    let mut after = 0u64;
+    loop {
+        let (idx, q) = (index.clone(), query.clone());
+        let page = match blocking(move || idx.events_page(&q, after, STREAM_PAGE)).await {
+            Ok(page) => page,
+            Err(status) => {
+                let _ = tx.send(Err(status)).await;
+                return;
+            }
+        };
+        after = page.next_after;
+        for (_, ev) in page.events {
+            if tx.send(Ok(ev)).await.is_err() {
+                return; // the client went away
+            }
+        }
+        if page.more {
+            continue;
+        }
+        if !follow || *stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(FOLLOW_EVERY) => {}
+            _ = tx.closed() => return,
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+impl From<HeadError> for Status {
+    fn from(e: HeadError) -> Status {
+        match &e {
+            HeadError::BadRequest(_) => Status::invalid_argument(e.to_string()),
+            HeadError::UnknownId { .. } => Status::not_found(e.to_string()),
+            HeadError::AmbiguousId { .. } => Status::invalid_argument(e.to_string()),
+            _ => Status::internal(e.to_string()),
+        }
+    }
+}

@@ -1,0 +1,201 @@
+//! The attribute macros of rayr: `#[rayr::remote]`, `#[rayr::main]` (and, with issue #3,
+//! `#[rayr::actor]`).
+//!
+//! `#[rayr::remote]` keeps the function callable as written and adds a type namespace item
+//! of the same name (a braced struct, so it does not clash with the function) carrying
+//! `remote(..)` and `options()`. It registers an invoker under the stable name
+//! `module_path::name` in rayr's static registry; a worker runs a task by looking that name
+//! up. This crate only generates code: everything it calls lives in `rayr::__private`.
+
+use proc_macro::TokenStream;
+use quote::{format_ident, quote};
+use syn::parse::Parser;
+use syn::punctuated::Punctuated;
+use syn::{Expr, FnArg, ItemFn, Lit, Meta, Pat, ReturnType, Token, Type, parse_macro_input};
+
+/// Marks a function as a remote task: `f::remote(args…)` submits it and returns an
+/// `ObjectRef`; `f::options()…remote(args…)` sets per-call options. Defaults may be given:
+/// `#[rayr::remote(num_cpus = 0.5, max_retries = 3)]`.
+#[proc_macro_attribute]
+pub fn remote(attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func = parse_macro_input!(item as ItemFn);
+    let defaults = match Punctuated::<Meta, Token![,]>::parse_terminated.parse(attr) {
+        Ok(d) => d,
+        Err(e) => return e.to_compile_error().into(),
+    };
+    match expand_remote(func, defaults) {
+        Ok(ts) => ts.into(),
+        Err(e) => e.to_compile_error().into(),
+    }
+}
+
+fn expand_remote(func: ItemFn, defaults: Punctuated<Meta, Token![,]>) -> syn::Result<proc_macro2::TokenStream> {
+    let name = &func.sig.ident;
+    let vis = &func.vis;
+    if func.sig.asyncness.is_some() {
+        return Err(syn::Error::new_spanned(&func.sig, "#[rayr::remote] functions must not be async (yet)"));
+    }
+    if !func.sig.generics.params.is_empty() {
+        return Err(syn::Error::new_spanned(&func.sig.generics, "#[rayr::remote] functions cannot be generic"));
+    }
+    let mut arg_names = Vec::new();
+    let mut arg_types = Vec::new();
+    for (i, input) in func.sig.inputs.iter().enumerate() {
+        match input {
+            FnArg::Typed(pt) => {
+                let ident = match &*pt.pat {
+                    Pat::Ident(pi) => pi.ident.clone(),
+                    _ => format_ident!("__arg{i}"),
+                };
+                arg_names.push(ident);
+                arg_types.push((*pt.ty).clone());
+            }
+            FnArg::Receiver(r) => return Err(syn::Error::new_spanned(r, "#[rayr::remote] cannot take self")),
+        }
+    }
+    let (ret_ty, fallible) = match &func.sig.output {
+        ReturnType::Default => (syn::parse_quote!(()), false),
+        ReturnType::Type(_, ty) => match result_ok_type(ty) {
+            Some(ok) => (ok, true),
+            None => ((**ty).clone(), false),
+        },
+    };
+    let mut option_calls = Vec::new();
+    for meta in defaults {
+        let Meta::NameValue(nv) = meta else {
+            return Err(syn::Error::new_spanned(meta, "expected `key = value`, e.g. num_cpus = 0.5"));
+        };
+        let key = nv.path.get_ident().map(|i| i.to_string()).unwrap_or_default();
+        let value = &nv.value;
+        let call = match key.as_str() {
+            "num_cpus" | "num_gpus" | "memory" => {
+                let m = format_ident!("{key}");
+                quote!(.#m(#value as f64))
+            }
+            "max_retries" => quote!(.max_retries(#value)),
+            "retry_exceptions" => quote!(.retry_exceptions(#value)),
+            "name" => quote!(.name(#value)),
+            _ => {
+                return Err(syn::Error::new_spanned(
+                    &nv.path,
+                    "unknown option; expected num_cpus, num_gpus, memory, max_retries, retry_exceptions or name",
+                ));
+            }
+        };
+        if matches!(value, Expr::Lit(l) if matches!(l.lit, Lit::Str(_))) && key != "name" {
+            return Err(syn::Error::new_spanned(value, "expected a number or bool"));
+        }
+        option_calls.push(call);
+    }
+    let invoker = format_ident!("__rayr_invoke_{}", name);
+    let arg_idx: Vec<_> = (0..arg_names.len()).collect();
+    let call_result = if fallible {
+        quote! {
+            match #name(#(#arg_names),*) {
+                ::core::result::Result::Ok(v) => ::rayr::__private::Returned::value(&v),
+                ::core::result::Result::Err(e) => ::rayr::__private::Returned::application_error(&e),
+            }
+        }
+    } else {
+        quote! { ::rayr::__private::Returned::value(&#name(#(#arg_names),*)) }
+    };
+    let fn_name = name.to_string();
+    let opts_ty = format_ident!("__rayr_options_{}", name);
+    Ok(quote! {
+        #func
+
+        #[doc(hidden)]
+        #[allow(non_snake_case)]
+        fn #invoker(args: &mut ::rayr::__private::ArgReader<'_>) -> ::rayr::__private::Returned {
+            #(
+                let #arg_names: #arg_types = match args.arg(#arg_idx) {
+                    ::core::result::Result::Ok(v) => v,
+                    ::core::result::Result::Err(e) => return ::rayr::__private::Returned::bad_argument(#arg_idx, e),
+                };
+            )*
+            #call_result
+        }
+
+        ::rayr::__private::inventory::submit! {
+            ::rayr::__private::RemoteFunction {
+                name: ::core::concat!(::core::module_path!(), "::", #fn_name),
+                invoke: #invoker,
+            }
+        }
+
+        #[allow(non_camel_case_types)]
+        #[doc = concat!("Remote handle of [`", #fn_name, "`]: `", #fn_name, "::remote(..)` submits it.")]
+        #vis struct #name {}
+
+        #[allow(non_camel_case_types)]
+        #[doc(hidden)]
+        #vis struct #opts_ty {
+            options: ::rayr::TaskOptions,
+        }
+
+        #[allow(dead_code)]
+        impl #name {
+            /// Submits the function as a task; never blocks and never fails here: errors
+            /// surface when the returned ref is read.
+            #vis fn remote(#( #arg_names: impl ::rayr::IntoArg<#arg_types> ),*) -> ::rayr::ObjectRef<#ret_ty> {
+                Self::options().remote(#(#arg_names),*)
+            }
+
+            /// Per-call options; finish with `.remote(args…)`.
+            #vis fn options() -> #opts_ty {
+                #opts_ty { options: ::rayr::TaskOptions::default() #(#option_calls)* }
+            }
+        }
+
+        #[allow(dead_code)]
+        impl #opts_ty {
+            ::rayr::__private::option_builders!();
+
+            /// Submits with these options.
+            #vis fn remote(self, #( #arg_names: impl ::rayr::IntoArg<#arg_types> ),*) -> ::rayr::ObjectRef<#ret_ty> {
+                let args = ::std::vec![#( ::rayr::IntoArg::<#arg_types>::into_arg(#arg_names) ),*];
+                ::rayr::__private::submit_task(::core::concat!(::core::module_path!(), "::", #fn_name), args, &self.options)
+            }
+        }
+    })
+}
+
+/// `Result<T, E>` (any path ending in `Result` with a first generic argument) → `T`.
+fn result_ok_type(ty: &Type) -> Option<Type> {
+    let Type::Path(tp) = ty else { return None };
+    let last = tp.path.segments.last()?;
+    if last.ident != "Result" {
+        return None;
+    }
+    let syn::PathArguments::AngleBracketed(ab) = &last.arguments else { return None };
+    match ab.args.first()? {
+        syn::GenericArgument::Type(t) => Some(t.clone()),
+        _ => None,
+    }
+}
+
+/// Wraps `main` so that the same binary serves as driver and worker: in a worker process
+/// (started by a node agent) it runs tasks and never returns into the user's `main`. In the
+/// driver it runs `main` and then shuts rayr down cleanly.
+#[proc_macro_attribute]
+pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
+    let func = parse_macro_input!(item as ItemFn);
+    let attrs = &func.attrs;
+    let vis = &func.vis;
+    let sig = &func.sig;
+    let body = &func.block;
+    let ret = match &sig.output {
+        ReturnType::Default => quote!(()),
+        ReturnType::Type(_, t) => quote!(#t),
+    };
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            ::rayr::__private::run_worker_if_requested();
+            let __rayr_result: #ret = (move || #body)();
+            ::rayr::shutdown();
+            __rayr_result
+        }
+    }
+    .into()
+}

@@ -1,0 +1,821 @@
+//! The agent's services wired together: socket server, leases, worker pool, store, events.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::{Condvar, Mutex};
+use rayr_logs::{EventLogWriter, Id, Session, hex, new_id, now_us};
+use rayr_proto::frames::FrameReader;
+use rayr_proto::{
+    ClientMessage, CreateObjectReply, Event, EventKind, JobDetail, LeaseReply, NodeDetail, NodeMessage,
+    ObjectDetail, RegisterReply, StoreStatsReply, WorkerExit, WorkerExitReply, WorkerStart, client_message,
+    encode_frame, event, node_message,
+};
+use rayr_store::{Allocator, Arena};
+
+use crate::pool::{self, env};
+use crate::resources::{self, Resources};
+
+/// What a node agent is started with. Every field is a `rayr start` flag.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub session: Session,
+    pub node_id: Id,
+    /// Total resources of this node: `CPU`, `GPU`, `memory` and custom names.
+    pub resources: Resources,
+    /// Size of the shm object store in bytes (sparse until used).
+    pub store_capacity: u64,
+    /// Bytes of the store faulted in at start, in the background.
+    pub store_prefault: u64,
+    /// The address shown for this node (`--node-ip-address`).
+    pub ip_address: String,
+    /// Most worker processes alive at once (blocked workers free their CPU, so nested
+    /// tasks can need more processes than CPUs).
+    pub max_workers: usize,
+}
+
+impl NodeConfig {
+    /// A node on this host with `num_cpus` CPUs and defaults for everything else.
+    pub fn local(session: Session, num_cpus: f64) -> NodeConfig {
+        let mut resources = Resources::new();
+        resources.insert("CPU".into(), num_cpus);
+        NodeConfig {
+            session,
+            node_id: new_id(),
+            resources,
+            store_capacity: 2 << 30,
+            store_prefault: 128 << 20,
+            ip_address: "127.0.0.1".into(),
+            max_workers: (num_cpus.ceil() as usize) * 4 + 16,
+        }
+    }
+}
+
+/// A running node agent. Dropping it does not stop it; call [`NodeHandle::shutdown`].
+pub struct NodeHandle {
+    agent: Arc<Agent>,
+    accept_thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NodeHandle {
+    pub fn socket_path(&self) -> &Path {
+        &self.agent.socket_path
+    }
+    pub fn node_id(&self) -> Id {
+        self.agent.cfg.node_id
+    }
+    pub fn store_path(&self) -> &Path {
+        self.agent.arena.path()
+    }
+    /// Bytes of the store in use by live objects.
+    pub fn store_used(&self) -> u64 {
+        self.agent.state.lock().alloc.used()
+    }
+
+    /// Stops every worker (SIGTERM, then SIGKILL after 2 s), records NODE_STOPPED, and
+    /// removes the socket and the shm file.
+    pub fn shutdown(mut self) {
+        self.agent.shutdown("the node agent was asked to stop");
+        // Wake the accept loop so it sees the flag.
+        let _ = UnixStream::connect(&self.agent.socket_path);
+        if let Some(t) = self.accept_thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_file(&self.agent.socket_path);
+    }
+}
+
+/// Starts the agent: creates the store, binds the socket, records NODE_STARTED.
+pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
+    let node_hex = hex(&cfg.node_id);
+    let socket_path = cfg.session.node_socket(&node_hex);
+    remove_stale_stores();
+    let store_path = PathBuf::from(format!("/dev/shm/rayr-{}-{}", std::process::id(), &node_hex[..12]));
+    let arena = Arena::create(&store_path, cfg.store_capacity).map_err(io::Error::other)?;
+    let events = EventLogWriter::open(&cfg.session.event_log(&node_hex))?;
+    let listener = UnixListener::bind(&socket_path)?;
+    let alloc = Allocator::new(arena.capacity());
+    let agent = Arc::new(Agent {
+        socket_path,
+        arena,
+        events: Mutex::new(events),
+        state: Mutex::new(State {
+            clients: HashMap::new(),
+            jobs: HashMap::new(),
+            available: cfg.resources.clone(),
+            pending: VecDeque::new(),
+            idle: HashMap::new(),
+            spawned: HashMap::new(),
+            exits: HashMap::new(),
+            exit_waiters: HashMap::new(),
+            objects: HashMap::new(),
+            alloc,
+            start_failures: HashMap::new(),
+        }),
+        exited: Condvar::new(),
+        stopping: AtomicBool::new(false),
+        cfg,
+    });
+    let prefault = agent.clone();
+    std::thread::Builder::new()
+        .name("rayr-store-prefault".into())
+        .spawn(move || prefault.arena.prefault(prefault.cfg.store_prefault))?;
+    let mut start = agent.event(EventKind::NodeStarted);
+    start.detail = Some(event::Detail::Node(NodeDetail {
+        address: agent.cfg.ip_address.clone(),
+        reason: String::new(),
+        resources: agent.cfg.resources.clone(),
+        store_capacity: agent.cfg.store_capacity,
+    }));
+    agent.record(&start);
+    let accept_agent = agent.clone();
+    let accept_thread = std::thread::Builder::new().name("rayr-node-accept".into()).spawn(move || {
+        for stream in listener.incoming() {
+            if accept_agent.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let agent = accept_agent.clone();
+            let _ = std::thread::Builder::new().name("rayr-node-conn".into()).spawn(move || agent.serve(stream));
+        }
+    })?;
+    Ok(NodeHandle { agent, accept_thread: Some(accept_thread) })
+}
+
+/// Removes `/dev/shm/rayr-<pid>-*` stores whose creating process is gone (a node agent or
+/// embedded driver that was SIGKILLed cannot clean up after itself).
+fn remove_stale_stores() {
+    let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
+    for entry in dir.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("rayr-")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// A client connection: replies are written whole under the lock.
+struct Conn {
+    stream: Mutex<UnixStream>,
+}
+
+impl Conn {
+    fn send(&self, msg: &NodeMessage) {
+        let mut buf = Vec::with_capacity(64);
+        encode_frame(msg, &mut buf);
+        let _ = io::Write::write_all(&mut *self.stream.lock(), &buf);
+    }
+    fn reply(&self, req_id: u64, body: node_message::Body) {
+        self.send(&NodeMessage { req_id, body: Some(body) });
+    }
+}
+
+struct Client {
+    pid: u32,
+    is_driver: bool,
+    job: Id,
+    address: String,
+    /// Resources held by the current lease, if leased.
+    lease: Option<Resources>,
+    blocked: bool,
+}
+
+struct PendingLease {
+    conn: Arc<Conn>,
+    req_id: u64,
+    demand: Resources,
+    job: Id,
+}
+
+struct Spawned {
+    job: Id,
+    pid: u32,
+    stderr_path: PathBuf,
+    registered: bool,
+    /// Set when rayr itself stops the worker: the reason recorded in its exit event.
+    intended_exit: Option<String>,
+    start_event: Id,
+}
+
+struct ExitRecord {
+    event_id: Id,
+    exit: WorkerExit,
+}
+
+struct StoreObject {
+    offset: u64,
+    size: u64,
+    owner: Id,
+}
+
+struct State {
+    clients: HashMap<Id, Client>,
+    /// job → the binary its workers run.
+    jobs: HashMap<Id, PathBuf>,
+    available: Resources,
+    pending: VecDeque<PendingLease>,
+    idle: HashMap<Id, Vec<Id>>,
+    spawned: HashMap<Id, Spawned>,
+    exits: HashMap<Id, ExitRecord>,
+    exit_waiters: HashMap<Id, Vec<(Arc<Conn>, u64)>>,
+    objects: HashMap<Id, StoreObject>,
+    alloc: Allocator,
+    /// A start failure per job ("binary is not a rayr program"), reported to leases.
+    start_failures: HashMap<Id, String>,
+}
+
+
+struct Agent {
+    cfg: NodeConfig,
+    socket_path: PathBuf,
+    arena: Arena,
+    events: Mutex<EventLogWriter>,
+    state: Mutex<State>,
+    exited: Condvar,
+    stopping: AtomicBool,
+}
+
+fn id_of(bytes: &[u8]) -> Option<Id> {
+    bytes.try_into().ok()
+}
+
+impl Agent {
+    fn event(&self, kind: EventKind) -> Event {
+        Event {
+            id: new_id().to_vec(),
+            time_us: now_us(),
+            node_id: self.cfg.node_id.to_vec(),
+            source_worker: self.cfg.node_id.to_vec(),
+            source_pid: std::process::id(),
+            kind: kind as i32,
+            ..Default::default()
+        }
+    }
+
+    fn record(&self, event: &Event) {
+        let mut buf = Vec::with_capacity(128);
+        encode_frame(event, &mut buf);
+        if let Err(e) = self.events.lock().append(&buf) {
+            tracing::error!("cannot append to the event log: {e}");
+        }
+    }
+
+    fn serve(self: Arc<Self>, stream: UnixStream) {
+        let Ok(write_half) = stream.try_clone() else { return };
+        let conn = Arc::new(Conn { stream: Mutex::new(write_half) });
+        let mut reader = FrameReader::new(stream);
+        let mut me: Option<Id> = None;
+        let mut said_goodbye: Option<String> = None;
+        loop {
+            let msg: ClientMessage = match reader.next() {
+                Ok(Some(m)) => m,
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!("dropping a client connection: {e}");
+                    break;
+                }
+            };
+            let Some(body) = msg.body else { continue };
+            let req = msg.req_id;
+            match body {
+                client_message::Body::Register(r) => {
+                    let worker = id_of(&r.worker_id);
+                    let reply = self.register(r);
+                    if reply.error.is_empty() {
+                        me = worker;
+                    }
+                    conn.reply(req, node_message::Body::Registered(reply));
+                }
+                client_message::Body::Lease(l) => self.lease(&conn, req, l),
+                client_message::Body::ReturnLease(r) => {
+                    if let Some(w) = id_of(&r.worker_id) {
+                        self.return_lease(w);
+                    }
+                }
+                client_message::Body::CreateObject(c) => {
+                    let reply = self.create_object(c);
+                    conn.reply(req, node_message::Body::Created(reply));
+                }
+                client_message::Body::TransferObject(t) => {
+                    if let (Some(o), Some(owner)) = (id_of(&t.object_id), id_of(&t.new_owner)) {
+                        if let Some(obj) = self.state.lock().objects.get_mut(&o) {
+                            obj.owner = owner;
+                        }
+                    }
+                }
+                client_message::Body::FreeObjects(f) => {
+                    let mut st = self.state.lock();
+                    for o in f.object_ids.iter().filter_map(|b| id_of(b)) {
+                        if let Some(obj) = st.objects.remove(&o) {
+                            st.alloc.free(obj.offset, obj.size);
+                        }
+                    }
+                }
+                client_message::Body::Events(batch) => {
+                    if let Err(e) = self.events.lock().append(&batch.frames) {
+                        tracing::error!("cannot append to the event log: {e}");
+                    }
+                }
+                client_message::Body::Blocked(b) => {
+                    if let Some(w) = me {
+                        self.set_blocked(w, b.blocked);
+                    }
+                }
+                client_message::Body::WorkerExit(q) => self.worker_exit_query(&conn, req, q),
+                client_message::Body::StoreStats(_) => {
+                    let st = self.state.lock();
+                    let reply = StoreStatsReply {
+                        used_bytes: st.alloc.used(),
+                        capacity_bytes: st.alloc.capacity(),
+                        objects: st.objects.len() as u64,
+                    };
+                    drop(st);
+                    conn.reply(req, node_message::Body::StoreStats(reply));
+                }
+                client_message::Body::Disconnect(d) => said_goodbye = Some(d.reason),
+            }
+        }
+        if let Some(w) = me {
+            self.client_gone(w, said_goodbye);
+        }
+    }
+
+    fn register(self: &Arc<Self>, r: rayr_proto::RegisterClient) -> RegisterReply {
+        let mut reply = RegisterReply {
+            node_id: self.cfg.node_id.to_vec(),
+            store_path: self.arena.path().display().to_string(),
+            store_capacity: self.arena.capacity(),
+            session_dir: self.cfg.session.dir.display().to_string(),
+            node_resources: self.cfg.resources.clone(),
+            error: String::new(),
+        };
+        let (Some(worker), Some(job)) = (id_of(&r.worker_id), id_of(&r.job_id)) else {
+            reply.error = "register: worker_id and job_id must be 16 bytes".into();
+            return reply;
+        };
+        let mut st = self.state.lock();
+        st.clients.insert(
+            worker,
+            Client { pid: r.pid, is_driver: r.is_driver, job, address: r.address, lease: None, blocked: false },
+        );
+        if r.is_driver {
+            st.jobs.insert(job, PathBuf::from(&r.binary));
+            drop(st);
+            let mut e = self.event(EventKind::JobStarted);
+            e.job_id = job.to_vec();
+            e.worker_id = worker.to_vec();
+            e.detail = Some(event::Detail::Job(JobDetail { binary: r.binary.clone(), pid: r.pid, exit_code: 0 }));
+            self.record(&e);
+            let mut w = self.event(EventKind::WorkerStarted);
+            w.worker_id = worker.to_vec();
+            w.job_id = job.to_vec();
+            w.cause = e.id.clone();
+            w.detail = Some(event::Detail::WorkerStart(WorkerStart {
+                pid: r.pid,
+                binary: r.binary,
+                is_driver: true,
+                ..Default::default()
+            }));
+            self.record(&w);
+            // Start workers ahead of demand: a cold start costs ~0.6 ms (PERFORMANCE.md).
+            let cpus = self.cfg.resources.get("CPU").copied().unwrap_or(1.0).ceil().max(1.0) as usize;
+            let mut st = self.state.lock();
+            for _ in 0..cpus {
+                self.spawn_worker(&mut st, job);
+            }
+        } else {
+            if let Some(sp) = st.spawned.get_mut(&worker) {
+                sp.registered = true;
+            }
+            st.idle.entry(job).or_default().push(worker);
+            self.grant_pending(&mut st);
+        }
+        reply
+    }
+
+    fn lease(self: &Arc<Self>, conn: &Arc<Conn>, req_id: u64, l: rayr_proto::LeaseRequest) {
+        let Some(job) = id_of(&l.job_id) else {
+            conn.reply(req_id, node_message::Body::Lease(LeaseReply { error: "lease: bad job id".into(), ..Default::default() }));
+            return;
+        };
+        let demand: Resources = l.resources;
+        if !resources::fits(&demand, &self.cfg.resources) {
+            let error = format!(
+                "the task needs {} but the largest node has {}; no node can ever run it",
+                resources::describe(&demand),
+                resources::describe(&self.cfg.resources)
+            );
+            conn.reply(req_id, node_message::Body::Lease(LeaseReply { error, infeasible: true, ..Default::default() }));
+            return;
+        }
+        let mut st = self.state.lock();
+        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job });
+        self.grant_pending(&mut st);
+    }
+
+    /// Grants queued leases in order while resources and workers allow; starts workers for
+    /// the ones that only lack a process.
+    fn grant_pending(self: &Arc<Self>, st: &mut State) {
+        let mut waiting_for_worker: HashMap<Id, usize> = HashMap::new();
+        let mut i = 0;
+        while i < st.pending.len() {
+            let p = &st.pending[i];
+            if let Some(err) = st.start_failures.get(&p.job) {
+                let p = st.pending.remove(i).unwrap();
+                let error = err.clone();
+                p.conn.reply(p.req_id, node_message::Body::Lease(LeaseReply { error, ..Default::default() }));
+                continue;
+            }
+            if !resources::fits(&p.demand, &st.available) {
+                i += 1;
+                continue;
+            }
+            let job = p.job;
+            let worker = loop {
+                match st.idle.get_mut(&job).and_then(|v| v.pop()) {
+                    Some(w) if st.clients.contains_key(&w) => break Some(w),
+                    Some(_) => continue, // exited while idle
+                    None => break None,
+                }
+            };
+            let Some(worker) = worker else {
+                *waiting_for_worker.entry(job).or_default() += 1;
+                i += 1;
+                continue;
+            };
+            let p = st.pending.remove(i).unwrap();
+            resources::subtract(&mut st.available, &p.demand);
+            let client = st.clients.get_mut(&worker).unwrap();
+            client.lease = Some(p.demand);
+            let reply = LeaseReply {
+                worker_id: worker.to_vec(),
+                address: client.address.clone(),
+                pid: client.pid,
+                error: String::new(),
+                infeasible: false,
+            };
+            p.conn.reply(p.req_id, node_message::Body::Lease(reply));
+        }
+        for (job, want) in waiting_for_worker {
+            let starting = st.spawned.values().filter(|s| s.job == job && !s.registered).count();
+            for _ in starting..want {
+                if !self.spawn_worker(st, job) {
+                    break;
+                }
+            }
+        }
+    }
+
+    /// Starts one worker process for `job`; false when the node is at its process limit.
+    fn spawn_worker(self: &Arc<Self>, st: &mut State, job: Id) -> bool {
+        if self.stopping.load(Ordering::Acquire) || st.spawned.len() >= self.cfg.max_workers {
+            return false;
+        }
+        let Some(binary) = st.jobs.get(&job).cloned() else { return false };
+        let worker = new_id();
+        let whex = hex(&worker);
+        let session = &self.cfg.session;
+        let out_tmp = session.logs_dir().join(format!("worker-{whex}.out"));
+        let err_tmp = session.logs_dir().join(format!("worker-{whex}.err"));
+        let (Ok(out), Ok(err)) = (std::fs::File::create(&out_tmp), std::fs::File::create(&err_tmp)) else {
+            tracing::error!("cannot create worker log files in {}", session.logs_dir().display());
+            return false;
+        };
+        let mut cmd = Command::new(&binary);
+        cmd.env(env::WORKER_MODE, "1")
+            .env(env::NODE_SOCKET, &self.socket_path)
+            .env(env::WORKER_ID, &whex)
+            .env(env::JOB_ID, hex(&job))
+            .env(env::SESSION_DIR, &session.dir)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            // Its own process group: a Ctrl-C aimed at the driver does not kill workers
+            // before the driver can shut them down and record why.
+            .process_group(0);
+        let child = match cmd.spawn() {
+            Ok(c) => c,
+            Err(e) => {
+                let msg = format!("cannot start worker binary {}: {e}", binary.display());
+                st.start_failures.insert(job, msg);
+                return false;
+            }
+        };
+        let pid = child.id();
+        let out_path = session.worker_log(&whex, pid, "out");
+        let err_path = session.worker_log(&whex, pid, "err");
+        let _ = std::fs::rename(&out_tmp, &out_path);
+        let _ = std::fs::rename(&err_tmp, &err_path);
+        let mut e = self.event(EventKind::WorkerStarted);
+        e.worker_id = worker.to_vec();
+        e.job_id = job.to_vec();
+        e.detail = Some(event::Detail::WorkerStart(WorkerStart {
+            pid,
+            binary: binary.display().to_string(),
+            is_driver: false,
+            stdout_path: out_path.display().to_string(),
+            stderr_path: err_path.display().to_string(),
+        }));
+        self.record(&e);
+        let start_event = id_of(&e.id).unwrap();
+        st.spawned.insert(
+            worker,
+            Spawned { job, pid, stderr_path: err_path, registered: false, intended_exit: None, start_event },
+        );
+        let agent = self.clone();
+        let _ = std::thread::Builder::new().name("rayr-reaper".into()).spawn(move || {
+            // The child handle is not used for waiting: wait4 gives the exit status and the
+            // rusage (peak RSS) together.
+            std::mem::forget(child);
+            let mut status = 0;
+            // SAFETY: rusage is plain data; wait4 fills it.
+            let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+            loop {
+                let rc = unsafe { libc::wait4(pid as i32, &mut status, 0, &mut usage) };
+                if rc == pid as i32 {
+                    break;
+                }
+                if rc < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EINTR) {
+                    return;
+                }
+            }
+            agent.worker_exited(worker, status, usage.ru_maxrss as u64 * 1024);
+        });
+        true
+    }
+
+    fn worker_exited(self: &Arc<Self>, worker: Id, status: libc::c_int, peak_rss: u64) {
+        let mut st = self.state.lock();
+        let Some(sp) = st.spawned.remove(&worker) else { return };
+        let mut exit = pool::describe_exit(status, sp.intended_exit.as_deref());
+        exit.peak_rss_bytes = peak_rss;
+        exit.pid = sp.pid;
+        exit.stderr_tail = pool::tail_lines(&sp.stderr_path, 20);
+        exit.stderr_path = sp.stderr_path.display().to_string();
+        if !sp.registered && sp.intended_exit.is_none() && !st.spawned.values().any(|s| s.job == sp.job && s.registered) {
+            let binary = st.jobs.get(&sp.job).map(|b| b.display().to_string()).unwrap_or_default();
+            let failure = format!(
+                "worker process {} of {binary} exited before connecting ({}): is `main` annotated with #[rayr::main]? See {}",
+                sp.pid,
+                exit.detail,
+                sp.stderr_path.display()
+            );
+            if !st.clients.values().any(|c| !c.is_driver && c.job == sp.job) {
+                st.start_failures.insert(sp.job, failure);
+            }
+        }
+        let mut e = self.event(EventKind::WorkerExited);
+        e.worker_id = worker.to_vec();
+        e.job_id = sp.job.to_vec();
+        e.cause = sp.start_event.to_vec();
+        if sp.intended_exit.is_some() {
+            e.cause.clear();
+        }
+        e.detail = Some(event::Detail::WorkerExit(exit.clone()));
+        self.record(&e);
+        let exit_event = id_of(&e.id).unwrap();
+        if let Some(client) = st.clients.remove(&worker) {
+            if let Some(held) = client.lease {
+                if client.blocked {
+                    let mut rest = held.clone();
+                    rest.remove("CPU");
+                    resources::add(&mut st.available, &rest);
+                } else {
+                    resources::add(&mut st.available, &held);
+                }
+            }
+        }
+        // Objects in the store owned by the dead process are lost with it.
+        let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
+        for id in lost {
+            let obj = st.objects.remove(&id).unwrap();
+            st.alloc.free(obj.offset, obj.size);
+            let mut l = self.event(EventKind::ObjectLost);
+            l.object_id = id.to_vec();
+            l.worker_id = worker.to_vec();
+            l.cause = exit_event.to_vec();
+            l.detail = Some(event::Detail::Object(ObjectDetail {
+                size: obj.size,
+                location: "shm".into(),
+                reason: format!("its owner, worker {}, died: {}", hex(&worker), exit.detail),
+                ..Default::default()
+            }));
+            self.record(&l);
+        }
+        st.exits.insert(worker, ExitRecord { event_id: exit_event, exit: exit.clone() });
+        if let Some(waiters) = st.exit_waiters.remove(&worker) {
+            for (conn, req) in waiters {
+                conn.reply(req, node_message::Body::WorkerExit(exit_reply(st.exits.get(&worker))));
+            }
+        }
+        self.grant_pending(&mut st);
+        drop(st);
+        self.exited.notify_all();
+    }
+
+    fn return_lease(self: &Arc<Self>, worker: Id) {
+        let mut st = self.state.lock();
+        let Some(client) = st.clients.get_mut(&worker) else { return };
+        let Some(held) = client.lease.take() else { return };
+        let blocked = std::mem::take(&mut client.blocked);
+        let job = client.job;
+        if blocked {
+            let mut rest = held.clone();
+            rest.remove("CPU");
+            resources::add(&mut st.available, &rest);
+        } else {
+            resources::add(&mut st.available, &held);
+        }
+        st.idle.entry(job).or_default().push(worker);
+        self.grant_pending(&mut st);
+    }
+
+    /// A worker blocked in `get` gives its CPU back so the tasks it waits for can run;
+    /// when it resumes it takes the CPU again even if that oversubscribes (as Ray does).
+    fn set_blocked(self: &Arc<Self>, worker: Id, blocked: bool) {
+        let mut st = self.state.lock();
+        let Some(client) = st.clients.get_mut(&worker) else { return };
+        if client.blocked == blocked {
+            return;
+        }
+        client.blocked = blocked;
+        let cpu = client.lease.as_ref().and_then(|l| l.get("CPU")).copied().unwrap_or(0.0);
+        if cpu > 0.0 {
+            let delta: Resources = [("CPU".to_string(), cpu)].into();
+            if blocked {
+                resources::add(&mut st.available, &delta);
+                self.grant_pending(&mut st);
+            } else {
+                resources::subtract(&mut st.available, &delta);
+            }
+        }
+    }
+
+    fn create_object(&self, c: rayr_proto::CreateObject) -> CreateObjectReply {
+        let (Some(id), Some(owner)) = (id_of(&c.object_id), id_of(&c.owner)) else {
+            return CreateObjectReply { offset: 0, error: "create: ids must be 16 bytes".into() };
+        };
+        let mut st = self.state.lock();
+        if st.objects.contains_key(&id) {
+            return CreateObjectReply { offset: 0, error: format!("object {} already exists in the store", hex(&id)) };
+        }
+        match st.alloc.allocate(c.size) {
+            Some(offset) => {
+                st.objects.insert(id, StoreObject { offset, size: c.size, owner });
+                CreateObjectReply { offset, error: String::new() }
+            }
+            None => CreateObjectReply {
+                offset: 0,
+                error: format!(
+                    "the object store is full: {} bytes requested, {} of {} bytes in use; free refs you no longer need or start the node with a larger --object-store-memory",
+                    c.size,
+                    st.alloc.used(),
+                    st.alloc.capacity()
+                ),
+            },
+        }
+    }
+
+    fn worker_exit_query(&self, conn: &Arc<Conn>, req: u64, q: rayr_proto::WorkerExitQuery) {
+        let Some(w) = id_of(&q.worker_id) else {
+            conn.reply(req, node_message::Body::WorkerExit(WorkerExitReply::default()));
+            return;
+        };
+        let mut st = self.state.lock();
+        if st.exits.contains_key(&w) || !st.spawned.contains_key(&w) {
+            let reply = exit_reply(st.exits.get(&w));
+            drop(st);
+            conn.reply(req, node_message::Body::WorkerExit(reply));
+            return;
+        }
+        // The process is still being reaped (its socket closed first): answer when it is,
+        // or after the deadline with what is known.
+        st.exit_waiters.entry(w).or_default().push((conn.clone(), req));
+        drop(st);
+        let agent_conn = conn.clone();
+        let wait = Duration::from_millis(q.wait_ms.max(1) as u64);
+        let deadline = Instant::now() + wait;
+        let mut st = self.state.lock();
+        while !st.exits.contains_key(&w) && Instant::now() < deadline {
+            self.exited.wait_until(&mut st, deadline);
+        }
+        if !st.exits.contains_key(&w) {
+            if let Some(waiters) = st.exit_waiters.get_mut(&w) {
+                waiters.retain(|(c, r)| !(Arc::ptr_eq(c, &agent_conn) && *r == req));
+            }
+            drop(st);
+            conn.reply(req, node_message::Body::WorkerExit(WorkerExitReply { known: true, ..Default::default() }));
+        }
+    }
+
+    fn client_gone(self: &Arc<Self>, worker: Id, goodbye: Option<String>) {
+        let mut st = self.state.lock();
+        let Some(client) = st.clients.get(&worker) else { return };
+        if !client.is_driver {
+            // A worker's end is recorded by its reaper, which has the exit status.
+            return;
+        }
+        let client = st.clients.remove(&worker).unwrap();
+        let job = client.job;
+        st.jobs.remove(&job);
+        let reason = format!("its job's driver (pid {}) disconnected", client.pid);
+        let mut to_kill = Vec::new();
+        for sp in st.spawned.values_mut().filter(|s| s.job == job) {
+            sp.intended_exit = Some(reason.clone());
+            to_kill.push(sp.pid);
+        }
+        let freed: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
+        for id in &freed {
+            let obj = st.objects.remove(id).unwrap();
+            st.alloc.free(obj.offset, obj.size);
+        }
+        st.pending.retain(|p| p.job != job);
+        drop(st);
+        for pid in to_kill {
+            // SAFETY: sending a signal to a child we started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let mut e = self.event(EventKind::WorkerExited);
+        e.worker_id = worker.to_vec();
+        e.job_id = job.to_vec();
+        let (kind, detail) = match &goodbye {
+            Some(r) => (rayr_proto::WorkerExitType::IntendedUserExit, format!("driver disconnected: {r}")),
+            None => (
+                rayr_proto::WorkerExitType::SystemError,
+                "driver disconnected without shutting down: it crashed or was killed".to_string(),
+            ),
+        };
+        e.detail = Some(event::Detail::WorkerExit(WorkerExit {
+            exit_type: kind as i32,
+            exit_code: -1,
+            detail,
+            pid: client.pid,
+            ..Default::default()
+        }));
+        self.record(&e);
+        let mut j = self.event(EventKind::JobFinished);
+        j.job_id = job.to_vec();
+        j.worker_id = worker.to_vec();
+        j.cause = e.id.clone();
+        j.detail = Some(event::Detail::Job(JobDetail { pid: client.pid, ..Default::default() }));
+        self.record(&j);
+    }
+
+    fn shutdown(self: &Arc<Self>, reason: &str) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pids: Vec<u32> = {
+            let mut st = self.state.lock();
+            st.spawned
+                .values_mut()
+                .map(|s| {
+                    s.intended_exit = Some(format!("node shutting down: {reason}"));
+                    s.pid
+                })
+                .collect()
+        };
+        for &pid in &pids {
+            // SAFETY: signalling children we started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut st = self.state.lock();
+        while !st.spawned.is_empty() && Instant::now() < deadline {
+            self.exited.wait_until(&mut st, deadline);
+        }
+        let stragglers: Vec<u32> = st.spawned.values().map(|s| s.pid).collect();
+        drop(st);
+        for pid in stragglers {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let mut st = self.state.lock();
+        while !st.spawned.is_empty() && Instant::now() < deadline {
+            self.exited.wait_until(&mut st, deadline);
+        }
+        drop(st);
+        let mut e = self.event(EventKind::NodeStopped);
+        e.detail = Some(event::Detail::Node(NodeDetail { reason: reason.to_string(), ..Default::default() }));
+        self.record(&e);
+    }
+}
+
+fn exit_reply(rec: Option<&ExitRecord>) -> WorkerExitReply {
+    match rec {
+        Some(r) => WorkerExitReply { exited: true, exit_event: r.event_id.to_vec(), exit: Some(r.exit.clone()), known: true },
+        None => WorkerExitReply::default(),
+    }
+}
+

@@ -1,0 +1,122 @@
+//! Worker processes: how they are started and how their end is described.
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::Path;
+
+use rayr_proto::{WorkerExit, WorkerExitType};
+
+/// Environment variables a worker process is started with. `#[rayr::main]` checks
+/// [`WORKER_MODE`] before anything else in `main` runs.
+pub mod env {
+    pub const WORKER_MODE: &str = "RAYR_WORKER_MODE";
+    pub const NODE_SOCKET: &str = "RAYR_NODE_SOCKET";
+    pub const WORKER_ID: &str = "RAYR_WORKER_ID";
+    pub const JOB_ID: &str = "RAYR_JOB_ID";
+    pub const SESSION_DIR: &str = "RAYR_SESSION_DIR";
+}
+
+/// Describes how a worker ended from its wait status. `intended` is the runtime's own
+/// reason when rayr stopped it on purpose.
+pub fn describe_exit(status: libc::c_int, intended: Option<&str>) -> WorkerExit {
+    let mut exit = WorkerExit { exit_code: -1, ..Default::default() };
+    if libc::WIFSIGNALED(status) {
+        exit.signal = libc::WTERMSIG(status);
+    } else if libc::WIFEXITED(status) {
+        exit.exit_code = libc::WEXITSTATUS(status);
+    }
+    let (kind, detail) = match (intended, exit.signal, exit.exit_code) {
+        (Some(reason), _, _) => (WorkerExitType::IntendedSystemExit, reason.to_string()),
+        (None, 0, 0) => (
+            WorkerExitType::IntendedUserExit,
+            "exited with code 0 while rayr still counted on it (std::process::exit in user code?)".to_string(),
+        ),
+        (None, 0, code) => (WorkerExitType::UserError, format!("exited with code {code}")),
+        (None, sig, _) => (WorkerExitType::SystemError, signal_detail(sig)),
+    };
+    exit.exit_type = kind as i32;
+    exit.detail = detail;
+    exit
+}
+
+fn signal_detail(sig: i32) -> String {
+    let name = signal_name(sig);
+    match sig {
+        libc::SIGKILL => format!(
+            "killed by signal {sig} ({name}), which rayr did not send: another process or the kernel OOM killer did (check `dmesg`)"
+        ),
+        libc::SIGSEGV | libc::SIGBUS => format!("crashed with signal {sig} ({name}): invalid memory access (unsafe code or a native library)"),
+        libc::SIGABRT => format!("aborted with signal {sig} ({name}): a panic with panic=abort, or abort() in native code"),
+        _ => format!("killed by signal {sig} ({name}), which rayr did not send"),
+    }
+}
+
+pub fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGTRAP => "SIGTRAP",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "signal",
+    }
+}
+
+/// The last `lines` lines of a file (at most 64 KiB are read).
+pub fn tail_lines(path: &Path, lines: usize) -> Vec<String> {
+    let Ok(mut f) = std::fs::File::open(path) else { return Vec::new() };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let start = len.saturating_sub(64 << 10);
+    if f.seek(SeekFrom::Start(start)).is_err() {
+        return Vec::new();
+    }
+    let mut data = Vec::new();
+    let _ = f.read_to_end(&mut data);
+    let text = String::from_utf8_lossy(&data);
+    let mut all: Vec<String> = text.lines().map(str::to_string).collect();
+    if start > 0 && !all.is_empty() {
+        all.remove(0); // probably cut in the middle
+    }
+    let from = all.len().saturating_sub(lines);
+    all.split_off(from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn wait_status(cmd: &str) -> libc::c_int {
+        use std::os::unix::process::ExitStatusExt;
+        std::process::Command::new("sh").arg("-c").arg(cmd).status().unwrap().into_raw()
+    }
+
+    #[test]
+    fn exits_are_described_by_cause() {
+        let e = describe_exit(wait_status("kill -9 $$"), None);
+        assert_eq!(e.signal, 9);
+        assert_eq!(e.exit_type, WorkerExitType::SystemError as i32);
+        assert!(e.detail.contains("SIGKILL") && e.detail.contains("dmesg"), "{}", e.detail);
+
+        let e = describe_exit(wait_status("exit 3"), None);
+        assert_eq!((e.exit_code, e.signal), (3, 0));
+        assert_eq!(e.exit_type, WorkerExitType::UserError as i32);
+
+        let e = describe_exit(wait_status("kill -15 $$"), Some("node shutting down"));
+        assert_eq!(e.exit_type, WorkerExitType::IntendedSystemExit as i32);
+        assert_eq!(e.detail, "node shutting down");
+    }
+
+    #[test]
+    fn tail_reads_last_lines() {
+        let dir = std::env::temp_dir().join(format!("rayr-tail-{}", std::process::id()));
+        std::fs::write(&dir, "a\nb\nc\nd\n").unwrap();
+        assert_eq!(tail_lines(&dir, 2), vec!["c", "d"]);
+        std::fs::remove_file(&dir).unwrap();
+    }
+}

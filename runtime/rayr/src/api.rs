@@ -1,0 +1,465 @@
+//! The runtime functions of the public API: submit, get, put, wait, and friends.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rayr_logs::{Id, hex, new_id};
+use rayr_proto::{EventKind, ObjectDetail, TaskArg, TaskDetail, TaskSpec, client_message, event, node_message, peer_message, task_arg};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::codec;
+use crate::core::{self, CallError, Core, PendingTask, Slot};
+use crate::error::{Error, Result};
+use crate::object_ref::{ObjectRef, RefHandle};
+use crate::{TaskOptions, WorkerId};
+
+/// One argument of a task as the caller gave it.
+pub enum ArgValue {
+    Value(std::result::Result<Vec<u8>, String>),
+    Ref(Arc<RefHandle>),
+}
+
+/// What a remote function accepts for a parameter of type `T`: a `T`, or a ref to one.
+pub trait IntoArg<T> {
+    fn into_arg(self) -> ArgValue;
+}
+
+impl<T: Serialize> IntoArg<T> for T {
+    fn into_arg(self) -> ArgValue {
+        ArgValue::Value(codec::encode(&self))
+    }
+}
+
+impl<T> IntoArg<T> for &ObjectRef<T> {
+    fn into_arg(self) -> ArgValue {
+        ArgValue::Ref(self.handle.clone())
+    }
+}
+
+impl<T> IntoArg<T> for ObjectRef<T> {
+    fn into_arg(self) -> ArgValue {
+        ArgValue::Ref(self.handle)
+    }
+}
+
+fn key_of(opts: &TaskOptions) -> String {
+    let mut parts: Vec<String> = opts.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    parts.sort();
+    parts.join(",")
+}
+
+/// Submits a task (generated code calls this). Never blocks on the task; problems with
+/// the arguments become the task's error, seen at `get`.
+pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ObjectRef<R> {
+    let Some(core) = core::current() else {
+        // `get` on this ref reports that rayr is not initialized.
+        return ObjectRef::from_handle(Arc::new(RefHandle { id: new_id(), owner: [0; 16], owner_address: String::new() }));
+    };
+    let task = new_id();
+    let ret = new_id();
+    let mut spec = TaskSpec {
+        task_id: task.to_vec(),
+        job_id: core.job.to_vec(),
+        function: function.to_string(),
+        attempt: 0,
+        args: Vec::with_capacity(args.len()),
+        owner: core.me.to_vec(),
+        owner_address: core.address.clone(),
+        scheduled_event: Vec::new(),
+        max_retries: opts.max_retries,
+        return_id: ret.to_vec(),
+        retry_exceptions: opts.retry_exceptions,
+    };
+    let mut submitted = core.event(EventKind::TaskSubmitted);
+    submitted.task_id = task.to_vec();
+    submitted.object_id = ret.to_vec();
+    submitted.detail = Some(event::Detail::Task(TaskDetail {
+        function: function.to_string(),
+        max_retries: opts.max_retries,
+        ..Default::default()
+    }));
+    let submitted = core.record(submitted);
+
+    let mut st = core.state.lock();
+    core.own(&mut st, ret, Slot::Pending);
+    let mut pending = PendingTask {
+        spec: TaskSpec::default(),
+        deps: Vec::new(),
+        owned_args: Vec::new(),
+        borrowed_args: Vec::new(),
+        key: key_of(opts),
+        demand: opts.resources.clone(),
+        retry_exceptions: opts.retry_exceptions,
+        worker: None,
+        last_event: submitted,
+    };
+    let mut failure: Option<(Error, String)> = None;
+    for (i, a) in args.into_iter().enumerate() {
+        let arg = match a {
+            ArgValue::Value(Ok(bytes)) => task_arg::Arg::InlineValue(bytes),
+            ArgValue::Value(Err(e)) => {
+                let msg = format!("argument {i} cannot be serialized: {e}");
+                failure.get_or_insert((Error::Serialization(msg.clone()), msg));
+                task_arg::Arg::InlineValue(Vec::new())
+            }
+            ArgValue::Ref(h) if h.owner == core.me => {
+                pending.owned_args.push(h.id);
+                match st.owned.get_mut(&h.id) {
+                    Some(o) => {
+                        o.submitted += 1;
+                        match &o.slot {
+                            Slot::Pending => {
+                                o.dependents.push(task);
+                                pending.deps.push((i, h.id));
+                                task_arg::Arg::InlineValue(Vec::new())
+                            }
+                            Slot::Inline(b, _) => task_arg::Arg::InlineValue(b.to_vec()),
+                            Slot::Shm { offset, size, format } => task_arg::Arg::Shm(rayr_proto::ObjectLocation {
+                                object_id: h.id.to_vec(),
+                                offset: *offset,
+                                size: *size,
+                                format: *format,
+                            }),
+                            Slot::Failed(e) => {
+                                let msg = format!("argument {i} ({}) failed: {e}", hex(&h.id));
+                                failure.get_or_insert((e.clone(), msg));
+                                task_arg::Arg::InlineValue(Vec::new())
+                            }
+                        }
+                    }
+                    None => {
+                        let msg = format!("argument {i} ({}) was already freed", hex(&h.id));
+                        failure.get_or_insert((Error::ObjectLost { object: crate::ObjectId(h.id) }, msg));
+                        task_arg::Arg::InlineValue(Vec::new())
+                    }
+                }
+            }
+            ArgValue::Ref(h) => {
+                pending.borrowed_args.push(h.id);
+                st.borrowed.entry(h.id).or_insert((0, h.owner, h.owner_address.clone())).0 += 1;
+                task_arg::Arg::ByRef(rayr_proto::ObjectRefArg {
+                    object_id: h.id.to_vec(),
+                    owner: h.owner.to_vec(),
+                    owner_address: h.owner_address.clone(),
+                })
+            }
+        };
+        spec.args.push(TaskArg { arg: Some(arg) });
+    }
+    pending.spec = spec;
+    let ready = pending.deps.is_empty();
+    st.tasks.insert(task, pending);
+    if let Some((err, msg)) = failure {
+        core.fail_task_final_locked(&mut st, task, err, "bad_argument", &msg, None);
+    } else if ready {
+        core.enqueue_locked(&mut st, task);
+    }
+    drop(st);
+    ObjectRef::from_handle(core.owned_handle(ret))
+}
+
+/// Where a value can be read from.
+pub(crate) enum Fetched {
+    Inline(Arc<[u8]>, u32),
+    Shm { offset: u64, size: u64, format: u32 },
+}
+
+impl Fetched {
+    pub(crate) fn decode<T: DeserializeOwned>(&self, core: &Core) -> Result<T> {
+        match self {
+            Fetched::Inline(b, f) => codec::decode(b, *f),
+            // SAFETY: the object is sealed and stays allocated while the caller's ref lives.
+            Fetched::Shm { offset, size, format } => codec::decode(unsafe { core.arena.bytes(*offset, *size) }, *format),
+        }
+        .map_err(Error::Serialization)
+    }
+}
+
+/// While a worker waits, its CPU goes back to the node so the tasks it waits for can run.
+struct BlockedGuard<'a>(Option<&'a Core>);
+
+impl<'a> BlockedGuard<'a> {
+    fn new(core: &'a Core) -> Self {
+        if core.is_driver {
+            return BlockedGuard(None);
+        }
+        let _ = core.node_conn.send(0, client_message::Body::Blocked(rayr_proto::BlockedChange { blocked: true }));
+        BlockedGuard(Some(core))
+    }
+}
+
+impl Drop for BlockedGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(core) = self.0 {
+            let _ = core.node_conn.send(0, client_message::Body::Blocked(rayr_proto::BlockedChange { blocked: false }));
+        }
+    }
+}
+
+/// Waits for an object's value (owned here or fetched from its owner).
+pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option<Duration>) -> Result<Fetched> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    if owner == core.me {
+        let mut st = core.state.lock();
+        let mut blocked = None;
+        loop {
+            match st.owned.get(&id).map(|o| &o.slot) {
+                Some(Slot::Pending) => {
+                    if blocked.is_none() {
+                        blocked = Some(BlockedGuard::new(core));
+                    }
+                    match deadline {
+                        Some(d) => {
+                            if core.ready.wait_until(&mut st, d).timed_out() && Instant::now() >= d {
+                                return Err(Error::Timeout);
+                            }
+                        }
+                        None => core.ready.wait(&mut st),
+                    }
+                }
+                Some(Slot::Inline(b, f)) => return Ok(Fetched::Inline(b.clone(), *f)),
+                Some(Slot::Shm { offset, size, format }) => {
+                    return Ok(Fetched::Shm { offset: *offset, size: *size, format: *format });
+                }
+                Some(Slot::Failed(e)) => return Err(e.clone()),
+                None => return Err(Error::ObjectLost { object: crate::ObjectId(id) }),
+            }
+        }
+    }
+    if owner == [0; 16] {
+        return Err(Error::Connection("rayr was not initialized when this task was submitted: call rayr::init() first".into()));
+    }
+    let peer = match core.peer(address) {
+        Ok(p) => p,
+        Err(_) => return Err(owner_died(core, id, owner)),
+    };
+    let _blocked = BlockedGuard::new(core);
+    let msg = rayr_proto::PeerMessage {
+        req_id: 0,
+        body: Some(peer_message::Body::Get(rayr_proto::GetObject { object_id: id.to_vec(), requester: core.me.to_vec() })),
+    };
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    match peer.call(msg, remaining) {
+        Ok(reply) => match reply.body {
+            Some(peer_message::Body::Value(v)) => match v.value {
+                Some(rayr_proto::object_value::Value::InlineValue(b)) => Ok(Fetched::Inline(b.into(), codec::POSTCARD)),
+                Some(rayr_proto::object_value::Value::Shm(loc)) => {
+                    Ok(Fetched::Shm { offset: loc.offset, size: loc.size, format: loc.format })
+                }
+                Some(rayr_proto::object_value::Value::Error(e)) | Some(rayr_proto::object_value::Value::TaskError(rayr_proto::TaskError { message: e, .. })) => {
+                    Err(Error::TaskFailed { task: crate::TaskId([0; 16]), message: e, backtrace: String::new() })
+                }
+                None => Err(Error::ObjectLost { object: crate::ObjectId(id) }),
+            },
+            _ => Err(Error::ObjectLost { object: crate::ObjectId(id) }),
+        },
+        Err(CallError::Timeout) => Err(Error::Timeout),
+        Err(CallError::Disconnected) => Err(owner_died(core, id, owner)),
+    }
+}
+
+/// The owner of `id` is unreachable: find out how it ended, record the loss, and say so.
+fn owner_died(core: &Arc<Core>, id: Id, owner: Id) -> Error {
+    let (exit_event, detail) = core.worker_exit(owner);
+    let mut e = core.event(EventKind::ObjectLost);
+    e.object_id = id.to_vec();
+    e.worker_id = owner.to_vec();
+    if let Some(c) = exit_event {
+        e.cause = c.to_vec();
+    }
+    let reason = format!("its owner, worker {}, died: {detail}", hex(&owner));
+    e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.clone(), ..Default::default() }));
+    core.record(e);
+    core.flush_events();
+    Error::OwnerDied { object: crate::ObjectId(id), owner: format!("worker {} died: {detail}", WorkerId(owner)) }
+}
+
+/// Blocks until the object's value is available and returns a copy of it.
+pub fn get<T: DeserializeOwned>(r: &ObjectRef<T>) -> Result<T> {
+    get_timeout(r, None)
+}
+
+/// Like [`get`], giving up with `Error::Timeout` after `timeout`.
+pub fn get_timeout<T: DeserializeOwned>(r: &ObjectRef<T>, timeout: Option<Duration>) -> Result<T> {
+    let core = core::require()?;
+    let h = &r.handle;
+    fetch(&core, h.id, h.owner, &h.owner_address, timeout)?.decode(&core)
+}
+
+/// Gets every ref, in order; the first error is returned.
+pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
+    refs.iter().map(get).collect()
+}
+
+/// Splits `refs` into (ready, not ready) once `num_returns` are ready or `timeout` passes.
+/// Both lists keep the order given.
+pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
+    let Some(core) = core::current() else { return (Vec::new(), refs.to_vec()) };
+    let deadline = timeout.map(|t| Instant::now() + t);
+    let want = num_returns.min(refs.len());
+    let mut st = core.state.lock();
+    loop {
+        // Refs owned elsewhere are counted ready: their owner answers a get when it can.
+        let ready: Vec<bool> = refs.iter().map(|r| r.handle.owner != core.me || Core::is_ready_locked(&st, &r.handle.id)).collect();
+        let n = ready.iter().filter(|b| **b).count();
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if n >= want || expired {
+            drop(st);
+            let mut yes = Vec::new();
+            let mut no = Vec::new();
+            for (r, ok) in refs.iter().zip(ready) {
+                if ok && yes.len() < want { yes.push(r.clone()) } else { no.push(r.clone()) }
+            }
+            return (yes, no);
+        }
+        match deadline {
+            Some(d) => {
+                core.ready.wait_until(&mut st, d);
+            }
+            None => core.ready.wait(&mut st),
+        }
+    }
+}
+
+/// Stores a value in the cluster once; pass the ref to many tasks instead of the value.
+pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
+    let core = core::require()?;
+    let bytes = codec::encode(&value).map_err(|e| Error::Serialization(format!("put: {e}")))?;
+    let slot = if bytes.len() <= core.max_inline {
+        Slot::Inline(bytes.into(), codec::POSTCARD)
+    } else {
+        store_bytes(&core, &bytes, codec::POSTCARD)?
+    };
+    Ok(ObjectRef::from_handle(own_new(&core, slot)))
+}
+
+/// Copies a slice of plain data into the shm store; read it back zero-copy with
+/// [`get_slice`], or as an owned `Vec` with [`get`].
+pub fn put_slice<P: bytemuck::Pod>(data: &[P]) -> Result<ObjectRef<Vec<P>>> {
+    let core = core::require()?;
+    let slot = store_bytes(&core, bytemuck::cast_slice(data), codec::RAW_POD)?;
+    Ok(ObjectRef::from_handle(own_new(&core, slot)))
+}
+
+fn own_new(core: &Arc<Core>, slot: Slot) -> Arc<RefHandle> {
+    let id = new_id();
+    let mut st = core.state.lock();
+    core.own(&mut st, id, Slot::Pending);
+    core.object_created(&mut st, id, slot, None, None);
+    drop(st);
+    core.owned_handle(id)
+}
+
+/// Allocates in the node's store, copies `bytes` in; the allocation belongs to `core`.
+pub(crate) fn store_bytes(core: &Core, bytes: &[u8], format: u32) -> Result<Slot> {
+    store_bytes_for(core, bytes, format, core.me, new_id()).map(|(slot, _)| slot)
+}
+
+pub(crate) fn store_bytes_for(core: &Core, bytes: &[u8], format: u32, owner: Id, id: Id) -> Result<(Slot, Id)> {
+    let size = bytes.len() as u64;
+    let body = client_message::Body::CreateObject(rayr_proto::CreateObject { object_id: id.to_vec(), size, owner: owner.to_vec() });
+    let offset = match core.node_conn.call(body)? {
+        node_message::Body::Created(c) if c.error.is_empty() => c.offset,
+        node_message::Body::Created(c) => return Err(Error::Connection(c.error)),
+        _ => return Err(Error::Connection("the node agent answered an object creation with something else".into())),
+    };
+    // SAFETY: the range was just allocated to us and nobody else knows it yet.
+    unsafe { core.arena.bytes_mut(offset, size) }.copy_from_slice(bytes);
+    Ok((Slot::Shm { offset, size, format }, id))
+}
+
+/// A zero-copy view of a `put_slice` object in shared memory; keeps the object alive.
+pub struct SliceGuard<P> {
+    _ref: Arc<RefHandle>,
+    _core: Arc<Core>,
+    ptr: *const P,
+    len: usize,
+}
+
+// SAFETY: the guard only gives out shared references into memory that stays mapped and
+// unmodified while the guard (and its ref) lives.
+unsafe impl<P: Sync> Send for SliceGuard<P> {}
+unsafe impl<P: Sync> Sync for SliceGuard<P> {}
+
+impl<P> std::ops::Deref for SliceGuard<P> {
+    type Target = [P];
+    fn deref(&self) -> &[P] {
+        // SAFETY: see the Send/Sync note; ptr is aligned (objects start on 64 bytes).
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+/// Reads a `put_slice` object in place: the returned guard derefs to `&[P]` pointing into
+/// the shm store; nothing is copied.
+pub fn get_slice<P: bytemuck::Pod>(r: &ObjectRef<Vec<P>>) -> Result<SliceGuard<P>> {
+    let core = core::require()?;
+    let h = &r.handle;
+    match fetch(&core, h.id, h.owner, &h.owner_address, None)? {
+        Fetched::Shm { offset, size, format: codec::RAW_POD } => {
+            // SAFETY: sealed object, alive while the guard holds its ref.
+            let bytes = unsafe { core.arena.bytes(offset, size) };
+            let view: &[P] = bytemuck::try_cast_slice(bytes)
+                .map_err(|e| Error::Serialization(format!("get_slice: the object is not a slice of this type: {e}")))?;
+            Ok(SliceGuard { ptr: view.as_ptr(), len: view.len(), _ref: h.clone(), _core: core.clone() })
+        }
+        _ => Err(Error::Serialization(
+            "get_slice reads objects made by put_slice; this one was serialized (use rayr::get)".into(),
+        )),
+    }
+}
+
+/// Cancels a task that has not started yet: its ref then fails with `Error::Cancelled`.
+/// Returns whether it was cancelled (false once it was pushed to a worker or finished).
+pub fn cancel<T>(r: &ObjectRef<T>) -> Result<bool> {
+    let core = core::require()?;
+    let mut st = core.state.lock();
+    let task = st.tasks.iter().find(|(_, t)| t.spec.return_id == r.handle.id && t.worker.is_none()).map(|(id, _)| *id);
+    let Some(task) = task else { return Ok(false) };
+    core.fail_task_final_locked(&mut st, task, Error::Cancelled, "cancelled", "cancelled by rayr::cancel", None);
+    drop(st);
+    core.ready.notify_all();
+    Ok(true)
+}
+
+/// Where the calling code runs.
+#[derive(Clone, Debug)]
+pub struct RuntimeContext {
+    pub task_id: Option<crate::TaskId>,
+    pub actor_id: Option<crate::ActorId>,
+    pub node_id: crate::NodeId,
+    pub worker_id: WorkerId,
+    pub job_id: crate::JobId,
+    pub gpu_ids: Vec<u32>,
+    /// Which try of the current task this is (0 for the first).
+    pub attempt: u32,
+}
+
+/// The current task, worker, node and job.
+pub fn runtime_context() -> Result<RuntimeContext> {
+    let core = core::require()?;
+    let (task, attempt) = crate::exec::current_task();
+    Ok(RuntimeContext {
+        task_id: task.map(crate::TaskId),
+        actor_id: None,
+        node_id: crate::NodeId(core.node),
+        worker_id: WorkerId(core.me),
+        job_id: crate::JobId(core.job),
+        gpu_ids: Vec::new(),
+        attempt,
+    })
+}
+
+/// The total resources of the cluster's nodes.
+pub fn cluster_resources() -> Result<std::collections::HashMap<String, f64>> {
+    Ok(core::require()?.node_resources.clone())
+}
+
+/// Bytes of this node's shm store in use and its capacity.
+pub fn store_usage() -> Result<(u64, u64)> {
+    let core = core::require()?;
+    match core.node_conn.call(client_message::Body::StoreStats(rayr_proto::StoreStatsRequest {}))? {
+        node_message::Body::StoreStats(s) => Ok((s.used_bytes, s.capacity_bytes)),
+        _ => Err(Error::Connection("unexpected reply to a store query".into())),
+    }
+}

@@ -1,0 +1,1146 @@
+//! The core worker: the part of rayr inside every driver and worker process.
+//!
+//! It holds this process's connection to its node agent, the objects this process owns
+//! (with their reference counts), the submitter that leases workers and pushes tasks to
+//! them, the peer server through which other processes push tasks here or ask for objects
+//! owned here, and the event buffer. One mutex guards all of that state ([`State`]):
+//! every path holds it briefly and never across a blocking wait or a user callback.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::{Condvar, Mutex, RwLock};
+use rayr_logs::{Id, hex, new_id, now_us};
+use rayr_proto::frames::FrameReader;
+use rayr_proto::{
+    ClientMessage, Event, EventBatch, EventKind, NodeMessage, ObjectDetail, ObjectLocation, PeerMessage, TaskDetail,
+    TaskError, TaskSpec, client_message, encode_frame, event, node_message, peer_message,
+};
+use rayr_store::Arena;
+
+use crate::error::Error;
+
+/// How many tasks may be queued on one leased worker: enough to hide the round trip,
+/// few enough that a long task does not hold many others behind it.
+const MAX_IN_FLIGHT: usize = 32;
+/// A lease with nothing to run is returned after this long (a sync loop reuses it).
+const LEASE_IDLE: Duration = Duration::from_millis(10);
+/// How often buffered events are flushed to the node agent.
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
+static CORE: RwLock<Option<Arc<Core>>> = RwLock::new(None);
+
+/// The running core of this process, if `init` has run.
+pub(crate) fn current() -> Option<Arc<Core>> {
+    CORE.read().clone()
+}
+
+pub(crate) fn require() -> crate::Result<Arc<Core>> {
+    current().ok_or_else(|| Error::Connection("rayr is not initialized: call rayr::init() first".into()))
+}
+
+pub(crate) fn install(core: Arc<Core>) {
+    *CORE.write() = Some(core);
+}
+
+pub(crate) fn uninstall() -> Option<Arc<Core>> {
+    CORE.write().take()
+}
+
+/// An object's value as its owner knows it.
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Pending,
+    Inline(Arc<[u8]>, u32),
+    Shm { offset: u64, size: u64, format: u32 },
+    Failed(Error),
+}
+
+/// An object owned by this process.
+pub(crate) struct Owned {
+    pub slot: Slot,
+    /// `ObjectRef` handles alive in this process.
+    pub local_refs: u32,
+    /// Pending tasks that take it as an argument.
+    pub submitted: u32,
+    /// Other processes holding a reference.
+    pub borrowers: HashSet<Id>,
+    /// Serialized copies not yet deserialized anywhere.
+    pub tokens: u32,
+    /// Tasks of ours waiting for this value before they can be pushed.
+    pub dependents: Vec<Id>,
+    /// Remote readers waiting for the value: (connection, request id).
+    pub remote_waiters: Vec<(Arc<ServerConn>, u64)>,
+    pub created_event: Id,
+}
+
+impl Owned {
+    fn new(slot: Slot) -> Owned {
+        Owned {
+            slot,
+            local_refs: 0,
+            submitted: 0,
+            borrowers: HashSet::new(),
+            tokens: 0,
+            dependents: Vec::new(),
+            remote_waiters: Vec::new(),
+            created_event: [0; 16],
+        }
+    }
+    fn referenced(&self) -> bool {
+        self.local_refs > 0 || self.submitted > 0 || !self.borrowers.is_empty() || self.tokens > 0
+    }
+}
+
+pub(crate) struct PendingTask {
+    pub spec: TaskSpec,
+    /// (argument index, object id owned here) still to be resolved.
+    pub deps: Vec<(usize, Id)>,
+    /// Owned objects counted in `submitted` (released when the task ends).
+    pub owned_args: Vec<Id>,
+    /// Borrowed objects this task keeps a reference to.
+    pub borrowed_args: Vec<Id>,
+    pub key: String,
+    pub demand: HashMap<String, f64>,
+    pub retry_exceptions: bool,
+    pub worker: Option<Id>,
+    pub last_event: Id,
+}
+
+struct Queue {
+    demand: HashMap<String, f64>,
+    ready: VecDeque<Id>,
+    leases_requested: u32,
+    workers: Vec<Id>,
+}
+
+struct Leased {
+    conn: Arc<PeerConn>,
+    key: String,
+    in_flight: HashSet<Id>,
+    idle_since: Option<Instant>,
+}
+
+pub(crate) struct State {
+    pub owned: HashMap<Id, Owned>,
+    /// Handles alive here for objects owned elsewhere: id → (count, owner, owner address).
+    pub borrowed: HashMap<Id, (u32, Id, String)>,
+    pub tasks: HashMap<Id, PendingTask>,
+    queues: HashMap<String, Queue>,
+    leased: HashMap<Id, Leased>,
+    /// Lease requests in flight: request id → queue key.
+    lease_requests: HashMap<u64, String>,
+    /// Outgoing connections by address (owners and leased workers).
+    peers: HashMap<String, Arc<PeerConn>>,
+}
+
+/// A connection this process opened to another core worker.
+pub(crate) struct PeerConn {
+    write: Mutex<UnixStream>,
+    pub address: String,
+    /// The worker at the other end, when it is a leased worker.
+    pub worker: Mutex<Option<Id>>,
+    waiters: Mutex<HashMap<u64, Sender<PeerMessage>>>,
+    next_req: AtomicU64,
+    pub closed: AtomicBool,
+}
+
+impl PeerConn {
+    pub fn send(&self, msg: &PeerMessage) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(128);
+        encode_frame(msg, &mut buf);
+        self.write.lock().write_all(&buf)
+    }
+    pub fn send_raw(&self, frames: &[u8]) -> io::Result<()> {
+        self.write.lock().write_all(frames)
+    }
+    /// Sends a request and waits for the reply with the same id.
+    pub fn call(&self, mut msg: PeerMessage, timeout: Option<Duration>) -> Result<PeerMessage, CallError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed) + 1;
+        msg.req_id = req;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.waiters.lock().insert(req, tx);
+        if self.closed.load(Ordering::Acquire) || self.send(&msg).is_err() {
+            self.waiters.lock().remove(&req);
+            return Err(CallError::Disconnected);
+        }
+        let got = match timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                crossbeam_channel::RecvTimeoutError::Timeout => CallError::Timeout,
+                crossbeam_channel::RecvTimeoutError::Disconnected => CallError::Disconnected,
+            }),
+            None => rx.recv().map_err(|_| CallError::Disconnected),
+        };
+        self.waiters.lock().remove(&req);
+        got
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) enum CallError {
+    Disconnected,
+    Timeout,
+}
+
+/// The connection to the node agent.
+pub(crate) struct NodeConn {
+    write: Mutex<UnixStream>,
+    next_req: AtomicU64,
+    waiters: Mutex<HashMap<u64, Sender<NodeMessage>>>,
+    pub closed: AtomicBool,
+}
+
+impl NodeConn {
+    pub fn send(&self, req_id: u64, body: client_message::Body) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(64);
+        encode_frame(&ClientMessage { req_id, body: Some(body) }, &mut buf);
+        self.write.lock().write_all(&buf)
+    }
+    pub fn next_req(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    /// Sends a request and waits for its reply.
+    pub fn call(&self, body: client_message::Body) -> crate::Result<node_message::Body> {
+        let req = self.next_req();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.waiters.lock().insert(req, tx);
+        let lost = || Error::Connection("lost the connection to the node agent: is the cluster still running?".into());
+        if self.send(req, body).is_err() {
+            self.waiters.lock().remove(&req);
+            return Err(lost());
+        }
+        let reply = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| lost());
+        self.waiters.lock().remove(&req);
+        reply?.body.ok_or_else(lost)
+    }
+}
+
+/// Buffered, already-encoded events; flushed to the node agent every few milliseconds.
+pub(crate) struct EventBuffer {
+    buf: Mutex<(Vec<u8>, u32)>,
+}
+
+impl EventBuffer {
+    fn push(&self, e: &Event) {
+        let mut b = self.buf.lock();
+        encode_frame(e, &mut b.0);
+        b.1 += 1;
+    }
+    fn take(&self) -> (Vec<u8>, u32) {
+        let mut b = self.buf.lock();
+        if b.1 == 0 {
+            return (Vec::new(), 0);
+        }
+        let cap = b.0.capacity();
+        (std::mem::replace(&mut b.0, Vec::with_capacity(cap)), std::mem::take(&mut b.1))
+    }
+}
+
+/// Work handed to a worker's execution thread.
+pub(crate) struct Exec {
+    pub spec: TaskSpec,
+    pub reply: Arc<ServerConn>,
+}
+
+/// A connection another process opened to us.
+pub(crate) struct ServerConn {
+    write: Mutex<UnixStream>,
+}
+
+impl ServerConn {
+    pub fn send(&self, msg: &PeerMessage) {
+        let mut buf = Vec::with_capacity(128);
+        encode_frame(msg, &mut buf);
+        let _ = self.write.lock().write_all(&buf);
+    }
+}
+
+pub(crate) struct Core {
+    pub me: Id,
+    pub job: Id,
+    pub node: Id,
+    pub is_driver: bool,
+    pub address: String,
+    pub session_dir: PathBuf,
+    pub node_conn: NodeConn,
+    pub arena: Arena,
+    pub state: Mutex<State>,
+    pub ready: Condvar,
+    pub events: EventBuffer,
+    pub record_events: bool,
+    pub max_inline: usize,
+    pub stopping: AtomicBool,
+    pub exec_tx: Mutex<Option<Sender<Exec>>>,
+    pub node_resources: HashMap<String, f64>,
+}
+
+/// What `connect` needs to know.
+pub(crate) struct ConnectParams {
+    pub node_socket: PathBuf,
+    pub worker_id: Id,
+    pub job_id: Id,
+    pub is_driver: bool,
+    pub record_events: bool,
+    pub max_inline: usize,
+}
+
+impl Core {
+    /// Connects to the node agent, registers, maps the store and starts the peer server,
+    /// the node reader and the ticker.
+    pub fn connect(p: ConnectParams) -> crate::Result<Arc<Core>> {
+        let conn_err = |what: &str, e: io::Error| {
+            Error::Connection(format!("cannot {what} ({}): {e}; is the cluster running?", p.node_socket.display()))
+        };
+        let stream = UnixStream::connect(&p.node_socket).map_err(|e| conn_err("reach the node agent", e))?;
+        let session_dir = p.node_socket.parent().and_then(|s| s.parent()).map(PathBuf::from).unwrap_or_default();
+        let address = session_dir.join("sockets").join(format!("worker-{}.sock", hex(&p.worker_id)));
+        let _ = std::fs::remove_file(&address);
+        let listener = UnixListener::bind(&address).map_err(|e| conn_err("open this process's socket", e))?;
+        let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+        let register = ClientMessage {
+            req_id: 1,
+            body: Some(client_message::Body::Register(rayr_proto::RegisterClient {
+                worker_id: p.worker_id.to_vec(),
+                job_id: p.job_id.to_vec(),
+                is_driver: p.is_driver,
+                pid: std::process::id(),
+                address: address.display().to_string(),
+                binary,
+            })),
+        };
+        let mut buf = Vec::new();
+        encode_frame(&register, &mut buf);
+        (&stream).write_all(&buf).map_err(|e| conn_err("register with the node agent", e))?;
+        let mut reader = FrameReader::new(stream.try_clone().map_err(|e| conn_err("clone the socket", e))?);
+        let reply: NodeMessage = reader
+            .next()
+            .map_err(|e| conn_err("read the node agent's reply", e))?
+            .ok_or_else(|| Error::Connection("the node agent closed the connection during registration".into()))?;
+        let Some(node_message::Body::Registered(reg)) = reply.body else {
+            return Err(Error::Connection("the node agent answered registration with something else".into()));
+        };
+        if !reg.error.is_empty() {
+            return Err(Error::Connection(format!("the node agent refused registration: {}", reg.error)));
+        }
+        let arena = Arena::open(&reg.store_path).map_err(|e| Error::Connection(e.to_string()))?;
+        let core = Arc::new(Core {
+            me: p.worker_id,
+            job: p.job_id,
+            node: reg.node_id.as_slice().try_into().unwrap_or([0; 16]),
+            is_driver: p.is_driver,
+            address: address.display().to_string(),
+            session_dir,
+            node_conn: NodeConn {
+                write: Mutex::new(stream),
+                next_req: AtomicU64::new(1),
+                waiters: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            },
+            arena,
+            state: Mutex::new(State {
+                owned: HashMap::new(),
+                borrowed: HashMap::new(),
+                tasks: HashMap::new(),
+                queues: HashMap::new(),
+                leased: HashMap::new(),
+                lease_requests: HashMap::new(),
+                peers: HashMap::new(),
+            }),
+            ready: Condvar::new(),
+            events: EventBuffer { buf: Mutex::new((Vec::with_capacity(64 << 10), 0)) },
+            record_events: p.record_events,
+            max_inline: p.max_inline,
+            stopping: AtomicBool::new(false),
+            exec_tx: Mutex::new(None),
+            node_resources: reg.node_resources,
+        });
+        let c = core.clone();
+        std::thread::Builder::new().name("rayr-node-reader".into()).spawn(move || c.read_node(reader)).unwrap();
+        let c = core.clone();
+        std::thread::Builder::new().name("rayr-peer-accept".into()).spawn(move || c.accept_peers(listener)).unwrap();
+        let c = Arc::downgrade(&core);
+        std::thread::Builder::new()
+            .name("rayr-ticker".into())
+            .spawn(move || {
+                while let Some(core) = c.upgrade() {
+                    if core.stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    core.tick();
+                    drop(core);
+                    std::thread::sleep(FLUSH_EVERY);
+                }
+            })
+            .unwrap();
+        // Fault the store's first pages into this process too, off the hot path.
+        let c = Arc::downgrade(&core);
+        std::thread::Builder::new()
+            .name("rayr-store-map".into())
+            .spawn(move || {
+                if let Some(core) = c.upgrade() {
+                    core.arena.prefault(64 << 20);
+                }
+            })
+            .unwrap();
+        Ok(core)
+    }
+
+    // ---- events ----
+
+    #[inline]
+    pub fn event(&self, kind: EventKind) -> Event {
+        Event {
+            id: new_id().to_vec(),
+            time_us: now_us(),
+            node_id: self.node.to_vec(),
+            source_worker: self.me.to_vec(),
+            source_pid: std::process::id(),
+            kind: kind as i32,
+            job_id: self.job.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    /// Records an event; returns its id (the cause link for what follows).
+    #[inline]
+    pub fn record(&self, e: Event) -> Id {
+        let id: Id = e.id.as_slice().try_into().unwrap_or([0; 16]);
+        if self.record_events {
+            self.events.push(&e);
+        }
+        id
+    }
+
+    pub fn flush_events(&self) {
+        let (frames, count) = self.events.take();
+        if count > 0 {
+            let _ = self.node_conn.send(0, client_message::Body::Events(EventBatch { frames, count }));
+        }
+    }
+
+    fn tick(self: &Arc<Self>) {
+        self.flush_events();
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let idle: Vec<Id> = st
+            .leased
+            .iter()
+            .filter(|(_, l)| l.in_flight.is_empty() && l.idle_since.is_some_and(|t| now - t >= LEASE_IDLE))
+            .map(|(w, _)| *w)
+            .collect();
+        for w in idle {
+            self.return_lease_locked(&mut st, w);
+        }
+    }
+
+    fn return_lease_locked(&self, st: &mut State, worker: Id) {
+        if let Some(l) = st.leased.remove(&worker) {
+            if let Some(q) = st.queues.get_mut(&l.key) {
+                q.workers.retain(|w| *w != worker);
+            }
+            let _ = self.node_conn.send(0, client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec() }));
+        }
+    }
+
+    // ---- the node agent connection ----
+
+    fn read_node(self: Arc<Self>, mut reader: FrameReader<UnixStream>) {
+        loop {
+            let msg: NodeMessage = match reader.next() {
+                Ok(Some(m)) => m,
+                _ => break,
+            };
+            if let Some(node_message::Body::Lease(reply)) = &msg.body {
+                let key = self.state.lock().lease_requests.remove(&msg.req_id);
+                if let Some(key) = key {
+                    self.lease_granted(key, reply.clone());
+                    continue;
+                }
+            }
+            if let Some(tx) = self.node_conn.waiters.lock().remove(&msg.req_id) {
+                let _ = tx.send(msg);
+            }
+        }
+        self.node_conn.closed.store(true, Ordering::Release);
+        self.node_conn.waiters.lock().clear();
+        if !self.is_driver && !self.stopping.load(Ordering::Acquire) {
+            // The node agent is gone: nothing can reach this worker any more.
+            std::process::exit(0);
+        }
+        self.fail_everything("the node agent went away");
+    }
+
+    fn fail_everything(self: &Arc<Self>, why: &str) {
+        let mut st = self.state.lock();
+        let tasks: Vec<Id> = st.tasks.keys().copied().collect();
+        for t in tasks {
+            let err = Error::Connection(format!("task {} cannot complete: {why}", hex(&t)));
+            self.finish_task_locked(&mut st, t, Slot::Failed(err), None);
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+
+    // ---- peers ----
+
+    fn accept_peers(self: Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming() {
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let core = self.clone();
+            let _ = std::thread::Builder::new().name("rayr-peer".into()).spawn(move || core.serve_peer(stream));
+        }
+    }
+
+    fn serve_peer(self: Arc<Self>, stream: UnixStream) {
+        let Ok(w) = stream.try_clone() else { return };
+        let conn = Arc::new(ServerConn { write: Mutex::new(w) });
+        let mut reader = FrameReader::new(stream);
+        while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
+            let req = msg.req_id;
+            match msg.body {
+                Some(peer_message::Body::Push(spec)) => {
+                    if let Some(tx) = &*self.exec_tx.lock() {
+                        let _ = tx.send(Exec { spec, reply: conn.clone() });
+                    }
+                }
+                Some(peer_message::Body::Get(g)) => self.serve_get(&conn, req, &g.object_id),
+                Some(peer_message::Body::Borrow(b)) => {
+                    self.borrower_update(b);
+                    conn.send(&PeerMessage { req_id: req, body: None });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The connection to another core worker, opened once and kept.
+    pub fn peer(self: &Arc<Self>, address: &str) -> io::Result<Arc<PeerConn>> {
+        if let Some(p) = self.state.lock().peers.get(address) {
+            if !p.closed.load(Ordering::Acquire) {
+                return Ok(p.clone());
+            }
+        }
+        let stream = UnixStream::connect(address)?;
+        let reader = FrameReader::new(stream.try_clone()?);
+        let conn = Arc::new(PeerConn {
+            write: Mutex::new(stream),
+            address: address.to_string(),
+            worker: Mutex::new(None),
+            waiters: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        self.state.lock().peers.insert(address.to_string(), conn.clone());
+        let core = self.clone();
+        let c = conn.clone();
+        std::thread::Builder::new().name("rayr-peer-reader".into()).spawn(move || core.read_peer(c, reader))?;
+        Ok(conn)
+    }
+
+    fn read_peer(self: Arc<Self>, conn: Arc<PeerConn>, mut reader: FrameReader<UnixStream>) {
+        loop {
+            let msg: PeerMessage = match reader.next() {
+                Ok(Some(m)) => m,
+                _ => break,
+            };
+            match msg.body {
+                Some(peer_message::Body::Result(r)) => {
+                    let worker = *conn.worker.lock();
+                    if let Some(w) = worker {
+                        self.task_result(w, r);
+                    }
+                }
+                body => {
+                    if let Some(tx) = conn.waiters.lock().remove(&msg.req_id) {
+                        let _ = tx.send(PeerMessage { req_id: msg.req_id, body });
+                    }
+                }
+            }
+        }
+        conn.closed.store(true, Ordering::Release);
+        conn.waiters.lock().clear();
+        {
+            let mut st = self.state.lock();
+            if st.peers.get(&conn.address).is_some_and(|p| Arc::ptr_eq(p, &conn)) {
+                st.peers.remove(&conn.address);
+            }
+        }
+        let worker = *conn.worker.lock();
+        if let Some(w) = worker {
+            if !self.stopping.load(Ordering::Acquire) {
+                self.worker_lost(w);
+            }
+        }
+    }
+
+    // ---- ownership ----
+
+    /// Registers a new object owned here, holding one local reference.
+    pub fn own(&self, st: &mut State, id: Id, slot: Slot) {
+        let mut o = Owned::new(slot);
+        o.local_refs = 1;
+        st.owned.insert(id, o);
+    }
+
+    /// Records that an owned object has a value (OBJECT_CREATED, owner assigned) and wakes
+    /// everything waiting for it.
+    pub fn object_created(self: &Arc<Self>, st: &mut State, id: Id, slot: Slot, task: Option<Id>, cause: Option<Id>) {
+        let (size, location) = match &slot {
+            Slot::Inline(b, _) => (b.len() as u64, "inline"),
+            Slot::Shm { size, .. } => (*size, "shm"),
+            _ => (0, ""),
+        };
+        let mut ev = None;
+        if !location.is_empty() && self.record_events {
+            let mut e = self.event(EventKind::ObjectCreated);
+            e.object_id = id.to_vec();
+            e.worker_id = self.me.to_vec();
+            if let Some(t) = task {
+                e.task_id = t.to_vec();
+            }
+            if let Some(c) = cause {
+                e.cause = c.to_vec();
+            }
+            e.detail = Some(event::Detail::Object(ObjectDetail { size, location: location.into(), ..Default::default() }));
+            ev = Some(self.record(e));
+        }
+        let Some(o) = st.owned.get_mut(&id) else {
+            // Every reference was dropped before the value arrived: free it at once.
+            if let Slot::Shm { .. } = slot {
+                self.free_in_store(&[id]);
+            }
+            return;
+        };
+        o.slot = slot.clone();
+        if let Some(e) = ev {
+            o.created_event = e;
+        }
+        let dependents = std::mem::take(&mut o.dependents);
+        let waiters = std::mem::take(&mut o.remote_waiters);
+        let referenced = o.referenced();
+        for (conn, req) in waiters {
+            conn.send(&value_message(req, id, &slot));
+        }
+        for t in dependents {
+            self.dependency_ready(st, t, id, &slot);
+        }
+        if !referenced {
+            self.free_locked(st, id, "every reference was dropped before the value was computed");
+        }
+    }
+
+    pub fn release_local(&self, id: Id, owner: Id) {
+        let mut st = self.state.lock();
+        if owner == self.me {
+            if let Some(o) = st.owned.get_mut(&id) {
+                o.local_refs = o.local_refs.saturating_sub(1);
+                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
+                    self.free_locked(&mut st, id, "every reference was released");
+                }
+            }
+        } else {
+            self.release_borrowed_locked(&mut st, id);
+        }
+    }
+
+    pub fn release_borrowed_locked(&self, st: &mut State, id: Id) {
+        let Some(entry) = st.borrowed.get_mut(&id) else { return };
+        entry.0 -= 1;
+        if entry.0 > 0 {
+            return;
+        }
+        let (_, owner, address) = st.borrowed.remove(&id).unwrap();
+        let peer = st.peers.get(&address).cloned();
+        let msg = PeerMessage {
+            req_id: 0,
+            body: Some(peer_message::Body::Borrow(rayr_proto::BorrowerUpdate {
+                object_id: id.to_vec(),
+                borrower: self.me.to_vec(),
+                add: false,
+                consumes_token: false,
+            })),
+        };
+        let _ = owner;
+        if let Some(p) = peer {
+            let _ = p.send(&msg);
+        }
+    }
+
+    pub fn free_locked(&self, st: &mut State, id: Id, reason: &str) {
+        let Some(o) = st.owned.remove(&id) else { return };
+        if let Slot::Shm { .. } = o.slot {
+            self.free_in_store(&[id]);
+        }
+        if self.record_events && !matches!(o.slot, Slot::Failed(_)) {
+            let mut e = self.event(EventKind::ObjectFreed);
+            e.object_id = id.to_vec();
+            e.worker_id = self.me.to_vec();
+            e.cause = o.created_event.to_vec();
+            e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.into(), ..Default::default() }));
+            self.record(e);
+        }
+    }
+
+    fn free_in_store(&self, ids: &[Id]) {
+        let _ = self.node_conn.send(
+            0,
+            client_message::Body::FreeObjects(rayr_proto::FreeObjects { object_ids: ids.iter().map(|i| i.to_vec()).collect() }),
+        );
+    }
+
+    fn borrower_update(&self, b: rayr_proto::BorrowerUpdate) {
+        let Ok(id) = <Id>::try_from(b.object_id.as_slice()) else { return };
+        let borrower: Option<Id> = b.borrower.as_slice().try_into().ok();
+        let mut st = self.state.lock();
+        let Some(o) = st.owned.get_mut(&id) else { return };
+        let mut event = None;
+        if b.consumes_token {
+            o.tokens = o.tokens.saturating_sub(1);
+        }
+        match (b.add, borrower) {
+            (true, Some(w)) => {
+                if o.borrowers.insert(w) {
+                    event = Some((EventKind::ObjectBorrowed, w));
+                }
+            }
+            (true, None) => o.tokens += 1,
+            (false, Some(w)) => {
+                if o.borrowers.remove(&w) {
+                    event = Some((EventKind::ObjectReleased, w));
+                }
+            }
+            (false, None) => {}
+        }
+        let created = o.created_event;
+        let free = !o.referenced() && !matches!(o.slot, Slot::Pending);
+        if let Some((kind, w)) = event {
+            let mut e = self.event(kind);
+            e.object_id = id.to_vec();
+            e.worker_id = self.me.to_vec();
+            e.cause = created.to_vec();
+            e.detail = Some(event::Detail::Object(ObjectDetail {
+                peer: w.to_vec(),
+                peer_kind: "borrower".into(),
+                ..Default::default()
+            }));
+            self.record(e);
+        }
+        if free {
+            self.free_locked(&mut st, id, "its last borrower released it");
+        }
+    }
+
+    fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, object: &[u8]) {
+        let Ok(id) = <Id>::try_from(object) else { return };
+        let mut st = self.state.lock();
+        match st.owned.get_mut(&id) {
+            Some(o) if matches!(o.slot, Slot::Pending) => {
+                // Reply when the value arrives (see object_created).
+                o.remote_waiters.push((conn.clone(), req));
+            }
+            Some(o) => {
+                let msg = value_message(req, id, &o.slot);
+                drop(st);
+                conn.send(&msg);
+            }
+            None => {
+                drop(st);
+                conn.send(&PeerMessage {
+                    req_id: req,
+                    body: Some(peer_message::Body::Value(rayr_proto::ObjectValue {
+                        object_id: id.to_vec(),
+                        value: Some(rayr_proto::object_value::Value::Error(format!(
+                            "object {} is not held by its owner {} (freed, or never created there)",
+                            hex(&id),
+                            hex(&self.me)
+                        ))),
+                    })),
+                });
+            }
+        }
+    }
+
+    // ---- submitting ----
+
+    /// Queues a task whose dependencies are resolved, and pushes what can be pushed.
+    pub fn enqueue_locked(self: &Arc<Self>, st: &mut State, task: Id) {
+        let Some(t) = st.tasks.get(&task) else { return };
+        let key = t.key.clone();
+        let demand = t.demand.clone();
+        let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
+            demand,
+            ready: VecDeque::new(),
+            leases_requested: 0,
+            workers: Vec::new(),
+        });
+        q.ready.push_back(task);
+        self.dispatch_locked(st, &key);
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State, key: &str) {
+        let mut batches: Vec<(Arc<PeerConn>, Vec<u8>)> = Vec::new();
+        loop {
+            let Some(q) = st.queues.get(key) else { return };
+            let Some(&task) = q.ready.front() else { break };
+            // The least loaded leased worker with room.
+            let best = q
+                .workers
+                .iter()
+                .filter_map(|w| st.leased.get(w).map(|l| (*w, l.in_flight.len())))
+                .filter(|(_, n)| *n < MAX_IN_FLIGHT)
+                .min_by_key(|(_, n)| *n);
+            let Some((worker, _)) = best else {
+                let q = st.queues.get_mut(key).unwrap();
+                if q.leases_requested == 0 {
+                    q.leases_requested += 1;
+                    let demand = q.demand.clone();
+                    self.request_lease(st, key, demand, task);
+                }
+                break;
+            };
+            st.queues.get_mut(key).unwrap().ready.pop_front();
+            let l = st.leased.get_mut(&worker).unwrap();
+            l.in_flight.insert(task);
+            l.idle_since = None;
+            let conn = l.conn.clone();
+            let Some(t) = st.tasks.get_mut(&task) else { continue };
+            t.worker = Some(worker);
+            if self.record_events {
+                let mut e = self.event(EventKind::TaskScheduled);
+                e.task_id = task.to_vec();
+                e.worker_id = worker.to_vec();
+                e.cause = t.last_event.to_vec();
+                e.detail = Some(event::Detail::Task(TaskDetail {
+                    function: t.spec.function.clone(),
+                    attempt: t.spec.attempt,
+                    ..Default::default()
+                }));
+                let id = self.record(e);
+                t.last_event = id;
+                t.spec.scheduled_event = id.to_vec();
+            }
+            let msg = PeerMessage { req_id: 0, body: Some(peer_message::Body::Push(t.spec.clone())) };
+            match batches.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &conn)) {
+                Some((_, buf)) => encode_frame(&msg, buf),
+                None => {
+                    let mut buf = Vec::with_capacity(256);
+                    encode_frame(&msg, &mut buf);
+                    batches.push((conn, buf));
+                }
+            }
+        }
+        for (conn, buf) in batches {
+            // A failed write means the worker died; its reader thread handles that.
+            let _ = conn.send_raw(&buf);
+        }
+    }
+
+    fn request_lease(&self, _st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
+        let req = self.node_conn.next_req();
+        _st.lease_requests.insert(req, key.to_string());
+        let body = client_message::Body::Lease(rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec() });
+        if self.node_conn.send(req, body).is_err() {
+            _st.lease_requests.remove(&req);
+        }
+    }
+
+    fn lease_granted(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply) {
+        if !reply.error.is_empty() {
+            // Every queued task of this shape fails: infeasible or unstartable.
+            let mut st = self.state.lock();
+            let tasks: Vec<Id> = st.queues.get_mut(&key).map(|q| {
+                q.leases_requested = 0;
+                q.ready.drain(..).collect()
+            }).unwrap_or_default();
+            for t in tasks {
+                let err = if reply.infeasible {
+                    Error::Infeasible { task: crate::TaskId(t), demand: reply.error.clone() }
+                } else {
+                    Error::Connection(reply.error.clone())
+                };
+                let error_type = if reply.infeasible { "infeasible" } else { "worker_start_failed" };
+                self.fail_task_final_locked(&mut st, t, err, error_type, &reply.error, None);
+            }
+            drop(st);
+            self.ready.notify_all();
+            return;
+        }
+        let Ok(worker) = <Id>::try_from(reply.worker_id.as_slice()) else { return };
+        let conn = match self.peer(&reply.address) {
+            Ok(c) => c,
+            Err(_) => {
+                // It died between the grant and our connect; its reaper will tell the node.
+                let mut st = self.state.lock();
+                if let Some(q) = st.queues.get_mut(&key) {
+                    q.leases_requested = 0;
+                }
+                self.dispatch_locked(&mut st, &key);
+                return;
+            }
+        };
+        *conn.worker.lock() = Some(worker);
+        let mut st = self.state.lock();
+        let Some(q) = st.queues.get_mut(&key) else { return };
+        q.leases_requested = 0;
+        q.workers.push(worker);
+        st.leased.insert(worker, Leased { conn, key: key.clone(), in_flight: HashSet::new(), idle_since: Some(Instant::now()) });
+        self.dispatch_locked(&mut st, &key);
+        let more = st.queues.get(&key).is_some_and(|q| !q.ready.is_empty());
+        if more {
+            // Everything leased is full and work remains: ask for one more worker.
+            let q = st.queues.get_mut(&key).unwrap();
+            if q.leases_requested == 0 {
+                q.leases_requested = 1;
+                let demand = q.demand.clone();
+                let first = q.ready[0];
+                self.request_lease(&mut st, &key, demand, first);
+            }
+        }
+    }
+
+    fn task_result(self: &Arc<Self>, worker: Id, r: rayr_proto::TaskResult) {
+        let Ok(task) = <Id>::try_from(r.task_id.as_slice()) else { return };
+        let finished_event: Option<Id> = r.finished_event.as_slice().try_into().ok();
+        let mut st = self.state.lock();
+        let mut key = None;
+        if let Some(l) = st.leased.get_mut(&worker) {
+            l.in_flight.remove(&task);
+            key = Some(l.key.clone());
+        }
+        let attempt_matches = st.tasks.get(&task).is_some_and(|t| t.spec.attempt == r.attempt);
+        if attempt_matches {
+            match r.outcome {
+                Some(rayr_proto::task_result::Outcome::InlineValue(b)) => {
+                    self.finish_task_locked(&mut st, task, Slot::Inline(b.into(), crate::codec::POSTCARD), finished_event);
+                }
+                Some(rayr_proto::task_result::Outcome::Shm(loc)) => {
+                    let slot = Slot::Shm { offset: loc.offset, size: loc.size, format: loc.format };
+                    self.finish_task_locked(&mut st, task, slot, finished_event);
+                }
+                Some(rayr_proto::task_result::Outcome::Error(err)) => {
+                    self.task_error_locked(&mut st, task, err, finished_event);
+                }
+                None => {}
+            }
+        }
+        if let Some(key) = key {
+            self.dispatch_locked(&mut st, &key);
+            if let Some(l) = st.leased.get_mut(&worker) {
+                if l.in_flight.is_empty() {
+                    l.idle_since = Some(Instant::now());
+                }
+            }
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+
+    fn task_error_locked(self: &Arc<Self>, st: &mut State, task: Id, err: TaskError, cause: Option<Id>) {
+        let Some(t) = st.tasks.get_mut(&task) else { return };
+        let retry = t.retry_exceptions && err.kind != "bad_argument" && t.spec.attempt < t.spec.max_retries;
+        if retry {
+            let reason = format!("{} in attempt {}: {}", err.kind, t.spec.attempt, err.message);
+            self.retry_locked(st, task, reason, cause);
+            return;
+        }
+        let e = Error::TaskFailed { task: crate::TaskId(task), message: err.message.clone(), backtrace: err.backtrace.clone() };
+        self.finish_task_locked(st, task, Slot::Failed(e), cause);
+    }
+
+    fn retry_locked(self: &Arc<Self>, st: &mut State, task: Id, reason: String, cause: Option<Id>) {
+        let Some(t) = st.tasks.get_mut(&task) else { return };
+        t.spec.attempt += 1;
+        t.worker = None;
+        if self.record_events {
+            let mut e = self.event(EventKind::TaskRetried);
+            e.task_id = task.to_vec();
+            if let Some(c) = cause {
+                e.cause = c.to_vec();
+            }
+            e.detail = Some(event::Detail::Task(TaskDetail {
+                function: t.spec.function.clone(),
+                attempt: t.spec.attempt,
+                max_retries: t.spec.max_retries,
+                reason,
+                ..Default::default()
+            }));
+            t.last_event = self.record(e);
+        }
+        self.enqueue_locked(st, task);
+    }
+
+    /// Fails a task for good from the submitter's side (the worker could not report it),
+    /// recording TASK_FAILED.
+    pub fn fail_task_final_locked(
+        self: &Arc<Self>,
+        st: &mut State,
+        task: Id,
+        err: Error,
+        error_type: &str,
+        message: &str,
+        cause: Option<Id>,
+    ) {
+        let mut failed = None;
+        if let Some(t) = st.tasks.get(&task) {
+            let mut e = self.event(EventKind::TaskFailed);
+            e.task_id = task.to_vec();
+            if let Some(w) = t.worker {
+                e.worker_id = w.to_vec();
+            }
+            e.cause = cause.unwrap_or(t.last_event).to_vec();
+            e.detail = Some(event::Detail::Task(TaskDetail {
+                function: t.spec.function.clone(),
+                attempt: t.spec.attempt,
+                max_retries: t.spec.max_retries,
+                error: message.to_string(),
+                r#final: true,
+                error_type: error_type.to_string(),
+                ..Default::default()
+            }));
+            failed = Some(self.record(e));
+        }
+        self.finish_task_locked(st, task, Slot::Failed(err), failed);
+    }
+
+    /// A task is done for good: its return object gets `slot`, its arguments are released.
+    pub fn finish_task_locked(self: &Arc<Self>, st: &mut State, task: Id, slot: Slot, cause: Option<Id>) {
+        let Some(t) = st.tasks.remove(&task) else { return };
+        if let Some(q) = st.queues.get_mut(&t.key) {
+            q.ready.retain(|x| *x != task);
+        }
+        let ret: Id = t.spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
+        self.object_created(st, ret, slot, Some(task), cause);
+        for id in t.owned_args {
+            if let Some(o) = st.owned.get_mut(&id) {
+                o.submitted = o.submitted.saturating_sub(1);
+                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
+                    self.free_locked(st, id, "the last task using it finished");
+                }
+            }
+        }
+        for id in t.borrowed_args {
+            self.release_borrowed_locked(st, id);
+        }
+    }
+
+    fn dependency_ready(self: &Arc<Self>, st: &mut State, task: Id, dep: Id, slot: &Slot) {
+        let Some(t) = st.tasks.get_mut(&task) else { return };
+        let mut failed = None;
+        t.deps.retain(|&(i, d)| {
+            if d != dep {
+                return true;
+            }
+            match slot {
+                Slot::Inline(b, _) => t.spec.args[i].arg = Some(rayr_proto::task_arg::Arg::InlineValue(b.to_vec())),
+                Slot::Shm { offset, size, format } => {
+                    t.spec.args[i].arg = Some(rayr_proto::task_arg::Arg::Shm(ObjectLocation {
+                        object_id: dep.to_vec(),
+                        offset: *offset,
+                        size: *size,
+                        format: *format,
+                    }))
+                }
+                Slot::Failed(e) => failed = Some(e.clone()),
+                Slot::Pending => return true,
+            }
+            false
+        });
+        if let Some(e) = failed {
+            let msg = format!("argument {} failed: {e}", hex(&dep));
+            self.fail_task_final_locked(st, task, e, "dependency_failed", &msg, None);
+            return;
+        }
+        if st.tasks.get(&task).is_some_and(|t| t.deps.is_empty()) {
+            self.enqueue_locked(st, task);
+        }
+    }
+
+    fn worker_lost(self: &Arc<Self>, worker: Id) {
+        let tasks: Vec<Id> = {
+            let mut st = self.state.lock();
+            let Some(l) = st.leased.remove(&worker) else { return };
+            if let Some(q) = st.queues.get_mut(&l.key) {
+                q.workers.retain(|w| *w != worker);
+            }
+            l.in_flight.into_iter().collect()
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        let (exit_event, detail) = self.worker_exit(worker);
+        let mut st = self.state.lock();
+        for task in tasks {
+            let Some(t) = st.tasks.get(&task) else { continue };
+            if t.spec.attempt < t.spec.max_retries {
+                let reason = format!("worker {} died: {detail}", hex(&worker));
+                self.retry_locked(&mut st, task, reason, exit_event);
+            } else {
+                let err = Error::WorkerDied { worker: crate::WorkerId(worker), exit: detail.clone() };
+                let msg = format!("worker {} died: {detail}; no retries left", hex(&worker));
+                self.fail_task_final_locked(&mut st, task, err, "worker_died", &msg, exit_event);
+            }
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+
+    /// How a worker ended, from its node agent (waiting briefly for the reap).
+    pub fn worker_exit(&self, worker: Id) -> (Option<Id>, String) {
+        let body = client_message::Body::WorkerExit(rayr_proto::WorkerExitQuery { worker_id: worker.to_vec(), wait_ms: 3000 });
+        match self.node_conn.call(body) {
+            Ok(node_message::Body::WorkerExit(r)) if r.exited => {
+                let exit = r.exit.unwrap_or_default();
+                let pid = exit.pid;
+                (r.exit_event.as_slice().try_into().ok(), format!("pid {pid} {}", exit.detail))
+            }
+            _ => (None, "the connection to it closed (its exit is not known to this node)".to_string()),
+        }
+    }
+
+    pub fn shutdown(self: &Arc<Self>, reason: &str) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        {
+            let mut st = self.state.lock();
+            let workers: Vec<Id> = st.leased.keys().copied().collect();
+            for w in workers {
+                self.return_lease_locked(&mut st, w);
+            }
+        }
+        self.flush_events();
+        if self.is_driver {
+            let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string() }));
+        }
+        let _ = self.node_conn.write.lock().shutdown(std::net::Shutdown::Both);
+        // Wake our accept loop so it exits, then remove our socket.
+        let _ = UnixStream::connect(&self.address);
+        let _ = std::fs::remove_file(&self.address);
+    }
+}
+
+/// An owned object's value as a reply to a remote reader.
+fn value_message(req: u64, id: Id, slot: &Slot) -> PeerMessage {
+    use rayr_proto::object_value::Value;
+    let value = match slot {
+        Slot::Inline(b, _) => Value::InlineValue(b.to_vec()),
+        Slot::Shm { offset, size, format } => {
+            Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format })
+        }
+        Slot::Failed(e) => Value::Error(e.to_string()),
+        Slot::Pending => Value::Error("still pending".into()),
+    };
+    PeerMessage {
+        req_id: req,
+        body: Some(peer_message::Body::Value(rayr_proto::ObjectValue { object_id: id.to_vec(), value: Some(value) })),
+    }
+}

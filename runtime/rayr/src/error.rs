@@ -1,0 +1,42 @@
+//! `rayr::Error`: every failure a user can see, each naming the id that `rayr why-died`
+//! explains further.
+
+use crate::ids::{ActorId, NodeId, ObjectId, TaskId, WorkerId};
+
+/// `Result<T, rayr::Error>`.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[non_exhaustive]
+#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+pub enum Error {
+    /// The task's code panicked or returned `Err(..)`.
+    #[error("task {task} failed: {message}; run `rayr why-died {task}`")]
+    TaskFailed { task: TaskId, message: String, backtrace: String },
+    /// The process running the task died.
+    #[error("worker {worker} died: {exit}; run `rayr why-died {worker}`")]
+    WorkerDied { worker: WorkerId, exit: String },
+    #[error("actor {actor} died: {cause}; run `rayr why-died {actor}`")]
+    ActorDied { actor: ActorId, cause: String },
+    /// The process that owned the object died, and the object with it.
+    #[error("object {object} is lost: its owner {owner}; run `rayr why-died {object}`")]
+    OwnerDied { object: ObjectId, owner: String },
+    #[error("object {object} is lost and cannot be rebuilt; run `rayr why-died {object}`")]
+    ObjectLost { object: ObjectId },
+    #[error("task {task} was killed on node {node} because memory ran out: {detail}; run `rayr why-died {task}`")]
+    OutOfMemory { task: TaskId, node: NodeId, detail: String },
+    #[error("node {node} died; run `rayr why-died {node}`")]
+    NodeDied { node: NodeId },
+    /// No node of the cluster can ever satisfy the task's resource demand.
+    #[error("task {task} can never be scheduled: {demand}; run `rayr why-died {task}`")]
+    Infeasible { task: TaskId, demand: String },
+    #[error("timed out waiting for the object")]
+    Timeout,
+    #[error("the task was cancelled")]
+    Cancelled,
+    /// A value could not be serialized or deserialized.
+    #[error("serialization failed: {0}")]
+    Serialization(String),
+    /// A rayr process could not be reached.
+    #[error("{0}")]
+    Connection(String),
+}

@@ -1,0 +1,204 @@
+//! Worker mode: the same binary, started by a node agent, runs tasks pushed to it.
+
+use std::borrow::Cow;
+use std::cell::{Cell, RefCell};
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+
+use rayr_logs::{Id, hex};
+use rayr_node::pool::env;
+use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskDetail, TaskError, TaskResult, event, peer_message, task_arg, task_result};
+
+use crate::api::{Fetched, fetch, store_bytes_for};
+use crate::codec;
+use crate::core::{self, ConnectParams, Core, Exec, Slot};
+use crate::registry::{self, ArgBytes, ArgReader, Returned};
+
+thread_local! {
+    static CURRENT_TASK: Cell<(Option<Id>, u32)> = const { Cell::new((None, 0)) };
+    static LAST_PANIC: RefCell<Option<(String, String, String)>> = const { RefCell::new(None) };
+}
+
+/// The task running on this thread, and its attempt number.
+pub(crate) fn current_task() -> (Option<Id>, u32) {
+    CURRENT_TASK.with(|c| c.get())
+}
+
+/// Called first thing by `#[rayr::main]`: in a worker process this serves tasks until the
+/// node agent goes away, then exits; in a driver it returns at once.
+pub fn run_worker_if_requested() {
+    if std::env::var(env::WORKER_MODE).as_deref() != Ok("1") {
+        return;
+    }
+    let code = match worker_main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("rayr worker: {e}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn env_id(name: &str) -> Result<Id, String> {
+    let v = std::env::var(name).map_err(|_| format!("{name} is not set"))?;
+    rayr_logs::parse_hex(&v)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| format!("{name}={v:?} is not a 32-digit hex id"))
+}
+
+fn worker_main() -> Result<(), String> {
+    let prev = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = match info.payload().downcast_ref::<&str>() {
+            Some(s) => s.to_string(),
+            None => info.payload().downcast_ref::<String>().cloned().unwrap_or_else(|| "panic".into()),
+        };
+        let location = info.location().map(|l| format!("{}:{}:{}", l.file(), l.line(), l.column())).unwrap_or_default();
+        let backtrace = std::backtrace::Backtrace::force_capture().to_string();
+        LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location, backtrace)));
+        prev(info);
+    }));
+    let cfg = crate::Config::from_env().map_err(|e| e.to_string())?;
+    let params = ConnectParams {
+        node_socket: std::env::var_os(env::NODE_SOCKET).ok_or("RAYR_NODE_SOCKET is not set")?.into(),
+        worker_id: env_id(env::WORKER_ID)?,
+        job_id: env_id(env::JOB_ID)?,
+        is_driver: false,
+        record_events: cfg.record_events,
+        max_inline: cfg.max_inline_bytes,
+    };
+    let core = Core::connect(params).map_err(|e| e.to_string())?;
+    let (tx, rx) = crossbeam_channel::unbounded::<Exec>();
+    *core.exec_tx.lock() = Some(tx);
+    core::install(core.clone());
+    while let Ok(exec) = rx.recv() {
+        run_task(&core, exec);
+    }
+    Ok(())
+}
+
+fn run_task(core: &Arc<Core>, exec: Exec) {
+    let spec = exec.spec;
+    let task: Id = spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
+    CURRENT_TASK.with(|c| c.set((Some(task), spec.attempt)));
+    let mut started = core.event(EventKind::TaskStarted);
+    started.task_id = spec.task_id.clone();
+    started.worker_id = core.me.to_vec();
+    started.cause = spec.scheduled_event.clone();
+    started.detail = Some(event::Detail::Task(TaskDetail {
+        function: spec.function.clone(),
+        attempt: spec.attempt,
+        pid: std::process::id(),
+        ..Default::default()
+    }));
+    let started = core.record(started);
+
+    let outcome = execute(core, &spec);
+    let (kind, detail_error) = match &outcome {
+        task_result::Outcome::Error(e) => (EventKind::TaskFailed, Some(e.clone())),
+        _ => (EventKind::TaskFinished, None),
+    };
+    let mut done = core.event(kind);
+    done.task_id = spec.task_id.clone();
+    done.worker_id = core.me.to_vec();
+    done.cause = started.to_vec();
+    let mut detail = TaskDetail { function: spec.function.clone(), attempt: spec.attempt, max_retries: spec.max_retries, ..Default::default() };
+    if let Some(e) = &detail_error {
+        let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
+        detail.r#final = !retried;
+        detail.error = if e.location.is_empty() { e.message.clone() } else { format!("{} (at {})", e.message, e.location) };
+        detail.backtrace = e.backtrace.clone();
+        detail.error_type = e.kind.clone();
+    }
+    done.detail = Some(event::Detail::Task(detail));
+    let finished_event = core.record(done);
+    if detail_error.is_some() {
+        // A failure is worth having on disk before anything else can go wrong.
+        core.flush_events();
+    }
+    CURRENT_TASK.with(|c| c.set((None, 0)));
+    exec.reply.send(&PeerMessage {
+        req_id: 0,
+        body: Some(peer_message::Body::Result(TaskResult {
+            task_id: spec.task_id,
+            attempt: spec.attempt,
+            outcome: Some(outcome),
+            finished_event: finished_event.to_vec(),
+            contained: Vec::new(),
+        })),
+    });
+}
+
+fn error(kind: &str, message: String) -> task_result::Outcome {
+    task_result::Outcome::Error(TaskError { message, kind: kind.into(), ..Default::default() })
+}
+
+fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcome {
+    let Some(function) = registry::lookup(&spec.function) else {
+        let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+        return error(
+            "bad_argument",
+            format!("function {} is not registered in {binary}: is the worker built from the same source as the driver?", spec.function),
+        );
+    };
+    // Values fetched from other owners must outlive the reader that borrows them.
+    let mut fetched: Vec<Fetched> = Vec::new();
+    for a in &spec.args {
+        if let Some(task_arg::Arg::ByRef(r)) = &a.arg {
+            let id: Id = r.object_id.as_slice().try_into().unwrap_or([0; 16]);
+            let owner: Id = r.owner.as_slice().try_into().unwrap_or([0; 16]);
+            match fetch(core, id, owner, &r.owner_address, None) {
+                Ok(f) => fetched.push(f),
+                Err(e) => return error("dependency_failed", format!("argument {} could not be read: {e}", hex(&id))),
+            }
+        }
+    }
+    let mut by_ref = fetched.iter();
+    let mut args = Vec::with_capacity(spec.args.len());
+    for a in &spec.args {
+        let arg = match &a.arg {
+            Some(task_arg::Arg::InlineValue(b)) => ArgBytes { bytes: Cow::Borrowed(b.as_slice()), format: codec::POSTCARD },
+            // SAFETY: the owner keeps the object alive until this task ends.
+            Some(task_arg::Arg::Shm(loc)) => ArgBytes { bytes: Cow::Borrowed(unsafe { core.arena.bytes(loc.offset, loc.size) }), format: loc.format },
+            Some(task_arg::Arg::ByRef(_)) => match by_ref.next() {
+                Some(Fetched::Inline(b, f)) => ArgBytes { bytes: Cow::Borrowed(&b[..]), format: *f },
+                Some(Fetched::Shm { offset, size, format }) => {
+                    ArgBytes { bytes: Cow::Borrowed(unsafe { core.arena.bytes(*offset, *size) }), format: *format }
+                }
+                None => return error("bad_argument", "internal: missing fetched argument".into()),
+            },
+            None => return error("bad_argument", "a task argument is empty".into()),
+        };
+        args.push(arg);
+    }
+    let mut reader = ArgReader { args };
+    LAST_PANIC.with(|p| p.borrow_mut().take());
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&mut reader)));
+    drop(reader);
+    match result {
+        Ok(Returned::Value(bytes)) => {
+            if bytes.len() <= core.max_inline {
+                return task_result::Outcome::InlineValue(bytes);
+            }
+            let owner: Id = spec.owner.as_slice().try_into().unwrap_or([0; 16]);
+            let ret: Id = spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
+            match store_bytes_for(core, &bytes, codec::POSTCARD, owner, ret) {
+                Ok((Slot::Shm { offset, size, format }, _)) => {
+                    task_result::Outcome::Shm(ObjectLocation { object_id: ret.to_vec(), offset, size, format })
+                }
+                Ok(_) => unreachable!("store_bytes_for returns a shm slot"),
+                Err(e) => error("store", format!("the return value could not be stored: {e}")),
+            }
+        }
+        Ok(Returned::ApplicationError(message)) => error("application", message),
+        Ok(Returned::BadArgument(message)) => error("bad_argument", message),
+        Err(payload) => {
+            let (message, location, backtrace) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
+                let m = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
+                (m.unwrap_or_else(|| "panic".into()), String::new(), String::new())
+            });
+            task_result::Outcome::Error(TaskError { message: format!("panicked: {message}"), backtrace, kind: "panic".into(), location })
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! rayr: distributed tasks for Rust, in which every decision the runtime makes is
+//! recorded and explainable.
+//!
+//! This is the one crate a user imports. Mark functions `#[rayr::remote]`, wrap `main` in
+//! `#[rayr::main]`, call [`init`], and submit:
+//!
+//! ```no_run
+//! use rayr::prelude::*;
+//!
+//! #[rayr::remote]
+//! fn square(x: u64) -> u64 { x * x }
+//!
+//! #[rayr::main]
+//! fn main() -> rayr::Result<()> {
+//!     rayr::init()?;                        // RAYR_ADDRESS, a running local cluster, or embedded
+//!     let r = square::remote(7);
+//!     assert_eq!(rayr::get(&r)?, 49);
+//!     Ok(())
+//! }
+//! ```
+//!
+//! What lives where: [`core`](crate) (private) is the core worker inside every driver and
+//! worker process: ownership, the submitter, the peer server, the event buffer. `exec` is
+//! worker mode. The node agent (`rayr-node`) and the head (`rayr-head`) are separate crates;
+//! an embedded `init()` starts both inside the driver process. The public surface is
+//! exactly `shared/design/API.md`.
+
+mod api;
+mod codec;
+mod core;
+mod error;
+mod exec;
+mod ids;
+mod object_ref;
+mod options;
+mod raw;
+mod registry;
+mod runtime;
+
+pub use api::{
+    IntoArg, RuntimeContext, SliceGuard, cancel, cluster_resources, get, get_all, get_slice, get_timeout, put, put_slice,
+    runtime_context, store_usage, wait,
+};
+pub use error::{Error, Result};
+pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
+pub use object_ref::ObjectRef;
+pub use options::{Config, TaskOptions};
+pub use rayr_macros::{main, remote};
+pub use runtime::{init, init_with, session_dir, shutdown};
+
+/// `use rayr::prelude::*;` brings in what user programs need.
+pub mod prelude {
+    pub use crate::{Config, Error, ObjectRef, TaskOptions};
+}
+
+/// Used by generated code only; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::api::{ArgValue, submit_task};
+    pub use crate::exec::run_worker_if_requested;
+    pub use crate::option_builders;
+    pub use crate::registry::{ArgReader, RemoteFunction, Returned};
+    pub use inventory;
+}

@@ -1,0 +1,155 @@
+//! `ObjectRef<T>`: a reference to a value that is, or will be, somewhere in the cluster.
+//!
+//! Each handle counts once in its owner's books: the owner's local count when the handle
+//! lives in the owner's process, a borrow otherwise. Serializing a ref (inside another
+//! object or a task argument) leaves a token with the owner so the value cannot be freed
+//! while the ref is in flight; deserializing it consumes the token and registers the new
+//! holder as a borrower.
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rayr_logs::Id;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::core::{self, Slot};
+use crate::ids::ObjectId;
+
+#[doc(hidden)]
+pub struct RefHandle {
+    pub(crate) id: Id,
+    pub(crate) owner: Id,
+    pub(crate) owner_address: String,
+}
+
+impl Drop for RefHandle {
+    fn drop(&mut self) {
+        if let Some(core) = core::current() {
+            core.release_local(self.id, self.owner);
+        }
+    }
+}
+
+/// A reference to a task's result or a `put` value. Cheap to clone; `rayr::get` reads it.
+pub struct ObjectRef<T> {
+    pub(crate) handle: Arc<RefHandle>,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> ObjectRef<T> {
+    pub(crate) fn from_handle(handle: Arc<RefHandle>) -> Self {
+        ObjectRef { handle, _t: PhantomData }
+    }
+    /// The object's id (give it to `rayr why-died` or `rayr events --id`).
+    pub fn id(&self) -> ObjectId {
+        ObjectId(self.handle.id)
+    }
+    /// The worker (or driver) that owns the object.
+    pub fn owner(&self) -> crate::WorkerId {
+        crate::WorkerId(self.handle.owner)
+    }
+}
+
+impl<T> Clone for ObjectRef<T> {
+    fn clone(&self) -> Self {
+        ObjectRef { handle: self.handle.clone(), _t: PhantomData }
+    }
+}
+
+impl<T> std::fmt::Debug for ObjectRef<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ObjectRef({})", rayr_logs::hex(&self.handle.id))
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct WireRef {
+    id: [u8; 16],
+    owner: [u8; 16],
+    owner_address: String,
+}
+
+impl<T> Serialize for ObjectRef<T> {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if let Some(core) = core::current() {
+            core.add_token(&self.handle);
+        }
+        WireRef { id: self.handle.id, owner: self.handle.owner, owner_address: self.handle.owner_address.clone() }
+            .serialize(s)
+    }
+}
+
+impl<'de, T> Deserialize<'de> for ObjectRef<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = WireRef::deserialize(d)?;
+        let handle = match core::current() {
+            Some(core) => core.adopt(w.id, w.owner, w.owner_address),
+            None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address }),
+        };
+        Ok(ObjectRef::from_handle(handle))
+    }
+}
+
+impl core::Core {
+    /// A serialized copy of `h` is about to travel: make sure its owner keeps the value.
+    pub(crate) fn add_token(self: &Arc<Self>, h: &RefHandle) {
+        if h.owner == self.me {
+            if let Some(o) = self.state.lock().owned.get_mut(&h.id) {
+                o.tokens += 1;
+            }
+            return;
+        }
+        if let Ok(peer) = self.peer(&h.owner_address) {
+            let msg = borrow_msg(h.id, None, true, false);
+            let _ = peer.call(msg, Some(Duration::from_secs(5)));
+        }
+    }
+
+    /// A ref arrived in this process (deserialized): count it here and with its owner.
+    pub(crate) fn adopt(self: &Arc<Self>, id: Id, owner: Id, owner_address: String) -> Arc<RefHandle> {
+        if owner == self.me {
+            let mut st = self.state.lock();
+            if let Some(o) = st.owned.get_mut(&id) {
+                o.tokens = o.tokens.saturating_sub(1);
+                o.local_refs += 1;
+            }
+        } else {
+            let first = {
+                let mut st = self.state.lock();
+                let e = st.borrowed.entry(id).or_insert((0, owner, owner_address.clone()));
+                e.0 += 1;
+                e.0 == 1
+            };
+            // Always consume the token; register as borrower (idempotent on the owner).
+            let _ = first;
+            if let Ok(peer) = self.peer(&owner_address) {
+                let msg = borrow_msg(id, Some(self.me), true, true);
+                let _ = peer.call(msg, Some(Duration::from_secs(5)));
+            }
+        }
+        Arc::new(RefHandle { id, owner, owner_address })
+    }
+
+    /// A new handle for an object this process owns (already counted in `local_refs`).
+    pub(crate) fn owned_handle(&self, id: Id) -> Arc<RefHandle> {
+        Arc::new(RefHandle { id, owner: self.me, owner_address: self.address.clone() })
+    }
+
+    /// Whether the value of an owned object is available (or failed) without waiting.
+    pub(crate) fn is_ready_locked(st: &core::State, id: &Id) -> bool {
+        st.owned.get(id).is_none_or(|o| !matches!(o.slot, Slot::Pending))
+    }
+}
+
+fn borrow_msg(id: Id, borrower: Option<Id>, add: bool, consumes_token: bool) -> rayr_proto::PeerMessage {
+    rayr_proto::PeerMessage {
+        req_id: 0,
+        body: Some(rayr_proto::peer_message::Body::Borrow(rayr_proto::BorrowerUpdate {
+            object_id: id.to_vec(),
+            borrower: borrower.map(|b| b.to_vec()).unwrap_or_default(),
+            add,
+            consumes_token,
+        })),
+    }
+}

@@ -1,0 +1,82 @@
+//! The static registry of remote functions, and the glue generated code calls.
+
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+
+/// One `#[rayr::remote]` function: its stable name and how to run it from task arguments.
+pub struct RemoteFunction {
+    pub name: &'static str,
+    pub invoke: fn(&mut ArgReader<'_>) -> Returned,
+}
+
+inventory::collect!(RemoteFunction);
+
+pub(crate) fn lookup(name: &str) -> Option<&'static RemoteFunction> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static RemoteFunction>> = OnceLock::new();
+    TABLE
+        .get_or_init(|| inventory::iter::<RemoteFunction>.into_iter().map(|f| (f.name, f)).collect())
+        .get(name)
+        .copied()
+}
+
+/// The bytes of each argument of a task, ready to be deserialized in place.
+pub struct ArgReader<'a> {
+    pub(crate) args: Vec<ArgBytes<'a>>,
+}
+
+pub(crate) struct ArgBytes<'a> {
+    pub bytes: std::borrow::Cow<'a, [u8]>,
+    pub format: u32,
+}
+
+impl ArgReader<'_> {
+    /// Deserializes argument `i`.
+    pub fn arg<T: DeserializeOwned>(&mut self, i: usize) -> Result<T, String> {
+        let a = self.args.get(i).ok_or_else(|| format!("the task has no argument {i}"))?;
+        crate::codec::decode(&a.bytes, a.format)
+    }
+}
+
+/// What a task produced: a serialized value or an error in the user's code.
+pub enum Returned {
+    Value(Vec<u8>),
+    ApplicationError(String),
+    BadArgument(String),
+}
+
+impl Returned {
+    pub fn value<T: Serialize>(v: &T) -> Returned {
+        match crate::codec::encode(v) {
+            Ok(b) => Returned::Value(b),
+            Err(e) => Returned::BadArgument(format!("the return value cannot be serialized: {e}")),
+        }
+    }
+    pub fn application_error<E: std::fmt::Display>(e: &E) -> Returned {
+        Returned::ApplicationError(e.to_string())
+    }
+    pub fn bad_argument(i: usize, e: String) -> Returned {
+        Returned::BadArgument(format!(
+            "argument {i} cannot be deserialized: {e} (was the driver built from the same source as this worker?)"
+        ))
+    }
+}
+
+/// The option builders every generated `f::options()` type has (see `TaskOptions`).
+#[macro_export]
+#[doc(hidden)]
+macro_rules! option_builders {
+    () => {
+        pub fn num_cpus(mut self, n: f64) -> Self { self.options = self.options.num_cpus(n); self }
+        pub fn num_gpus(mut self, n: f64) -> Self { self.options = self.options.num_gpus(n); self }
+        pub fn memory(mut self, bytes: f64) -> Self { self.options = self.options.memory(bytes); self }
+        pub fn resource(mut self, name: &str, amount: f64) -> Self { self.options = self.options.resource(name, amount); self }
+        pub fn max_retries(mut self, n: i32) -> Self { self.options = self.options.max_retries(n); self }
+        pub fn retry_exceptions(mut self, yes: bool) -> Self { self.options = self.options.retry_exceptions(yes); self }
+        pub fn name(mut self, name: &str) -> Self { self.options = self.options.name(name); self }
+        pub fn scheduling_strategy(mut self, s: &str) -> Self { self.options = self.options.scheduling_strategy(s); self }
+    };
+}
