@@ -22,14 +22,24 @@ fn process_salt() -> u64 {
 
 static COUNTER: AtomicU64 = AtomicU64::new(1);
 
-/// A new id, unique across processes and hosts with overwhelming probability.
-/// The random half comes first so that id prefixes typed by a user tell processes apart.
+/// A new id, unique across processes and hosts with overwhelming probability: the first
+/// half is a bijective scramble of this process's counter (so short prefixes typed by a
+/// user already tell ids apart), the second half is the process's random salt.
 #[inline]
 pub fn new_id() -> Id {
+    let salt = process_salt();
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed).wrapping_add(salt.rotate_left(17));
     let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&process_salt().to_be_bytes());
-    id[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_be_bytes());
+    id[..8].copy_from_slice(&splitmix64(n).to_be_bytes());
+    id[8..].copy_from_slice(&salt.to_be_bytes());
     id
+}
+
+/// A bijection on u64 that scatters consecutive inputs (SplitMix64's finalizer).
+fn splitmix64(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
+    z ^ (z >> 31)
 }
 
 /// Microseconds since the Unix epoch.

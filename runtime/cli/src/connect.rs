@@ -72,9 +72,7 @@ pub async fn connect(address: Option<String>) -> anyhow::Result<Cluster> {
         ),
         _ => anyhow::Error::new(e),
     })?;
-    index
-        .catch_up(&session)
-        .with_context(|| format!("reading the event logs of session {}", session.dir.display()))?;
+    index.catch_up(&session).with_context(|| format!("reading the event logs of session {}", session.dir.display()))?;
     eprintln!("cluster not running; showing the record of session {}", session.dir.display());
     Ok(Cluster::Offline(index))
 }
@@ -82,7 +80,8 @@ pub async fn connect(address: Option<String>) -> anyhow::Result<Cluster> {
 /// Connects and checks that a head answers there (a stale address may now be someone else's port).
 async fn dial(addr: &str) -> anyhow::Result<HeadClient<Channel>> {
     let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
-    let endpoint = Endpoint::from_shared(uri).map_err(|e| anyhow!("`{addr}` is not an address of the form HOST:PORT ({e})"))?;
+    let endpoint =
+        Endpoint::from_shared(uri).map_err(|e| anyhow!("`{addr}` is not an address of the form HOST:PORT ({e})"))?;
     let channel = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect_timeout(DIAL_TIMEOUT).connect())
         .await
         .map_err(|_| anyhow!("no answer within {DIAL_TIMEOUT:?}"))?
@@ -91,7 +90,9 @@ async fn dial(addr: &str) -> anyhow::Result<HeadClient<Channel>> {
     let mut client = HeadClient::new(channel).max_decoding_message_size(256 << 20);
     tokio::time::timeout(DIAL_TIMEOUT * 2, client.cluster_info(rayr_proto::ClusterInfoRequest {}))
         .await
-        .map_err(|_| anyhow!("something listens there but did not answer as a rayr head within {:?}", DIAL_TIMEOUT * 2))?
+        .map_err(|_| {
+            anyhow!("something listens there but did not answer as a rayr head within {:?}", DIAL_TIMEOUT * 2)
+        })?
         .map_err(|s| anyhow!("something listens there but is not a rayr head ({})", s.message()))?;
     Ok(client)
 }
@@ -168,7 +169,8 @@ impl Cluster {
         loop {
             let req = ListRequest { entity: entity.to_string(), filters: filters.clone(), offset, limit: PAGE };
             let page = self.list_page(req).await?;
-            let n = (page.tasks.len() + page.objects.len() + page.workers.len() + page.nodes.len() + page.jobs.len()) as u64;
+            let n = (page.tasks.len() + page.objects.len() + page.workers.len() + page.nodes.len() + page.jobs.len())
+                as u64;
             all.total = page.total;
             all.tasks.extend(page.tasks);
             all.objects.extend(page.objects);
@@ -187,7 +189,11 @@ impl Cluster {
 
     /// Calls `sink` with each matching event in index order; with `follow`, keeps waiting
     /// for new ones until `sink` fails or the cluster goes away.
-    pub async fn events(&mut self, filter: &EventFilter, mut sink: impl FnMut(&Event) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    pub async fn events(
+        &mut self,
+        filter: &EventFilter,
+        mut sink: impl FnMut(&Event) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         if let Some(pattern) = &filter.id {
             // Checked here so that a typo is reported before any round trip.
             IdPattern::parse(pattern).map_err(|e| anyhow!("--id: {e}"))?;
@@ -202,7 +208,8 @@ impl Cluster {
                 });
                 if let Some(pattern) = &filter.id {
                     // The head resolves the pattern to one id (or says which it could mean).
-                    let value = pattern.replace('…', "..").parse().map_err(|_| anyhow!("--id `{pattern}` is not an id"))?;
+                    let value =
+                        pattern.replace('…', "..").parse().map_err(|_| anyhow!("--id `{pattern}` is not an id"))?;
                     req.metadata_mut().insert(ID_PATTERN_METADATA, value);
                 }
                 let mut stream = client.events(req).await.map_err(status_error)?.into_inner();

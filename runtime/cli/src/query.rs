@@ -380,8 +380,18 @@ impl Listed for ObjectRow {
 
 impl Listed for WorkerRow {
     const NOUN: &'static str = "worker";
-    const COLUMNS: &'static [&'static str] =
-        &["worker_id", "is_driver", "pid", "node_id", "state", "exit_type", "exit_code", "signal", "peak_rss_bytes", "detail"];
+    const COLUMNS: &'static [&'static str] = &[
+        "worker_id",
+        "is_driver",
+        "pid",
+        "node_id",
+        "state",
+        "exit_type",
+        "exit_code",
+        "signal",
+        "peak_rss_bytes",
+        "detail",
+    ];
     fn key(&self) -> &[u8] {
         &self.worker_id
     }
@@ -479,7 +489,13 @@ fn render<R: Listed>(mut rows: Vec<R>, args: &ListArgs) -> String {
                 let fields = r.fields();
                 R::COLUMNS
                     .iter()
-                    .map(|c| fields.iter().find(|(k, _)| k == c).map(|(_, v)| clip(v.text(true), MAX_CELL)).unwrap_or_default())
+                    .map(|c| {
+                        fields
+                            .iter()
+                            .find(|(k, _)| k == c)
+                            .map(|(_, v)| clip(v.text(true), MAX_CELL))
+                            .unwrap_or_default()
+                    })
                     .collect()
             })
             .collect();
@@ -562,7 +578,12 @@ fn summarize_tasks(tasks: Vec<TaskRow>, as_json: bool) -> String {
         })
         .collect();
     let mut out = table(&headers, &rows);
-    out.push_str(&format!("{} in {} function{}\n", count_line(tasks.len(), "task").trim_end(), by_function.len(), if by_function.len() == 1 { "" } else { "s" }));
+    out.push_str(&format!(
+        "{} in {} function{}\n",
+        count_line(tasks.len(), "task").trim_end(),
+        by_function.len(),
+        if by_function.len() == 1 { "" } else { "s" }
+    ));
     out
 }
 
@@ -843,7 +864,10 @@ mod tests {
         let table = render(rows.clone(), &args(false, false));
         let lines: Vec<&str> = table.lines().collect();
         let headers: Vec<&str> = lines[0].split_whitespace().collect();
-        assert_eq!(headers, ["TASK_ID", "FUNCTION", "STATE", "ATTEMPT", "WORKER_ID", "NODE_ID", "PID", "ERROR_TYPE", "ERROR"]);
+        assert_eq!(
+            headers,
+            ["TASK_ID", "FUNCTION", "STATE", "ATTEMPT", "WORKER_ID", "NODE_ID", "PID", "ERROR_TYPE", "ERROR"]
+        );
         assert_eq!(lines[1].split_whitespace().nth(6), Some("-"), "pid 0 means unknown: {table}");
         assert!(lines[1].starts_with("010101…010101"), "{table}");
         assert!(lines[2].contains('…') && lines[2].chars().count() < 200, "{table}");

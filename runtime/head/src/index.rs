@@ -22,12 +22,12 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use redb::{
-    Database, DatabaseError, Durability, MultimapTableDefinition, ReadableDatabase,
-    ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
-};
 use rayr_logs::{EventLogReader, Session};
 use rayr_proto::{Event, JobRow, ListReply, ListRequest, Message, NodeRow, ObjectRow, TaskRow, WorkerRow};
+use redb::{
+    Database, DatabaseError, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
 
 use crate::HeadError;
 use crate::ids::IdPattern;
@@ -136,7 +136,11 @@ impl EventIndex {
             txn.open_table(OFFSETS)?;
         }
         txn.commit()?;
-        Ok(EventIndex { db, session: None, writer: Mutex::new(WriterState { last_durable: Instant::now(), dirty: false }) })
+        Ok(EventIndex {
+            db,
+            session: None,
+            writer: Mutex::new(WriterState { last_durable: Instant::now(), dirty: false }),
+        })
     }
 
     /// The session `open` was given; `None` for an index in memory.
@@ -184,7 +188,8 @@ impl EventIndex {
         let mut reader = EventLogReader::new(path, offset);
         let mut indexed = 0u64;
         loop {
-            let batch = reader.read_more(READ_WINDOW).map_err(|e| HeadError::Io { path: path.to_path_buf(), source: e })?;
+            let batch =
+                reader.read_more(READ_WINDOW).map_err(|e| HeadError::Io { path: path.to_path_buf(), source: e })?;
             if batch.is_empty() {
                 return Ok(indexed);
             }
@@ -197,7 +202,13 @@ impl EventIndex {
     }
 
     /// One transaction: the events, their index entries, the view updates and the offset.
-    fn index_chunk(&self, log: &str, end: u64, chunk: &[(u64, Event)], writer: &mut WriterState) -> Result<(), HeadError> {
+    fn index_chunk(
+        &self,
+        log: &str,
+        end: u64,
+        chunk: &[(u64, Event)],
+        writer: &mut WriterState,
+    ) -> Result<(), HeadError> {
         let mut txn = self.db.begin_write()?;
         let durable = writer.last_durable.elapsed() >= DURABLE_EVERY;
         set_durability(&mut txn, durable)?;
@@ -266,7 +277,13 @@ impl EventIndex {
 
     /// Every event after `after_seq` naming `id` (any role; `None`: all), of `kind` (0: any),
     /// at or after `since_us` (0: any), in index order.
-    pub fn events(&self, id: Option<&[u8]>, kind: i32, since_us: i64, after_seq: u64) -> Result<Vec<(u64, Event)>, HeadError> {
+    pub fn events(
+        &self,
+        id: Option<&[u8]>,
+        kind: i32,
+        since_us: i64,
+        after_seq: u64,
+    ) -> Result<Vec<(u64, Event)>, HeadError> {
         let q = EventQuery { id: id.map(<[u8]>::to_vec), kind, since_us };
         let mut out = Vec::new();
         let mut after = after_seq;

@@ -61,7 +61,9 @@ pub enum HeadError {
     #[error("event index: {0}")]
     Store(#[from] redb::Error),
 
-    #[error("event index holds a record that does not decode ({0}); delete head.redb in the session directory to rebuild it from the event logs")]
+    #[error(
+        "event index holds a record that does not decode ({0}); delete head.redb in the session directory to rebuild it from the event logs"
+    )]
     Corrupt(#[from] prost::DecodeError),
 
     #[error("{}: {source}", path.display())]
@@ -77,7 +79,9 @@ pub enum HeadError {
     #[error("{0}")]
     BadRequest(String),
 
-    #[error("no id in this session matches `{pattern}`; `rayr list tasks` (or objects, workers, …) shows the ids there are")]
+    #[error(
+        "no id in this session matches `{pattern}`; `rayr list tasks` (or objects, workers, …) shows the ids there are"
+    )]
     UnknownId { pattern: String },
 
     #[error("{}", ambiguous(pattern, *total, candidates))]
@@ -86,7 +90,10 @@ pub enum HeadError {
 
 fn ambiguous(pattern: &str, total: usize, candidates: &[Vec<u8>]) -> String {
     let which = if total > candidates.len() { format!("the first {}", candidates.len()) } else { "they".to_string() };
-    let mut s = format!("`{pattern}` matches {total} ids; give more digits. {}{which} are:", if which == "they" { "" } else { "Of them, " });
+    let mut s = format!(
+        "`{pattern}` matches {total} ids; give more digits. {}{which} are:",
+        if which == "they" { "" } else { "Of them, " }
+    );
     for c in candidates {
         s.push_str("\n  ");
         s.push_str(&rayr_logs::hex(c));

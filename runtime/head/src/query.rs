@@ -6,8 +6,8 @@
 //! - `function`: the full path (`quickstart::square`) or its last segments (`square`);
 //! - numbers (`pid`, `attempt`, …) and `is_driver`: equal.
 
-use redb::{ReadTransaction, ReadableTable, TableDefinition};
 use rayr_proto::{JobRow, ListReply, ListRequest, Message, NodeRow, ObjectRow, TaskRow, WorkerRow};
+use redb::{ReadTransaction, ReadableTable, TableDefinition};
 
 use crate::HeadError;
 use crate::ids::IdPattern;
@@ -163,10 +163,7 @@ pub(crate) fn list(txn: &ReadTransaction, req: &ListRequest) -> Result<ListReply
         "workers" | "worker" => list_rows::<WorkerRow>(txn, req, "workers"),
         "nodes" | "node" => list_rows::<NodeRow>(txn, req, "nodes"),
         "jobs" | "job" => list_rows::<JobRow>(txn, req, "jobs"),
-        other => Err(HeadError::BadRequest(format!(
-            "cannot list `{other}`: the head keeps {}",
-            ENTITIES.join(", ")
-        ))),
+        other => Err(HeadError::BadRequest(format!("cannot list `{other}`: the head keeps {}", ENTITIES.join(", ")))),
     }
 }
 
@@ -184,7 +181,8 @@ fn list_rows<R: Row>(txn: &ReadTransaction, req: &ListRequest, entity: &str) -> 
                     R::KEYS.join(", ")
                 ))),
                 Some(Field::Id(_)) => {
-                    let pat = IdPattern::parse(&f.value).map_err(|e| HeadError::BadRequest(format!("filter {key}: {e}")))?;
+                    let pat =
+                        IdPattern::parse(&f.value).map_err(|e| HeadError::BadRequest(format!("filter {key}: {e}")))?;
                     Ok(Test { key, value: f.value.clone(), id: Some(pat) })
                 }
                 Some(Field::Number(_)) if f.value.trim().parse::<i128>().is_err() => {

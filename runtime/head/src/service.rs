@@ -108,7 +108,8 @@ pub fn start_head(session: Session, bind: SocketAddr) -> Result<HeadHandle, Head
     listener.set_nonblocking(true).map_err(|e| HeadError::Bind { addr: bind, source: e })?;
     let local = listener.local_addr().map_err(|e| HeadError::Bind { addr: bind, source: e })?;
     let address = if local.ip().is_unspecified() {
-        let loopback = if local.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(std::net::Ipv6Addr::LOCALHOST) };
+        let loopback =
+            if local.is_ipv4() { IpAddr::V4(Ipv4Addr::LOCALHOST) } else { IpAddr::V6(std::net::Ipv6Addr::LOCALHOST) };
         SocketAddr::new(loopback, local.port())
     } else {
         local

@@ -2,7 +2,9 @@
 
 use rayr_logs::{EventLogWriter, Session};
 use rayr_proto::event::Detail;
-use rayr_proto::{Event, EventKind, Filter, ListRequest, TaskDetail, WorkerExit, WorkerExitType, WorkerStart, encode_frame};
+use rayr_proto::{
+    Event, EventKind, Filter, ListRequest, TaskDetail, WorkerExit, WorkerExitType, WorkerStart, encode_frame,
+};
 
 use crate::{EventIndex, HeadError, start_head};
 
@@ -62,7 +64,9 @@ fn tasks(filters: &[(&str, &str)], offset: u64, limit: u32) -> ListRequest {
 /// 30 tasks: every third fails; functions alternate between two names.
 fn thirty_tasks() -> Vec<Event> {
     (0..30u64)
-        .flat_map(|t| task_life(t, if t % 2 == 0 { "demo::square" } else { "demo::cube" }, t % 3 == 0, 1_000 * t as i64))
+        .flat_map(|t| {
+            task_life(t, if t % 2 == 0 { "demo::square" } else { "demo::cube" }, t % 3 == 0, 1_000 * t as i64)
+        })
         .collect()
 }
 
@@ -314,14 +318,17 @@ fn head_serves_list_and_events_over_grpc() {
             assert!(std::time::Instant::now() < deadline, "indexer did not catch up");
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        for want in [EventKind::TaskSubmitted, EventKind::TaskScheduled, EventKind::TaskStarted, EventKind::TaskFinished] {
+        for want in
+            [EventKind::TaskSubmitted, EventKind::TaskScheduled, EventKind::TaskStarted, EventKind::TaskFinished]
+        {
             let ev = stream.message().await.unwrap().unwrap();
             assert_eq!(ev.kind, want as i32);
         }
 
         // An id pattern goes in metadata; the reply says which id it named.
         let mut req = tonic::Request::new(EventsRequest::default());
-        req.metadata_mut().insert(crate::ID_PATTERN_METADATA, crate::short_id(&id(0xd0, 3)).replace('…', "..").parse().unwrap());
+        req.metadata_mut()
+            .insert(crate::ID_PATTERN_METADATA, crate::short_id(&id(0xd0, 3)).replace('…', "..").parse().unwrap());
         let resp = client.events(req).await.unwrap();
         assert_eq!(resp.metadata().get(crate::ID_PATTERN_METADATA).unwrap(), rayr_logs::hex(&id(0xd0, 3)).as_str());
         let mut stream3 = resp.into_inner();
@@ -341,8 +348,11 @@ fn head_serves_list_and_events_over_grpc() {
         assert_eq!(err.code(), tonic::Code::InvalidArgument);
     });
 
-    // Stopping with a follow stream open still finishes, and removes the address file.
+    // Stopping finishes promptly once clients hang up, and removes the address file.
+    drop(rt);
+    let t = std::time::Instant::now();
     head.shutdown();
+    assert!(t.elapsed() < std::time::Duration::from_secs(1), "{:?}", t.elapsed());
     assert!(session.head_address().is_none());
     let index = EventIndex::open(&session).unwrap();
     assert_eq!(index.catch_up(&session).unwrap(), 0);
