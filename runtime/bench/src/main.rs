@@ -1,1 +1,370 @@
-fn main() {}
+//! rayr-bench: prints rayr's named performance figures, one per line, as `name value unit`.
+//!
+//! Run it from the workspace root with
+//!
+//! ```text
+//! cargo run --release -p rayr-bench
+//! ```
+//!
+//! What it measures, in this order:
+//!
+//! - Floors of this machine, without rayr:
+//!   - `floor_unix_socket_rtt_p50_us` / `_p99_us`: 8-byte ping-pong over a std Unix
+//!     socket between this process and a child process (this binary in echo mode), 20k
+//!     round trips after 2k of warmup.
+//!   - `floor_memcpy_100mb_gbps`: copying 100 MB between two already-touched buffers,
+//!     best of 5.
+//! - Figures measured in child processes (this binary again, one embedded cluster each,
+//!   each under its own `RAYR_TMPDIR`, deleted afterwards):
+//!   - `init_to_first_result_ms`: embedded `init()` through the first `get` of a trivial
+//!     task; median of 3 children.
+//!   - `tasks_async_per_s`: 10k trivial tasks submitted, then gathered with `get_all`
+//!     (after 2k of warmup), best of 3 in a child; best of 2 children.
+//!   - `tasks_async_per_s_events_off`: the same with `RAYR_RECORD_EVENTS=0`, and
+//!     `event_recording_cost_pct`, the throughput lost to event recording.
+//! - Figures measured on an embedded cluster in this process:
+//!   - `task_sync_rtt_p50_us` / `_p99_us`: 2000 sequential `get(f::remote(i))` after 200
+//!     of warmup.
+//!   - `put_100mb_gbps`: `put_slice` of 100 MB of f32, best of 5 after one warmup, the
+//!     ref dropped after each so the store reuses the space.
+//!   - `get_100mb_other_process_us`: `get_slice` in the driver of a 100 MB object that a
+//!     worker `put_slice`d (a request to the owning worker plus a lookup in the mapped
+//!     store; nothing is copied); median of 20.
+//!
+//! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
+//! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal. Scratch files live
+//! under `/tmp/rb<pid>`, removed at the end.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rayr::prelude::*;
+
+/// Selects what a child run of this binary does.
+const MODE_VAR: &str = "RAYR_BENCH_MODE";
+/// The echo child's socket path.
+const ECHO_VAR: &str = "RAYR_BENCH_ECHO_SOCKET";
+/// 100 MB, in bytes.
+const MB100: usize = 100_000_000;
+/// How long any child may run before it is killed and the figure reported as failed.
+const CHILD_LIMIT: Duration = Duration::from_secs(180);
+
+#[rayr::remote]
+fn noop(x: u64) -> u64 {
+    x
+}
+
+/// Put 100 MB into the store from a worker and hand the ref back inside a Vec, so the
+/// caller reads an object owned by another process.
+#[rayr::remote]
+fn make_100mb() -> Vec<ObjectRef<Vec<f32>>> {
+    let data = vec![2.5f32; MB100 / 4];
+    vec![rayr::put_slice(&data).expect("put_slice in a worker")]
+}
+
+#[rayr::main]
+fn main() -> rayr::Result<()> {
+    match std::env::var(MODE_VAR).as_deref() {
+        Ok("echo") => return echo_child(),
+        Ok("init") => return init_child(),
+        Ok("throughput") => return throughput_child(),
+        _ => {}
+    }
+    let tmp = TempDir::new();
+    let result = run_all(&tmp);
+    rayr::shutdown();
+    drop(tmp);
+    result
+}
+
+fn run_all(tmp: &TempDir) -> rayr::Result<()> {
+    // Floors.
+    let (p50, p99) = socket_floor(tmp);
+    figure("floor_unix_socket_rtt_p50_us", format!("{p50:.1}"), "us");
+    figure("floor_unix_socket_rtt_p99_us", format!("{p99:.1}"), "us");
+    let memcpy_gbps = memcpy_floor();
+    figure("floor_memcpy_100mb_gbps", format!("{memcpy_gbps:.2}"), "GB/s");
+
+    // Children: init latency and throughput with events on and off.
+    let mut init_ms: Vec<f64> = (0..3).filter_map(|i| child_figure(tmp, &format!("i{i}"), "init", &[])).collect();
+    if init_ms.is_empty() {
+        figure("init_to_first_result_ms", "FAILED", "ms");
+    } else {
+        init_ms.sort_by(f64::total_cmp);
+        figure("init_to_first_result_ms", format!("{:.1}", init_ms[init_ms.len() / 2]), "ms");
+    }
+    let best = |label: &str, env: &[(&str, &str)]| -> Option<f64> {
+        (0..2).filter_map(|i| child_figure(tmp, &format!("{label}{i}"), "throughput", env)).reduce(f64::max)
+    };
+    let on = best("n", &[("RAYR_RECORD_EVENTS", "1")]);
+    let off = best("f", &[("RAYR_RECORD_EVENTS", "0")]);
+    let show = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "FAILED".into());
+    figure("tasks_async_per_s", show(on), "tasks/s");
+    figure("tasks_async_per_s_events_off", show(off), "tasks/s");
+    match (on, off) {
+        (Some(on), Some(off)) => figure("event_recording_cost_pct", format!("{:.1}", (off - on) / off * 100.0), "%"),
+        _ => figure("event_recording_cost_pct", "FAILED", "%"),
+    }
+
+    // This process: an embedded cluster of its own.
+    let cfg = Config { address: None, tmpdir: Some(tmp.path.join("d")), ..Config::from_env()? };
+    rayr::init_with(cfg)?;
+
+    let (p50, p99) = sync_rtt()?;
+    figure("task_sync_rtt_p50_us", format!("{p50:.1}"), "us");
+    figure("task_sync_rtt_p99_us", format!("{p99:.1}"), "us");
+
+    let put_gbps = put_100mb()?;
+    figure("put_100mb_gbps", format!("{put_gbps:.2}"), "GB/s");
+    figure("put_100mb_vs_memcpy", format!("{:.2}", put_gbps / memcpy_gbps), "x");
+
+    let get_us = get_100mb_other_process()?;
+    figure("get_100mb_other_process_us", format!("{get_us:.1}"), "us");
+    Ok(())
+}
+
+/// Prints one figure line and flushes, so partial results survive a later hang.
+fn figure(name: &str, value: impl std::fmt::Display, unit: &str) {
+    println!("{name} {value} {unit}");
+    let _ = std::io::stdout().flush();
+}
+
+/// (p50, p99) of durations, in microseconds.
+fn percentiles_us(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    (at(0.50), at(0.99))
+}
+
+// ---------------------------------------------------------------------------------------
+// Floors
+
+/// 8-byte ping-pong with an echo child over a Unix socket.
+fn socket_floor(tmp: &TempDir) -> (f64, f64) {
+    let path = tmp.path.join("echo.sock");
+    let listener = UnixListener::bind(&path).expect("bind the echo socket");
+    let mut child = Command::new(std::env::current_exe().expect("current exe"))
+        .env(MODE_VAR, "echo")
+        .env(ECHO_VAR, &path)
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("spawn the echo child");
+    let (mut s, _) = listener.accept().expect("accept the echo child");
+    let mut buf = [0u8; 8];
+    let mut round_trip = |i: u64| {
+        s.write_all(&i.to_le_bytes()).expect("write to echo child");
+        s.read_exact(&mut buf).expect("read from echo child");
+        assert_eq!(u64::from_le_bytes(buf), i);
+    };
+    for i in 0..2_000 {
+        round_trip(i);
+    }
+    let samples: Vec<Duration> = (0..20_000u64)
+        .map(|i| {
+            let t = Instant::now();
+            round_trip(i);
+            t.elapsed()
+        })
+        .collect();
+    drop(s);
+    let _ = child.wait();
+    percentiles_us(samples)
+}
+
+fn echo_child() -> rayr::Result<()> {
+    let path = std::env::var_os(ECHO_VAR).expect("RAYR_BENCH_ECHO_SOCKET");
+    let mut s = UnixStream::connect(path).expect("connect to the bench");
+    let mut buf = [0u8; 8];
+    while s.read_exact(&mut buf).is_ok() {
+        if s.write_all(&buf).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Best of 5 copies of 100 MB into an already-touched buffer, in GB/s.
+fn memcpy_floor() -> f64 {
+    let src: Vec<u8> = (0..MB100).map(|i| i as u8).collect();
+    let mut dst = vec![1u8; MB100];
+    dst.copy_from_slice(&src); // warm
+    let best = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            dst.copy_from_slice(std::hint::black_box(&src));
+            std::hint::black_box(&dst);
+            t.elapsed()
+        })
+        .min()
+        .unwrap();
+    MB100 as f64 / best.as_secs_f64() / 1e9
+}
+
+// ---------------------------------------------------------------------------------------
+// Child runs
+
+/// Runs this binary in `mode` under `tmp/<label>`, returns the number it prints on the
+/// line starting with `result `, or None (with a note on stderr) when it fails.
+fn child_figure(tmp: &TempDir, label: &str, mode: &str, env: &[(&str, &str)]) -> Option<f64> {
+    let dir = tmp.path.join(label);
+    std::fs::create_dir_all(&dir).ok()?;
+    let mut cmd = Command::new(std::env::current_exe().ok()?);
+    cmd.env(MODE_VAR, mode).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").stdin(Stdio::null()).stdout(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("rayr-bench: cannot start the {label} child: {e}");
+            return None;
+        }
+    };
+    let mut out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let status = wait_limited(&mut child, CHILD_LIMIT);
+    let stdout = reader.join().unwrap_or_default();
+    let value = BufReader::new(stdout.as_bytes())
+        .lines()
+        .map_while(|l| l.ok())
+        .find_map(|l| l.strip_prefix("result ").and_then(|v| v.trim().parse::<f64>().ok()));
+    if value.is_none() || !status.is_some_and(|s| s.success()) {
+        eprintln!("rayr-bench: the {label} child failed (status {status:?}); its output:\n{stdout}");
+    }
+    value
+}
+
+/// Waits for `child` up to `limit`, killing it after that (None).
+fn wait_limited(child: &mut Child, limit: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        match child.try_wait() {
+            Ok(Some(s)) => return Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => {
+                eprintln!("rayr-bench: child {} ran past {limit:?}; killing it", child.id());
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+        }
+    }
+}
+
+/// Child mode `init`: embedded init through the first result.
+fn init_child() -> rayr::Result<()> {
+    let t = Instant::now();
+    rayr::init()?;
+    let v = rayr::get(&noop::remote(7))?;
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(v, 7);
+    println!("result {ms:.3}");
+    rayr::shutdown();
+    Ok(())
+}
+
+/// Child mode `throughput`: best of 3 rounds of 10k async tasks, in tasks/s.
+fn throughput_child() -> rayr::Result<()> {
+    rayr::init()?;
+    let warm: Vec<ObjectRef<u64>> = (0..2_000).map(noop::remote).collect();
+    rayr::get_all(&warm)?;
+    drop(warm);
+    let mut best = 0.0f64;
+    for _ in 0..3 {
+        let t = Instant::now();
+        let refs: Vec<ObjectRef<u64>> = (0..10_000).map(noop::remote).collect();
+        let got = rayr::get_all(&refs)?;
+        let rate = refs.len() as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(got[9_999], 9_999);
+        best = best.max(rate);
+    }
+    println!("result {best:.1}");
+    let cpu0 = cpu_s();
+    let t = Instant::now();
+    rayr::shutdown();
+    eprintln!("DEBUG shutdown_ms {:.1} shutdown_cpu_s {:.3} total_cpu_s {:.3}", t.elapsed().as_secs_f64() * 1e3, cpu_s() - cpu0, cpu_s());
+    Ok(())
+}
+
+fn cpu_s() -> f64 {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+// ---------------------------------------------------------------------------------------
+// In this process
+
+fn sync_rtt() -> rayr::Result<(f64, f64)> {
+    for i in 0..200 {
+        rayr::get(&noop::remote(i))?;
+    }
+    let mut samples = Vec::with_capacity(2_000);
+    for i in 0..2_000 {
+        let t = Instant::now();
+        let v = rayr::get(&noop::remote(i))?;
+        samples.push(t.elapsed());
+        assert_eq!(v, i);
+    }
+    Ok(percentiles_us(samples))
+}
+
+fn put_100mb() -> rayr::Result<f64> {
+    let data: Vec<f32> = (0..MB100 / 4).map(|i| i as f32).collect();
+    drop(rayr::put_slice(&data)?);
+    let mut best = Duration::MAX;
+    for _ in 0..5 {
+        let t = Instant::now();
+        let r = rayr::put_slice(&data)?;
+        best = best.min(t.elapsed());
+        drop(r);
+    }
+    Ok(MB100 as f64 / best.as_secs_f64() / 1e9)
+}
+
+fn get_100mb_other_process() -> rayr::Result<f64> {
+    let refs = rayr::get(&make_100mb::remote())?;
+    let r = &refs[0];
+    {
+        let view = rayr::get_slice::<f32>(r)?; // first read: connects to the owner
+        assert_eq!((view.len(), view[0], view[view.len() - 1]), (MB100 / 4, 2.5, 2.5));
+    }
+    let mut samples = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let t = Instant::now();
+        let view = rayr::get_slice::<f32>(r)?;
+        samples.push(t.elapsed());
+        std::hint::black_box(view[0]);
+    }
+    Ok(percentiles_us(samples).0)
+}
+
+// ---------------------------------------------------------------------------------------
+
+/// A scratch directory under the system temp dir, removed when dropped.
+struct TempDir {
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new() -> TempDir {
+        // Short on purpose: session socket paths under it must fit in sun_path (108 bytes).
+        let path = PathBuf::from(format!("/tmp/rb{}", std::process::id()));
+        std::fs::create_dir_all(&path).expect("create the bench temp dir");
+        TempDir { path }
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}

@@ -83,6 +83,8 @@ impl NodeHandle {
     /// removes the socket and the shm file.
     pub fn shutdown(mut self) {
         self.agent.shutdown("the node agent was asked to stop");
+        // Threads still holding the agent keep the mapping; the file goes now.
+        let _ = std::fs::remove_file(self.agent.arena.path());
         // Wake the accept loop so it sees the flag.
         let _ = UnixStream::connect(&self.agent.socket_path);
         if let Some(t) = self.accept_thread.take() {
@@ -558,6 +560,8 @@ impl Agent {
     fn worker_exited(self: &Arc<Self>, worker: Id, status: libc::c_int, peak_rss: u64) {
         let mut st = self.state.lock();
         let Some(sp) = st.spawned.remove(&worker) else { return };
+        // A worker killed by a signal cannot remove its own socket.
+        let _ = std::fs::remove_file(self.cfg.session.sockets_dir().join(format!("worker-{}.sock", hex(&worker))));
         let mut exit = pool::describe_exit(status, sp.intended_exit.as_deref());
         exit.peak_rss_bytes = peak_rss;
         exit.pid = sp.pid;
@@ -727,6 +731,10 @@ impl Agent {
             return;
         }
         let client = st.clients.remove(&worker).unwrap();
+        if goodbye.is_none() {
+            // A crashed driver leaves its socket behind.
+            let _ = std::fs::remove_file(&client.address);
+        }
         let job = client.job;
         st.jobs.remove(&job);
         let reason = format!("its job's driver (pid {}) disconnected", client.pid);

@@ -325,25 +325,28 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Durati
 /// Stores a value in the cluster once; pass the ref to many tasks instead of the value.
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     let core = core::require()?;
-    let bytes = codec::encode(&value).map_err(|e| Error::Serialization(format!("put: {e}")))?;
+    let bytes = codec::encode(&value)
+        .map_err(|e| Error::Serialization(format!("put: the value cannot be serialized ({e}): check its Serialize impl")))?;
+    let id = new_id();
     let slot = if bytes.len() <= core.max_inline {
         Slot::Inline(bytes.into(), codec::POSTCARD)
     } else {
-        store_bytes(&core, &bytes, codec::POSTCARD)?
+        store_bytes_for(&core, &bytes, codec::POSTCARD, core.me, id)?.0
     };
-    Ok(ObjectRef::from_handle(own_new(&core, slot)))
+    Ok(ObjectRef::from_handle(own_new(&core, id, slot)))
 }
 
 /// Copies a slice of plain data into the shm store; read it back zero-copy with
 /// [`get_slice`], or as an owned `Vec` with [`get`].
 pub fn put_slice<P: bytemuck::Pod>(data: &[P]) -> Result<ObjectRef<Vec<P>>> {
     let core = core::require()?;
-    let slot = store_bytes(&core, bytemuck::cast_slice(data), codec::RAW_POD)?;
-    Ok(ObjectRef::from_handle(own_new(&core, slot)))
+    let id = new_id();
+    let slot = store_bytes_for(&core, bytemuck::cast_slice(data), codec::RAW_POD, core.me, id)?.0;
+    Ok(ObjectRef::from_handle(own_new(&core, id, slot)))
 }
 
-fn own_new(core: &Arc<Core>, slot: Slot) -> Arc<RefHandle> {
-    let id = new_id();
+/// Registers a value this process just created (put) as owned here, with one handle.
+fn own_new(core: &Arc<Core>, id: Id, slot: Slot) -> Arc<RefHandle> {
     let mut st = core.state.lock();
     core.own(&mut st, id, Slot::Pending);
     core.object_created(&mut st, id, slot, None, None);
@@ -351,11 +354,7 @@ fn own_new(core: &Arc<Core>, slot: Slot) -> Arc<RefHandle> {
     core.owned_handle(id)
 }
 
-/// Allocates in the node's store, copies `bytes` in; the allocation belongs to `core`.
-pub(crate) fn store_bytes(core: &Core, bytes: &[u8], format: u32) -> Result<Slot> {
-    store_bytes_for(core, bytes, format, core.me, new_id()).map(|(slot, _)| slot)
-}
-
+/// Allocates object `id` in the node's store for `owner` and copies `bytes` in.
 pub(crate) fn store_bytes_for(core: &Core, bytes: &[u8], format: u32, owner: Id, id: Id) -> Result<(Slot, Id)> {
     let size = bytes.len() as u64;
     let body = client_message::Body::CreateObject(rayr_proto::CreateObject { object_id: id.to_vec(), size, owner: owner.to_vec() });

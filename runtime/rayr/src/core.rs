@@ -276,7 +276,7 @@ pub(crate) struct Core {
     pub record_events: bool,
     pub max_inline: usize,
     pub stopping: AtomicBool,
-    pub exec_tx: Mutex<Option<Sender<Exec>>>,
+    pub exec_tx: Option<Sender<Exec>>,
     pub node_resources: HashMap<String, f64>,
 }
 
@@ -288,6 +288,9 @@ pub(crate) struct ConnectParams {
     pub is_driver: bool,
     pub record_events: bool,
     pub max_inline: usize,
+    /// Workers: where pushed tasks go. Set before registering, because the node agent may
+    /// lease this worker out (and a task may arrive) the moment it registers.
+    pub exec_tx: Option<Sender<Exec>>,
 }
 
 impl Core {
@@ -357,7 +360,7 @@ impl Core {
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
-            exec_tx: Mutex::new(None),
+            exec_tx: p.exec_tx,
             node_resources: reg.node_resources,
         });
         let c = core.clone();
@@ -508,7 +511,7 @@ impl Core {
             let req = msg.req_id;
             match msg.body {
                 Some(peer_message::Body::Push(spec)) => {
-                    if let Some(tx) = &*self.exec_tx.lock() {
+                    if let Some(tx) = &self.exec_tx {
                         let _ = tx.send(Exec { spec, reply: conn.clone() });
                     }
                 }

@@ -59,6 +59,8 @@ fn worker_main() -> Result<(), String> {
         LAST_PANIC.with(|p| *p.borrow_mut() = Some((message, location, backtrace)));
         prev(info);
     }));
+    stop_cleanly_on_sigterm();
+    let (tx, rx) = crossbeam_channel::unbounded::<Exec>();
     let cfg = crate::Config::from_env().map_err(|e| e.to_string())?;
     let params = ConnectParams {
         node_socket: std::env::var_os(env::NODE_SOCKET).ok_or("RAYR_NODE_SOCKET is not set")?.into(),
@@ -67,15 +69,34 @@ fn worker_main() -> Result<(), String> {
         is_driver: false,
         record_events: cfg.record_events,
         max_inline: cfg.max_inline_bytes,
+        exec_tx: Some(tx),
     };
     let core = Core::connect(params).map_err(|e| e.to_string())?;
-    let (tx, rx) = crossbeam_channel::unbounded::<Exec>();
-    *core.exec_tx.lock() = Some(tx);
     core::install(core.clone());
     while let Ok(exec) = rx.recv() {
         run_task(&core, exec);
     }
     Ok(())
+}
+
+/// The node agent stops workers with SIGTERM; the events still buffered here (the last few
+/// milliseconds of task state changes) are flushed before the process exits.
+fn stop_cleanly_on_sigterm() {
+    // SAFETY: plain signal-mask calls; the mask is inherited by every thread started after.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    unsafe {
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+    let _ = std::thread::Builder::new().name("rayr-sigterm".into()).spawn(move || {
+        let mut sig = 0;
+        unsafe { libc::sigwait(&set, &mut sig) };
+        if let Some(core) = core::current() {
+            core.flush_events();
+        }
+        std::process::exit(0);
+    });
 }
 
 fn run_task(core: &Arc<Core>, exec: Exec) {

@@ -35,6 +35,14 @@ pub fn init_with(cfg: Config) -> Result<()> {
     if core::current().is_some() {
         return Ok(());
     }
+    if std::env::var(rayr_node::pool::env::WORKER_MODE).as_deref() == Ok("1") {
+        // A node agent started this binary as a worker, but `main` ran as if it were the
+        // driver: without #[rayr::main] the worker would start a cluster of its own.
+        eprintln!(
+            "rayr: this process was started as a rayr worker, but the program's `main` is not annotated with #[rayr::main]; add it so the binary can serve tasks"
+        );
+        std::process::exit(2);
+    }
     let tmpdir = cfg.tmpdir.clone().unwrap_or_else(rayr_logs::tmpdir);
     let node_socket = if let Some(address) = &cfg.address {
         let session = session_of_head(address)?;
@@ -51,6 +59,7 @@ pub fn init_with(cfg: Config) -> Result<()> {
         is_driver: true,
         record_events: cfg.record_events,
         max_inline: cfg.max_inline_bytes,
+        exec_tx: None,
     };
     let core = match Core::connect(params) {
         Ok(c) => c,

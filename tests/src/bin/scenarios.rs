@@ -1,0 +1,224 @@
+//! Driver programs for the integration tests: `scenarios <name>` runs one scenario on
+//! whatever cluster `rayr::init()` finds (embedded unless one is running) and prints
+//! `KEY value` lines that the tests check against the event record.
+
+use std::time::{Duration, Instant};
+
+use rayr::prelude::*;
+use serde::{Serialize, Serializer};
+
+#[rayr::remote]
+fn square(x: u64) -> u64 {
+    x * x
+}
+
+#[rayr::remote]
+fn level3(x: u64) -> u64 {
+    x + 1
+}
+
+#[rayr::remote]
+fn level2(x: u64) -> u64 {
+    rayr::get(&level3::remote(x)).unwrap() * 10
+}
+
+#[rayr::remote]
+fn level1(x: u64) -> u64 {
+    let a = level2::remote(x);
+    let b = level2::remote(x + 1);
+    rayr::get(&a).unwrap() + rayr::get(&b).unwrap()
+}
+
+/// Where `ptr` lives: (backing file, offset in that file, physical frame number).
+fn page_identity(ptr: usize) -> (String, u64, u64) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let range = f.next().unwrap();
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (usize::from_str_radix(lo, 16).unwrap(), usize::from_str_radix(hi, 16).unwrap());
+        if ptr >= lo && ptr < hi {
+            let _perms = f.next();
+            let off = u64::from_str_radix(f.next().unwrap(), 16).unwrap();
+            let _dev = f.next();
+            let _inode = f.next();
+            let path = f.collect::<Vec<_>>().join(" ");
+            let file_offset = off + (ptr - lo) as u64;
+            return (path, file_offset, pfn(ptr));
+        }
+    }
+    panic!("{ptr:#x} is in no mapping");
+}
+
+/// The physical frame of the page holding `ptr` (needs root; 0 when hidden).
+fn pfn(ptr: usize) -> u64 {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open("/proc/self/pagemap").unwrap();
+    f.seek(SeekFrom::Start((ptr / 4096 * 8) as u64)).unwrap();
+    let mut b = [0u8; 8];
+    f.read_exact(&mut b).unwrap();
+    u64::from_le_bytes(b) & ((1 << 55) - 1)
+}
+
+#[rayr::remote]
+fn inspect_slice(refs: Vec<ObjectRef<Vec<f32>>>) -> (String, u64, u64, f64, usize) {
+    let view = rayr::get_slice::<f32>(&refs[0]).unwrap();
+    let (path, off, frame) = page_identity(view.as_ptr() as usize);
+    let sum: f64 = view.iter().step_by(4096).map(|x| *x as f64).sum();
+    (path, off, frame, sum, view.len())
+}
+
+#[rayr::remote]
+fn flaky_panic(x: u64) -> u64 {
+    let attempt = rayr::runtime_context().unwrap().attempt;
+    if attempt < 2 {
+        panic!("flaky failure in attempt {attempt}");
+    }
+    x * 2
+}
+
+#[rayr::remote]
+fn kill_self_once(x: u64) -> u64 {
+    if rayr::runtime_context().unwrap().attempt == 0 {
+        unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    }
+    x + 100
+}
+
+#[rayr::remote]
+fn make_owned() -> (Vec<ObjectRef<Vec<u8>>>, u32) {
+    let inner = rayr::put(vec![42u8; 1 << 20]).unwrap();
+    (vec![inner], std::process::id())
+}
+
+#[rayr::remote]
+fn big_result(n: usize) -> Vec<u8> {
+    vec![1u8; n]
+}
+
+#[rayr::remote]
+fn sum_len(v: Vec<u8>) -> usize {
+    v.len()
+}
+
+#[rayr::remote]
+fn always_fails(x: u64) -> Result<u64, String> {
+    Err(format!("bad input {x}"))
+}
+
+struct Unserializable;
+impl Serialize for Unserializable {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("Unserializable refuses to be serialized"))
+    }
+}
+
+fn wait_until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[rayr::main]
+fn main() -> rayr::Result<()> {
+    let name = std::env::args().nth(1).expect("usage: scenarios <name>");
+    rayr::init()?;
+    println!("SESSION {}", rayr::session_dir()?.display());
+    match name.as_str() {
+        "many_tasks" => {
+            let refs: Vec<ObjectRef<u64>> = (0..10_000u64).map(square::remote).collect();
+            let got = rayr::get_all(&refs)?;
+            let want: u64 = (0..10_000u64).map(|x| x * x).sum();
+            assert_eq!(got.iter().sum::<u64>(), want);
+            println!("TASKS {}", got.len());
+        }
+        "nested" => {
+            // level1(1) = level2(1) + level2(2) = (2*10) + (3*10)
+            let r = rayr::get(&level1::remote(1))?;
+            assert_eq!(r, 50);
+            println!("NESTED {r}");
+        }
+        "zero_copy" => {
+            let data: Vec<f32> = (0..25_000_000).map(|i| (i % 7) as f32).collect();
+            let arr = rayr::put_slice(&data)?;
+            let mine = rayr::get_slice::<f32>(&arr)?;
+            let (path, off, frame) = page_identity(mine.as_ptr() as usize);
+            let (wpath, woff, wframe, wsum, wlen) = rayr::get(&inspect_slice::remote(vec![arr.clone()]))?;
+            let sum: f64 = mine.iter().step_by(4096).map(|x| *x as f64).sum();
+            assert_eq!(wlen, 25_000_000);
+            assert_eq!(wsum, sum);
+            println!("DRIVER_PAGE {path} {off} {frame}");
+            println!("WORKER_PAGE {wpath} {woff} {wframe}");
+        }
+        "retry_panic" => {
+            let r = flaky_panic::options().max_retries(3).retry_exceptions(true).remote(21);
+            assert_eq!(rayr::get(&r)?, 42);
+            println!("TASK_RETURN {}", r.id());
+        }
+        "retry_sigkill" => {
+            let r = kill_self_once::remote(1);
+            assert_eq!(rayr::get(&r)?, 101);
+            println!("TASK_RETURN {}", r.id());
+        }
+        "no_retry_sigkill" => {
+            let r = kill_self_once::options().max_retries(0).remote(1);
+            match rayr::get(&r) {
+                Err(e @ Error::WorkerDied { .. }) => println!("ERROR {e}"),
+                other => panic!("expected WorkerDied, got {other:?}"),
+            }
+        }
+        "owner_died" => {
+            let (inner, pid) = rayr::get(&make_owned::remote())?;
+            assert_eq!(rayr::get(&inner[0])?.len(), 1 << 20);
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            match rayr::get(&inner[0]) {
+                Err(e @ Error::OwnerDied { .. }) => {
+                    println!("OBJECT {}", inner[0].id());
+                    println!("OWNER {}", inner[0].owner());
+                    println!("ERROR {e}");
+                }
+                other => panic!("expected OwnerDied, got {other:?}"),
+            }
+        }
+        "freed" => {
+            let mut refs = Vec::new();
+            for _ in 0..3 {
+                refs.push(rayr::put_slice(&vec![3u8; 10 << 20])?);
+            }
+            let big = rayr::put(vec![9u8; 300_000])?;
+            let results: Vec<_> = (0..4).map(|_| big_result::remote(200_000)).collect();
+            let lens: Vec<usize> = rayr::get_all(&results)?.iter().map(|v| v.len()).collect();
+            assert_eq!(lens, vec![200_000; 4]);
+            assert_eq!(rayr::get(&sum_len::remote(&big))?, 300_000);
+            let (used, _) = rayr::store_usage()?;
+            assert!(used >= 30 << 20, "objects are in the store: {used}");
+            println!("USED_BEFORE {used}");
+            drop(refs);
+            drop(big);
+            drop(results);
+            wait_until("the store to empty", Duration::from_secs(10), || rayr::store_usage().unwrap().0 == 0);
+            println!("USED_AFTER 0");
+        }
+        "bad_input" => {
+            match rayr::put(Unserializable) {
+                Err(Error::Serialization(m)) => println!("PUT_ERROR {m}"),
+                other => panic!("expected Serialization, got {:?}", other.map(|_| ())),
+            }
+            let r = square::options().num_cpus(64.0).remote(3);
+            match rayr::get(&r) {
+                Err(e @ Error::Infeasible { .. }) => println!("INFEASIBLE {e}"),
+                other => panic!("expected Infeasible, got {other:?}"),
+            }
+            match rayr::get(&always_fails::remote(7)) {
+                Err(e @ Error::TaskFailed { .. }) => println!("TASK_FAILED {e}"),
+                other => panic!("expected TaskFailed, got {other:?}"),
+            }
+            let bad = rayr::get_timeout(&square::remote(2), Some(Duration::from_secs(20)))?;
+            assert_eq!(bad, 4, "the cluster still works after bad input");
+        }
+        other => panic!("unknown scenario {other}"),
+    }
+    Ok(())
+}

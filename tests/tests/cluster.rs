@@ -1,0 +1,368 @@
+//! Real clusters, real processes: each test runs a driver program from `src/bin` against
+//! an embedded cluster (or one started with `rayr start`), kills things, and checks the
+//! event record the runtime left behind. Every test works in its own RAYR_TMPDIR and
+//! checks that no process, socket or shm file outlives it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rayr_proto::{Event, EventKind, event};
+
+const SCENARIOS: &str = env!("CARGO_BIN_EXE_scenarios");
+const NOT_RAYR_MAIN: &str = env!("CARGO_BIN_EXE_not_rayr_main");
+
+/// The `rayr` CLI, built beside the test binaries (`cargo build --workspace --bins`).
+fn rayr_cli() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let cli = exe.parent().unwrap().parent().unwrap().join("rayr");
+    assert!(cli.exists(), "{} is missing: run `cargo build --workspace --bins` first", cli.display());
+    cli
+}
+
+/// Runs a command to completion within `limit`, killing it if it hangs.
+fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            return child.wait_with_output().unwrap();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "{cmd:?} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+struct Scenario {
+    tmp: tempfile::TempDir,
+    lines: HashMap<String, String>,
+    session: PathBuf,
+    stdout: String,
+}
+
+impl Scenario {
+    fn events(&self) -> Vec<Event> {
+        let mut all = Vec::new();
+        for entry in std::fs::read_dir(self.session.join("events")).unwrap() {
+            all.extend(rayr_logs::read_events(&entry.unwrap().path()).unwrap());
+        }
+        all.sort_by_key(|e| e.time_us);
+        all
+    }
+    fn get(&self, key: &str) -> &str {
+        self.lines.get(key).unwrap_or_else(|| panic!("no {key} line in:\n{}", self.stdout))
+    }
+    fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", self.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(30))
+    }
+}
+
+fn scenario_in(tmp: tempfile::TempDir, name: &str) -> Scenario {
+    let out = run(
+        Command::new(SCENARIOS).arg(name).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS").env("RAYR_NUM_CPUS", "2"),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "scenario {name} failed ({}):\nstdout:\n{stdout}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: HashMap<String, String> = stdout
+        .lines()
+        .filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string())))
+        .collect();
+    let session = PathBuf::from(&lines["SESSION"]);
+    let s = Scenario { tmp, lines, session, stdout };
+    assert_nothing_left(&s.session);
+    s
+}
+
+fn scenario(name: &str) -> Scenario {
+    scenario_in(tempfile::tempdir().unwrap(), name)
+}
+
+/// No process of the session is alive, no socket is left, and no shm store of it remains.
+fn assert_nothing_left(session: &Path) {
+    let needle = format!("RAYR_SESSION_DIR={}", session.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+            .filter(|e| {
+                std::fs::read(e.path().join("environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .filter(|e| !std::fs::read_to_string(e.path().join("stat")).unwrap_or_default().contains(") Z"))
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        let sockets: Vec<_> = std::fs::read_dir(session.join("sockets")).map(|d| d.flatten().collect()).unwrap_or_default();
+        if alive.is_empty() && sockets.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: processes {alive:?}, sockets {sockets:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let session_pid = session.file_name().unwrap().to_str().unwrap().rsplit('_').next().unwrap().to_string();
+    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        assert!(!name.starts_with(&format!("rayr-{session_pid}-")), "shm store {name} left behind");
+    }
+}
+
+fn kind(e: &Event) -> EventKind {
+    EventKind::try_from(e.kind).unwrap()
+}
+
+fn task_detail(e: &Event) -> &rayr_proto::TaskDetail {
+    match &e.detail {
+        Some(event::Detail::Task(t)) => t,
+        other => panic!("{:?} has no task detail: {other:?}", kind(e)),
+    }
+}
+
+fn by_id(events: &[Event]) -> HashMap<Vec<u8>, &Event> {
+    events.iter().map(|e| (e.id.clone(), e)).collect()
+}
+
+fn hexid(s: &str) -> Vec<u8> {
+    rayr_logs::parse_hex(s).unwrap()
+}
+
+/// The task whose return object is `object`.
+fn task_of(events: &[Event], object: &[u8]) -> Vec<u8> {
+    events
+        .iter()
+        .find(|e| kind(e) == EventKind::TaskSubmitted && e.object_id == object)
+        .expect("a TASK_SUBMITTED for the object")
+        .task_id
+        .clone()
+}
+
+#[test]
+fn ten_thousand_tasks_are_each_recorded() {
+    let s = scenario("many_tasks");
+    assert_eq!(s.get("TASKS"), "10000");
+    let events = s.events();
+    let count = |k| events.iter().filter(|e| kind(e) == k).count();
+    assert_eq!(count(EventKind::TaskSubmitted), 10_000);
+    assert_eq!(count(EventKind::TaskScheduled), 10_000);
+    assert_eq!(count(EventKind::TaskStarted), 10_000);
+    assert_eq!(count(EventKind::TaskFinished), 10_000);
+    assert_eq!(count(EventKind::ObjectCreated), 10_000);
+    assert_eq!(count(EventKind::ObjectFreed), 10_000, "every result is freed when its ref drops");
+    // Cause links: finished → started → scheduled → submitted.
+    let ids = by_id(&events);
+    let finished = events.iter().find(|e| kind(e) == EventKind::TaskFinished).unwrap();
+    let started = ids[&finished.cause];
+    assert_eq!(kind(started), EventKind::TaskStarted);
+    let scheduled = ids[&started.cause];
+    assert_eq!(kind(scheduled), EventKind::TaskScheduled);
+    assert_eq!(scheduled.worker_id, started.source_worker, "scheduled on the worker that ran it");
+    assert_eq!(kind(ids[&scheduled.cause]), EventKind::TaskSubmitted);
+}
+
+#[test]
+fn nested_tasks_three_deep() {
+    let s = scenario("nested");
+    assert_eq!(s.get("NESTED"), "50");
+    let events = s.events();
+    let submitted: Vec<&Event> = events.iter().filter(|e| kind(e) == EventKind::TaskSubmitted).collect();
+    let by_fn = |f: &str| submitted.iter().filter(|e| task_detail(e).function.ends_with(f)).count();
+    assert_eq!((by_fn("::level1"), by_fn("::level2"), by_fn("::level3")), (1, 2, 2));
+    // Level 2 and 3 were submitted (and so owned) by workers, not the driver.
+    let driver = submitted.iter().find(|e| task_detail(e).function.ends_with("::level1")).unwrap().source_worker.clone();
+    assert!(submitted.iter().filter(|e| !task_detail(e).function.ends_with("::level1")).all(|e| e.source_worker != driver));
+}
+
+#[test]
+fn put_slice_is_read_zero_copy_by_another_worker() {
+    let s = scenario("zero_copy");
+    let driver: Vec<&str> = s.get("DRIVER_PAGE").split(' ').collect();
+    let worker: Vec<&str> = s.get("WORKER_PAGE").split(' ').collect();
+    assert!(driver[0].starts_with("/dev/shm/rayr-"), "the driver's view is in the shm store: {driver:?}");
+    assert_eq!(driver[..2], worker[..2], "same file, same offset");
+    assert_ne!(driver[2], "0", "physical frames are visible to root");
+    assert_eq!(driver[2], worker[2], "the same physical page: nothing was copied");
+}
+
+#[test]
+fn a_panicking_task_is_retried_with_the_failure_as_cause() {
+    let s = scenario("retry_panic");
+    let events = s.events();
+    let task = task_of(&events, &hexid(s.get("TASK_RETURN")));
+    let mine: Vec<&Event> = events.iter().filter(|e| e.task_id == task).collect();
+    let failed: Vec<&&Event> = mine.iter().filter(|e| kind(e) == EventKind::TaskFailed).collect();
+    assert_eq!(failed.len(), 2);
+    for f in &failed {
+        let d = task_detail(f);
+        assert_eq!(d.error_type, "panic");
+        assert!(d.error.contains("flaky failure"), "{}", d.error);
+        assert!(!d.r#final);
+    }
+    let retried: Vec<&&Event> = mine.iter().filter(|e| kind(e) == EventKind::TaskRetried).collect();
+    assert_eq!(retried.len(), 2);
+    let failed_ids: Vec<&Vec<u8>> = failed.iter().map(|e| &e.id).collect();
+    assert!(retried.iter().all(|r| failed_ids.contains(&&r.cause)), "each retry names the failure that caused it");
+    let done = mine.iter().find(|e| kind(e) == EventKind::TaskFinished).unwrap();
+    assert_eq!(task_detail(done).attempt, 2);
+}
+
+#[test]
+fn a_task_whose_worker_is_sigkilled_is_retried_elsewhere() {
+    let s = scenario("retry_sigkill");
+    let events = s.events();
+    let ids = by_id(&events);
+    let task = task_of(&events, &hexid(s.get("TASK_RETURN")));
+    let retry = events.iter().find(|e| e.task_id == task && kind(e) == EventKind::TaskRetried).expect("a retry");
+    let exit = ids.get(&retry.cause).expect("the retry's cause is recorded");
+    assert_eq!(kind(exit), EventKind::WorkerExited);
+    let Some(event::Detail::WorkerExit(x)) = &exit.detail else { panic!() };
+    assert_eq!(x.signal, 9);
+    assert_eq!(x.exit_type, rayr_proto::WorkerExitType::SystemError as i32);
+    assert!(x.peak_rss_bytes > 0);
+    assert!(task_detail(retry).reason.contains("SIGKILL"), "{}", task_detail(retry).reason);
+    let done = events.iter().find(|e| e.task_id == task && kind(e) == EventKind::TaskFinished).unwrap();
+    assert_ne!(done.source_worker, exit.worker_id, "the retry ran on another worker");
+}
+
+#[test]
+fn without_retries_a_sigkilled_worker_fails_the_task_with_its_exit() {
+    let s = scenario("no_retry_sigkill");
+    let err = s.get("ERROR");
+    assert!(err.contains("signal 9") && err.contains("rayr why-died"), "{err}");
+    let events = s.events();
+    let ids = by_id(&events);
+    let failed = events.iter().find(|e| kind(e) == EventKind::TaskFailed).unwrap();
+    assert!(task_detail(failed).r#final);
+    assert_eq!(task_detail(failed).error_type, "worker_died");
+    assert_eq!(kind(ids[&failed.cause]), EventKind::WorkerExited);
+}
+
+#[test]
+fn a_borrower_that_outlives_a_killed_owner_gets_owner_died() {
+    let s = scenario("owner_died");
+    let err = s.get("ERROR");
+    assert!(err.contains("SIGKILL") && err.contains(s.get("OWNER")), "{err}");
+    let events = s.events();
+    let ids = by_id(&events);
+    let object = hexid(s.get("OBJECT"));
+    let created = events.iter().find(|e| kind(e) == EventKind::ObjectCreated && e.object_id == object).unwrap();
+    assert_eq!(created.worker_id, hexid(s.get("OWNER")), "the worker that put it owns it");
+    let borrowed = events.iter().any(|e| kind(e) == EventKind::ObjectBorrowed && e.object_id == object);
+    assert!(borrowed, "the driver registered as a borrower");
+    let lost: Vec<&Event> = events.iter().filter(|e| kind(e) == EventKind::ObjectLost && e.object_id == object).collect();
+    assert!(!lost.is_empty());
+    for l in lost {
+        let exit = ids[&l.cause];
+        assert_eq!(kind(exit), EventKind::WorkerExited);
+        assert_eq!(exit.worker_id, object_owner(created));
+    }
+}
+
+fn object_owner(created: &Event) -> Vec<u8> {
+    created.worker_id.clone()
+}
+
+#[test]
+fn objects_are_freed_when_refs_drop() {
+    let s = scenario("freed");
+    assert_eq!(s.get("USED_AFTER"), "0");
+    let events = s.events();
+    let created: Vec<&Vec<u8>> = events.iter().filter(|e| kind(e) == EventKind::ObjectCreated).map(|e| &e.object_id).collect();
+    let freed: Vec<&Vec<u8>> = events.iter().filter(|e| kind(e) == EventKind::ObjectFreed).map(|e| &e.object_id).collect();
+    assert!(created.len() >= 9);
+    for c in created {
+        assert!(freed.contains(&c), "object {} was never freed", rayr_logs::hex(c));
+    }
+}
+
+#[test]
+fn bad_input_gets_clear_errors() {
+    let s = scenario("bad_input");
+    assert!(s.get("PUT_ERROR").contains("cannot be serialized"));
+    let inf = s.get("INFEASIBLE");
+    assert!(inf.contains("{CPU: 64}") && inf.contains("{CPU: 2}"), "{inf}");
+    assert!(s.get("TASK_FAILED").contains("bad input 7"));
+
+    // The CLI on the recorded session.
+    let out = s.cli(&["list", "bogus"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tasks"), "names the valid entities");
+    let out = s.cli(&["events", "--id", "ffffffffffff"]);
+    assert!(!out.status.success());
+    let out = s.cli(&["events", "--kind", "no_such_kind"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("task_failed"));
+    let out = s.cli(&["list", "tasks", "--filter", "state=failed", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2, "the infeasible task and the failing one: {rows}");
+
+    // No cluster at all.
+    let empty = tempfile::tempdir().unwrap();
+    let out = run(Command::new(rayr_cli()).args(["list", "tasks"]).env("RAYR_TMPDIR", empty.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(30));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no rayr cluster found"));
+    let out = run(
+        Command::new(rayr_cli()).args(["start", "--head", "--port", "0", "--resources", "{not json"]).env("RAYR_TMPDIR", empty.path()),
+        Duration::from_secs(30),
+    );
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--resources"));
+}
+
+#[test]
+fn a_binary_without_rayr_main_is_reported_not_hung() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(Command::new(NOT_RAYR_MAIN).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("ERROR") && stdout.contains("#[rayr::main]"), "{stdout}");
+}
+
+#[test]
+fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    let out = cli(&["start", "--head", "--port", "0", "--num-cpus", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let session = std::fs::canonicalize(tmp.path().join("session_latest")).unwrap();
+    // Two drivers, one after the other, join the same cluster.
+    for _ in 0..2 {
+        let out = run(Command::new(SCENARIOS).arg("nested").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("SESSION {}", session.display())), "joined the running cluster: {stdout}");
+    }
+    let out = cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["running"], true);
+    let out = cli(&["list", "tasks", "--json"]);
+    let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(tasks.as_array().unwrap().len(), 10, "5 tasks per driver run");
+    let out = cli(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&session);
+    let head_pid: String = std::fs::read_to_string(session.join("pids")).unwrap().trim().to_string();
+    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        assert!(!e.file_name().to_string_lossy().starts_with(&format!("rayr-{head_pid}-")));
+    }
+    // The record outlives the cluster.
+    let out = cli(&["list", "workers", "--json"]);
+    assert!(out.status.success());
+    let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(workers.as_array().unwrap().iter().all(|w| w["state"] == "DEAD"), "{workers}");
+}
