@@ -340,6 +340,14 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
     let out = cli(&["start", "--head", "--port", "0", "--num-cpus", "2"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let session = std::fs::canonicalize(tmp.path().join("session_latest")).unwrap();
+    // Whatever fails below, the cluster does not outlive the test.
+    struct StopOnDrop(PathBuf);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.0).output();
+        }
+    }
+    let _stop = StopOnDrop(session.clone());
     // Two drivers, one after the other, join the same cluster.
     for _ in 0..2 {
         let out = run(Command::new(SCENARIOS).arg("nested").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: builds every binary the multi-process tests
+# start (the `rayr` CLI, the driver programs, the examples), then runs every crate's tests.
+# Needs only the Rust toolchain; nothing else to install yet.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v cargo >/dev/null || { echo "cargo is required: install Rust from https://rustup.rs" >&2; exit 1; }
+cargo build --workspace --bins --examples
+cargo test --workspace
