@@ -11,7 +11,9 @@
 //! - Floors of this machine, without rayr:
 //!   - `floor_unix_socket_rtt_p50_us` / `_p99_us`: 8-byte ping-pong over a std Unix
 //!     socket between this process and a child process (this binary in echo mode), 20k
-//!     round trips after 2k of warmup.
+//!     round trips after 2k of warmup, wherever the scheduler puts the two processes;
+//!     then `floor_unix_socket_rtt_same_cpu_p50_us` and `_cross_cpu_p50_us` with both
+//!     pinned to one CPU, and to two (on a small VM these differ several-fold).
 //!   - `floor_memcpy_100mb_gbps`: copying 100 MB between two already-touched buffers,
 //!     best of 5.
 //! - Figures measured in child processes (this binary again, one embedded cluster each,
@@ -22,20 +24,29 @@
 //!     (after 2k of warmup), best of 3 in a child; best of 2 children.
 //!   - `tasks_async_per_s_events_off`: the same with `RAYR_RECORD_EVENTS=0`, and
 //!     `event_recording_cost_pct`, the throughput lost to event recording.
+//!   - `driver_cpu_per_task_us` (and `_events_off`): CPU time of the driver process (its
+//!     embedded node agent and head included, workers not) per task over those rounds.
+//!   - `shutdown_after_32k_tasks_ms` (and `_events_off`): how long `shutdown()` takes
+//!     after the 32k tasks; with events on, the embedded head indexes the backlog then.
 //! - Figures measured on an embedded cluster in this process:
 //!   - `task_sync_rtt_p50_us` / `_p99_us`: 2000 sequential `get(f::remote(i))` after 200
 //!     of warmup.
 //!   - `put_100mb_gbps`: `put_slice` of 100 MB of f32, best of 5 after one warmup, the
-//!     ref dropped after each so the store reuses the space.
+//!     ref dropped after each so the store reuses the space; `put_100mb_vs_memcpy` is its
+//!     ratio to the memcpy floor.
 //!   - `get_100mb_other_process_us`: `get_slice` in the driver of a 100 MB object that a
 //!     worker `put_slice`d (a request to the owning worker plus a lookup in the mapped
 //!     store; nothing is copied); median of 20.
 //!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
-//! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal. Scratch files live
-//! under `/tmp/rb<pid>`, removed at the end.
+//! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a
+//! throughput child run by hand takes `RAYR_BENCH_ROUNDS` (default 3) to show a sustained
+//! rate: `RAYR_BENCH_MODE=throughput RAYR_BENCH_ROUNDS=50 RAYR_TMPDIR=/tmp/rbx
+//! target/release/rayr-bench`. Scratch files live under `/tmp/rb<pid>` (short, so that
+//! session socket paths fit in `sun_path`), removed at the end.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::collections::HashMap;
+use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -47,6 +58,8 @@ use rayr::prelude::*;
 const MODE_VAR: &str = "RAYR_BENCH_MODE";
 /// The echo child's socket path.
 const ECHO_VAR: &str = "RAYR_BENCH_ECHO_SOCKET";
+/// The CPU the echo child pins itself to, if set.
+const ECHO_CPU_VAR: &str = "RAYR_BENCH_ECHO_CPU";
 /// 100 MB, in bytes.
 const MB100: usize = 100_000_000;
 /// How long any child may run before it is killed and the figure reported as failed.
@@ -82,35 +95,114 @@ fn main() -> rayr::Result<()> {
 
 fn run_all(tmp: &TempDir) -> rayr::Result<()> {
     // Floors.
-    let (p50, p99) = socket_floor(tmp);
+    let (p50, p99) = socket_floor(tmp, None);
     figure("floor_unix_socket_rtt_p50_us", format!("{p50:.1}"), "us");
     figure("floor_unix_socket_rtt_p99_us", format!("{p99:.1}"), "us");
+    if num_cpus() >= 2 {
+        // Where the two ends run matters a lot on a small VM; show both placements.
+        let (same, _) = socket_floor(tmp, Some((0, 0)));
+        let (cross, _) = socket_floor(tmp, Some((0, 1)));
+        figure(
+            "floor_unix_socket_rtt_same_cpu_p50_us",
+            format!("{same:.1}"),
+            "us",
+        );
+        figure(
+            "floor_unix_socket_rtt_cross_cpu_p50_us",
+            format!("{cross:.1}"),
+            "us",
+        );
+    }
     let memcpy_gbps = memcpy_floor();
-    figure("floor_memcpy_100mb_gbps", format!("{memcpy_gbps:.2}"), "GB/s");
+    figure(
+        "floor_memcpy_100mb_gbps",
+        format!("{memcpy_gbps:.2}"),
+        "GB/s",
+    );
 
     // Children: init latency and throughput with events on and off.
-    let mut init_ms: Vec<f64> = (0..3).filter_map(|i| child_figure(tmp, &format!("i{i}"), "init", &[])).collect();
+    let mut init_ms: Vec<f64> = (0..3)
+        .filter_map(|i| {
+            child_run(tmp, &format!("i{i}"), "init", &[])?
+                .get("init_ms")
+                .copied()
+        })
+        .collect();
     if init_ms.is_empty() {
         figure("init_to_first_result_ms", "FAILED", "ms");
     } else {
         init_ms.sort_by(f64::total_cmp);
-        figure("init_to_first_result_ms", format!("{:.1}", init_ms[init_ms.len() / 2]), "ms");
+        figure(
+            "init_to_first_result_ms",
+            format!("{:.1}", init_ms[init_ms.len() / 2]),
+            "ms",
+        );
     }
-    let best = |label: &str, env: &[(&str, &str)]| -> Option<f64> {
-        (0..2).filter_map(|i| child_figure(tmp, &format!("{label}{i}"), "throughput", env)).reduce(f64::max)
+    // Two children per setting, alternating; each figure is the best the children saw.
+    let (mut on, mut off) = (Vec::new(), Vec::new());
+    for i in 0..2 {
+        on.extend(child_run(
+            tmp,
+            &format!("n{i}"),
+            "throughput",
+            &[("RAYR_RECORD_EVENTS", "1")],
+        ));
+        off.extend(child_run(
+            tmp,
+            &format!("f{i}"),
+            "throughput",
+            &[("RAYR_RECORD_EVENTS", "0")],
+        ));
+    }
+    let best = |runs: &[HashMap<String, f64>], key: &str, better: fn(f64, f64) -> f64| {
+        runs.iter()
+            .filter_map(|r| r.get(key).copied())
+            .reduce(better)
     };
-    let on = best("n", &[("RAYR_RECORD_EVENTS", "1")]);
-    let off = best("f", &[("RAYR_RECORD_EVENTS", "0")]);
-    let show = |v: Option<f64>| v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "FAILED".into());
-    figure("tasks_async_per_s", show(on), "tasks/s");
-    figure("tasks_async_per_s_events_off", show(off), "tasks/s");
-    match (on, off) {
-        (Some(on), Some(off)) => figure("event_recording_cost_pct", format!("{:.1}", (off - on) / off * 100.0), "%"),
-        _ => figure("event_recording_cost_pct", "FAILED", "%"),
-    }
+    let show = |v: Option<f64>, digits: usize| {
+        v.map(|v| format!("{v:.digits$}"))
+            .unwrap_or_else(|| "FAILED".into())
+    };
+    let (rate_on, rate_off) = (
+        best(&on, "tasks_per_s", f64::max),
+        best(&off, "tasks_per_s", f64::max),
+    );
+    figure("tasks_async_per_s", show(rate_on, 0), "tasks/s");
+    figure("tasks_async_per_s_events_off", show(rate_off, 0), "tasks/s");
+    let cost = rate_on
+        .zip(rate_off)
+        .map(|(on, off)| (off - on) / off * 100.0);
+    figure("event_recording_cost_pct", show(cost, 1), "%");
+    // Where the time goes: CPU of the driver process (embedded node agent and head
+    // included, workers not) per task over the timed rounds, and how long shutdown takes
+    // afterwards (with events on, the head indexes the events not yet indexed).
+    figure(
+        "driver_cpu_per_task_us",
+        show(best(&on, "cpu_us_per_task", f64::min), 1),
+        "us",
+    );
+    figure(
+        "driver_cpu_per_task_us_events_off",
+        show(best(&off, "cpu_us_per_task", f64::min), 1),
+        "us",
+    );
+    figure(
+        "shutdown_after_32k_tasks_ms",
+        show(best(&on, "shutdown_ms", f64::min), 0),
+        "ms",
+    );
+    figure(
+        "shutdown_after_32k_tasks_ms_events_off",
+        show(best(&off, "shutdown_ms", f64::min), 0),
+        "ms",
+    );
 
     // This process: an embedded cluster of its own.
-    let cfg = Config { address: None, tmpdir: Some(tmp.path.join("d")), ..Config::from_env()? };
+    let cfg = Config {
+        address: None,
+        tmpdir: Some(tmp.path.join("d")),
+        ..Config::from_env()?
+    };
     rayr::init_with(cfg)?;
 
     let (p50, p99) = sync_rtt()?;
@@ -119,7 +211,11 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
 
     let put_gbps = put_100mb()?;
     figure("put_100mb_gbps", format!("{put_gbps:.2}"), "GB/s");
-    figure("put_100mb_vs_memcpy", format!("{:.2}", put_gbps / memcpy_gbps), "x");
+    figure(
+        "put_100mb_vs_memcpy",
+        format!("{:.2}", put_gbps / memcpy_gbps),
+        "x",
+    );
 
     let get_us = get_100mb_other_process()?;
     figure("get_100mb_other_process_us", format!("{get_us:.1}"), "us");
@@ -135,23 +231,32 @@ fn figure(name: &str, value: impl std::fmt::Display, unit: &str) {
 /// (p50, p99) of durations, in microseconds.
 fn percentiles_us(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();
-    let at = |q: f64| samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6;
+    let at = |q: f64| {
+        samples[((samples.len() as f64 * q) as usize).min(samples.len() - 1)].as_secs_f64() * 1e6
+    };
     (at(0.50), at(0.99))
 }
 
 // ---------------------------------------------------------------------------------------
 // Floors
 
-/// 8-byte ping-pong with an echo child over a Unix socket.
-fn socket_floor(tmp: &TempDir) -> (f64, f64) {
+/// 8-byte ping-pong with an echo child over a Unix socket; `pin`: (this process's CPU,
+/// the child's CPU), else wherever the scheduler puts them.
+fn socket_floor(tmp: &TempDir, pin: Option<(usize, usize)>) -> (f64, f64) {
     let path = tmp.path.join("echo.sock");
+    let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind the echo socket");
-    let mut child = Command::new(std::env::current_exe().expect("current exe"))
-        .env(MODE_VAR, "echo")
+    let mut cmd = Command::new(std::env::current_exe().expect("current exe"));
+    cmd.env(MODE_VAR, "echo")
         .env(ECHO_VAR, &path)
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("spawn the echo child");
+        .stdin(Stdio::null());
+    let saved = pin.map(|(mine, theirs)| {
+        cmd.env(ECHO_CPU_VAR, theirs.to_string());
+        let saved = get_affinity();
+        set_affinity(&[mine]);
+        saved
+    });
+    let mut child = cmd.spawn().expect("spawn the echo child");
     let (mut s, _) = listener.accept().expect("accept the echo child");
     let mut buf = [0u8; 8];
     let mut round_trip = |i: u64| {
@@ -171,11 +276,20 @@ fn socket_floor(tmp: &TempDir) -> (f64, f64) {
         .collect();
     drop(s);
     let _ = child.wait();
+    if let Some(saved) = saved {
+        set_affinity(&saved);
+    }
     percentiles_us(samples)
 }
 
 fn echo_child() -> rayr::Result<()> {
     let path = std::env::var_os(ECHO_VAR).expect("RAYR_BENCH_ECHO_SOCKET");
+    if let Some(cpu) = std::env::var(ECHO_CPU_VAR)
+        .ok()
+        .and_then(|c| c.parse().ok())
+    {
+        set_affinity(&[cpu]);
+    }
     let mut s = UnixStream::connect(path).expect("connect to the bench");
     let mut buf = [0u8; 8];
     while s.read_exact(&mut buf).is_ok() {
@@ -184,6 +298,38 @@ fn echo_child() -> rayr::Result<()> {
         }
     }
     Ok(())
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// The CPUs this thread may run on.
+fn get_affinity() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t is valid; sched_getaffinity fills it for this thread.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return (0..num_cpus()).collect();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// Restricts this thread (and processes it spawns afterwards) to `cpus`.
+fn set_affinity(cpus: &[usize]) {
+    // SAFETY: as above; the set is built from plain CPU numbers.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        for &c in cpus {
+            libc::CPU_SET(c, &mut set);
+        }
+        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+    }
 }
 
 /// Best of 5 copies of 100 MB into an already-touched buffer, in GB/s.
@@ -206,13 +352,22 @@ fn memcpy_floor() -> f64 {
 // ---------------------------------------------------------------------------------------
 // Child runs
 
-/// Runs this binary in `mode` under `tmp/<label>`, returns the number it prints on the
-/// line starting with `result `, or None (with a note on stderr) when it fails.
-fn child_figure(tmp: &TempDir, label: &str, mode: &str, env: &[(&str, &str)]) -> Option<f64> {
+/// Runs this binary in `mode` under `tmp/<label>` and returns the `key value` lines it
+/// prints, or None (with a note on stderr) when it fails.
+fn child_run(
+    tmp: &TempDir,
+    label: &str,
+    mode: &str,
+    env: &[(&str, &str)],
+) -> Option<HashMap<String, f64>> {
     let dir = tmp.path.join(label);
     std::fs::create_dir_all(&dir).ok()?;
     let mut cmd = Command::new(std::env::current_exe().ok()?);
-    cmd.env(MODE_VAR, mode).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").stdin(Stdio::null()).stdout(Stdio::piped());
+    cmd.env(MODE_VAR, mode)
+        .env("RAYR_TMPDIR", &dir)
+        .env_remove("RAYR_ADDRESS")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -231,14 +386,20 @@ fn child_figure(tmp: &TempDir, label: &str, mode: &str, env: &[(&str, &str)]) ->
     });
     let status = wait_limited(&mut child, CHILD_LIMIT);
     let stdout = reader.join().unwrap_or_default();
-    let value = BufReader::new(stdout.as_bytes())
+    let values: HashMap<String, f64> = stdout
         .lines()
-        .map_while(|l| l.ok())
-        .find_map(|l| l.strip_prefix("result ").and_then(|v| v.trim().parse::<f64>().ok()));
-    if value.is_none() || !status.is_some_and(|s| s.success()) {
-        eprintln!("rayr-bench: the {label} child failed (status {status:?}); its output:\n{stdout}");
+        .filter_map(|l| {
+            l.split_once(' ')
+                .and_then(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+        })
+        .collect();
+    if !status.is_some_and(|s| s.success()) {
+        eprintln!(
+            "rayr-bench: the {label} child failed (status {status:?}); its output:\n{stdout}"
+        );
+        return None;
     }
-    value
+    Some(values)
 }
 
 /// Waits for `child` up to `limit`, killing it after that (None).
@@ -249,7 +410,10 @@ fn wait_limited(child: &mut Child, limit: Duration) -> Option<std::process::Exit
             Ok(Some(s)) => return Some(s),
             Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
             _ => {
-                eprintln!("rayr-bench: child {} ran past {limit:?}; killing it", child.id());
+                eprintln!(
+                    "rayr-bench: child {} ran past {limit:?}; killing it",
+                    child.id()
+                );
                 let _ = child.kill();
                 let _ = child.wait();
                 return None;
@@ -265,7 +429,7 @@ fn init_child() -> rayr::Result<()> {
     let v = rayr::get(&noop::remote(7))?;
     let ms = t.elapsed().as_secs_f64() * 1e3;
     assert_eq!(v, 7);
-    println!("result {ms:.3}");
+    println!("init_ms {ms:.3}");
     rayr::shutdown();
     Ok(())
 }
@@ -276,8 +440,14 @@ fn throughput_child() -> rayr::Result<()> {
     let warm: Vec<ObjectRef<u64>> = (0..2_000).map(noop::remote).collect();
     rayr::get_all(&warm)?;
     drop(warm);
+    // RAYR_BENCH_ROUNDS (default 3) runs more rounds, to see a sustained rate.
+    let rounds: u32 = std::env::var("RAYR_BENCH_ROUNDS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(3);
     let mut best = 0.0f64;
-    for _ in 0..3 {
+    let (cpu0, t0) = (cpu_s(), Instant::now());
+    for _ in 0..rounds {
         let t = Instant::now();
         let refs: Vec<ObjectRef<u64>> = (0..10_000).map(noop::remote).collect();
         let got = rayr::get_all(&refs)?;
@@ -285,15 +455,24 @@ fn throughput_child() -> rayr::Result<()> {
         assert_eq!(got[9_999], 9_999);
         best = best.max(rate);
     }
-    println!("result {best:.1}");
-    let cpu0 = cpu_s();
+    println!("tasks_per_s {best:.1}");
+    println!(
+        "all_rounds_tasks_per_s {:.1}",
+        rounds as f64 * 10_000.0 / t0.elapsed().as_secs_f64()
+    );
+    println!(
+        "cpu_us_per_task {:.2}",
+        (cpu_s() - cpu0) * 1e6 / (rounds as f64 * 10_000.0)
+    );
     let t = Instant::now();
     rayr::shutdown();
-    eprintln!("DEBUG shutdown_ms {:.1} shutdown_cpu_s {:.3} total_cpu_s {:.3}", t.elapsed().as_secs_f64() * 1e3, cpu_s() - cpu0, cpu_s());
+    println!("shutdown_ms {:.1}", t.elapsed().as_secs_f64() * 1e3);
     Ok(())
 }
 
+/// CPU seconds used by this process so far (all its threads; not its child processes).
 fn cpu_s() -> f64 {
+    // SAFETY: getrusage fills a zeroed rusage.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
     let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
@@ -335,7 +514,10 @@ fn get_100mb_other_process() -> rayr::Result<f64> {
     let r = &refs[0];
     {
         let view = rayr::get_slice::<f32>(r)?; // first read: connects to the owner
-        assert_eq!((view.len(), view[0], view[view.len() - 1]), (MB100 / 4, 2.5, 2.5));
+        assert_eq!(
+            (view.len(), view[0], view[view.len() - 1]),
+            (MB100 / 4, 2.5, 2.5)
+        );
     }
     let mut samples = Vec::with_capacity(20);
     for _ in 0..20 {
