@@ -358,9 +358,18 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
     let out = cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["running"], true);
-    let out = cli(&["list", "tasks", "--json"]);
-    let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(tasks.as_array().unwrap().len(), 10, "5 tasks per driver run");
+    // Workers flush their last events as they stop after each driver: wait for them.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(&["list", "tasks", "--json"]);
+        let tasks: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let finished = tasks.as_array().unwrap().iter().filter(|t| t["state"] == "FINISHED").count();
+        if finished == 10 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "expected 5 finished tasks per driver run: {tasks}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
     let out = cli(&["stop"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_nothing_left(&session);

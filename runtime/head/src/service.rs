@@ -63,8 +63,9 @@ impl HeadHandle {
         &self.session
     }
 
-    /// Stops serving, indexes what the logs gained meanwhile, makes it durable and removes
-    /// the address file.
+    /// Stops serving, makes what is indexed durable and removes the address file. A backlog
+    /// not yet indexed stays in the logs for the next reader to index: an embedded driver's
+    /// exit must not wait seconds for bookkeeping nobody may ask for.
     pub fn shutdown(mut self) {
         self.stop();
     }
@@ -81,7 +82,7 @@ impl HeadHandle {
             t.thread().unpark();
             let _ = t.join();
         }
-        if let Err(e) = self.index.catch_up(&self.session).and_then(|_| self.index.flush()) {
+        if let Err(e) = self.index.flush() {
             tracing::warn!(error = %e, "final indexing of the event logs failed");
         }
         // Remove the address only if it is still ours (a restarted head may have replaced it).
@@ -227,8 +228,12 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 impl Head for HeadService {
     async fn cluster_info(&self, _: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoReply>, Status> {
         let index = self.index.clone();
+        let session = self.session.clone();
         let session_dir = self.session.dir.display().to_string();
         let reply = blocking(move || {
+            // Answers include everything appended so far, not just what the
+            // low-priority indexer has reached.
+            index.catch_up(&session)?;
             Ok(ClusterInfoReply {
                 session_dir,
                 nodes: index.nodes()?,
@@ -242,8 +247,17 @@ impl Head for HeadService {
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {
         let index = self.index.clone();
+        let session = self.session.clone();
         let req = req.into_inner();
-        Ok(Response::new(blocking(move || index.list(&req)).await?))
+        Ok(Response::new(
+            blocking(move || {
+                if req.offset == 0 {
+                    index.catch_up(&session)?;
+                }
+                index.list(&req)
+            })
+            .await?,
+        ))
     }
 
     type EventsStream = EventStream;
@@ -251,6 +265,8 @@ impl Head for HeadService {
     async fn events(&self, req: Request<EventsRequest>) -> Result<Response<EventStream>, Status> {
         let pattern = req.metadata().get(ID_PATTERN_METADATA).and_then(|v| v.to_str().ok()).map(str::to_string);
         let req = req.into_inner();
+        let (index, session) = (self.index.clone(), self.session.clone());
+        blocking(move || index.catch_up(&session)).await?;
         let mut id = (!req.id.is_empty()).then_some(req.id);
         if let (None, Some(pattern)) = (&id, pattern) {
             let index = self.index.clone();

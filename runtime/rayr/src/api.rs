@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayr_logs::{Id, hex, new_id};
-use rayr_proto::{EventKind, ObjectDetail, TaskArg, TaskDetail, TaskSpec, client_message, event, node_message, peer_message, task_arg};
+use rayr_proto::{EventKind, ObjectDetail, TaskArg, TaskSpec, client_message, event, node_message, peer_message, task_arg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -71,15 +71,13 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
         return_id: ret.to_vec(),
         retry_exceptions: opts.retry_exceptions,
     };
-    let mut submitted = core.event(EventKind::TaskSubmitted);
-    submitted.task_id = task.to_vec();
-    submitted.object_id = ret.to_vec();
-    submitted.detail = Some(event::Detail::Task(TaskDetail {
-        function: function.to_string(),
-        max_retries: opts.max_retries,
-        ..Default::default()
-    }));
-    let submitted = core.record(submitted);
+    let submitted = core.record_with(EventKind::TaskSubmitted, |f| {
+        core::put(&mut f.e.task_id, &task);
+        core::put(&mut f.e.object_id, &ret);
+        let d = f.task();
+        d.function.push_str(function);
+        d.max_retries = opts.max_retries;
+    });
 
     let mut st = core.state.lock();
     core.own(&mut st, ret, Slot::Pending);

@@ -221,6 +221,49 @@ impl NodeConn {
     }
 }
 
+thread_local! {
+    static SCRATCH: std::cell::RefCell<(Event, Option<event::Detail>)> = std::cell::RefCell::new(Default::default());
+}
+
+/// Overwrites `dst` with `src`, keeping its allocation.
+#[inline]
+pub(crate) fn put(dst: &mut Vec<u8>, src: &[u8]) {
+    dst.clear();
+    dst.extend_from_slice(src);
+}
+
+/// An event being filled in place (see [`Core::record_with`]).
+pub(crate) struct EventFill<'a> {
+    pub e: &'a mut Event,
+    spare: &'a mut Option<event::Detail>,
+}
+
+impl EventFill<'_> {
+    /// The event's task detail, cleared, reusing the last one's buffers.
+    pub fn task(&mut self) -> &mut TaskDetail {
+        let d = match self.spare.take() {
+            Some(event::Detail::Task(mut t)) => {
+                t.function.clear();
+                t.error.clear();
+                t.reason.clear();
+                t.backtrace.clear();
+                t.error_type.clear();
+                t.attempt = 0;
+                t.max_retries = 0;
+                t.r#final = false;
+                t.pid = 0;
+                t
+            }
+            _ => TaskDetail::default(),
+        };
+        self.e.detail = Some(event::Detail::Task(d));
+        match &mut self.e.detail {
+            Some(event::Detail::Task(t)) => t,
+            _ => unreachable!(),
+        }
+    }
+}
+
 /// Buffered, already-encoded events; flushed to the node agent every few milliseconds.
 pub(crate) struct EventBuffer {
     buf: Mutex<(Vec<u8>, u32)>,
@@ -278,6 +321,7 @@ pub(crate) struct Core {
     pub stopping: AtomicBool,
     pub exec_tx: Option<Sender<Exec>>,
     pub node_resources: HashMap<String, f64>,
+    pub pid: u32,
 }
 
 /// What `connect` needs to know.
@@ -361,6 +405,7 @@ impl Core {
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
             exec_tx: p.exec_tx,
+            pid: std::process::id(),
             node_resources: reg.node_resources,
         });
         let c = core.clone();
@@ -403,11 +448,40 @@ impl Core {
             time_us: now_us(),
             node_id: self.node.to_vec(),
             source_worker: self.me.to_vec(),
-            source_pid: std::process::id(),
+            source_pid: self.pid,
             kind: kind as i32,
             job_id: self.job.to_vec(),
             ..Default::default()
         }
+    }
+
+    /// Records an event built in place in a per-thread scratch `Event` whose buffers are
+    /// reused, so the hot path (six events per task) allocates nothing once warm.
+    #[inline]
+    pub fn record_with(&self, kind: EventKind, fill: impl FnOnce(&mut EventFill<'_>)) -> Id {
+        let id = new_id();
+        if !self.record_events {
+            return id;
+        }
+        SCRATCH.with(|scratch| {
+            let (e, spare) = &mut *scratch.borrow_mut();
+            if let Some(d) = e.detail.take() {
+                *spare = Some(d);
+            }
+            for v in [&mut e.cause, &mut e.object_id, &mut e.task_id, &mut e.actor_id, &mut e.worker_id] {
+                v.clear();
+            }
+            put(&mut e.id, &id);
+            put(&mut e.node_id, &self.node);
+            put(&mut e.source_worker, &self.me);
+            put(&mut e.job_id, &self.job);
+            e.time_us = now_us();
+            e.source_pid = self.pid;
+            e.kind = kind as i32;
+            fill(&mut EventFill { e, spare });
+            self.events.push(e);
+        });
+        id
     }
 
     /// Records an event; returns its id (the cause link for what follows).
@@ -603,18 +677,18 @@ impl Core {
             _ => (0, ""),
         };
         let mut ev = None;
-        if !location.is_empty() && self.record_events {
-            let mut e = self.event(EventKind::ObjectCreated);
-            e.object_id = id.to_vec();
-            e.worker_id = self.me.to_vec();
-            if let Some(t) = task {
-                e.task_id = t.to_vec();
-            }
-            if let Some(c) = cause {
-                e.cause = c.to_vec();
-            }
-            e.detail = Some(event::Detail::Object(ObjectDetail { size, location: location.into(), ..Default::default() }));
-            ev = Some(self.record(e));
+        if !location.is_empty() {
+            ev = Some(self.record_with(EventKind::ObjectCreated, |f| {
+                put(&mut f.e.object_id, &id);
+                put(&mut f.e.worker_id, &self.me);
+                if let Some(t) = task {
+                    put(&mut f.e.task_id, &t);
+                }
+                if let Some(c) = cause {
+                    put(&mut f.e.cause, &c);
+                }
+                f.e.detail = Some(event::Detail::Object(ObjectDetail { size, location: location.into(), ..Default::default() }));
+            }));
         }
         let Some(o) = st.owned.get_mut(&id) else {
             // Every reference was dropped before the value arrived: free it at once.
@@ -683,13 +757,13 @@ impl Core {
         if let Slot::Shm { .. } = o.slot {
             self.free_in_store(&[id]);
         }
-        if self.record_events && !matches!(o.slot, Slot::Failed(_)) {
-            let mut e = self.event(EventKind::ObjectFreed);
-            e.object_id = id.to_vec();
-            e.worker_id = self.me.to_vec();
-            e.cause = o.created_event.to_vec();
-            e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.into(), ..Default::default() }));
-            self.record(e);
+        if !matches!(o.slot, Slot::Failed(_)) {
+            self.record_with(EventKind::ObjectFreed, |f| {
+                put(&mut f.e.object_id, &id);
+                put(&mut f.e.worker_id, &self.me);
+                put(&mut f.e.cause, &o.created_event);
+                f.e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.into(), ..Default::default() }));
+            });
         }
     }
 
@@ -817,29 +891,24 @@ impl Core {
             let conn = l.conn.clone();
             let Some(t) = st.tasks.get_mut(&task) else { continue };
             t.worker = Some(worker);
-            if self.record_events {
-                let mut e = self.event(EventKind::TaskScheduled);
-                e.task_id = task.to_vec();
-                e.worker_id = worker.to_vec();
-                e.cause = t.last_event.to_vec();
-                e.detail = Some(event::Detail::Task(TaskDetail {
-                    function: t.spec.function.clone(),
-                    attempt: t.spec.attempt,
-                    ..Default::default()
-                }));
-                let id = self.record(e);
-                t.last_event = id;
-                t.spec.scheduled_event = id.to_vec();
-            }
-            let msg = PeerMessage { req_id: 0, body: Some(peer_message::Body::Push(t.spec.clone())) };
-            match batches.iter_mut().find(|(c, _)| Arc::ptr_eq(c, &conn)) {
-                Some((_, buf)) => encode_frame(&msg, buf),
+            let id = self.record_with(EventKind::TaskScheduled, |f| {
+                put(&mut f.e.task_id, &task);
+                put(&mut f.e.worker_id, &worker);
+                put(&mut f.e.cause, &t.last_event);
+                let d = f.task();
+                d.function.push_str(&t.spec.function);
+                d.attempt = t.spec.attempt;
+            });
+            t.last_event = id;
+            put(&mut t.spec.scheduled_event, &id);
+            let buf = match batches.iter_mut().position(|(c, _)| Arc::ptr_eq(c, &conn)) {
+                Some(i) => &mut batches[i].1,
                 None => {
-                    let mut buf = Vec::with_capacity(256);
-                    encode_frame(&msg, &mut buf);
-                    batches.push((conn, buf));
+                    batches.push((conn, Vec::with_capacity(256)));
+                    &mut batches.last_mut().unwrap().1
                 }
-            }
+            };
+            encode_push_frame(&t.spec, buf);
         }
         for (conn, buf) in batches {
             // A failed write means the worker died; its reader thread handles that.
@@ -1129,6 +1198,17 @@ impl Core {
         let _ = UnixStream::connect(&self.address);
         let _ = std::fs::remove_file(&self.address);
     }
+}
+
+/// Appends `PeerMessage { push: spec }` as a frame without cloning the spec.
+fn encode_push_frame(spec: &TaskSpec, buf: &mut Vec<u8>) {
+    use rayr_proto::Message;
+    let spec_len = spec.encoded_len();
+    let body_len = 1 + prost::encoding::encoded_len_varint(spec_len as u64) + spec_len;
+    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(spec_len as u64, buf);
+    spec.encode_raw(buf);
 }
 
 /// An owned object's value as a reply to a remote reader.

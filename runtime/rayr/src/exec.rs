@@ -7,11 +7,11 @@ use std::sync::Arc;
 
 use rayr_logs::{Id, hex};
 use rayr_node::pool::env;
-use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskDetail, TaskError, TaskResult, event, peer_message, task_arg, task_result};
+use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskResult, peer_message, task_arg, task_result};
 
 use crate::api::{Fetched, fetch, store_bytes_for};
 use crate::codec;
-use crate::core::{self, ConnectParams, Core, Exec, Slot};
+use crate::core::{self, ConnectParams, Core, Exec, Slot, put};
 use crate::registry::{self, ArgBytes, ArgReader, Returned};
 
 thread_local! {
@@ -103,37 +103,37 @@ fn run_task(core: &Arc<Core>, exec: Exec) {
     let spec = exec.spec;
     let task: Id = spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
     CURRENT_TASK.with(|c| c.set((Some(task), spec.attempt)));
-    let mut started = core.event(EventKind::TaskStarted);
-    started.task_id = spec.task_id.clone();
-    started.worker_id = core.me.to_vec();
-    started.cause = spec.scheduled_event.clone();
-    started.detail = Some(event::Detail::Task(TaskDetail {
-        function: spec.function.clone(),
-        attempt: spec.attempt,
-        pid: std::process::id(),
-        ..Default::default()
-    }));
-    let started = core.record(started);
+    let started = core.record_with(EventKind::TaskStarted, |f| {
+        put(&mut f.e.task_id, &spec.task_id);
+        put(&mut f.e.worker_id, &core.me);
+        put(&mut f.e.cause, &spec.scheduled_event);
+        let d = f.task();
+        d.function.push_str(&spec.function);
+        d.attempt = spec.attempt;
+        d.pid = core.pid;
+    });
 
     let outcome = execute(core, &spec);
     let (kind, detail_error) = match &outcome {
         task_result::Outcome::Error(e) => (EventKind::TaskFailed, Some(e.clone())),
         _ => (EventKind::TaskFinished, None),
     };
-    let mut done = core.event(kind);
-    done.task_id = spec.task_id.clone();
-    done.worker_id = core.me.to_vec();
-    done.cause = started.to_vec();
-    let mut detail = TaskDetail { function: spec.function.clone(), attempt: spec.attempt, max_retries: spec.max_retries, ..Default::default() };
-    if let Some(e) = &detail_error {
-        let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
-        detail.r#final = !retried;
-        detail.error = if e.location.is_empty() { e.message.clone() } else { format!("{} (at {})", e.message, e.location) };
-        detail.backtrace = e.backtrace.clone();
-        detail.error_type = e.kind.clone();
-    }
-    done.detail = Some(event::Detail::Task(detail));
-    let finished_event = core.record(done);
+    let finished_event = core.record_with(kind, |f| {
+        put(&mut f.e.task_id, &spec.task_id);
+        put(&mut f.e.worker_id, &core.me);
+        put(&mut f.e.cause, &started);
+        let detail = f.task();
+        detail.function.push_str(&spec.function);
+        detail.attempt = spec.attempt;
+        detail.max_retries = spec.max_retries;
+        if let Some(e) = &detail_error {
+            let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
+            detail.r#final = !retried;
+            detail.error = if e.location.is_empty() { e.message.clone() } else { format!("{} (at {})", e.message, e.location) };
+            detail.backtrace = e.backtrace.clone();
+            detail.error_type = e.kind.clone();
+        }
+    });
     if detail_error.is_some() {
         // A failure is worth having on disk before anything else can go wrong.
         core.flush_events();
