@@ -11,6 +11,9 @@ pub fn tmpdir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("/tmp/rayr"))
 }
 
+/// Longest path a Unix socket address holds (sun_path is 108 bytes with its NUL).
+const MAX_SOCKET_PATH: usize = 107;
+
 /// A session directory and the paths inside it.
 #[derive(Clone, Debug)]
 pub struct Session {
@@ -21,6 +24,18 @@ impl Session {
     /// Creates `session_<date>_<pid>` under `tmpdir` with its subdirectories and points
     /// `session_latest` at it (atomically: a new link renamed over the old one).
     pub fn create(tmpdir: &Path) -> io::Result<Session> {
+        // sockets/ paths inside the session must fit a Unix socket address (107 bytes).
+        let longest_socket = tmpdir.as_os_str().len() + "/session_2026-11-25_20-01-02_4194304_99/sockets/node-0123456789abcdef.sock".len();
+        if longest_socket > MAX_SOCKET_PATH {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "the session directory {} is too long for Unix socket paths ({longest_socket} of at most {MAX_SOCKET_PATH} bytes): set RAYR_TMPDIR to a path of at most {} characters",
+                    tmpdir.display(),
+                    tmpdir.as_os_str().len() - (longest_socket - MAX_SOCKET_PATH)
+                ),
+            ));
+        }
         std::fs::create_dir_all(tmpdir)?;
         let stamp = jiff::ZonedDateTime::now().strftime("%Y-%m-%d_%H-%M-%S");
         let base = format!("session_{stamp}_{}", std::process::id());
@@ -95,7 +110,12 @@ impl Session {
     }
     /// The node agent's Unix socket.
     pub fn node_socket(&self, node_hex: &str) -> PathBuf {
-        self.sockets_dir().join(format!("node-{node_hex}.sock"))
+        self.sockets_dir().join(format!("node-{}.sock", &node_hex[..node_hex.len().min(16)]))
+    }
+    /// A driver's or worker's own Unix socket (peers push tasks and ask for objects there).
+    /// Names are short: a socket path must fit in 107 bytes.
+    pub fn worker_socket(&self, worker_hex: &str) -> PathBuf {
+        self.sockets_dir().join(format!("w-{}.sock", &worker_hex[..worker_hex.len().min(16)]))
     }
     /// The path of the head's address, if the file is there.
     pub fn head_address(&self) -> Option<String> {
@@ -108,6 +128,14 @@ impl Session {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tmpdir_too_long_for_socket_paths_is_refused_up_front() {
+        let long = std::env::temp_dir().join("x".repeat(80));
+        let err = Session::create(&long).unwrap_err();
+        assert!(err.to_string().contains("RAYR_TMPDIR"), "{err}");
+        assert!(!long.exists(), "nothing created");
+    }
 
     #[test]
     fn create_makes_layout_and_latest_link() {

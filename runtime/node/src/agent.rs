@@ -561,7 +561,7 @@ impl Agent {
         let mut st = self.state.lock();
         let Some(sp) = st.spawned.remove(&worker) else { return };
         // A worker killed by a signal cannot remove its own socket.
-        let _ = std::fs::remove_file(self.cfg.session.sockets_dir().join(format!("worker-{}.sock", hex(&worker))));
+        let _ = std::fs::remove_file(self.cfg.session.worker_socket(&hex(&worker)));
         let mut exit = pool::describe_exit(status, sp.intended_exit.as_deref());
         exit.peak_rss_bytes = peak_rss;
         exit.pid = sp.pid;

@@ -346,7 +346,7 @@ impl Core {
         };
         let stream = UnixStream::connect(&p.node_socket).map_err(|e| conn_err("reach the node agent", e))?;
         let session_dir = p.node_socket.parent().and_then(|s| s.parent()).map(PathBuf::from).unwrap_or_default();
-        let address = session_dir.join("sockets").join(format!("worker-{}.sock", hex(&p.worker_id)));
+        let address = rayr_logs::Session::open(&session_dir).worker_socket(&hex(&p.worker_id));
         let _ = std::fs::remove_file(&address);
         let listener = UnixListener::bind(&address).map_err(|e| conn_err("open this process's socket", e))?;
         let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();

@@ -7,7 +7,7 @@ use crate::ids::{ActorId, NodeId, ObjectId, TaskId, WorkerId};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[non_exhaustive]
-#[derive(Debug, Clone, thiserror::Error, PartialEq)]
+#[derive(Clone, thiserror::Error, PartialEq)]
 pub enum Error {
     /// The task's code panicked or returned `Err(..)`.
     #[error("task {task} failed: {message}; run `rayr why-died {task}`")]
@@ -39,4 +39,33 @@ pub enum Error {
     /// A rayr process could not be reached.
     #[error("{0}")]
     Connection(String),
+}
+
+/// `Debug` shows the sentence a person needs (what `main` prints when it returns `Err`),
+/// prefixed with the variant so matching code can still be written from it.
+impl std::fmt::Debug for Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let variant = match self {
+            Error::TaskFailed { .. } => "TaskFailed",
+            Error::WorkerDied { .. } => "WorkerDied",
+            Error::ActorDied { .. } => "ActorDied",
+            Error::OwnerDied { .. } => "OwnerDied",
+            Error::ObjectLost { .. } => "ObjectLost",
+            Error::OutOfMemory { .. } => "OutOfMemory",
+            Error::NodeDied { .. } => "NodeDied",
+            Error::Infeasible { .. } => "Infeasible",
+            Error::Timeout => "Timeout",
+            Error::Cancelled => "Cancelled",
+            Error::Serialization(_) => "Serialization",
+            Error::Connection(_) => "Connection",
+        };
+        write!(f, "{variant}: {self}")?;
+        if let Error::TaskFailed { backtrace, .. } = self
+            && !backtrace.is_empty()
+            && f.alternate()
+        {
+            write!(f, "\n{backtrace}")?;
+        }
+        Ok(())
+    }
 }
