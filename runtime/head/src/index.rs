@@ -151,6 +151,12 @@ impl EventIndex {
     /// Indexes whatever the session's event logs gained since the last call; returns how
     /// many events were newly indexed.
     pub fn catch_up(&self, session: &Session) -> Result<u64, HeadError> {
+        self.catch_up_at_most(session, u64::MAX)
+    }
+
+    /// Like [`catch_up`](Self::catch_up), stopping after about `limit` events (whole
+    /// transactions), so a background indexer can notice it should stop between calls.
+    pub fn catch_up_at_most(&self, session: &Session, limit: u64) -> Result<u64, HeadError> {
         let mut writer = self.writer.lock().unwrap_or_else(|p| p.into_inner());
         let logs = match session.event_logs() {
             Ok(logs) => logs,
@@ -159,7 +165,10 @@ impl EventIndex {
         };
         let mut indexed = 0u64;
         for path in logs {
-            indexed += self.catch_up_log(&path, &mut writer)?;
+            if indexed >= limit {
+                break;
+            }
+            indexed += self.catch_up_log(&path, &mut writer, limit - indexed)?;
         }
         if indexed == 0 && writer.dirty && writer.last_durable.elapsed() >= DURABLE_EVERY {
             // Quiet now: make the last burst durable rather than waiting for the next one.
@@ -168,7 +177,7 @@ impl EventIndex {
         Ok(indexed)
     }
 
-    fn catch_up_log(&self, path: &Path, writer: &mut WriterState) -> Result<u64, HeadError> {
+    fn catch_up_log(&self, path: &Path, writer: &mut WriterState, limit: u64) -> Result<u64, HeadError> {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
         let offset = {
             let txn = self.db.begin_read()?;
@@ -187,10 +196,11 @@ impl EventIndex {
         }
         let mut reader = EventLogReader::new(path, offset);
         let mut indexed = 0u64;
+        let window = if limit == u64::MAX { READ_WINDOW } else { (limit as usize).saturating_mul(256).clamp(64 << 10, READ_WINDOW) };
         loop {
             let batch =
-                reader.read_more(READ_WINDOW).map_err(|e| HeadError::Io { path: path.to_path_buf(), source: e })?;
-            if batch.is_empty() {
+                reader.read_more(window).map_err(|e| HeadError::Io { path: path.to_path_buf(), source: e })?;
+            if batch.is_empty() || indexed >= limit {
                 return Ok(indexed);
             }
             for chunk in batch.chunks(MAX_EVENTS_PER_TXN) {

@@ -10,7 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rayr_logs::Session;
 use rayr_proto::head_server::{Head, HeadServer};
@@ -149,15 +149,69 @@ pub fn start_head(session: Session, bind: SocketAddr) -> Result<HeadHandle, Head
     Ok(handle)
 }
 
+/// Events the background indexer takes per step.
+const INDEX_CHUNK: u64 = 4096;
+/// Event logs growing faster than this (bytes/s, about 6k events/s) mean the cluster is
+/// busy: the background indexer waits.
+const BUSY_BYTES_PER_S: u64 = 1 << 20;
+const BUSY_BACKOFF: Duration = Duration::from_millis(200);
+
+/// Measures how fast the session's event logs grow.
+struct BusyGauge<'a> {
+    session: &'a Session,
+    last_bytes: u64,
+    last_at: Instant,
+}
+
+impl<'a> BusyGauge<'a> {
+    fn new(session: &'a Session) -> Self {
+        BusyGauge { session, last_bytes: Self::bytes(session), last_at: Instant::now() }
+    }
+
+    fn bytes(session: &Session) -> u64 {
+        session.event_logs().unwrap_or_default().iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
+    }
+
+    fn logs_growing_fast(&mut self) -> bool {
+        let now = Instant::now();
+        let elapsed = now - self.last_at;
+        if elapsed < Duration::from_millis(50) {
+            return false;
+        }
+        let bytes = Self::bytes(self.session);
+        let rate = bytes.saturating_sub(self.last_bytes) as f64 / elapsed.as_secs_f64();
+        self.last_bytes = bytes;
+        self.last_at = now;
+        rate > BUSY_BYTES_PER_S as f64
+    }
+}
+
 fn run_indexer(index: &EventIndex, session: &Session, stop: &AtomicBool) {
-    // Lowest priority for this thread only: indexing can always wait for real work.
+    // Only idle CPU for this thread: indexing can always wait for real work (tasks), and
+    // queries catch up themselves when they need to.
     // SAFETY: plain syscalls on the calling thread's own id.
     unsafe {
-        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
+            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
+        }
     }
     let mut last_error = String::new();
+    let mut busy = BusyGauge::new(session);
     while !stop.load(Ordering::Acquire) {
-        match index.catch_up(session) {
+        if busy.logs_growing_fast() {
+            // The node is busy running tasks: indexing now would take CPU from them (it
+            // costs more per event than recording does). Queries catch up on demand; the
+            // backlog is indexed once the rush is over.
+            std::thread::park_timeout(BUSY_BACKOFF);
+            continue;
+        }
+        match index.catch_up_at_most(session, INDEX_CHUNK) {
+            Ok(n) if n >= INDEX_CHUNK => {
+                // More is waiting: continue at once, checking `stop` between chunks.
+                last_error.clear();
+                continue;
+            }
             Ok(_) => last_error.clear(),
             Err(e) => {
                 // Report each new problem once, not 50 times a second.
@@ -275,7 +329,7 @@ impl Head for HeadService {
         let resolved = id.as_ref().map(|id| rayr_logs::hex(id));
         let query = EventQuery { id, kind: req.kind, since_us: req.since_us };
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(stream_events(self.index.clone(), query, req.follow, self.stop.clone(), tx));
+        tokio::spawn(stream_events(self.index.clone(), self.session.clone(), query, req.follow, self.stop.clone(), tx));
         let stream: EventStream = Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx));
         let mut response = Response::new(stream);
         // Tells a client that sent a pattern which id it named.
@@ -290,6 +344,7 @@ impl Head for HeadService {
 
 async fn stream_events(
     index: Arc<EventIndex>,
+    session: Session,
     query: EventQuery,
     follow: bool,
     mut stop: watch::Receiver<bool>,
@@ -321,6 +376,12 @@ async fn stream_events(
             _ = tokio::time::sleep(FOLLOW_EVERY) => {}
             _ = tx.closed() => return,
             _ = stop.changed() => return,
+        }
+        // A follower wants news now, not when the idle-time indexer gets to it.
+        let (idx, session) = (index.clone(), session.clone());
+        if let Err(status) = blocking(move || idx.catch_up_at_most(&session, STREAM_PAGE as u64 * 4)).await {
+            let _ = tx.send(Err(status)).await;
+            return;
         }
     }
 }

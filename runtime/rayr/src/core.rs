@@ -1086,8 +1086,12 @@ impl Core {
     /// A task is done for good: its return object gets `slot`, its arguments are released.
     pub fn finish_task_locked(self: &Arc<Self>, st: &mut State, task: Id, slot: Slot, cause: Option<Id>) {
         let Some(t) = st.tasks.remove(&task) else { return };
-        if let Some(q) = st.queues.get_mut(&t.key) {
-            q.ready.retain(|x| *x != task);
+        if t.worker.is_none() {
+            // Never pushed, so it may still wait in its queue (cancelled, or failed before
+            // dispatch). Tasks that ran are not queued: no O(queue) scan on the hot path.
+            if let Some(q) = st.queues.get_mut(&t.key) {
+                q.ready.retain(|x| *x != task);
+            }
         }
         let ret: Id = t.spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
         self.object_created(st, ret, slot, Some(task), cause);
