@@ -278,6 +278,19 @@ fn object_owner(created: &Event) -> Vec<u8> {
 }
 
 #[test]
+fn refs_owned_by_a_worker_can_be_waited_on_and_carry_typed_errors() {
+    let s = scenario("borrowed_refs");
+    assert_eq!(s.get("EARLY_READY"), "0 1", "a pending borrowed ref is not ready");
+    assert_eq!(s.get("LATE_READY"), "1");
+    let failure = s.get("BORROWED_FAILURE");
+    assert!(failure.contains("bad input 9"), "{failure}");
+    // The error names the real task, so `rayr why-died` can follow it.
+    let events = s.events();
+    let failed = events.iter().find(|e| kind(e) == EventKind::TaskFailed).unwrap();
+    assert!(failure.contains(&rayr_logs::hex(&failed.task_id)), "{failure}");
+}
+
+#[test]
 fn objects_are_freed_when_refs_drop() {
     let s = scenario("freed");
     assert_eq!(s.get("USED_AFTER"), "0");

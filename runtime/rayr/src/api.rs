@@ -228,29 +228,66 @@ pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout:
     if owner == [0; 16] {
         return Err(Error::Connection("rayr was not initialized when this task was submitted: call rayr::init() first".into()));
     }
+    {
+        // A cached location is good while the owner is connected: its death drops the
+        // connection and, with it, every location learned from it (see read_peer).
+        let st = core.state.lock();
+        let owner_connected = st.peers.get(address).is_some_and(|p| p.alive());
+        if let (true, Some(&(offset, size, format))) = (owner_connected, st.borrowed_locations.get(&id)) {
+            return Ok(Fetched::Shm { offset, size, format });
+        }
+    }
+    let _blocked = BlockedGuard::new(core);
+    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let fetched = match ask_owner(core, id, owner, address, false, remaining)? {
+        OwnerAnswer::Value(f) => f,
+        OwnerAnswer::Pending => unreachable!("only probes are answered with pending"),
+    };
+    if let Fetched::Shm { offset, size, format } = fetched {
+        let mut st = core.state.lock();
+        if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) {
+            st.borrowed_locations.insert(id, (offset, size, format));
+        }
+    }
+    Ok(fetched)
+}
+
+pub(crate) enum OwnerAnswer {
+    Value(Fetched),
+    Pending,
+}
+
+/// Asks the owner of `id` for its value (waiting for it unless `probe`).
+pub(crate) fn ask_owner(
+    core: &Arc<Core>,
+    id: Id,
+    owner: Id,
+    address: &str,
+    probe: bool,
+    timeout: Option<Duration>,
+) -> Result<OwnerAnswer> {
+    use rayr_proto::object_value::Value;
     let peer = match core.peer(address) {
         Ok(p) => p,
         Err(_) => return Err(owner_died(core, id, owner)),
     };
-    let _blocked = BlockedGuard::new(core);
     let msg = rayr_proto::PeerMessage {
         req_id: 0,
-        body: Some(peer_message::Body::Get(rayr_proto::GetObject { object_id: id.to_vec(), requester: core.me.to_vec() })),
+        body: Some(peer_message::Body::Get(rayr_proto::GetObject { object_id: id.to_vec(), requester: core.me.to_vec(), probe })),
     };
-    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    match peer.call(msg, remaining) {
+    let lost = || Error::ObjectLost { object: crate::ObjectId(id) };
+    match peer.call(msg, timeout) {
         Ok(reply) => match reply.body {
             Some(peer_message::Body::Value(v)) => match v.value {
-                Some(rayr_proto::object_value::Value::InlineValue(b)) => Ok(Fetched::Inline(b.into(), codec::POSTCARD)),
-                Some(rayr_proto::object_value::Value::Shm(loc)) => {
-                    Ok(Fetched::Shm { offset: loc.offset, size: loc.size, format: loc.format })
+                Some(Value::InlineValue(b)) => Ok(OwnerAnswer::Value(Fetched::Inline(b.into(), codec::POSTCARD))),
+                Some(Value::Shm(loc)) => {
+                    Ok(OwnerAnswer::Value(Fetched::Shm { offset: loc.offset, size: loc.size, format: loc.format }))
                 }
-                Some(rayr_proto::object_value::Value::Error(e)) | Some(rayr_proto::object_value::Value::TaskError(rayr_proto::TaskError { message: e, .. })) => {
-                    Err(Error::TaskFailed { task: crate::TaskId([0; 16]), message: e, backtrace: String::new() })
-                }
-                None => Err(Error::ObjectLost { object: crate::ObjectId(id) }),
+                Some(Value::Failure(bytes)) => Err(codec::decode::<Error>(&bytes, codec::POSTCARD).unwrap_or_else(|_| lost())),
+                Some(Value::Pending(_)) => Ok(OwnerAnswer::Pending),
+                Some(Value::Error(_)) | None => Err(lost()),
             },
-            _ => Err(Error::ObjectLost { object: crate::ObjectId(id) }),
+            _ => Err(lost()),
         },
         Err(CallError::Timeout) => Err(Error::Timeout),
         Err(CallError::Disconnected) => Err(owner_died(core, id, owner)),
@@ -291,32 +328,56 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
 }
 
 /// Splits `refs` into (ready, not ready) once `num_returns` are ready or `timeout` passes.
-/// Both lists keep the order given.
+/// Both lists keep the order given. A ref whose value failed counts as ready (`get` then
+/// returns the error), as in Ray.
 pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
     let Some(core) = core::current() else { return (Vec::new(), refs.to_vec()) };
     let deadline = timeout.map(|t| Instant::now() + t);
     let want = num_returns.min(refs.len());
-    let mut st = core.state.lock();
+    let mut ready = vec![false; refs.len()];
     loop {
-        // Refs owned elsewhere are counted ready: their owner answers a get when it can.
-        let ready: Vec<bool> = refs.iter().map(|r| r.handle.owner != core.me || Core::is_ready_locked(&st, &r.handle.id)).collect();
+        // Owned here: the table says. Owned elsewhere: ask the owner without waiting.
+        let mut remote = Vec::new();
+        {
+            let st = core.state.lock();
+            for (i, r) in refs.iter().enumerate() {
+                if ready[i] {
+                    continue;
+                }
+                if r.handle.owner == core.me {
+                    ready[i] = Core::is_ready_locked(&st, &r.handle.id);
+                } else if st.borrowed_locations.contains_key(&r.handle.id) {
+                    ready[i] = true;
+                } else {
+                    remote.push(i);
+                }
+            }
+        }
+        for i in remote {
+            if ready.iter().filter(|b| **b).count() >= want {
+                break;
+            }
+            let h = &refs[i].handle;
+            ready[i] = !matches!(
+                ask_owner(&core, h.id, h.owner, &h.owner_address, true, Some(Duration::from_secs(5))),
+                Ok(OwnerAnswer::Pending) | Err(Error::Timeout)
+            );
+        }
         let n = ready.iter().filter(|b| **b).count();
         let expired = deadline.is_some_and(|d| Instant::now() >= d);
         if n >= want || expired {
-            drop(st);
             let mut yes = Vec::new();
             let mut no = Vec::new();
-            for (r, ok) in refs.iter().zip(ready) {
-                if ok && yes.len() < want { yes.push(r.clone()) } else { no.push(r.clone()) }
+            for (r, ok) in refs.iter().zip(&ready) {
+                if *ok && yes.len() < want { yes.push(r.clone()) } else { no.push(r.clone()) }
             }
             return (yes, no);
         }
-        match deadline {
-            Some(d) => {
-                core.ready.wait_until(&mut st, d);
-            }
-            None => core.ready.wait(&mut st),
-        }
+        // Owned values wake us; remote ones are polled.
+        let pause = Duration::from_millis(2);
+        let until = deadline.map_or(Instant::now() + pause, |d| d.min(Instant::now() + pause));
+        let mut st = core.state.lock();
+        core.ready.wait_until(&mut st, until);
     }
 }
 

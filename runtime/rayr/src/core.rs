@@ -131,18 +131,22 @@ pub(crate) struct State {
     pub owned: HashMap<Id, Owned>,
     /// Handles alive here for objects owned elsewhere: id → (count, owner, owner address).
     pub borrowed: HashMap<Id, (u32, Id, String)>,
+    /// Where borrowed objects in the shm store are: sealed values never move, and the
+    /// borrow keeps them alive, so later reads skip the round trip to the owner.
+    pub borrowed_locations: HashMap<Id, (u64, u64, u32)>,
     pub tasks: HashMap<Id, PendingTask>,
     queues: HashMap<String, Queue>,
     leased: HashMap<Id, Leased>,
     /// Lease requests in flight: request id → queue key.
     lease_requests: HashMap<u64, String>,
     /// Outgoing connections by address (owners and leased workers).
-    peers: HashMap<String, Arc<PeerConn>>,
+    pub peers: HashMap<String, Arc<PeerConn>>,
 }
 
 /// A connection this process opened to another core worker.
 pub(crate) struct PeerConn {
     write: Mutex<UnixStream>,
+    raw_fd: std::os::fd::RawFd,
     pub address: String,
     /// The worker at the other end, when it is a leased worker.
     pub worker: Mutex<Option<Id>>,
@@ -159,6 +163,17 @@ impl PeerConn {
     }
     pub fn send_raw(&self, frames: &[u8]) -> io::Result<()> {
         self.write.lock().write_all(frames)
+    }
+    /// Whether the other end is still there: asks the kernel, without reading, whether the
+    /// peer hung up (a process that died has, the moment it died).
+    pub fn alive(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut pfd = libc::pollfd { fd: self.raw_fd, events: libc::POLLRDHUP, revents: 0 };
+        // SAFETY: polling one fd we own, without waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        !(n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
     }
     /// Sends a request and waits for the reply with the same id.
     pub fn call(&self, mut msg: PeerMessage, timeout: Option<Duration>) -> Result<PeerMessage, CallError> {
@@ -393,6 +408,7 @@ impl Core {
             state: Mutex::new(State {
                 owned: HashMap::new(),
                 borrowed: HashMap::new(),
+                borrowed_locations: HashMap::new(),
                 tasks: HashMap::new(),
                 queues: HashMap::new(),
                 leased: HashMap::new(),
@@ -589,7 +605,7 @@ impl Core {
                         let _ = tx.send(Exec { spec, reply: conn.clone() });
                     }
                 }
-                Some(peer_message::Body::Get(g)) => self.serve_get(&conn, req, &g.object_id),
+                Some(peer_message::Body::Get(g)) => self.serve_get(&conn, req, &g.object_id, g.probe),
                 Some(peer_message::Body::Borrow(b)) => {
                     self.borrower_update(b);
                     conn.send(&PeerMessage { req_id: req, body: None });
@@ -608,7 +624,9 @@ impl Core {
         }
         let stream = UnixStream::connect(address)?;
         let reader = FrameReader::new(stream.try_clone()?);
+        let raw_fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let conn = Arc::new(PeerConn {
+            raw_fd,
             write: Mutex::new(stream),
             address: address.to_string(),
             worker: Mutex::new(None),
@@ -649,6 +667,11 @@ impl Core {
             let mut st = self.state.lock();
             if st.peers.get(&conn.address).is_some_and(|p| Arc::ptr_eq(p, &conn)) {
                 st.peers.remove(&conn.address);
+            }
+            // Locations learned from a peer that is gone may be freed and reused now.
+            let stale: Vec<Id> = st.borrowed.iter().filter(|(_, b)| b.2 == conn.address).map(|(id, _)| *id).collect();
+            for id in stale {
+                st.borrowed_locations.remove(&id);
             }
         }
         let worker = *conn.worker.lock();
@@ -736,6 +759,7 @@ impl Core {
             return;
         }
         let (_, owner, address) = st.borrowed.remove(&id).unwrap();
+        st.borrowed_locations.remove(&id);
         let peer = st.peers.get(&address).cloned();
         let msg = PeerMessage {
             req_id: 0,
@@ -816,11 +840,11 @@ impl Core {
         }
     }
 
-    fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, object: &[u8]) {
+    fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, object: &[u8], probe: bool) {
         let Ok(id) = <Id>::try_from(object) else { return };
         let mut st = self.state.lock();
         match st.owned.get_mut(&id) {
-            Some(o) if matches!(o.slot, Slot::Pending) => {
+            Some(o) if matches!(o.slot, Slot::Pending) && !probe => {
                 // Reply when the value arrives (see object_created).
                 o.remote_waiters.push((conn.clone(), req));
             }
@@ -1223,8 +1247,8 @@ fn value_message(req: u64, id: Id, slot: &Slot) -> PeerMessage {
         Slot::Shm { offset, size, format } => {
             Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format })
         }
-        Slot::Failed(e) => Value::Error(e.to_string()),
-        Slot::Pending => Value::Error("still pending".into()),
+        Slot::Failed(e) => Value::Failure(crate::codec::encode(e).unwrap_or_default()),
+        Slot::Pending => Value::Pending(true),
     };
     PeerMessage {
         req_id: req,

@@ -7,7 +7,7 @@ use crate::ids::{ActorId, NodeId, ObjectId, TaskId, WorkerId};
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[non_exhaustive]
-#[derive(Clone, thiserror::Error, PartialEq)]
+#[derive(Clone, thiserror::Error, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Error {
     /// The task's code panicked or returned `Err(..)`.
     #[error("task {task} failed: {message}; run `rayr why-died {task}`")]

@@ -106,6 +106,18 @@ fn always_fails(x: u64) -> Result<u64, String> {
     Err(format!("bad input {x}"))
 }
 
+#[rayr::remote]
+fn sleepy(ms: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(ms));
+    ms
+}
+
+/// Returns refs this worker owns: one slow, one failing (the driver only borrows them).
+#[rayr::remote]
+fn delegate() -> (Vec<ObjectRef<u64>>, Vec<ObjectRef<u64>>) {
+    (vec![sleepy::remote(1500)], vec![always_fails::remote(9)])
+}
+
 struct Unserializable;
 impl Serialize for Unserializable {
     fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
@@ -173,13 +185,19 @@ fn main() -> rayr::Result<()> {
             let (inner, pid) = rayr::get(&make_owned::remote())?;
             assert_eq!(rayr::get(&inner[0])?.len(), 1 << 20);
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // kill() only sends the signal: read after the owner is really gone. (Not just a
+            // zombie: a multi-threaded process's leader is a zombie before its last thread
+            // has exited and closed its sockets; its node agent reaps it after that.)
+            wait_until("the owner to be reaped", Duration::from_secs(10), || {
+                !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
             match rayr::get(&inner[0]) {
                 Err(e @ Error::OwnerDied { .. }) => {
                     println!("OBJECT {}", inner[0].id());
                     println!("OWNER {}", inner[0].owner());
                     println!("ERROR {e}");
                 }
-                other => panic!("expected OwnerDied, got {other:?}"),
+                other => panic!("expected OwnerDied, got {:?}", other.map(|v| v.len())),
             }
         }
         "freed" => {
@@ -200,6 +218,18 @@ fn main() -> rayr::Result<()> {
             drop(results);
             wait_until("the store to empty", Duration::from_secs(10), || rayr::store_usage().unwrap().0 == 0);
             println!("USED_AFTER 0");
+        }
+        "borrowed_refs" => {
+            let (slow, failing) = rayr::get(&delegate::remote())?;
+            let (ready, pending) = rayr::wait(&slow, 1, Some(Duration::from_millis(100)));
+            println!("EARLY_READY {} {}", ready.len(), pending.len());
+            let (ready, _) = rayr::wait(&slow, 1, Some(Duration::from_secs(30)));
+            println!("LATE_READY {}", ready.len());
+            assert_eq!(rayr::get(&slow[0])?, 1500);
+            match rayr::get(&failing[0]) {
+                Err(e @ Error::TaskFailed { .. }) => println!("BORROWED_FAILURE {e}"),
+                other => panic!("expected TaskFailed, got {other:?}"),
+            }
         }
         "bad_input" => {
             match rayr::put(Unserializable) {
