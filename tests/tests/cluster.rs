@@ -21,25 +21,31 @@ fn rayr_cli() -> PathBuf {
     cli
 }
 
-/// Runs a command to completion within `limit`, killing it if it hangs.
+/// Runs a command to completion within `limit`, killing it if it hangs. Its output is
+/// drained while it runs (a child blocked on a full pipe would never finish).
 fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let deadline = Instant::now() + limit;
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            return child.wait_with_output().unwrap();
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let out = rx.recv().unwrap().unwrap();
+            panic!("{cmd:?} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}", tail(&out.stdout), tail(&out.stderr));
         }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let out = child.wait_with_output().unwrap();
-            panic!(
-                "{cmd:?} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// The end of a long output, for failure messages.
+fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let cut = text.len().saturating_sub(3000);
+    let start = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+    format!("{}{}", if cut > 0 { "…" } else { "" }, &text[start..])
 }
 
 struct Scenario {
@@ -395,4 +401,47 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
     assert!(out.status.success());
     let workers: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(workers.as_array().unwrap().iter().all(|w| w["state"] == "DEAD"), "{workers}");
+}
+
+#[test]
+fn killing_the_head_loses_no_recorded_event() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    let out = cli(&["start", "--head", "--port", "0", "--num-cpus", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let session = std::fs::canonicalize(tmp.path().join("session_latest")).unwrap();
+    struct StopOnDrop(PathBuf);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.0).output();
+        }
+    }
+    let _stop = StopOnDrop(session.clone());
+    let out = run(Command::new(SCENARIOS).arg("many_tasks").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(120));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The head has indexed part of the record (or none of it); kill it without warning.
+    let head: i32 = std::fs::read_to_string(session.join("pids")).unwrap().trim().parse().unwrap();
+    unsafe { libc::kill(head, libc::SIGKILL) };
+    // Dead means every thread is gone and its files closed (its leader turns zombie first).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_dir(format!("/proc/{head}/fd")).is_ok_and(|mut d| d.next().is_some()) {
+        assert!(Instant::now() < deadline, "head did not die");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The record is whole: every task, each finished once, read from the session itself.
+    let out = cli(&["summary", "tasks", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&["list", "tasks", "--filter", "state=finished", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let finished: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(finished.as_array().unwrap().len(), 10_000);
+    let out = cli(&["events", "--kind", "task_submitted", "--json"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 10_000, "each event indexed exactly once");
+    // `rayr stop` cleans up after the killed head: its shm store and sockets.
+    let out = cli(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&session);
+    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        assert!(!e.file_name().to_string_lossy().starts_with(&format!("rayr-{head}-")), "shm store of the killed head left");
+    }
 }
