@@ -182,6 +182,14 @@ fn ten_thousand_tasks_are_each_recorded() {
 }
 
 #[test]
+fn available_resources_follow_leases() {
+    let s = scenario("resources");
+    assert_eq!(s.get("TOTAL_CPU"), "2");
+    assert_eq!(s.get("IDLE_CPU"), "2");
+    assert_eq!(s.get("BUSY_CPU"), "1");
+}
+
+#[test]
 fn nested_tasks_three_deep() {
     let s = scenario("nested");
     assert_eq!(s.get("NESTED"), "50");

@@ -341,6 +341,8 @@ impl Agent {
                         used_bytes: st.alloc.used(),
                         capacity_bytes: st.alloc.capacity(),
                         objects: st.objects.len() as u64,
+                        available_resources: st.available.iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect(),
+                        total_resources: self.cfg.resources.clone(),
                     };
                     drop(st);
                     conn.reply(req, node_message::Body::StoreStats(reply));

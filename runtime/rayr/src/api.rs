@@ -513,11 +513,21 @@ pub fn cluster_resources() -> Result<std::collections::HashMap<String, f64>> {
     Ok(core::require()?.node_resources.clone())
 }
 
-/// Bytes of this node's shm store in use and its capacity.
-pub fn store_usage() -> Result<(u64, u64)> {
+fn node_stats() -> Result<rayr_proto::StoreStatsReply> {
     let core = core::require()?;
     match core.node_conn.call(client_message::Body::StoreStats(rayr_proto::StoreStatsRequest {}))? {
-        node_message::Body::StoreStats(s) => Ok((s.used_bytes, s.capacity_bytes)),
-        _ => Err(Error::Connection("unexpected reply to a store query".into())),
+        node_message::Body::StoreStats(s) => Ok(s),
+        _ => Err(Error::Connection("unexpected reply to a node query".into())),
     }
+}
+
+/// Bytes of this node's shm store in use and its capacity.
+pub fn store_usage() -> Result<(u64, u64)> {
+    node_stats().map(|s| (s.used_bytes, s.capacity_bytes))
+}
+
+/// Resources not held by any lease right now (a worker blocked in `get` gives its CPU
+/// back, so this can exceed what idle workers alone would free).
+pub fn available_resources() -> Result<std::collections::HashMap<String, f64>> {
+    node_stats().map(|s| s.available_resources)
 }

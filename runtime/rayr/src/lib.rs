@@ -38,7 +38,7 @@ mod registry;
 mod runtime;
 
 pub use api::{
-    IntoArg, RuntimeContext, SliceGuard, cancel, cluster_resources, get, get_all, get_slice, get_timeout, put, put_slice,
+    IntoArg, RuntimeContext, SliceGuard, available_resources, cancel, cluster_resources, get, get_all, get_slice, get_timeout, put, put_slice,
     runtime_context, store_usage, wait,
 };
 pub use error::{Error, Result};

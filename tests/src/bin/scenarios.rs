@@ -146,6 +146,19 @@ fn main() -> rayr::Result<()> {
             assert_eq!(got.iter().sum::<u64>(), want);
             println!("TASKS {}", got.len());
         }
+        "resources" => {
+            let total = rayr::cluster_resources()?;
+            let idle = rayr::available_resources()?;
+            println!("TOTAL_CPU {}", total["CPU"]);
+            println!("IDLE_CPU {}", idle["CPU"]);
+            // While a task holds a CPU, one fewer is available.
+            let probe = sleepy::remote(1000);
+            wait_until("the task to hold its CPU", Duration::from_secs(20), || {
+                rayr::available_resources().unwrap()["CPU"] < total["CPU"]
+            });
+            println!("BUSY_CPU {}", rayr::available_resources()?["CPU"]);
+            rayr::get(&probe)?;
+        }
         "nested" => {
             // level1(1) = level2(1) + level2(2) = (2*10) + (3*10)
             let r = rayr::get(&level1::remote(1))?;
