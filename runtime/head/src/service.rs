@@ -152,37 +152,42 @@ pub fn start_head(session: Session, bind: SocketAddr) -> Result<HeadHandle, Head
 /// Events the background indexer takes per step.
 const INDEX_CHUNK: u64 = 4096;
 /// Event logs growing faster than this (bytes/s, about 6k events/s) mean the cluster is
-/// busy: the background indexer waits.
+/// busy: the background indexer waits until they have been quiet for `QUIET_FOR`.
 const BUSY_BYTES_PER_S: u64 = 1 << 20;
 const BUSY_BACKOFF: Duration = Duration::from_millis(200);
+const QUIET_FOR: Duration = Duration::from_secs(1);
 
 /// Measures how fast the session's event logs grow.
 struct BusyGauge<'a> {
     session: &'a Session,
     last_bytes: u64,
     last_at: Instant,
+    last_busy: Option<Instant>,
 }
 
 impl<'a> BusyGauge<'a> {
     fn new(session: &'a Session) -> Self {
-        BusyGauge { session, last_bytes: Self::bytes(session), last_at: Instant::now() }
+        BusyGauge { session, last_bytes: Self::bytes(session), last_at: Instant::now(), last_busy: None }
     }
 
     fn bytes(session: &Session) -> u64 {
         session.event_logs().unwrap_or_default().iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
     }
 
+    /// Whether the logs grew fast recently (within `QUIET_FOR`).
     fn logs_growing_fast(&mut self) -> bool {
         let now = Instant::now();
         let elapsed = now - self.last_at;
-        if elapsed < Duration::from_millis(50) {
-            return false;
+        if elapsed >= Duration::from_millis(50) {
+            let bytes = Self::bytes(self.session);
+            let rate = bytes.saturating_sub(self.last_bytes) as f64 / elapsed.as_secs_f64();
+            self.last_bytes = bytes;
+            self.last_at = now;
+            if rate > BUSY_BYTES_PER_S as f64 {
+                self.last_busy = Some(now);
+            }
         }
-        let bytes = Self::bytes(self.session);
-        let rate = bytes.saturating_sub(self.last_bytes) as f64 / elapsed.as_secs_f64();
-        self.last_bytes = bytes;
-        self.last_at = now;
-        rate > BUSY_BYTES_PER_S as f64
+        self.last_busy.is_some_and(|t| now - t < QUIET_FOR)
     }
 }
 

@@ -300,18 +300,15 @@ impl EventBuffer {
     }
 }
 
-/// Work handed to a worker's execution thread.
-pub(crate) struct Exec {
-    pub spec: TaskSpec,
-    pub reply: Arc<ServerConn>,
-}
-
 /// A connection another process opened to us.
 pub(crate) struct ServerConn {
     write: Mutex<UnixStream>,
 }
 
 impl ServerConn {
+    pub fn send_raw(&self, frames: &[u8]) {
+        let _ = self.write.lock().write_all(frames);
+    }
     pub fn send(&self, msg: &PeerMessage) {
         let mut buf = Vec::with_capacity(128);
         encode_frame(msg, &mut buf);
@@ -334,7 +331,10 @@ pub(crate) struct Core {
     pub record_events: bool,
     pub max_inline: usize,
     pub stopping: AtomicBool,
-    pub exec_tx: Option<Sender<Exec>>,
+    /// Set in workers: pushed tasks run here.
+    pub runs_tasks: bool,
+    /// One task at a time in a worker, whichever connection pushed it.
+    pub exec_lock: Mutex<()>,
     pub node_resources: HashMap<String, f64>,
     pub pid: u32,
 }
@@ -347,9 +347,9 @@ pub(crate) struct ConnectParams {
     pub is_driver: bool,
     pub record_events: bool,
     pub max_inline: usize,
-    /// Workers: where pushed tasks go. Set before registering, because the node agent may
-    /// lease this worker out (and a task may arrive) the moment it registers.
-    pub exec_tx: Option<Sender<Exec>>,
+    /// Workers run pushed tasks; the node agent may lease a worker out (and a task may
+    /// arrive) the moment it registers, so this is known before registering.
+    pub runs_tasks: bool,
 }
 
 impl Core {
@@ -420,7 +420,8 @@ impl Core {
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
-            exec_tx: p.exec_tx,
+            runs_tasks: p.runs_tasks,
+            exec_lock: Mutex::new(()),
             pid: std::process::id(),
             node_resources: reg.node_resources,
         });
@@ -597,12 +598,24 @@ impl Core {
         let Ok(w) = stream.try_clone() else { return };
         let conn = Arc::new(ServerConn { write: Mutex::new(w) });
         let mut reader = FrameReader::new(stream);
+        // Results of pushed tasks, written when no further push is already buffered: a
+        // pipelined batch of tasks answers with one write.
+        let mut results = Vec::new();
         while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
             let req = msg.req_id;
             match msg.body {
-                Some(peer_message::Body::Push(spec)) => {
-                    if let Some(tx) = &self.exec_tx {
-                        let _ = tx.send(Exec { spec, reply: conn.clone() });
+                Some(peer_message::Body::Push(spec)) if self.runs_tasks => {
+                    // Run it on this thread: no hand-off to another thread per task. A task
+                    // blocked in `get` waits here; the replies it waits for arrive on other
+                    // connections, each read by its own thread.
+                    let result = {
+                        let _one_at_a_time = self.exec_lock.lock();
+                        crate::exec::run_task(&self, spec)
+                    };
+                    encode_frame(&result, &mut results);
+                    if !reader.has_buffered_frame() {
+                        conn.send_raw(&results);
+                        results.clear();
                     }
                 }
                 Some(peer_message::Body::Get(g)) => self.serve_get(&conn, req, &g.object_id, g.probe),

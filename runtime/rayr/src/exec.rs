@@ -11,7 +11,7 @@ use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskResult, 
 
 use crate::api::{Fetched, fetch, store_bytes_for};
 use crate::codec;
-use crate::core::{self, ConnectParams, Core, Exec, Slot, put};
+use crate::core::{self, ConnectParams, Core, Slot, put};
 use crate::registry::{self, ArgBytes, ArgReader, Returned};
 
 thread_local! {
@@ -60,7 +60,6 @@ fn worker_main() -> Result<(), String> {
         prev(info);
     }));
     stop_cleanly_on_sigterm();
-    let (tx, rx) = crossbeam_channel::unbounded::<Exec>();
     let cfg = crate::Config::from_env().map_err(|e| e.to_string())?;
     let params = ConnectParams {
         node_socket: std::env::var_os(env::NODE_SOCKET).ok_or("RAYR_NODE_SOCKET is not set")?.into(),
@@ -69,14 +68,15 @@ fn worker_main() -> Result<(), String> {
         is_driver: false,
         record_events: cfg.record_events,
         max_inline: cfg.max_inline_bytes,
-        exec_tx: Some(tx),
+        runs_tasks: true,
     };
     let core = Core::connect(params).map_err(|e| e.to_string())?;
-    core::install(core.clone());
-    while let Ok(exec) = rx.recv() {
-        run_task(&core, exec);
+    core::install(core);
+    // Tasks run on the threads that read them (Core::serve_peer). This thread only waits:
+    // the process exits when its node agent goes away or stops it.
+    loop {
+        std::thread::park();
     }
-    Ok(())
 }
 
 /// The node agent stops workers with SIGTERM; the events still buffered here (the last few
@@ -99,8 +99,8 @@ fn stop_cleanly_on_sigterm() {
     });
 }
 
-fn run_task(core: &Arc<Core>, exec: Exec) {
-    let spec = exec.spec;
+/// Runs one pushed task on the calling thread and returns the message that answers it.
+pub(crate) fn run_task(core: &Arc<Core>, spec: rayr_proto::TaskSpec) -> PeerMessage {
     let task: Id = spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
     CURRENT_TASK.with(|c| c.set((Some(task), spec.attempt)));
     let started = core.record_with(EventKind::TaskStarted, |f| {
@@ -139,7 +139,7 @@ fn run_task(core: &Arc<Core>, exec: Exec) {
         core.flush_events();
     }
     CURRENT_TASK.with(|c| c.set((None, 0)));
-    exec.reply.send(&PeerMessage {
+    PeerMessage {
         req_id: 0,
         body: Some(peer_message::Body::Result(TaskResult {
             task_id: spec.task_id,
@@ -148,7 +148,7 @@ fn run_task(core: &Arc<Core>, exec: Exec) {
             finished_event: finished_event.to_vec(),
             contained: Vec::new(),
         })),
-    });
+    }
 }
 
 fn error(kind: &str, message: String) -> task_result::Outcome {

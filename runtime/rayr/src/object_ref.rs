@@ -68,14 +68,15 @@ struct WireRef {
     id: [u8; 16],
     owner: [u8; 16],
     owner_address: String,
+    /// Where the value sits in the node's shm store, when the owner serialized a sealed
+    /// shm object: the receiver can then read it without asking the owner first.
+    location: Option<(u64, u64, u32)>,
 }
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        if let Some(core) = core::current() {
-            core.add_token(&self.handle);
-        }
-        WireRef { id: self.handle.id, owner: self.handle.owner, owner_address: self.handle.owner_address.clone() }
+        let location = core::current().and_then(|core| core.add_token(&self.handle));
+        WireRef { id: self.handle.id, owner: self.handle.owner, owner_address: self.handle.owner_address.clone(), location }
             .serialize(s)
     }
 }
@@ -84,7 +85,7 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = WireRef::deserialize(d)?;
         let handle = match core::current() {
-            Some(core) => core.adopt(w.id, w.owner, w.owner_address),
+            Some(core) => core.adopt(w.id, w.owner, w.owner_address, w.location),
             None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address }),
         };
         Ok(ObjectRef::from_handle(handle))
@@ -93,21 +94,32 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
 
 impl core::Core {
     /// A serialized copy of `h` is about to travel: make sure its owner keeps the value.
-    pub(crate) fn add_token(self: &Arc<Self>, h: &RefHandle) {
+    /// Returns the object's shm location when this process owns it and it is sealed there.
+    pub(crate) fn add_token(self: &Arc<Self>, h: &RefHandle) -> Option<(u64, u64, u32)> {
         if h.owner == self.me {
-            if let Some(o) = self.state.lock().owned.get_mut(&h.id) {
-                o.tokens += 1;
-            }
-            return;
+            let mut st = self.state.lock();
+            let o = st.owned.get_mut(&h.id)?;
+            o.tokens += 1;
+            return match o.slot {
+                Slot::Shm { offset, size, format } => Some((offset, size, format)),
+                _ => None,
+            };
         }
         if let Ok(peer) = self.peer(&h.owner_address) {
             let msg = borrow_msg(h.id, None, true, false);
             let _ = peer.call(msg, Some(Duration::from_secs(5)));
         }
+        None
     }
 
     /// A ref arrived in this process (deserialized): count it here and with its owner.
-    pub(crate) fn adopt(self: &Arc<Self>, id: Id, owner: Id, owner_address: String) -> Arc<RefHandle> {
+    pub(crate) fn adopt(
+        self: &Arc<Self>,
+        id: Id,
+        owner: Id,
+        owner_address: String,
+        location: Option<(u64, u64, u32)>,
+    ) -> Arc<RefHandle> {
         if owner == self.me {
             let mut st = self.state.lock();
             if let Some(o) = st.owned.get_mut(&id) {
@@ -125,7 +137,16 @@ impl core::Core {
             let _ = first;
             if let Ok(peer) = self.peer(&owner_address) {
                 let msg = borrow_msg(id, Some(self.me), true, true);
-                let _ = peer.call(msg, Some(Duration::from_secs(5)));
+                // Once the owner has counted this borrow, the location stays valid while
+                // the borrow lasts (see api::fetch for how owner death is noticed).
+                if peer.call(msg, Some(Duration::from_secs(5))).is_ok()
+                    && let Some(loc) = location
+                {
+                    let mut st = self.state.lock();
+                    if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) {
+                        st.borrowed_locations.insert(id, loc);
+                    }
+                }
             }
         }
         Arc::new(RefHandle { id, owner, owner_address })

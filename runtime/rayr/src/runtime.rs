@@ -59,7 +59,7 @@ pub fn init_with(cfg: Config) -> Result<()> {
         is_driver: true,
         record_events: cfg.record_events,
         max_inline: cfg.max_inline_bytes,
-        exec_tx: None,
+        runs_tasks: false,
     };
     let core = match Core::connect(params) {
         Ok(c) => c,
