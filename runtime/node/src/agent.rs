@@ -309,13 +309,6 @@ impl Agent {
                     let reply = self.create_object(c);
                     conn.reply(req, node_message::Body::Created(reply));
                 }
-                client_message::Body::TransferObject(t) => {
-                    if let (Some(o), Some(owner)) = (id_of(&t.object_id), id_of(&t.new_owner)) {
-                        if let Some(obj) = self.state.lock().objects.get_mut(&o) {
-                            obj.owner = owner;
-                        }
-                    }
-                }
                 client_message::Body::FreeObjects(f) => {
                     let mut st = self.state.lock();
                     for o in f.object_ids.iter().filter_map(|b| id_of(b)) {

@@ -146,7 +146,6 @@ pub(crate) fn run_task(core: &Arc<Core>, spec: rayr_proto::TaskSpec) -> PeerMess
             attempt: spec.attempt,
             outcome: Some(outcome),
             finished_event: finished_event.to_vec(),
-            contained: Vec::new(),
         })),
     }
 }
