@@ -280,23 +280,77 @@ impl EventFill<'_> {
 }
 
 /// Buffered, already-encoded events; flushed to the node agent every few milliseconds.
+/// Each thread appends to its own shard, so recording never contends for a lock or a
+/// cache line with another thread (only the flush visits every shard).
 pub(crate) struct EventBuffer {
-    buf: Mutex<(Vec<u8>, u32)>,
+    id: u64,
+    shards: Mutex<Vec<Arc<Mutex<Shard>>>>,
+}
+
+#[derive(Default)]
+struct Shard {
+    frames: Vec<u8>,
+    count: u32,
+}
+
+thread_local! {
+    /// This thread's shard of the event buffer with that id.
+    static SHARD: std::cell::RefCell<(u64, Option<Arc<Mutex<Shard>>>)> = const { std::cell::RefCell::new((0, None)) };
 }
 
 impl EventBuffer {
-    fn push(&self, e: &Event) {
-        let mut b = self.buf.lock();
-        encode_frame(e, &mut b.0);
-        b.1 += 1;
+    fn new() -> EventBuffer {
+        static NEXT: AtomicU64 = AtomicU64::new(1);
+        EventBuffer { id: NEXT.fetch_add(1, Ordering::Relaxed), shards: Mutex::new(Vec::new()) }
     }
+
+    fn with_shard(&self, f: impl FnOnce(&mut Shard)) {
+        SHARD.with(|s| {
+            let mut s = s.borrow_mut();
+            if s.0 != self.id || s.1.is_none() {
+                let shard = Arc::new(Mutex::new(Shard { frames: Vec::with_capacity(16 << 10), count: 0 }));
+                self.shards.lock().push(shard.clone());
+                *s = (self.id, Some(shard));
+            }
+            f(&mut s.1.as_ref().unwrap().lock());
+        });
+    }
+
+    fn push(&self, e: &Event) {
+        self.with_shard(|b| {
+            encode_frame(e, &mut b.frames);
+            b.count += 1;
+        });
+    }
+
+    /// Appends a frame whose encoding is `prefix` (fields already encoded) followed by
+    /// `e`'s own fields: protobuf fields may come in any order, and the fields every event
+    /// of this process shares are encoded once, not per event.
+    fn push_with_prefix(&self, prefix: &[u8], e: &Event) {
+        use rayr_proto::Message;
+        let len = prefix.len() + e.encoded_len();
+        self.with_shard(|b| {
+            b.frames.extend_from_slice(&(len as u32).to_le_bytes());
+            b.frames.extend_from_slice(prefix);
+            e.encode_raw(&mut b.frames);
+            b.count += 1;
+        });
+    }
+
+    /// Everything buffered so far, from every thread.
     fn take(&self) -> (Vec<u8>, u32) {
-        let mut b = self.buf.lock();
-        if b.1 == 0 {
-            return (Vec::new(), 0);
+        let shards: Vec<Arc<Mutex<Shard>>> = self.shards.lock().clone();
+        let mut out = Vec::new();
+        let mut count = 0;
+        for shard in shards {
+            let mut s = shard.lock();
+            if s.count > 0 {
+                out.extend_from_slice(&s.frames);
+                s.frames.clear();
+                count += std::mem::take(&mut s.count);
+            }
         }
-        let cap = b.0.capacity();
-        (std::mem::replace(&mut b.0, Vec::with_capacity(cap)), std::mem::take(&mut b.1))
+        (out, count)
     }
 }
 
@@ -337,6 +391,8 @@ pub(crate) struct Core {
     pub exec_lock: Mutex<()>,
     pub node_resources: HashMap<String, f64>,
     pub pid: u32,
+    /// node_id, source_worker, source_pid and job_id, encoded once (see push_with_prefix).
+    event_prefix: Vec<u8>,
 }
 
 /// What `connect` needs to know.
@@ -416,13 +472,24 @@ impl Core {
                 peers: HashMap::new(),
             }),
             ready: Condvar::new(),
-            events: EventBuffer { buf: Mutex::new((Vec::with_capacity(64 << 10), 0)) },
+            events: EventBuffer::new(),
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
             runs_tasks: p.runs_tasks,
             exec_lock: Mutex::new(()),
             pid: std::process::id(),
+            event_prefix: {
+                use rayr_proto::Message;
+                Event {
+                    node_id: reg.node_id.clone(),
+                    source_worker: p.worker_id.to_vec(),
+                    source_pid: std::process::id(),
+                    job_id: p.job_id.to_vec(),
+                    ..Default::default()
+                }
+                .encode_to_vec()
+            },
             node_resources: reg.node_resources,
         });
         let c = core.clone();
@@ -489,14 +556,10 @@ impl Core {
                 v.clear();
             }
             put(&mut e.id, &id);
-            put(&mut e.node_id, &self.node);
-            put(&mut e.source_worker, &self.me);
-            put(&mut e.job_id, &self.job);
             e.time_us = now_us();
-            e.source_pid = self.pid;
             e.kind = kind as i32;
             fill(&mut EventFill { e, spare });
-            self.events.push(e);
+            self.events.push_with_prefix(&self.event_prefix, e);
         });
         id
     }
@@ -932,9 +995,8 @@ impl Core {
                 put(&mut f.e.task_id, &task);
                 put(&mut f.e.worker_id, &worker);
                 put(&mut f.e.cause, &t.last_event);
-                let d = f.task();
-                d.function.push_str(&t.spec.function);
-                d.attempt = t.spec.attempt;
+                // The function is named once, in TASK_SUBMITTED: fewer bytes per event.
+                f.task().attempt = t.spec.attempt;
             });
             t.last_event = id;
             put(&mut t.spec.scheduled_event, &id);

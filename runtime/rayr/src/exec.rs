@@ -108,7 +108,6 @@ pub(crate) fn run_task(core: &Arc<Core>, spec: rayr_proto::TaskSpec) -> PeerMess
         put(&mut f.e.worker_id, &core.me);
         put(&mut f.e.cause, &spec.scheduled_event);
         let d = f.task();
-        d.function.push_str(&spec.function);
         d.attempt = spec.attempt;
         d.pid = core.pid;
     });
@@ -123,10 +122,10 @@ pub(crate) fn run_task(core: &Arc<Core>, spec: rayr_proto::TaskSpec) -> PeerMess
         put(&mut f.e.worker_id, &core.me);
         put(&mut f.e.cause, &started);
         let detail = f.task();
-        detail.function.push_str(&spec.function);
         detail.attempt = spec.attempt;
         detail.max_retries = spec.max_retries;
         if let Some(e) = &detail_error {
+            detail.function.push_str(&spec.function);
             let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
             detail.r#final = !retried;
             detail.error = if e.location.is_empty() { e.message.clone() } else { format!("{} (at {})", e.message, e.location) };
