@@ -182,6 +182,12 @@ fn ten_thousand_tasks_are_each_recorded() {
 }
 
 #[test]
+fn large_inline_arguments_and_results_in_flight_do_not_deadlock() {
+    let s = scenario("big_inline");
+    assert_eq!(s.get("BIG_INLINE"), "300");
+}
+
+#[test]
 fn available_resources_follow_leases() {
     let s = scenario("resources");
     assert_eq!(s.get("TOTAL_CPU"), "2");

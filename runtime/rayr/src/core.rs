@@ -29,6 +29,10 @@ use crate::error::Error;
 /// How many tasks may be queued on one leased worker: enough to hide the round trip,
 /// few enough that a long task does not hold many others behind it.
 const MAX_IN_FLIGHT: usize = 32;
+/// Bytes of pushes not yet answered, per worker. Kept below a socket's send buffer so that
+/// pushing never blocks: the thread that pushes is also the one that reads results, and a
+/// worker blocked on writing large results would otherwise never read the next push.
+const MAX_IN_FLIGHT_BYTES: usize = 64 << 10;
 /// A lease with nothing to run is returned after this long (a sync loop reuses it).
 const LEASE_IDLE: Duration = Duration::from_millis(10);
 /// How often buffered events are flushed to the node agent.
@@ -123,7 +127,9 @@ struct Queue {
 struct Leased {
     conn: Arc<PeerConn>,
     key: String,
-    in_flight: HashSet<Id>,
+    /// Pushed tasks not yet answered, with the bytes each push took.
+    in_flight: HashMap<Id, usize>,
+    in_flight_bytes: usize,
     idle_since: Option<Instant>,
 }
 
@@ -968,13 +974,15 @@ impl Core {
         loop {
             let Some(q) = st.queues.get(key) else { return };
             let Some(&task) = q.ready.front() else { break };
-            // The least loaded leased worker with room.
+            let push_len = st.tasks.get(&task).map_or(0, |t| rayr_proto::Message::encoded_len(&t.spec) + 16);
+            // The least loaded leased worker with room (an idle one takes any size).
             let best = q
                 .workers
                 .iter()
-                .filter_map(|w| st.leased.get(w).map(|l| (*w, l.in_flight.len())))
-                .filter(|(_, n)| *n < MAX_IN_FLIGHT)
-                .min_by_key(|(_, n)| *n);
+                .filter_map(|w| st.leased.get(w).map(|l| (*w, l.in_flight.len(), l.in_flight_bytes)))
+                .filter(|&(_, n, bytes)| n == 0 || (n < MAX_IN_FLIGHT && bytes + push_len <= MAX_IN_FLIGHT_BYTES))
+                .min_by_key(|&(_, n, _)| n)
+                .map(|(w, n, _)| (w, n));
             let Some((worker, _)) = best else {
                 let q = st.queues.get_mut(key).unwrap();
                 if q.leases_requested == 0 {
@@ -986,7 +994,8 @@ impl Core {
             };
             st.queues.get_mut(key).unwrap().ready.pop_front();
             let l = st.leased.get_mut(&worker).unwrap();
-            l.in_flight.insert(task);
+            l.in_flight.insert(task, push_len);
+            l.in_flight_bytes += push_len;
             l.idle_since = None;
             let conn = l.conn.clone();
             let Some(t) = st.tasks.get_mut(&task) else { continue };
@@ -1063,7 +1072,7 @@ impl Core {
         let Some(q) = st.queues.get_mut(&key) else { return };
         q.leases_requested = 0;
         q.workers.push(worker);
-        st.leased.insert(worker, Leased { conn, key: key.clone(), in_flight: HashSet::new(), idle_since: Some(Instant::now()) });
+        st.leased.insert(worker, Leased { conn, key: key.clone(), in_flight: HashMap::new(), in_flight_bytes: 0, idle_since: Some(Instant::now()) });
         self.dispatch_locked(&mut st, &key);
         let more = st.queues.get(&key).is_some_and(|q| !q.ready.is_empty());
         if more {
@@ -1084,7 +1093,9 @@ impl Core {
         let mut st = self.state.lock();
         let mut key = None;
         if let Some(l) = st.leased.get_mut(&worker) {
-            l.in_flight.remove(&task);
+            if let Some(bytes) = l.in_flight.remove(&task) {
+                l.in_flight_bytes -= bytes;
+            }
             key = Some(l.key.clone());
         }
         let attempt_matches = st.tasks.get(&task).is_some_and(|t| t.spec.attempt == r.attempt);
@@ -1246,7 +1257,7 @@ impl Core {
             if let Some(q) = st.queues.get_mut(&l.key) {
                 q.workers.retain(|w| *w != worker);
             }
-            l.in_flight.into_iter().collect()
+            l.in_flight.into_keys().collect()
         };
         if tasks.is_empty() {
             return;

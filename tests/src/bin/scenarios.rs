@@ -107,6 +107,11 @@ fn always_fails(x: u64) -> Result<u64, String> {
 }
 
 #[rayr::remote]
+fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
+    v
+}
+
+#[rayr::remote]
 fn sleepy(ms: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(ms));
     ms
@@ -145,6 +150,14 @@ fn main() -> rayr::Result<()> {
             let want: u64 = (0..10_000u64).map(|x| x * x).sum();
             assert_eq!(got.iter().sum::<u64>(), want);
             println!("TASKS {}", got.len());
+        }
+        "big_inline" => {
+            // Arguments and results just under the inline limit, many in flight: pushes and
+            // results both fill socket buffers unless pushing is bounded.
+            let refs: Vec<ObjectRef<Vec<u8>>> = (0..300u32).map(|i| echo_bytes::remote(vec![(i % 251) as u8; 95_000])).collect();
+            let got = rayr::get_all(&refs)?;
+            assert!(got.iter().enumerate().all(|(i, v)| v.len() == 95_000 && v[0] == (i % 251) as u8));
+            println!("BIG_INLINE {}", got.len());
         }
         "resources" => {
             let total = rayr::cluster_resources()?;
