@@ -129,6 +129,35 @@ fn assert_nothing_left(session: &Path) {
     }
 }
 
+/// A cluster started with `rayr start --head` in its own RAYR_TMPDIR; stopped when dropped,
+/// whatever the test did before.
+struct StartedCluster {
+    tmpdir: PathBuf,
+    session: PathBuf,
+}
+
+impl StartedCluster {
+    fn start(tmpdir: &Path) -> StartedCluster {
+        let out = run(
+            Command::new(rayr_cli()).args(["start", "--head", "--port", "0", "--num-cpus", "2"]).env("RAYR_TMPDIR", tmpdir).env_remove("RAYR_ADDRESS"),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let session = std::fs::canonicalize(tmpdir.join("session_latest")).unwrap();
+        StartedCluster { tmpdir: tmpdir.to_path_buf(), session }
+    }
+
+    fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", &self.tmpdir).env_remove("RAYR_ADDRESS"), Duration::from_secs(60))
+    }
+}
+
+impl Drop for StartedCluster {
+    fn drop(&mut self) {
+        let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.session).output();
+    }
+}
+
 fn kind(e: &Event) -> EventKind {
     EventKind::try_from(e.kind).unwrap()
 }
@@ -369,18 +398,9 @@ fn a_binary_without_rayr_main_is_reported_not_hung() {
 #[test]
 fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
     let tmp = tempfile::tempdir().unwrap();
-    let cli = |args: &[&str]| run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
-    let out = cli(&["start", "--head", "--port", "0", "--num-cpus", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let session = std::fs::canonicalize(tmp.path().join("session_latest")).unwrap();
-    // Whatever fails below, the cluster does not outlive the test.
-    struct StopOnDrop(PathBuf);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.0).output();
-        }
-    }
-    let _stop = StopOnDrop(session.clone());
+    let cluster = StartedCluster::start(tmp.path());
+    let cli = |args: &[&str]| cluster.cli(args);
+    let session = cluster.session.clone();
     // Two drivers, one after the other, join the same cluster.
     for _ in 0..2 {
         let out = run(Command::new(SCENARIOS).arg("nested").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
@@ -420,17 +440,9 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
 #[test]
 fn killing_the_head_loses_no_recorded_event() {
     let tmp = tempfile::tempdir().unwrap();
-    let cli = |args: &[&str]| run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
-    let out = cli(&["start", "--head", "--port", "0", "--num-cpus", "2"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let session = std::fs::canonicalize(tmp.path().join("session_latest")).unwrap();
-    struct StopOnDrop(PathBuf);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.0).output();
-        }
-    }
-    let _stop = StopOnDrop(session.clone());
+    let cluster = StartedCluster::start(tmp.path());
+    let cli = |args: &[&str]| cluster.cli(args);
+    let session = cluster.session.clone();
     let out = run(Command::new(SCENARIOS).arg("many_tasks").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(120));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // The head has indexed part of the record (or none of it); kill it without warning.

@@ -188,27 +188,14 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
     figure("event_recording_cpu_cost_pct", show(cpu_cost, 1), "%");
     // Where the time goes: CPU of the driver process (embedded node agent and head
     // included, workers not) per task over the timed rounds, and how long shutdown takes
-    // afterwards (with events on, the head indexes the events not yet indexed).
-    figure(
-        "driver_cpu_per_task_us",
-        show(best(&on, "cpu_us_per_task", f64::min), 1),
-        "us",
-    );
-    figure(
-        "driver_cpu_per_task_us_events_off",
-        show(best(&off, "cpu_us_per_task", f64::min), 1),
-        "us",
-    );
-    figure(
-        "shutdown_after_82k_tasks_ms",
-        show(best(&on, "shutdown_ms", f64::min), 0),
-        "ms",
-    );
-    figure(
-        "shutdown_after_82k_tasks_ms_events_off",
-        show(best(&off, "shutdown_ms", f64::min), 0),
-        "ms",
-    );
+    // afterwards; each with events on and off.
+    for (name, key, digits, unit) in [
+        ("driver_cpu_per_task_us", "cpu_us_per_task", 1, "us"),
+        ("shutdown_after_82k_tasks_ms", "shutdown_ms", 0, "ms"),
+    ] {
+        figure(name, show(best(&on, key, f64::min), digits), unit);
+        figure(&format!("{name}_events_off"), show(best(&off, key, f64::min), digits), unit);
+    }
 
     // This process: an embedded cluster of its own.
     let cfg = Config {
