@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 
 use crate::connect::{EventFilter, connect};
 
-const ADDRESS_HELP: &str = "The head's HOST:PORT [default: $RAYR_ADDRESS, else this host's latest session]";
+pub(crate) const ADDRESS_HELP: &str = "The head's HOST:PORT [default: $RAYR_ADDRESS, else this host's latest session]";
 
 /// `rayr list tasks|actors|objects|workers|nodes|jobs`
 #[derive(Args, Debug, Clone)]
@@ -137,7 +137,7 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
 
 /// Writes to stdout. A closed pipe (`rayr events | head`) ends the command quietly, as
 /// Unix tools do, instead of panicking or printing an error.
-fn emit(text: &str) -> anyhow::Result<()> {
+pub(crate) fn emit(text: &str) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     match out.write_all(text.as_bytes()).and_then(|_| out.flush()) {
         Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
@@ -280,7 +280,7 @@ impl V {
     }
 }
 
-fn human_bytes(n: u64) -> String {
+pub(crate) fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut unit = 0;
@@ -292,7 +292,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 /// Local wall-clock time with milliseconds, as people read logs.
-fn local_time(us: i64) -> String {
+pub(crate) fn local_time(us: i64) -> String {
     match jiff::Timestamp::from_microsecond(us) {
         Ok(ts) => ts.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S%.3f").to_string(),
         Err(_) => us.to_string(),
@@ -304,7 +304,7 @@ fn to_object(fields: &[(&'static str, V)]) -> Value {
 }
 
 /// Cuts a table cell to `max` characters.
-fn clip(s: String, max: usize) -> String {
+pub(crate) fn clip(s: String, max: usize) -> String {
     if s.chars().count() <= max { s } else { s.chars().take(max - 1).chain(['…']).collect() }
 }
 
@@ -613,7 +613,7 @@ fn summarize_objects(objects: Vec<ObjectRow>, as_json: bool) -> String {
 // ---------------------------------------------------------------------------------------
 // Events
 
-fn kind_name(kind: i32) -> String {
+pub(crate) fn kind_name(kind: i32) -> String {
     EventKind::try_from(kind).map(|k| k.cli_name()).unwrap_or_else(|_| format!("kind_{kind}"))
 }
 
@@ -743,7 +743,7 @@ fn event_line(ev: &Event) -> String {
 }
 
 /// Quotes text that would not read as one word.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     if s.is_empty() || s.contains(|c: char| c.is_whitespace() || c == '"' || c == '=') {
         Value::String(s.to_string()).to_string()
     } else {
@@ -752,7 +752,7 @@ fn quote(s: &str) -> String {
 }
 
 /// Every field of an event, ids in full hex, its detail under `detail` with its `type`.
-fn event_json(ev: &Event) -> Value {
+pub(crate) fn event_json(ev: &Event) -> Value {
     let time = jiff::Timestamp::from_microsecond(ev.time_us).map(|t| t.to_string()).unwrap_or_default();
     let mut obj = json!({
         "id": V::Id(ev.id.clone()).json(),

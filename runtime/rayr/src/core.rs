@@ -724,6 +724,8 @@ impl Core {
     }
 
     fn read_peer(self: Arc<Self>, conn: Arc<PeerConn>, mut reader: FrameReader<UnixStream>) {
+        // Results already read are handled together: one lock, one wake-up per batch.
+        let mut results = Vec::new();
         loop {
             let msg: PeerMessage = match reader.next() {
                 Ok(Some(m)) => m,
@@ -731,9 +733,13 @@ impl Core {
             };
             match msg.body {
                 Some(peer_message::Body::Result(r)) => {
-                    let worker = *conn.worker.lock();
-                    if let Some(w) = worker {
-                        self.task_result(w, r);
+                    results.push(r);
+                    if !reader.has_buffered_frame() {
+                        let worker = *conn.worker.lock();
+                        if let Some(w) = worker {
+                            self.task_results(w, std::mem::take(&mut results));
+                        }
+                        results.clear();
                     }
                 }
                 body => {
@@ -1087,34 +1093,13 @@ impl Core {
         }
     }
 
-    fn task_result(self: &Arc<Self>, worker: Id, r: rayr_proto::TaskResult) {
-        let Ok(task) = <Id>::try_from(r.task_id.as_slice()) else { return };
-        let finished_event: Option<Id> = r.finished_event.as_slice().try_into().ok();
+    fn task_results(self: &Arc<Self>, worker: Id, results: Vec<rayr_proto::TaskResult>) {
         let mut st = self.state.lock();
-        let mut key = None;
-        if let Some(l) = st.leased.get_mut(&worker) {
-            if let Some(bytes) = l.in_flight.remove(&task) {
-                l.in_flight_bytes -= bytes;
-            }
-            key = Some(l.key.clone());
+        for r in results {
+            self.task_result_locked(&mut st, worker, r);
         }
-        let attempt_matches = st.tasks.get(&task).is_some_and(|t| t.spec.attempt == r.attempt);
-        if attempt_matches {
-            match r.outcome {
-                Some(rayr_proto::task_result::Outcome::InlineValue(b)) => {
-                    self.finish_task_locked(&mut st, task, Slot::Inline(b.into(), crate::codec::POSTCARD), finished_event);
-                }
-                Some(rayr_proto::task_result::Outcome::Shm(loc)) => {
-                    let slot = Slot::Shm { offset: loc.offset, size: loc.size, format: loc.format };
-                    self.finish_task_locked(&mut st, task, slot, finished_event);
-                }
-                Some(rayr_proto::task_result::Outcome::Error(err)) => {
-                    self.task_error_locked(&mut st, task, err, finished_event);
-                }
-                None => {}
-            }
-        }
-        if let Some(key) = key {
+        // Refill the worker's pipeline once for the whole batch: one write.
+        if let Some(key) = st.leased.get(&worker).map(|l| l.key.clone()) {
             self.dispatch_locked(&mut st, &key);
             if let Some(l) = st.leased.get_mut(&worker) {
                 if l.in_flight.is_empty() {
@@ -1124,6 +1109,32 @@ impl Core {
         }
         drop(st);
         self.ready.notify_all();
+    }
+
+    fn task_result_locked(self: &Arc<Self>, st: &mut State, worker: Id, r: rayr_proto::TaskResult) {
+        let Ok(task) = <Id>::try_from(r.task_id.as_slice()) else { return };
+        let finished_event: Option<Id> = r.finished_event.as_slice().try_into().ok();
+        if let Some(l) = st.leased.get_mut(&worker) {
+            if let Some(bytes) = l.in_flight.remove(&task) {
+                l.in_flight_bytes -= bytes;
+            }
+        }
+        let attempt_matches = st.tasks.get(&task).is_some_and(|t| t.spec.attempt == r.attempt);
+        if attempt_matches {
+            match r.outcome {
+                Some(rayr_proto::task_result::Outcome::InlineValue(b)) => {
+                    self.finish_task_locked(st, task, Slot::Inline(b.into(), crate::codec::POSTCARD), finished_event);
+                }
+                Some(rayr_proto::task_result::Outcome::Shm(loc)) => {
+                    let slot = Slot::Shm { offset: loc.offset, size: loc.size, format: loc.format };
+                    self.finish_task_locked(st, task, slot, finished_event);
+                }
+                Some(rayr_proto::task_result::Outcome::Error(err)) => {
+                    self.task_error_locked(st, task, err, finished_event);
+                }
+                None => {}
+            }
+        }
     }
 
     fn task_error_locked(self: &Arc<Self>, st: &mut State, task: Id, err: TaskError, cause: Option<Id>) {
