@@ -21,7 +21,7 @@
 //!   - `init_to_first_result_ms`: embedded `init()` through the first `get` of a trivial
 //!     task; median of 3 children.
 //!   - `tasks_async_per_s`: 10k trivial tasks submitted, then gathered with `get_all`
-//!     (after 2k of warmup), median of 8 rounds in a child; median of 3 children.
+//!     (after 2k of warmup), median of 8 rounds in a child; median of 5 children.
 //!   - `tasks_async_per_s_events_off`: the same with `RAYR_RECORD_EVENTS=0`, and
 //!     `event_recording_cost_pct`, the throughput lost to event recording.
 //!   - `driver_cpu_per_task_us` (and `_events_off`): CPU time of the driver process (its
@@ -140,11 +140,11 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
             "ms",
         );
     }
-    // Three children per setting, alternating so drift hits both alike; the rate is the
+    // Five children per setting, alternating so drift hits both alike; the rate is the
     // median over children of each child's median round (single rounds on a 2-vCPU VM
     // swing by ±20%, too much to see a few percent of event cost in a best-of).
     let (mut on, mut off) = (Vec::new(), Vec::new());
-    for i in 0..3 {
+    for i in 0..5 {
         on.extend(child_run(
             tmp,
             &format!("n{i}"),

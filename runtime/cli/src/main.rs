@@ -1,12 +1,13 @@
 //! The `rayr` command: start and stop clusters, and look at what they did.
 //!
 //! `start`/`stop`/`status`/`memory` live here; the read-only queries over the event record
-//! (`list`, `summary`, `events`) live in [`query`], and finding the cluster a command talks
-//! about in [`connect`]. Every command exits non-zero with a message that says what was
-//! wrong and what to do.
+//! (`list`, `summary`, `events`) live in [`query`], `why-died` in [`whydied`], and finding
+//! the cluster a command talks about in [`connect`]. Every command exits non-zero with a
+//! message that says what was wrong and what to do.
 
 mod connect;
 mod query;
+mod whydied;
 
 use std::collections::HashMap;
 use std::io::{Read, Write};
@@ -48,6 +49,8 @@ enum Command {
     Summary(query::SummaryArgs),
     /// Read the event record.
     Events(query::EventsArgs),
+    /// How a task, worker, object, node or job ended, and why (the id an error named).
+    WhyDied(whydied::WhyDiedArgs),
     /// The shm object store of this host's node: bytes used, capacity, objects.
     Memory {
         #[arg(long)]
@@ -115,6 +118,7 @@ fn main() {
         Command::List(a) => rt.block_on(query::list(a)),
         Command::Summary(a) => rt.block_on(query::summary(a)),
         Command::Events(a) => rt.block_on(query::events(a)),
+        Command::WhyDied(a) => rt.block_on(whydied::why_died(a)),
         Command::Memory { json } => memory(json),
         Command::Serve(a) => serve(a),
     };

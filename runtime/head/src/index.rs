@@ -18,6 +18,7 @@
 //! them exactly once. Commits are cheap (`Durability::None`) with a durable commit at
 //! least every second, which is what bounds the work redone after a crash.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -94,6 +95,9 @@ struct WriterState {
     last_durable: Instant,
     /// Non-durable commits since the last durable one.
     dirty: bool,
+    /// Each process's job and pid, from its WORKER_STARTED (see `complete`); loaded from
+    /// the workers view on first use.
+    origins: Option<HashMap<Vec<u8>, (Vec<u8>, u32)>>,
 }
 
 impl EventIndex {
@@ -139,7 +143,7 @@ impl EventIndex {
         Ok(EventIndex {
             db,
             session: None,
-            writer: Mutex::new(WriterState { last_durable: Instant::now(), dirty: false }),
+            writer: Mutex::new(WriterState { last_durable: Instant::now(), dirty: false, origins: None }),
         })
     }
 
@@ -198,17 +202,64 @@ impl EventIndex {
         let mut indexed = 0u64;
         let window = if limit == u64::MAX { READ_WINDOW } else { (limit as usize).saturating_mul(256).clamp(64 << 10, READ_WINDOW) };
         loop {
-            let batch =
+            let mut batch =
                 reader.read_more(window).map_err(|e| HeadError::Io { path: path.to_path_buf(), source: e })?;
             if batch.is_empty() || indexed >= limit {
                 return Ok(indexed);
             }
+            self.complete(&name, &mut batch, writer)?;
             for chunk in batch.chunks(MAX_EVENTS_PER_TXN) {
                 let end = chunk.last().map(|(o, _)| *o).unwrap_or(offset);
                 self.index_chunk(&name, end, chunk, writer)?;
                 indexed += chunk.len() as u64;
             }
         }
+    }
+
+    /// Fills in what processes leave out of their events to keep them small: the node (the
+    /// log a frame is in is that node's: `events-<node>.log`) and the source's job and pid
+    /// (its WORKER_STARTED, which its node agent records before the process records
+    /// anything, in the same log).
+    fn complete(&self, log: &str, batch: &mut [(u64, Event)], writer: &mut WriterState) -> Result<(), HeadError> {
+        let node = log.strip_prefix("events-").and_then(|n| n.strip_suffix(".log")).and_then(rayr_logs::parse_hex);
+        if writer.origins.is_none() {
+            let mut origins = HashMap::new();
+            let txn = self.db.begin_read()?;
+            if let Ok(workers) = txn.open_table(crate::index::WORKERS) {
+                for row in workers.iter()? {
+                    let (k, v) = row?;
+                    if let Ok(w) = WorkerRow::decode(v.value()) {
+                        origins.insert(k.value().to_vec(), (w.job_id, w.pid));
+                    }
+                }
+            }
+            writer.origins = Some(origins);
+        }
+        let origins = writer.origins.as_mut().unwrap();
+        for (_, ev) in batch.iter_mut() {
+            if ev.node_id.is_empty() {
+                if let Some(n) = &node {
+                    ev.node_id = n.clone();
+                }
+            }
+            if ev.kind == rayr_proto::EventKind::WorkerStarted as i32 {
+                let pid = match &ev.detail {
+                    Some(rayr_proto::event::Detail::WorkerStart(w)) => w.pid,
+                    _ => ev.source_pid,
+                };
+                origins.insert(ev.worker_id.clone(), (ev.job_id.clone(), pid));
+            } else if ev.job_id.is_empty() || ev.source_pid == 0 {
+                if let Some((job, pid)) = origins.get(&ev.source_worker) {
+                    if ev.job_id.is_empty() {
+                        ev.job_id = job.clone();
+                    }
+                    if ev.source_pid == 0 {
+                        ev.source_pid = *pid;
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One transaction: the events, their index entries, the view updates and the offset.

@@ -167,7 +167,9 @@ struct BusyGauge<'a> {
 
 impl<'a> BusyGauge<'a> {
     fn new(session: &'a Session) -> Self {
-        BusyGauge { session, last_bytes: Self::bytes(session), last_at: Instant::now(), last_busy: None }
+        // Count the start as busy: a cluster that has just started is about to run work.
+        let now = Instant::now();
+        BusyGauge { session, last_bytes: Self::bytes(session), last_at: now, last_busy: Some(now) }
     }
 
     fn bytes(session: &Session) -> u64 {
@@ -178,7 +180,7 @@ impl<'a> BusyGauge<'a> {
     fn logs_growing_fast(&mut self) -> bool {
         let now = Instant::now();
         let elapsed = now - self.last_at;
-        if elapsed >= Duration::from_millis(50) {
+        if elapsed >= Duration::from_millis(20) {
             let bytes = Self::bytes(self.session);
             let rate = bytes.saturating_sub(self.last_bytes) as f64 / elapsed.as_secs_f64();
             self.last_bytes = bytes;

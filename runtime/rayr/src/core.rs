@@ -19,7 +19,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use rayr_logs::{Id, hex, new_id, now_us};
 use rayr_proto::frames::FrameReader;
 use rayr_proto::{
-    ClientMessage, Event, EventBatch, EventKind, NodeMessage, ObjectDetail, ObjectLocation, PeerMessage, TaskDetail,
+    ClientMessage, Event, EventKind, NodeMessage, ObjectDetail, ObjectLocation, PeerMessage, TaskDetail,
     TaskError, TaskSpec, client_message, encode_frame, event, node_message, peer_message,
 };
 use rayr_store::Arena;
@@ -343,20 +343,42 @@ impl EventBuffer {
         });
     }
 
-    /// Everything buffered so far, from every thread.
-    fn take(&self) -> (Vec<u8>, u32) {
+    /// Everything buffered so far, from every thread, as one ready-to-send frame of
+    /// `ClientMessage { events: EventBatch { frames, count } }`: the events are copied once,
+    /// straight into the message (encoding the struct would copy them twice).
+    fn take_as_frame(&self) -> Option<Vec<u8>> {
+        use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
         let shards: Vec<Arc<Mutex<Shard>>> = self.shards.lock().clone();
-        let mut out = Vec::new();
-        let mut count = 0;
+        let mut taken: Vec<(Vec<u8>, u32)> = Vec::new();
         for shard in shards {
             let mut s = shard.lock();
             if s.count > 0 {
-                out.extend_from_slice(&s.frames);
-                s.frames.clear();
-                count += std::mem::take(&mut s.count);
+                let cap = s.frames.capacity();
+                taken.push((std::mem::replace(&mut s.frames, Vec::with_capacity(cap)), std::mem::take(&mut s.count)));
             }
         }
-        (out, count)
+        let frames_len: usize = taken.iter().map(|(f, _)| f.len()).sum();
+        let count: u32 = taken.iter().map(|(_, c)| c).sum();
+        if count == 0 {
+            return None;
+        }
+        // EventBatch: frames = 1 (bytes), count = 2 (varint).
+        let batch_len = 1 + encoded_len_varint(frames_len as u64) + frames_len + 1 + encoded_len_varint(count as u64);
+        // ClientMessage: events = 7 (message); req_id 0 is the default and not encoded.
+        let msg_len = 1 + encoded_len_varint(batch_len as u64) + batch_len;
+        let mut out = Vec::with_capacity(4 + msg_len);
+        out.extend_from_slice(&(msg_len as u32).to_le_bytes());
+        encode_key(7, WireType::LengthDelimited, &mut out);
+        encode_varint(batch_len as u64, &mut out);
+        encode_key(1, WireType::LengthDelimited, &mut out);
+        encode_varint(frames_len as u64, &mut out);
+        for (f, _) in &taken {
+            out.extend_from_slice(f);
+        }
+        encode_key(2, WireType::Varint, &mut out);
+        encode_varint(count as u64, &mut out);
+        debug_assert_eq!(out.len(), 4 + msg_len);
+        Some(out)
     }
 }
 
@@ -397,7 +419,7 @@ pub(crate) struct Core {
     pub exec_lock: Mutex<()>,
     pub node_resources: HashMap<String, f64>,
     pub pid: u32,
-    /// node_id, source_worker, source_pid and job_id, encoded once (see push_with_prefix).
+    /// source_worker, encoded once (see push_with_prefix).
     event_prefix: Vec<u8>,
 }
 
@@ -487,14 +509,9 @@ impl Core {
             pid: std::process::id(),
             event_prefix: {
                 use rayr_proto::Message;
-                Event {
-                    node_id: reg.node_id.clone(),
-                    source_worker: p.worker_id.to_vec(),
-                    source_pid: std::process::id(),
-                    job_id: p.job_id.to_vec(),
-                    ..Default::default()
-                }
-                .encode_to_vec()
+                // Only who recorded it: the index derives the node from the log's name and
+                // the job and pid from this process's WORKER_STARTED (fewer bytes per event).
+                Event { source_worker: p.worker_id.to_vec(), ..Default::default() }.encode_to_vec()
             },
             node_resources: reg.node_resources,
         });
@@ -581,9 +598,8 @@ impl Core {
     }
 
     pub fn flush_events(&self) {
-        let (frames, count) = self.events.take();
-        if count > 0 {
-            let _ = self.node_conn.send(0, client_message::Body::Events(EventBatch { frames, count }));
+        if let Some(frame) = self.events.take_as_frame() {
+            let _ = self.node_conn.write.lock().write_all(&frame);
         }
     }
 
@@ -1350,5 +1366,42 @@ fn value_message(req: u64, id: Id, slot: &Slot) -> PeerMessage {
     PeerMessage {
         req_id: req,
         body: Some(peer_message::Body::Value(rayr_proto::ObjectValue { object_id: id.to_vec(), value: Some(value) })),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rayr_proto::Message;
+
+    #[test]
+    fn buffered_events_travel_as_one_client_message() {
+        let buf = EventBuffer::new();
+        assert!(buf.take_as_frame().is_none(), "nothing buffered, nothing sent");
+        let prefix = Event { source_worker: vec![7; 16], ..Default::default() }.encode_to_vec();
+        for kind in [EventKind::TaskSubmitted, EventKind::TaskScheduled] {
+            buf.push_with_prefix(&prefix, &Event { id: vec![1; 16], kind: kind as i32, ..Default::default() });
+        }
+        std::thread::scope(|s| {
+            s.spawn(|| buf.push_with_prefix(&prefix, &Event { kind: EventKind::TaskStarted as i32, ..Default::default() }));
+        });
+        let frame = buf.take_as_frame().unwrap();
+        let (body, used) = rayr_proto::split_frame(&frame).unwrap().unwrap();
+        assert_eq!(used, frame.len());
+        let Some(client_message::Body::Events(batch)) = ClientMessage::decode(body).unwrap().body else {
+            panic!("not an event batch")
+        };
+        assert_eq!(batch.count, 3);
+        let mut kinds = Vec::new();
+        let mut rest = batch.frames.as_slice();
+        while let Some((ev, used)) = rayr_proto::split_frame(rest).unwrap() {
+            let ev = Event::decode(ev).unwrap();
+            assert_eq!(ev.source_worker, vec![7; 16], "the prefix is part of every event");
+            kinds.push(ev.kind);
+            rest = &rest[used..];
+        }
+        kinds.sort();
+        assert_eq!(kinds, vec![10, 11, 12]);
+        assert!(buf.take_as_frame().is_none(), "taken once");
     }
 }
