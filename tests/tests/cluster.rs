@@ -70,6 +70,18 @@ impl Scenario {
     fn cli(&self, args: &[&str]) -> Output {
         run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", self.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(30))
     }
+    /// `rayr why-died ID --json`, parsed.
+    fn why_died(&self, id: &str) -> serde_json::Value {
+        let out = self.cli(&["why-died", id, "--json"]);
+        assert!(out.status.success(), "why-died {id}: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    }
+}
+
+/// The id that an error message's `rayr why-died <id>` names.
+fn why_died_id(message: &str) -> &str {
+    let at = message.rfind("why-died ").expect("the error names a why-died command") + "why-died ".len();
+    message[at..].trim_end_matches(|c: char| !c.is_ascii_hexdigit())
 }
 
 fn scenario_in(tmp: tempfile::TempDir, name: &str) -> Scenario {
@@ -299,6 +311,14 @@ fn without_retries_a_sigkilled_worker_fails_the_task_with_its_exit() {
     assert!(task_detail(failed).r#final);
     assert_eq!(task_detail(failed).error_type, "worker_died");
     assert_eq!(kind(ids[&failed.cause]), EventKind::WorkerExited);
+    // The command the error names explains it from the record.
+    let why = s.why_died(why_died_id(err));
+    assert_eq!(why["kind"], "worker");
+    assert_eq!(why["chain"][0]["kind"], "worker_exited");
+    assert_eq!(why["chain"][0]["detail"]["signal"], 9);
+    assert!(why["advice"].as_str().unwrap().contains("dmesg"), "{why}");
+    let why_task = s.why_died(&rayr_logs::hex(&failed.task_id));
+    assert!(why_task["summary"].as_str().unwrap().contains("SIGKILL"), "{why_task}");
 }
 
 #[test]
@@ -320,6 +340,11 @@ fn a_borrower_that_outlives_a_killed_owner_gets_owner_died() {
         assert_eq!(kind(exit), EventKind::WorkerExited);
         assert_eq!(exit.worker_id, object_owner(created));
     }
+    let why = s.why_died(why_died_id(err));
+    assert_eq!(why["kind"], "object");
+    let chain: Vec<&str> = why["chain"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(chain[..2], ["object_lost", "worker_exited"], "{why}");
+    assert!(why["advice"].as_str().unwrap().contains("owner"), "{why}");
 }
 
 fn object_owner(created: &Event) -> Vec<u8> {
