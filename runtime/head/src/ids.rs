@@ -1,10 +1,10 @@
 //! How people write ids: the short form tables print, and the patterns a query accepts.
 //!
-//! A rayr id is 16 bytes: 8 random bytes per process, then that process's counter
-//! (`rayr_logs::new_id`). Every id a process makes therefore shares its first 16 hex digits,
-//! so a plain 12-digit prefix would name a process, not an id. The short form keeps both
-//! halves instead: `a1b2c3…0000a3` (first 6 digits, `…`, last 6 digits), and every query
-//! that takes an id accepts
+//! A rayr id is 16 bytes: a scrambled per-process counter, then 8 random bytes of the
+//! process that made it (`rayr_logs::new_id`). The first digits therefore tell ids apart
+//! and the last digits tell which process made them. The short form keeps both ends:
+//! `a1b2c3…9f00a3` (first 6 digits, `…`, last 6 digits), and every query that takes an id
+//! accepts
 //!
 //! - a full id or any prefix of it: `a1b2c3d4e5f60718`,
 //! - a short form as printed, `HEAD…TAIL`, also typed as `HEAD..TAIL` or `HEAD...TAIL`:

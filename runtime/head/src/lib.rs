@@ -89,11 +89,8 @@ pub enum HeadError {
 }
 
 fn ambiguous(pattern: &str, total: usize, candidates: &[Vec<u8>]) -> String {
-    let which = if total > candidates.len() { format!("the first {}", candidates.len()) } else { "they".to_string() };
-    let mut s = format!(
-        "`{pattern}` matches {total} ids; give more digits. {}{which} are:",
-        if which == "they" { "" } else { "Of them, " }
-    );
+    let which = if total > candidates.len() { format!("The first {} are:", candidates.len()) } else { "They are:".to_string() };
+    let mut s = format!("`{pattern}` matches {total} ids; give more digits. {which}");
     for c in candidates {
         s.push_str("\n  ");
         s.push_str(&rayr_logs::hex(c));
