@@ -37,6 +37,20 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
     Ok(Some((&buf[4..4 + len], 4 + len)))
 }
 
+/// The event frames inside an encoded `ClientMessage` that is an `EventBatch` laid out
+/// the way senders write it (frames first), without decoding (which would copy them);
+/// `None` for any other message, which then goes through normal decoding.
+pub fn event_batch_frames(body: &[u8]) -> Option<&[u8]> {
+    let mut rest = body.strip_prefix(&[0x3a])?; // field 7 (events), length-delimited
+    let batch_len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
+    if rest.len() != batch_len {
+        return None;
+    }
+    let mut rest = rest.strip_prefix(&[0x0a])?; // field 1 (frames), length-delimited
+    let frames_len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
+    rest.get(..frames_len)
+}
+
 impl EventKind {
     /// The name used on the command line and in JSON: `TASK_FAILED` → `task_failed`.
     pub fn cli_name(self) -> String {
@@ -70,12 +84,21 @@ pub mod frames {
 
         /// The next message; `Ok(None)` at a clean end of stream.
         pub fn next<M: Message + Default>(&mut self) -> io::Result<Option<M>> {
+            match self.next_raw()? {
+                Some(body) => M::decode(body).map(Some).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e)),
+                None => Ok(None),
+            }
+        }
+
+        /// The next frame's body, undecoded (valid until the next call); `Ok(None)` at a
+        /// clean end of stream.
+        pub fn next_raw(&mut self) -> io::Result<Option<&[u8]>> {
             loop {
                 match super::split_frame(&self.buf[self.start..self.end]) {
-                    Ok(Some((body, used))) => {
-                        let msg = M::decode(body).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+                    Ok(Some((_, used))) => {
+                        let body = self.start + 4..self.start + used;
                         self.start += used;
-                        return Ok(Some(msg));
+                        return Ok(Some(&self.buf[body]));
                     }
                     Ok(None) => {}
                     Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
@@ -122,5 +145,22 @@ pub mod frames {
         scratch.clear();
         super::encode_frame(msg, scratch);
         w.write_all(scratch)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_batches_are_found_without_decoding_and_others_are_not() {
+        let batch = ClientMessage {
+            req_id: 0,
+            body: Some(client_message::Body::Events(EventBatch { frames: vec![1, 2, 3, 4, 5], count: 2 })),
+        };
+        assert_eq!(event_batch_frames(&batch.encode_to_vec()), Some(&[1u8, 2, 3, 4, 5][..]));
+        let other = ClientMessage { req_id: 3, body: Some(client_message::Body::StoreStats(StoreStatsRequest {})) };
+        assert_eq!(event_batch_frames(&other.encode_to_vec()), None);
+        assert_eq!(event_batch_frames(&[0x3a, 0x05, 0x0a]), None, "a truncated batch is not taken");
     }
 }

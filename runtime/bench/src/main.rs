@@ -175,10 +175,19 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
     let (rate_on, rate_off) = (median(&on, "tasks_per_s"), median(&off, "tasks_per_s"));
     figure("tasks_async_per_s", show(rate_on, 0), "tasks/s");
     figure("tasks_async_per_s_events_off", show(rate_off, 0), "tasks/s");
-    let cost = rate_on
-        .zip(rate_off)
-        .map(|(on, off)| (off - on) / off * 100.0);
-    figure("event_recording_cost_pct", show(cost, 1), "%");
+    figure("event_recording_cost_unpinned_pct", show(rate_on.zip(rate_off).map(|(on, off)| (off - on) / off * 100.0), 1), "%");
+    // Unpinned, where each process lands on the two vCPUs moves throughput by ±25 % from
+    // one child to the next, which buries a few percent. With the whole cluster on one CPU
+    // there is no placement to vary: the event cost is measured there.
+    let (mut pinned_on, mut pinned_off) = (Vec::new(), Vec::new());
+    for i in 0..3 {
+        pinned_on.extend(child_run(tmp, &format!("pn{i}"), "throughput", &[("RAYR_RECORD_EVENTS", "1"), ("RAYR_BENCH_PIN", "0")]));
+        pinned_off.extend(child_run(tmp, &format!("pf{i}"), "throughput", &[("RAYR_RECORD_EVENTS", "0"), ("RAYR_BENCH_PIN", "0")]));
+    }
+    let (pin_on, pin_off) = (median(&pinned_on, "tasks_per_s"), median(&pinned_off, "tasks_per_s"));
+    figure("tasks_async_per_s_one_cpu", show(pin_on, 0), "tasks/s");
+    figure("tasks_async_per_s_one_cpu_events_off", show(pin_off, 0), "tasks/s");
+    figure("event_recording_cost_pct", show(pin_on.zip(pin_off).map(|(on, off)| (off - on) / off * 100.0), 1), "%");
     // The same cost as CPU: every process of the cluster, init to shutdown, per task.
     // Steadier than throughput on a shared 2-vCPU VM.
     let (cpu_on, cpu_off) = (median(&on, "all_processes_cpu_us_per_task"), median(&off, "all_processes_cpu_us_per_task"));
@@ -437,6 +446,10 @@ fn init_child() -> rayr::Result<()> {
 
 /// Child mode `throughput`: the median of 8 rounds of 10k async tasks, in tasks/s.
 fn throughput_child() -> rayr::Result<()> {
+    // RAYR_BENCH_PIN=N: the whole cluster (workers inherit it) on CPU N only.
+    if let Some(cpu) = std::env::var("RAYR_BENCH_PIN").ok().and_then(|c| c.parse().ok()) {
+        set_affinity(&[cpu]);
+    }
     rayr::init()?;
     let warm: Vec<ObjectRef<u64>> = (0..2_000).map(noop::remote).collect();
     rayr::get_all(&warm)?;

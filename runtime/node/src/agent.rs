@@ -280,11 +280,26 @@ impl Agent {
         let mut me: Option<Id> = None;
         let mut said_goodbye: Option<String> = None;
         loop {
-            let msg: ClientMessage = match reader.next() {
-                Ok(Some(m)) => m,
+            let body = match reader.next_raw() {
+                Ok(Some(b)) => b,
                 Ok(None) => break,
                 Err(e) => {
                     tracing::warn!("dropping a client connection: {e}");
+                    break;
+                }
+            };
+            // Event batches, the bulk of the traffic, go to the log straight from the
+            // receive buffer.
+            if let Some(frames) = rayr_proto::event_batch_frames(body) {
+                if let Err(e) = self.events.lock().append(frames) {
+                    tracing::error!("cannot append to the event log: {e}");
+                }
+                continue;
+            }
+            let msg = match <ClientMessage as rayr_proto::Message>::decode(body) {
+                Ok(m) => m,
+                Err(e) => {
+                    tracing::warn!("dropping a client connection: undecodable message: {e}");
                     break;
                 }
             };
