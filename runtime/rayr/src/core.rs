@@ -1046,12 +1046,12 @@ impl Core {
         }
     }
 
-    fn request_lease(&self, _st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
+    fn request_lease(&self, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
         let req = self.node_conn.next_req();
-        _st.lease_requests.insert(req, key.to_string());
+        st.lease_requests.insert(req, key.to_string());
         let body = client_message::Body::Lease(rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec() });
         if self.node_conn.send(req, body).is_err() {
-            _st.lease_requests.remove(&req);
+            st.lease_requests.remove(&req);
         }
     }
 
