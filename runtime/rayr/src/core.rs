@@ -243,7 +243,7 @@ impl NodeConn {
 }
 
 thread_local! {
-    static SCRATCH: std::cell::RefCell<(Event, Option<event::Detail>)> = std::cell::RefCell::new(Default::default());
+    static SCRATCH: std::cell::RefCell<(Event, Spares)> = std::cell::RefCell::new(Default::default());
 }
 
 /// Overwrites `dst` with `src`, keeping its allocation.
@@ -253,33 +253,51 @@ pub(crate) fn put(dst: &mut Vec<u8>, src: &[u8]) {
     dst.extend_from_slice(src);
 }
 
+/// Details of earlier events, kept so their buffers are reused (events alternate between
+/// task and object details on the same thread).
+#[derive(Default)]
+pub(crate) struct Spares {
+    task: Option<TaskDetail>,
+    object: Option<ObjectDetail>,
+}
+
 /// An event being filled in place (see [`Core::record_with`]).
 pub(crate) struct EventFill<'a> {
     pub e: &'a mut Event,
-    spare: &'a mut Option<event::Detail>,
+    spare: &'a mut Spares,
 }
 
 impl EventFill<'_> {
-    /// The event's task detail, cleared, reusing the last one's buffers.
+    /// The event's task detail, cleared, reusing an earlier one's buffers.
     pub fn task(&mut self) -> &mut TaskDetail {
-        let d = match self.spare.take() {
-            Some(event::Detail::Task(mut t)) => {
-                t.function.clear();
-                t.error.clear();
-                t.reason.clear();
-                t.backtrace.clear();
-                t.error_type.clear();
-                t.attempt = 0;
-                t.max_retries = 0;
-                t.r#final = false;
-                t.pid = 0;
-                t
-            }
-            _ => TaskDetail::default(),
-        };
-        self.e.detail = Some(event::Detail::Task(d));
+        let mut t = self.spare.task.take().unwrap_or_default();
+        t.function.clear();
+        t.error.clear();
+        t.reason.clear();
+        t.backtrace.clear();
+        t.error_type.clear();
+        t.attempt = 0;
+        t.max_retries = 0;
+        t.r#final = false;
+        t.pid = 0;
+        self.e.detail = Some(event::Detail::Task(t));
         match &mut self.e.detail {
             Some(event::Detail::Task(t)) => t,
+            _ => unreachable!(),
+        }
+    }
+
+    /// The event's object detail, cleared, reusing an earlier one's buffers.
+    pub fn object(&mut self) -> &mut ObjectDetail {
+        let mut o = self.spare.object.take().unwrap_or_default();
+        o.size = 0;
+        o.location.clear();
+        o.peer.clear();
+        o.reason.clear();
+        o.peer_kind.clear();
+        self.e.detail = Some(event::Detail::Object(o));
+        match &mut self.e.detail {
+            Some(event::Detail::Object(o)) => o,
             _ => unreachable!(),
         }
     }
@@ -291,6 +309,9 @@ impl EventFill<'_> {
 pub(crate) struct EventBuffer {
     id: u64,
     shards: Mutex<Vec<Arc<Mutex<Shard>>>>,
+    /// The outgoing message, reused from flush to flush (batches are large: fresh
+    /// buffers of that size cost page faults every time).
+    out: Mutex<Vec<u8>>,
 }
 
 #[derive(Default)]
@@ -307,7 +328,7 @@ thread_local! {
 impl EventBuffer {
     fn new() -> EventBuffer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        EventBuffer { id: NEXT.fetch_add(1, Ordering::Relaxed), shards: Mutex::new(Vec::new()) }
+        EventBuffer { id: NEXT.fetch_add(1, Ordering::Relaxed), shards: Mutex::new(Vec::new()), out: Mutex::new(Vec::new()) }
     }
 
     fn with_shard(&self, f: impl FnOnce(&mut Shard)) {
@@ -344,41 +365,45 @@ impl EventBuffer {
     }
 
     /// Everything buffered so far, from every thread, as one ready-to-send frame of
-    /// `ClientMessage { events: EventBatch { frames, count } }`: the events are copied once,
-    /// straight into the message (encoding the struct would copy them twice).
-    fn take_as_frame(&self) -> Option<Vec<u8>> {
+    /// `ClientMessage { events: EventBatch { frames, count } }` handed to `send`: the events
+    /// are copied once, straight into the message, and no buffer is reallocated.
+    fn flush_with(&self, send: impl FnOnce(&[u8])) {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        // Length prefix + two keys + two varint lengths of at most 10 bytes each.
+        const HEADER_ROOM: usize = 4 + 1 + 10 + 1 + 10;
         let shards: Vec<Arc<Mutex<Shard>>> = self.shards.lock().clone();
-        let mut taken: Vec<(Vec<u8>, u32)> = Vec::new();
+        let mut out = self.out.lock();
+        out.clear();
+        out.resize(HEADER_ROOM, 0); // the header is written into the end of this room
+        let mut count = 0u32;
         for shard in shards {
             let mut s = shard.lock();
             if s.count > 0 {
-                let cap = s.frames.capacity();
-                taken.push((std::mem::replace(&mut s.frames, Vec::with_capacity(cap)), std::mem::take(&mut s.count)));
+                out.extend_from_slice(&s.frames);
+                s.frames.clear();
+                count += std::mem::take(&mut s.count);
             }
         }
-        let frames_len: usize = taken.iter().map(|(f, _)| f.len()).sum();
-        let count: u32 = taken.iter().map(|(_, c)| c).sum();
         if count == 0 {
-            return None;
+            return;
         }
-        // EventBatch: frames = 1 (bytes), count = 2 (varint).
+        let frames_len = out.len() - HEADER_ROOM;
+        // EventBatch: frames = 1 (bytes), count = 2 (varint), appended after the frames.
+        encode_key(2, WireType::Varint, &mut *out);
+        encode_varint(count as u64, &mut *out);
         let batch_len = 1 + encoded_len_varint(frames_len as u64) + frames_len + 1 + encoded_len_varint(count as u64);
         // ClientMessage: events = 7 (message); req_id 0 is the default and not encoded.
         let msg_len = 1 + encoded_len_varint(batch_len as u64) + batch_len;
-        let mut out = Vec::with_capacity(4 + msg_len);
-        out.extend_from_slice(&(msg_len as u32).to_le_bytes());
-        encode_key(7, WireType::LengthDelimited, &mut out);
-        encode_varint(batch_len as u64, &mut out);
-        encode_key(1, WireType::LengthDelimited, &mut out);
-        encode_varint(frames_len as u64, &mut out);
-        for (f, _) in &taken {
-            out.extend_from_slice(f);
-        }
-        encode_key(2, WireType::Varint, &mut out);
-        encode_varint(count as u64, &mut out);
-        debug_assert_eq!(out.len(), 4 + msg_len);
-        Some(out)
+        let mut header = Vec::with_capacity(HEADER_ROOM);
+        header.extend_from_slice(&(msg_len as u32).to_le_bytes());
+        encode_key(7, WireType::LengthDelimited, &mut header);
+        encode_varint(batch_len as u64, &mut header);
+        encode_key(1, WireType::LengthDelimited, &mut header);
+        encode_varint(frames_len as u64, &mut header);
+        let start = HEADER_ROOM - header.len();
+        out[start..HEADER_ROOM].copy_from_slice(&header);
+        debug_assert_eq!(out.len() - start, 4 + msg_len);
+        send(&out[start..]);
     }
 }
 
@@ -572,8 +597,10 @@ impl Core {
         }
         SCRATCH.with(|scratch| {
             let (e, spare) = &mut *scratch.borrow_mut();
-            if let Some(d) = e.detail.take() {
-                *spare = Some(d);
+            match e.detail.take() {
+                Some(event::Detail::Task(t)) => spare.task = Some(t),
+                Some(event::Detail::Object(o)) => spare.object = Some(o),
+                _ => {}
             }
             for v in [&mut e.cause, &mut e.object_id, &mut e.task_id, &mut e.actor_id, &mut e.worker_id] {
                 v.clear();
@@ -598,9 +625,9 @@ impl Core {
     }
 
     pub fn flush_events(&self) {
-        if let Some(frame) = self.events.take_as_frame() {
-            let _ = self.node_conn.write.lock().write_all(&frame);
-        }
+        self.events.flush_with(|frame| {
+            let _ = self.node_conn.write.lock().write_all(frame);
+        });
     }
 
     fn tick(self: &Arc<Self>) {
@@ -814,7 +841,9 @@ impl Core {
                 if let Some(c) = cause {
                     put(&mut f.e.cause, &c);
                 }
-                f.e.detail = Some(event::Detail::Object(ObjectDetail { size, location: location.into(), ..Default::default() }));
+                let d = f.object();
+                d.size = size;
+                d.location.push_str(location);
             }));
         }
         let Some(o) = st.owned.get_mut(&id) else {
@@ -890,7 +919,7 @@ impl Core {
                 put(&mut f.e.object_id, &id);
                 put(&mut f.e.worker_id, &self.me);
                 put(&mut f.e.cause, &o.created_event);
-                f.e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.into(), ..Default::default() }));
+                f.object().reason.push_str(reason);
             });
         }
     }
@@ -1377,7 +1406,12 @@ mod tests {
     #[test]
     fn buffered_events_travel_as_one_client_message() {
         let buf = EventBuffer::new();
-        assert!(buf.take_as_frame().is_none(), "nothing buffered, nothing sent");
+        let take = |buf: &EventBuffer| {
+            let mut got = None;
+            buf.flush_with(|f| got = Some(f.to_vec()));
+            got
+        };
+        assert!(take(&buf).is_none(), "nothing buffered, nothing sent");
         let prefix = Event { source_worker: vec![7; 16], ..Default::default() }.encode_to_vec();
         for kind in [EventKind::TaskSubmitted, EventKind::TaskScheduled] {
             buf.push_with_prefix(&prefix, &Event { id: vec![1; 16], kind: kind as i32, ..Default::default() });
@@ -1385,7 +1419,7 @@ mod tests {
         std::thread::scope(|s| {
             s.spawn(|| buf.push_with_prefix(&prefix, &Event { kind: EventKind::TaskStarted as i32, ..Default::default() }));
         });
-        let frame = buf.take_as_frame().unwrap();
+        let frame = take(&buf).unwrap();
         let (body, used) = rayr_proto::split_frame(&frame).unwrap().unwrap();
         assert_eq!(used, frame.len());
         let Some(client_message::Body::Events(batch)) = ClientMessage::decode(body).unwrap().body else {
@@ -1402,6 +1436,6 @@ mod tests {
         }
         kinds.sort();
         assert_eq!(kinds, vec![10, 11, 12]);
-        assert!(buf.take_as_frame().is_none(), "taken once");
+        assert!(take(&buf).is_none(), "taken once");
     }
 }
