@@ -309,15 +309,15 @@ impl EventFill<'_> {
 pub(crate) struct EventBuffer {
     id: u64,
     shards: Mutex<Vec<Arc<Mutex<Shard>>>>,
-    /// The outgoing message, reused from flush to flush (batches are large: fresh
-    /// buffers of that size cost page faults every time).
-    out: Mutex<Vec<u8>>,
 }
 
 #[derive(Default)]
 struct Shard {
     frames: Vec<u8>,
     count: u32,
+    /// An empty buffer with capacity, swapped with `frames` at each flush so the flush
+    /// sends the frames without copying them and recording never waits for the send.
+    spare: Vec<u8>,
 }
 
 thread_local! {
@@ -328,14 +328,14 @@ thread_local! {
 impl EventBuffer {
     fn new() -> EventBuffer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        EventBuffer { id: NEXT.fetch_add(1, Ordering::Relaxed), shards: Mutex::new(Vec::new()), out: Mutex::new(Vec::new()) }
+        EventBuffer { id: NEXT.fetch_add(1, Ordering::Relaxed), shards: Mutex::new(Vec::new()) }
     }
 
     fn with_shard(&self, f: impl FnOnce(&mut Shard)) {
         SHARD.with(|s| {
             let mut s = s.borrow_mut();
             if s.0 != self.id || s.1.is_none() {
-                let shard = Arc::new(Mutex::new(Shard { frames: Vec::with_capacity(16 << 10), count: 0 }));
+                let shard = Arc::new(Mutex::new(Shard { frames: Vec::with_capacity(16 << 10), count: 0, spare: Vec::new() }));
                 self.shards.lock().push(shard.clone());
                 *s = (self.id, Some(shard));
             }
@@ -364,47 +364,67 @@ impl EventBuffer {
         });
     }
 
-    /// Everything buffered so far, from every thread, as one ready-to-send frame of
-    /// `ClientMessage { events: EventBatch { frames, count } }` handed to `send`: the events
-    /// are copied once, straight into the message, and no buffer is reallocated.
-    fn flush_with(&self, send: impl FnOnce(&[u8])) {
+    /// Sends everything buffered so far, from every thread, as one frame of
+    /// `ClientMessage { events: EventBatch { frames, count } }` through `send`, which gets
+    /// the frame as slices (header, each thread's frames, trailer) for one vectored write:
+    /// the frames are not copied, and no buffer is reallocated.
+    fn flush_with(&self, send: impl FnOnce(&mut [std::io::IoSlice<'_>])) {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
-        // Length prefix + two keys + two varint lengths of at most 10 bytes each.
-        const HEADER_ROOM: usize = 4 + 1 + 10 + 1 + 10;
         let shards: Vec<Arc<Mutex<Shard>>> = self.shards.lock().clone();
-        let mut out = self.out.lock();
-        out.clear();
-        out.resize(HEADER_ROOM, 0); // the header is written into the end of this room
+        let mut taken: Vec<(Arc<Mutex<Shard>>, Vec<u8>)> = Vec::new();
         let mut count = 0u32;
         for shard in shards {
             let mut s = shard.lock();
             if s.count > 0 {
-                out.extend_from_slice(&s.frames);
-                s.frames.clear();
+                let mut full = std::mem::take(&mut s.spare);
+                std::mem::swap(&mut full, &mut s.frames);
                 count += std::mem::take(&mut s.count);
+                drop(s);
+                taken.push((shard, full));
             }
         }
         if count == 0 {
             return;
         }
-        let frames_len = out.len() - HEADER_ROOM;
-        // EventBatch: frames = 1 (bytes), count = 2 (varint), appended after the frames.
-        encode_key(2, WireType::Varint, &mut *out);
-        encode_varint(count as u64, &mut *out);
-        let batch_len = 1 + encoded_len_varint(frames_len as u64) + frames_len + 1 + encoded_len_varint(count as u64);
-        // ClientMessage: events = 7 (message); req_id 0 is the default and not encoded.
+        let frames_len: usize = taken.iter().map(|(_, f)| f.len()).sum();
+        // EventBatch: frames = 1 (bytes) then count = 2 (varint); ClientMessage: events = 7
+        // (req_id 0 is the default and not encoded).
+        let mut trailer = Vec::with_capacity(11);
+        encode_key(2, WireType::Varint, &mut trailer);
+        encode_varint(count as u64, &mut trailer);
+        let batch_len = 1 + encoded_len_varint(frames_len as u64) + frames_len + trailer.len();
         let msg_len = 1 + encoded_len_varint(batch_len as u64) + batch_len;
-        let mut header = Vec::with_capacity(HEADER_ROOM);
+        let mut header = Vec::with_capacity(26);
         header.extend_from_slice(&(msg_len as u32).to_le_bytes());
         encode_key(7, WireType::LengthDelimited, &mut header);
         encode_varint(batch_len as u64, &mut header);
         encode_key(1, WireType::LengthDelimited, &mut header);
         encode_varint(frames_len as u64, &mut header);
-        let start = HEADER_ROOM - header.len();
-        out[start..HEADER_ROOM].copy_from_slice(&header);
-        debug_assert_eq!(out.len() - start, 4 + msg_len);
-        send(&out[start..]);
+        {
+            let mut slices = Vec::with_capacity(taken.len() + 2);
+            slices.push(std::io::IoSlice::new(&header));
+            slices.extend(taken.iter().map(|(_, f)| std::io::IoSlice::new(f)));
+            slices.push(std::io::IoSlice::new(&trailer));
+            send(&mut slices);
+        }
+        for (shard, mut buf) in taken {
+            buf.clear();
+            shard.lock().spare = buf;
+        }
     }
+}
+
+/// Writes every slice, however many calls that takes.
+fn write_all_vectored(w: &mut impl Write, mut slices: &mut [std::io::IoSlice<'_>]) -> io::Result<()> {
+    while !slices.is_empty() {
+        match w.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => std::io::IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// A connection another process opened to us.
@@ -625,8 +645,8 @@ impl Core {
     }
 
     pub fn flush_events(&self) {
-        self.events.flush_with(|frame| {
-            let _ = self.node_conn.write.lock().write_all(frame);
+        self.events.flush_with(|slices| {
+            let _ = write_all_vectored(&mut *self.node_conn.write.lock(), slices);
         });
     }
 
@@ -1408,7 +1428,11 @@ mod tests {
         let buf = EventBuffer::new();
         let take = |buf: &EventBuffer| {
             let mut got = None;
-            buf.flush_with(|f| got = Some(f.to_vec()));
+            buf.flush_with(|slices| {
+                let mut all = Vec::new();
+                write_all_vectored(&mut all, slices).unwrap();
+                got = Some(all);
+            });
             got
         };
         assert!(take(&buf).is_none(), "nothing buffered, nothing sent");
