@@ -89,7 +89,7 @@ pub fn hex(bytes: &[u8]) -> String {
 /// Parses hex into bytes; `None` when the text is not an even run of hex digits.
 pub fn parse_hex(s: &str) -> Option<Vec<u8>> {
     let s = s.trim();
-    if s.len() % 2 != 0 {
+    if !s.len().is_multiple_of(2) {
         return None;
     }
     (0..s.len())

@@ -165,11 +165,10 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         bail!("say what to start: `rayr start --head` starts a new cluster on this host");
     }
     let resources = node_resources(&a)?;
-    if a.port != 0 {
-        if let Err(e) = std::net::TcpListener::bind((a.node_ip_address.as_str(), a.port)) {
+    if a.port != 0
+        && let Err(e) = std::net::TcpListener::bind((a.node_ip_address.as_str(), a.port)) {
             bail!("cannot use {}:{} for the head: {e}; is another cluster running? pick another --port", a.node_ip_address, a.port);
         }
-    }
     let session = Session::create(&rayr_logs::tmpdir()).context("creating the session directory")?;
     let log = std::fs::File::create(session.logs_dir().join("head.log"))?;
     let exe = std::env::current_exe()?;
@@ -261,11 +260,10 @@ fn session_processes(session: &Path) -> Vec<i32> {
     let Ok(dir) = std::fs::read_dir("/proc") else { return out };
     for e in dir.flatten() {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else { continue };
-        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) {
-            if env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
+        if let Ok(env) = std::fs::read(format!("/proc/{pid}/environ"))
+            && env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()) {
                 out.push(pid);
             }
-        }
     }
     out
 }

@@ -237,19 +237,18 @@ impl EventIndex {
         }
         let origins = writer.origins.as_mut().unwrap();
         for (_, ev) in batch.iter_mut() {
-            if ev.node_id.is_empty() {
-                if let Some(n) = &node {
+            if ev.node_id.is_empty()
+                && let Some(n) = &node {
                     ev.node_id = n.clone();
                 }
-            }
             if ev.kind == rayr_proto::EventKind::WorkerStarted as i32 {
                 let pid = match &ev.detail {
                     Some(rayr_proto::event::Detail::WorkerStart(w)) => w.pid,
                     _ => ev.source_pid,
                 };
                 origins.insert(ev.worker_id.clone(), (ev.job_id.clone(), pid));
-            } else if ev.job_id.is_empty() || ev.source_pid == 0 {
-                if let Some((job, pid)) = origins.get(&ev.source_worker) {
+            } else if (ev.job_id.is_empty() || ev.source_pid == 0)
+                && let Some((job, pid)) = origins.get(&ev.source_worker) {
                     if ev.job_id.is_empty() {
                         ev.job_id = job.clone();
                     }
@@ -257,7 +256,6 @@ impl EventIndex {
                         ev.source_pid = *pid;
                     }
                 }
-            }
         }
         Ok(())
     }

@@ -599,8 +599,8 @@ impl Agent {
         e.detail = Some(event::Detail::WorkerExit(exit.clone()));
         self.record(&e);
         let exit_event = id_of(&e.id).unwrap();
-        if let Some(client) = st.clients.remove(&worker) {
-            if let Some(held) = client.lease {
+        if let Some(client) = st.clients.remove(&worker)
+            && let Some(held) = client.lease {
                 if client.blocked {
                     let mut rest = held.clone();
                     rest.remove("CPU");
@@ -609,7 +609,6 @@ impl Agent {
                     resources::add(&mut st.available, &held);
                 }
             }
-        }
         // Objects in the store owned by the dead process are lost with it.
         let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
         for id in lost {

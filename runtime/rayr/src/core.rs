@@ -762,11 +762,10 @@ impl Core {
 
     /// The connection to another core worker, opened once and kept.
     pub fn peer(self: &Arc<Self>, address: &str) -> io::Result<Arc<PeerConn>> {
-        if let Some(p) = self.state.lock().peers.get(address) {
-            if !p.closed.load(Ordering::Acquire) {
+        if let Some(p) = self.state.lock().peers.get(address)
+            && !p.closed.load(Ordering::Acquire) {
                 return Ok(p.clone());
             }
-        }
         let stream = UnixStream::connect(address)?;
         let reader = FrameReader::new(stream.try_clone()?);
         let raw_fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
@@ -826,11 +825,10 @@ impl Core {
             }
         }
         let worker = *conn.worker.lock();
-        if let Some(w) = worker {
-            if !self.stopping.load(Ordering::Acquire) {
+        if let Some(w) = worker
+            && !self.stopping.load(Ordering::Acquire) {
                 self.worker_lost(w);
             }
-        }
     }
 
     // ---- ownership ----
@@ -1166,11 +1164,10 @@ impl Core {
         // Refill the worker's pipeline once for the whole batch: one write.
         if let Some(key) = st.leased.get(&worker).map(|l| l.key.clone()) {
             self.dispatch_locked(&mut st, &key);
-            if let Some(l) = st.leased.get_mut(&worker) {
-                if l.in_flight.is_empty() {
+            if let Some(l) = st.leased.get_mut(&worker)
+                && l.in_flight.is_empty() {
                     l.idle_since = Some(Instant::now());
                 }
-            }
         }
         drop(st);
         self.ready.notify_all();
@@ -1179,11 +1176,10 @@ impl Core {
     fn task_result_locked(self: &Arc<Self>, st: &mut State, worker: Id, r: rayr_proto::TaskResult) {
         let Ok(task) = <Id>::try_from(r.task_id.as_slice()) else { return };
         let finished_event: Option<Id> = r.finished_event.as_slice().try_into().ok();
-        if let Some(l) = st.leased.get_mut(&worker) {
-            if let Some(bytes) = l.in_flight.remove(&task) {
+        if let Some(l) = st.leased.get_mut(&worker)
+            && let Some(bytes) = l.in_flight.remove(&task) {
                 l.in_flight_bytes -= bytes;
             }
-        }
         let attempt_matches = st.tasks.get(&task).is_some_and(|t| t.spec.attempt == r.attempt);
         if attempt_matches {
             match r.outcome {

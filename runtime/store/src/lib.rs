@@ -177,13 +177,12 @@ impl Allocator {
         let mut start = offset;
         let mut len = Self::rounded(size);
         self.used -= len;
-        if let Some((&prev, &plen)) = self.free.range(..offset).next_back() {
-            if prev + plen == offset {
+        if let Some((&prev, &plen)) = self.free.range(..offset).next_back()
+            && prev + plen == offset {
                 self.free.remove(&prev);
                 start = prev;
                 len += plen;
             }
-        }
         if let Some(&nlen) = self.free.get(&(offset + Self::rounded(size))) {
             self.free.remove(&(offset + Self::rounded(size)));
             len += nlen;
