@@ -103,20 +103,34 @@ pub mod frames {
                     Ok(None) => {}
                     Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
                 }
-                // Need more bytes: compact, grow if one frame is larger than the buffer, read.
-                if self.start > 0 {
-                    self.buf.copy_within(self.start..self.end, 0);
-                    self.end -= self.start;
+                // Need more bytes. Nothing pending: start over at the front for free.
+                // Otherwise move the pending bytes to the front only when their frame
+                // cannot complete in the space left, or that space is small: moving a large
+                // partial batch on every read would copy it again and again.
+                if self.start == self.end {
                     self.start = 0;
+                    self.end = 0;
                 }
-                if self.end >= 4 {
-                    let want = 4 + u32::from_le_bytes(self.buf[..4].try_into().unwrap()) as usize;
+                let pending = self.end - self.start;
+                let want = if pending >= 4 {
+                    4 + u32::from_le_bytes(self.buf[self.start..self.start + 4].try_into().unwrap()) as usize
+                } else {
+                    4
+                };
+                // (Also when little room is left: reads into a sliver of buffer would cost a
+                // syscall per few bytes.)
+                let tight = self.buf.len() - self.end < self.buf.len() / 4;
+                if self.start + want > self.buf.len() || tight {
+                    if self.start > 0 {
+                        self.buf.copy_within(self.start..self.end, 0);
+                        self.end -= self.start;
+                        self.start = 0;
+                    }
                     if want > self.buf.len() {
                         self.buf.resize(want, 0);
+                    } else if self.end == self.buf.len() {
+                        self.buf.resize(self.buf.len() * 2, 0);
                     }
-                }
-                if self.end == self.buf.len() {
-                    self.buf.resize(self.buf.len() * 2, 0);
                 }
                 let n = self.inner.read(&mut self.buf[self.end..])?;
                 if n == 0 {
@@ -162,5 +176,39 @@ mod tests {
         let other = ClientMessage { req_id: 3, body: Some(client_message::Body::StoreStats(StoreStatsRequest {})) };
         assert_eq!(event_batch_frames(&other.encode_to_vec()), None);
         assert_eq!(event_batch_frames(&[0x3a, 0x05, 0x0a]), None, "a truncated batch is not taken");
+    }
+
+    /// A reader that hands out at most `chunk` bytes per read, like a socket under load.
+    struct Trickle<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn frames_of_every_size_survive_any_read_pattern() {
+        let sizes = [0usize, 1, 3, 100, 70_000, 5, 300_000, 64 << 10, 2];
+        let mut stream = Vec::new();
+        for (i, n) in sizes.iter().enumerate() {
+            let msg = EventBatch { frames: vec![i as u8; *n], count: i as u32 };
+            encode_frame(&msg, &mut stream);
+        }
+        for chunk in [1, 7, 4096, 65_536, 1 << 20] {
+            let mut r = frames::FrameReader::new(Trickle { data: &stream, chunk });
+            for (i, n) in sizes.iter().enumerate() {
+                let got: EventBatch = r.next().unwrap().expect("a frame");
+                assert_eq!((got.frames.len(), got.count), (*n, i as u32), "chunk {chunk}");
+                assert!(got.frames.iter().all(|b| *b == i as u8));
+            }
+            assert!(r.next::<EventBatch>().unwrap().is_none(), "clean end");
+        }
     }
 }
