@@ -1,0 +1,611 @@
+//! The core worker: the part of rayr inside every driver and worker process.
+//!
+//! It holds this process's connection to its node agent, the objects this process owns
+//! (with their reference counts), the submitter that leases workers and pushes tasks to
+//! them, the peer server through which other processes push tasks here or ask for objects
+//! owned here, and the event buffer. One mutex guards all of that state ([`State`]):
+//! every path holds it briefly and never across a blocking wait or a user callback.
+//!
+//! This file has the state, the connections and start-up/shutdown; [`owner`] has the
+//! ownership rules, [`submit`] the leases, pushes, results and retries, and [`events`]
+//! the event recording.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::io::{self, Write};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::{Condvar, Mutex, RwLock};
+use rayr_logs::{Id, hex};
+use rayr_proto::frames::FrameReader;
+use rayr_proto::{
+    ClientMessage, Event, NodeMessage, PeerMessage,
+    TaskSpec, client_message, encode_frame, node_message, peer_message,
+};
+use rayr_store::Arena;
+
+use crate::error::Error;
+
+mod events;
+mod owner;
+mod submit;
+
+pub(crate) use events::{EventBuffer, put};
+
+
+/// How many tasks may be queued on one leased worker: enough to hide the round trip,
+/// few enough that a long task does not hold many others behind it.
+const MAX_IN_FLIGHT: usize = 32;
+/// Bytes of pushes not yet answered, per worker. Kept below a socket's send buffer so that
+/// pushing never blocks: the thread that pushes is also the one that reads results, and a
+/// worker blocked on writing large results would otherwise never read the next push.
+const MAX_IN_FLIGHT_BYTES: usize = 64 << 10;
+/// A lease with nothing to run is returned after this long (a sync loop reuses it).
+const LEASE_IDLE: Duration = Duration::from_millis(10);
+/// How often buffered events are flushed to the node agent.
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
+
+static CORE: RwLock<Option<Arc<Core>>> = RwLock::new(None);
+
+/// The running core of this process, if `init` has run.
+pub(crate) fn current() -> Option<Arc<Core>> {
+    CORE.read().clone()
+}
+
+pub(crate) fn require() -> crate::Result<Arc<Core>> {
+    current().ok_or_else(|| Error::Connection("rayr is not initialized: call rayr::init() first".into()))
+}
+
+pub(crate) fn install(core: Arc<Core>) {
+    *CORE.write() = Some(core);
+}
+
+pub(crate) fn uninstall() -> Option<Arc<Core>> {
+    CORE.write().take()
+}
+
+/// An object's value as its owner knows it.
+#[derive(Clone)]
+pub(crate) enum Slot {
+    Pending,
+    Inline(Arc<[u8]>, u32),
+    Shm { offset: u64, size: u64, format: u32 },
+    Failed(Error),
+}
+
+/// An object owned by this process.
+pub(crate) struct Owned {
+    pub slot: Slot,
+    /// `ObjectRef` handles alive in this process.
+    pub local_refs: u32,
+    /// Pending tasks that take it as an argument.
+    pub submitted: u32,
+    /// Other processes holding a reference.
+    pub borrowers: HashSet<Id>,
+    /// Serialized copies not yet deserialized anywhere.
+    pub tokens: u32,
+    /// Tasks of ours waiting for this value before they can be pushed.
+    pub dependents: Vec<Id>,
+    /// Remote readers waiting for the value: (connection, request id).
+    pub remote_waiters: Vec<(Arc<ServerConn>, u64)>,
+    pub created_event: Id,
+}
+
+impl Owned {
+    fn new(slot: Slot) -> Owned {
+        Owned {
+            slot,
+            local_refs: 0,
+            submitted: 0,
+            borrowers: HashSet::new(),
+            tokens: 0,
+            dependents: Vec::new(),
+            remote_waiters: Vec::new(),
+            created_event: [0; 16],
+        }
+    }
+    fn referenced(&self) -> bool {
+        self.local_refs > 0 || self.submitted > 0 || !self.borrowers.is_empty() || self.tokens > 0
+    }
+}
+
+pub(crate) struct PendingTask {
+    pub spec: TaskSpec,
+    /// (argument index, object id owned here) still to be resolved.
+    pub deps: Vec<(usize, Id)>,
+    /// Owned objects counted in `submitted` (released when the task ends).
+    pub owned_args: Vec<Id>,
+    /// Borrowed objects this task keeps a reference to.
+    pub borrowed_args: Vec<Id>,
+    pub key: String,
+    pub demand: HashMap<String, f64>,
+    pub retry_exceptions: bool,
+    pub worker: Option<Id>,
+    pub last_event: Id,
+}
+
+struct Queue {
+    demand: HashMap<String, f64>,
+    ready: VecDeque<Id>,
+    leases_requested: u32,
+    workers: Vec<Id>,
+}
+
+struct Leased {
+    conn: Arc<PeerConn>,
+    key: String,
+    /// Pushed tasks not yet answered, with the bytes each push took.
+    in_flight: HashMap<Id, usize>,
+    in_flight_bytes: usize,
+    idle_since: Option<Instant>,
+}
+
+pub(crate) struct State {
+    pub owned: HashMap<Id, Owned>,
+    /// Handles alive here for objects owned elsewhere: id → (count, owner, owner address).
+    pub borrowed: HashMap<Id, (u32, Id, String)>,
+    /// Where borrowed objects in the shm store are: sealed values never move, and the
+    /// borrow keeps them alive, so later reads skip the round trip to the owner.
+    pub borrowed_locations: HashMap<Id, (u64, u64, u32)>,
+    pub tasks: HashMap<Id, PendingTask>,
+    queues: HashMap<String, Queue>,
+    leased: HashMap<Id, Leased>,
+    /// Lease requests in flight: request id → queue key.
+    lease_requests: HashMap<u64, String>,
+    /// Outgoing connections by address (owners and leased workers).
+    pub peers: HashMap<String, Arc<PeerConn>>,
+}
+
+/// A connection this process opened to another core worker.
+pub(crate) struct PeerConn {
+    write: Mutex<UnixStream>,
+    raw_fd: std::os::fd::RawFd,
+    pub address: String,
+    /// The worker at the other end, when it is a leased worker.
+    pub worker: Mutex<Option<Id>>,
+    waiters: Mutex<HashMap<u64, Sender<PeerMessage>>>,
+    next_req: AtomicU64,
+    pub closed: AtomicBool,
+}
+
+impl PeerConn {
+    pub fn send(&self, msg: &PeerMessage) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(128);
+        encode_frame(msg, &mut buf);
+        self.write.lock().write_all(&buf)
+    }
+    pub fn send_raw(&self, frames: &[u8]) -> io::Result<()> {
+        self.write.lock().write_all(frames)
+    }
+    /// Whether the other end is still there: asks the kernel, without reading, whether the
+    /// peer hung up (a process that died has, the moment it died).
+    pub fn alive(&self) -> bool {
+        if self.closed.load(Ordering::Acquire) {
+            return false;
+        }
+        let mut pfd = libc::pollfd { fd: self.raw_fd, events: libc::POLLRDHUP, revents: 0 };
+        // SAFETY: polling one fd we own, without waiting.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        !(n > 0 && pfd.revents & (libc::POLLRDHUP | libc::POLLHUP | libc::POLLERR) != 0)
+    }
+    /// Sends a request and waits for the reply with the same id.
+    pub fn call(&self, mut msg: PeerMessage, timeout: Option<Duration>) -> Result<PeerMessage, CallError> {
+        let req = self.next_req.fetch_add(1, Ordering::Relaxed) + 1;
+        msg.req_id = req;
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.waiters.lock().insert(req, tx);
+        if self.closed.load(Ordering::Acquire) || self.send(&msg).is_err() {
+            self.waiters.lock().remove(&req);
+            return Err(CallError::Disconnected);
+        }
+        let got = match timeout {
+            Some(t) => rx.recv_timeout(t).map_err(|e| match e {
+                crossbeam_channel::RecvTimeoutError::Timeout => CallError::Timeout,
+                crossbeam_channel::RecvTimeoutError::Disconnected => CallError::Disconnected,
+            }),
+            None => rx.recv().map_err(|_| CallError::Disconnected),
+        };
+        self.waiters.lock().remove(&req);
+        got
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub(crate) enum CallError {
+    Disconnected,
+    Timeout,
+}
+
+/// The connection to the node agent.
+pub(crate) struct NodeConn {
+    write: Mutex<UnixStream>,
+    next_req: AtomicU64,
+    waiters: Mutex<HashMap<u64, Sender<NodeMessage>>>,
+    pub closed: AtomicBool,
+}
+
+impl NodeConn {
+    pub fn send(&self, req_id: u64, body: client_message::Body) -> io::Result<()> {
+        let mut buf = Vec::with_capacity(64);
+        encode_frame(&ClientMessage { req_id, body: Some(body) }, &mut buf);
+        self.write.lock().write_all(&buf)
+    }
+    pub fn next_req(&self) -> u64 {
+        self.next_req.fetch_add(1, Ordering::Relaxed) + 1
+    }
+    /// Sends a request and waits for its reply.
+    pub fn call(&self, body: client_message::Body) -> crate::Result<node_message::Body> {
+        let req = self.next_req();
+        let (tx, rx) = crossbeam_channel::bounded(1);
+        self.waiters.lock().insert(req, tx);
+        let lost = || Error::Connection("lost the connection to the node agent: is the cluster still running?".into());
+        if self.send(req, body).is_err() {
+            self.waiters.lock().remove(&req);
+            return Err(lost());
+        }
+        let reply = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| lost());
+        self.waiters.lock().remove(&req);
+        reply?.body.ok_or_else(lost)
+    }
+}
+
+/// A connection another process opened to us.
+pub(crate) struct ServerConn {
+    write: Mutex<UnixStream>,
+}
+
+impl ServerConn {
+    pub fn send_raw(&self, frames: &[u8]) {
+        let _ = self.write.lock().write_all(frames);
+    }
+    pub fn send(&self, msg: &PeerMessage) {
+        let mut buf = Vec::with_capacity(128);
+        encode_frame(msg, &mut buf);
+        let _ = self.write.lock().write_all(&buf);
+    }
+}
+
+pub(crate) struct Core {
+    pub me: Id,
+    pub job: Id,
+    pub node: Id,
+    pub is_driver: bool,
+    pub address: String,
+    pub session_dir: PathBuf,
+    pub node_conn: NodeConn,
+    pub arena: Arena,
+    pub state: Mutex<State>,
+    pub ready: Condvar,
+    pub events: EventBuffer,
+    pub record_events: bool,
+    pub max_inline: usize,
+    pub stopping: AtomicBool,
+    /// Set in workers: pushed tasks run here.
+    pub runs_tasks: bool,
+    /// One task at a time in a worker, whichever connection pushed it.
+    pub exec_lock: Mutex<()>,
+    pub node_resources: HashMap<String, f64>,
+    pub pid: u32,
+    /// source_worker, encoded once (see push_with_prefix).
+    event_prefix: Vec<u8>,
+}
+
+/// What `connect` needs to know.
+pub(crate) struct ConnectParams {
+    pub node_socket: PathBuf,
+    pub worker_id: Id,
+    pub job_id: Id,
+    pub is_driver: bool,
+    pub record_events: bool,
+    pub max_inline: usize,
+    /// Workers run pushed tasks; the node agent may lease a worker out (and a task may
+    /// arrive) the moment it registers, so this is known before registering.
+    pub runs_tasks: bool,
+}
+
+impl Core {
+    /// Connects to the node agent, registers, maps the store and starts the peer server,
+    /// the node reader and the ticker.
+    pub fn connect(p: ConnectParams) -> crate::Result<Arc<Core>> {
+        let conn_err = |what: &str, e: io::Error| {
+            Error::Connection(format!("cannot {what} ({}): {e}; is the cluster running?", p.node_socket.display()))
+        };
+        let stream = UnixStream::connect(&p.node_socket).map_err(|e| conn_err("reach the node agent", e))?;
+        let session_dir = p.node_socket.parent().and_then(|s| s.parent()).map(PathBuf::from).unwrap_or_default();
+        let address = rayr_logs::Session::open(&session_dir).worker_socket(&hex(&p.worker_id));
+        let _ = std::fs::remove_file(&address);
+        let listener = UnixListener::bind(&address).map_err(|e| conn_err("open this process's socket", e))?;
+        let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+        let register = ClientMessage {
+            req_id: 1,
+            body: Some(client_message::Body::Register(rayr_proto::RegisterClient {
+                worker_id: p.worker_id.to_vec(),
+                job_id: p.job_id.to_vec(),
+                is_driver: p.is_driver,
+                pid: std::process::id(),
+                address: address.display().to_string(),
+                binary,
+            })),
+        };
+        let mut buf = Vec::new();
+        encode_frame(&register, &mut buf);
+        (&stream).write_all(&buf).map_err(|e| conn_err("register with the node agent", e))?;
+        let mut reader = FrameReader::new(stream.try_clone().map_err(|e| conn_err("clone the socket", e))?);
+        let reply: NodeMessage = reader
+            .next()
+            .map_err(|e| conn_err("read the node agent's reply", e))?
+            .ok_or_else(|| Error::Connection("the node agent closed the connection during registration".into()))?;
+        let Some(node_message::Body::Registered(reg)) = reply.body else {
+            return Err(Error::Connection("the node agent answered registration with something else".into()));
+        };
+        if !reg.error.is_empty() {
+            return Err(Error::Connection(format!("the node agent refused registration: {}", reg.error)));
+        }
+        let arena = Arena::open(&reg.store_path).map_err(|e| Error::Connection(e.to_string()))?;
+        let core = Arc::new(Core {
+            me: p.worker_id,
+            job: p.job_id,
+            node: reg.node_id.as_slice().try_into().unwrap_or([0; 16]),
+            is_driver: p.is_driver,
+            address: address.display().to_string(),
+            session_dir,
+            node_conn: NodeConn {
+                write: Mutex::new(stream),
+                next_req: AtomicU64::new(1),
+                waiters: Mutex::new(HashMap::new()),
+                closed: AtomicBool::new(false),
+            },
+            arena,
+            state: Mutex::new(State {
+                owned: HashMap::new(),
+                borrowed: HashMap::new(),
+                borrowed_locations: HashMap::new(),
+                tasks: HashMap::new(),
+                queues: HashMap::new(),
+                leased: HashMap::new(),
+                lease_requests: HashMap::new(),
+                peers: HashMap::new(),
+            }),
+            ready: Condvar::new(),
+            events: EventBuffer::new(),
+            record_events: p.record_events,
+            max_inline: p.max_inline,
+            stopping: AtomicBool::new(false),
+            runs_tasks: p.runs_tasks,
+            exec_lock: Mutex::new(()),
+            pid: std::process::id(),
+            event_prefix: {
+                use rayr_proto::Message;
+                // Only who recorded it: the index derives the node from the log's name and
+                // the job and pid from this process's WORKER_STARTED (fewer bytes per event).
+                Event { source_worker: p.worker_id.to_vec(), ..Default::default() }.encode_to_vec()
+            },
+            node_resources: reg.node_resources,
+        });
+        let c = core.clone();
+        std::thread::Builder::new().name("rayr-node-reader".into()).spawn(move || c.read_node(reader)).unwrap();
+        let c = core.clone();
+        std::thread::Builder::new().name("rayr-peer-accept".into()).spawn(move || c.accept_peers(listener)).unwrap();
+        let c = Arc::downgrade(&core);
+        std::thread::Builder::new()
+            .name("rayr-ticker".into())
+            .spawn(move || {
+                while let Some(core) = c.upgrade() {
+                    if core.stopping.load(Ordering::Acquire) {
+                        break;
+                    }
+                    core.tick();
+                    drop(core);
+                    std::thread::sleep(FLUSH_EVERY);
+                }
+            })
+            .unwrap();
+        // Fault the store's first pages into this process too, off the hot path.
+        let c = Arc::downgrade(&core);
+        std::thread::Builder::new()
+            .name("rayr-store-map".into())
+            .spawn(move || {
+                if let Some(core) = c.upgrade() {
+                    core.arena.prefault(64 << 20);
+                }
+            })
+            .unwrap();
+        Ok(core)
+    }
+
+    // ---- the node agent connection ----
+
+    fn read_node(self: Arc<Self>, mut reader: FrameReader<UnixStream>) {
+        loop {
+            let msg: NodeMessage = match reader.next() {
+                Ok(Some(m)) => m,
+                _ => break,
+            };
+            if let Some(node_message::Body::Lease(reply)) = &msg.body {
+                let key = self.state.lock().lease_requests.remove(&msg.req_id);
+                if let Some(key) = key {
+                    self.lease_granted(key, reply.clone());
+                    continue;
+                }
+            }
+            if let Some(tx) = self.node_conn.waiters.lock().remove(&msg.req_id) {
+                let _ = tx.send(msg);
+            }
+        }
+        self.node_conn.closed.store(true, Ordering::Release);
+        self.node_conn.waiters.lock().clear();
+        if !self.is_driver && !self.stopping.load(Ordering::Acquire) {
+            // The node agent is gone: nothing can reach this worker any more.
+            std::process::exit(0);
+        }
+        self.fail_everything("the node agent went away");
+    }
+
+    fn fail_everything(self: &Arc<Self>, why: &str) {
+        let mut st = self.state.lock();
+        let tasks: Vec<Id> = st.tasks.keys().copied().collect();
+        for t in tasks {
+            let err = Error::Connection(format!("task {} cannot complete: {why}", hex(&t)));
+            self.finish_task_locked(&mut st, t, Slot::Failed(err), None);
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+
+    // ---- peers ----
+
+    fn accept_peers(self: Arc<Self>, listener: UnixListener) {
+        for stream in listener.incoming() {
+            if self.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            let Ok(stream) = stream else { continue };
+            let core = self.clone();
+            let _ = std::thread::Builder::new().name("rayr-peer".into()).spawn(move || core.serve_peer(stream));
+        }
+    }
+
+    fn serve_peer(self: Arc<Self>, stream: UnixStream) {
+        let Ok(w) = stream.try_clone() else { return };
+        let conn = Arc::new(ServerConn { write: Mutex::new(w) });
+        let mut reader = FrameReader::new(stream);
+        // Results of pushed tasks, written when no further push is already buffered: a
+        // pipelined batch of tasks answers with one write.
+        let mut results = Vec::new();
+        while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
+            let req = msg.req_id;
+            match msg.body {
+                Some(peer_message::Body::Push(spec)) if self.runs_tasks => {
+                    // Run it on this thread: no hand-off to another thread per task. A task
+                    // blocked in `get` waits here; the replies it waits for arrive on other
+                    // connections, each read by its own thread.
+                    let result = {
+                        let _one_at_a_time = self.exec_lock.lock();
+                        crate::exec::run_task(&self, spec)
+                    };
+                    encode_frame(&result, &mut results);
+                    if !reader.has_buffered_frame() {
+                        conn.send_raw(&results);
+                        results.clear();
+                    }
+                }
+                Some(peer_message::Body::Get(g)) => self.serve_get(&conn, req, &g.object_id, g.probe),
+                Some(peer_message::Body::Borrow(b)) => {
+                    self.borrower_update(b);
+                    conn.send(&PeerMessage { req_id: req, body: None });
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// The connection to another core worker, opened once and kept.
+    pub fn peer(self: &Arc<Self>, address: &str) -> io::Result<Arc<PeerConn>> {
+        if let Some(p) = self.state.lock().peers.get(address)
+            && !p.closed.load(Ordering::Acquire) {
+                return Ok(p.clone());
+            }
+        let stream = UnixStream::connect(address)?;
+        let reader = FrameReader::new(stream.try_clone()?);
+        let raw_fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
+        let conn = Arc::new(PeerConn {
+            raw_fd,
+            write: Mutex::new(stream),
+            address: address.to_string(),
+            worker: Mutex::new(None),
+            waiters: Mutex::new(HashMap::new()),
+            next_req: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+        });
+        self.state.lock().peers.insert(address.to_string(), conn.clone());
+        let core = self.clone();
+        let c = conn.clone();
+        std::thread::Builder::new().name("rayr-peer-reader".into()).spawn(move || core.read_peer(c, reader))?;
+        Ok(conn)
+    }
+
+    fn read_peer(self: Arc<Self>, conn: Arc<PeerConn>, mut reader: FrameReader<UnixStream>) {
+        // Results already read are handled together: one lock, one wake-up per batch.
+        let mut results = Vec::new();
+        loop {
+            let msg: PeerMessage = match reader.next() {
+                Ok(Some(m)) => m,
+                _ => break,
+            };
+            match msg.body {
+                Some(peer_message::Body::Result(r)) => {
+                    results.push(r);
+                    if !reader.has_buffered_frame() {
+                        let worker = *conn.worker.lock();
+                        if let Some(w) = worker {
+                            self.task_results(w, std::mem::take(&mut results));
+                        }
+                        results.clear();
+                    }
+                }
+                body => {
+                    if let Some(tx) = conn.waiters.lock().remove(&msg.req_id) {
+                        let _ = tx.send(PeerMessage { req_id: msg.req_id, body });
+                    }
+                }
+            }
+        }
+        conn.closed.store(true, Ordering::Release);
+        conn.waiters.lock().clear();
+        {
+            let mut st = self.state.lock();
+            if st.peers.get(&conn.address).is_some_and(|p| Arc::ptr_eq(p, &conn)) {
+                st.peers.remove(&conn.address);
+            }
+            // Locations learned from a peer that is gone may be freed and reused now.
+            let stale: Vec<Id> = st.borrowed.iter().filter(|(_, b)| b.2 == conn.address).map(|(id, _)| *id).collect();
+            for id in stale {
+                st.borrowed_locations.remove(&id);
+            }
+        }
+        let worker = *conn.worker.lock();
+        if let Some(w) = worker
+            && !self.stopping.load(Ordering::Acquire) {
+                self.worker_lost(w);
+            }
+    }
+
+    /// How a worker ended, from its node agent (waiting briefly for the reap).
+    pub fn worker_exit(&self, worker: Id) -> (Option<Id>, String) {
+        let body = client_message::Body::WorkerExit(rayr_proto::WorkerExitQuery { worker_id: worker.to_vec(), wait_ms: 3000 });
+        match self.node_conn.call(body) {
+            Ok(node_message::Body::WorkerExit(r)) if r.exited => {
+                let exit = r.exit.unwrap_or_default();
+                let pid = exit.pid;
+                (r.exit_event.as_slice().try_into().ok(), format!("pid {pid} {}", exit.detail))
+            }
+            _ => (None, "the connection to it closed (its exit is not known to this node)".to_string()),
+        }
+    }
+
+    pub fn shutdown(self: &Arc<Self>, reason: &str) {
+        if self.stopping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        {
+            let mut st = self.state.lock();
+            let workers: Vec<Id> = st.leased.keys().copied().collect();
+            for w in workers {
+                self.return_lease_locked(&mut st, w);
+            }
+        }
+        self.flush_events();
+        if self.is_driver {
+            let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string() }));
+        }
+        let _ = self.node_conn.write.lock().shutdown(std::net::Shutdown::Both);
+        // Wake our accept loop so it exits, then remove our socket.
+        let _ = UnixStream::connect(&self.address);
+        let _ = std::fs::remove_file(&self.address);
+    }
+}
+

@@ -1,0 +1,218 @@
+//! Ownership: the objects this process owns, their reference counts (local handles,
+//! pending tasks, borrowers, serialized copies in flight), when they are freed, and how
+//! other processes read them.
+
+use std::sync::Arc;
+
+use rayr_logs::{Id, hex};
+use rayr_proto::{EventKind, ObjectDetail, ObjectLocation, PeerMessage, client_message, event, peer_message};
+
+use super::{Core, Owned, ServerConn, Slot, State, put};
+
+impl Core {
+
+    /// Registers a new object owned here, holding one local reference.
+    pub fn own(&self, st: &mut State, id: Id, slot: Slot) {
+        let mut o = Owned::new(slot);
+        o.local_refs = 1;
+        st.owned.insert(id, o);
+    }
+
+    /// Records that an owned object has a value (OBJECT_CREATED, owner assigned) and wakes
+    /// everything waiting for it.
+    pub fn object_created(self: &Arc<Self>, st: &mut State, id: Id, slot: Slot, task: Option<Id>, cause: Option<Id>) {
+        let (size, location) = match &slot {
+            Slot::Inline(b, _) => (b.len() as u64, "inline"),
+            Slot::Shm { size, .. } => (*size, "shm"),
+            _ => (0, ""),
+        };
+        let mut ev = None;
+        if !location.is_empty() {
+            ev = Some(self.record_with(EventKind::ObjectCreated, |f| {
+                put(&mut f.e.object_id, &id);
+                put(&mut f.e.worker_id, &self.me);
+                if let Some(t) = task {
+                    put(&mut f.e.task_id, &t);
+                }
+                if let Some(c) = cause {
+                    put(&mut f.e.cause, &c);
+                }
+                let d = f.object();
+                d.size = size;
+                d.location.push_str(location);
+            }));
+        }
+        let Some(o) = st.owned.get_mut(&id) else {
+            // Every reference was dropped before the value arrived: free it at once.
+            if let Slot::Shm { .. } = slot {
+                self.free_in_store(&[id]);
+            }
+            return;
+        };
+        o.slot = slot.clone();
+        if let Some(e) = ev {
+            o.created_event = e;
+        }
+        let dependents = std::mem::take(&mut o.dependents);
+        let waiters = std::mem::take(&mut o.remote_waiters);
+        let referenced = o.referenced();
+        for (conn, req) in waiters {
+            conn.send(&value_message(req, id, &slot));
+        }
+        for t in dependents {
+            self.dependency_ready(st, t, id, &slot);
+        }
+        if !referenced {
+            self.free_locked(st, id, "every reference was dropped before the value was computed");
+        }
+    }
+
+    pub fn release_local(&self, id: Id, owner: Id) {
+        let mut st = self.state.lock();
+        if owner == self.me {
+            if let Some(o) = st.owned.get_mut(&id) {
+                o.local_refs = o.local_refs.saturating_sub(1);
+                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
+                    self.free_locked(&mut st, id, "every reference was released");
+                }
+            }
+        } else {
+            self.release_borrowed_locked(&mut st, id);
+        }
+    }
+
+    pub fn release_borrowed_locked(&self, st: &mut State, id: Id) {
+        let Some(entry) = st.borrowed.get_mut(&id) else { return };
+        entry.0 -= 1;
+        if entry.0 > 0 {
+            return;
+        }
+        let (_, owner, address) = st.borrowed.remove(&id).unwrap();
+        st.borrowed_locations.remove(&id);
+        let peer = st.peers.get(&address).cloned();
+        let msg = PeerMessage {
+            req_id: 0,
+            body: Some(peer_message::Body::Borrow(rayr_proto::BorrowerUpdate {
+                object_id: id.to_vec(),
+                borrower: self.me.to_vec(),
+                add: false,
+                consumes_token: false,
+            })),
+        };
+        let _ = owner;
+        if let Some(p) = peer {
+            let _ = p.send(&msg);
+        }
+    }
+
+    pub fn free_locked(&self, st: &mut State, id: Id, reason: &str) {
+        let Some(o) = st.owned.remove(&id) else { return };
+        if let Slot::Shm { .. } = o.slot {
+            self.free_in_store(&[id]);
+        }
+        if !matches!(o.slot, Slot::Failed(_)) {
+            self.record_with(EventKind::ObjectFreed, |f| {
+                put(&mut f.e.object_id, &id);
+                put(&mut f.e.worker_id, &self.me);
+                put(&mut f.e.cause, &o.created_event);
+                f.object().reason.push_str(reason);
+            });
+        }
+    }
+
+    pub(super) fn free_in_store(&self, ids: &[Id]) {
+        let _ = self.node_conn.send(
+            0,
+            client_message::Body::FreeObjects(rayr_proto::FreeObjects { object_ids: ids.iter().map(|i| i.to_vec()).collect() }),
+        );
+    }
+
+    pub(super) fn borrower_update(&self, b: rayr_proto::BorrowerUpdate) {
+        let Ok(id) = <Id>::try_from(b.object_id.as_slice()) else { return };
+        let borrower: Option<Id> = b.borrower.as_slice().try_into().ok();
+        let mut st = self.state.lock();
+        let Some(o) = st.owned.get_mut(&id) else { return };
+        let mut event = None;
+        if b.consumes_token {
+            o.tokens = o.tokens.saturating_sub(1);
+        }
+        match (b.add, borrower) {
+            (true, Some(w)) => {
+                if o.borrowers.insert(w) {
+                    event = Some((EventKind::ObjectBorrowed, w));
+                }
+            }
+            (true, None) => o.tokens += 1,
+            (false, Some(w)) => {
+                if o.borrowers.remove(&w) {
+                    event = Some((EventKind::ObjectReleased, w));
+                }
+            }
+            (false, None) => {}
+        }
+        let created = o.created_event;
+        let free = !o.referenced() && !matches!(o.slot, Slot::Pending);
+        if let Some((kind, w)) = event {
+            let mut e = self.event(kind);
+            e.object_id = id.to_vec();
+            e.worker_id = self.me.to_vec();
+            e.cause = created.to_vec();
+            e.detail = Some(event::Detail::Object(ObjectDetail {
+                peer: w.to_vec(),
+                peer_kind: "borrower".into(),
+                ..Default::default()
+            }));
+            self.record(e);
+        }
+        if free {
+            self.free_locked(&mut st, id, "its last borrower released it");
+        }
+    }
+
+    pub(super) fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, object: &[u8], probe: bool) {
+        let Ok(id) = <Id>::try_from(object) else { return };
+        let mut st = self.state.lock();
+        match st.owned.get_mut(&id) {
+            Some(o) if matches!(o.slot, Slot::Pending) && !probe => {
+                // Reply when the value arrives (see object_created).
+                o.remote_waiters.push((conn.clone(), req));
+            }
+            Some(o) => {
+                let msg = value_message(req, id, &o.slot);
+                drop(st);
+                conn.send(&msg);
+            }
+            None => {
+                drop(st);
+                conn.send(&PeerMessage {
+                    req_id: req,
+                    body: Some(peer_message::Body::Value(rayr_proto::ObjectValue {
+                        object_id: id.to_vec(),
+                        value: Some(rayr_proto::object_value::Value::Error(format!(
+                            "object {} is not held by its owner {} (freed, or never created there)",
+                            hex(&id),
+                            hex(&self.me)
+                        ))),
+                    })),
+                });
+            }
+        }
+    }
+}
+
+/// An owned object's value as a reply to a remote reader.
+pub(super) fn value_message(req: u64, id: Id, slot: &Slot) -> PeerMessage {
+    use rayr_proto::object_value::Value;
+    let value = match slot {
+        Slot::Inline(b, _) => Value::InlineValue(b.to_vec()),
+        Slot::Shm { offset, size, format } => {
+            Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format })
+        }
+        Slot::Failed(e) => Value::Failure(crate::codec::encode(e).unwrap_or_default()),
+        Slot::Pending => Value::Pending(true),
+    };
+    PeerMessage {
+        req_id: req,
+        body: Some(peer_message::Body::Value(rayr_proto::ObjectValue { object_id: id.to_vec(), value: Some(value) })),
+    }
+}

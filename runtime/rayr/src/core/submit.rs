@@ -1,0 +1,381 @@
+//! The submitter: leases workers from the node agent, pushes tasks to them, reads their
+//! results back, and retries or fails tasks whose worker died.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::LEASE_IDLE;
+
+use rayr_logs::{Id, hex};
+use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, TaskSpec, client_message, event};
+
+use super::{Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, Queue, Slot, State, put};
+use crate::error::Error;
+
+impl Core {
+    /// Every few milliseconds: flush events, return leases idle for `LEASE_IDLE`.
+    pub(super) fn tick(self: &Arc<Self>) {
+        self.flush_events();
+        let now = Instant::now();
+        let mut st = self.state.lock();
+        let idle: Vec<Id> = st
+            .leased
+            .iter()
+            .filter(|(_, l)| l.in_flight.is_empty() && l.idle_since.is_some_and(|t| now - t >= LEASE_IDLE))
+            .map(|(w, _)| *w)
+            .collect();
+        for w in idle {
+            self.return_lease_locked(&mut st, w);
+        }
+    }
+
+    pub(super) fn return_lease_locked(&self, st: &mut State, worker: Id) {
+        if let Some(l) = st.leased.remove(&worker) {
+            if let Some(q) = st.queues.get_mut(&l.key) {
+                q.workers.retain(|w| *w != worker);
+            }
+            let _ = self.node_conn.send(0, client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec() }));
+        }
+    }
+
+
+    /// Queues a task whose dependencies are resolved, and pushes what can be pushed.
+    pub fn enqueue_locked(self: &Arc<Self>, st: &mut State, task: Id) {
+        let Some(t) = st.tasks.get(&task) else { return };
+        let key = t.key.clone();
+        let demand = t.demand.clone();
+        let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
+            demand,
+            ready: VecDeque::new(),
+            leases_requested: 0,
+            workers: Vec::new(),
+        });
+        q.ready.push_back(task);
+        self.dispatch_locked(st, &key);
+    }
+
+    pub(super) fn dispatch_locked(self: &Arc<Self>, st: &mut State, key: &str) {
+        let mut batches: Vec<(Arc<PeerConn>, Vec<u8>)> = Vec::new();
+        loop {
+            let Some(q) = st.queues.get(key) else { return };
+            let Some(&task) = q.ready.front() else { break };
+            let push_len = st.tasks.get(&task).map_or(0, |t| rayr_proto::Message::encoded_len(&t.spec) + 16);
+            // The least loaded leased worker with room (an idle one takes any size).
+            let best = q
+                .workers
+                .iter()
+                .filter_map(|w| st.leased.get(w).map(|l| (*w, l.in_flight.len(), l.in_flight_bytes)))
+                .filter(|&(_, n, bytes)| n == 0 || (n < MAX_IN_FLIGHT && bytes + push_len <= MAX_IN_FLIGHT_BYTES))
+                .min_by_key(|&(_, n, _)| n)
+                .map(|(w, n, _)| (w, n));
+            let Some((worker, _)) = best else {
+                let q = st.queues.get_mut(key).unwrap();
+                if q.leases_requested == 0 {
+                    q.leases_requested += 1;
+                    let demand = q.demand.clone();
+                    self.request_lease(st, key, demand, task);
+                }
+                break;
+            };
+            st.queues.get_mut(key).unwrap().ready.pop_front();
+            let l = st.leased.get_mut(&worker).unwrap();
+            l.in_flight.insert(task, push_len);
+            l.in_flight_bytes += push_len;
+            l.idle_since = None;
+            let conn = l.conn.clone();
+            let Some(t) = st.tasks.get_mut(&task) else { continue };
+            t.worker = Some(worker);
+            let id = self.record_with(EventKind::TaskScheduled, |f| {
+                put(&mut f.e.task_id, &task);
+                put(&mut f.e.worker_id, &worker);
+                put(&mut f.e.cause, &t.last_event);
+                // The function is named once, in TASK_SUBMITTED: fewer bytes per event.
+                f.task().attempt = t.spec.attempt;
+            });
+            t.last_event = id;
+            put(&mut t.spec.scheduled_event, &id);
+            let buf = match batches.iter_mut().position(|(c, _)| Arc::ptr_eq(c, &conn)) {
+                Some(i) => &mut batches[i].1,
+                None => {
+                    batches.push((conn, Vec::with_capacity(256)));
+                    &mut batches.last_mut().unwrap().1
+                }
+            };
+            encode_push_frame(&t.spec, buf);
+        }
+        for (conn, buf) in batches {
+            // A failed write means the worker died; its reader thread handles that.
+            let _ = conn.send_raw(&buf);
+        }
+    }
+
+    pub(super) fn request_lease(&self, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
+        let req = self.node_conn.next_req();
+        st.lease_requests.insert(req, key.to_string());
+        let body = client_message::Body::Lease(rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec() });
+        if self.node_conn.send(req, body).is_err() {
+            st.lease_requests.remove(&req);
+        }
+    }
+
+    pub(super) fn lease_granted(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply) {
+        if !reply.error.is_empty() {
+            // Every queued task of this shape fails: infeasible or unstartable.
+            let mut st = self.state.lock();
+            let tasks: Vec<Id> = st.queues.get_mut(&key).map(|q| {
+                q.leases_requested = 0;
+                q.ready.drain(..).collect()
+            }).unwrap_or_default();
+            for t in tasks {
+                let err = if reply.infeasible {
+                    Error::Infeasible { task: crate::TaskId(t), demand: reply.error.clone() }
+                } else {
+                    Error::Connection(reply.error.clone())
+                };
+                let error_type = if reply.infeasible { "infeasible" } else { "worker_start_failed" };
+                self.fail_task_final_locked(&mut st, t, err, error_type, &reply.error, None);
+            }
+            drop(st);
+            self.ready.notify_all();
+            return;
+        }
+        let Ok(worker) = <Id>::try_from(reply.worker_id.as_slice()) else { return };
+        let conn = match self.peer(&reply.address) {
+            Ok(c) => c,
+            Err(_) => {
+                // It died between the grant and our connect; its reaper will tell the node.
+                let mut st = self.state.lock();
+                if let Some(q) = st.queues.get_mut(&key) {
+                    q.leases_requested = 0;
+                }
+                self.dispatch_locked(&mut st, &key);
+                return;
+            }
+        };
+        *conn.worker.lock() = Some(worker);
+        let mut st = self.state.lock();
+        let Some(q) = st.queues.get_mut(&key) else { return };
+        q.leases_requested = 0;
+        q.workers.push(worker);
+        st.leased.insert(worker, Leased { conn, key: key.clone(), in_flight: HashMap::new(), in_flight_bytes: 0, idle_since: Some(Instant::now()) });
+        self.dispatch_locked(&mut st, &key);
+        let more = st.queues.get(&key).is_some_and(|q| !q.ready.is_empty());
+        if more {
+            // Everything leased is full and work remains: ask for one more worker.
+            let q = st.queues.get_mut(&key).unwrap();
+            if q.leases_requested == 0 {
+                q.leases_requested = 1;
+                let demand = q.demand.clone();
+                let first = q.ready[0];
+                self.request_lease(&mut st, &key, demand, first);
+            }
+        }
+    }
+
+    pub(super) fn task_results(self: &Arc<Self>, worker: Id, results: Vec<rayr_proto::TaskResult>) {
+        let mut st = self.state.lock();
+        for r in results {
+            self.task_result_locked(&mut st, worker, r);
+        }
+        // Refill the worker's pipeline once for the whole batch: one write.
+        if let Some(key) = st.leased.get(&worker).map(|l| l.key.clone()) {
+            self.dispatch_locked(&mut st, &key);
+            if let Some(l) = st.leased.get_mut(&worker)
+                && l.in_flight.is_empty() {
+                    l.idle_since = Some(Instant::now());
+                }
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+
+    pub(super) fn task_result_locked(self: &Arc<Self>, st: &mut State, worker: Id, r: rayr_proto::TaskResult) {
+        let Ok(task) = <Id>::try_from(r.task_id.as_slice()) else { return };
+        let finished_event: Option<Id> = r.finished_event.as_slice().try_into().ok();
+        if let Some(l) = st.leased.get_mut(&worker)
+            && let Some(bytes) = l.in_flight.remove(&task) {
+                l.in_flight_bytes -= bytes;
+            }
+        let attempt_matches = st.tasks.get(&task).is_some_and(|t| t.spec.attempt == r.attempt);
+        if attempt_matches {
+            match r.outcome {
+                Some(rayr_proto::task_result::Outcome::InlineValue(b)) => {
+                    self.finish_task_locked(st, task, Slot::Inline(b.into(), crate::codec::POSTCARD), finished_event);
+                }
+                Some(rayr_proto::task_result::Outcome::Shm(loc)) => {
+                    let slot = Slot::Shm { offset: loc.offset, size: loc.size, format: loc.format };
+                    self.finish_task_locked(st, task, slot, finished_event);
+                }
+                Some(rayr_proto::task_result::Outcome::Error(err)) => {
+                    self.task_error_locked(st, task, err, finished_event);
+                }
+                None => {}
+            }
+        }
+    }
+
+    pub(super) fn task_error_locked(self: &Arc<Self>, st: &mut State, task: Id, err: TaskError, cause: Option<Id>) {
+        let Some(t) = st.tasks.get_mut(&task) else { return };
+        let retry = t.retry_exceptions && err.kind != "bad_argument" && t.spec.attempt < t.spec.max_retries;
+        if retry {
+            let reason = format!("{} in attempt {}: {}", err.kind, t.spec.attempt, err.message);
+            self.retry_locked(st, task, reason, cause);
+            return;
+        }
+        let e = Error::TaskFailed { task: crate::TaskId(task), message: err.message.clone(), backtrace: err.backtrace.clone() };
+        self.finish_task_locked(st, task, Slot::Failed(e), cause);
+    }
+
+    pub(super) fn retry_locked(self: &Arc<Self>, st: &mut State, task: Id, reason: String, cause: Option<Id>) {
+        let Some(t) = st.tasks.get_mut(&task) else { return };
+        t.spec.attempt += 1;
+        t.worker = None;
+        if self.record_events {
+            let mut e = self.event(EventKind::TaskRetried);
+            e.task_id = task.to_vec();
+            if let Some(c) = cause {
+                e.cause = c.to_vec();
+            }
+            e.detail = Some(event::Detail::Task(TaskDetail {
+                function: t.spec.function.clone(),
+                attempt: t.spec.attempt,
+                max_retries: t.spec.max_retries,
+                reason,
+                ..Default::default()
+            }));
+            t.last_event = self.record(e);
+        }
+        self.enqueue_locked(st, task);
+    }
+
+    /// Fails a task for good from the submitter's side (the worker could not report it),
+    /// recording TASK_FAILED.
+    pub fn fail_task_final_locked(
+        self: &Arc<Self>,
+        st: &mut State,
+        task: Id,
+        err: Error,
+        error_type: &str,
+        message: &str,
+        cause: Option<Id>,
+    ) {
+        let mut failed = None;
+        if let Some(t) = st.tasks.get(&task) {
+            let mut e = self.event(EventKind::TaskFailed);
+            e.task_id = task.to_vec();
+            if let Some(w) = t.worker {
+                e.worker_id = w.to_vec();
+            }
+            e.cause = cause.unwrap_or(t.last_event).to_vec();
+            e.detail = Some(event::Detail::Task(TaskDetail {
+                function: t.spec.function.clone(),
+                attempt: t.spec.attempt,
+                max_retries: t.spec.max_retries,
+                error: message.to_string(),
+                r#final: true,
+                error_type: error_type.to_string(),
+                ..Default::default()
+            }));
+            failed = Some(self.record(e));
+        }
+        self.finish_task_locked(st, task, Slot::Failed(err), failed);
+    }
+
+    /// A task is done for good: its return object gets `slot`, its arguments are released.
+    pub fn finish_task_locked(self: &Arc<Self>, st: &mut State, task: Id, slot: Slot, cause: Option<Id>) {
+        let Some(t) = st.tasks.remove(&task) else { return };
+        if t.worker.is_none() {
+            // Never pushed, so it may still wait in its queue (cancelled, or failed before
+            // dispatch). Tasks that ran are not queued: no O(queue) scan on the hot path.
+            if let Some(q) = st.queues.get_mut(&t.key) {
+                q.ready.retain(|x| *x != task);
+            }
+        }
+        let ret: Id = t.spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
+        self.object_created(st, ret, slot, Some(task), cause);
+        for id in t.owned_args {
+            if let Some(o) = st.owned.get_mut(&id) {
+                o.submitted = o.submitted.saturating_sub(1);
+                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
+                    self.free_locked(st, id, "the last task using it finished");
+                }
+            }
+        }
+        for id in t.borrowed_args {
+            self.release_borrowed_locked(st, id);
+        }
+    }
+
+    pub(super) fn dependency_ready(self: &Arc<Self>, st: &mut State, task: Id, dep: Id, slot: &Slot) {
+        let Some(t) = st.tasks.get_mut(&task) else { return };
+        let mut failed = None;
+        t.deps.retain(|&(i, d)| {
+            if d != dep {
+                return true;
+            }
+            match slot {
+                Slot::Inline(b, _) => t.spec.args[i].arg = Some(rayr_proto::task_arg::Arg::InlineValue(b.to_vec())),
+                Slot::Shm { offset, size, format } => {
+                    t.spec.args[i].arg = Some(rayr_proto::task_arg::Arg::Shm(ObjectLocation {
+                        object_id: dep.to_vec(),
+                        offset: *offset,
+                        size: *size,
+                        format: *format,
+                    }))
+                }
+                Slot::Failed(e) => failed = Some(e.clone()),
+                Slot::Pending => return true,
+            }
+            false
+        });
+        if let Some(e) = failed {
+            let msg = format!("argument {} failed: {e}", hex(&dep));
+            self.fail_task_final_locked(st, task, e, "dependency_failed", &msg, None);
+            return;
+        }
+        if st.tasks.get(&task).is_some_and(|t| t.deps.is_empty()) {
+            self.enqueue_locked(st, task);
+        }
+    }
+
+    pub(super) fn worker_lost(self: &Arc<Self>, worker: Id) {
+        let tasks: Vec<Id> = {
+            let mut st = self.state.lock();
+            let Some(l) = st.leased.remove(&worker) else { return };
+            if let Some(q) = st.queues.get_mut(&l.key) {
+                q.workers.retain(|w| *w != worker);
+            }
+            l.in_flight.into_keys().collect()
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        let (exit_event, detail) = self.worker_exit(worker);
+        let mut st = self.state.lock();
+        for task in tasks {
+            let Some(t) = st.tasks.get(&task) else { continue };
+            if t.spec.attempt < t.spec.max_retries {
+                let reason = format!("worker {} died: {detail}", hex(&worker));
+                self.retry_locked(&mut st, task, reason, exit_event);
+            } else {
+                let err = Error::WorkerDied { worker: crate::WorkerId(worker), exit: detail.clone() };
+                let msg = format!("worker {} died: {detail}; no retries left", hex(&worker));
+                self.fail_task_final_locked(&mut st, task, err, "worker_died", &msg, exit_event);
+            }
+        }
+        drop(st);
+        self.ready.notify_all();
+    }
+}
+
+/// Appends `PeerMessage { push: spec }` as a frame without cloning the spec.
+pub(super) fn encode_push_frame(spec: &TaskSpec, buf: &mut Vec<u8>) {
+    use rayr_proto::Message;
+    let spec_len = spec.encoded_len();
+    let body_len = 1 + prost::encoding::encoded_len_varint(spec_len as u64) + spec_len;
+    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
+    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
+    prost::encoding::encode_varint(spec_len as u64, buf);
+    spec.encode_raw(buf);
+}
