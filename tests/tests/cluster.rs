@@ -496,3 +496,50 @@ fn killing_the_head_loses_no_recorded_event() {
         assert!(!e.file_name().to_string_lossy().starts_with(&format!("rayr-{head}-")), "shm store of the killed head left");
     }
 }
+
+#[test]
+fn rayr_events_follow_streams_a_running_clusters_decisions() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = StartedCluster::start(tmp.path());
+    let mut follower = Command::new(rayr_cli())
+        .args(["events", "--follow", "--kind", "task_finished", "--json"])
+        .env("RAYR_TMPDIR", tmp.path())
+        .env_remove("RAYR_ADDRESS")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let out = run(Command::new(SCENARIOS).arg("nested").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // level1, two level2 and two level3 tasks finish; the follower sees each as it happens.
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 5 {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) => {
+                let ev: serde_json::Value = serde_json::from_str(&line).unwrap();
+                assert_eq!(ev["kind"], "task_finished", "{line}");
+                seen.push(ev["task_id"].as_str().unwrap().to_string());
+            }
+            Err(_) => panic!("the follower saw {} of 5 finished tasks: {seen:?}", seen.len()),
+        }
+    }
+    let _ = follower.kill();
+    let _ = follower.wait();
+    seen.sort();
+    seen.dedup();
+    assert_eq!(seen.len(), 5, "each task once");
+    drop(cluster);
+}
