@@ -123,6 +123,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         }),
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
+        open_conns: std::sync::atomic::AtomicUsize::new(0),
         cfg,
     });
     let prefault = agent.clone();
@@ -246,6 +247,9 @@ struct Agent {
     state: Mutex<State>,
     exited: Condvar,
     stopping: AtomicBool,
+    /// Client connections still being read. Shutdown waits for them: a stopped worker's
+    /// last event batch may still sit in its socket when its process is reaped.
+    open_conns: std::sync::atomic::AtomicUsize,
 }
 
 fn id_of(bytes: &[u8]) -> Option<Id> {
@@ -274,6 +278,12 @@ impl Agent {
     }
 
     fn serve(self: Arc<Self>, stream: UnixStream) {
+        self.open_conns.fetch_add(1, Ordering::AcqRel);
+        self.serve_conn(stream);
+        self.open_conns.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    fn serve_conn(self: &Arc<Self>, stream: UnixStream) {
         let Ok(write_half) = stream.try_clone() else { return };
         let conn = Arc::new(Conn { stream: Mutex::new(write_half) });
         let mut reader = FrameReader::new(stream);
@@ -823,6 +833,11 @@ impl Agent {
             self.exited.wait_until(&mut st, deadline);
         }
         drop(st);
+        // Every client's last words (event batches sent as it stopped) into the log.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.open_conns.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let mut e = self.event(EventKind::NodeStopped);
         e.detail = Some(event::Detail::Node(NodeDetail { reason: reason.to_string(), ..Default::default() }));
         self.record(&e);
