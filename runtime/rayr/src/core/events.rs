@@ -101,6 +101,8 @@ struct Shard {
     /// An empty buffer with capacity, swapped with `frames` at each flush so the flush
     /// sends the frames without copying them and recording never waits for the send.
     spare: Vec<u8>,
+    /// Where an event's detail is encoded while its length is measured.
+    scratch: Vec<u8>,
 }
 
 thread_local! {
@@ -118,7 +120,7 @@ impl EventBuffer {
         SHARD.with(|s| {
             let mut s = s.borrow_mut();
             if s.0 != self.id || s.1.is_none() {
-                let shard = Arc::new(Mutex::new(Shard { frames: Vec::with_capacity(16 << 10), count: 0, spare: Vec::new() }));
+                let shard = Arc::new(Mutex::new(Shard { frames: Vec::with_capacity(16 << 10), count: 0, spare: Vec::new(), scratch: Vec::new() }));
                 self.shards.lock().push(shard.clone());
                 *s = (self.id, Some(shard));
             }
@@ -137,12 +139,8 @@ impl EventBuffer {
     /// `e`'s own fields: protobuf fields may come in any order, and the fields every event
     /// of this process shares are encoded once, not per event.
     fn push_with_prefix(&self, prefix: &[u8], e: &Event) {
-        use rayr_proto::Message;
-        let len = prefix.len() + e.encoded_len();
         self.with_shard(|b| {
-            b.frames.extend_from_slice(&(len as u32).to_le_bytes());
-            b.frames.extend_from_slice(prefix);
-            e.encode_raw(&mut b.frames);
+            rayr_proto::fast::encode_event_frame(prefix, e, &mut b.scratch, &mut b.frames);
             b.count += 1;
         });
     }
