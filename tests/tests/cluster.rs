@@ -237,6 +237,16 @@ fn available_resources_follow_leases() {
 }
 
 #[test]
+fn a_ref_given_to_a_task_by_value_is_kept_until_the_task_ran() {
+    let s = scenario("ref_by_value");
+    assert_eq!(s.get("BY_VALUE"), "300000 10");
+    let events = s.events();
+    let created = events.iter().filter(|e| kind(e) == EventKind::ObjectCreated).count();
+    let freed = events.iter().filter(|e| kind(e) == EventKind::ObjectFreed).count();
+    assert_eq!(created, freed, "every object freed once its task and refs are done");
+}
+
+#[test]
 fn nested_tasks_three_deep() {
     let s = scenario("nested");
     assert_eq!(s.get("NESTED"), "50");

@@ -93,7 +93,13 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
         last_event: submitted,
     };
     let mut failure: Option<(Error, String)> = None;
+    // Handles given by value die here; dropping one re-locks `state` (it may be the last
+    // reference), so they are kept until the lock is released.
+    let mut handles = Vec::new();
     for (i, a) in args.into_iter().enumerate() {
+        if let ArgValue::Ref(h) = &a {
+            handles.push(h.clone());
+        }
         let arg = match a {
             ArgValue::Value(Ok(bytes)) => task_arg::Arg::InlineValue(bytes),
             ArgValue::Value(Err(e)) => {
@@ -154,6 +160,7 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
         core.enqueue_locked(&mut st, task);
     }
     drop(st);
+    drop(handles);
     ObjectRef::from_handle(core.owned_handle(ret))
 }
 

@@ -172,6 +172,15 @@ fn main() -> rayr::Result<()> {
             println!("BUSY_CPU {}", rayr::available_resources()?["CPU"]);
             rayr::get(&probe)?;
         }
+        "ref_by_value" => {
+            // The only handle of an object, given to a task by value: submitting must not
+            // trip over dropping it.
+            let big = rayr::put(vec![1u8; 300_000])?;
+            let small = rayr::put(vec![2u8; 10])?;
+            let a = sum_len::remote(big);
+            let b = sum_len::remote(small);
+            println!("BY_VALUE {} {}", rayr::get(&a)?, rayr::get(&b)?);
+        }
         "nested" => {
             // level1(1) = level2(1) + level2(2) = (2*10) + (3*10)
             let r = rayr::get(&level1::remote(1))?;
