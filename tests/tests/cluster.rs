@@ -237,6 +237,12 @@ fn available_resources_follow_leases() {
 }
 
 #[test]
+fn a_task_waiting_on_a_result_batched_behind_it_does_not_hang() {
+    let s = scenario("pipelined_dependency");
+    assert_eq!(s.get("PIPELINED"), "40");
+}
+
+#[test]
 fn a_ref_given_to_a_task_by_value_is_kept_until_the_task_ran() {
     let s = scenario("ref_by_value");
     assert_eq!(s.get("BY_VALUE"), "300000 10");
@@ -244,6 +250,11 @@ fn a_ref_given_to_a_task_by_value_is_kept_until_the_task_ran() {
     let created = events.iter().filter(|e| kind(e) == EventKind::ObjectCreated).count();
     let freed = events.iter().filter(|e| kind(e) == EventKind::ObjectFreed).count();
     assert_eq!(created, freed, "every object freed once its task and refs are done");
+    let pair: Vec<&str> = s.get("PAIR").split(' ').collect();
+    assert_eq!(pair[0], "100");
+    let task = task_of(&events, &hexid(pair[1]));
+    let started = events.iter().filter(|e| e.task_id == task && kind(e) == EventKind::TaskStarted).count();
+    assert_eq!(started, 1, "a task taking one pending ref twice runs once");
 }
 
 #[test]

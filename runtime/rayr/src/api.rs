@@ -186,6 +186,8 @@ struct BlockedGuard<'a>(Option<&'a Core>);
 
 impl<'a> BlockedGuard<'a> {
     fn new(core: &'a Core) -> Self {
+        // What this thread is about to wait for may need a result it holds for batching.
+        core::send_held_results();
         if core.is_driver {
             return BlockedGuard(None);
         }
@@ -339,6 +341,8 @@ pub fn get_all<T: DeserializeOwned>(refs: &[ObjectRef<T>]) -> Result<Vec<T>> {
 /// returns the error), as in Ray.
 pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Duration>) -> (Vec<ObjectRef<T>>, Vec<ObjectRef<T>>) {
     let Some(core) = core::current() else { return (Vec::new(), refs.to_vec()) };
+    // A task waiting here may wait for a result its own thread holds for batching.
+    core::send_held_results();
     let deadline = timeout.map(|t| Instant::now() + t);
     let want = num_returns.min(refs.len());
     let mut ready = vec![false; refs.len()];

@@ -106,6 +106,18 @@ fn always_fails(x: u64) -> Result<u64, String> {
     Err(format!("bad input {x}"))
 }
 
+/// Reads a ref it was handed inside a value: its owner (the driver) answers when the
+/// task producing it has reported.
+#[rayr::remote]
+fn read_inner(refs: Vec<ObjectRef<u64>>) -> u64 {
+    rayr::get(&refs[0]).unwrap() + 1
+}
+
+#[rayr::remote]
+fn pair_sum(x: u64, y: u64) -> u64 {
+    x + y
+}
+
 #[rayr::remote]
 fn echo_bytes(v: Vec<u8>) -> Vec<u8> {
     v
@@ -172,6 +184,18 @@ fn main() -> rayr::Result<()> {
             println!("BUSY_CPU {}", rayr::available_resources()?["CPU"]);
             rayr::get(&probe)?;
         }
+        "pipelined_dependency" => {
+            // Pairs pushed back to back, often to the same worker in one write: the second
+            // waits for the first's result, which the worker must not hold back.
+            let mut outs = Vec::new();
+            for i in 0..40u64 {
+                let a = square::remote(i);
+                outs.push(read_inner::remote(vec![a]));
+            }
+            let got = rayr::get_all(&outs)?;
+            assert!(got.iter().enumerate().all(|(i, v)| *v == (i * i) as u64 + 1));
+            println!("PIPELINED {}", got.len());
+        }
         "ref_by_value" => {
             // The only handle of an object, given to a task by value: submitting must not
             // trip over dropping it.
@@ -180,6 +204,10 @@ fn main() -> rayr::Result<()> {
             let a = sum_len::remote(big);
             let b = sum_len::remote(small);
             println!("BY_VALUE {} {}", rayr::get(&a)?, rayr::get(&b)?);
+            // The same pending ref twice: resolved once, run once.
+            let slow = sleepy::remote(50);
+            let pair = pair_sum::remote(&slow, &slow);
+            println!("PAIR {} {}", rayr::get(&pair)?, pair.id());
         }
         "nested" => {
             // level1(1) = level2(1) + level2(2) = (2*10) + (3*10)

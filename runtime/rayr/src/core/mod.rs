@@ -253,6 +253,51 @@ impl NodeConn {
     }
 }
 
+/// Results of tasks one connection's thread ran and has not sent yet (held back so that a
+/// pipelined batch answers with one write).
+pub(crate) struct HeldResults {
+    conn: Arc<ServerConn>,
+    /// Encoded result frames, and when the oldest of them was held.
+    buf: Mutex<(Vec<u8>, Option<Instant>)>,
+}
+
+impl HeldResults {
+    fn hold(&self, result: &PeerMessage) {
+        let mut b = self.buf.lock();
+        encode_frame(result, &mut b.0);
+        b.1.get_or_insert_with(Instant::now);
+    }
+
+    /// Sends what is held (if it has been held at least `min_age`).
+    fn send(&self, min_age: Duration) {
+        let mut b = self.buf.lock();
+        if b.1.is_some_and(|since| since.elapsed() >= min_age) {
+            self.conn.send_raw(&b.0);
+            b.0.clear();
+            b.1 = None;
+        }
+    }
+}
+
+thread_local! {
+    /// The held results of the connection this thread serves.
+    static HELD: std::cell::RefCell<Option<Arc<HeldResults>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Sends the results this thread holds back for batching. Called before a task on this
+/// thread waits for anything (what it waits for may need one of them); the ticker sends
+/// any held longer than `MAX_RESULT_HOLD` (a long task behind a short one in a batch).
+pub(crate) fn send_held_results() {
+    HELD.with(|h| {
+        if let Some(held) = &*h.borrow() {
+            held.send(Duration::ZERO);
+        }
+    });
+}
+
+/// Longest a finished task's result waits for its batch-mates.
+const MAX_RESULT_HOLD: Duration = Duration::from_millis(2);
+
 /// A connection another process opened to us.
 pub(crate) struct ServerConn {
     write: Mutex<UnixStream>,
@@ -288,6 +333,8 @@ pub(crate) struct Core {
     pub runs_tasks: bool,
     /// One task at a time in a worker, whichever connection pushed it.
     pub exec_lock: Mutex<()>,
+    /// Held results of every connection serving tasks (the ticker sends stale ones).
+    held_results: Mutex<Vec<std::sync::Weak<HeldResults>>>,
     pub node_resources: HashMap<String, f64>,
     pub pid: u32,
     /// source_worker, encoded once (see push_with_prefix).
@@ -377,6 +424,7 @@ impl Core {
             stopping: AtomicBool::new(false),
             runs_tasks: p.runs_tasks,
             exec_lock: Mutex::new(()),
+            held_results: Mutex::new(Vec::new()),
             pid: std::process::id(),
             event_prefix: {
                 use rayr_proto::Message;
@@ -388,6 +436,11 @@ impl Core {
         });
         let c = core.clone();
         std::thread::Builder::new().name("rayr-node-reader".into()).spawn(move || c.read_node(reader)).unwrap();
+        if core.runs_tasks {
+            // A worker may be leased (and pushed a task) the moment it registered: the task
+            // must find this core installed.
+            install(core.clone());
+        }
         let c = core.clone();
         std::thread::Builder::new().name("rayr-peer-accept".into()).spawn(move || c.accept_peers(listener)).unwrap();
         let c = Arc::downgrade(&core);
@@ -472,10 +525,12 @@ impl Core {
     fn serve_peer(self: Arc<Self>, stream: UnixStream) {
         let Ok(w) = stream.try_clone() else { return };
         let conn = Arc::new(ServerConn { write: Mutex::new(w) });
+        let held = Arc::new(HeldResults { conn: conn.clone(), buf: Mutex::new((Vec::new(), None)) });
+        if self.runs_tasks {
+            self.held_results.lock().push(Arc::downgrade(&held));
+            HELD.with(|h| *h.borrow_mut() = Some(held.clone()));
+        }
         let mut reader = FrameReader::new(stream);
-        // Results of pushed tasks, written when no further push is already buffered: a
-        // pipelined batch of tasks answers with one write.
-        let mut results = Vec::new();
         while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
             let req = msg.req_id;
             match msg.body {
@@ -487,20 +542,24 @@ impl Core {
                         let _one_at_a_time = self.exec_lock.lock();
                         crate::exec::run_task(&self, spec)
                     };
-                    encode_frame(&result, &mut results);
+                    held.hold(&result);
                     if !reader.has_buffered_frame() {
-                        conn.send_raw(&results);
-                        results.clear();
+                        held.send(Duration::ZERO);
                     }
                 }
-                Some(peer_message::Body::Get(g)) => self.serve_get(&conn, req, &g.object_id, g.probe),
+                Some(peer_message::Body::Get(g)) => {
+                    held.send(Duration::ZERO);
+                    self.serve_get(&conn, req, &g.object_id, g.probe)
+                }
                 Some(peer_message::Body::Borrow(b)) => {
+                    held.send(Duration::ZERO);
                     self.borrower_update(b);
                     conn.send(&PeerMessage { req_id: req, body: None });
                 }
-                _ => {}
+                _ => held.send(Duration::ZERO),
             }
         }
+        held.send(Duration::ZERO);
     }
 
     /// The connection to another core worker, opened once and kept.
@@ -537,21 +596,25 @@ impl Core {
                 _ => break,
             };
             match msg.body {
-                Some(peer_message::Body::Result(r)) => {
-                    results.push(r);
-                    if !reader.has_buffered_frame() {
-                        let worker = *conn.worker.lock();
-                        if let Some(w) = worker {
-                            self.task_results(w, std::mem::take(&mut results));
-                        }
-                        results.clear();
-                    }
-                }
+                Some(peer_message::Body::Result(r)) => results.push(r),
                 body => {
                     if let Some(tx) = conn.waiters.lock().remove(&msg.req_id) {
                         let _ = tx.send(PeerMessage { req_id: msg.req_id, body });
                     }
                 }
+            }
+            // Whatever came last, nothing more is waiting in the buffer: handle the batch.
+            if !results.is_empty() && !reader.has_buffered_frame() {
+                let worker = *conn.worker.lock();
+                if let Some(w) = worker {
+                    self.task_results(w, std::mem::take(&mut results));
+                }
+                results.clear();
+            }
+        }
+        if !results.is_empty() {
+            if let Some(w) = *conn.worker.lock() {
+                self.task_results(w, std::mem::take(&mut results));
             }
         }
         conn.closed.store(true, Ordering::Release);
@@ -572,6 +635,18 @@ impl Core {
             && !self.stopping.load(Ordering::Acquire) {
                 self.worker_lost(w);
             }
+    }
+
+    /// Sends results held longer than `MAX_RESULT_HOLD` (the ticker calls it).
+    fn send_stale_results(&self) {
+        let held: Vec<Arc<HeldResults>> = {
+            let mut list = self.held_results.lock();
+            list.retain(|w| w.strong_count() > 0);
+            list.iter().filter_map(|w| w.upgrade()).collect()
+        };
+        for h in held {
+            h.send(MAX_RESULT_HOLD);
+        }
     }
 
     /// How a worker ended, from its node agent (waiting briefly for the reap).

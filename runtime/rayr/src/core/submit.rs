@@ -17,6 +17,9 @@ impl Core {
     /// Every few milliseconds: flush events, return leases idle for `LEASE_IDLE`.
     pub(super) fn tick(self: &Arc<Self>) {
         self.flush_events();
+        if self.runs_tasks {
+            self.send_stale_results();
+        }
         let now = Instant::now();
         let mut st = self.state.lock();
         let idle: Vec<Id> = st
@@ -79,6 +82,9 @@ impl Core {
                 break;
             };
             st.queues.get_mut(key).unwrap().ready.pop_front();
+            if !st.tasks.contains_key(&task) {
+                continue; // ended while queued (cancelled, or its dependency failed)
+            }
             let l = st.leased.get_mut(&worker).unwrap();
             l.in_flight.insert(task, push_len);
             l.in_flight_bytes += push_len;
@@ -310,6 +316,7 @@ impl Core {
     pub(super) fn dependency_ready(self: &Arc<Self>, st: &mut State, task: Id, dep: Id, slot: &Slot) {
         let Some(t) = st.tasks.get_mut(&task) else { return };
         let mut failed = None;
+        let waiting = t.deps.len();
         t.deps.retain(|&(i, d)| {
             if d != dep {
                 return true;
@@ -334,7 +341,9 @@ impl Core {
             self.fail_task_final_locked(st, task, e, "dependency_failed", &msg, None);
             return;
         }
-        if st.tasks.get(&task).is_some_and(|t| t.deps.is_empty()) {
+        // Queued once: a task that takes the same pending ref twice is told twice, and
+        // the first call already resolved both.
+        if st.tasks.get(&task).is_some_and(|t| t.deps.is_empty() && t.deps.len() < waiting) {
             self.enqueue_locked(st, task);
         }
     }
