@@ -237,6 +237,12 @@ fn available_resources_follow_leases() {
 }
 
 #[test]
+fn leases_held_by_a_worker_that_dies_come_back() {
+    let s = scenario("holder_dies");
+    assert_eq!(s.get("CPUS_BACK"), "2");
+}
+
+#[test]
 fn a_task_waiting_on_a_result_batched_behind_it_does_not_hang() {
     let s = scenario("pipelined_dependency");
     assert_eq!(s.get("PIPELINED"), "40");

@@ -191,6 +191,8 @@ struct Client {
     address: String,
     /// Resources held by the current lease, if leased.
     lease: Option<Resources>,
+    /// Who holds that lease: when the holder dies, the lease comes back.
+    lease_holder: Option<Id>,
     blocked: bool,
 }
 
@@ -199,6 +201,8 @@ struct PendingLease {
     req_id: u64,
     demand: Resources,
     job: Id,
+    /// The client asking (dropped from the queue when it dies).
+    requester: Option<Id>,
 }
 
 struct Spawned {
@@ -324,7 +328,7 @@ impl Agent {
                     }
                     conn.reply(req, node_message::Body::Registered(reply));
                 }
-                client_message::Body::Lease(l) => self.lease(&conn, req, l),
+                client_message::Body::Lease(l) => self.lease(&conn, me, req, l),
                 client_message::Body::ReturnLease(r) => {
                     if let Some(w) = id_of(&r.worker_id) {
                         self.return_lease(w);
@@ -389,7 +393,7 @@ impl Agent {
         let mut st = self.state.lock();
         st.clients.insert(
             worker,
-            Client { pid: r.pid, is_driver: r.is_driver, job, address: r.address, lease: None, blocked: false },
+            Client { pid: r.pid, is_driver: r.is_driver, job, address: r.address, lease: None, lease_holder: None, blocked: false },
         );
         if r.is_driver {
             st.jobs.insert(job, PathBuf::from(&r.binary));
@@ -426,7 +430,7 @@ impl Agent {
         reply
     }
 
-    fn lease(self: &Arc<Self>, conn: &Arc<Conn>, req_id: u64, l: rayr_proto::LeaseRequest) {
+    fn lease(self: &Arc<Self>, conn: &Arc<Conn>, requester: Option<Id>, req_id: u64, l: rayr_proto::LeaseRequest) {
         let Some(job) = id_of(&l.job_id) else {
             conn.reply(req_id, node_message::Body::Lease(LeaseReply { error: "lease: bad job id".into(), ..Default::default() }));
             return;
@@ -442,7 +446,7 @@ impl Agent {
             return;
         }
         let mut st = self.state.lock();
-        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job });
+        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job, requester });
         self.grant_pending(&mut st);
     }
 
@@ -480,6 +484,9 @@ impl Agent {
             resources::subtract(&mut st.available, &p.demand);
             let client = st.clients.get_mut(&worker).unwrap();
             client.lease = Some(p.demand);
+            client.lease_holder = p.requester;
+            // A "blocked" left from before this lease would give back CPU it never took.
+            client.blocked = false;
             let reply = LeaseReply {
                 worker_id: worker.to_vec(),
                 address: client.address.clone(),
@@ -619,6 +626,7 @@ impl Agent {
                     resources::add(&mut st.available, &held);
                 }
             }
+        self.release_leases_of(&mut st, worker);
         // Objects in the store owned by the dead process are lost with it.
         let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
         for id in lost {
@@ -647,12 +655,27 @@ impl Agent {
         self.exited.notify_all();
     }
 
+    /// A client died: the leases it held come back and its queued requests go.
+    fn release_leases_of(self: &Arc<Self>, st: &mut State, dead: Id) {
+        st.pending.retain(|p| p.requester != Some(dead));
+        let held: Vec<Id> = st.clients.iter().filter(|(_, c)| c.lease.is_some() && c.lease_holder == Some(dead)).map(|(w, _)| *w).collect();
+        for w in held {
+            self.return_lease_locked(st, w);
+        }
+    }
+
     fn return_lease(self: &Arc<Self>, worker: Id) {
         let mut st = self.state.lock();
+        self.return_lease_locked(&mut st, worker);
+        self.grant_pending(&mut st);
+    }
+
+    fn return_lease_locked(self: &Arc<Self>, st: &mut State, worker: Id) {
         let Some(client) = st.clients.get_mut(&worker) else { return };
         let Some(held) = client.lease.take() else { return };
         let blocked = std::mem::take(&mut client.blocked);
         let job = client.job;
+        client.lease_holder = None;
         if blocked {
             let mut rest = held.clone();
             rest.remove("CPU");
@@ -661,7 +684,6 @@ impl Agent {
             resources::add(&mut st.available, &held);
         }
         st.idle.entry(job).or_default().push(worker);
-        self.grant_pending(&mut st);
     }
 
     /// A worker blocked in `get` gives its CPU back so the tasks it waits for can run;
@@ -768,6 +790,7 @@ impl Agent {
             st.alloc.free(obj.offset, obj.size);
         }
         st.pending.retain(|p| p.job != job);
+        self.release_leases_of(&mut st, worker);
         drop(st);
         for pid in to_kill {
             // SAFETY: sending a signal to a child we started.

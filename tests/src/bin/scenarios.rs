@@ -113,6 +113,19 @@ fn read_inner(refs: Vec<ObjectRef<u64>>) -> u64 {
     rayr::get(&refs[0]).unwrap() + 1
 }
 
+/// Leases a second worker for a nested task, then dies holding that lease.
+#[rayr::remote]
+fn hold_and_die() -> u64 {
+    let nested = sleepy::remote(1500);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while rayr::available_resources().unwrap()["CPU"] > 0.5 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    std::mem::forget(nested);
+    unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
+    0
+}
+
 #[rayr::remote]
 fn pair_sum(x: u64, y: u64) -> u64 {
     x + y
@@ -183,6 +196,18 @@ fn main() -> rayr::Result<()> {
             });
             println!("BUSY_CPU {}", rayr::available_resources()?["CPU"]);
             rayr::get(&probe)?;
+        }
+        "holder_dies" => {
+            let r = hold_and_die::options().max_retries(0).remote();
+            match rayr::get(&r) {
+                Err(Error::WorkerDied { .. }) => {}
+                other => panic!("expected WorkerDied, got {other:?}"),
+            }
+            // The leases the dead worker held (its own, and the nested task's) come back.
+            wait_until("every CPU to be free again", Duration::from_secs(10), || {
+                rayr::available_resources().unwrap()["CPU"] >= 2.0
+            });
+            println!("CPUS_BACK {}", rayr::available_resources()?["CPU"]);
         }
         "pipelined_dependency" => {
             // Pairs pushed back to back, often to the same worker in one write: the second
