@@ -237,6 +237,18 @@ fn available_resources_follow_leases() {
 }
 
 #[test]
+fn tasks_fail_promptly_when_the_node_agent_dies_under_a_driver() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = StartedCluster::start(tmp.path());
+    let out = run(Command::new(SCENARIOS).arg("node_gone").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", tail(&out.stderr));
+    let line = stdout.lines().find(|l| l.starts_with("NODE_GONE")).expect(&stdout);
+    assert!(line.starts_with("NODE_GONE true") && line.contains("node agent"), "{line}");
+    drop(cluster);
+}
+
+#[test]
 fn leases_held_by_a_worker_that_dies_come_back() {
     let s = scenario("holder_dies");
     assert_eq!(s.get("CPUS_BACK"), "2");

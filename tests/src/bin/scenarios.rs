@@ -197,6 +197,32 @@ fn main() -> rayr::Result<()> {
             println!("BUSY_CPU {}", rayr::available_resources()?["CPU"]);
             rayr::get(&probe)?;
         }
+        "node_gone" => {
+            // Run against a `rayr start` cluster: kill its head and node agent under us.
+            assert_eq!(rayr::get(&square::remote(3))?, 9);
+            let session = rayr::session_dir()?;
+            let head: i32 = std::fs::read_to_string(session.join("pids")).unwrap().trim().parse().unwrap();
+            unsafe { libc::kill(head, libc::SIGKILL) };
+            wait_until("the node agent to be gone", Duration::from_secs(10), || {
+                std::fs::read_dir(format!("/proc/{head}/fd")).map_or(true, |mut d| d.next().is_none())
+            });
+            let started = Instant::now();
+            let mut error = None;
+            // A leased worker may outlive its agent for a moment and still run a task; after
+            // that, new work must fail, never hang.
+            for i in 0..1000u64 {
+                match rayr::get_timeout(&square::remote(i), Some(Duration::from_secs(20))) {
+                    Err(Error::Timeout) => panic!("task {i} hung after the node agent died"),
+                    Err(e) => {
+                        error = Some(e.to_string());
+                        break;
+                    }
+                    Ok(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            let error = error.expect("tasks kept running without a node agent");
+            println!("NODE_GONE {} {:?}", started.elapsed().as_millis() < 10_000, error);
+        }
         "holder_dies" => {
             let r = hold_and_die::options().max_retries(0).remote();
             match rayr::get(&r) {

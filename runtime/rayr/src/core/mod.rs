@@ -505,6 +505,11 @@ impl Core {
             let err = Error::Connection(format!("task {} cannot complete: {why}", hex(&t)));
             self.finish_task_locked(&mut st, t, Slot::Failed(err), None);
         }
+        // Lease requests in flight will never be answered.
+        st.lease_requests.clear();
+        for q in st.queues.values_mut() {
+            q.leases_requested = 0;
+        }
         drop(st);
         self.ready.notify_all();
     }

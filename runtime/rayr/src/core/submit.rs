@@ -116,12 +116,22 @@ impl Core {
         }
     }
 
-    pub(super) fn request_lease(&self, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
+    pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
         let req = self.node_conn.next_req();
         st.lease_requests.insert(req, key.to_string());
         let body = client_message::Body::Lease(rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec() });
-        if self.node_conn.send(req, body).is_err() {
+        if self.node_conn.closed.load(std::sync::atomic::Ordering::Acquire) || self.node_conn.send(req, body).is_err() {
+            // No node agent to lease from: what waits for a worker of this shape fails now
+            // instead of waiting for ever.
             st.lease_requests.remove(&req);
+            let tasks: Vec<Id> = st.queues.get_mut(key).map(|q| {
+                q.leases_requested = 0;
+                q.ready.drain(..).collect()
+            }).unwrap_or_default();
+            for t in tasks {
+                let why = "the node agent is gone: no worker can be leased (is the cluster still running?)";
+                self.fail_task_final_locked(st, t, Error::Connection(why.into()), "node_gone", why, None);
+            }
         }
     }
 
