@@ -111,6 +111,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         state: Mutex::new(State {
             clients: HashMap::new(),
             jobs: HashMap::new(),
+            silent_jobs: std::collections::HashSet::new(),
             available: cfg.resources.clone(),
             pending: VecDeque::new(),
             idle: HashMap::new(),
@@ -230,6 +231,8 @@ struct State {
     clients: HashMap<Id, Client>,
     /// job → the binary its workers run.
     jobs: HashMap<Id, PathBuf>,
+    /// Jobs whose driver records no events (their workers are started the same way).
+    silent_jobs: std::collections::HashSet<Id>,
     available: Resources,
     pending: VecDeque<PendingLease>,
     idle: HashMap<Id, Vec<Id>>,
@@ -397,6 +400,9 @@ impl Agent {
         );
         if r.is_driver {
             st.jobs.insert(job, PathBuf::from(&r.binary));
+            if r.no_events {
+                st.silent_jobs.insert(job);
+            }
             drop(st);
             let mut e = self.event(EventKind::JobStarted);
             e.job_id = job.to_vec();
@@ -527,6 +533,7 @@ impl Agent {
             .env(env::WORKER_ID, &whex)
             .env(env::JOB_ID, hex(&job))
             .env(env::SESSION_DIR, &session.dir)
+            .env("RAYR_RECORD_EVENTS", if st.silent_jobs.contains(&job) { "0" } else { "1" })
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -712,8 +719,14 @@ impl Agent {
             return CreateObjectReply { offset: 0, error: "create: ids must be 16 bytes".into() };
         };
         let mut st = self.state.lock();
-        if st.objects.contains_key(&id) {
-            return CreateObjectReply { offset: 0, error: format!("object {} already exists in the store", hex(&id)) };
+        if let Some(old) = st.objects.get(&id) {
+            if old.owner != owner {
+                return CreateObjectReply { offset: 0, error: format!("object {} already exists in the store", hex(&id)) };
+            }
+            // A retried task storing its return value again (the worker that stored it first
+            // died before reporting): the new value replaces the old.
+            let old = st.objects.remove(&id).unwrap();
+            st.alloc.free(old.offset, old.size);
         }
         match st.alloc.allocate(c.size) {
             Some(offset) => {
@@ -778,6 +791,7 @@ impl Agent {
         }
         let job = client.job;
         st.jobs.remove(&job);
+        st.silent_jobs.remove(&job);
         let reason = format!("its job's driver (pid {}) disconnected", client.pid);
         let mut to_kill = Vec::new();
         for sp in st.spawned.values_mut().filter(|s| s.job == job) {

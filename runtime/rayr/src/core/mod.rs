@@ -376,6 +376,7 @@ impl Core {
                 pid: std::process::id(),
                 address: address.display().to_string(),
                 binary,
+                no_events: !p.record_events,
             })),
         };
         let mut buf = Vec::new();

@@ -114,7 +114,9 @@ impl Core {
             self.record_with(EventKind::ObjectFreed, |f| {
                 put(&mut f.e.object_id, &id);
                 put(&mut f.e.worker_id, &self.me);
-                put(&mut f.e.cause, &o.created_event);
+                if o.created_event != [0; 16] {
+                    put(&mut f.e.cause, &o.created_event);
+                }
                 f.object().reason.push_str(reason);
             });
         }
@@ -156,7 +158,9 @@ impl Core {
             let mut e = self.event(kind);
             e.object_id = id.to_vec();
             e.worker_id = self.me.to_vec();
-            e.cause = created.to_vec();
+            if created != [0; 16] {
+                e.cause = created.to_vec();
+            }
             e.detail = Some(event::Detail::Object(ObjectDetail {
                 peer: w.to_vec(),
                 peer_kind: "borrower".into(),

@@ -174,8 +174,15 @@ impl Core {
         let Some(q) = st.queues.get_mut(&key) else { return };
         q.leases_requested = 0;
         q.workers.push(worker);
-        st.leased.insert(worker, Leased { conn, key: key.clone(), in_flight: HashMap::new(), in_flight_bytes: 0, idle_since: Some(Instant::now()) });
+        st.leased.insert(worker, Leased { conn: conn.clone(), key: key.clone(), in_flight: HashMap::new(), in_flight_bytes: 0, idle_since: Some(Instant::now()) });
         self.dispatch_locked(&mut st, &key);
+        if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
+            // It died between the grant and now, before its reader could know it was
+            // leased: what was just pushed to it is retried like any lost worker's tasks.
+            drop(st);
+            self.worker_lost(worker);
+            return;
+        }
         let more = st.queues.get(&key).is_some_and(|q| !q.ready.is_empty());
         if more {
             // Everything leased is full and work remains: ask for one more worker.
