@@ -359,7 +359,14 @@ impl Agent {
                         self.set_blocked(w, b.blocked);
                     }
                 }
-                client_message::Body::WorkerExit(q) => self.worker_exit_query(&conn, req, q),
+                client_message::Body::WorkerExit(q) => {
+                    // It may wait for the reap (up to its deadline): not on this thread, which
+                    // must keep reading the client's leases and events meanwhile.
+                    let (agent, conn) = (self.clone(), conn.clone());
+                    let _ = std::thread::Builder::new()
+                        .name("rayr-exit-query".into())
+                        .spawn(move || agent.worker_exit_query(&conn, req, q));
+                }
                 client_message::Body::StoreStats(_) => {
                     let st = self.state.lock();
                     let reply = StoreStatsReply {
