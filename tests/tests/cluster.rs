@@ -249,6 +249,21 @@ fn tasks_fail_promptly_when_the_node_agent_dies_under_a_driver() {
 }
 
 #[test]
+fn a_borrower_that_dies_stops_pinning_the_object() {
+    let s = scenario("borrower_dies");
+    assert_eq!(s.get("FREED_AFTER_BORROWER_DIED"), "yes");
+    let object = hexid(s.get("OBJECT"));
+    let events = s.events();
+    let released = events
+        .iter()
+        .find(|e| kind(e) == EventKind::ObjectReleased && e.object_id == object)
+        .expect("the dead borrower's release is recorded");
+    let Some(event::Detail::Object(d)) = &released.detail else { panic!() };
+    assert!(d.reason.contains("exited"), "{}", d.reason);
+    assert!(events.iter().any(|e| kind(e) == EventKind::ObjectFreed && e.object_id == object));
+}
+
+#[test]
 fn leases_held_by_a_worker_that_dies_come_back() {
     let s = scenario("holder_dies");
     assert_eq!(s.get("CPUS_BACK"), "2");

@@ -113,6 +113,15 @@ fn read_inner(refs: Vec<ObjectRef<u64>>) -> u64 {
     rayr::get(&refs[0]).unwrap() + 1
 }
 
+static KEPT: std::sync::Mutex<Vec<ObjectRef<Vec<u8>>>> = std::sync::Mutex::new(Vec::new());
+
+/// Keeps the refs it is given (this worker stays their borrower) and says who it is.
+#[rayr::remote]
+fn keep_refs(refs: Vec<ObjectRef<Vec<u8>>>) -> u32 {
+    KEPT.lock().unwrap().extend(refs);
+    std::process::id()
+}
+
 /// Leases a second worker for a nested task, then dies holding that lease.
 #[rayr::remote]
 fn hold_and_die() -> u64 {
@@ -222,6 +231,19 @@ fn main() -> rayr::Result<()> {
             }
             let error = error.expect("tasks kept running without a node agent");
             println!("NODE_GONE {} {:?}", started.elapsed().as_millis() < 10_000, error);
+        }
+        "borrower_dies" => {
+            let big = rayr::put(vec![5u8; 1 << 20])?;
+            let pid = rayr::get(&keep_refs::remote(vec![big.clone()]))?;
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            wait_until("the borrower to be reaped", Duration::from_secs(10), || {
+                !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            });
+            println!("OBJECT {}", big.id());
+            drop(big);
+            // Only the dead borrower held it: it must not stay pinned.
+            wait_until("the store to empty", Duration::from_secs(10), || rayr::store_usage().unwrap().0 == 0);
+            println!("FREED_AFTER_BORROWER_DIED yes");
         }
         "holder_dies" => {
             let r = hold_and_die::options().max_retries(0).remote();

@@ -537,6 +537,7 @@ impl Core {
             HELD.with(|h| *h.borrow_mut() = Some(held.clone()));
         }
         let mut reader = FrameReader::new(stream);
+        let mut borrowers: HashSet<Id> = HashSet::new();
         while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
             let req = msg.req_id;
             match msg.body {
@@ -559,6 +560,9 @@ impl Core {
                 }
                 Some(peer_message::Body::Borrow(b)) => {
                     held.send(Duration::ZERO);
+                    if let Ok(w) = <Id>::try_from(b.borrower.as_slice()) {
+                        borrowers.insert(w);
+                    }
                     self.borrower_update(b);
                     conn.send(&PeerMessage { req_id: req, body: None });
                 }
@@ -566,6 +570,13 @@ impl Core {
             }
         }
         held.send(Duration::ZERO);
+        // A borrower talks to us over its one connection: when it closes, the process is
+        // gone (or shut down), and so are its borrows.
+        if !self.stopping.load(Ordering::Acquire) {
+            for w in borrowers {
+                self.borrower_gone(w);
+            }
+        }
     }
 
     /// The connection to another core worker, opened once and kept.

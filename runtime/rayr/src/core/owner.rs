@@ -173,6 +173,35 @@ impl Core {
         }
     }
 
+    /// A process that borrowed objects from us is gone (its connection to us closed):
+    /// its borrows end, and objects nobody else holds are freed.
+    pub(super) fn borrower_gone(&self, borrower: Id) {
+        let mut st = self.state.lock();
+        let held: Vec<Id> = st.owned.iter().filter(|(_, o)| o.borrowers.contains(&borrower)).map(|(id, _)| *id).collect();
+        for id in held {
+            let Some(o) = st.owned.get_mut(&id) else { continue };
+            o.borrowers.remove(&borrower);
+            let created = o.created_event;
+            let free = !o.referenced() && !matches!(o.slot, Slot::Pending);
+            let mut e = self.event(EventKind::ObjectReleased);
+            e.object_id = id.to_vec();
+            e.worker_id = self.me.to_vec();
+            if created != [0; 16] {
+                e.cause = created.to_vec();
+            }
+            e.detail = Some(event::Detail::Object(ObjectDetail {
+                peer: borrower.to_vec(),
+                peer_kind: "borrower".into(),
+                reason: "the borrower's connection closed: it exited".into(),
+                ..Default::default()
+            }));
+            self.record(e);
+            if free {
+                self.free_locked(&mut st, id, "its last borrower exited");
+            }
+        }
+    }
+
     pub(super) fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, object: &[u8], probe: bool) {
         let Ok(id) = <Id>::try_from(object) else { return };
         let mut st = self.state.lock();
