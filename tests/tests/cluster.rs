@@ -249,6 +249,13 @@ fn tasks_fail_promptly_when_the_node_agent_dies_under_a_driver() {
 }
 
 #[test]
+fn a_ref_inside_a_task_argument_survives_until_the_retry_ran() {
+    let s = scenario("nested_retry");
+    assert_eq!(s.get("NESTED_RETRY"), "200000");
+    assert_eq!(s.get("NESTED_FREED"), "yes");
+}
+
+#[test]
 fn a_borrower_that_dies_stops_pinning_the_object() {
     let s = scenario("borrower_dies");
     assert_eq!(s.get("FREED_AFTER_BORROWER_DIED"), "yes");

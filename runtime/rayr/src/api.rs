@@ -16,7 +16,8 @@ use crate::{TaskOptions, WorkerId};
 
 /// One argument of a task as the caller gave it.
 pub enum ArgValue {
-    Value(std::result::Result<Vec<u8>, String>),
+    /// A serialized value, and the refs serialized inside it.
+    Value(std::result::Result<Vec<u8>, String>, #[doc(hidden)] Vec<crate::object_ref::NestedRef>),
     Ref(Arc<RefHandle>),
 }
 
@@ -27,7 +28,8 @@ pub trait IntoArg<T> {
 
 impl<T: Serialize> IntoArg<T> for T {
     fn into_arg(self) -> ArgValue {
-        ArgValue::Value(codec::encode(&self))
+        let (bytes, nested) = crate::object_ref::capture_nested(|| codec::encode(&self));
+        ArgValue::Value(bytes, nested)
     }
 }
 
@@ -101,8 +103,23 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
             handles.push(h.clone());
         }
         let arg = match a {
-            ArgValue::Value(Ok(bytes)) => task_arg::Arg::InlineValue(bytes),
-            ArgValue::Value(Err(e)) => {
+            ArgValue::Value(Ok(bytes), nested) => {
+                // Refs inside the value stay alive while the task is pending, retries
+                // included, like refs passed directly.
+                for n in nested {
+                    if n.owner == core.me {
+                        if let Some(o) = st.owned.get_mut(&n.id) {
+                            o.submitted += 1;
+                            pending.owned_args.push(n.id);
+                        }
+                    } else if let Some(b) = st.borrowed.get_mut(&n.id) {
+                        b.0 += 1;
+                        pending.borrowed_args.push(n.id);
+                    }
+                }
+                task_arg::Arg::InlineValue(bytes)
+            }
+            ArgValue::Value(Err(e), _) => {
                 let msg = format!("argument {i} cannot be serialized: {e}");
                 failure.get_or_insert((Error::Serialization(msg.clone()), msg));
                 task_arg::Arg::InlineValue(Vec::new())

@@ -71,13 +71,52 @@ struct WireRef {
     /// Where the value sits in the node's shm store, when the owner serialized a sealed
     /// shm object: the receiver can then read it without asking the owner first.
     location: Option<(u64, u64, u32)>,
+    /// Whether this copy left a token with the owner (the receiver gives it back). Copies
+    /// inside task arguments carry none: the pending task keeps the object.
+    token: bool,
+}
+
+/// A ref found inside a value being serialized as a task argument.
+#[doc(hidden)]
+pub struct NestedRef {
+    pub(crate) id: Id,
+    pub(crate) owner: Id,
+}
+
+thread_local! {
+    /// While a task argument is serialized, the refs inside it are collected here: the
+    /// pending task keeps them alive (see `capture_nested`), so no token is needed.
+    static CAPTURE: std::cell::RefCell<Option<Vec<NestedRef>>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `f` (serializing a task argument) and returns the refs serialized inside it.
+pub(crate) fn capture_nested<R>(f: impl FnOnce() -> R) -> (R, Vec<NestedRef>) {
+    let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
+    let r = f();
+    let nested = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer)).unwrap_or_default();
+    (r, nested)
 }
 
 impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        let location = core::current().and_then(|core| core.add_token(&self.handle));
-        WireRef { id: self.handle.id, owner: self.handle.owner, owner_address: self.handle.owner_address.clone(), location }
-            .serialize(s)
+        let captured = CAPTURE.with(|c| match &mut *c.borrow_mut() {
+            Some(list) => {
+                list.push(NestedRef { id: self.handle.id, owner: self.handle.owner });
+                true
+            }
+            None => false,
+        });
+        let location = core::current().and_then(|core| {
+            if captured { core.shm_location(&self.handle) } else { core.add_token(&self.handle) }
+        });
+        WireRef {
+            id: self.handle.id,
+            owner: self.handle.owner,
+            owner_address: self.handle.owner_address.clone(),
+            location,
+            token: !captured,
+        }
+        .serialize(s)
     }
 }
 
@@ -85,7 +124,7 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = WireRef::deserialize(d)?;
         let handle = match core::current() {
-            Some(core) => core.adopt(w.id, w.owner, w.owner_address, w.location),
+            Some(core) => core.adopt(w.id, w.owner, w.owner_address, w.location, w.token),
             None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address }),
         };
         Ok(ObjectRef::from_handle(handle))
@@ -93,6 +132,17 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
 }
 
 impl core::Core {
+    /// Where an object this process owns sits in the shm store, if it does.
+    pub(crate) fn shm_location(&self, h: &RefHandle) -> Option<(u64, u64, u32)> {
+        if h.owner != self.me {
+            return None;
+        }
+        match self.state.lock().owned.get(&h.id)?.slot {
+            Slot::Shm { offset, size, format } => Some((offset, size, format)),
+            _ => None,
+        }
+    }
+
     /// A serialized copy of `h` is about to travel: make sure its owner keeps the value.
     /// Returns the object's shm location when this process owns it and it is sealed there.
     pub(crate) fn add_token(self: &Arc<Self>, h: &RefHandle) -> Option<(u64, u64, u32)> {
@@ -119,11 +169,14 @@ impl core::Core {
         owner: Id,
         owner_address: String,
         location: Option<(u64, u64, u32)>,
+        token: bool,
     ) -> Arc<RefHandle> {
         if owner == self.me {
             let mut st = self.state.lock();
             if let Some(o) = st.owned.get_mut(&id) {
-                o.tokens = o.tokens.saturating_sub(1);
+                if token {
+                    o.tokens = o.tokens.saturating_sub(1);
+                }
                 o.local_refs += 1;
             }
         } else {
@@ -136,7 +189,7 @@ impl core::Core {
             // Always consume the token; register as borrower (idempotent on the owner).
             let _ = first;
             if let Ok(peer) = self.peer(&owner_address) {
-                let msg = borrow_msg(id, Some(self.me), true, true);
+                let msg = borrow_msg(id, Some(self.me), true, token);
                 // Once the owner has counted this borrow, the location stays valid while
                 // the borrow lasts (see api::fetch for how owner death is noticed).
                 if peer.call(msg, Some(Duration::from_secs(5))).is_ok()

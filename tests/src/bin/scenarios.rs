@@ -113,6 +113,16 @@ fn read_inner(refs: Vec<ObjectRef<u64>>) -> u64 {
     rayr::get(&refs[0]).unwrap() + 1
 }
 
+/// Reads the ref it was handed inside a value, and fails the first time.
+#[rayr::remote]
+fn read_then_flake(refs: Vec<ObjectRef<Vec<u8>>>) -> usize {
+    let v = rayr::get(&refs[0]).unwrap();
+    if rayr::runtime_context().unwrap().attempt == 0 {
+        panic!("first attempt fails after reading its argument");
+    }
+    v.len()
+}
+
 static KEPT: std::sync::Mutex<Vec<ObjectRef<Vec<u8>>>> = std::sync::Mutex::new(Vec::new());
 
 /// Keeps the refs it is given (this worker stays their borrower) and says who it is.
@@ -231,6 +241,15 @@ fn main() -> rayr::Result<()> {
             }
             let error = error.expect("tasks kept running without a node agent");
             println!("NODE_GONE {} {:?}", started.elapsed().as_millis() < 10_000, error);
+        }
+        "nested_retry" => {
+            let x = rayr::put(vec![1u8; 200_000])?;
+            let r = read_then_flake::options().retry_exceptions(true).max_retries(2).remote(vec![x.clone()]);
+            drop(x);
+            // The retry reads the same ref: the pending task keeps it alive until it is done.
+            println!("NESTED_RETRY {}", rayr::get(&r)?);
+            wait_until("the store to empty", Duration::from_secs(10), || rayr::store_usage().unwrap().0 == 0);
+            println!("NESTED_FREED yes");
         }
         "borrower_dies" => {
             let big = rayr::put(vec![5u8; 1 << 20])?;

@@ -92,6 +92,9 @@ impl EventFill<'_> {
 pub(crate) struct EventBuffer {
     id: u64,
     shards: Mutex<Vec<Arc<Mutex<Shard>>>>,
+    /// One flush at a time: a flush that took the buffers finishes sending them before
+    /// another (say, shutdown's last one, which then closes the connection) begins.
+    flushing: Mutex<()>,
 }
 
 #[derive(Default)]
@@ -113,7 +116,7 @@ thread_local! {
 impl EventBuffer {
     pub(super) fn new() -> EventBuffer {
         static NEXT: AtomicU64 = AtomicU64::new(1);
-        EventBuffer { id: NEXT.fetch_add(1, Ordering::Relaxed), shards: Mutex::new(Vec::new()) }
+        EventBuffer { id: NEXT.fetch_add(1, Ordering::Relaxed), shards: Mutex::new(Vec::new()), flushing: Mutex::new(()) }
     }
 
     fn with_shard(&self, f: impl FnOnce(&mut Shard)) {
@@ -151,6 +154,7 @@ impl EventBuffer {
     /// the frames are not copied, and no buffer is reallocated.
     fn flush_with(&self, send: impl FnOnce(&mut [std::io::IoSlice<'_>])) {
         use prost::encoding::{WireType, encode_key, encode_varint, encoded_len_varint};
+        let _one_at_a_time = self.flushing.lock();
         let shards: Vec<Arc<Mutex<Shard>>> = self.shards.lock().clone();
         let mut taken: Vec<(Arc<Mutex<Shard>>, Vec<u8>)> = Vec::new();
         let mut count = 0u32;
