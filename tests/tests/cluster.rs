@@ -249,6 +249,12 @@ fn tasks_fail_promptly_when_the_node_agent_dies_under_a_driver() {
 }
 
 #[test]
+fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
+    let s = scenario("container");
+    assert_eq!(s.get("CONTAINER_FREED"), "yes");
+}
+
+#[test]
 fn a_ref_inside_a_task_argument_survives_until_the_retry_ran() {
     let s = scenario("nested_retry");
     assert_eq!(s.get("NESTED_RETRY"), "200000");

@@ -107,14 +107,12 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
                 // Refs inside the value stay alive while the task is pending, retries
                 // included, like refs passed directly.
                 for n in nested {
-                    if n.owner == core.me {
-                        if let Some(o) = st.owned.get_mut(&n.id) {
-                            o.submitted += 1;
+                    if core.pin_locked(&mut st, n.id, n.owner) {
+                        if n.owner == core.me {
                             pending.owned_args.push(n.id);
+                        } else {
+                            pending.borrowed_args.push(n.id);
                         }
-                    } else if let Some(b) = st.borrowed.get_mut(&n.id) {
-                        b.0 += 1;
-                        pending.borrowed_args.push(n.id);
                     }
                 }
                 task_arg::Arg::InlineValue(bytes)
@@ -412,15 +410,25 @@ pub fn wait<T>(refs: &[ObjectRef<T>], num_returns: usize, timeout: Option<Durati
 /// Stores a value in the cluster once; pass the ref to many tasks instead of the value.
 pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     let core = core::require()?;
-    let bytes = codec::encode(&value)
-        .map_err(|e| Error::Serialization(format!("put: the value cannot be serialized ({e}): check its Serialize impl")))?;
+    let (bytes, nested) = crate::object_ref::capture_nested(|| codec::encode(&value));
+    let bytes =
+        bytes.map_err(|e| Error::Serialization(format!("put: the value cannot be serialized ({e}): check its Serialize impl")))?;
     let id = new_id();
     let slot = if bytes.len() <= core.max_inline {
         Slot::Inline(bytes.into(), codec::POSTCARD)
     } else {
         store_bytes_for(&core, &bytes, codec::POSTCARD, core.me, id)?.0
     };
-    Ok(ObjectRef::from_handle(own_new(&core, id, slot)))
+    let handle = own_new(&core, id, slot);
+    if !nested.is_empty() {
+        // The container keeps what it refers to, until it is freed itself.
+        let mut st = core.state.lock();
+        let pinned: Vec<_> = nested.into_iter().filter(|n| core.pin_locked(&mut st, n.id, n.owner)).collect();
+        if let Some(o) = st.owned.get_mut(&id) {
+            o.contains = pinned;
+        }
+    }
+    Ok(ObjectRef::from_handle(handle))
 }
 
 /// Copies a slice of plain data into the shm store; read it back zero-copy with

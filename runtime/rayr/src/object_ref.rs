@@ -76,16 +76,18 @@ struct WireRef {
     token: bool,
 }
 
-/// A ref found inside a value being serialized as a task argument.
+/// A ref found inside a value being serialized as a task argument or a `put` value.
 #[doc(hidden)]
+#[derive(Clone, Copy)]
 pub struct NestedRef {
     pub(crate) id: Id,
     pub(crate) owner: Id,
 }
 
 thread_local! {
-    /// While a task argument is serialized, the refs inside it are collected here: the
-    /// pending task keeps them alive (see `capture_nested`), so no token is needed.
+    /// While a task argument or a `put` value is serialized, the refs inside it are
+    /// collected here: the pending task or the container keeps them alive (see
+    /// `capture_nested`), so no token is needed.
     static CAPTURE: std::cell::RefCell<Option<Vec<NestedRef>>> = const { std::cell::RefCell::new(None) };
 }
 

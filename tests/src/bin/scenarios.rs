@@ -242,6 +242,21 @@ fn main() -> rayr::Result<()> {
             let error = error.expect("tasks kept running without a node agent");
             println!("NODE_GONE {} {:?}", started.elapsed().as_millis() < 10_000, error);
         }
+        "container" => {
+            let inner = rayr::put(vec![3u8; 500_000])?;
+            let outer = rayr::put(vec![inner.clone()])?;
+            drop(inner);
+            // Only the container holds the inner object now; reading through it works.
+            let back: Vec<ObjectRef<Vec<u8>>> = rayr::get(&outer)?;
+            assert_eq!(rayr::get(&back[0])?.len(), 500_000);
+            drop(back);
+            assert!(rayr::store_usage()?.0 >= 500_000, "the container keeps its inner object");
+            drop(outer);
+            // Freeing the container lets go of what it held; nothing was read twice or
+            // left unread to leak.
+            wait_until("the store to empty", Duration::from_secs(10), || rayr::store_usage().unwrap().0 == 0);
+            println!("CONTAINER_FREED yes");
+        }
         "nested_retry" => {
             let x = rayr::put(vec![1u8; 200_000])?;
             let r = read_then_flake::options().retry_exceptions(true).max_retries(2).remote(vec![x.clone()]);

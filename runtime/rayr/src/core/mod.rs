@@ -93,6 +93,9 @@ pub(crate) struct Owned {
     /// Remote readers waiting for the value: (connection, request id).
     pub remote_waiters: Vec<(Arc<ServerConn>, u64)>,
     pub created_event: Id,
+    /// Refs serialized inside this object's value (a `put` container): kept alive while
+    /// it exists, released when it is freed.
+    pub contains: Vec<crate::object_ref::NestedRef>,
 }
 
 impl Owned {
@@ -106,6 +109,7 @@ impl Owned {
             dependents: Vec::new(),
             remote_waiters: Vec::new(),
             created_event: [0; 16],
+            contains: Vec::new(),
         }
     }
     fn referenced(&self) -> bool {

@@ -107,6 +107,10 @@ impl Core {
 
     pub fn free_locked(&self, st: &mut State, id: Id, reason: &str) {
         let Some(o) = st.owned.remove(&id) else { return };
+        // What the value held on to is let go with it.
+        for inner in &o.contains {
+            self.unpin_locked(st, inner.id, inner.owner);
+        }
         if let Slot::Shm { .. } = o.slot {
             self.free_in_store(&[id]);
         }
@@ -170,6 +174,42 @@ impl Core {
         }
         if free {
             self.free_locked(&mut st, id, "its last borrower released it");
+        }
+    }
+
+    /// Keeps an object alive on behalf of something that holds it without a handle (a
+    /// pending task's argument, a container's value). Returns false when it is gone.
+    pub(crate) fn pin_locked(&self, st: &mut State, id: Id, owner: Id) -> bool {
+        if owner == self.me {
+            match st.owned.get_mut(&id) {
+                Some(o) => {
+                    o.submitted += 1;
+                    true
+                }
+                None => false,
+            }
+        } else {
+            match st.borrowed.get_mut(&id) {
+                Some(b) => {
+                    b.0 += 1;
+                    true
+                }
+                None => false,
+            }
+        }
+    }
+
+    /// Undoes `pin_locked`.
+    pub(crate) fn unpin_locked(&self, st: &mut State, id: Id, owner: Id) {
+        if owner == self.me {
+            if let Some(o) = st.owned.get_mut(&id) {
+                o.submitted = o.submitted.saturating_sub(1);
+                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
+                    self.free_locked(st, id, "what held it was freed");
+                }
+            }
+        } else {
+            self.release_borrowed_locked(st, id);
         }
     }
 
