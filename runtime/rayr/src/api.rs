@@ -512,6 +512,7 @@ pub fn cancel<T>(r: &ObjectRef<T>) -> Result<bool> {
     let Some(task) = task else { return Ok(false) };
     core.fail_task_final_locked(&mut st, task, Error::Cancelled, "cancelled", "cancelled by rayr::cancel", None);
     drop(st);
+    core.send_outbox();
     core.ready.notify_all();
     Ok(true)
 }

@@ -162,6 +162,9 @@ pub(crate) struct State {
     lease_requests: HashMap<u64, String>,
     /// Outgoing connections by address (owners and leased workers).
     pub peers: HashMap<String, Arc<PeerConn>>,
+    /// Values for remote readers, sent once the lock is released (a write may block; see
+    /// `send_outbox`).
+    pub outbox: Vec<(Arc<ServerConn>, PeerMessage)>,
 }
 
 /// A connection this process opened to another core worker.
@@ -421,6 +424,7 @@ impl Core {
                 leased: HashMap::new(),
                 lease_requests: HashMap::new(),
                 peers: HashMap::new(),
+                outbox: Vec::new(),
             }),
             ready: Condvar::new(),
             events: EventBuffer::new(),
@@ -516,6 +520,7 @@ impl Core {
             q.leases_requested = 0;
         }
         drop(st);
+        self.send_outbox();
         self.ready.notify_all();
     }
 
@@ -656,6 +661,21 @@ impl Core {
             && !self.stopping.load(Ordering::Acquire) {
                 self.worker_lost(w);
             }
+    }
+
+    /// Sends the values queued for remote readers while the lock was held. Called after
+    /// the paths that complete objects release the lock, and by the ticker as a backstop.
+    pub(crate) fn send_outbox(&self) {
+        let out = {
+            let mut st = self.state.lock();
+            if st.outbox.is_empty() {
+                return;
+            }
+            std::mem::take(&mut st.outbox)
+        };
+        for (conn, msg) in out {
+            conn.send(&msg);
+        }
     }
 
     /// Sends results held longer than `MAX_RESULT_HOLD` (the ticker calls it).

@@ -57,7 +57,7 @@ impl Core {
         let waiters = std::mem::take(&mut o.remote_waiters);
         let referenced = o.referenced();
         for (conn, req) in waiters {
-            conn.send(&value_message(req, id, &slot));
+            st.outbox.push((conn, value_message(req, id, &slot)));
         }
         for t in dependents {
             self.dependency_ready(st, t, id, &slot);

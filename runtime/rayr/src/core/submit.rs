@@ -17,6 +17,7 @@ impl Core {
     /// Every few milliseconds: flush events, return leases idle for `LEASE_IDLE`.
     pub(super) fn tick(self: &Arc<Self>) {
         self.flush_events();
+        self.send_outbox();
         if self.runs_tasks {
             self.send_stale_results();
         }
@@ -153,6 +154,7 @@ impl Core {
                 self.fail_task_final_locked(&mut st, t, err, error_type, &reply.error, None);
             }
             drop(st);
+            self.send_outbox();
             self.ready.notify_all();
             return;
         }
@@ -210,6 +212,7 @@ impl Core {
                 }
         }
         drop(st);
+        self.send_outbox();
         self.ready.notify_all();
     }
 
@@ -391,6 +394,7 @@ impl Core {
             }
         }
         drop(st);
+        self.send_outbox();
         self.ready.notify_all();
     }
 }
