@@ -67,14 +67,20 @@ impl Core {
         }
     }
 
+    /// Frees an owned object once nothing refers to it and its value is in (a pending
+    /// value is freed when it arrives, see `object_created`).
+    fn free_if_unreferenced(&self, st: &mut State, id: Id, reason: &str) {
+        if st.owned.get(&id).is_some_and(|o| !o.referenced() && !matches!(o.slot, Slot::Pending)) {
+            self.free_locked(st, id, reason);
+        }
+    }
+
     pub fn release_local(&self, id: Id, owner: Id) {
         let mut st = self.state.lock();
         if owner == self.me {
             if let Some(o) = st.owned.get_mut(&id) {
                 o.local_refs = o.local_refs.saturating_sub(1);
-                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
-                    self.free_locked(&mut st, id, "every reference was released");
-                }
+                self.free_if_unreferenced(&mut st, id, "every reference was released");
             }
         } else {
             self.release_borrowed_locked(&mut st, id);
@@ -109,7 +115,7 @@ impl Core {
         let Some(o) = st.owned.remove(&id) else { return };
         // What the value held on to is let go with it.
         for inner in &o.contains {
-            self.unpin_locked(st, inner.id, inner.owner);
+            self.unpin_locked(st, inner.id, inner.owner, "the object holding it was freed");
         }
         if let Slot::Shm { .. } = o.slot {
             self.free_in_store(&[id]);
@@ -157,24 +163,27 @@ impl Core {
             (false, None) => {}
         }
         let created = o.created_event;
-        let free = !o.referenced() && !matches!(o.slot, Slot::Pending);
         if let Some((kind, w)) = event {
-            let mut e = self.event(kind);
-            e.object_id = id.to_vec();
-            e.worker_id = self.me.to_vec();
-            if created != [0; 16] {
-                e.cause = created.to_vec();
-            }
-            e.detail = Some(event::Detail::Object(ObjectDetail {
-                peer: w.to_vec(),
-                peer_kind: "borrower".into(),
-                ..Default::default()
-            }));
-            self.record(e);
+            self.record_borrow(kind, id, w, created, "");
         }
-        if free {
-            self.free_locked(&mut st, id, "its last borrower released it");
+        self.free_if_unreferenced(&mut st, id, "its last borrower released it");
+    }
+
+    /// OBJECT_BORROWED / OBJECT_RELEASED for one borrower of an owned object.
+    fn record_borrow(&self, kind: EventKind, id: Id, borrower: Id, created: Id, reason: &str) {
+        let mut e = self.event(kind);
+        e.object_id = id.to_vec();
+        e.worker_id = self.me.to_vec();
+        if created != [0; 16] {
+            e.cause = created.to_vec();
         }
+        e.detail = Some(event::Detail::Object(ObjectDetail {
+            peer: borrower.to_vec(),
+            peer_kind: "borrower".into(),
+            reason: reason.into(),
+            ..Default::default()
+        }));
+        self.record(e);
     }
 
     /// Keeps an object alive on behalf of something that holds it without a handle (a
@@ -199,14 +208,12 @@ impl Core {
         }
     }
 
-    /// Undoes `pin_locked`.
-    pub(crate) fn unpin_locked(&self, st: &mut State, id: Id, owner: Id) {
+    /// Undoes `pin_locked`; `reason` is recorded if that frees the object.
+    pub(crate) fn unpin_locked(&self, st: &mut State, id: Id, owner: Id, reason: &str) {
         if owner == self.me {
             if let Some(o) = st.owned.get_mut(&id) {
                 o.submitted = o.submitted.saturating_sub(1);
-                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
-                    self.free_locked(st, id, "what held it was freed");
-                }
+                self.free_if_unreferenced(st, id, reason);
             }
         } else {
             self.release_borrowed_locked(st, id);
@@ -222,23 +229,8 @@ impl Core {
             let Some(o) = st.owned.get_mut(&id) else { continue };
             o.borrowers.remove(&borrower);
             let created = o.created_event;
-            let free = !o.referenced() && !matches!(o.slot, Slot::Pending);
-            let mut e = self.event(EventKind::ObjectReleased);
-            e.object_id = id.to_vec();
-            e.worker_id = self.me.to_vec();
-            if created != [0; 16] {
-                e.cause = created.to_vec();
-            }
-            e.detail = Some(event::Detail::Object(ObjectDetail {
-                peer: borrower.to_vec(),
-                peer_kind: "borrower".into(),
-                reason: "the borrower's connection closed: it exited".into(),
-                ..Default::default()
-            }));
-            self.record(e);
-            if free {
-                self.free_locked(&mut st, id, "its last borrower exited");
-            }
+            self.record_borrow(EventKind::ObjectReleased, id, borrower, created, "the borrower's connection closed: it exited");
+            self.free_if_unreferenced(&mut st, id, "its last borrower exited");
         }
     }
 

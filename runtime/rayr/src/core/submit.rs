@@ -321,12 +321,7 @@ impl Core {
         let ret: Id = t.spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
         self.object_created(st, ret, slot, Some(task), cause);
         for id in t.owned_args {
-            if let Some(o) = st.owned.get_mut(&id) {
-                o.submitted = o.submitted.saturating_sub(1);
-                if !o.referenced() && !matches!(o.slot, Slot::Pending) {
-                    self.free_locked(st, id, "the last task using it finished");
-                }
-            }
+            self.unpin_locked(st, id, self.me, "the last task using it finished");
         }
         for id in t.borrowed_args {
             self.release_borrowed_locked(st, id);
