@@ -4,9 +4,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use rayr_proto::{Event, Message, split_frame};
+use rayr_proto::{Event, split_frame};
 
-/// Appends already-encoded event frames to one node's log.
+use crate::event_run::expand_run;
+
+/// Appends already-encoded event frames (`EventRun`s) to one node's log.
 pub struct EventLogWriter {
     file: File,
     path: PathBuf,
@@ -25,8 +27,21 @@ impl EventLogWriter {
     }
 
     /// Appends whole frames in one write: readers see all of them or, after a crash, a
-    /// torn tail they ignore.
+    /// torn tail they ignore. Bytes that are not a whole number of frames (a peer's bug)
+    /// are refused, so they cannot swallow the frames appended after them.
     pub fn append(&mut self, frames: &[u8]) -> io::Result<()> {
+        let mut at = 0;
+        while at < frames.len() {
+            match split_frame(&frames[at..]) {
+                Ok(Some((_, used))) => at += used,
+                _ => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("refusing {} bytes of events that are not whole frames (cut at byte {at})", frames.len()),
+                    ));
+                }
+            }
+        }
         self.file.write_all(frames)
     }
 
@@ -40,10 +55,9 @@ fn valid_prefix_len(file: &mut File) -> io::Result<u64> {
     let mut data = Vec::new();
     file.read_to_end(&mut data)?;
     let mut at = 0usize;
-    while let Ok(Some((body, used))) = split_frame(&data[at..]) {
-        if Event::decode(body).is_err() {
-            break;
-        }
+    // Only an incomplete frame is a torn tail; a whole frame that does not decode is
+    // skipped by readers, and cutting there would lose every frame after it.
+    while let Ok(Some((_, used))) = split_frame(&data[at..]) {
         at += used;
     }
     Ok(at as u64)
@@ -54,11 +68,18 @@ fn valid_prefix_len(file: &mut File) -> io::Result<u64> {
 pub struct EventLogReader {
     path: PathBuf,
     offset: u64,
+    skipped: u64,
 }
 
 impl EventLogReader {
     pub fn new(path: &Path, offset: u64) -> EventLogReader {
-        EventLogReader { path: path.to_path_buf(), offset }
+        EventLogReader { path: path.to_path_buf(), offset, skipped: 0 }
+    }
+
+    /// Runs skipped so far because they did not decode (whole frames holding garbage: a
+    /// recorder's bug); what follows them is read as usual.
+    pub fn skipped_runs(&self) -> u64 {
+        self.skipped
     }
 
     /// The byte offset after the last complete frame read so far.
@@ -67,7 +88,9 @@ impl EventLogReader {
     }
 
     /// Reads up to `max_bytes` more bytes and returns the complete events in them, each
-    /// with the offset just past it. An incomplete tail is left for the next call.
+    /// with the offset just past its run (resuming there reads what follows the run whole,
+    /// so callers keep the events of one run together). An incomplete tail is left for the
+    /// next call.
     pub fn read_more(&mut self, max_bytes: usize) -> io::Result<Vec<(u64, Event)>> {
         let mut file = match File::open(&self.path) {
             Ok(f) => f,
@@ -79,17 +102,16 @@ impl EventLogReader {
         file.take(max_bytes as u64).read_to_end(&mut data)?;
         let mut at = 0usize;
         let mut out = Vec::new();
+        let mut events = Vec::new();
         loop {
             match split_frame(&data[at..]) {
                 Ok(Some((body, used))) => {
-                    let event = Event::decode(body).map_err(|e| {
-                        io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            format!("{}: bad event at byte {}: {e}", self.path.display(), self.offset + at as u64),
-                        )
-                    })?;
+                    if expand_run(body, &mut events).is_err() {
+                        events.clear();
+                        self.skipped += 1;
+                    }
                     at += used;
-                    out.push((self.offset + at as u64, event));
+                    out.extend(events.drain(..).map(|e| (self.offset + at as u64, e)));
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -125,7 +147,8 @@ pub fn read_events(path: &Path) -> io::Result<Vec<Event>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rayr_proto::{EventKind, encode_frame};
+    use crate::event_run::encode_single_run_frame as encode_frame;
+    use rayr_proto::EventKind;
 
     fn event(n: u8) -> Event {
         Event { id: vec![n; 16], kind: EventKind::TaskStarted as i32, time_us: n as i64, ..Default::default() }
@@ -143,8 +166,8 @@ mod tests {
         // A crash mid-write leaves half a frame.
         let mut torn = Vec::new();
         encode_frame(&event(3), &mut torn);
-        w.append(&torn[..torn.len() / 2]).unwrap();
         drop(w);
+        OpenOptions::new().append(true).open(&path).unwrap().write_all(&torn[..torn.len() / 2]).unwrap();
         assert_eq!(read_events(&path).unwrap().len(), 2);
 
         let mut w = EventLogWriter::open(&path).unwrap();
@@ -153,6 +176,25 @@ mod tests {
         w.append(&more).unwrap();
         let got: Vec<i64> = read_events(&path).unwrap().iter().map(|e| e.time_us).collect();
         assert_eq!(got, vec![1, 2, 4]);
+    }
+
+    #[test]
+    fn garbage_is_refused_by_writers_and_skipped_by_readers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("events-z.log");
+        let mut w = EventLogWriter::open(&path).unwrap();
+        let mut one = Vec::new();
+        encode_frame(&event(1), &mut one);
+        let err = w.append(&one[..one.len() - 1]).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        // A whole frame whose body is not a run: skipped, and the next one still read.
+        w.append(&[3, 0, 0, 0, 0xff, 0xff, 0xff]).unwrap();
+        w.append(&one).unwrap();
+        let mut r = EventLogReader::new(&path, 0);
+        let got = r.read_more(1 << 20).unwrap();
+        assert_eq!(got.len(), 1);
+        assert_eq!(got[0].1.time_us, 1);
+        assert_eq!(r.skipped_runs(), 1);
     }
 
     #[test]

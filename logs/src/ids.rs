@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 /// Every rayr id (object, task, worker, node, job, event) is 16 bytes.
 pub type Id = [u8; 16];
 
-fn process_salt() -> u64 {
+/// This process's salt: the last 8 bytes of every id it makes.
+pub fn process_salt() -> u64 {
     static SALT: OnceLock<u64> = OnceLock::new();
     *SALT.get_or_init(|| {
         let mut b = [0u8; 8];
@@ -14,7 +15,7 @@ fn process_salt() -> u64 {
         let n = unsafe { libc::getrandom(b.as_mut_ptr().cast(), b.len(), 0) };
         let mut salt = u64::from_le_bytes(b);
         if n != 8 {
-            salt = (std::process::id() as u64) << 32 ^ now_us() as u64;
+            salt = (std::process::id() as u64) << 32 ^ realtime_ns() as u64;
         }
         salt
     })
@@ -49,30 +50,180 @@ fn next_counter() -> u64 {
 /// user already tell ids apart), the second half is the process's random salt.
 #[inline]
 pub fn new_id() -> Id {
-    let salt = process_salt();
-    let n = next_counter().wrapping_add(salt.rotate_left(17));
+    id_from(next_counter(), process_salt())
+}
+
+#[inline]
+fn id_from(counter: u64, salt: u64) -> Id {
+    let n = counter.wrapping_add(salt.rotate_left(17));
     let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&splitmix64(n).to_be_bytes());
+    id[..8].copy_from_slice(&n.wrapping_mul(SCATTER).to_be_bytes());
     id[8..].copy_from_slice(&salt.to_be_bytes());
     id
 }
 
-/// A bijection on u64 that scatters consecutive inputs (SplitMix64's finalizer).
-fn splitmix64(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58476d1ce4e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d049bb133111eb);
-    z ^ (z >> 31)
+/// Event sequence numbers have the top bit set and other ids' counters never reach it, so
+/// an event id never equals another id of the same process (the scatter is a bijection).
+pub(crate) const EVENT_SEQ_BIT: u64 = 1 << 63;
+
+static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A block of `len` event sequence numbers for one recording thread: the events it
+/// records are numbered consecutively, so their ids need not be written down (see
+/// `EventRun` in events.proto).
+pub fn event_seq_block(len: u64) -> u64 {
+    EVENT_SEQ.fetch_add(len, Ordering::Relaxed) | EVENT_SEQ_BIT
 }
 
+/// The id of the event with sequence number `seq` recorded by the process with `salt`.
+#[inline]
+pub fn event_id_from(seq: u64, salt: u64) -> Id {
+    id_from(seq | EVENT_SEQ_BIT, salt)
+}
+
+/// The counter an id of the process with `salt` was made from (`None` for an id another
+/// process made): the event record packs such an id as that small number.
+#[inline]
+pub fn counter_of(id: &Id, salt: u64) -> Option<u64> {
+    let tail = u64::from_be_bytes(id[8..].try_into().unwrap());
+    let head = u64::from_be_bytes(id[..8].try_into().unwrap());
+    (tail == salt).then(|| head.wrapping_mul(UNSCATTER).wrapping_sub(salt.rotate_left(17)))
+}
+
+/// The id made from `counter` by the process with `salt` (the inverse of [`counter_of`]).
+#[inline]
+pub fn id_of_counter(counter: u64, salt: u64) -> Id {
+    id_from(counter, salt)
+}
+
+/// Whether a counter is an event's (see [`event_id_from`]).
+#[inline]
+pub fn is_event_counter(counter: u64) -> bool {
+    counter & EVENT_SEQ_BIT != 0
+}
+
+/// Multiplying by an odd number is a bijection on u64 that carries a counter's low bits
+/// into the high ones, so consecutive ids differ in their first hex digits. One multiply:
+/// every event packs a few ids back into counters (see [`counter_of`]).
+const SCATTER: u64 = 0x9e37_79b9_7f4a_7c15;
+/// SCATTER's inverse modulo 2^64.
+const UNSCATTER: u64 = {
+    // Newton's iteration doubles the correct low bits each step.
+    let mut x = SCATTER;
+    let mut i = 0;
+    while i < 6 {
+        x = x.wrapping_mul(2u64.wrapping_sub(SCATTER.wrapping_mul(x)));
+        i += 1;
+    }
+    x
+};
+
 /// Microseconds since the Unix epoch.
+///
+/// Every task records six events, each with a time: a vDSO `clock_gettime` (~22 ns here)
+/// was half of what recording one cost. Where the kernel itself keeps time with the TSC
+/// (an invariant TSC, synchronized across CPUs), this reads the TSC (~9 ns) and converts it
+/// with a rate measured against the system clock; each thread re-anchors to the system
+/// clock about every millisecond, so a rate error or a clock adjustment shifts a time by
+/// well under a microsecond.
 #[inline]
 pub fn now_us() -> i64 {
-    // Straight from the vDSO: SystemTime's checked arithmetic shows up when every task
-    // records six events.
+    #[cfg(target_arch = "x86_64")]
+    {
+        tsc::now_us()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        realtime_ns() / 1000
+    }
+}
+
+#[inline]
+fn realtime_ns() -> i64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime fills the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_REALTIME, &mut ts) };
-    ts.tv_sec * 1_000_000 + ts.tv_nsec / 1_000
+    ts.tv_sec * 1_000_000_000 + ts.tv_nsec
+}
+
+#[cfg(target_arch = "x86_64")]
+mod tsc {
+    use std::cell::Cell;
+    use std::sync::OnceLock;
+
+    /// A thread re-anchors after this many ticks (about a millisecond at 2–4 GHz).
+    const REANCHOR_TICKS: u64 = 1 << 22;
+    /// The rate is measured over at least this many ticks since the process's first
+    /// anchor; until then every read is a system clock read.
+    const MIN_BASELINE_TICKS: u64 = 1 << 26;
+    /// A TSC/system clock pair read within this many ticks (well under a microsecond).
+    const TIGHT_PAIR_TICKS: u64 = 1 << 11;
+
+    #[derive(Clone, Copy)]
+    struct Anchor {
+        tsc: u64,
+        ns: i64,
+        /// Nanoseconds per tick, 32.32 fixed point; 0 while not calibrated or unusable.
+        mult: u64,
+    }
+
+    thread_local! {
+        static ANCHOR: Cell<Anchor> = const { Cell::new(Anchor { tsc: 0, ns: 0, mult: 0 }) };
+    }
+
+    #[inline]
+    pub(super) fn now_us() -> i64 {
+        // SAFETY: rdtsc has no preconditions on x86_64.
+        let tsc = unsafe { core::arch::x86_64::_rdtsc() };
+        let a = ANCHOR.with(Cell::get);
+        let d = tsc.wrapping_sub(a.tsc);
+        if a.mult != 0 && d < REANCHOR_TICKS {
+            return (a.ns + ((d as u128 * a.mult as u128) >> 32) as i64) / 1000;
+        }
+        reanchor()
+    }
+
+    #[cold]
+    fn reanchor() -> i64 {
+        static USABLE: OnceLock<bool> = OnceLock::new();
+        static ORIGIN: OnceLock<(u64, i64)> = OnceLock::new();
+        if !*USABLE.get_or_init(usable) {
+            return super::realtime_ns() / 1000;
+        }
+        // The TSC read halfway through the clock read belongs with it; a read that took
+        // long (the first in a process faults the vDSO in) would pair them loosely.
+        let (mut tsc, mut ns) = (0, 0);
+        for _ in 0..8 {
+            // SAFETY: rdtsc has no preconditions on x86_64.
+            let before = unsafe { core::arch::x86_64::_rdtsc() };
+            ns = super::realtime_ns();
+            // SAFETY: as above.
+            let after = unsafe { core::arch::x86_64::_rdtsc() };
+            tsc = before + (after.wrapping_sub(before) / 2);
+            if after.wrapping_sub(before) < TIGHT_PAIR_TICKS {
+                break;
+            }
+        }
+        let origin = *ORIGIN.get_or_init(|| (tsc, ns));
+        let baseline = tsc.wrapping_sub(origin.0);
+        let mult = if (MIN_BASELINE_TICKS..1 << 62).contains(&baseline) && ns > origin.1 {
+            ((((ns - origin.1) as u128) << 32) / baseline as u128) as u64
+        } else {
+            0
+        };
+        ANCHOR.with(|a| a.set(Anchor { tsc, ns, mult }));
+        ns / 1000
+    }
+
+    /// The TSC is a clock only if it ticks at a constant rate in every power state and
+    /// the kernel trusts it as its own clocksource (it checks the CPUs agree).
+    fn usable() -> bool {
+        let invariant = core::arch::x86_64::__cpuid(0x8000_0000).eax >= 0x8000_0007
+            && core::arch::x86_64::__cpuid(0x8000_0007).edx & (1 << 8) != 0;
+        invariant
+            && std::fs::read_to_string("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+                .is_ok_and(|s| s.trim() == "tsc")
+    }
 }
 
 /// Lowercase hex of any byte string (ids are displayed this way everywhere).
@@ -110,5 +261,48 @@ mod tests {
         assert_eq!(parse_hex(&hex(&a)).unwrap(), a.to_vec());
         assert_eq!(parse_hex("zz"), None);
         assert_eq!(parse_hex("abc"), None);
+    }
+
+    #[test]
+    fn now_us_follows_the_system_clock() {
+        // Long enough for the TSC rate to be calibrated and several re-anchorings.
+        let end = std::time::Instant::now() + std::time::Duration::from_millis(80);
+        let mut last = now_us();
+        while std::time::Instant::now() < end {
+            // Bracketed by system clock reads, so being preempted between reads is no error.
+            let before = realtime_ns() / 1000;
+            let ours = now_us();
+            let after = realtime_ns() / 1000;
+            assert!(before - 2 <= ours && ours <= after + 2, "now_us {ours} outside the system clock's [{before}, {after}]");
+            assert!(ours >= last - 1, "went back from {last} to {ours}");
+            last = ours;
+        }
+    }
+
+    #[test]
+    fn ids_of_this_process_give_back_their_counter() {
+        let salt = process_salt();
+        for counter in [0, 1, 77, 1 << 40, u64::MAX, EVENT_SEQ_BIT | 5] {
+            assert_eq!(counter.wrapping_mul(SCATTER).wrapping_mul(UNSCATTER), counter);
+            let id = id_from(counter, salt);
+            assert_eq!(counter_of(&id, salt), Some(counter));
+            assert_eq!(id_of_counter(counter, salt), id);
+        }
+        assert_eq!(counter_of(&new_id(), salt ^ 1), None, "another process's id");
+        assert!(is_event_counter(counter_of(&event_id_from(3, salt), salt).unwrap()));
+    }
+
+    #[test]
+    fn event_ids_are_distinct_from_other_ids_of_the_process() {
+        let seq = event_seq_block(4);
+        let salt = process_salt();
+        let ids: Vec<Id> = (0..4).map(|i| event_id_from(seq + i, salt)).collect();
+        assert_eq!(ids[1][8..], salt.to_be_bytes(), "the salt ends every id");
+        for i in 0..4u64 {
+            assert_ne!(ids[i as usize], id_from(seq - EVENT_SEQ_BIT + i, salt), "not an object id's counter");
+            for j in i + 1..4 {
+                assert_ne!(ids[i as usize], ids[j as usize]);
+            }
+        }
     }
 }

@@ -9,7 +9,8 @@
 //! ```
 //!
 //! and the event log format: `events/events-<node>.log` is a sequence of frames, each a
-//! u32 little-endian length followed by one encoded `rayr_proto::Event`. Only the node
+//! u32 little-endian length followed by one encoded `rayr_proto::EventRun`: events of one
+//! process, packed (see [`event_run`]); readers get whole `Event`s. Only the node
 //! agent appends; anyone may read. A torn frame at the tail (a crash mid-write) is
 //! invisible to readers and cut off when the log is next opened for writing, so a killed
 //! process never leaves a log that later appends would corrupt.
@@ -24,9 +25,11 @@
 //! ```
 
 mod event_log;
+pub mod event_run;
 mod ids;
 mod session;
 
 pub use event_log::{EventLogReader, EventLogWriter, read_events};
-pub use ids::{Id, hex, new_id, now_us, parse_hex};
+pub use event_run::{RunSource, encode_single_run_frame, expand_run};
+pub use ids::{Id, event_id_from, event_seq_block, hex, new_id, now_us, parse_hex, process_salt};
 pub use session::{Session, tmpdir};

@@ -1197,7 +1197,6 @@ mod tests {
     use super::*;
     use rayr_head::EventIndex;
     use rayr_logs::{EventLogWriter, Session};
-    use rayr_proto::encode_frame;
 
     fn id(process: u8, n: u64) -> Vec<u8> {
         let mut v = vec![process; 8];
@@ -1422,7 +1421,7 @@ mod tests {
         let session = Session::create(&tmp).unwrap();
         let mut frames = Vec::new();
         for e in record() {
-            encode_frame(&e, &mut frames);
+            rayr_logs::encode_single_run_frame(&e, &mut frames);
         }
         EventLogWriter::open(&session.event_log("aa")).unwrap().append(&frames).unwrap();
         TestSession(session)

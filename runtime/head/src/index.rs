@@ -200,15 +200,20 @@ impl EventIndex {
         }
         let mut reader = EventLogReader::new(path, offset);
         let mut indexed = 0u64;
+        let mut skipped = 0;
         let window = if limit == u64::MAX { READ_WINDOW } else { (limit as usize).saturating_mul(256).clamp(64 << 10, READ_WINDOW) };
         loop {
             let mut batch =
                 reader.read_more(window).map_err(|e| HeadError::Io { path: path.to_path_buf(), source: e })?;
+            if reader.skipped_runs() > skipped {
+                skipped = reader.skipped_runs();
+                tracing::warn!(log = %path.display(), skipped, "event runs that do not decode were skipped");
+            }
             if batch.is_empty() || indexed >= limit {
                 return Ok(indexed);
             }
             self.complete(&name, &mut batch, writer)?;
-            for chunk in batch.chunks(MAX_EVENTS_PER_TXN) {
+            for chunk in whole_run_chunks(&batch, MAX_EVENTS_PER_TXN) {
                 let end = chunk.last().map(|(o, _)| *o).unwrap_or(offset);
                 self.index_chunk(&name, end, chunk, writer)?;
                 indexed += chunk.len() as u64;
@@ -550,4 +555,36 @@ fn update<R: Message + Default>(
     change(&mut row);
     table.insert(id, row.encode_to_vec().as_slice())?;
     Ok(())
+}
+
+/// Splits events (each with the offset past its run) into chunks of about `max`, each
+/// ending where a run ends: a chunk's last offset is where indexing resumes after it, so a
+/// chunk ending inside a run would leave the rest of that run out of the index after a
+/// crash between two transactions.
+fn whole_run_chunks<T>(batch: &[(u64, T)], max: usize) -> impl Iterator<Item = &[(u64, T)]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = max.min(rest.len());
+        while end < rest.len() && rest[end].0 == rest[end - 1].0 {
+            end += 1;
+        }
+        let (chunk, tail) = rest.split_at(end);
+        rest = tail;
+        Some(chunk)
+    })
+}
+
+#[cfg(test)]
+mod chunk_tests {
+    #[test]
+    fn chunks_end_where_runs_end() {
+        let batch: Vec<(u64, ())> = [10, 10, 10, 20, 20, 30].into_iter().map(|o| (o, ())).collect();
+        let sizes: Vec<usize> = super::whole_run_chunks(&batch, 2).map(<[_]>::len).collect();
+        assert_eq!(sizes, vec![3, 2, 1]);
+        let sizes: Vec<usize> = super::whole_run_chunks(&batch, 100).map(<[_]>::len).collect();
+        assert_eq!(sizes, vec![6]);
+    }
 }

@@ -3,7 +3,7 @@
 use rayr_logs::{EventLogWriter, Session};
 use rayr_proto::event::Detail;
 use rayr_proto::{
-    Event, EventKind, Filter, ListRequest, TaskDetail, WorkerExit, WorkerExitType, WorkerStart, encode_frame,
+    Event, EventKind, Filter, ListRequest, TaskDetail, WorkerExit, WorkerExitType, WorkerStart,
 };
 
 use crate::{EventIndex, HeadError, start_head};
@@ -47,7 +47,7 @@ fn task_life(task: u64, function: &str, fail: bool, t0: i64) -> Vec<Event> {
 fn append(session: &Session, node: &str, events: &[Event]) {
     let mut frames = Vec::new();
     for e in events {
-        encode_frame(e, &mut frames);
+        rayr_logs::encode_single_run_frame(e, &mut frames);
     }
     EventLogWriter::open(&session.event_log(node)).unwrap().append(&frames).unwrap();
 }
@@ -141,7 +141,7 @@ fn reopening_indexes_only_what_the_logs_gained() {
     append(&session, "n1", &events[60..100]);
     append(&session, "n2", &events[100..]);
     let mut torn = Vec::new();
-    encode_frame(&events[0], &mut torn);
+    rayr_logs::encode_single_run_frame(&events[0], &mut torn);
     std::fs::OpenOptions::new()
         .append(true)
         .open(session.event_log("n2"))

@@ -277,8 +277,8 @@ impl Agent {
     }
 
     fn record(&self, event: &Event) {
-        let mut buf = Vec::with_capacity(128);
-        encode_frame(event, &mut buf);
+        let mut buf = Vec::with_capacity(160);
+        rayr_logs::encode_single_run_frame(event, &mut buf);
         if let Err(e) = self.events.lock().append(&buf) {
             tracing::error!("cannot append to the event log: {e}");
         }

@@ -73,12 +73,13 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
         return_id: ret.to_vec(),
         retry_exceptions: opts.retry_exceptions,
     };
-    let submitted = core.record_with(EventKind::TaskSubmitted, |f| {
-        core::put(&mut f.e.task_id, &task);
-        core::put(&mut f.e.object_id, &ret);
-        let d = f.task();
-        d.function.push_str(function);
-        d.max_retries = opts.max_retries;
+    // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
+    let events = core.event_batch();
+    let submitted = core.emit(EventKind::TaskSubmitted, |e| {
+        e.task(&task).object(&ret);
+        e.task_detail(|d| {
+            d.function(function).max_retries(opts.max_retries);
+        });
     });
 
     let mut st = core.state.lock();
@@ -175,6 +176,7 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
         core.enqueue_locked(&mut st, task);
     }
     drop(st);
+    drop(events);
     drop(handles);
     ObjectRef::from_handle(core.owned_handle(ret))
 }

@@ -11,7 +11,7 @@ use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskResult, 
 
 use crate::api::{Fetched, fetch, store_bytes_for};
 use crate::codec;
-use crate::core::{self, ConnectParams, Core, Slot, put};
+use crate::core::{self, Batch, ConnectParams, Core, Slot};
 use crate::registry::{self, ArgBytes, ArgReader, Returned};
 
 thread_local! {
@@ -100,38 +100,38 @@ fn stop_cleanly_on_sigterm() {
 }
 
 /// Runs one pushed task on the calling thread and returns the message that answers it.
-pub(crate) fn run_task(core: &Arc<Core>, spec: rayr_proto::TaskSpec) -> PeerMessage {
+/// `events` is the batch the previous task's TASK_FINISHED was recorded in, when this task
+/// follows it at once: TASK_STARTED joins it. This task's TASK_FINISHED is left in a new
+/// batch there, for the caller to close (or for the next task to join).
+pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, events: &mut Option<Batch<'c>>) -> PeerMessage {
     let task: Id = spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
     CURRENT_TASK.with(|c| c.set((Some(task), spec.attempt)));
-    let started = core.record_with(EventKind::TaskStarted, |f| {
-        put(&mut f.e.task_id, &spec.task_id);
-        put(&mut f.e.worker_id, &core.me);
-        put(&mut f.e.cause, &spec.scheduled_event);
-        let d = f.task();
-        d.attempt = spec.attempt;
-        d.pid = core.pid;
+    let started = core.emit(EventKind::TaskStarted, |e| {
+        e.task(&spec.task_id).worker(&core.me).cause(&spec.scheduled_event);
+        e.task_detail(|d| {
+            d.attempt(spec.attempt).pid(core.pid);
+        });
     });
 
+    // Published before the user's code runs: a long task shows as started.
+    *events = None;
     let outcome = execute(core, &spec);
     let (kind, detail_error) = match &outcome {
         task_result::Outcome::Error(e) => (EventKind::TaskFailed, Some(e.clone())),
         _ => (EventKind::TaskFinished, None),
     };
-    let finished_event = core.record_with(kind, |f| {
-        put(&mut f.e.task_id, &spec.task_id);
-        put(&mut f.e.worker_id, &core.me);
-        put(&mut f.e.cause, &started);
-        let detail = f.task();
-        detail.attempt = spec.attempt;
-        detail.max_retries = spec.max_retries;
-        if let Some(e) = &detail_error {
-            detail.function.push_str(&spec.function);
-            let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
-            detail.r#final = !retried;
-            detail.error = if e.location.is_empty() { e.message.clone() } else { format!("{} (at {})", e.message, e.location) };
-            detail.backtrace = e.backtrace.clone();
-            detail.error_type = e.kind.clone();
-        }
+    *events = Some(core.event_batch());
+    let finished_event = core.emit(kind, |ev| {
+        ev.task(&spec.task_id).worker(&core.me).cause(&started);
+        ev.task_detail(|d| {
+            d.attempt(spec.attempt);
+            if let Some(e) = &detail_error {
+                d.max_retries(spec.max_retries);
+                let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
+                let error = if e.location.is_empty() { e.message.clone() } else { format!("{} (at {})", e.message, e.location) };
+                d.function(&spec.function).is_final(!retried).error(&error).backtrace(&e.backtrace).error_type(&e.kind);
+            }
+        });
     });
     if detail_error.is_some() {
         // A failure is worth having on disk before anything else can go wrong.

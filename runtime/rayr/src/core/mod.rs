@@ -23,7 +23,7 @@ use parking_lot::{Condvar, Mutex, RwLock};
 use rayr_logs::{Id, hex};
 use rayr_proto::frames::FrameReader;
 use rayr_proto::{
-    ClientMessage, Event, NodeMessage, PeerMessage,
+    ClientMessage, NodeMessage, PeerMessage,
     TaskSpec, client_message, encode_frame, node_message, peer_message,
 };
 use rayr_store::Arena;
@@ -34,7 +34,7 @@ mod events;
 mod owner;
 mod submit;
 
-pub(crate) use events::{EventBuffer, put};
+pub(crate) use events::{Batch, EventBuffer, put};
 
 
 /// How many tasks may be queued on one leased worker: enough to hide the round trip,
@@ -344,8 +344,6 @@ pub(crate) struct Core {
     held_results: Mutex<Vec<std::sync::Weak<HeldResults>>>,
     pub node_resources: HashMap<String, f64>,
     pub pid: u32,
-    /// source_worker, encoded once (see push_with_prefix).
-    event_prefix: Vec<u8>,
 }
 
 /// What `connect` needs to know.
@@ -427,7 +425,13 @@ impl Core {
                 outbox: Vec::new(),
             }),
             ready: Condvar::new(),
-            events: EventBuffer::new(),
+            events: EventBuffer::new(rayr_logs::RunSource {
+                node_id: reg.node_id.as_slice().try_into().unwrap_or([0; 16]),
+                source_worker: p.worker_id,
+                source_pid: std::process::id(),
+                job_id: p.job_id,
+                salt: rayr_logs::process_salt(),
+            }),
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
@@ -435,12 +439,6 @@ impl Core {
             exec_lock: Mutex::new(()),
             held_results: Mutex::new(Vec::new()),
             pid: std::process::id(),
-            event_prefix: {
-                use rayr_proto::Message;
-                // Only who recorded it: the index derives the node from the log's name and
-                // the job and pid from this process's WORKER_STARTED (fewer bytes per event).
-                Event { source_worker: p.worker_id.to_vec(), ..Default::default() }.encode_to_vec()
-            },
             node_resources: reg.node_resources,
         });
         let c = core.clone();
@@ -456,13 +454,25 @@ impl Core {
         std::thread::Builder::new()
             .name("rayr-ticker".into())
             .spawn(move || {
+                if let Some(core) = c.upgrade() {
+                    core.events.set_flusher();
+                }
+                let mut last_tick = Instant::now() - FLUSH_EVERY;
                 while let Some(core) = c.upgrade() {
                     if core.stopping.load(Ordering::Acquire) {
                         break;
                     }
-                    core.tick();
+                    // Cleared before flushing, so a ring that fills meanwhile asks again.
+                    let wanted = core.events.take_flush_wanted();
+                    if last_tick.elapsed() >= FLUSH_EVERY {
+                        core.tick();
+                        last_tick = Instant::now();
+                    } else if wanted {
+                        // Woken early: a thread's ring is filling up.
+                        core.flush_events();
+                    }
                     drop(core);
-                    std::thread::sleep(FLUSH_EVERY);
+                    std::thread::park_timeout(FLUSH_EVERY.saturating_sub(last_tick.elapsed()));
                 }
             })
             .unwrap();
@@ -547,6 +557,9 @@ impl Core {
         }
         let mut reader = FrameReader::new(stream);
         let mut borrowers: HashSet<Id> = HashSet::new();
+        // A task's TASK_FINISHED and the next pushed task's TASK_STARTED, when it is
+        // already here, are one batch of events (one clock reading, one publish).
+        let mut events = None;
         while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
             let req = msg.req_id;
             match msg.body {
@@ -556,13 +569,19 @@ impl Core {
                     // connections, each read by its own thread.
                     let result = {
                         let _one_at_a_time = self.exec_lock.lock();
-                        crate::exec::run_task(&self, spec)
+                        crate::exec::run_task(&self, spec, &mut events)
                     };
                     held.hold(&result);
                     if !reader.has_buffered_frame() {
+                        events = None;
                         held.send(Duration::ZERO);
                     }
+                    continue;
                 }
+                _ => events = None,
+            }
+            match msg.body {
+                Some(peer_message::Body::Push(_)) => held.send(Duration::ZERO),
                 Some(peer_message::Body::Get(g)) => {
                     held.send(Duration::ZERO);
                     self.serve_get(&conn, req, &g.object_id, g.probe)
@@ -578,6 +597,7 @@ impl Core {
                 _ => held.send(Duration::ZERO),
             }
         }
+        drop(events);
         held.send(Duration::ZERO);
         // A borrower talks to us over its one connection: when it closes, the process is
         // gone (or shut down), and so are its borrows.

@@ -4,10 +4,11 @@
 
 use std::sync::Arc;
 
+use rayr_logs::event_run::FREED_BY_RELEASE;
 use rayr_logs::{Id, hex};
 use rayr_proto::{EventKind, ObjectDetail, ObjectLocation, PeerMessage, client_message, event, peer_message};
 
-use super::{Core, Owned, ServerConn, Slot, State, put};
+use super::{Core, Owned, ServerConn, Slot, State};
 
 impl Core {
 
@@ -28,18 +29,17 @@ impl Core {
         };
         let mut ev = None;
         if !location.is_empty() {
-            ev = Some(self.record_with(EventKind::ObjectCreated, |f| {
-                put(&mut f.e.object_id, &id);
-                put(&mut f.e.worker_id, &self.me);
+            ev = Some(self.emit(EventKind::ObjectCreated, |e| {
+                e.object(&id).worker(&self.me);
                 if let Some(t) = task {
-                    put(&mut f.e.task_id, &t);
+                    e.task(&t);
                 }
                 if let Some(c) = cause {
-                    put(&mut f.e.cause, &c);
+                    e.cause(&c);
                 }
-                let d = f.object();
-                d.size = size;
-                d.location.push_str(location);
+                e.object_detail(|d| {
+                    d.size(size).location(location);
+                });
             }));
         }
         let Some(o) = st.owned.get_mut(&id) else {
@@ -80,7 +80,7 @@ impl Core {
         if owner == self.me {
             if let Some(o) = st.owned.get_mut(&id) {
                 o.local_refs = o.local_refs.saturating_sub(1);
-                self.free_if_unreferenced(&mut st, id, "every reference was released");
+                self.free_if_unreferenced(&mut st, id, FREED_BY_RELEASE);
             }
         } else {
             self.release_borrowed_locked(&mut st, id);
@@ -121,13 +121,13 @@ impl Core {
             self.free_in_store(&[id]);
         }
         if !matches!(o.slot, Slot::Failed(_)) {
-            self.record_with(EventKind::ObjectFreed, |f| {
-                put(&mut f.e.object_id, &id);
-                put(&mut f.e.worker_id, &self.me);
-                if o.created_event != [0; 16] {
-                    put(&mut f.e.cause, &o.created_event);
+            self.emit(EventKind::ObjectFreed, |e| {
+                e.object(&id).worker(&self.me).cause(&o.created_event);
+                if reason != FREED_BY_RELEASE {
+                    e.object_detail(|d| {
+                        d.reason(reason);
+                    });
                 }
-                f.object().reason.push_str(reason);
             });
         }
     }

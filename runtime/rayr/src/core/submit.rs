@@ -60,6 +60,7 @@ impl Core {
     }
 
     pub(super) fn dispatch_locked(self: &Arc<Self>, st: &mut State, key: &str) {
+        let events = self.event_batch();
         let mut batches: Vec<(Arc<PeerConn>, Vec<u8>)> = Vec::new();
         loop {
             let Some(q) = st.queues.get(key) else { return };
@@ -93,12 +94,14 @@ impl Core {
             let conn = l.conn.clone();
             let Some(t) = st.tasks.get_mut(&task) else { continue };
             t.worker = Some(worker);
-            let id = self.record_with(EventKind::TaskScheduled, |f| {
-                put(&mut f.e.task_id, &task);
-                put(&mut f.e.worker_id, &worker);
-                put(&mut f.e.cause, &t.last_event);
+            let id = self.emit(EventKind::TaskScheduled, |e| {
+                e.task(&task).worker(&worker).cause(&t.last_event);
                 // The function is named once, in TASK_SUBMITTED: fewer bytes per event.
-                f.task().attempt = t.spec.attempt;
+                if t.spec.attempt > 0 {
+                    e.task_detail(|d| {
+                        d.attempt(t.spec.attempt);
+                    });
+                }
             });
             t.last_event = id;
             put(&mut t.spec.scheduled_event, &id);
@@ -111,6 +114,7 @@ impl Core {
             };
             encode_push_frame(&t.spec, buf);
         }
+        drop(events);
         for (conn, buf) in batches {
             // A failed write means the worker died; its reader thread handles that.
             let _ = conn.send_raw(&buf);
@@ -199,6 +203,8 @@ impl Core {
     }
 
     pub(super) fn task_results(self: &Arc<Self>, worker: Id, results: Vec<rayr_proto::TaskResult>) {
+        // The objects created and the tasks dispatched for a burst of results: one batch.
+        let events = self.event_batch();
         let mut st = self.state.lock();
         for r in results {
             self.task_result_locked(&mut st, worker, r);
@@ -212,6 +218,7 @@ impl Core {
                 }
         }
         drop(st);
+        drop(events);
         self.send_outbox();
         self.ready.notify_all();
     }

@@ -1,0 +1,571 @@
+//! The packed form events travel and are stored in: runs (`EventRun` in events.proto).
+//!
+//! Every task records six events, so what one event costs to record is what the event
+//! record costs. A run writes what its events share once (who recorded them, the id salt,
+//! a base time) and each event packs the rest: no id (it follows from the run's first
+//! sequence number), a time offset of a byte or two, a few bytes for an id its recorder
+//! made.
+//! [`pack_event`] packs an event as it is recorded, field by field, with nothing built in
+//! between; [`run_header`] frames packed events as a run; [`expand_run`] turns a run back
+//! into whole `Event`s for every reader.
+
+use rayr_proto::{Event, EventKind, EventRun, Message, ObjectDetail, event};
+
+use crate::ids::{EVENT_SEQ_BIT, Id, counter_of, event_id_from, id_of_counter, is_event_counter};
+
+/// What every run of one process shares.
+#[derive(Clone, Debug, Default)]
+pub struct RunSource {
+    pub node_id: Id,
+    pub source_worker: Id,
+    pub source_pid: u32,
+    pub job_id: Id,
+    /// The process's id salt (`crate::process_salt`).
+    pub salt: u64,
+}
+
+/// Why an object is freed nearly every time. A packed OBJECT_FREED without a reason was
+/// freed for this one (readers get it filled in): a task's six events are ~10% shorter.
+pub const FREED_BY_RELEASE: &str = "every reference was released";
+
+/// Packed id tags (see `EventRun` in events.proto).
+const SOURCE_ID: u8 = 0;
+const COUNTER: u8 = 1;
+const EVENT_BEFORE: u8 = 2;
+const PEER_COUNTER: u8 = 3;
+const PEER_EVENT: u8 = 4;
+
+/// The salts of other processes whose ids a recording thread packs short (a worker names
+/// its driver's tasks and events; a driver its workers' events). Entries are only added,
+/// so every run of the thread can carry the whole table.
+#[derive(Clone, Debug, Default)]
+pub struct PeerSalts {
+    salts: [u64; MAX_PEER_SALTS],
+    len: usize,
+}
+
+/// Peers beyond this many are named by whole ids.
+pub const MAX_PEER_SALTS: usize = 8;
+
+impl PeerSalts {
+    #[inline]
+    fn index_of(&mut self, salt: u64) -> Option<u8> {
+        if let Some(i) = self.salts[..self.len].iter().position(|s| *s == salt) {
+            return Some(i as u8);
+        }
+        (self.len < MAX_PEER_SALTS).then(|| {
+            self.salts[self.len] = salt;
+            self.len += 1;
+            (self.len - 1) as u8
+        })
+    }
+
+    pub fn as_slice(&self) -> &[u64] {
+        &self.salts[..self.len]
+    }
+}
+
+#[inline]
+fn zigzag(v: i64) -> u64 {
+    ((v << 1) ^ (v >> 63)) as u64
+}
+
+#[inline]
+fn unzigzag(v: u64) -> i64 {
+    (v >> 1) as i64 ^ -((v & 1) as i64)
+}
+
+/// Appends one packed event (a varint length, then the event) of `kind` to `out`: the
+/// event numbered `seq`, `time_delta_us` after the event before it in its run; `fill`
+/// writes its fields.
+#[inline]
+pub fn pack_event(
+    out: &mut Vec<u8>,
+    src: &RunSource,
+    peers: &mut PeerSalts,
+    seq: u64,
+    kind: i32,
+    time_delta_us: i64,
+    fill: impl FnOnce(&mut EventWriter<'_>),
+) {
+    let start = out.len();
+    out.push(0); // the length, patched below
+    key(6, 0, out);
+    varint(kind as u64, out);
+    if time_delta_us != 0 {
+        key(2, 0, out);
+        varint(time_delta_us as u64, out);
+    }
+    fill(&mut EventWriter { out, src, peers, seq: seq | EVENT_SEQ_BIT });
+    patch_len(out, start);
+}
+
+/// Appends a whole event, packed as it is (its id and other ids unpacked): for the rare
+/// events built as an `Event` value. Its time is written as `time_delta_us`.
+pub fn pack_whole_event(out: &mut Vec<u8>, e: &Event, time_delta_us: i64) {
+    let start = out.len();
+    out.push(0);
+    let mut e = e.clone();
+    e.time_us = time_delta_us;
+    e.encode(out).expect("Vec<u8> has room");
+    patch_len(out, start);
+}
+
+/// Appends the start of a run's frame to `out`: the u32 length and the `EventRun` fields
+/// before its events, which must follow (`events_len` bytes of packed events, `count` of
+/// them, the first numbered `first_seq`, times counted from `base_time_us`). The events
+/// can then be sent from wherever they are, without being copied behind the header.
+pub fn run_header(
+    src: &RunSource,
+    peer_salts: &[u64],
+    first_seq: u64,
+    base_time_us: i64,
+    count: u32,
+    events_len: usize,
+    out: &mut Vec<u8>,
+) {
+    let h0 = out.len();
+    out.extend_from_slice(&[0; 4]);
+    bytes(1, &src.node_id, out);
+    bytes(2, &src.source_worker, out);
+    uint(3, src.source_pid as u64, out);
+    bytes(4, &src.job_id, out);
+    key(5, 1, out);
+    out.extend_from_slice(&src.salt.to_le_bytes());
+    uint(6, first_seq, out);
+    uint(7, base_time_us as u64, out);
+    uint(9, count as u64, out);
+    if !peer_salts.is_empty() {
+        key(10, 2, out);
+        varint(8 * peer_salts.len() as u64, out);
+        for salt in peer_salts {
+            out.extend_from_slice(&salt.to_le_bytes());
+        }
+    }
+    key(8, 2, out);
+    varint(events_len as u64, out);
+    let frame_len = out.len() - h0 - 4 + events_len;
+    out[h0..h0 + 4].copy_from_slice(&(frame_len as u32).to_le_bytes());
+}
+
+/// Appends one frame holding `e` alone as a run: for a process that records few events
+/// (the node agent). `e` must name its id.
+pub fn encode_single_run_frame(e: &Event, out: &mut Vec<u8>) {
+    let mut events = Vec::with_capacity(e.encoded_len() + 5);
+    e.encode_length_delimited(&mut events).expect("Vec<u8> has room");
+    rayr_proto::encode_frame(&EventRun { events, count: 1, ..Default::default() }, out);
+}
+
+/// Writes an event's fields (any order is valid protobuf).
+pub struct EventWriter<'a> {
+    out: &'a mut Vec<u8>,
+    src: &'a RunSource,
+    peers: &'a mut PeerSalts,
+    /// This event's counter (its sequence number, event bit set).
+    seq: u64,
+}
+
+impl EventWriter<'_> {
+    /// An id field, packed: one byte for the recorder's own id; a tag and a varint for an
+    /// id the recorder made (its counter; for an event, how many events before this one it
+    /// was); the 16 bytes otherwise. An all-zero id (none) is left out.
+    #[inline]
+    fn id(&mut self, field: u32, id: &[u8]) -> &mut Self {
+        let Ok(id) = <&[u8; 16]>::try_from(id) else {
+            bytes(field, id, self.out);
+            return self;
+        };
+        let key = (field << 3 | 2) as u8;
+        if id == &self.src.source_worker {
+            self.out.extend_from_slice(&[key, 1, SOURCE_ID]);
+        } else if let Some(counter) = counter_of(id, self.src.salt) {
+            let (tag, v) = if is_event_counter(counter) {
+                (EVENT_BEFORE, zigzag(self.seq.wrapping_sub(counter) as i64))
+            } else {
+                (COUNTER, counter)
+            };
+            let start = self.out.len();
+            self.out.extend_from_slice(&[key, 0, tag]);
+            varint(v, self.out);
+            self.out[start + 1] = (self.out.len() - start - 2) as u8;
+        } else if id != &[0; 16] {
+            let salt = u64::from_be_bytes(id[8..].try_into().unwrap());
+            match (self.peers.index_of(salt), counter_of(id, salt)) {
+                (Some(peer), Some(counter)) => {
+                    let (tag, v) = if is_event_counter(counter) { (PEER_EVENT, counter & !EVENT_SEQ_BIT) } else { (PEER_COUNTER, counter) };
+                    let start = self.out.len();
+                    self.out.extend_from_slice(&[key, 0, tag, peer]);
+                    varint(v, self.out);
+                    self.out[start + 1] = (self.out.len() - start - 2) as u8;
+                }
+                _ => {
+                    self.out.extend_from_slice(&[key, 16]);
+                    self.out.extend_from_slice(id);
+                }
+            }
+        }
+        self
+    }
+    pub fn cause(&mut self, id: &[u8]) -> &mut Self {
+        self.id(7, id)
+    }
+    pub fn object(&mut self, id: &[u8]) -> &mut Self {
+        self.id(8, id)
+    }
+    pub fn task(&mut self, id: &[u8]) -> &mut Self {
+        self.id(9, id)
+    }
+    pub fn actor(&mut self, id: &[u8]) -> &mut Self {
+        self.id(10, id)
+    }
+    pub fn worker(&mut self, id: &[u8]) -> &mut Self {
+        self.id(11, id)
+    }
+
+    /// The event's `TaskDetail`.
+    pub fn task_detail(&mut self, fill: impl FnOnce(&mut TaskDetailWriter<'_>)) {
+        key(20, 2, self.out);
+        let start = self.out.len();
+        self.out.push(0);
+        fill(&mut TaskDetailWriter { out: self.out });
+        patch_len(self.out, start);
+    }
+
+    /// The event's `ObjectDetail`.
+    pub fn object_detail(&mut self, fill: impl FnOnce(&mut ObjectDetailWriter<'_>)) {
+        key(21, 2, self.out);
+        let start = self.out.len();
+        self.out.push(0);
+        fill(&mut ObjectDetailWriter { out: self.out });
+        patch_len(self.out, start);
+    }
+}
+
+/// Writes `TaskDetail` fields.
+pub struct TaskDetailWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl TaskDetailWriter<'_> {
+    pub fn function(&mut self, v: &str) -> &mut Self {
+        bytes(1, v.as_bytes(), self.out);
+        self
+    }
+    pub fn attempt(&mut self, v: u32) -> &mut Self {
+        uint(2, v as u64, self.out);
+        self
+    }
+    pub fn max_retries(&mut self, v: u32) -> &mut Self {
+        uint(3, v as u64, self.out);
+        self
+    }
+    pub fn error(&mut self, v: &str) -> &mut Self {
+        bytes(4, v.as_bytes(), self.out);
+        self
+    }
+    pub fn reason(&mut self, v: &str) -> &mut Self {
+        bytes(5, v.as_bytes(), self.out);
+        self
+    }
+    pub fn is_final(&mut self, v: bool) -> &mut Self {
+        uint(6, v as u64, self.out);
+        self
+    }
+    pub fn backtrace(&mut self, v: &str) -> &mut Self {
+        bytes(7, v.as_bytes(), self.out);
+        self
+    }
+    pub fn pid(&mut self, v: u32) -> &mut Self {
+        uint(8, v as u64, self.out);
+        self
+    }
+    pub fn error_type(&mut self, v: &str) -> &mut Self {
+        bytes(9, v.as_bytes(), self.out);
+        self
+    }
+}
+
+/// Writes `ObjectDetail` fields.
+pub struct ObjectDetailWriter<'a> {
+    out: &'a mut Vec<u8>,
+}
+
+impl ObjectDetailWriter<'_> {
+    pub fn size(&mut self, v: u64) -> &mut Self {
+        uint(1, v, self.out);
+        self
+    }
+    pub fn location(&mut self, v: &str) -> &mut Self {
+        bytes(2, v.as_bytes(), self.out);
+        self
+    }
+    pub fn peer(&mut self, v: &[u8]) -> &mut Self {
+        bytes(3, v, self.out);
+        self
+    }
+    pub fn reason(&mut self, v: &str) -> &mut Self {
+        bytes(4, v.as_bytes(), self.out);
+        self
+    }
+    pub fn peer_kind(&mut self, v: &str) -> &mut Self {
+        bytes(5, v.as_bytes(), self.out);
+        self
+    }
+}
+
+/// Appends the events of one run (the body of an `EventRun` frame), whole, to `out`.
+pub fn expand_run(body: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
+    let run = EventRun::decode(body).map_err(|e| format!("bad event run: {e}"))?;
+    let unpack = |id: &mut Vec<u8>, seq: u64| -> Result<(), String> {
+        match id.as_slice() {
+            [] => {}
+            [SOURCE_ID] => id.clone_from(&run.source_worker),
+            [tag @ (COUNTER | EVENT_BEFORE), rest @ ..] => {
+                let tag = *tag;
+                let mut rest: &[u8] = rest;
+                let v = prost::encoding::decode_varint(&mut rest).map_err(|e| format!("bad packed id: {e}"))?;
+                let counter = if tag == COUNTER { v } else { (seq | EVENT_SEQ_BIT).wrapping_sub(unzigzag(v) as u64) };
+                *id = id_of_counter(counter, run.salt).to_vec();
+            }
+            [tag @ (PEER_COUNTER | PEER_EVENT), peer, rest @ ..] => {
+                let tag = *tag;
+                let salt = *run.peer_salts.get(*peer as usize).ok_or_else(|| format!("packed id names peer {peer} of {}", run.peer_salts.len()))?;
+                let mut rest: &[u8] = rest;
+                let v = prost::encoding::decode_varint(&mut rest).map_err(|e| format!("bad packed id: {e}"))?;
+                let counter = if tag == PEER_EVENT { v | EVENT_SEQ_BIT } else { v };
+                *id = id_of_counter(counter, salt).to_vec();
+            }
+            _ => {}
+        }
+        Ok(())
+    };
+    let mut rest = run.events.as_slice();
+    let mut time = run.base_time_us;
+    let mut seq = run.first_seq;
+    while !rest.is_empty() {
+        let len = prost::encoding::decode_varint(&mut rest).map_err(|e| format!("bad event length in a run: {e}"))? as usize;
+        if len > rest.len() {
+            return Err(format!("an event of {len} bytes overruns its run ({} left)", rest.len()));
+        }
+        let mut e = Event::decode(&rest[..len]).map_err(|e| format!("bad event in a run: {e}"))?;
+        rest = &rest[len..];
+        if e.id.is_empty() {
+            e.id = event_id_from(seq, run.salt).to_vec();
+        }
+        time = time.wrapping_add(e.time_us);
+        e.time_us = time;
+        for id in [&mut e.cause, &mut e.object_id, &mut e.task_id, &mut e.actor_id, &mut e.worker_id] {
+            unpack(id, seq)?;
+        }
+        seq += 1;
+        if e.node_id.is_empty() {
+            e.node_id.clone_from(&run.node_id);
+        }
+        if e.source_worker.is_empty() {
+            e.source_worker.clone_from(&run.source_worker);
+        }
+        if e.source_pid == 0 {
+            e.source_pid = run.source_pid;
+        }
+        if e.job_id.is_empty() {
+            e.job_id.clone_from(&run.job_id);
+        }
+        if e.kind == EventKind::ObjectFreed as i32 {
+            match &mut e.detail {
+                Some(event::Detail::Object(d)) if d.reason.is_empty() => d.reason = FREED_BY_RELEASE.into(),
+                None => e.detail = Some(event::Detail::Object(ObjectDetail { reason: FREED_BY_RELEASE.into(), ..Default::default() })),
+                _ => {}
+            }
+        }
+        out.push(e);
+    }
+    Ok(())
+}
+
+/// Writes the varint length of the bytes after `at` into the byte reserved there.
+#[inline]
+fn patch_len(out: &mut Vec<u8>, at: usize) {
+    let len = out.len() - at - 1;
+    if len < 0x80 {
+        out[at] = len as u8;
+    } else {
+        let mut v = Vec::with_capacity(10);
+        varint(len as u64, &mut v);
+        out[at] = v[0];
+        out.splice(at + 1..at + 1, v[1..].iter().copied());
+    }
+}
+
+#[inline(always)]
+fn varint(mut v: u64, out: &mut Vec<u8>) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+#[inline(always)]
+fn key(field: u32, wire_type: u32, out: &mut Vec<u8>) {
+    varint(((field << 3) | wire_type) as u64, out);
+}
+
+#[inline(always)]
+fn bytes(field: u32, v: &[u8], out: &mut Vec<u8>) {
+    if !v.is_empty() {
+        key(field, 2, out);
+        varint(v.len() as u64, out);
+        out.extend_from_slice(v);
+    }
+}
+
+#[inline(always)]
+fn uint(field: u32, v: u64, out: &mut Vec<u8>) {
+    if v != 0 {
+        key(field, 0, out);
+        varint(v, out);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::{new_id, process_salt};
+    use rayr_proto::TaskDetail;
+
+    fn source() -> RunSource {
+        RunSource { node_id: [1; 16], source_worker: [2; 16], source_pid: 77, job_id: [3; 16], salt: process_salt() }
+    }
+
+    fn frame(src: &RunSource, peers: &PeerSalts, first_seq: u64, base: i64, count: u32, events: &[u8]) -> Vec<u8> {
+        let mut wire = Vec::new();
+        run_header(src, peers.as_slice(), first_seq, base, count, events.len(), &mut wire);
+        wire.extend_from_slice(events);
+        wire
+    }
+
+    fn expand_all(mut wire: &[u8]) -> Vec<Event> {
+        let mut out = Vec::new();
+        while let Some((body, used)) = rayr_proto::split_frame(wire).unwrap() {
+            expand_run(body, &mut out).unwrap();
+            wire = &wire[used..];
+        }
+        out
+    }
+
+    #[test]
+    fn packed_events_expand_to_what_was_recorded() {
+        let src = source();
+        let task = new_id();
+        let foreign = [9u8; 16];
+        let long_error = "x".repeat(300);
+        let mut events = Vec::new();
+        let mut peers = PeerSalts::default();
+        pack_event(&mut events, &src, &mut peers, 40, EventKind::TaskSubmitted as i32, 1_000, |w| {
+            w.task(&task).object(&foreign);
+            w.task_detail(|d| {
+                d.function("noop").max_retries(3);
+            });
+        });
+        pack_event(&mut events, &src, &mut peers, 41, EventKind::TaskFailed as i32, 250, |w| {
+            w.task(&task).cause(&event_id_from(40, src.salt)).worker(&src.source_worker).actor(&[0; 16]);
+            w.task_detail(|d| {
+                d.error(&long_error).is_final(true).error_type("panic");
+            });
+        });
+        let whole = Event { id: vec![5; 16], time_us: 999_000, kind: EventKind::WorkerExited as i32, ..Default::default() };
+        pack_whole_event(&mut events, &whole, -1_250);
+        let got = expand_all(&frame(&src, &peers, 40, 999_000, 3, &events));
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[0].id, event_id_from(40, src.salt).to_vec(), "ids follow from the run's first number");
+        assert_eq!(got[0].time_us, 1_000_000);
+        assert_eq!(got[0].task_id, task.to_vec(), "an id of this process, packed to 8 bytes and restored");
+        assert_eq!(got[0].object_id, foreign.to_vec());
+        assert_eq!((got[0].node_id.as_slice(), got[0].source_pid, got[0].job_id.as_slice()), (&[1u8; 16][..], 77, &[3u8; 16][..]));
+        assert_eq!(
+            got[0].detail,
+            Some(event::Detail::Task(TaskDetail { function: "noop".into(), max_retries: 3, ..Default::default() }))
+        );
+        assert_eq!(got[1].id, event_id_from(41, src.salt).to_vec());
+        assert_eq!(got[1].time_us, 1_000_250);
+        assert_eq!(got[1].cause, got[0].id);
+        assert_eq!(got[1].worker_id, src.source_worker.to_vec(), "the recorder's own id, packed to one byte");
+        assert!(got[1].actor_id.is_empty(), "an all-zero id is no id");
+        match &got[1].detail {
+            Some(event::Detail::Task(d)) => assert_eq!((d.error.len(), d.r#final), (300, true), "a detail over 127 bytes"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(got[2], Event { node_id: vec![1; 16], source_worker: vec![2; 16], source_pid: 77, job_id: vec![3; 16], ..whole });
+    }
+
+    #[test]
+    fn other_processes_ids_round_trip_short_until_the_peer_table_is_full() {
+        let src = source();
+        let mut events = Vec::new();
+        let mut peers = PeerSalts::default();
+        let others: Vec<(Id, Id)> = (0..MAX_PEER_SALTS as u64 + 2)
+            .map(|p| {
+                let salt = 0x1234_5678_0000_0000 + p;
+                (id_of_counter(1_000 + p, salt), event_id_from(7 << 24 | p, salt))
+            })
+            .collect();
+        for (i, (task, cause)) in others.iter().enumerate() {
+            pack_event(&mut events, &src, &mut peers, i as u64, EventKind::TaskStarted as i32, 1, |w| {
+                w.task(task).cause(cause);
+            });
+        }
+        assert_eq!(peers.as_slice().len(), MAX_PEER_SALTS);
+        let got = expand_all(&frame(&src, &peers, 0, 0, others.len() as u32, &events));
+        for (e, (task, cause)) in got.iter().zip(&others) {
+            assert_eq!((e.task_id.as_slice(), e.cause.as_slice()), (&task[..], &cause[..]));
+        }
+        // Short while the table has room: a tag, the peer, a few bytes of counter.
+        assert!(events.len() < others.len() * 40, "{} bytes", events.len());
+    }
+
+    #[test]
+    fn a_freed_object_without_a_reason_was_released() {
+        let src = source();
+        let mut events = Vec::new();
+        let mut peers = PeerSalts::default();
+        pack_event(&mut events, &src, &mut peers, 0, EventKind::ObjectFreed as i32, 1, |w| {
+            w.object(&[8; 16]);
+        });
+        pack_event(&mut events, &src, &mut peers, 1, EventKind::ObjectFreed as i32, 1, |w| {
+            w.object_detail(|d| {
+                d.reason("its last borrower exited");
+            });
+        });
+        let reasons: Vec<String> = expand_all(&frame(&src, &peers, 0, 0, 2, &events))
+            .into_iter()
+            .map(|e| match e.detail {
+                Some(event::Detail::Object(d)) => d.reason,
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(reasons, [FREED_BY_RELEASE, "its last borrower exited"]);
+    }
+
+    #[test]
+    fn a_single_event_run_keeps_the_event_whole() {
+        let e = Event { id: vec![4; 16], time_us: 123, source_worker: vec![6; 16], kind: 20, ..Default::default() };
+        let mut wire = Vec::new();
+        encode_single_run_frame(&e, &mut wire);
+        assert_eq!(expand_all(&wire), vec![e]);
+    }
+
+    #[test]
+    fn a_corrupt_run_is_an_error_not_a_panic() {
+        let src = source();
+        let mut events = Vec::new();
+        let mut peers = PeerSalts::default();
+        pack_event(&mut events, &src, &mut peers, 0, EventKind::TaskStarted as i32, 5, |w| {
+            w.task(&[7; 16]);
+        });
+        let wire = frame(&src, &peers, 0, 0, 1, &events);
+        let (body, _) = rayr_proto::split_frame(&wire).unwrap().unwrap();
+        let mut cut = body.to_vec();
+        cut.truncate(cut.len() - 3);
+        assert!(expand_run(&cut, &mut Vec::new()).is_err());
+    }
+}
