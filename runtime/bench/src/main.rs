@@ -23,7 +23,17 @@
 //!   - `tasks_async_per_s`: 10k trivial tasks submitted, then gathered with `get_all`
 //!     (after 2k of warmup), median of 8 rounds in a child; median of 5 children.
 //!   - `tasks_async_per_s_events_off`: the same with `RAYR_RECORD_EVENTS=0`, and
-//!     `event_recording_cost_pct`, the throughput lost to event recording.
+//!     `event_recording_cost_unpinned_pct` from the two (on this 2-vCPU VM, where the
+//!     processes land moves throughput by ±40% from child to child, so this one is noise).
+//!   - The event cost, measured with the whole cluster pinned to one CPU (no placement to
+//!     vary): 12 back-to-back pairs of children (events on, then off; 10 rounds each, after
+//!     the store's prefault threads are done), each pair giving one difference.
+//!     `event_recording_cost_pct` is the median of the pairs' throughput differences and
+//!     `event_recording_cpu_cost_pct` of their CPU differences (every thread of every
+//!     process of the cluster over the rounds, from `/proc/*/task/*/schedstat`), each with
+//!     its quartiles over the pairs; `tasks_async_per_s_one_cpu` (and `_events_off`) and
+//!     `cluster_cpu_per_task_us_one_cpu` (and `_events_off`) are the medians behind them.
+//!     `event_log_bytes_per_task` is the size of the event log per task.
 //!   - `driver_cpu_per_task_us` (and `_events_off`): CPU time of the driver process (its
 //!     embedded node agent and head included, workers not) per task over those rounds.
 //!   - `shutdown_after_82k_tasks_ms` (and `_events_off`): how long `shutdown()` takes
@@ -178,23 +188,35 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
     figure("event_recording_cost_unpinned_pct", show(rate_on.zip(rate_off).map(|(on, off)| (off - on) / off * 100.0), 1), "%");
     // Unpinned, where each process lands on the two vCPUs moves throughput by ±25 % from
     // one child to the next, which buries a few percent. With the whole cluster on one CPU
-    // there is no placement to vary: the event cost is measured there.
-    let (mut pinned_on, mut pinned_off) = (Vec::new(), Vec::new());
-    for i in 0..3 {
-        pinned_on.extend(child_run(tmp, &format!("pn{i}"), "throughput", &[("RAYR_RECORD_EVENTS", "1"), ("RAYR_BENCH_PIN", "0")]));
-        pinned_off.extend(child_run(tmp, &format!("pf{i}"), "throughput", &[("RAYR_RECORD_EVENTS", "0"), ("RAYR_BENCH_PIN", "0")]));
+    // there is no placement to vary: the event cost is measured there, as the median over
+    // 12 back-to-back pairs of children (events on, then off) of each pair's difference:
+    // the VM's speed drifts by more than the cost between minutes, not within a pair.
+    let mut pairs = Vec::new();
+    for i in 0..PINNED_PAIRS {
+        let pin = [("RAYR_BENCH_PIN", "0"), ("RAYR_BENCH_ROUNDS", "10")];
+        let on = child_run(tmp, &format!("pn{i}"), "throughput", &[&pin[..], &[("RAYR_RECORD_EVENTS", "1")]].concat());
+        let off = child_run(tmp, &format!("pf{i}"), "throughput", &[&pin[..], &[("RAYR_RECORD_EVENTS", "0")]].concat());
+        if let (Some(on), Some(off)) = (on, off) {
+            pairs.push((on, off));
+        }
     }
-    let (pin_on, pin_off) = (median(&pinned_on, "tasks_per_s"), median(&pinned_off, "tasks_per_s"));
-    figure("tasks_async_per_s_one_cpu", show(pin_on, 0), "tasks/s");
-    figure("tasks_async_per_s_one_cpu_events_off", show(pin_off, 0), "tasks/s");
-    figure("event_recording_cost_pct", show(pin_on.zip(pin_off).map(|(on, off)| (off - on) / off * 100.0), 1), "%");
-    // The same cost as CPU: every process of the cluster, init to shutdown, per task.
-    // Steadier than throughput on a shared 2-vCPU VM.
-    let (cpu_on, cpu_off) = (median(&on, "all_processes_cpu_us_per_task"), median(&off, "all_processes_cpu_us_per_task"));
-    figure("cluster_cpu_per_task_us", show(cpu_on, 2), "us");
-    figure("cluster_cpu_per_task_us_events_off", show(cpu_off, 2), "us");
-    let cpu_cost = cpu_on.zip(cpu_off).map(|(on, off)| (on - off) / off * 100.0);
-    figure("event_recording_cpu_cost_pct", show(cpu_cost, 1), "%");
+    let of = |key: &str, side: fn(&Pair) -> &HashMap<String, f64>| {
+        median_of(pairs.iter().filter_map(|p| side(p).get(key).copied()).collect())
+    };
+    figure("tasks_async_per_s_one_cpu", show(of("tasks_per_s", |p| &p.0), 0), "tasks/s");
+    figure("tasks_async_per_s_one_cpu_events_off", show(of("tasks_per_s", |p| &p.1), 0), "tasks/s");
+    let paired = |key: &str, cost: fn(f64, f64) -> f64| -> Vec<f64> {
+        pairs.iter().filter_map(|(on, off)| Some(cost(*on.get(key)?, *off.get(key)?))).collect()
+    };
+    let tput_cost = paired("tasks_per_s", |on, off| (off - on) / off * 100.0);
+    figure("event_recording_cost_pct", show(median_of(tput_cost.clone()), 1), "%");
+    figure("event_recording_cost_pct_quartiles", quartiles(tput_cost), "%");
+    figure("cluster_cpu_per_task_us_one_cpu", show(of("rounds_cluster_cpu_us_per_task", |p| &p.0), 3), "us");
+    figure("cluster_cpu_per_task_us_one_cpu_events_off", show(of("rounds_cluster_cpu_us_per_task", |p| &p.1), 3), "us");
+    let cpu_cost = paired("rounds_cluster_cpu_us_per_task", |on, off| (on - off) / off * 100.0);
+    figure("event_recording_cpu_cost_pct", show(median_of(cpu_cost.clone()), 1), "%");
+    figure("event_recording_cpu_cost_pct_quartiles", quartiles(cpu_cost), "%");
+    figure("event_log_bytes_per_task", show(of("event_log_bytes_per_task", |p| &p.0), 0), "B");
     // Where the time goes: CPU of the driver process (embedded node agent and head
     // included, workers not) per task over the timed rounds, and how long shutdown takes
     // afterwards; each with events on and off.
@@ -395,6 +417,9 @@ fn child_run(
         s
     });
     let status = wait_limited(&mut child, CHILD_LIMIT);
+    // Its session (an event log of tens of MB) is not needed any more: removed now, its
+    // pages are never written back while later children are measured.
+    let _ = std::fs::remove_dir_all(&dir);
     let stdout = reader.join().unwrap_or_default();
     let values: HashMap<String, f64> = stdout
         .lines()
@@ -494,7 +519,12 @@ fn throughput_child() -> rayr::Result<()> {
     // After shutdown the embedded node agent has reaped every worker, so the children's
     // CPU is known: the whole cluster's CPU per task, start to finish.
     let all = cpu_s() + children_cpu_s();
-    println!("all_processes_cpu_us_per_task {:.2}", all * 1e6 / (rounds as f64 * 10_000.0 + 2_000.0));
+    let tasks = rounds as f64 * 10_000.0 + 2_000.0;
+    println!("all_processes_cpu_us_per_task {:.2}", all * 1e6 / tasks);
+    // What the event record stores per task (the node agent's own events included).
+    let session = rayr_logs::Session::open(rayr_logs::tmpdir().join("session_latest"));
+    let log_bytes: u64 = session.event_logs().unwrap_or_default().iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum();
+    println!("event_log_bytes_per_task {:.1}", log_bytes as f64 / tasks);
     Ok(())
 }
 
@@ -548,6 +578,26 @@ fn cluster_cpu_ns() -> u64 {
         }
     }
     total
+}
+
+/// One child's figures with events on, and the next one's with events off.
+type Pair = (HashMap<String, f64>, HashMap<String, f64>);
+
+/// Pairs of children (events on, events off) for the one-CPU event cost.
+const PINNED_PAIRS: usize = 12;
+
+fn median_of(mut v: Vec<f64>) -> Option<f64> {
+    v.sort_by(f64::total_cmp);
+    (!v.is_empty()).then(|| v[v.len() / 2])
+}
+
+/// "first quartile..third quartile" of `v`: how far the pairs spread.
+fn quartiles(mut v: Vec<f64>) -> String {
+    if v.is_empty() {
+        return "FAILED".into();
+    }
+    v.sort_by(f64::total_cmp);
+    format!("{:.1}..{:.1}", v[v.len() / 4], v[v.len() * 3 / 4])
 }
 
 /// CPU seconds of this process's reaped child processes.
