@@ -45,6 +45,20 @@ impl EventLogWriter {
         self.file.write_all(frames)
     }
 
+    /// Appends frames given as slices (built by the caller, so not checked), in one
+    /// write where the kernel takes them all.
+    pub fn append_vectored(&mut self, mut slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+        while !slices.is_empty() {
+            match self.file.write_vectored(slices) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }

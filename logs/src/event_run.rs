@@ -63,6 +63,16 @@ impl PeerSalts {
     pub fn as_slice(&self) -> &[u64] {
         &self.salts[..self.len]
     }
+
+    /// A table holding `salts` (at most `MAX_PEER_SALTS` of them), in order.
+    pub fn from_slice(salts: &[u64]) -> PeerSalts {
+        let mut t = PeerSalts::default();
+        for s in salts.iter().take(MAX_PEER_SALTS) {
+            t.salts[t.len] = *s;
+            t.len += 1;
+        }
+        t
+    }
 }
 
 #[inline]

@@ -10,12 +10,13 @@
 //!
 //! and the event log format: `events/events-<node>.log` is a sequence of frames, each a
 //! u32 little-endian length followed by one encoded `rayr_proto::EventRun`: events of one
-//! process, packed (see [`event_run`]); readers get whole `Event`s. Only the node
-//! agent appends; anyone may read. A torn frame at the tail (a crash mid-write) is
-//! invisible to readers and cut off when the log is next opened for writing, so a killed
-//! process never leaves a log that later appends would corrupt.
+//! process, packed (see [`event_run`]); readers get whole `Event`s. Processes pack their
+//! events into a shared-memory [`event_area`] that only the node agent drains into the log;
+//! anyone may read the log. A torn frame at the tail (a crash mid-write) is invisible to
+//! readers and cut off when the log is next opened for writing, so a killed process never
+//! leaves a log that later appends would corrupt.
 //!
-//! It does not know about processes, sockets or the index built from the log.
+//! It does not know about sockets or the index built from the log.
 //!
 //! ```no_run
 //! let session = rayr_logs::Session::create(&rayr_logs::tmpdir()).unwrap();
@@ -24,6 +25,7 @@
 //! log.append(&frames).unwrap();
 //! ```
 
+pub mod event_area;
 mod event_log;
 pub mod event_run;
 mod ids;

@@ -37,20 +37,6 @@ pub fn split_frame(buf: &[u8]) -> Result<Option<(&[u8], usize)>, String> {
     Ok(Some((&buf[4..4 + len], 4 + len)))
 }
 
-/// The event frames inside an encoded `ClientMessage` that is an `EventBatch` laid out
-/// the way senders write it (frames first), without decoding (which would copy them);
-/// `None` for any other message, which then goes through normal decoding.
-pub fn event_batch_frames(body: &[u8]) -> Option<&[u8]> {
-    let mut rest = body.strip_prefix(&[0x3a])?; // field 7 (events), length-delimited
-    let batch_len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
-    if rest.len() != batch_len {
-        return None;
-    }
-    let mut rest = rest.strip_prefix(&[0x0a])?; // field 1 (frames), length-delimited
-    let frames_len = prost::encoding::decode_varint(&mut rest).ok()? as usize;
-    rest.get(..frames_len)
-}
-
 impl EventKind {
     /// The name used on the command line and in JSON: `TASK_FAILED` → `task_failed`.
     pub fn cli_name(self) -> String {
@@ -166,19 +152,6 @@ pub mod frames {
 mod tests {
     use super::*;
 
-    #[test]
-    fn event_batches_are_found_without_decoding_and_others_are_not() {
-        let batch = ClientMessage {
-            req_id: 0,
-            body: Some(client_message::Body::Events(EventBatch { frames: vec![1, 2, 3, 4, 5], count: 2 })),
-        };
-        assert_eq!(event_batch_frames(&batch.encode_to_vec()), Some(&[1u8, 2, 3, 4, 5][..]));
-        let other = ClientMessage { req_id: 3, body: Some(client_message::Body::StoreStats(StoreStatsRequest {})) };
-        assert_eq!(event_batch_frames(&other.encode_to_vec()), None);
-        assert_eq!(event_batch_frames(&[0x3a, 0x05, 0x0a]), None, "a truncated batch is not taken");
-    }
-
-
     /// A reader that hands out at most `chunk` bytes per read, like a socket under load.
     struct Trickle<'a> {
         data: &'a [u8],
@@ -199,17 +172,17 @@ mod tests {
         let sizes = [0usize, 1, 3, 100, 70_000, 5, 300_000, 64 << 10, 2];
         let mut stream = Vec::new();
         for (i, n) in sizes.iter().enumerate() {
-            let msg = EventBatch { frames: vec![i as u8; *n], count: i as u32 };
+            let msg = EventRun { events: vec![i as u8; *n], count: i as u32, ..Default::default() };
             encode_frame(&msg, &mut stream);
         }
         for chunk in [1, 7, 4096, 65_536, 1 << 20] {
             let mut r = frames::FrameReader::new(Trickle { data: &stream, chunk });
             for (i, n) in sizes.iter().enumerate() {
-                let got: EventBatch = r.next().unwrap().expect("a frame");
-                assert_eq!((got.frames.len(), got.count), (*n, i as u32), "chunk {chunk}");
-                assert!(got.frames.iter().all(|b| *b == i as u8));
+                let got: EventRun = r.next().unwrap().expect("a frame");
+                assert_eq!((got.events.len(), got.count), (*n, i as u32), "chunk {chunk}");
+                assert!(got.events.iter().all(|b| *b == i as u8));
             }
-            assert!(r.next::<EventBatch>().unwrap().is_none(), "clean end");
+            assert!(r.next::<EventRun>().unwrap().is_none(), "clean end");
         }
     }
 }

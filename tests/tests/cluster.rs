@@ -249,6 +249,45 @@ fn tasks_fail_promptly_when_the_node_agent_dies_under_a_driver() {
 }
 
 #[test]
+fn a_node_agent_refuses_an_event_area_that_is_not_one() {
+    use rayr_proto::{ClientMessage, NodeMessage, RegisterClient, client_message, node_message};
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = StartedCluster::start(tmp.path());
+    let sockets = rayr_logs::Session::open(&cluster.session).sockets_dir();
+    let node_socket = std::fs::read_dir(&sockets)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("node-"))
+        .expect("the node agent's socket");
+    let not_ours = tmp.path().join("rayr-ev-fake");
+    std::fs::write(&not_ours, b"not an area").unwrap();
+    for (area, want) in [
+        (not_ours.display().to_string(), "is not an event area (expected /dev/shm/rayr-ev-*)"),
+        ("/dev/shm/rayr-ev-0-missing".to_string(), "cannot map the event area /dev/shm/rayr-ev-0-missing"),
+    ] {
+        let stream = std::os::unix::net::UnixStream::connect(&node_socket).unwrap();
+        let register = ClientMessage {
+            req_id: 1,
+            body: Some(client_message::Body::Register(RegisterClient {
+                worker_id: vec![7; 16],
+                job_id: vec![8; 16],
+                pid: std::process::id(),
+                event_area: area,
+                ..Default::default()
+            })),
+        };
+        let mut buf = Vec::new();
+        rayr_proto::encode_frame(&register, &mut buf);
+        std::io::Write::write_all(&mut &stream, &buf).unwrap();
+        let reply: NodeMessage = rayr_proto::frames::FrameReader::new(&stream).next().unwrap().unwrap();
+        let Some(node_message::Body::Registered(r)) = reply.body else { panic!("{reply:?}") };
+        assert!(r.error.contains(want), "{}", r.error);
+    }
+    drop(cluster);
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");
@@ -365,6 +404,13 @@ fn a_task_whose_worker_is_sigkilled_is_retried_elsewhere() {
     assert!(task_detail(retry).reason.contains("SIGKILL"), "{}", task_detail(retry).reason);
     let done = events.iter().find(|e| e.task_id == task && kind(e) == EventKind::TaskFinished).unwrap();
     assert_ne!(done.source_worker, exit.worker_id, "the retry ran on another worker");
+    // What the killed worker recorded an instant before it died outlives it (the node
+    // agent drains its event area): the attempt it was running shows as started there.
+    let started = events
+        .iter()
+        .find(|e| e.task_id == task && kind(e) == EventKind::TaskStarted && e.source_worker == exit.worker_id)
+        .expect("the killed worker's TASK_STARTED survives it");
+    assert_eq!(task_detail(started).attempt, 0);
 }
 
 #[test]

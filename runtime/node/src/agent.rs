@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
+use rayr_logs::event_area::EventArea;
 use rayr_logs::{EventLogWriter, Id, Session, hex, new_id, now_us};
 use rayr_proto::frames::FrameReader;
 use rayr_proto::{
@@ -125,8 +126,23 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
         open_conns: std::sync::atomic::AtomicUsize::new(0),
+        event_areas: Mutex::new(Vec::new()),
+        draining: Mutex::new(()),
+        drainer: std::sync::OnceLock::new(),
         cfg,
     });
+    let drain_agent = Arc::downgrade(&agent);
+    let drainer = std::thread::Builder::new().name("rayr-event-drain".into()).spawn(move || {
+        while let Some(agent) = drain_agent.upgrade() {
+            if agent.stopping.load(Ordering::Acquire) {
+                break;
+            }
+            agent.drain_events(None);
+            drop(agent);
+            std::thread::park_timeout(DRAIN_EVERY);
+        }
+    })?;
+    let _ = agent.drainer.set(drainer.thread().clone());
     let prefault = agent.clone();
     std::thread::Builder::new()
         .name("rayr-store-prefault".into())
@@ -153,13 +169,17 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     Ok(NodeHandle { agent, accept_thread: Some(accept_thread) })
 }
 
-/// Removes `/dev/shm/rayr-<pid>-*` stores whose creating process is gone (a node agent or
-/// embedded driver that was SIGKILLed cannot clean up after itself).
+/// Removes `/dev/shm/rayr-<pid>-*` stores and `rayr-ev-<pid>-*` event areas whose creating
+/// process is gone (a node agent or embedded driver that was SIGKILLed cannot clean up
+/// after itself; a client killed before it registered leaves its area).
 fn remove_stale_stores() {
     let Ok(dir) = std::fs::read_dir("/dev/shm") else { return };
     for entry in dir.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("rayr-")) else { continue };
+        // Stores (rayr-<pid>-<node>) and event areas never mapped by an agent (rayr-ev-<pid>-…).
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("rayr-ev-").or_else(|| n.strip_prefix("rayr-"))) else {
+            continue;
+        };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
         // SAFETY: kill with signal 0 only checks whether the process exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
@@ -254,10 +274,25 @@ struct Agent {
     state: Mutex<State>,
     exited: Condvar,
     stopping: AtomicBool,
-    /// Client connections still being read. Shutdown waits for them: a stopped worker's
-    /// last event batch may still sit in its socket when its process is reaped.
+    /// Client connections still being read. Shutdown waits for them (each drains its
+    /// client's event area a last time as it closes).
     open_conns: std::sync::atomic::AtomicUsize,
+    /// Every client's event area, drained into the log by the drain thread.
+    event_areas: Mutex<Vec<EventAreaEntry>>,
+    /// One drain at a time (an area has one reader).
+    draining: Mutex<()>,
+    drainer: std::sync::OnceLock<std::thread::Thread>,
 }
+
+struct EventAreaEntry {
+    worker: Id,
+    source: rayr_logs::RunSource,
+    area: Arc<EventArea>,
+}
+
+/// How often the drain thread moves every client's events into the log (sooner when a
+/// client asks: a ring is filling up).
+const DRAIN_EVERY: Duration = Duration::from_millis(5);
 
 fn id_of(bytes: &[u8]) -> Option<Id> {
     bytes.try_into().ok()
@@ -305,14 +340,6 @@ impl Agent {
                     break;
                 }
             };
-            // Event batches, the bulk of the traffic, go to the log straight from the
-            // receive buffer.
-            if let Some(frames) = rayr_proto::event_batch_frames(body) {
-                if let Err(e) = self.events.lock().append(frames) {
-                    tracing::error!("cannot append to the event log: {e}");
-                }
-                continue;
-            }
             let msg = match <ClientMessage as rayr_proto::Message>::decode(body) {
                 Ok(m) => m,
                 Err(e) => {
@@ -349,9 +376,9 @@ impl Agent {
                         }
                     }
                 }
-                client_message::Body::Events(batch) => {
-                    if let Err(e) = self.events.lock().append(&batch.frames) {
-                        tracing::error!("cannot append to the event log: {e}");
+                client_message::Body::DrainEvents(_) => {
+                    if let Some(t) = self.drainer.get() {
+                        t.unpark();
                     }
                 }
                 client_message::Body::Blocked(b) => {
@@ -383,7 +410,31 @@ impl Agent {
             }
         }
         if let Some(w) = me {
+            // What it recorded up to its end goes to the log, even if it was killed.
+            self.drain_events(Some(w));
+            self.event_areas.lock().retain(|e| e.worker != w);
             self.client_gone(w, said_goodbye);
+        }
+    }
+
+    /// Moves what clients packed into their event areas (all of them, or one) into the log.
+    fn drain_events(&self, only: Option<Id>) {
+        let _one_at_a_time = self.draining.lock();
+        let areas: Vec<(rayr_logs::RunSource, Arc<EventArea>)> = self
+            .event_areas
+            .lock()
+            .iter()
+            .filter(|e| only.is_none_or(|w| w == e.worker))
+            .map(|e| (e.source.clone(), e.area.clone()))
+            .collect();
+        for (source, area) in areas {
+            let result = area.drain(&source, |slices| {
+                let mut slices = slices.to_vec();
+                self.events.lock().append_vectored(&mut slices)
+            });
+            if let Err(e) = result {
+                tracing::error!("cannot append to the event log: {e}");
+            }
         }
     }
 
@@ -400,6 +451,33 @@ impl Agent {
             reply.error = "register: worker_id and job_id must be 16 bytes".into();
             return reply;
         };
+        if !r.event_area.is_empty() {
+            // Only a file of ours, under /dev/shm, with an event area's layout.
+            let path = Path::new(&r.event_area);
+            if !path.starts_with("/dev/shm") || path.file_name().is_none_or(|n| !n.to_string_lossy().starts_with("rayr-ev-")) {
+                reply.error = format!("register: {} is not an event area (expected /dev/shm/rayr-ev-*)", r.event_area);
+                return reply;
+            }
+            match EventArea::open(path) {
+                Ok(area) => {
+                    // Mapped here and in the client: the name is no longer needed, and
+                    // nothing is left behind whoever dies first.
+                    let _ = std::fs::remove_file(path);
+                    let source = rayr_logs::RunSource {
+                        node_id: self.cfg.node_id,
+                        source_worker: worker,
+                        source_pid: r.pid,
+                        job_id: job,
+                        salt: area.salt(),
+                    };
+                    self.event_areas.lock().push(EventAreaEntry { worker, source, area: Arc::new(area) });
+                }
+                Err(e) => {
+                    reply.error = format!("register: cannot map the event area {}: {e}", r.event_area);
+                    return reply;
+                }
+            }
+        }
         let mut st = self.state.lock();
         st.clients.insert(
             worker,
@@ -877,11 +955,12 @@ impl Agent {
             self.exited.wait_until(&mut st, deadline);
         }
         drop(st);
-        // Every client's last words (event batches sent as it stopped) into the log.
+        // Every client's last events: each connection drains its client's area as it closes.
         let deadline = Instant::now() + Duration::from_secs(2);
         while self.open_conns.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.drain_events(None);
         let mut e = self.event(EventKind::NodeStopped);
         e.detail = Some(event::Detail::Node(NodeDetail { reason: reason.to_string(), ..Default::default() }));
         self.record(&e);

@@ -7,8 +7,10 @@
 //!   agent grants an idle or freshly started worker when the resources are free, queues the
 //!   request when not, and fails it at once when no node could ever fit it;
 //! - the **shm object store**: one pre-faulted arena (rayr-store) and who owns each range;
-//! - the node's **event log**: every process of the host sends its event batches here and
-//!   they are appended to `events/events-<node>.log`.
+//! - the node's **event log**: every process of the host packs its events into a
+//!   shared-memory area it names at registration (`rayr_logs::event_area`); a drain thread
+//!   moves them into `events/events-<node>.log` every few milliseconds, and once more when
+//!   the process's connection closes, however it ended.
 //!
 //! Drivers and workers talk to it over a Unix socket with the `ClientMessage` /
 //! `NodeMessage` frames of `proto/schemas/core.proto`. It does not run user code and does

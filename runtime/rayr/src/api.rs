@@ -332,7 +332,7 @@ fn owner_died(core: &Arc<Core>, id: Id, owner: Id) -> Error {
     let reason = format!("its owner, worker {}, died: {detail}", hex(&owner));
     e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.clone(), ..Default::default() }));
     core.record(e);
-    core.flush_events();
+    core.drain_events_now();
     Error::OwnerDied { object: crate::ObjectId(id), owner: format!("worker {} died: {detail}", WorkerId(owner)) }
 }
 

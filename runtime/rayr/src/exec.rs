@@ -79,8 +79,9 @@ fn worker_main() -> Result<(), String> {
     }
 }
 
-/// The node agent stops workers with SIGTERM; the events still buffered here (the last few
-/// milliseconds of task state changes) are flushed before the process exits.
+/// The node agent stops workers with SIGTERM; the process then exits at once (what it
+/// recorded is in its event area, which the agent drains as the connection closes; asking
+/// for the drain only makes it sooner).
 fn stop_cleanly_on_sigterm() {
     // SAFETY: plain signal-mask calls; the mask is inherited by every thread started after.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
@@ -93,7 +94,7 @@ fn stop_cleanly_on_sigterm() {
         let mut sig = 0;
         unsafe { libc::sigwait(&set, &mut sig) };
         if let Some(core) = core::current() {
-            core.flush_events();
+            core.drain_events_now();
         }
         std::process::exit(0);
     });
@@ -134,8 +135,9 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
         });
     });
     if detail_error.is_some() {
-        // A failure is worth having on disk before anything else can go wrong.
-        core.flush_events();
+        // A failure is worth having in the log at once: published now, drained now.
+        *events = None;
+        core.drain_events_now();
     }
     CURRENT_TASK.with(|c| c.set((None, 0)));
     PeerMessage {

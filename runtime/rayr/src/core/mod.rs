@@ -46,8 +46,8 @@ const MAX_IN_FLIGHT: usize = 32;
 const MAX_IN_FLIGHT_BYTES: usize = 64 << 10;
 /// A lease with nothing to run is returned after this long (a sync loop reuses it).
 const LEASE_IDLE: Duration = Duration::from_millis(10);
-/// How often buffered events are flushed to the node agent.
-const FLUSH_EVERY: Duration = Duration::from_millis(5);
+/// How often the ticker sends results held back and returns idle leases.
+const TICK_EVERY: Duration = Duration::from_millis(5);
 
 static CORE: RwLock<Option<Arc<Core>>> = RwLock::new(None);
 
@@ -332,7 +332,8 @@ pub(crate) struct Core {
     pub arena: Arena,
     pub state: Mutex<State>,
     pub ready: Condvar,
-    pub events: EventBuffer,
+    /// None when events are off.
+    pub events: Option<EventBuffer>,
     pub record_events: bool,
     pub max_inline: usize,
     pub stopping: AtomicBool,
@@ -372,6 +373,18 @@ impl Core {
         let _ = std::fs::remove_file(&address);
         let listener = UnixListener::bind(&address).map_err(|e| conn_err("open this process's socket", e))?;
         let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+        let events = if p.record_events {
+            let source = rayr_logs::RunSource {
+                source_worker: p.worker_id,
+                source_pid: std::process::id(),
+                job_id: p.job_id,
+                salt: rayr_logs::process_salt(),
+                ..Default::default()
+            };
+            Some(EventBuffer::create(source).map_err(|e| Error::Connection(format!("cannot create this process's event area under /dev/shm: {e}")))?)
+        } else {
+            None
+        };
         let register = ClientMessage {
             req_id: 1,
             body: Some(client_message::Body::Register(rayr_proto::RegisterClient {
@@ -382,22 +395,36 @@ impl Core {
                 address: address.display().to_string(),
                 binary,
                 no_events: !p.record_events,
+                event_area: events.as_ref().map(|e| e.area_path().display().to_string()).unwrap_or_default(),
             })),
         };
-        let mut buf = Vec::new();
-        encode_frame(&register, &mut buf);
-        (&stream).write_all(&buf).map_err(|e| conn_err("register with the node agent", e))?;
-        let mut reader = FrameReader::new(stream.try_clone().map_err(|e| conn_err("clone the socket", e))?);
-        let reply: NodeMessage = reader
-            .next()
-            .map_err(|e| conn_err("read the node agent's reply", e))?
-            .ok_or_else(|| Error::Connection("the node agent closed the connection during registration".into()))?;
-        let Some(node_message::Body::Registered(reg)) = reply.body else {
-            return Err(Error::Connection("the node agent answered registration with something else".into()));
+        let registered = (|| {
+            let mut buf = Vec::new();
+            encode_frame(&register, &mut buf);
+            (&stream).write_all(&buf).map_err(|e| conn_err("register with the node agent", e))?;
+            let mut reader = FrameReader::new(stream.try_clone().map_err(|e| conn_err("clone the socket", e))?);
+            let reply: NodeMessage = reader
+                .next()
+                .map_err(|e| conn_err("read the node agent's reply", e))?
+                .ok_or_else(|| Error::Connection("the node agent closed the connection during registration".into()))?;
+            let Some(node_message::Body::Registered(reg)) = reply.body else {
+                return Err(Error::Connection("the node agent answered registration with something else".into()));
+            };
+            if !reg.error.is_empty() {
+                return Err(Error::Connection(format!("the node agent refused registration: {}", reg.error)));
+            }
+            Ok((reader, reg))
+        })();
+        let (reader, reg) = match registered {
+            Ok(r) => r,
+            Err(e) => {
+                // The agent did not take the area (it removes the name once it has).
+                if let Some(events) = &events {
+                    events.remove_name();
+                }
+                return Err(e);
+            }
         };
-        if !reg.error.is_empty() {
-            return Err(Error::Connection(format!("the node agent refused registration: {}", reg.error)));
-        }
         let arena = Arena::open(&reg.store_path).map_err(|e| Error::Connection(e.to_string()))?;
         let core = Arc::new(Core {
             me: p.worker_id,
@@ -425,13 +452,7 @@ impl Core {
                 outbox: Vec::new(),
             }),
             ready: Condvar::new(),
-            events: EventBuffer::new(rayr_logs::RunSource {
-                node_id: reg.node_id.as_slice().try_into().unwrap_or([0; 16]),
-                source_worker: p.worker_id,
-                source_pid: std::process::id(),
-                job_id: p.job_id,
-                salt: rayr_logs::process_salt(),
-            }),
+            events,
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
@@ -454,25 +475,13 @@ impl Core {
         std::thread::Builder::new()
             .name("rayr-ticker".into())
             .spawn(move || {
-                if let Some(core) = c.upgrade() {
-                    core.events.set_flusher();
-                }
-                let mut last_tick = Instant::now() - FLUSH_EVERY;
                 while let Some(core) = c.upgrade() {
                     if core.stopping.load(Ordering::Acquire) {
                         break;
                     }
-                    // Cleared before flushing, so a ring that fills meanwhile asks again.
-                    let wanted = core.events.take_flush_wanted();
-                    if last_tick.elapsed() >= FLUSH_EVERY {
-                        core.tick();
-                        last_tick = Instant::now();
-                    } else if wanted {
-                        // Woken early: a thread's ring is filling up.
-                        core.flush_events();
-                    }
+                    core.tick();
                     drop(core);
-                    std::thread::park_timeout(FLUSH_EVERY.saturating_sub(last_tick.elapsed()));
+                    std::thread::sleep(TICK_EVERY);
                 }
             })
             .unwrap();
@@ -734,7 +743,7 @@ impl Core {
                 self.return_lease_locked(&mut st, w);
             }
         }
-        self.flush_events();
+        self.drain_events_now();
         if self.is_driver {
             let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string() }));
         }

@@ -14,9 +14,8 @@ use super::{Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, Queue, S
 use crate::error::Error;
 
 impl Core {
-    /// Every few milliseconds: flush events, return leases idle for `LEASE_IDLE`.
+    /// Every few milliseconds: send what waits, return leases idle for `LEASE_IDLE`.
     pub(super) fn tick(self: &Arc<Self>) {
-        self.flush_events();
         self.send_outbox();
         if self.runs_tasks {
             self.send_stale_results();
