@@ -140,6 +140,7 @@ impl EventArea {
         unsafe { &*(self.map.as_ptr() as *const AreaHeader) }
     }
 
+    #[inline]
     fn slot(&self, i: usize) -> &SlotHeader {
         assert!(i < SLOTS);
         // SAFETY: inside the mapping, aligned (HEADER_BYTES and the slot size are multiples
@@ -147,6 +148,7 @@ impl EventArea {
         unsafe { &*(self.map.as_ptr().add(HEADER_BYTES + i * std::mem::size_of::<SlotHeader>()) as *const SlotHeader) }
     }
 
+    #[inline]
     fn ring(&self, i: usize) -> *mut u8 {
         // SAFETY: inside the mapping.
         unsafe { self.map.as_mut_ptr().add(HEADER_BYTES + SLOTS * std::mem::size_of::<SlotHeader>() + i * (RING_BYTES + SLACK)) }
@@ -318,6 +320,7 @@ pub struct SlotWriter {
 
 impl SlotWriter {
     /// Whether this writer shares the last slot (and must [`lock`](Self::lock) it).
+    #[inline]
     pub fn is_shared(&self) -> bool {
         self.shared
     }
@@ -354,30 +357,36 @@ impl SlotWriter {
         slot.peer_salts[..n].iter().map(|s| s.load(Ordering::Relaxed)).collect()
     }
 
+    #[inline]
     pub fn next_seq(&self) -> u64 {
         self.next_seq
     }
 
+    #[inline]
     pub fn last_time(&self) -> i64 {
         self.last_time
     }
 
     /// This slot's numbers are used up: the thread should claim another.
+    #[inline]
     pub fn exhausted(&self) -> bool {
         self.next_seq >= self.seq_end
     }
 
     /// Bytes written and not yet drained.
+    #[inline]
     pub fn unsent(&self) -> u64 {
         self.written - self.area.slot(self.index).sent.load(Ordering::Acquire)
     }
 
     /// Whether an event of `len` bytes fits now.
+    #[inline]
     pub fn room_for(&self, len: usize) -> bool {
         RING_BYTES as u64 - self.unsent() >= (len + SLACK) as u64
     }
 
     /// Whether the ring is over half full (ask the agent to drain it sooner).
+    #[inline]
     pub fn wants_drain(&self) -> bool {
         self.unsent() >= RING_BYTES as u64 / 2
     }

@@ -60,6 +60,7 @@ impl PeerSalts {
         })
     }
 
+    #[inline]
     pub fn as_slice(&self) -> &[u64] {
         &self.salts[..self.len]
     }
@@ -216,23 +217,29 @@ impl EventWriter<'_> {
         }
         self
     }
+    #[inline]
     pub fn cause(&mut self, id: &[u8]) -> &mut Self {
         self.id(7, id)
     }
+    #[inline]
     pub fn object(&mut self, id: &[u8]) -> &mut Self {
         self.id(8, id)
     }
+    #[inline]
     pub fn task(&mut self, id: &[u8]) -> &mut Self {
         self.id(9, id)
     }
+    #[inline]
     pub fn actor(&mut self, id: &[u8]) -> &mut Self {
         self.id(10, id)
     }
+    #[inline]
     pub fn worker(&mut self, id: &[u8]) -> &mut Self {
         self.id(11, id)
     }
 
     /// The event's `TaskDetail`.
+    #[inline]
     pub fn task_detail(&mut self, fill: impl FnOnce(&mut TaskDetailWriter<'_>)) {
         key(20, 2, self.out);
         let start = self.out.len();
@@ -242,6 +249,7 @@ impl EventWriter<'_> {
     }
 
     /// The event's `ObjectDetail`.
+    #[inline]
     pub fn object_detail(&mut self, fill: impl FnOnce(&mut ObjectDetailWriter<'_>)) {
         key(21, 2, self.out);
         let start = self.out.len();
@@ -257,38 +265,47 @@ pub struct TaskDetailWriter<'a> {
 }
 
 impl TaskDetailWriter<'_> {
+    #[inline]
     pub fn function(&mut self, v: &str) -> &mut Self {
         bytes(1, v.as_bytes(), self.out);
         self
     }
+    #[inline]
     pub fn attempt(&mut self, v: u32) -> &mut Self {
         uint(2, v as u64, self.out);
         self
     }
+    #[inline]
     pub fn max_retries(&mut self, v: u32) -> &mut Self {
         uint(3, v as u64, self.out);
         self
     }
+    #[inline]
     pub fn error(&mut self, v: &str) -> &mut Self {
         bytes(4, v.as_bytes(), self.out);
         self
     }
+    #[inline]
     pub fn reason(&mut self, v: &str) -> &mut Self {
         bytes(5, v.as_bytes(), self.out);
         self
     }
+    #[inline]
     pub fn is_final(&mut self, v: bool) -> &mut Self {
         uint(6, v as u64, self.out);
         self
     }
+    #[inline]
     pub fn backtrace(&mut self, v: &str) -> &mut Self {
         bytes(7, v.as_bytes(), self.out);
         self
     }
+    #[inline]
     pub fn pid(&mut self, v: u32) -> &mut Self {
         uint(8, v as u64, self.out);
         self
     }
+    #[inline]
     pub fn error_type(&mut self, v: &str) -> &mut Self {
         bytes(9, v.as_bytes(), self.out);
         self
@@ -301,22 +318,27 @@ pub struct ObjectDetailWriter<'a> {
 }
 
 impl ObjectDetailWriter<'_> {
+    #[inline]
     pub fn size(&mut self, v: u64) -> &mut Self {
         uint(1, v, self.out);
         self
     }
+    #[inline]
     pub fn location(&mut self, v: &str) -> &mut Self {
         bytes(2, v.as_bytes(), self.out);
         self
     }
+    #[inline]
     pub fn peer(&mut self, v: &[u8]) -> &mut Self {
         bytes(3, v, self.out);
         self
     }
+    #[inline]
     pub fn reason(&mut self, v: &str) -> &mut Self {
         bytes(4, v.as_bytes(), self.out);
         self
     }
+    #[inline]
     pub fn peer_kind(&mut self, v: &str) -> &mut Self {
         bytes(5, v.as_bytes(), self.out);
         self
