@@ -33,6 +33,9 @@ pub(crate) struct EventBuffer {
     id: u64,
     source: RunSource,
     area: Arc<EventArea>,
+    /// A full ring waited in vain: later ones drop at once until there is room again (the
+    /// agent is gone or stuck; waiting each time would stall the process).
+    stalled: std::sync::atomic::AtomicBool,
 }
 
 /// The calling thread's side of its ring.
@@ -87,7 +90,7 @@ impl EventBuffer {
             &rayr_logs::hex(&source.source_worker)[..12]
         ));
         let area = Arc::new(EventArea::create(&path, source.salt)?);
-        Ok(EventBuffer { id, source, area })
+        Ok(EventBuffer { id, source, area, stalled: std::sync::atomic::AtomicBool::new(false) })
     }
 
     /// Where the area is (for the node agent, which maps it and removes the name).
@@ -105,13 +108,14 @@ impl EventBuffer {
     /// previous event) at `time` (or the open batch's time, see [`batch`](Self::batch)) into
     /// the calling thread's ring and publishes it, unless a batch is open; returns its id
     /// (all zeros when it could not be recorded: the thread is exiting, or the node agent
-    /// stopped draining). `drain` asks the node agent to drain the area now.
+    /// stopped draining). `drain` asks the node agent to drain the area now, and says
+    /// whether one is there to do it.
     #[inline]
     fn record(
         &self,
         time: impl FnOnce() -> i64,
         pack: impl FnOnce(&mut Vec<u8>, &RunSource, &mut PeerSalts, u64, i64),
-        drain: impl Fn(),
+        drain: impl Fn() -> bool,
     ) -> Id {
         WRITER
             .try_with(|w| {
@@ -125,7 +129,11 @@ impl EventBuffer {
                 w.scratch.clear();
                 let (seq, delta) = (w.slot.next_seq(), time_us.wrapping_sub(w.slot.last_time()));
                 pack(&mut w.scratch, &self.source, &mut w.slot.peers, seq, delta);
-                if !w.slot.room_for(w.scratch.len()) && !self.wait_for_room(w, &drain) {
+                if w.slot.room_for(w.scratch.len()) {
+                    if self.stalled.load(Ordering::Relaxed) {
+                        self.stalled.store(false, Ordering::Relaxed);
+                    }
+                } else if !self.wait_for_room(w, &drain) {
                     if shared {
                         w.slot.unlock();
                     }
@@ -139,7 +147,7 @@ impl EventBuffer {
                 }
                 if w.slot.wants_drain() && w.slot.unsent() > w.asked_at {
                     w.asked_at = w.slot.unsent() + rayr_logs::event_area::RING_BYTES as u64 / 4;
-                    drain();
+                    let _ = drain();
                 } else if w.slot.unsent() < w.asked_at.saturating_sub(rayr_logs::event_area::RING_BYTES as u64 / 2) {
                     w.asked_at = 0;
                 }
@@ -148,15 +156,19 @@ impl EventBuffer {
             .unwrap_or([0; 16])
     }
 
-    /// The ring is full: publish, ask for a drain, and wait for room.
+    /// The ring is full: publish, ask for a drain, and wait for room (not when no agent
+    /// is there to drain, nor again after a wait was in vain).
     #[cold]
-    fn wait_for_room(&self, w: &mut Writer, drain: &impl Fn()) -> bool {
+    fn wait_for_room(&self, w: &mut Writer, drain: &impl Fn() -> bool) -> bool {
         w.slot.publish();
-        drain();
+        if !drain() || self.stalled.load(Ordering::Relaxed) {
+            return false;
+        }
         let deadline = std::time::Instant::now() + FULL_RING_WAIT;
         while !w.slot.room_for(w.scratch.len()) {
             if std::time::Instant::now() > deadline {
-                eprintln!("rayr: the node agent has not drained this process's events for {FULL_RING_WAIT:?}; an event is lost");
+                eprintln!("rayr: the node agent has not drained this process's events for {FULL_RING_WAIT:?}; events are lost until it does");
+                self.stalled.store(true, Ordering::Relaxed);
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_micros(200));
@@ -252,11 +264,13 @@ impl Core {
     }
 
     /// Asks the node agent to move this process's events into the log now, rather than at
-    /// its next round (they are safe either way: the area outlives this process).
-    pub fn drain_events_now(&self) {
-        if self.events.is_some() {
-            let _ = self.node_conn.send(0, rayr_proto::client_message::Body::DrainEvents(rayr_proto::DrainEvents {}));
+    /// its next round (they are safe either way: the area outlives this process). False
+    /// when the agent is gone.
+    pub fn drain_events_now(&self) -> bool {
+        if self.events.is_none() || self.node_conn.closed.load(Ordering::Acquire) {
+            return false;
         }
+        self.node_conn.send(0, rayr_proto::client_message::Body::DrainEvents(rayr_proto::DrainEvents {})).is_ok()
     }
 }
 
@@ -299,7 +313,7 @@ mod tests {
                     w.task(&[1; 16]);
                 })
             },
-            || {},
+            || true,
         )
     }
 
@@ -343,6 +357,24 @@ mod tests {
         assert!(events[0].time_us > 1_000_000, "the batch's own time, not the callers'");
         started(&buf, 3);
         assert_eq!(drain(&buf)[0].time_us, 3, "published one by one again after the batch");
+    }
+
+    #[test]
+    fn with_no_agent_to_drain_a_full_ring_drops_events_without_waiting() {
+        let buf = buffer();
+        let no_agent = || false;
+        let mut recorded = 0;
+        for i in 0..RING_BYTES as i64 {
+            let id = buf.record(|| i, |out, src, peers, seq, delta| pack_event(out, src, peers, seq, EventKind::TaskStarted as i32, delta, |_| {}), no_agent);
+            if id == [0; 16] {
+                break;
+            }
+            recorded += 1;
+        }
+        assert!(recorded > 1000 && recorded < RING_BYTES, "recorded {recorded} before the ring was full");
+        // Once drained, recording goes on.
+        assert_eq!(drain(&buf).len(), recorded);
+        assert_ne!(started(&buf, 1), [0; 16]);
     }
 
     #[test]
@@ -391,7 +423,7 @@ mod cost {
                 let ret = new_id();
                 let now = 1_700_000_000_000_000 + i as i64;
                 let rec = |kind: EventKind, fill: &dyn Fn(&mut EventWriter<'_>)| {
-                    buf.record(|| now, |out, src, peers, seq, delta| pack_event(out, src, peers, seq, kind as i32, delta, |w| fill(w)), || {})
+                    buf.record(|| now, |out, src, peers, seq, delta| pack_event(out, src, peers, seq, kind as i32, delta, |w| fill(w)), || true)
                 };
                 let sub = rec(EventKind::TaskSubmitted, &|e| {
                     e.task(&task).object(&ret);
