@@ -4,10 +4,10 @@
 //! A process creates its area (a file under `/dev/shm`) when it connects and names it in
 //! its registration; the node agent maps it, removes the name (the mapping keeps it alive
 //! for both), and drains every ring into the node's event log every few milliseconds,
-//! writing the runs straight from the shared pages. Nothing crosses the socket and nothing
-//! is copied on the way: the bytes a thread packs are the bytes the log gets. And a process
-//! killed mid-task loses nothing it recorded: its area outlives it until the agent drains
-//! it.
+//! writing the runs straight from the shared pages. No event crosses the socket (a thread
+//! whose ring fills up only asks for an early drain) and nothing is copied on the way: the
+//! bytes a thread packs are the bytes the log gets. And what a process published before it
+//! was killed is kept: its area outlives it until the agent drains it.
 //!
 //! A ring has one writer (its thread, through a [`SlotWriter`]) and one reader (the agent,
 //! [`EventArea::drain`]), so neither takes a lock or does an atomic read-modify-write per
@@ -36,7 +36,7 @@ pub const RING_BYTES: usize = 128 << 10;
 /// Room past each ring's end for a writer's whole-chunk copy overrun.
 const SLACK: usize = 64;
 /// Event numbers one ring takes at a time: small, so they pack into a few bytes; a writer
-/// that used them all moves to a new slot.
+/// that used them all moves to a new slot (the shared slot renews its block in place).
 const SEQ_BLOCK: u64 = 1 << 24;
 
 const FREE: u32 = 0;
@@ -68,8 +68,9 @@ struct SlotHeader {
     /// The end of the slot's block of event numbers (set with the first).
     seq_end: AtomicU64,
     // Written by the agent: bytes drained (space before it may be written again), and the
-    // event number and time where the next run starts. The writer sets the latter two
-    // once, when it claims the slot, before publishing anything.
+    // event number and time where the next run starts. A writer sets the latter two when it
+    // starts a block of numbers (claiming the slot, or renewing the shared one), while
+    // nothing is unsent.
     sent: AtomicU64,
     reader_seq: AtomicU64,
     reader_time: AtomicI64,
@@ -87,11 +88,6 @@ pub struct EventArea {
     path: PathBuf,
 }
 
-// SAFETY: all shared state is atomics or ring bytes whose ownership the slot protocol
-// hands between exactly one writer and one reader.
-unsafe impl Send for EventArea {}
-unsafe impl Sync for EventArea {}
-
 impl EventArea {
     /// Creates the area at `path` (under `/dev/shm`) for a process whose ids end in `salt`.
     pub fn create(path: &Path, salt: u64) -> io::Result<EventArea> {
@@ -106,15 +102,27 @@ impl EventArea {
         Ok(area)
     }
 
-    /// Maps the area a process created (the agent's side); refuses anything else.
+    /// Maps the area a process created (the agent's side); refuses anything else: a path
+    /// with `..` or through a symbolic link, a file of another user, the wrong size or
+    /// layout.
     pub fn open(path: &Path) -> io::Result<EventArea> {
-        let file = File::options().read(true).write(true).open(path)?;
-        let len = file.metadata()?.len();
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let bad = |what: String| io::Error::new(io::ErrorKind::InvalidData, format!("{}: not an event area: {what}", path.display()));
-        if len != area_len() as u64 {
-            return Err(bad(format!("{len} bytes, expected {}", area_len())));
+        if path.components().any(|c| !matches!(c, std::path::Component::RootDir | std::path::Component::Normal(_))) {
+            return Err(bad("the path is not plain".into()));
         }
-        let area = EventArea { map: MmapRaw::map_raw(&file)?, path: path.to_path_buf() };
+        let file = File::options().read(true).write(true).custom_flags(libc::O_NOFOLLOW).open(path)?;
+        let meta = file.metadata()?;
+        // SAFETY: geteuid has no preconditions.
+        if meta.uid() != unsafe { libc::geteuid() } {
+            return Err(bad(format!("owned by uid {}", meta.uid())));
+        }
+        if meta.len() != area_len() as u64 {
+            return Err(bad(format!("{} bytes, expected {}", meta.len(), area_len())));
+        }
+        // Mapped at the size checked, whatever the file's size is by now.
+        let map = memmap2::MmapOptions::new().len(area_len()).map_raw(&file)?;
+        let area = EventArea { map, path: path.to_path_buf() };
         let h = area.header();
         if h.magic.load(Ordering::Acquire) != MAGIC
             || h.slots.load(Ordering::Relaxed) != SLOTS as u32
@@ -191,22 +199,24 @@ impl EventArea {
     /// Writes every ring's published, unsent events to the log through `write` (given the
     /// frames as slices: a run header per ring, then its events straight from the shared
     /// pages), then frees what was written. `src` names the process (its salt is taken from
-    /// the area). Returns how many events went out. Call from one thread at a time.
-    pub fn drain(&self, src: &RunSource, write: impl FnOnce(&[IoSlice<'_>]) -> io::Result<()>) -> io::Result<u32> {
+    /// the area). `writers_gone`: the process has ended, so a ring caught mid-publish will
+    /// stay so and is taken as it is. Call from one thread at a time.
+    pub fn drain(&self, src: &RunSource, writers_gone: bool, write: impl FnOnce(&mut [IoSlice<'_>]) -> io::Result<()>) -> io::Result<()> {
         let src = RunSource { salt: self.salt(), ..src.clone() };
         let mut headers = Vec::new();
         let mut runs = Vec::new(); // (slot, sent, published, next_seq, last_time, header range)
-        let mut count = 0u32;
         for i in 0..SLOTS {
             let slot = self.slot(i);
             let state = slot.state.load(Ordering::Acquire);
             if state == FREE {
                 continue;
             }
-            let (published, next_seq, last_time) = slot.read_published();
+            let Some((published, next_seq, last_time)) = slot.read_published(writers_gone) else {
+                continue; // caught mid-publish for too long: next round
+            };
             let sent = slot.sent.load(Ordering::Relaxed);
             if published == sent {
-                if state == RETIRED {
+                if state == RETIRED || (writers_gone && state == OWNED) {
                     slot.reset();
                 }
                 continue;
@@ -216,6 +226,8 @@ impl EventArea {
                 continue;
             }
             let first_seq = slot.reader_seq.load(Ordering::Relaxed);
+            // The count only informs readers (they number events by position), so a
+            // writer's nonsense here harms nothing.
             let n = next_seq.wrapping_sub(first_seq) as u32;
             let mut peers = [0u64; MAX_PEER_SALTS];
             let pc = (slot.peer_count.load(Ordering::Relaxed) as usize).min(MAX_PEER_SALTS);
@@ -225,10 +237,9 @@ impl EventArea {
             let h0 = headers.len();
             run_header(&src, &peers[..pc], first_seq, slot.reader_time.load(Ordering::Relaxed), n, (published - sent) as usize, &mut headers);
             runs.push((i, sent, published, next_seq, last_time, h0..headers.len()));
-            count += n;
         }
         if runs.is_empty() {
-            return Ok(0);
+            return Ok(());
         }
         let mut slices = Vec::with_capacity(3 * runs.len());
         for (i, sent, published, _, _, h) in &runs {
@@ -239,14 +250,14 @@ impl EventArea {
                 slices.push(IoSlice::new(b));
             }
         }
-        write(&slices)?;
+        write(&mut slices)?;
         for (i, _, published, next_seq, last_time, _) in runs {
             let slot = self.slot(i);
             slot.reader_seq.store(next_seq, Ordering::Relaxed);
             slot.reader_time.store(last_time, Ordering::Relaxed);
             slot.sent.store(published, Ordering::Release);
         }
-        Ok(count)
+        Ok(())
     }
 
     /// The ring bytes `[from, to)` (running totals) as one or two slices.
@@ -285,9 +296,13 @@ impl SlotHeader {
         }
     }
 
-    /// (published bytes, next event number, last event time), consistently.
-    fn read_published(&self) -> (u64, u64, i64) {
-        loop {
+    /// (published bytes, next event number, last event time), consistently; `None` when a
+    /// writer stays mid-publish (it publishes in nanoseconds, so it was stopped there).
+    /// With `writer_gone`, it never will finish: the fields are taken as they are (readers
+    /// number events by position, so only what the next run would start from is off, and
+    /// there is none).
+    fn read_published(&self, writer_gone: bool) -> Option<(u64, u64, i64)> {
+        for attempt in 0..1000 {
             let v1 = self.version.load(Ordering::Acquire);
             let got = (
                 self.published.load(Ordering::Relaxed),
@@ -295,11 +310,14 @@ impl SlotHeader {
                 self.last_time.load(Ordering::Relaxed),
             );
             fence(Ordering::Acquire);
-            if v1.is_multiple_of(2) && self.version.load(Ordering::Relaxed) == v1 {
-                return got;
+            if (v1.is_multiple_of(2) || writer_gone) && self.version.load(Ordering::Relaxed) == v1 {
+                return Some(got);
             }
-            std::hint::spin_loop();
+            if attempt > 10 {
+                std::thread::yield_now();
+            }
         }
+        None
     }
 }
 
@@ -326,15 +344,17 @@ impl SlotWriter {
     }
 
     /// For the shared slot: takes its lock and loads its state; [`unlock`](Self::unlock)
-    /// publishes and releases it.
-    pub fn lock(&mut self) {
+    /// publishes and releases it. False (and unlocked) when the slot's numbers are used up
+    /// and the agent has not yet drained it: the event cannot be recorded now.
+    pub fn lock(&mut self) -> bool {
         let slot = self.area.slot(self.index);
         slot.lock_shared();
         if slot.next_seq.load(Ordering::Relaxed) >= slot.seq_end.load(Ordering::Relaxed) {
             // Numbers used up: once the agent has drained the slot, a new block starts
             // there (the agent reads where runs start only while something is unsent).
-            while slot.read_published().0 != slot.sent.load(Ordering::Acquire) {
-                std::thread::sleep(std::time::Duration::from_millis(1));
+            if slot.published.load(Ordering::Relaxed) != slot.sent.load(Ordering::Acquire) {
+                slot.lock.store(false, Ordering::Release);
+                return false;
             }
             slot.start(event_seq_block(SEQ_BLOCK));
         }
@@ -344,6 +364,7 @@ impl SlotWriter {
         self.last_time = slot.last_time.load(Ordering::Relaxed);
         self.version = slot.version.load(Ordering::Relaxed);
         self.peers = PeerSalts::from_slice(&self.published_peers());
+        true
     }
 
     pub fn unlock(&mut self) {
@@ -376,7 +397,7 @@ impl SlotWriter {
     /// Bytes written and not yet drained.
     #[inline]
     pub fn unsent(&self) -> u64 {
-        self.written - self.area.slot(self.index).sent.load(Ordering::Acquire)
+        self.written.saturating_sub(self.area.slot(self.index).sent.load(Ordering::Acquire))
     }
 
     /// Whether an event of `len` bytes fits now.
@@ -502,8 +523,8 @@ mod tests {
     fn drain(area: &EventArea) -> Vec<Event> {
         let mut wire = Vec::new();
         let src = RunSource { source_worker: [5; 16], ..Default::default() };
-        area.drain(&src, |slices| {
-            for s in slices {
+        area.drain(&src, false, |slices| {
+            for s in slices.iter() {
                 wire.extend_from_slice(s);
             }
             Ok(())
@@ -547,7 +568,7 @@ mod tests {
         let mut shared_b = area.claim();
         assert!(shared_a.is_shared() && shared_b.is_shared());
         for w in [&mut shared_a, &mut shared_b] {
-            w.lock();
+            assert!(w.lock());
             record(w, 7);
             w.unlock();
         }

@@ -46,14 +46,24 @@ impl EventLogWriter {
     }
 
     /// Appends frames given as slices (built by the caller, so not checked), in one
-    /// write where the kernel takes them all.
-    pub fn append_vectored(&mut self, mut slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
-        while !slices.is_empty() {
-            match self.file.write_vectored(slices) {
-                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => io::IoSlice::advance_slices(&mut slices, n),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+    /// write where the kernel takes them all. On an error (a full disk) the log is cut
+    /// back to where it was, so no torn frame is left for later frames to follow.
+    pub fn append_vectored(&mut self, slices: &mut [io::IoSlice<'_>]) -> io::Result<()> {
+        let before = self.file.metadata()?.len();
+        let mut rest = slices;
+        while !rest.is_empty() {
+            let result = match self.file.write_vectored(rest) {
+                Ok(0) => Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => {
+                    io::IoSlice::advance_slices(&mut rest, n);
+                    Ok(())
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                let _ = self.file.set_len(before);
+                return Err(e);
             }
         }
         Ok(())

@@ -201,15 +201,15 @@ impl EventWriter<'_> {
             self.out[start + 1] = (self.out.len() - start - 2) as u8;
         } else if id != &[0; 16] {
             let salt = u64::from_be_bytes(id[8..].try_into().unwrap());
-            match (self.peers.index_of(salt), counter_of(id, salt)) {
-                (Some(peer), Some(counter)) => {
+            match self.peers.index_of(salt).zip(counter_of(id, salt)) {
+                Some((peer, counter)) => {
                     let (tag, v) = if is_event_counter(counter) { (PEER_EVENT, counter & !EVENT_SEQ_BIT) } else { (PEER_COUNTER, counter) };
                     let start = self.out.len();
                     self.out.extend_from_slice(&[key, 0, tag, peer]);
                     varint(v, self.out);
                     self.out[start + 1] = (self.out.len() - start - 2) as u8;
                 }
-                _ => {
+                None => {
                     self.out.extend_from_slice(&[key, 16]);
                     self.out.extend_from_slice(id);
                 }
@@ -349,6 +349,10 @@ impl ObjectDetailWriter<'_> {
 pub fn expand_run(body: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
     let run = EventRun::decode(body).map_err(|e| format!("bad event run: {e}"))?;
     let unpack = |id: &mut Vec<u8>, seq: u64| -> Result<(), String> {
+        // Packed forms are at most 13 bytes; a whole id is 16, whatever its first byte.
+        if id.len() >= 16 {
+            return Ok(());
+        }
         match id.as_slice() {
             [] => {}
             [SOURCE_ID] => id.clone_from(&run.source_worker),
@@ -389,7 +393,7 @@ pub fn expand_run(body: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
         for id in [&mut e.cause, &mut e.object_id, &mut e.task_id, &mut e.actor_id, &mut e.worker_id] {
             unpack(id, seq)?;
         }
-        seq += 1;
+        seq = seq.wrapping_add(1);
         if e.node_id.is_empty() {
             e.node_id.clone_from(&run.node_id);
         }
@@ -576,6 +580,23 @@ mod tests {
             })
             .collect();
         assert_eq!(reasons, [FREED_BY_RELEASE, "its last borrower exited"]);
+    }
+
+    #[test]
+    fn whole_ids_whose_first_byte_looks_like_a_tag_stay_whole() {
+        let src = source();
+        let mut events = Vec::new();
+        let peers = PeerSalts::default();
+        let ids: Vec<[u8; 16]> = (0..=4u8).map(|b| [b; 16]).collect();
+        for id in &ids {
+            let e = Event { id: id.to_vec(), task_id: id.to_vec(), cause: id.to_vec(), kind: 12, ..Default::default() };
+            pack_whole_event(&mut events, &e, 1);
+        }
+        let got = expand_all(&frame(&src, &peers, 0, 0, ids.len() as u32, &events));
+        assert_eq!(got.len(), ids.len());
+        for (e, id) in got.iter().zip(&ids) {
+            assert_eq!((e.id.as_slice(), e.task_id.as_slice(), e.cause.as_slice()), (&id[..], &id[..], &id[..]));
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 /// A block of `len` event sequence numbers for one recording thread: the events it
 /// records are numbered consecutively, so their ids need not be written down (see
 /// `EventRun` in events.proto).
-pub fn event_seq_block(len: u64) -> u64 {
+pub(crate) fn event_seq_block(len: u64) -> u64 {
     EVENT_SEQ.fetch_add(len, Ordering::Relaxed) | EVENT_SEQ_BIT
 }
 
@@ -123,9 +123,10 @@ const UNSCATTER: u64 = {
 /// Every task records six events, each with a time: a vDSO `clock_gettime` (~22 ns here)
 /// was half of what recording one cost. Where the kernel itself keeps time with the TSC
 /// (an invariant TSC, synchronized across CPUs), this reads the TSC (~9 ns) and converts it
-/// with a rate measured against the system clock; each thread re-anchors to the system
-/// clock about every millisecond, so a rate error or a clock adjustment shifts a time by
-/// well under a microsecond.
+/// with a rate measured against the raw monotonic clock (which no one steps or slews);
+/// each thread re-anchors to the system clock about every millisecond, so a rate error
+/// shifts a time by well under a microsecond and a step of the system clock shows within a
+/// millisecond.
 #[inline]
 pub fn now_us() -> i64 {
     #[cfg(target_arch = "x86_64")]
@@ -186,6 +187,7 @@ mod tsc {
     #[cold]
     fn reanchor() -> i64 {
         static USABLE: OnceLock<bool> = OnceLock::new();
+        /// The process's first (TSC, raw monotonic ns): the rate's baseline.
         static ORIGIN: OnceLock<(u64, i64)> = OnceLock::new();
         if !*USABLE.get_or_init(usable) {
             return super::realtime_ns() / 1000;
@@ -204,15 +206,23 @@ mod tsc {
                 break;
             }
         }
-        let origin = *ORIGIN.get_or_init(|| (tsc, ns));
+        let raw = raw_monotonic_ns();
+        let origin = *ORIGIN.get_or_init(|| (tsc, raw));
         let baseline = tsc.wrapping_sub(origin.0);
-        let mult = if (MIN_BASELINE_TICKS..1 << 62).contains(&baseline) && ns > origin.1 {
-            ((((ns - origin.1) as u128) << 32) / baseline as u128) as u64
+        let mult = if (MIN_BASELINE_TICKS..1 << 62).contains(&baseline) && raw > origin.1 {
+            ((((raw - origin.1) as u128) << 32) / baseline as u128) as u64
         } else {
             0
         };
         ANCHOR.with(|a| a.set(Anchor { tsc, ns, mult }));
         ns / 1000
+    }
+
+    fn raw_monotonic_ns() -> i64 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: clock_gettime fills the timespec we own.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_RAW, &mut ts) };
+        ts.tv_sec * 1_000_000_000 + ts.tv_nsec
     }
 
     /// The TSC is a clock only if it ticks at a constant rate in every power state and

@@ -33,5 +33,5 @@ mod session;
 
 pub use event_log::{EventLogReader, EventLogWriter, read_events};
 pub use event_run::{RunSource, encode_single_run_frame, expand_run};
-pub use ids::{Id, event_id_from, event_seq_block, hex, new_id, now_us, parse_hex, process_salt};
+pub use ids::{Id, event_id_from, hex, new_id, now_us, parse_hex, process_salt};
 pub use session::{Session, tmpdir};

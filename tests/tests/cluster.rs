@@ -549,7 +549,7 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
     let out = cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["running"], true);
-    // Workers flush their last events as they stop after each driver: wait for them.
+    // The agent drains the workers' last events as they stop after each driver: wait.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         let out = cli(&["list", "tasks", "--json"]);

@@ -417,7 +417,8 @@ impl Agent {
         }
     }
 
-    /// Moves what clients packed into their event areas (all of them, or one) into the log.
+    /// Moves what clients packed into their event areas into the log: all of them, or the
+    /// one of a client whose connection closed (it has ended, or is about to).
     fn drain_events(&self, only: Option<Id>) {
         let _one_at_a_time = self.draining.lock();
         let areas: Vec<(rayr_logs::RunSource, Arc<EventArea>)> = self
@@ -428,10 +429,7 @@ impl Agent {
             .map(|e| (e.source.clone(), e.area.clone()))
             .collect();
         for (source, area) in areas {
-            let result = area.drain(&source, |slices| {
-                let mut slices = slices.to_vec();
-                self.events.lock().append_vectored(&mut slices)
-            });
+            let result = area.drain(&source, only.is_some(), |slices| self.events.lock().append_vectored(slices));
             if let Err(e) = result {
                 tracing::error!("cannot append to the event log: {e}");
             }
@@ -470,7 +468,11 @@ impl Agent {
                         job_id: job,
                         salt: area.salt(),
                     };
-                    self.event_areas.lock().push(EventAreaEntry { worker, source, area: Arc::new(area) });
+                    // A second registration of the same id replaces the first's area (drained).
+                    self.drain_events(Some(worker));
+                    let mut areas = self.event_areas.lock();
+                    areas.retain(|e| e.worker != worker);
+                    areas.push(EventAreaEntry { worker, source, area: Arc::new(area) });
                 }
                 Err(e) => {
                     reply.error = format!("register: cannot map the event area {}: {e}", r.event_area);

@@ -36,6 +36,9 @@ pub(crate) struct EventBuffer {
     /// A full ring waited in vain: later ones drop at once until there is room again (the
     /// agent is gone or stuck; waiting each time would stall the process).
     stalled: std::sync::atomic::AtomicBool,
+    /// When a thread last asked the agent for an early drain (µs): one request per
+    /// millisecond is plenty, and a stuck agent's socket must not fill with them.
+    last_drain_ask: AtomicU64,
 }
 
 /// The calling thread's side of its ring.
@@ -45,8 +48,6 @@ struct Writer {
     /// Where the next event is packed before it is copied into the ring (it may wrap
     /// around the ring's end).
     scratch: Vec<u8>,
-    /// Where the ring was when this thread last asked for an early drain.
-    asked_at: u64,
     /// Open batches (see `EventBuffer::batch`) and the time their events share.
     batch_depth: u32,
     batch_time: i64,
@@ -56,7 +57,8 @@ thread_local! {
     static WRITER: RefCell<Option<Writer>> = const { RefCell::new(None) };
 }
 
-/// An open batch of events (see `EventBuffer::batch`); publishes them when dropped.
+/// An open batch of events (see `EventBuffer::batch`); publishes them when dropped (a
+/// thread on the shared ring publishes each event at once).
 pub(crate) struct Batch<'a> {
     buffer: Option<&'a EventBuffer>,
     _not_send: std::marker::PhantomData<*const ()>,
@@ -90,7 +92,7 @@ impl EventBuffer {
             &rayr_logs::hex(&source.source_worker)[..12]
         ));
         let area = Arc::new(EventArea::create(&path, source.salt)?);
-        Ok(EventBuffer { id, source, area, stalled: std::sync::atomic::AtomicBool::new(false) })
+        Ok(EventBuffer { id, source, area, stalled: std::sync::atomic::AtomicBool::new(false), last_drain_ask: AtomicU64::new(0) })
     }
 
     /// Where the area is (for the node agent, which maps it and removes the name).
@@ -104,26 +106,27 @@ impl EventBuffer {
         let _ = std::fs::remove_file(self.area.path());
     }
 
-    /// Packs one event with `pack` (given its number and the time since the thread's
-    /// previous event) at `time` (or the open batch's time, see [`batch`](Self::batch)) into
+    /// Packs one event with `pack` (given its number and the time since the previous event
+    /// in its ring) at `time` (or the open batch's time, see [`batch`](Self::batch)) into
     /// the calling thread's ring and publishes it, unless a batch is open; returns its id
     /// (all zeros when it could not be recorded: the thread is exiting, or the node agent
-    /// stopped draining). `drain` asks the node agent to drain the area now, and says
-    /// whether one is there to do it.
+    /// stopped draining). `drain(ask)` says whether a node agent is there to drain the area
+    /// and, with `ask`, asks it to do so now.
     #[inline]
     fn record(
         &self,
         time: impl FnOnce() -> i64,
         pack: impl FnOnce(&mut Vec<u8>, &RunSource, &mut PeerSalts, u64, i64),
-        drain: impl Fn() -> bool,
+        drain: impl Fn(bool) -> bool,
     ) -> Id {
         WRITER
             .try_with(|w| {
                 let mut w = w.borrow_mut();
                 let w = self.writer(&mut w);
                 let shared = w.slot.is_shared();
-                if shared {
-                    w.slot.lock();
+                if shared && !w.slot.lock() {
+                    let _ = self.ask_drain(&drain);
+                    return [0; 16];
                 }
                 let time_us = if w.batch_depth > 0 { w.batch_time } else { time() };
                 w.scratch.clear();
@@ -140,28 +143,38 @@ impl EventBuffer {
                     return [0; 16];
                 }
                 let seq = w.slot.write(&w.scratch, time_us);
+                let wants_drain = w.slot.wants_drain();
                 if shared {
                     w.slot.unlock();
                 } else if w.batch_depth == 0 {
                     w.slot.publish();
                 }
-                if w.slot.wants_drain() && w.slot.unsent() > w.asked_at {
-                    w.asked_at = w.slot.unsent() + rayr_logs::event_area::RING_BYTES as u64 / 4;
-                    let _ = drain();
-                } else if w.slot.unsent() < w.asked_at.saturating_sub(rayr_logs::event_area::RING_BYTES as u64 / 2) {
-                    w.asked_at = 0;
+                if wants_drain {
+                    let _ = self.ask_drain(&drain);
                 }
                 event_id_from(seq, self.source.salt)
             })
             .unwrap_or([0; 16])
     }
 
+    /// Asks the agent for an early drain, at most once a millisecond; false when no agent
+    /// is there to drain.
+    fn ask_drain(&self, drain: &impl Fn(bool) -> bool) -> bool {
+        let now = now_us() as u64;
+        let last = self.last_drain_ask.load(Ordering::Relaxed);
+        if now.saturating_sub(last) < 1000 {
+            return drain(false);
+        }
+        self.last_drain_ask.store(now, Ordering::Relaxed);
+        drain(true)
+    }
+
     /// The ring is full: publish, ask for a drain, and wait for room (not when no agent
     /// is there to drain, nor again after a wait was in vain).
     #[cold]
-    fn wait_for_room(&self, w: &mut Writer, drain: &impl Fn() -> bool) -> bool {
+    fn wait_for_room(&self, w: &mut Writer, drain: &impl Fn(bool) -> bool) -> bool {
         w.slot.publish();
-        if !drain() || self.stalled.load(Ordering::Relaxed) {
+        if self.stalled.load(Ordering::Relaxed) || !self.ask_drain(drain) {
             return false;
         }
         let deadline = std::time::Instant::now() + FULL_RING_WAIT;
@@ -187,15 +200,14 @@ impl EventBuffer {
 
     #[cold]
     fn new_writer<'a>(&self, slot: &'a mut Option<Writer>) -> &'a mut Writer {
+        // A batch open on this thread stays open in the new ring (this one's numbers ran
+        // out mid-batch).
+        let (batch_depth, batch_time) = match slot {
+            Some(old) if old.buffer_id == self.id => (old.batch_depth, old.batch_time),
+            _ => (0, 0),
+        };
         // Dropping the old writer retires its ring (drained, then reused).
-        slot.insert(Writer {
-            buffer_id: self.id,
-            slot: self.area.claim(),
-            scratch: Vec::with_capacity(256),
-            asked_at: 0,
-            batch_depth: 0,
-            batch_time: 0,
-        })
+        slot.insert(Writer { buffer_id: self.id, slot: self.area.claim(), scratch: Vec::with_capacity(256), batch_depth, batch_time })
     }
 
     /// Opens a batch on the calling thread until the guard drops: the events it records
@@ -239,7 +251,7 @@ impl Core {
         events.record(
             now_us,
             |out, source, peers, seq, delta| pack_event(out, source, peers, seq, kind as i32, delta, fill),
-            || self.drain_events_now(),
+            |ask| self.agent_drains(ask),
         )
     }
 
@@ -258,19 +270,24 @@ impl Core {
     pub fn record(&self, e: Event) -> Id {
         let id: Id = e.id.as_slice().try_into().unwrap_or([0; 16]);
         if let Some(events) = &self.events {
-            events.record(|| e.time_us, |out, _, _, _, delta| pack_whole_event(out, &e, delta), || self.drain_events_now());
+            events.record(|| e.time_us, |out, _, _, _, delta| pack_whole_event(out, &e, delta), |ask| self.agent_drains(ask));
         }
         id
     }
 
     /// Asks the node agent to move this process's events into the log now, rather than at
-    /// its next round (they are safe either way: the area outlives this process). False
-    /// when the agent is gone.
-    pub fn drain_events_now(&self) -> bool {
+    /// its next round (they are safe either way: the area outlives this process).
+    pub fn drain_events_now(&self) {
+        self.agent_drains(true);
+    }
+
+    /// Whether the node agent is there to drain this process's events; with `ask`, asks it
+    /// to do so now.
+    fn agent_drains(&self, ask: bool) -> bool {
         if self.events.is_none() || self.node_conn.closed.load(Ordering::Acquire) {
             return false;
         }
-        self.node_conn.send(0, rayr_proto::client_message::Body::DrainEvents(rayr_proto::DrainEvents {})).is_ok()
+        !ask || self.node_conn.send(0, rayr_proto::client_message::Body::DrainEvents(rayr_proto::DrainEvents {})).is_ok()
     }
 }
 
@@ -291,7 +308,7 @@ mod tests {
         let mut wire = Vec::new();
         let src = RunSource { source_worker: buf.source.source_worker, ..Default::default() };
         buf.area
-            .drain(&src, |slices| {
+            .drain(&src, false, |slices| {
                 slices.iter().for_each(|s| wire.extend_from_slice(s));
                 Ok(())
             })
@@ -313,7 +330,7 @@ mod tests {
                     w.task(&[1; 16]);
                 })
             },
-            || true,
+            |_| true,
         )
     }
 
@@ -362,7 +379,7 @@ mod tests {
     #[test]
     fn with_no_agent_to_drain_a_full_ring_drops_events_without_waiting() {
         let buf = buffer();
-        let no_agent = || false;
+        let no_agent = |_| false;
         let mut recorded = 0;
         for i in 0..RING_BYTES as i64 {
             let id = buf.record(|| i, |out, src, peers, seq, delta| pack_event(out, src, peers, seq, EventKind::TaskStarted as i32, delta, |_| {}), no_agent);
@@ -423,7 +440,7 @@ mod cost {
                 let ret = new_id();
                 let now = 1_700_000_000_000_000 + i as i64;
                 let rec = |kind: EventKind, fill: &dyn Fn(&mut EventWriter<'_>)| {
-                    buf.record(|| now, |out, src, peers, seq, delta| pack_event(out, src, peers, seq, kind as i32, delta, |w| fill(w)), || true)
+                    buf.record(|| now, |out, src, peers, seq, delta| pack_event(out, src, peers, seq, kind as i32, delta, |w| fill(w)), |_| true)
                 };
                 let sub = rec(EventKind::TaskSubmitted, &|e| {
                     e.task(&task).object(&ret);
@@ -453,7 +470,7 @@ mod cost {
                     e.object(&ret).worker(&source.source_worker).cause(&created);
                 });
                 if i % 256 == 0 {
-                    buf.area.drain(&source, |_| Ok(())).unwrap();
+                    buf.area.drain(&source, false, |_| Ok(())).unwrap();
                 }
             }
             println!("round {round}: {:.1} ns per task (6 events, ids made included)", t.elapsed().as_nanos() as f64 / n as f64);

@@ -590,7 +590,6 @@ impl Core {
                 _ => events = None,
             }
             match msg.body {
-                Some(peer_message::Body::Push(_)) => held.send(Duration::ZERO),
                 Some(peer_message::Body::Get(g)) => {
                     held.send(Duration::ZERO);
                     self.serve_get(&conn, req, &g.object_id, g.probe)
