@@ -288,6 +288,40 @@ fn a_node_agent_refuses_an_event_area_that_is_not_one() {
 }
 
 #[test]
+fn an_actor_keeps_its_state_runs_calls_in_order_and_ends_with_its_last_handle() {
+    let s = scenario("actor_counter");
+    assert_eq!(s.get("ORDERED"), "true", "10k calls from one caller, in order");
+    assert_eq!(s.get("TOTAL"), "12000", "and 4 tasks × 500 through handles passed to them");
+    assert_eq!(s.get("METHOD_ERROR"), "no", "a method's Err is the call's error, not the actor's death");
+    assert_eq!(s.get("WORKER_GONE"), "true", "the actor's worker exits with its last handle");
+    let events = s.events();
+    let ids = by_id(&events);
+    let actor = hexid(s.get("ACTOR"));
+    let created = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorCreated).expect("ACTOR_CREATED");
+    let Some(event::Detail::Actor(d)) = &created.detail else { panic!("{created:?}") };
+    assert!(d.class.ends_with("::Counter"), "{}", d.class);
+    let died = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorDied).expect("ACTOR_DIED");
+    let Some(event::Detail::Actor(d)) = &died.detail else { panic!("{died:?}") };
+    assert_eq!(d.cause, "out_of_scope");
+    assert_eq!(kind(ids[&died.cause]), EventKind::ObjectFreed, "caused by its last handle's release");
+    let exit = events
+        .iter()
+        .find(|e| kind(e) == EventKind::WorkerExited && e.worker_id == created.worker_id)
+        .expect("its worker's exit");
+    let Some(event::Detail::WorkerExit(x)) = &exit.detail else { panic!() };
+    assert!(x.detail.contains("the actor it hosted ended"), "{}", x.detail);
+    assert_ne!(x.exit_type, rayr_proto::WorkerExitType::SystemError as i32);
+    // Every call was a task on the actor's worker, naming the actor.
+    let calls = events.iter().filter(|e| e.actor_id == actor && kind(e) == EventKind::TaskSubmitted).count();
+    assert!(calls >= 12_003, "{calls}");
+    // `rayr why-died <actor>` tells its end from the record.
+    let why = s.why_died(s.get("ACTOR"));
+    let summary = why["summary"].as_str().unwrap();
+    assert!(summary.contains("::Counter") && summary.contains("out_of_scope") && summary.contains("every handle to it was dropped"), "{why}");
+    assert_eq!(why["chain"][0]["kind"], "actor_died", "{why}");
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");

@@ -704,6 +704,15 @@ fn detail_fields(d: &Detail) -> (&'static str, Vec<(&'static str, V)>) {
                 ("exit_code", V::Num(j.exit_code.into())),
             ],
         ),
+        Detail::Actor(a) => (
+            "actor",
+            vec![
+                ("class", V::Text(a.class.clone())),
+                ("cause", V::Text(a.cause.clone())),
+                ("detail", V::Text(a.detail.clone())),
+                ("pid", V::Pid(a.pid)),
+            ],
+        ),
     }
 }
 

@@ -323,14 +323,7 @@ pub(crate) async fn explain(cluster: &mut Cluster, pattern: &str) -> anyhow::Res
                 }
             }
         }
-        Role::Actor => {
-            let n = rec.query(Some(&id), 0, ENTITY_EVENTS).await?.len();
-            r.summary = format!(
-                "actor {}: rayr does not record actor lifecycles yet; {n} event(s) name it (`rayr events --id {}` lists them)",
-                hex(&id),
-                hex(&id)
-            );
-        }
+        Role::Actor => explain_actor(&mut rec, &mut r).await?,
     }
     if r.advice.is_none() && r.walked {
         let has_stderr = r.stderr().is_some_and(|(_, x)| !x.stderr_tail.is_empty());
@@ -521,6 +514,32 @@ async fn explain_worker(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<
     );
     r.effects = rec.effects(&exit_ev.id).await?;
     walk(rec, r, exit_ev, MAX_CHAIN).await?;
+    Ok(())
+}
+
+async fn explain_actor(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<()> {
+    let id = r.id.clone();
+    let created = rec.of_kind(EventKind::ActorCreated, &id, |e| e.actor_id.as_slice()).await?;
+    let died = rec.of_kind(EventKind::ActorDied, &id, |e| e.actor_id.as_slice()).await?;
+    let (class, pid) = created
+        .last()
+        .and_then(actor)
+        .map(|a| (a.class.clone(), a.pid))
+        .unwrap_or_else(|| ("an actor".into(), 0));
+    let worker = created.last().map(|e| format!(" in worker {} (pid {pid})", hex(&e.worker_id))).unwrap_or_default();
+    let Some(died_ev) = died.into_iter().max_by_key(|e| e.time_us) else {
+        r.summary = match created.last() {
+            Some(c) if rec.live() => format!("actor {} ({class}) is alive{worker}, created at {}", hex(&id), local_time(c.time_us)),
+            Some(c) => format!("actor {} ({class}) was created{worker} at {}; the cluster stopped before it ended", hex(&id), local_time(c.time_us)),
+            None => format!("actor {}: no creation is recorded (its constructor may not have run yet, or failed: see its creation task)", hex(&id)),
+        };
+        r.chain = created;
+        return Ok(());
+    };
+    let d = actor(&died_ev).cloned().unwrap_or_default();
+    r.summary = format!("actor {} ({class}){worker} ended at {} ({}): {}", hex(&id), local_time(died_ev.time_us), d.cause, d.detail);
+    r.effects = rec.effects(&died_ev.id).await?;
+    walk(rec, r, died_ev, MAX_CHAIN).await?;
     Ok(())
 }
 
@@ -925,6 +944,20 @@ fn numbers(ev: &Event) -> Vec<String> {
                 out.push(format!("binary={}", basename(&j.binary)));
             }
         }
+        Some(Detail::Actor(a)) => {
+            if !a.class.is_empty() {
+                out.push(format!("class={}", a.class));
+            }
+            if !a.cause.is_empty() {
+                out.push(a.cause.clone());
+            }
+            if !a.detail.is_empty() {
+                out.push(format!("detail={}", text(&a.detail, 100)));
+            }
+            if a.pid != 0 {
+                out.push(format!("pid={}", a.pid));
+            }
+        }
         None => {}
     }
     out
@@ -1115,6 +1148,13 @@ fn start(ev: &Event) -> Option<&WorkerStart> {
 fn object(ev: &Event) -> Option<&ObjectDetail> {
     match &ev.detail {
         Some(Detail::Object(o)) => Some(o),
+        _ => None,
+    }
+}
+
+fn actor(ev: &Event) -> Option<&rayr_proto::ActorDetail> {
+    match &ev.detail {
+        Some(Detail::Actor(a)) => Some(a),
         _ => None,
     }
 }

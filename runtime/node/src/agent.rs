@@ -214,6 +214,8 @@ struct Client {
     lease: Option<Resources>,
     /// Who holds that lease: when the holder dies, the lease comes back.
     lease_holder: Option<Id>,
+    /// The lease hosts an actor: when it ends, the worker is stopped, not pooled.
+    dedicated: bool,
     blocked: bool,
 }
 
@@ -224,6 +226,8 @@ struct PendingLease {
     job: Id,
     /// The client asking (dropped from the queue when it dies).
     requester: Option<Id>,
+    /// For an actor: the worker is stopped when the lease ends.
+    dedicated: bool,
 }
 
 struct Spawned {
@@ -483,7 +487,7 @@ impl Agent {
         let mut st = self.state.lock();
         st.clients.insert(
             worker,
-            Client { pid: r.pid, is_driver: r.is_driver, job, address: r.address, lease: None, lease_holder: None, blocked: false },
+            Client { pid: r.pid, is_driver: r.is_driver, job, address: r.address, lease: None, lease_holder: None, blocked: false, dedicated: false },
         );
         if r.is_driver {
             st.jobs.insert(job, PathBuf::from(&r.binary));
@@ -539,7 +543,7 @@ impl Agent {
             return;
         }
         let mut st = self.state.lock();
-        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job, requester });
+        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job, requester, dedicated: l.dedicated });
         self.grant_pending(&mut st);
     }
 
@@ -578,6 +582,7 @@ impl Agent {
             let client = st.clients.get_mut(&worker).unwrap();
             client.lease = Some(p.demand);
             client.lease_holder = p.requester;
+            client.dedicated = p.dedicated;
             // A "blocked" left from before this lease would give back CPU it never took.
             client.blocked = false;
             let reply = LeaseReply {
@@ -754,20 +759,23 @@ impl Agent {
         st.pending.retain(|p| p.requester != Some(dead));
         let held: Vec<Id> = st.clients.iter().filter(|(_, c)| c.lease.is_some() && c.lease_holder == Some(dead)).map(|(w, _)| *w).collect();
         for w in held {
-            self.return_lease_locked(st, w);
+            self.return_lease_locked(st, w, "its owner exited");
         }
     }
 
     fn return_lease(self: &Arc<Self>, worker: Id) {
         let mut st = self.state.lock();
-        self.return_lease_locked(&mut st, worker);
+        self.return_lease_locked(&mut st, worker, "its owner let it go (no handle was left)");
         self.grant_pending(&mut st);
     }
 
-    fn return_lease_locked(self: &Arc<Self>, st: &mut State, worker: Id) {
+    /// A lease ends: its resources come back, and its worker goes back to the pool or,
+    /// when it hosted an actor (`why` the lease ended), is stopped.
+    fn return_lease_locked(self: &Arc<Self>, st: &mut State, worker: Id, why: &str) {
         let Some(client) = st.clients.get_mut(&worker) else { return };
         let Some(held) = client.lease.take() else { return };
         let blocked = std::mem::take(&mut client.blocked);
+        let dedicated = std::mem::take(&mut client.dedicated);
         let job = client.job;
         client.lease_holder = None;
         if blocked {
@@ -776,6 +784,14 @@ impl Agent {
             resources::add(&mut st.available, &rest);
         } else {
             resources::add(&mut st.available, &held);
+        }
+        if dedicated {
+            if let Some(sp) = st.spawned.get_mut(&worker) {
+                sp.intended_exit = Some(format!("the actor it hosted ended: {why}"));
+                // SAFETY: signalling a child we started.
+                unsafe { libc::kill(sp.pid as i32, libc::SIGTERM) };
+            }
+            return;
         }
         st.idle.entry(job).or_default().push(worker);
     }

@@ -54,6 +54,23 @@ fn key_of(opts: &TaskOptions) -> String {
 /// Submits a task (generated code calls this). Never blocks on the task; problems with
 /// the arguments become the task's error, seen at `get`.
 pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ObjectRef<R> {
+    submit(function, args, opts, None)
+}
+
+/// What makes a task an actor's: its creation, or a call, which keeps the actor alive
+/// (`keep_alive`: the creation's result, which the handles hold) while it is pending.
+pub(crate) struct ActorTask {
+    pub actor: Id,
+    pub creation: bool,
+    pub keep_alive: Option<Arc<RefHandle>>,
+}
+
+/// The queue an actor's tasks go through: its one worker.
+pub(crate) fn actor_key(actor: &Id) -> String {
+    format!("actor:{}", hex(actor))
+}
+
+pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOptions, actor: Option<ActorTask>) -> ObjectRef<R> {
     let Some(core) = core::current() else {
         // `get` on this ref reports that rayr is not initialized.
         return ObjectRef::from_handle(Arc::new(RefHandle { id: new_id(), owner: [0; 16], owner_address: String::new() }));
@@ -69,16 +86,22 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
         owner: core.me.to_vec(),
         owner_address: core.address.clone(),
         scheduled_event: Vec::new(),
-        max_retries: opts.max_retries,
+        // An actor's task runs where its state is: it is not retried on another worker.
+        max_retries: if actor.is_some() { 0 } else { opts.max_retries },
         return_id: ret.to_vec(),
-        retry_exceptions: opts.retry_exceptions,
+        retry_exceptions: opts.retry_exceptions && actor.is_none(),
+        actor_id: actor.as_ref().map(|a| a.actor.to_vec()).unwrap_or_default(),
+        actor_creation: actor.as_ref().is_some_and(|a| a.creation),
     };
     // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
     let events = core.event_batch();
     let submitted = core.emit(EventKind::TaskSubmitted, |e| {
         e.task(&task).object(&ret);
+        if let Some(a) = &actor {
+            e.actor(&a.actor);
+        }
         e.task_detail(|d| {
-            d.function(function).max_retries(opts.max_retries);
+            d.function(function).max_retries(spec.max_retries);
         });
     });
 
@@ -89,12 +112,22 @@ pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOp
         deps: Vec::new(),
         owned_args: Vec::new(),
         borrowed_args: Vec::new(),
-        key: key_of(opts),
+        key: actor.as_ref().map_or_else(|| key_of(opts), |a| actor_key(&a.actor)),
         demand: opts.resources.clone(),
         retry_exceptions: opts.retry_exceptions,
         worker: None,
         last_event: submitted,
     };
+    if let Some(h) = actor.as_ref().and_then(|a| a.keep_alive.as_ref()) {
+        // The actor lives while its calls are pending, as an argument would.
+        if core.pin_locked(&mut st, h.id, h.owner) {
+            if h.owner == core.me {
+                pending.owned_args.push(h.id);
+            } else {
+                pending.borrowed_args.push(h.id);
+            }
+        }
+    }
     let mut failure: Option<(Error, String)> = None;
     // Handles given by value die here; dropping one re-locks `state` (it may be the last
     // reference), so they are kept until the lock is released.

@@ -155,13 +155,39 @@ fn error(kind: &str, message: String) -> task_result::Outcome {
     task_result::Outcome::Error(TaskError { message, kind: kind.into(), ..Default::default() })
 }
 
+/// What a pushed task runs.
+enum Target {
+    Function(&'static registry::RemoteFunction),
+    /// An actor's constructor: this worker hosts the actor from now on.
+    Create(&'static registry::ActorClass, Id),
+    Method(&'static registry::ActorMethod, Id),
+}
+
+/// The actor this worker hosts, if any: its id and its state.
+static ACTOR: parking_lot::Mutex<Option<(Id, Box<dyn std::any::Any + Send>)>> = parking_lot::Mutex::new(None);
+
 fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcome {
-    let Some(function) = registry::lookup(&spec.function) else {
+    let not_here = |what: &str| {
         let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
-        return error(
+        error(
             "bad_argument",
-            format!("function {} is not registered in {binary}: is the worker built from the same source as the driver?", spec.function),
-        );
+            format!("{what} {} is not registered in {binary}: is the worker built from the same source as the driver?", spec.function),
+        )
+    };
+    let actor: Option<Id> = spec.actor_id.as_slice().try_into().ok();
+    let target = match actor {
+        Some(id) if spec.actor_creation => match registry::actor_class(&spec.function) {
+            Some(c) => Target::Create(c, id),
+            None => return not_here("actor type"),
+        },
+        Some(id) => match registry::actor_method(&spec.function) {
+            Some(m) => Target::Method(m, id),
+            None => return not_here("actor method"),
+        },
+        None => match registry::lookup(&spec.function) {
+            Some(f) => Target::Function(f),
+            None => return not_here("function"),
+        },
     };
     // Values fetched from other owners must outlive the reader that borrows them.
     let mut fetched: Vec<Fetched> = Vec::new();
@@ -195,7 +221,30 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     }
     let mut reader = ArgReader { args };
     LAST_PANIC.with(|p| p.borrow_mut().take());
-    let result = std::panic::catch_unwind(AssertUnwindSafe(|| (function.invoke)(&mut reader)));
+    let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &target {
+        Target::Function(f) => (f.invoke)(&mut reader),
+        Target::Create(class, id) => match (class.construct)(&mut reader) {
+            Ok(state) => {
+                *ACTOR.lock() = Some((*id, state));
+                let mut e = core.event(EventKind::ActorCreated);
+                e.actor_id = id.to_vec();
+                e.worker_id = core.me.to_vec();
+                e.task_id = spec.task_id.clone();
+                e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { class: spec.function.clone(), pid: core.pid, ..Default::default() }));
+                core.record(e);
+                Returned::value(&crate::actor::ActorInfo { worker: core.me, address: core.address.clone() })
+            }
+            Err(returned) => returned,
+        },
+        Target::Method(method, id) => match &mut *ACTOR.lock() {
+            Some((hosted, state)) if hosted == id => (method.invoke)(state.as_mut(), &mut reader),
+            _ => Returned::ApplicationError(format!(
+                "actor {} is not alive in worker {} (its constructor failed, or it was restarted)",
+                hex(id),
+                hex(&core.me)
+            )),
+        },
+    }));
     drop(reader);
     match result {
         Ok(Returned::Value(bytes)) => {

@@ -25,6 +25,7 @@
 //! an embedded `init()` starts both inside the driver process. The public surface is
 //! exactly `shared/design/API.md`.
 
+mod actor;
 mod api;
 mod codec;
 mod core;
@@ -45,7 +46,7 @@ pub use error::{Error, Result};
 pub use ids::{ActorId, JobId, NodeId, ObjectId, TaskId, WorkerId};
 pub use object_ref::ObjectRef;
 pub use options::{Config, TaskOptions};
-pub use rayr_macros::{main, remote};
+pub use rayr_macros::{actor, main, remote};
 pub use runtime::{init, init_with, session_dir, shutdown};
 
 /// `use rayr::prelude::*;` brings in what user programs need.
@@ -56,9 +57,11 @@ pub mod prelude {
 /// Used by generated code only; not part of the API.
 #[doc(hidden)]
 pub mod __private {
+    pub use crate::actor::{ActorHandle, create_actor};
     pub use crate::api::{ArgValue, submit_task};
     pub use crate::exec::run_worker_if_requested;
     pub use crate::option_builders;
-    pub use crate::registry::{ArgReader, RemoteFunction, Returned};
+    pub use crate::registry::{ActorClass, ActorMethod, ArgReader, RemoteFunction, Returned};
     pub use inventory;
+    pub use serde;
 }

@@ -23,6 +23,32 @@ pub(crate) fn lookup(name: &str) -> Option<&'static RemoteFunction> {
         .copied()
 }
 
+/// One `#[rayr::actor]` type: its stable name and how to construct it from the creation's
+/// arguments.
+pub struct ActorClass {
+    pub name: &'static str,
+    pub construct: fn(&mut ArgReader<'_>) -> Result<Box<dyn std::any::Any + Send>, Returned>,
+}
+
+/// One method of an actor type, under `class::method`.
+pub struct ActorMethod {
+    pub name: &'static str,
+    pub invoke: fn(&mut (dyn std::any::Any + Send), &mut ArgReader<'_>) -> Returned,
+}
+
+inventory::collect!(ActorClass);
+inventory::collect!(ActorMethod);
+
+pub(crate) fn actor_class(name: &str) -> Option<&'static ActorClass> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static ActorClass>> = OnceLock::new();
+    TABLE.get_or_init(|| inventory::iter::<ActorClass>.into_iter().map(|c| (c.name, c)).collect()).get(name).copied()
+}
+
+pub(crate) fn actor_method(name: &str) -> Option<&'static ActorMethod> {
+    static TABLE: OnceLock<HashMap<&'static str, &'static ActorMethod>> = OnceLock::new();
+    TABLE.get_or_init(|| inventory::iter::<ActorMethod>.into_iter().map(|m| (m.name, m)).collect()).get(name).copied()
+}
+
 /// The bytes of each argument of a task, ready to be deserialized in place.
 pub struct ArgReader<'a> {
     pub(crate) args: Vec<ArgBytes<'a>>,

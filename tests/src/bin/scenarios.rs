@@ -12,6 +12,38 @@ fn square(x: u64) -> u64 {
     x * x
 }
 
+#[rayr::actor]
+pub struct Counter {
+    n: u64,
+}
+
+#[rayr::actor]
+impl Counter {
+    pub fn new(start: u64) -> Self {
+        Counter { n: start }
+    }
+    pub fn incr(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+    pub fn get(&self) -> u64 {
+        self.n
+    }
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+    pub fn fail(&self, why: String) -> Result<u64, String> {
+        Err(why)
+    }
+}
+
+/// Calls the actor `n` times through a handle it was given.
+#[rayr::remote]
+fn bump(c: CounterHandle, n: u64) -> u64 {
+    let refs: Vec<ObjectRef<u64>> = (0..n).map(|_| c.incr(1)).collect();
+    rayr::get_all(&refs).unwrap().into_iter().max().unwrap()
+}
+
 #[rayr::remote]
 fn level3(x: u64) -> u64 {
     x + 1
@@ -188,6 +220,32 @@ fn main() -> rayr::Result<()> {
     rayr::init()?;
     println!("SESSION {}", rayr::session_dir()?.display());
     match name.as_str() {
+        "actor_counter" => {
+            let c = Counter::remote(0);
+            // 10k calls from this driver: each sees the count the ones before it left, so
+            // they ran in the order they were made.
+            let refs: Vec<ObjectRef<u64>> = (0..10_000).map(|_| c.incr(1)).collect();
+            let got = rayr::get_all(&refs)?;
+            println!("ORDERED {}", got.iter().enumerate().all(|(i, v)| *v == i as u64 + 1));
+            println!("ACTOR {}", c.id());
+            // The handle given to 4 tasks that call it concurrently: 4 × 500 more.
+            let tasks: Vec<ObjectRef<u64>> = (0..4).map(|_| bump::remote(c.clone(), 500)).collect();
+            rayr::get_all(&tasks)?;
+            println!("TOTAL {}", rayr::get(&c.get())?);
+            match rayr::get(&c.fail(String::from("no"))) {
+                Err(Error::TaskFailed { message, .. }) => println!("METHOD_ERROR {message}"),
+                other => println!("METHOD_ERROR unexpected {other:?}"),
+            }
+            let pid = rayr::get(&c.pid())?;
+            println!("ACTOR_PID {pid}");
+            // The last handle goes: the actor ends and its worker exits.
+            drop(c);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("WORKER_GONE {}", !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        }
         "many_tasks" => {
             let refs: Vec<ObjectRef<u64>> = (0..10_000u64).map(square::remote).collect();
             let got = rayr::get_all(&refs)?;

@@ -137,6 +137,17 @@ struct Queue {
     ready: VecDeque<Id>,
     leases_requested: u32,
     workers: Vec<Id>,
+    /// An actor's queue (`actor:<id>`): one worker, leased once and kept (by the actor's
+    /// owner) or found from the actor's handle (by anyone else).
+    actor: Option<ActorQueue>,
+}
+
+struct ActorQueue {
+    id: Id,
+    /// This process created the actor (and leased its worker).
+    owned: bool,
+    /// Why its calls fail now: the actor died (none yet while it lives).
+    dead: Option<String>,
 }
 
 struct Leased {
@@ -146,6 +157,10 @@ struct Leased {
     in_flight: HashMap<Id, usize>,
     in_flight_bytes: usize,
     idle_since: Option<Instant>,
+    /// An actor's worker: kept while the actor lives; `leased_here` says whether this
+    /// process holds its lease (its owner) or only talks to it.
+    actor: bool,
+    leased_here: bool,
 }
 
 pub(crate) struct State {
@@ -156,6 +171,8 @@ pub(crate) struct State {
     /// borrow keeps them alive, so later reads skip the round trip to the owner.
     pub borrowed_locations: HashMap<Id, (u64, u64, u32)>,
     pub tasks: HashMap<Id, PendingTask>,
+    /// Actors created here: the creation's result object (which handles hold) → actor.
+    pub actors: HashMap<Id, Id>,
     queues: HashMap<String, Queue>,
     leased: HashMap<Id, Leased>,
     /// Lease requests in flight: request id → queue key.
@@ -445,6 +462,7 @@ impl Core {
                 borrowed: HashMap::new(),
                 borrowed_locations: HashMap::new(),
                 tasks: HashMap::new(),
+                actors: HashMap::new(),
                 queues: HashMap::new(),
                 leased: HashMap::new(),
                 lease_requests: HashMap::new(),

@@ -120,16 +120,43 @@ impl Core {
         if let Slot::Shm { .. } = o.slot {
             self.free_in_store(&[id]);
         }
+        let mut freed = None;
         if !matches!(o.slot, Slot::Failed(_)) {
-            self.emit(EventKind::ObjectFreed, |e| {
+            freed = Some(self.emit(EventKind::ObjectFreed, |e| {
                 e.object(&id).worker(&self.me).cause(&o.created_event);
                 if reason != FREED_BY_RELEASE {
                     e.object_detail(|d| {
                         d.reason(reason);
                     });
                 }
-            });
+            }));
         }
+        if let Some(actor) = st.actors.remove(&id) {
+            // The last handle to an actor is gone (no call is pending either: each pins
+            // it): the actor ends, and its worker with it.
+            self.actor_out_of_scope_locked(st, actor, freed);
+        }
+    }
+
+    fn actor_out_of_scope_locked(&self, st: &mut State, actor: Id, because: Option<Id>) {
+        let key = crate::api::actor_key(&actor);
+        let Some(q) = st.queues.get_mut(&key) else { return };
+        let Some(a) = q.actor.as_mut() else { return };
+        if a.dead.is_some() {
+            return;
+        }
+        let why = "every handle to it was dropped";
+        a.dead = Some(why.into());
+        for w in q.workers.clone() {
+            self.return_lease_locked(st, w);
+        }
+        let mut e = self.event(EventKind::ActorDied);
+        e.actor_id = actor.to_vec();
+        if let Some(c) = because {
+            e.cause = c.to_vec();
+        }
+        e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { cause: "out_of_scope".into(), detail: why.into(), ..Default::default() }));
+        self.record(e);
     }
 
     pub(super) fn free_in_store(&self, ids: &[Id]) {

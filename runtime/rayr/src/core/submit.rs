@@ -10,7 +10,7 @@ use super::LEASE_IDLE;
 use rayr_logs::{Id, hex};
 use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, TaskSpec, client_message, event};
 
-use super::{Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, Queue, Slot, State, put};
+use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, Queue, Slot, State, put};
 use crate::error::Error;
 
 impl Core {
@@ -25,7 +25,7 @@ impl Core {
         let idle: Vec<Id> = st
             .leased
             .iter()
-            .filter(|(_, l)| l.in_flight.is_empty() && l.idle_since.is_some_and(|t| now - t >= LEASE_IDLE))
+            .filter(|(_, l)| !l.actor && l.in_flight.is_empty() && l.idle_since.is_some_and(|t| now - t >= LEASE_IDLE))
             .map(|(w, _)| *w)
             .collect();
         for w in idle {
@@ -38,7 +38,9 @@ impl Core {
             if let Some(q) = st.queues.get_mut(&l.key) {
                 q.workers.retain(|w| *w != worker);
             }
-            let _ = self.node_conn.send(0, client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec() }));
+            if l.leased_here {
+                let _ = self.node_conn.send(0, client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec() }));
+            }
         }
     }
 
@@ -48,12 +50,20 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
+        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, dead: None });
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
             demand,
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
+            actor,
         });
+        if let Some(why) = q.actor.as_ref().and_then(|a| a.dead.clone()) {
+            let actor = q.actor.as_ref().unwrap().id;
+            let err = Error::ActorDied { actor: crate::ActorId(actor), cause: why.clone() };
+            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {why}", hex(&actor)), None);
+            return;
+        }
         q.ready.push_back(task);
         self.dispatch_locked(st, &key);
     }
@@ -75,7 +85,9 @@ impl Core {
                 .map(|(w, n, _)| (w, n));
             let Some((worker, _)) = best else {
                 let q = st.queues.get_mut(key).unwrap();
-                if q.leases_requested == 0 {
+                // An actor's worker is leased once, by its owner; everyone else is given it.
+                let may_lease = q.actor.as_ref().is_none_or(|a| a.owned && q.workers.is_empty());
+                if may_lease && q.leases_requested == 0 {
                     q.leases_requested += 1;
                     let demand = q.demand.clone();
                     self.request_lease(st, key, demand, task);
@@ -123,7 +135,8 @@ impl Core {
     pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
         let req = self.node_conn.next_req();
         st.lease_requests.insert(req, key.to_string());
-        let body = client_message::Body::Lease(rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec() });
+        let dedicated = st.queues.get(key).is_some_and(|q| q.actor.is_some());
+        let body = client_message::Body::Lease(rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec(), dedicated });
         if self.node_conn.closed.load(std::sync::atomic::Ordering::Acquire) || self.node_conn.send(req, body).is_err() {
             // No node agent to lease from: what waits for a worker of this shape fails now
             // instead of waiting for ever.
@@ -179,7 +192,11 @@ impl Core {
         let Some(q) = st.queues.get_mut(&key) else { return };
         q.leases_requested = 0;
         q.workers.push(worker);
-        st.leased.insert(worker, Leased { conn: conn.clone(), key: key.clone(), in_flight: HashMap::new(), in_flight_bytes: 0, idle_since: Some(Instant::now()) });
+        let actor = q.actor.is_some();
+        st.leased.insert(
+            worker,
+            Leased { conn: conn.clone(), key: key.clone(), in_flight: HashMap::new(), in_flight_bytes: 0, idle_since: Some(Instant::now()), actor, leased_here: true },
+        );
         self.dispatch_locked(&mut st, &key);
         if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
             // It died between the grant and now, before its reader could know it was
@@ -188,7 +205,8 @@ impl Core {
             self.worker_lost(worker);
             return;
         }
-        let more = st.queues.get(&key).is_some_and(|q| !q.ready.is_empty());
+        // (An actor has its one worker.)
+        let more = st.queues.get(&key).is_some_and(|q| !q.ready.is_empty() && q.actor.is_none());
         if more {
             // Everything leased is full and work remains: ask for one more worker.
             let q = st.queues.get_mut(&key).unwrap();
@@ -370,19 +388,30 @@ impl Core {
     }
 
     pub(super) fn worker_lost(self: &Arc<Self>, worker: Id) {
-        let tasks: Vec<Id> = {
+        let (tasks, actor): (Vec<Id>, Option<Id>) = {
             let mut st = self.state.lock();
             let Some(l) = st.leased.remove(&worker) else { return };
+            let mut actor = None;
             if let Some(q) = st.queues.get_mut(&l.key) {
                 q.workers.retain(|w| *w != worker);
+                actor = q.actor.as_ref().filter(|a| a.dead.is_none()).map(|a| a.id);
             }
-            l.in_flight.into_keys().collect()
+            (l.in_flight.into_keys().collect(), actor)
         };
-        if tasks.is_empty() {
+        if tasks.is_empty() && actor.is_none() {
             return;
         }
         let (exit_event, detail) = self.worker_exit(worker);
         let mut st = self.state.lock();
+        if let Some(actor) = actor {
+            // Its state died with its worker: every call, pending or to come, fails.
+            let why = format!("its worker {} died: {detail}", hex(&worker));
+            self.actor_died_locked(&mut st, actor, "worker_died", &why, exit_event);
+            drop(st);
+            self.send_outbox();
+            self.ready.notify_all();
+            return;
+        }
         for task in tasks {
             let Some(t) = st.tasks.get(&task) else { continue };
             if t.spec.attempt < t.spec.max_retries {
@@ -397,6 +426,86 @@ impl Core {
         drop(st);
         self.send_outbox();
         self.ready.notify_all();
+    }
+}
+
+impl Core {
+    /// An actor is gone (`cause` says why, as ACTOR_DIED records it): its queued and
+    /// in-flight calls fail, later ones fail at once, and its worker, if leased here, is
+    /// let go (the node agent stops it).
+    pub(crate) fn actor_died_locked(self: &Arc<Self>, st: &mut State, actor: Id, cause: &str, detail: &str, because: Option<Id>) {
+        let key = crate::api::actor_key(&actor);
+        let Some(q) = st.queues.get_mut(&key) else { return };
+        let Some(a) = q.actor.as_mut() else { return };
+        if a.dead.is_some() {
+            return;
+        }
+        a.dead = Some(detail.to_string());
+        let owned = a.owned;
+        let mut tasks: Vec<Id> = q.ready.drain(..).collect();
+        for w in std::mem::take(&mut q.workers) {
+            if let Some(l) = st.leased.get(&w) {
+                tasks.extend(l.in_flight.keys().copied());
+            }
+            // Put back in the list so return_lease_locked finds and removes it.
+            st.queues.get_mut(&key).unwrap().workers.push(w);
+            self.return_lease_locked(st, w);
+        }
+        let died = if owned {
+            let mut e = self.event(EventKind::ActorDied);
+            e.actor_id = actor.to_vec();
+            if let Some(c) = because {
+                e.cause = c.to_vec();
+            }
+            e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: cause.into(), detail: detail.into(), ..Default::default() }));
+            Some(self.record(e))
+        } else {
+            because
+        };
+        for task in tasks {
+            let err = Error::ActorDied { actor: crate::ActorId(actor), cause: detail.to_string() };
+            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {detail}", hex(&actor)), died);
+        }
+    }
+
+    /// Gives this process the actor's worker to send calls to (a handle's holder that did
+    /// not create the actor).
+    pub(crate) fn attach_actor(self: &Arc<Self>, actor: Id, info: &crate::actor::ActorInfo) -> std::io::Result<()> {
+        let conn = self.peer(&info.address)?;
+        *conn.worker.lock() = Some(info.worker);
+        let key = crate::api::actor_key(&actor);
+        let mut st = self.state.lock();
+        let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
+            demand: HashMap::new(),
+            ready: VecDeque::new(),
+            leases_requested: 0,
+            workers: Vec::new(),
+            actor: Some(ActorQueue { id: actor, owned: false, dead: None }),
+        });
+        if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) || q.workers.contains(&info.worker) {
+            return Ok(());
+        }
+        q.workers.push(info.worker);
+        st.leased.entry(info.worker).or_insert(Leased {
+            conn,
+            key: key.clone(),
+            in_flight: HashMap::new(),
+            in_flight_bytes: 0,
+            idle_since: None,
+            actor: true,
+            leased_here: false,
+        });
+        self.dispatch_locked(&mut st, &key);
+        Ok(())
+    }
+
+    /// Whether calls to the actor have a worker to go to here (or fail at once).
+    pub(crate) fn actor_reachable(&self, actor: &Id) -> bool {
+        let st = self.state.lock();
+        st.queues
+            .get(&crate::api::actor_key(actor))
+            .and_then(|q| q.actor.as_ref().map(|a| a.owned || a.dead.is_some() || !q.workers.is_empty()))
+            .unwrap_or(false)
     }
 }
 

@@ -1,0 +1,90 @@
+//! Actors: a value whose state lives in one dedicated worker process, called through
+//! handles (`#[rayr::actor]` generates a typed `<Name>Handle` around [`ActorHandle`]).
+//!
+//! Creating an actor submits its constructor as a task on the actor's own queue; the
+//! owner leases a *dedicated* worker for it, which hosts the state and serves no one else,
+//! and which the node agent stops when the lease ends. The creation's result is the
+//! actor's address ([`ActorInfo`]) and stands for the actor's life: handles hold a ref to
+//! it, so an actor lives exactly as long as some handle (here, in a task, or inside
+//! another object) does, by the same ownership and borrowing as any object. Calls are
+//! tasks on the actor's queue: from one caller, over one connection, they run in the
+//! order they were made.
+
+use std::sync::Arc;
+
+use rayr_logs::{Id, new_id};
+use serde::{Deserialize, Serialize};
+
+use crate::api::{ActorTask, ArgValue, submit};
+use crate::core::{self, Slot};
+use crate::error::Error;
+use crate::object_ref::ObjectRef;
+use crate::{ActorId, TaskOptions};
+
+/// Where an actor lives: its worker, and that worker's socket.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ActorInfo {
+    pub worker: Id,
+    pub address: String,
+}
+
+/// A handle to an actor; `Clone`, and serializable into task arguments and objects (the
+/// receiver then holds the actor alive too).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ActorHandle {
+    id: Id,
+    info: ObjectRef<ActorInfo>,
+}
+
+impl std::fmt::Debug for ActorHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ActorHandle({})", rayr_logs::hex(&self.id))
+    }
+}
+
+/// Creates an actor of `class` (its constructor's arguments in `args`) with `opts`
+/// (generated code calls this). Never blocks; a failed creation fails the actor's calls.
+pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ActorHandle {
+    let id = new_id();
+    let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
+    if let Some(core) = core::current() {
+        core.state.lock().actors.insert(info.handle.id, id);
+    }
+    ActorHandle { id, info }
+}
+
+impl ActorHandle {
+    /// The actor's id (what `rayr why-died` explains).
+    pub fn id(&self) -> ActorId {
+        ActorId(self.id)
+    }
+
+    /// Calls `method` (`class::method`) with `args`; the result's ref, as for a task.
+    pub fn call<R>(&self, method: &'static str, args: Vec<ArgValue>) -> ObjectRef<R> {
+        if let Some(core) = core::current()
+            && !core.actor_reachable(&self.id)
+        {
+            // Given this handle by someone else: find the actor's worker (once per
+            // process; it waits for the actor to be created).
+            let attached = crate::get(&self.info)
+                .map_err(|e| match e {
+                    Error::TaskFailed { message, .. } => format!("its creation failed: {message}"),
+                    other => other.to_string(),
+                })
+                .and_then(|info| core.attach_actor(self.id, &info).map_err(|e| format!("its worker cannot be reached: {e}")));
+            if let Err(why) = attached {
+                return failed(&core, Error::ActorDied { actor: ActorId(self.id), cause: why });
+            }
+        }
+        submit(method, args, &TaskOptions::default(), Some(ActorTask { actor: self.id, creation: false, keep_alive: Some(self.info.handle.clone()) }))
+    }
+}
+
+/// A ref whose value is `err`.
+fn failed<R>(core: &Arc<core::Core>, err: Error) -> ObjectRef<R> {
+    let id = new_id();
+    let mut st = core.state.lock();
+    core.own(&mut st, id, Slot::Failed(err));
+    drop(st);
+    ObjectRef::from_handle(core.owned_handle(id))
+}
