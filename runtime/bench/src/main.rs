@@ -49,6 +49,11 @@
 //!     the mapped store; nothing is copied); median over 10 objects.
 //!     `get_100mb_other_process_repeat_us`: later reads of the same object, which reuse
 //!     its location (median of 200).
+//!   - Actors (an embedded cluster, no CPU held by actors): `actor_calls_sync_per_s`, 2000
+//!     sequential `get(a.incr(1))` after 200 of warmup; `actor_calls_async_per_s`, 10k calls
+//!     then `get_all`, median of 3; `actor_calls_async_n_n_per_s`, 4 tasks each making 2500
+//!     calls spread over the same 4 actors; `actor_creation_per_s`, 200 actors created and
+//!     each answering a first call (every actor is a worker process of its own).
 //!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
 //! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a
@@ -88,6 +93,29 @@ fn noop(x: u64) -> u64 {
 fn make_100mb() -> Vec<ObjectRef<Vec<f32>>> {
     let data = vec![2.5f32; MB100 / 4];
     vec![rayr::put_slice(&data).expect("put_slice in a worker")]
+}
+
+#[rayr::actor]
+pub struct Counter {
+    n: u64,
+}
+
+#[rayr::actor]
+impl Counter {
+    pub fn new() -> Self {
+        Counter { n: 0 }
+    }
+    pub fn incr(&mut self, by: u64) -> u64 {
+        self.n += by;
+        self.n
+    }
+}
+
+/// One of n callers: `calls` calls spread over the actors, then waits for them all.
+#[rayr::remote]
+fn call_actors(actors: Vec<CounterHandle>, calls: u64) -> u64 {
+    let refs: Vec<ObjectRef<u64>> = (0..calls).map(|i| actors[i as usize % actors.len()].incr(1)).collect();
+    rayr::get_all(&refs).expect("actor calls").len() as u64
 }
 
 #[rayr::main]
@@ -251,6 +279,50 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
     let (first_us, repeat_us) = get_100mb_other_process()?;
     figure("get_100mb_other_process_us", format!("{first_us:.1}"), "us");
     figure("get_100mb_other_process_repeat_us", format!("{repeat_us:.2}"), "us");
+
+    actors()?;
+    Ok(())
+}
+
+/// Actor calls, 1:1 sync and async and n:n async, and the creation rate.
+fn actors() -> rayr::Result<()> {
+    let a = Counter::remote();
+    for _ in 0..200 {
+        rayr::get(&a.incr(1))?;
+    }
+    let t = Instant::now();
+    for _ in 0..2_000 {
+        rayr::get(&a.incr(1))?;
+    }
+    figure("actor_calls_sync_per_s", format!("{:.0}", 2_000.0 / t.elapsed().as_secs_f64()), "calls/s");
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let t = Instant::now();
+        let refs: Vec<ObjectRef<u64>> = (0..10_000).map(|_| a.incr(1)).collect();
+        rayr::get_all(&refs)?;
+        rates.push(10_000.0 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    figure("actor_calls_async_per_s", format!("{:.0}", rates[1]), "calls/s");
+    drop(a);
+
+    // n:n — 4 callers (tasks), each making 2500 calls over the same 4 actors.
+    let n = 4;
+    let actors: Vec<CounterHandle> = (0..n).map(|_| Counter::remote()).collect();
+    rayr::get_all(&actors.iter().map(|a| a.incr(0)).collect::<Vec<_>>())?;
+    let warm: Vec<ObjectRef<u64>> = (0..n).map(|_| call_actors::remote(actors.clone(), 100)).collect();
+    rayr::get_all(&warm)?;
+    let t = Instant::now();
+    let callers: Vec<ObjectRef<u64>> = (0..n).map(|_| call_actors::remote(actors.clone(), 2_500)).collect();
+    let done: u64 = rayr::get_all(&callers)?.iter().sum();
+    figure("actor_calls_async_n_n_per_s", format!("{:.0}", done as f64 / t.elapsed().as_secs_f64()), "calls/s");
+    drop(actors);
+
+    // 200 actors, each created and answering its first call.
+    let t = Instant::now();
+    let many: Vec<CounterHandle> = (0..200).map(|_| Counter::remote()).collect();
+    rayr::get_all(&many.iter().map(|a| a.incr(1)).collect::<Vec<_>>())?;
+    figure("actor_creation_per_s", format!("{:.1}", 200.0 / t.elapsed().as_secs_f64()), "actors/s");
     Ok(())
 }
 

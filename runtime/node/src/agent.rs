@@ -37,8 +37,8 @@ pub struct NodeConfig {
     pub store_prefault: u64,
     /// The address shown for this node (`--node-ip-address`).
     pub ip_address: String,
-    /// Most worker processes alive at once (blocked workers free their CPU, so nested
-    /// tasks can need more processes than CPUs).
+    /// Most task worker processes alive at once (blocked workers free their CPU, so nested
+    /// tasks can need more processes than CPUs); workers hosting actors come on top.
     pub max_workers: usize,
 }
 
@@ -606,7 +606,10 @@ impl Agent {
 
     /// Starts one worker process for `job`; false when the node is at its process limit.
     fn spawn_worker(self: &Arc<Self>, st: &mut State, job: Id) -> bool {
-        if self.stopping.load(Ordering::Acquire) || st.spawned.len() >= self.cfg.max_workers {
+        // The cap bounds the pool of task workers (and how many start at once); a worker
+        // that hosts an actor is that actor's for its life and does not count.
+        let hosting_actors = st.clients.values().filter(|c| c.dedicated).count();
+        if self.stopping.load(Ordering::Acquire) || st.spawned.len() >= self.cfg.max_workers + hosting_actors {
             return false;
         }
         let Some(binary) = st.jobs.get(&job).cloned() else { return false };
