@@ -322,6 +322,30 @@ fn an_actor_keeps_its_state_runs_calls_in_order_and_ends_with_its_last_handle() 
 }
 
 #[test]
+fn rayr_kill_stops_an_actor_at_once_and_its_calls_fail_with_actor_died() {
+    let s = scenario("actor_kill");
+    assert_eq!(s.get("BEFORE"), "6");
+    assert!(s.get("BORROWER_KILL").contains("only its creator can kill it"), "{}", s.get("BORROWER_KILL"));
+    assert_eq!(s.get("IN_FLIGHT"), "ActorDied killed by rayr::kill", "the call running when it was killed");
+    assert_eq!(s.get("AFTER"), "ActorDied killed by rayr::kill", "a call made after");
+    assert_eq!(s.get("KILL_AGAIN"), "ok");
+    assert_eq!(s.get("WORKER_GONE"), "true");
+    let events = s.events();
+    let actor = hexid(s.get("ACTOR"));
+    let died = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorDied).expect("ACTOR_DIED");
+    let Some(event::Detail::Actor(d)) = &died.detail else { panic!() };
+    assert_eq!((d.cause.as_str(), d.detail.as_str()), ("killed", "killed by rayr::kill"));
+    let created = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorCreated).unwrap();
+    let exit = events.iter().find(|e| kind(e) == EventKind::WorkerExited && e.worker_id == created.worker_id).expect("its worker's exit");
+    let Some(event::Detail::WorkerExit(x)) = &exit.detail else { panic!() };
+    assert_eq!(x.exit_type, rayr_proto::WorkerExitType::IntendedUserExit as i32, "{x:?}");
+    assert!(x.detail.contains("rayr::kill"), "{}", x.detail);
+    // The calls it failed name the kill as their cause.
+    let failed = events.iter().filter(|e| kind(e) == EventKind::TaskFailed && e.cause == died.id).count();
+    assert!(failed >= 1, "the in-flight call's failure is caused by the kill");
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");

@@ -250,6 +250,12 @@ fn expand_actor_struct(s: syn::ItemStruct) -> syn::Result<proc_macro2::TokenStre
             }
         }
 
+        impl ::rayr::__private::AsActorHandle for #handle {
+            fn actor_handle(&self) -> &::rayr::__private::ActorHandle {
+                &self.inner
+            }
+        }
+
         impl ::rayr::__private::serde::Serialize for #handle {
             fn serialize<S: ::rayr::__private::serde::Serializer>(&self, s: S) -> ::core::result::Result<S::Ok, S::Error> {
                 ::rayr::__private::serde::Serialize::serialize(&self.inner, s)

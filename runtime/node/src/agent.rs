@@ -235,8 +235,10 @@ struct Spawned {
     pid: u32,
     stderr_path: PathBuf,
     registered: bool,
-    /// Set when rayr itself stops the worker: the reason recorded in its exit event.
+    /// Set when rayr itself stops the worker: the reason recorded in its exit event, and
+    /// whether the user asked for it.
     intended_exit: Option<String>,
+    by_user: bool,
     start_event: Id,
 }
 
@@ -365,7 +367,7 @@ impl Agent {
                 client_message::Body::Lease(l) => self.lease(&conn, me, req, l),
                 client_message::Body::ReturnLease(r) => {
                     if let Some(w) = id_of(&r.worker_id) {
-                        self.return_lease(w);
+                        self.return_lease(w, (!r.kill.is_empty()).then_some(r.kill.as_str()));
                     }
                 }
                 client_message::Body::CreateObject(c) => {
@@ -662,7 +664,7 @@ impl Agent {
         let start_event = id_of(&e.id).unwrap();
         st.spawned.insert(
             worker,
-            Spawned { job, pid, stderr_path: err_path, registered: false, intended_exit: None, start_event },
+            Spawned { job, pid, stderr_path: err_path, registered: false, intended_exit: None, by_user: false, start_event },
         );
         let agent = self.clone();
         let _ = std::thread::Builder::new().name("rayr-reaper".into()).spawn(move || {
@@ -691,7 +693,7 @@ impl Agent {
         let Some(sp) = st.spawned.remove(&worker) else { return };
         // A worker killed by a signal cannot remove its own socket.
         let _ = std::fs::remove_file(self.cfg.session.worker_socket(&hex(&worker)));
-        let mut exit = pool::describe_exit(status, sp.intended_exit.as_deref());
+        let mut exit = pool::describe_exit(status, sp.intended_exit.as_deref(), sp.by_user);
         exit.peak_rss_bytes = peak_rss;
         exit.pid = sp.pid;
         exit.stderr_tail = pool::tail_lines(&sp.stderr_path, 20);
@@ -766,9 +768,18 @@ impl Agent {
         }
     }
 
-    fn return_lease(self: &Arc<Self>, worker: Id) {
+    /// The holder gives a lease back; `kill`: it hosted an actor the user killed (why).
+    fn return_lease(self: &Arc<Self>, worker: Id, kill: Option<&str>) {
         let mut st = self.state.lock();
-        self.return_lease_locked(&mut st, worker, "its owner let it go (no handle was left)");
+        match kill {
+            Some(why) => {
+                if let Some(sp) = st.spawned.get_mut(&worker) {
+                    sp.by_user = true;
+                }
+                self.return_lease_locked(&mut st, worker, why)
+            }
+            None => self.return_lease_locked(&mut st, worker, "its owner let it go (no handle was left)"),
+        }
         self.grant_pending(&mut st);
     }
 
@@ -791,8 +802,10 @@ impl Agent {
         if dedicated {
             if let Some(sp) = st.spawned.get_mut(&worker) {
                 sp.intended_exit = Some(format!("the actor it hosted ended: {why}"));
+                // A killed actor stops at once, mid-call if need be (as Ray's kill does).
+                let signal = if sp.by_user { libc::SIGKILL } else { libc::SIGTERM };
                 // SAFETY: signalling a child we started.
-                unsafe { libc::kill(sp.pid as i32, libc::SIGTERM) };
+                unsafe { libc::kill(sp.pid as i32, signal) };
             }
             return;
         }

@@ -17,7 +17,9 @@ pub mod env {
 
 /// Describes how a worker ended from its wait status. `intended` is the runtime's own
 /// reason when rayr stopped it on purpose.
-pub fn describe_exit(status: libc::c_int, intended: Option<&str>) -> WorkerExit {
+/// How a worker ended, from its wait status and, when rayr stopped it on purpose, why
+/// (`by_user`: because the user asked, as with `rayr::kill`).
+pub fn describe_exit(status: libc::c_int, intended: Option<&str>, by_user: bool) -> WorkerExit {
     let mut exit = WorkerExit { exit_code: -1, ..Default::default() };
     if libc::WIFSIGNALED(status) {
         exit.signal = libc::WTERMSIG(status);
@@ -25,6 +27,7 @@ pub fn describe_exit(status: libc::c_int, intended: Option<&str>) -> WorkerExit 
         exit.exit_code = libc::WEXITSTATUS(status);
     }
     let (kind, detail) = match (intended, exit.signal, exit.exit_code) {
+        (Some(reason), _, _) if by_user => (WorkerExitType::IntendedUserExit, reason.to_string()),
         (Some(reason), _, _) => (WorkerExitType::IntendedSystemExit, reason.to_string()),
         (None, 0, 0) => (
             WorkerExitType::IntendedUserExit,
@@ -98,16 +101,16 @@ mod tests {
 
     #[test]
     fn exits_are_described_by_cause() {
-        let e = describe_exit(wait_status("kill -9 $$"), None);
+        let e = describe_exit(wait_status("kill -9 $$"), None, false);
         assert_eq!(e.signal, 9);
         assert_eq!(e.exit_type, WorkerExitType::SystemError as i32);
         assert!(e.detail.contains("SIGKILL") && e.detail.contains("dmesg"), "{}", e.detail);
 
-        let e = describe_exit(wait_status("exit 3"), None);
+        let e = describe_exit(wait_status("exit 3"), None, false);
         assert_eq!((e.exit_code, e.signal), (3, 0));
         assert_eq!(e.exit_type, WorkerExitType::UserError as i32);
 
-        let e = describe_exit(wait_status("kill -15 $$"), Some("node shutting down"));
+        let e = describe_exit(wait_status("kill -15 $$"), Some("node shutting down"), false);
         assert_eq!(e.exit_type, WorkerExitType::IntendedSystemExit as i32);
         assert_eq!(e.detail, "node shutting down");
     }

@@ -80,6 +80,34 @@ impl ActorHandle {
     }
 }
 
+/// What `rayr::kill` takes: any actor handle.
+pub trait AsActorHandle {
+    fn actor_handle(&self) -> &ActorHandle;
+}
+
+impl AsActorHandle for ActorHandle {
+    fn actor_handle(&self) -> &ActorHandle {
+        self
+    }
+}
+
+/// Kills an actor at once: its worker is stopped (mid-call if need be) and its pending and
+/// later calls fail with `Error::ActorDied`; recorded as ACTOR_DIED with cause `killed`.
+/// Restarts are not implemented yet, so a killed actor stays dead whatever `no_restart`
+/// says. Only the process that created the actor can kill it, for now.
+pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()> {
+    let _ = no_restart;
+    let core = core::require()?;
+    let h = handle.actor_handle();
+    if h.info.handle.owner != core.me {
+        return Err(Error::Connection(format!(
+            "actor {} was created by another process: only its creator can kill it (for now)",
+            rayr_logs::hex(&h.id)
+        )));
+    }
+    core.kill_actor(h.id)
+}
+
 /// A ref whose value is `err`.
 fn failed<R>(core: &Arc<core::Core>, err: Error) -> ObjectRef<R> {
     let id = new_id();

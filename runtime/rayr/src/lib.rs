@@ -38,6 +38,7 @@ mod raw;
 mod registry;
 mod runtime;
 
+pub use actor::kill;
 pub use api::{
     IntoArg, RuntimeContext, SliceGuard, available_resources, cancel, cluster_resources, get, get_all, get_slice, get_timeout, put, put_slice,
     runtime_context, store_usage, wait,
@@ -57,7 +58,7 @@ pub mod prelude {
 /// Used by generated code only; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::actor::{ActorHandle, create_actor};
+    pub use crate::actor::{ActorHandle, AsActorHandle, create_actor};
     pub use crate::api::{ArgValue, submit_task};
     pub use crate::exec::run_worker_if_requested;
     pub use crate::option_builders;

@@ -35,6 +35,19 @@ impl Counter {
     pub fn fail(&self, why: String) -> Result<u64, String> {
         Err(why)
     }
+    pub fn slow(&self, ms: u64) -> u64 {
+        std::thread::sleep(Duration::from_millis(ms));
+        self.n
+    }
+}
+
+/// Tries to kill an actor it was given (it did not create it).
+#[rayr::remote]
+fn kill_given(c: CounterHandle) -> String {
+    match rayr::kill(&c, true) {
+        Ok(()) => "ok".into(),
+        Err(e) => e.to_string(),
+    }
 }
 
 /// Calls the actor `n` times through a handle it was given.
@@ -240,6 +253,29 @@ fn main() -> rayr::Result<()> {
             println!("ACTOR_PID {pid}");
             // The last handle goes: the actor ends and its worker exits.
             drop(c);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("WORKER_GONE {}", !std::path::Path::new(&format!("/proc/{pid}")).exists());
+        }
+        "actor_kill" => {
+            let c = Counter::remote(5);
+            println!("BEFORE {}", rayr::get(&c.incr(1))?);
+            println!("ACTOR {}", c.id());
+            println!("BORROWER_KILL {}", rayr::get(&kill_given::remote(c.clone()))?);
+            let pid = rayr::get(&c.pid())?;
+            let slow = c.slow(30_000);
+            std::thread::sleep(Duration::from_millis(200)); // let it start
+            rayr::kill(&c, true)?;
+            let show = |r: rayr::Result<u64>| match r {
+                Err(Error::ActorDied { cause, .. }) => format!("ActorDied {cause}"),
+                other => format!("unexpected {other:?}"),
+            };
+            println!("IN_FLIGHT {}", show(rayr::get(&slow)));
+            println!("AFTER {}", show(rayr::get(&c.incr(1))));
+            rayr::kill(&c, true)?;
+            println!("KILL_AGAIN ok");
             let deadline = Instant::now() + Duration::from_secs(10);
             while std::path::Path::new(&format!("/proc/{pid}")).exists() && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(10));

@@ -39,7 +39,7 @@ impl Core {
                 q.workers.retain(|w| *w != worker);
             }
             if l.leased_here {
-                let _ = self.node_conn.send(0, client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec() }));
+                let _ = self.node_conn.send(0, client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec(), ..Default::default() }));
             }
         }
     }
@@ -434,6 +434,12 @@ impl Core {
     /// in-flight calls fail, later ones fail at once, and its worker, if leased here, is
     /// let go (the node agent stops it).
     pub(crate) fn actor_died_locked(self: &Arc<Self>, st: &mut State, actor: Id, cause: &str, detail: &str, because: Option<Id>) {
+        self.end_actor_locked(st, actor, cause, detail, because, None);
+    }
+
+    /// Ends an actor (see `actor_died_locked`); `kill`: its worker is stopped at once, for
+    /// this reason (the user's `rayr::kill`).
+    fn end_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, cause: &str, detail: &str, because: Option<Id>, kill: Option<&str>) {
         let key = crate::api::actor_key(&actor);
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(a) = q.actor.as_mut() else { return };
@@ -447,9 +453,19 @@ impl Core {
             if let Some(l) = st.leased.get(&w) {
                 tasks.extend(l.in_flight.keys().copied());
             }
-            // Put back in the list so return_lease_locked finds and removes it.
-            st.queues.get_mut(&key).unwrap().workers.push(w);
-            self.return_lease_locked(st, w);
+            match kill {
+                Some(why) => {
+                    if st.leased.remove(&w).is_some_and(|l| l.leased_here) {
+                        let ret = rayr_proto::LeaseReturn { worker_id: w.to_vec(), kill: why.to_string() };
+                        let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
+                    }
+                }
+                None => {
+                    // Put back in the list so return_lease_locked finds and removes it.
+                    st.queues.get_mut(&key).unwrap().workers.push(w);
+                    self.return_lease_locked(st, w);
+                }
+            }
         }
         let died = if owned {
             let mut e = self.event(EventKind::ActorDied);
@@ -466,6 +482,21 @@ impl Core {
             let err = Error::ActorDied { actor: crate::ActorId(actor), cause: detail.to_string() };
             self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {detail}", hex(&actor)), died);
         }
+    }
+
+    /// `rayr::kill`: the actor's worker is stopped at once and every call fails with
+    /// `ActorDied`. Only its creator holds its worker's lease, so only it can, for now.
+    pub(crate) fn kill_actor(self: &Arc<Self>, actor: Id) -> crate::Result<()> {
+        let mut st = self.state.lock();
+        if st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).is_none_or(|a| !a.owned) {
+            return Err(Error::Connection(format!("actor {} was not created by this process: only its creator can kill it (for now)", hex(&actor))));
+        }
+        let why = "killed by rayr::kill";
+        self.end_actor_locked(&mut st, actor, "killed", why, None, Some(why));
+        drop(st);
+        self.send_outbox();
+        self.ready.notify_all();
+        Ok(())
     }
 
     /// Gives this process the actor's worker to send calls to (a handle's holder that did
