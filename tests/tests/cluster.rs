@@ -346,6 +346,25 @@ fn rayr_kill_stops_an_actor_at_once_and_its_calls_fail_with_actor_died() {
 }
 
 #[test]
+fn an_actor_whose_worker_is_sigkilled_is_dead_and_says_why() {
+    let s = scenario("actor_sigkill");
+    for key in ["IN_FLIGHT", "AFTER"] {
+        let v = s.get(key);
+        assert!(v.starts_with("ActorDied") && v.contains("signal 9") && v.contains("rayr why-died"), "{key}: {v}");
+    }
+    let events = s.events();
+    let ids = by_id(&events);
+    let actor = hexid(s.get("ACTOR"));
+    let died = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorDied).expect("ACTOR_DIED");
+    let Some(event::Detail::Actor(d)) = &died.detail else { panic!() };
+    assert_eq!(d.cause, "worker_died");
+    assert_eq!(kind(ids[&died.cause]), EventKind::WorkerExited, "caused by its worker's exit");
+    let why = s.why_died(s.get("ACTOR"));
+    assert!(why["summary"].as_str().unwrap().contains("worker_died"), "{why}");
+    assert_eq!(why["chain"][1]["kind"], "worker_exited", "{why}");
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");

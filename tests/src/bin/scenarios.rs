@@ -282,6 +282,20 @@ fn main() -> rayr::Result<()> {
             }
             println!("WORKER_GONE {}", !std::path::Path::new(&format!("/proc/{pid}")).exists());
         }
+        "actor_sigkill" => {
+            let c = Counter::remote(1);
+            let pid = rayr::get(&c.pid())?;
+            println!("ACTOR {}", c.id());
+            let slow = c.slow(30_000);
+            std::thread::sleep(Duration::from_millis(200));
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let show = |r: rayr::Result<u64>| match r {
+                Err(e @ Error::ActorDied { .. }) => format!("ActorDied {e}"),
+                other => format!("unexpected {other:?}"),
+            };
+            println!("IN_FLIGHT {}", show(rayr::get(&slow)));
+            println!("AFTER {}", show(rayr::get(&c.incr(1))));
+        }
         "many_tasks" => {
             let refs: Vec<ObjectRef<u64>> = (0..10_000u64).map(square::remote).collect();
             let got = rayr::get_all(&refs)?;

@@ -406,7 +406,7 @@ impl Core {
         if let Some(actor) = actor {
             // Its state died with its worker: every call, pending or to come, fails.
             let why = format!("its worker {} died: {detail}", hex(&worker));
-            self.actor_died_locked(&mut st, actor, "worker_died", &why, exit_event);
+            self.end_actor_locked(&mut st, actor, ActorEnd { cause: "worker_died", detail: &why, because: exit_event, kill: false }, tasks);
             drop(st);
             self.send_outbox();
             self.ready.notify_all();
@@ -432,14 +432,11 @@ impl Core {
 impl Core {
     /// An actor is gone (`cause` says why, as ACTOR_DIED records it): its queued and
     /// in-flight calls fail, later ones fail at once, and its worker, if leased here, is
-    /// let go (the node agent stops it).
-    pub(crate) fn actor_died_locked(self: &Arc<Self>, st: &mut State, actor: Id, cause: &str, detail: &str, because: Option<Id>) {
-        self.end_actor_locked(st, actor, cause, detail, because, None);
-    }
-
-    /// Ends an actor (see `actor_died_locked`); `kill`: its worker is stopped at once, for
-    /// this reason (the user's `rayr::kill`).
-    fn end_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, cause: &str, detail: &str, because: Option<Id>, kill: Option<&str>) {
+    /// let go (the node agent stops it); `kill`: stopped at once, `detail` being why (the
+    /// user's `rayr::kill`).
+    /// `in_flight`: calls that were on its worker when that was found gone.
+    fn end_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, end: ActorEnd<'_>, in_flight: Vec<Id>) {
+        let ActorEnd { cause, detail, because, kill } = end;
         let key = crate::api::actor_key(&actor);
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(a) = q.actor.as_mut() else { return };
@@ -449,22 +446,20 @@ impl Core {
         a.dead = Some(detail.to_string());
         let owned = a.owned;
         let mut tasks: Vec<Id> = q.ready.drain(..).collect();
+        tasks.extend(in_flight);
         for w in std::mem::take(&mut q.workers) {
             if let Some(l) = st.leased.get(&w) {
                 tasks.extend(l.in_flight.keys().copied());
             }
-            match kill {
-                Some(why) => {
-                    if st.leased.remove(&w).is_some_and(|l| l.leased_here) {
-                        let ret = rayr_proto::LeaseReturn { worker_id: w.to_vec(), kill: why.to_string() };
-                        let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
-                    }
+            if kill {
+                if st.leased.remove(&w).is_some_and(|l| l.leased_here) {
+                    let ret = rayr_proto::LeaseReturn { worker_id: w.to_vec(), kill: detail.to_string() };
+                    let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
                 }
-                None => {
-                    // Put back in the list so return_lease_locked finds and removes it.
-                    st.queues.get_mut(&key).unwrap().workers.push(w);
-                    self.return_lease_locked(st, w);
-                }
+            } else {
+                // Put back in the list so return_lease_locked finds and removes it.
+                st.queues.get_mut(&key).unwrap().workers.push(w);
+                self.return_lease_locked(st, w);
             }
         }
         let died = if owned {
@@ -492,7 +487,7 @@ impl Core {
             return Err(Error::Connection(format!("actor {} was not created by this process: only its creator can kill it (for now)", hex(&actor))));
         }
         let why = "killed by rayr::kill";
-        self.end_actor_locked(&mut st, actor, "killed", why, None, Some(why));
+        self.end_actor_locked(&mut st, actor, ActorEnd { cause: "killed", detail: why, because: None, kill: true }, Vec::new());
         drop(st);
         self.send_outbox();
         self.ready.notify_all();
@@ -538,6 +533,15 @@ impl Core {
             .and_then(|q| q.actor.as_ref().map(|a| a.owned || a.dead.is_some() || !q.workers.is_empty()))
             .unwrap_or(false)
     }
+}
+
+/// How an actor ended (see `end_actor_locked`): the cause recorded in ACTOR_DIED, what its
+/// calls' errors say, the event that caused it, and whether its worker is stopped at once.
+struct ActorEnd<'a> {
+    cause: &'a str,
+    detail: &'a str,
+    because: Option<Id>,
+    kill: bool,
 }
 
 /// Appends `PeerMessage { push: spec }` as a frame without cloning the spec.
