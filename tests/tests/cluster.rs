@@ -340,6 +340,14 @@ fn rayr_kill_stops_an_actor_at_once_and_its_calls_fail_with_actor_died() {
     let Some(event::Detail::WorkerExit(x)) = &exit.detail else { panic!() };
     assert_eq!(x.exit_type, rayr_proto::WorkerExitType::IntendedUserExit as i32, "{x:?}");
     assert!(x.detail.contains("rayr::kill"), "{}", x.detail);
+    // `rayr list actors` shows it, dead, and why.
+    let out = s.cli(&["list", "actors", "--filter", &format!("actor_id={}", s.get("ACTOR")), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!((row["state"].as_str(), row["death_cause"].as_str()), (Some("DEAD"), Some("killed")), "{rows}");
+    assert!(row["class"].as_str().unwrap().ends_with("::Counter"), "{rows}");
+    assert!(row["pid"].as_u64().unwrap() > 0, "{rows}");
     // The calls it failed name the kill as their cause.
     let failed = events.iter().filter(|e| kind(e) == EventKind::TaskFailed && e.cause == died.id).count();
     assert!(failed >= 1, "the in-flight call's failure is caused by the kill");

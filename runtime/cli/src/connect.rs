@@ -169,14 +169,19 @@ impl Cluster {
         loop {
             let req = ListRequest { entity: entity.to_string(), filters: filters.clone(), offset, limit: PAGE };
             let page = self.list_page(req).await?;
-            let n = (page.tasks.len() + page.objects.len() + page.workers.len() + page.nodes.len() + page.jobs.len())
-                as u64;
+            let n = (page.tasks.len()
+                + page.objects.len()
+                + page.workers.len()
+                + page.nodes.len()
+                + page.jobs.len()
+                + page.actors.len()) as u64;
             all.total = page.total;
             all.tasks.extend(page.tasks);
             all.objects.extend(page.objects);
             all.workers.extend(page.workers);
             all.nodes.extend(page.nodes);
             all.jobs.extend(page.jobs);
+            all.actors.extend(page.actors);
             offset += n;
             // A live cluster may gain rows between pages: go on until a page reaches the
             // latest total. (A row inserted before `offset` shifts one already seen into the

@@ -17,7 +17,7 @@ use clap::Args;
 use rayr_head::short_id;
 use rayr_logs::hex;
 use rayr_proto::event::Detail;
-use rayr_proto::{Event, EventKind, Filter, JobRow, NodeRow, ObjectRow, TaskRow, WorkerExitType, WorkerRow};
+use rayr_proto::{ActorRow, Event, EventKind, Filter, JobRow, NodeRow, ObjectRow, TaskRow, WorkerExitType, WorkerRow};
 use serde_json::{Map, Value, json};
 
 use crate::connect::{EventFilter, connect};
@@ -86,10 +86,6 @@ pub struct EventsArgs {
 
 pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let mut cluster = connect(args.address.clone()).await?;
-    if args.entity == "actors" {
-        // The head keeps no actor view yet: there are none to show.
-        return emit(if args.json { "[]\n" } else { "0 actors\n" });
-    }
     let filters = args.filters.iter().map(|(k, v)| Filter { key: k.clone(), value: v.clone() }).collect();
     let reply = cluster.list_all(&args.entity, filters).await?;
     let out = match args.entity.as_str() {
@@ -98,6 +94,7 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
         "workers" => render(reply.workers, &args),
         "nodes" => render(reply.nodes, &args),
         "jobs" => render(reply.jobs, &args),
+        "actors" => render(reply.actors, &args),
         other => return Err(anyhow!("cannot list `{other}`")), // clap allows only the above
     };
     emit(&out)
@@ -413,6 +410,33 @@ impl Listed for WorkerRow {
             ("detail", V::Text(self.detail.clone())),
             ("started_us", V::Time(self.started_us)),
             ("exited_us", V::Time(self.exited_us)),
+        ]
+    }
+}
+
+impl Listed for ActorRow {
+    const NOUN: &'static str = "actor";
+    const COLUMNS: &'static [&'static str] = &["actor_id", "class", "state", "pid", "node_id", "restarts", "death_cause", "detail"];
+    fn key(&self) -> &[u8] {
+        &self.actor_id
+    }
+    fn time(&self) -> i64 {
+        self.created_us
+    }
+    fn fields(&self) -> Vec<(&'static str, V)> {
+        vec![
+            ("actor_id", V::Id(self.actor_id.clone())),
+            ("class", V::Text(self.class.clone())),
+            ("state", V::Text(self.state.clone())),
+            ("worker_id", V::Id(self.worker_id.clone())),
+            ("pid", V::Pid(self.pid)),
+            ("node_id", V::Id(self.node_id.clone())),
+            ("job_id", V::Id(self.job_id.clone())),
+            ("restarts", V::Num(self.restarts.into())),
+            ("death_cause", V::Text(self.death_cause.clone())),
+            ("detail", V::Text(self.detail.clone())),
+            ("created_us", V::Time(self.created_us)),
+            ("died_us", V::Time(self.died_us)),
         ]
     }
 }

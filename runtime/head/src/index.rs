@@ -24,7 +24,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use rayr_logs::{EventLogReader, Session};
-use rayr_proto::{Event, JobRow, ListReply, ListRequest, Message, NodeRow, ObjectRow, TaskRow, WorkerRow};
+use rayr_proto::{ActorRow, Event, JobRow, ListReply, ListRequest, Message, NodeRow, ObjectRow, TaskRow, WorkerRow};
 use redb::{
     Database, DatabaseError, Durability, MultimapTableDefinition, ReadableDatabase, ReadableTable,
     ReadableTableMetadata, TableDefinition, WriteTransaction,
@@ -41,6 +41,7 @@ const BY_KIND: TableDefinition<(i32, u64), ()> = TableDefinition::new("by_kind")
 pub(crate) const TASKS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("tasks");
 pub(crate) const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 pub(crate) const WORKERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("workers");
+pub(crate) const ACTORS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("actors");
 pub(crate) const NODES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("nodes");
 pub(crate) const JOBS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("jobs");
 const OBJECT_BORROWS: TableDefinition<&[u8], i64> = TableDefinition::new("object_borrows");
@@ -133,7 +134,7 @@ impl EventIndex {
             txn.open_table(EVENTS)?;
             txn.open_multimap_table(BY_ID)?;
             txn.open_table(BY_KIND)?;
-            for t in [TASKS, OBJECTS, WORKERS, NODES, JOBS] {
+            for t in [TASKS, OBJECTS, WORKERS, NODES, JOBS, ACTORS] {
                 txn.open_table(t)?;
             }
             txn.open_table(OBJECT_BORROWS)?;
@@ -508,6 +509,7 @@ struct ViewTables<'t> {
     workers: redb::Table<'t, &'static [u8], &'static [u8]>,
     nodes: redb::Table<'t, &'static [u8], &'static [u8]>,
     jobs: redb::Table<'t, &'static [u8], &'static [u8]>,
+    actors: redb::Table<'t, &'static [u8], &'static [u8]>,
 }
 
 impl<'t> ViewTables<'t> {
@@ -519,6 +521,7 @@ impl<'t> ViewTables<'t> {
             workers: txn.open_table(WORKERS)?,
             nodes: txn.open_table(NODES)?,
             jobs: txn.open_table(JOBS)?,
+            actors: txn.open_table(ACTORS)?,
         })
     }
 
@@ -537,6 +540,7 @@ impl<'t> ViewTables<'t> {
             Target::Worker(id) => update::<WorkerRow>(&mut self.workers, id, |row| views::apply_worker(row, id, ev)),
             Target::Node(id) => update::<NodeRow>(&mut self.nodes, id, |row| views::apply_node(row, ev)),
             Target::Job(id) => update::<JobRow>(&mut self.jobs, id, |row| views::apply_job(row, ev)),
+            Target::Actor(id) => update::<ActorRow>(&mut self.actors, id, |row| views::apply_actor(row, ev)),
             Target::None => Ok(()),
         }
     }

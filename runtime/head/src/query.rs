@@ -6,18 +6,18 @@
 //! - `function`: the full path (`quickstart::square`) or its last segments (`square`);
 //! - numbers (`pid`, `attempt`, …) and `is_driver`: equal.
 
-use rayr_proto::{JobRow, ListReply, ListRequest, Message, NodeRow, ObjectRow, TaskRow, WorkerRow};
+use rayr_proto::{ActorRow, JobRow, ListReply, ListRequest, Message, NodeRow, ObjectRow, TaskRow, WorkerRow};
 use redb::{ReadTransaction, ReadableTable, TableDefinition};
 
 use crate::HeadError;
 use crate::ids::IdPattern;
-use crate::index::{JOBS, NODES, OBJECTS, TASKS, WORKERS};
+use crate::index::{ACTORS, JOBS, NODES, OBJECTS, TASKS, WORKERS};
 
 /// Rows per page when a request says `limit: 0`.
 pub const DEFAULT_PAGE: u32 = 1000;
 
 /// The entities `list` knows, for error messages.
-pub const ENTITIES: &[&str] = &["tasks", "objects", "workers", "nodes", "jobs"];
+pub const ENTITIES: &[&str] = &["tasks", "objects", "workers", "nodes", "jobs", "actors"];
 
 /// One field of a row, typed by how a filter value is compared with it.
 enum Field<'a> {
@@ -136,6 +136,27 @@ impl Row for JobRow {
     }
 }
 
+impl Row for ActorRow {
+    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = ACTORS;
+    const KEYS: &'static [&'static str] = &["actor_id", "class", "state", "worker_id", "pid", "node_id", "job_id", "death_cause"];
+    fn field(&self, key: &str) -> Option<Field<'_>> {
+        Some(match key {
+            "actor_id" => Field::Id(&self.actor_id),
+            "class" => Field::Function(&self.class),
+            "state" => Field::Word(&self.state),
+            "worker_id" => Field::Id(&self.worker_id),
+            "pid" => Field::Number(self.pid.into()),
+            "node_id" => Field::Id(&self.node_id),
+            "job_id" => Field::Id(&self.job_id),
+            "death_cause" => Field::Word(&self.death_cause),
+            _ => return None,
+        })
+    }
+    fn push(self, reply: &mut ListReply) {
+        reply.actors.push(self);
+    }
+}
+
 /// A filter ready to test rows: the key, and the value parsed for that key's type.
 struct Test {
     key: String,
@@ -163,6 +184,7 @@ pub(crate) fn list(txn: &ReadTransaction, req: &ListRequest) -> Result<ListReply
         "workers" | "worker" => list_rows::<WorkerRow>(txn, req, "workers"),
         "nodes" | "node" => list_rows::<NodeRow>(txn, req, "nodes"),
         "jobs" | "job" => list_rows::<JobRow>(txn, req, "jobs"),
+        "actors" | "actor" => list_rows::<ActorRow>(txn, req, "actors"),
         other => Err(HeadError::BadRequest(format!("cannot list `{other}`: the head keeps {}", ENTITIES.join(", ")))),
     }
 }

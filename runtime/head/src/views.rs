@@ -1,4 +1,5 @@
-//! The state views (tasks, objects, workers, nodes, jobs): how each event changes a row.
+//! The state views (tasks, objects, workers, nodes, jobs, actors): how each event changes a
+//! row.
 //!
 //! Events reach the index out of order: every node has its own log, and within a node
 //! batches from different processes interleave. So every rule here gives the same row
@@ -7,15 +8,15 @@
 //! - a task's position is `(attempt, rank)` with rank SUBMITTED < SCHEDULED < RUNNING <
 //!   FINISHED = FAILED; a row only moves forward, and news of an older attempt is ignored
 //!   except for facts true of every attempt (function, owner, job, submit time);
-//! - objects, workers, nodes and jobs have terminal states (FREED/LOST, DEAD, SUCCEEDED/
-//!   FAILED) that a late "started" event never undoes;
+//! - objects, workers, nodes, jobs and actors have terminal states (FREED/LOST, DEAD,
+//!   SUCCEEDED/FAILED) that a late "started" event never undoes;
 //! - borrower counts are kept as a signed balance (sums commute), shown clamped at zero.
 //!
 //! Conventions the emitters follow: task events carry a `TaskDetail` with the attempt they
 //! concern; TASK_RETRIED's `attempt` is the number of the attempt about to run (≥ 1).
 
 use rayr_proto::event::Detail;
-use rayr_proto::{Event, EventKind, JobRow, NodeRow, ObjectRow, TaskRow, WorkerExitType, WorkerRow};
+use rayr_proto::{ActorRow, Event, EventKind, JobRow, NodeRow, ObjectRow, TaskRow, WorkerExitType, WorkerRow};
 
 /// Which view an event updates, and the key of its row.
 pub(crate) enum Target<'a> {
@@ -24,6 +25,7 @@ pub(crate) enum Target<'a> {
     Worker(&'a [u8]),
     Node(&'a [u8]),
     Job(&'a [u8]),
+    Actor(&'a [u8]),
     None,
 }
 
@@ -46,6 +48,7 @@ pub(crate) fn target(ev: &Event) -> Target<'_> {
         }
         NodeStarted | NodeStopped if nonempty(&ev.node_id) => Target::Node(&ev.node_id),
         JobStarted | JobFinished if nonempty(&ev.job_id) => Target::Job(&ev.job_id),
+        ActorCreated | ActorDied if nonempty(&ev.actor_id) => Target::Actor(&ev.actor_id),
         _ => Target::None,
     }
 }
@@ -243,6 +246,39 @@ pub(crate) fn apply_worker(row: &mut WorkerRow, id: &[u8], ev: &Event) {
     }
 }
 
+pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
+    use EventKind::*;
+    fill(&mut row.actor_id, &ev.actor_id);
+    fill(&mut row.job_id, &ev.job_id);
+    let detail = match &ev.detail {
+        Some(Detail::Actor(a)) => Some(a),
+        _ => None,
+    };
+    match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
+        ActorCreated => {
+            row.worker_id = ev.worker_id.clone();
+            row.node_id = ev.node_id.clone();
+            row.created_us = ev.time_us;
+            if let Some(a) = detail {
+                row.class = a.class.clone();
+                row.pid = a.pid;
+            }
+            if row.state.is_empty() {
+                row.state = "ALIVE".to_string();
+            }
+        }
+        ActorDied => {
+            row.state = "DEAD".to_string();
+            row.died_us = ev.time_us;
+            if let Some(a) = detail {
+                row.death_cause = a.cause.clone();
+                row.detail = a.detail.clone();
+            }
+        }
+        _ => {}
+    }
+}
+
 pub(crate) fn apply_node(row: &mut NodeRow, ev: &Event) {
     use EventKind::*;
     fill(&mut row.node_id, &ev.node_id);
@@ -404,5 +440,23 @@ mod tests {
         assert_eq!(row.size, 5);
         apply_object(&mut row, &mut balance, &ev(EventKind::ObjectLost, "owner died"));
         assert_eq!(row.state, "LOST");
+    }
+
+    #[test]
+    fn an_actor_s_death_stands_whatever_order_its_events_arrive_in() {
+        use rayr_proto::ActorDetail;
+        let ev = |kind: EventKind, detail: ActorDetail| Event {
+            kind: kind as i32,
+            actor_id: vec![3; 16],
+            worker_id: vec![4; 16],
+            time_us: 20,
+            detail: Some(Detail::Actor(detail)),
+            ..Default::default()
+        };
+        let mut row = ActorRow::default();
+        apply_actor(&mut row, &ev(EventKind::ActorDied, ActorDetail { cause: "killed".into(), detail: "by rayr::kill".into(), ..Default::default() }));
+        apply_actor(&mut row, &ev(EventKind::ActorCreated, ActorDetail { class: "m::Counter".into(), pid: 7, ..Default::default() }));
+        assert_eq!((row.state.as_str(), row.death_cause.as_str(), row.class.as_str(), row.pid), ("DEAD", "killed", "m::Counter", 7));
+        assert_eq!(row.worker_id, vec![4; 16]);
     }
 }
