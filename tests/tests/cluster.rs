@@ -373,6 +373,23 @@ fn an_actor_whose_worker_is_sigkilled_is_dead_and_says_why() {
 }
 
 #[test]
+fn an_actor_whose_constructor_panics_is_dead_and_its_calls_say_why() {
+    let s = scenario("actor_ctor_panic");
+    for i in 0..5 {
+        let v = s.get(&format!("CALL{i}"));
+        assert!(v.starts_with("ActorDied") && v.contains("constructor failed") && v.contains("no database"), "call {i}: {v}");
+    }
+    let b = s.get("BORROWER");
+    assert!(b.starts_with("ActorDied") && b.contains("no database"), "{b}");
+    let events = s.events();
+    let actor = hexid(s.get("ACTOR"));
+    let died = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorDied).expect("ACTOR_DIED");
+    let Some(event::Detail::Actor(d)) = &died.detail else { panic!() };
+    assert_eq!(d.cause, "creation_failed");
+    assert!(!events.iter().any(|e| e.actor_id == actor && kind(e) == EventKind::ActorCreated));
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");

@@ -41,6 +41,28 @@ impl Counter {
     }
 }
 
+#[rayr::actor]
+pub struct Broken {}
+
+#[rayr::actor]
+impl Broken {
+    pub fn new(why: String) -> Self {
+        panic!("cannot start: {why}")
+    }
+    pub fn ping(&self) -> u64 {
+        1
+    }
+}
+
+/// Calls an actor it was given.
+#[rayr::remote]
+fn ping_given(b: BrokenHandle) -> String {
+    match rayr::get(&b.ping()) {
+        Err(e @ Error::ActorDied { .. }) => format!("ActorDied {e}"),
+        other => format!("unexpected {other:?}"),
+    }
+}
+
 /// Tries to kill an actor it was given (it did not create it).
 #[rayr::remote]
 fn kill_given(c: CounterHandle) -> String {
@@ -295,6 +317,18 @@ fn main() -> rayr::Result<()> {
             };
             println!("IN_FLIGHT {}", show(rayr::get(&slow)));
             println!("AFTER {}", show(rayr::get(&c.incr(1))));
+        }
+        "actor_ctor_panic" => {
+            let b = Broken::remote(String::from("no database"));
+            println!("ACTOR {}", b.id());
+            let calls: Vec<ObjectRef<u64>> = (0..5).map(|_| b.ping()).collect();
+            for (i, c) in calls.iter().enumerate() {
+                match rayr::get(c) {
+                    Err(e @ Error::ActorDied { .. }) => println!("CALL{i} ActorDied {e}"),
+                    other => println!("CALL{i} unexpected {other:?}"),
+                }
+            }
+            println!("BORROWER {}", rayr::get(&ping_given::remote(b.clone()))?);
         }
         "many_tasks" => {
             let refs: Vec<ObjectRef<u64>> = (0..10_000u64).map(square::remote).collect();

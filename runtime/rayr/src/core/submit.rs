@@ -258,7 +258,14 @@ impl Core {
                     self.finish_task_locked(st, task, slot, finished_event);
                 }
                 Some(rayr_proto::task_result::Outcome::Error(err)) => {
+                    let creation = st.tasks.get(&task).filter(|t| t.spec.actor_creation).map(|t| t.spec.actor_id.clone());
+                    let detail = format!("its constructor failed: {}", err.message);
                     self.task_error_locked(st, task, err, finished_event);
+                    if let Some(actor) = creation.and_then(|a| <Id>::try_from(a.as_slice()).ok()) {
+                        // No state to call: the calls queued behind the creation fail.
+                        let end = ActorEnd { cause: "creation_failed", detail: &detail, because: finished_event, kill: false };
+                        self.end_actor_locked(st, actor, end, Vec::new());
+                    }
                 }
                 None => {}
             }
