@@ -294,6 +294,7 @@ fn an_actor_keeps_its_state_runs_calls_in_order_and_ends_with_its_last_handle() 
     assert_eq!(s.get("TOTAL"), "12000", "and 4 tasks × 500 through handles passed to them");
     assert_eq!(s.get("METHOD_ERROR"), "no", "a method's Err is the call's error, not the actor's death");
     assert_eq!(s.get("WORKER_GONE"), "true", "the actor's worker exits with its last handle");
+    assert_eq!(s.get("WHOAMI"), s.get("ACTOR"), "runtime_context() in a method names the actor");
     let events = s.events();
     let ids = by_id(&events);
     let actor = hexid(s.get("ACTOR"));

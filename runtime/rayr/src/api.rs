@@ -571,7 +571,7 @@ pub fn runtime_context() -> Result<RuntimeContext> {
     let (task, attempt) = crate::exec::current_task();
     Ok(RuntimeContext {
         task_id: task.map(crate::TaskId),
-        actor_id: None,
+        actor_id: crate::exec::current_actor().map(crate::ActorId),
         node_id: crate::NodeId(core.node),
         worker_id: WorkerId(core.me),
         job_id: crate::JobId(core.job),

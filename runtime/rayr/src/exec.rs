@@ -165,6 +165,13 @@ enum Target {
 
 /// The actor this worker hosts, if any: its id and its state.
 static ACTOR: parking_lot::Mutex<Option<(Id, Box<dyn std::any::Any + Send>)>> = parking_lot::Mutex::new(None);
+/// Its id alone, for `runtime_context()` (read while a method holds `ACTOR`).
+static ACTOR_ID: parking_lot::Mutex<Option<Id>> = parking_lot::Mutex::new(None);
+
+/// The actor this process hosts, if any.
+pub(crate) fn current_actor() -> Option<Id> {
+    *ACTOR_ID.lock()
+}
 
 fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcome {
     let not_here = |what: &str| {
@@ -226,6 +233,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
         Target::Create(class, id) => match (class.construct)(&mut reader) {
             Ok(state) => {
                 *ACTOR.lock() = Some((*id, state));
+                *ACTOR_ID.lock() = Some(*id);
                 let mut e = core.event(EventKind::ActorCreated);
                 e.actor_id = id.to_vec();
                 e.worker_id = core.me.to_vec();

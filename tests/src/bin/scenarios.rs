@@ -32,6 +32,9 @@ impl Counter {
     pub fn pid(&self) -> u32 {
         std::process::id()
     }
+    pub fn whoami(&self) -> String {
+        rayr::runtime_context().unwrap().actor_id.map(|a| a.to_string()).unwrap_or_default()
+    }
     pub fn fail(&self, why: String) -> Result<u64, String> {
         Err(why)
     }
@@ -263,6 +266,7 @@ fn main() -> rayr::Result<()> {
             let got = rayr::get_all(&refs)?;
             println!("ORDERED {}", got.iter().enumerate().all(|(i, v)| *v == i as u64 + 1));
             println!("ACTOR {}", c.id());
+            println!("WHOAMI {}", rayr::get(&c.whoami())?);
             // The handle given to 4 tasks that call it concurrently: 4 × 500 more.
             let tasks: Vec<ObjectRef<u64>> = (0..4).map(|_| bump::remote(c.clone(), 500)).collect();
             rayr::get_all(&tasks)?;
