@@ -391,6 +391,23 @@ fn an_actor_whose_constructor_panics_is_dead_and_its_calls_say_why() {
 }
 
 #[test]
+fn an_actor_call_waiting_for_an_argument_holds_back_the_calls_after_it() {
+    let s = scenario("actor_order_with_pending_arg");
+    assert_eq!((s.get("FIRST"), s.get("SECOND")), ("5", "5"));
+}
+
+#[test]
+fn an_actor_ends_with_its_owner() {
+    let s = scenario("actor_owner_exit");
+    let events = s.events();
+    let actor = hexid(s.get("ACTOR"));
+    let died = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorDied).expect("ACTOR_DIED");
+    let Some(event::Detail::Actor(d)) = &died.detail else { panic!() };
+    assert_eq!(d.cause, "owner_died", "{d:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{}", s.get("PID"))).exists(), "its worker is gone");
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");

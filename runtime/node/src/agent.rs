@@ -214,8 +214,12 @@ struct Client {
     lease: Option<Resources>,
     /// Who holds that lease: when the holder dies, the lease comes back.
     lease_holder: Option<Id>,
-    /// The lease hosts an actor: when it ends, the worker is stopped, not pooled.
+    /// The lease hosts an actor (that one): when it ends, the worker is stopped, not pooled.
     dedicated: bool,
+    actor: Option<Id>,
+    /// It has served a lease: it may own objects or actors, so it never hosts an actor
+    /// (stopping it with the actor would take those along).
+    served: bool,
     blocked: bool,
 }
 
@@ -226,8 +230,9 @@ struct PendingLease {
     job: Id,
     /// The client asking (dropped from the queue when it dies).
     requester: Option<Id>,
-    /// For an actor: the worker is stopped when the lease ends.
+    /// For an actor (which one): the worker is stopped when the lease ends.
     dedicated: bool,
+    actor: Option<Id>,
 }
 
 struct Spawned {
@@ -489,7 +494,18 @@ impl Agent {
         let mut st = self.state.lock();
         st.clients.insert(
             worker,
-            Client { pid: r.pid, is_driver: r.is_driver, job, address: r.address, lease: None, lease_holder: None, blocked: false, dedicated: false },
+            Client {
+                pid: r.pid,
+                is_driver: r.is_driver,
+                job,
+                address: r.address,
+                lease: None,
+                lease_holder: None,
+                blocked: false,
+                dedicated: false,
+                actor: None,
+                served: false,
+            },
         );
         if r.is_driver {
             st.jobs.insert(job, PathBuf::from(&r.binary));
@@ -517,7 +533,7 @@ impl Agent {
             let cpus = self.cfg.resources.get("CPU").copied().unwrap_or(1.0).ceil().max(1.0) as usize;
             let mut st = self.state.lock();
             for _ in 0..cpus {
-                self.spawn_worker(&mut st, job);
+                self.spawn_worker(&mut st, job, false);
             }
         } else {
             if let Some(sp) = st.spawned.get_mut(&worker) {
@@ -545,14 +561,15 @@ impl Agent {
             return;
         }
         let mut st = self.state.lock();
-        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job, requester, dedicated: l.dedicated });
+        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job, requester, dedicated: l.dedicated, actor: id_of(&l.actor_id) });
         self.grant_pending(&mut st);
     }
 
     /// Grants queued leases in order while resources and workers allow; starts workers for
     /// the ones that only lack a process.
     fn grant_pending(self: &Arc<Self>, st: &mut State) {
-        let mut waiting_for_worker: HashMap<Id, usize> = HashMap::new();
+        // (job, for an actor) → leases waiting for a process.
+        let mut waiting_for_worker: HashMap<(Id, bool), usize> = HashMap::new();
         let mut i = 0;
         while i < st.pending.len() {
             let p = &st.pending[i];
@@ -567,15 +584,23 @@ impl Agent {
                 continue;
             }
             let job = p.job;
-            let worker = loop {
-                match st.idle.get_mut(&job).and_then(|v| v.pop()) {
-                    Some(w) if st.clients.contains_key(&w) => break Some(w),
-                    Some(_) => continue, // exited while idle
-                    None => break None,
+            let dedicated = p.dedicated;
+            let worker = if dedicated {
+                // Only a worker that never served anyone: it owns nothing.
+                let clients = &st.clients;
+                let idle = st.idle.entry(job).or_default();
+                idle.iter().position(|w| clients.get(w).is_some_and(|c| !c.served)).map(|at| idle.remove(at))
+            } else {
+                loop {
+                    match st.idle.get_mut(&job).and_then(|v| v.pop()) {
+                        Some(w) if st.clients.contains_key(&w) => break Some(w),
+                        Some(_) => continue, // exited while idle
+                        None => break None,
+                    }
                 }
             };
             let Some(worker) = worker else {
-                *waiting_for_worker.entry(job).or_default() += 1;
+                *waiting_for_worker.entry((job, dedicated)).or_default() += 1;
                 i += 1;
                 continue;
             };
@@ -585,6 +610,8 @@ impl Agent {
             client.lease = Some(p.demand);
             client.lease_holder = p.requester;
             client.dedicated = p.dedicated;
+            client.actor = p.actor;
+            client.served = true;
             // A "blocked" left from before this lease would give back CPU it never took.
             client.blocked = false;
             let reply = LeaseReply {
@@ -596,22 +623,27 @@ impl Agent {
             };
             p.conn.reply(p.req_id, node_message::Body::Lease(reply));
         }
-        for (job, want) in waiting_for_worker {
-            let starting = st.spawned.values().filter(|s| s.job == job && !s.registered).count();
-            for _ in starting..want {
-                if !self.spawn_worker(st, job) {
+        let mut starting: HashMap<Id, usize> = HashMap::new();
+        for s in st.spawned.values().filter(|s| !s.registered) {
+            *starting.entry(s.job).or_default() += 1;
+        }
+        for ((job, for_actor), want) in waiting_for_worker {
+            let started = starting.entry(job).or_default();
+            while *started < want {
+                if !self.spawn_worker(st, job, for_actor) {
                     break;
                 }
+                *started += 1;
             }
         }
     }
 
     /// Starts one worker process for `job`; false when the node is at its process limit.
-    fn spawn_worker(self: &Arc<Self>, st: &mut State, job: Id) -> bool {
-        // The cap bounds the pool of task workers (and how many start at once); a worker
-        // that hosts an actor is that actor's for its life and does not count.
+    /// Starts a worker for `job`; `for_actor`: one an actor waits for, which the cap on
+    /// task workers does not hold back (each actor is a process of its own for its life).
+    fn spawn_worker(self: &Arc<Self>, st: &mut State, job: Id, for_actor: bool) -> bool {
         let hosting_actors = st.clients.values().filter(|c| c.dedicated).count();
-        if self.stopping.load(Ordering::Acquire) || st.spawned.len() >= self.cfg.max_workers + hosting_actors {
+        if self.stopping.load(Ordering::Acquire) || (!for_actor && st.spawned.len() >= self.cfg.max_workers + hosting_actors) {
             return false;
         }
         let Some(binary) = st.jobs.get(&job).cloned() else { return false };
@@ -764,6 +796,15 @@ impl Agent {
         st.pending.retain(|p| p.requester != Some(dead));
         let held: Vec<Id> = st.clients.iter().filter(|(_, c)| c.lease.is_some() && c.lease_holder == Some(dead)).map(|(w, _)| *w).collect();
         for w in held {
+            // An actor whose owner died dies with it; nobody else will say so.
+            if let Some(actor) = st.clients.get(&w).filter(|c| c.dedicated).and_then(|c| c.actor) {
+                let mut e = self.event(EventKind::ActorDied);
+                e.actor_id = actor.to_vec();
+                e.worker_id = w.to_vec();
+                let detail = format!("its owner {} exited", hex(&dead));
+                e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: "owner_died".into(), detail, ..Default::default() }));
+                self.record(&e);
+            }
             self.return_lease_locked(st, w, "its owner exited");
         }
     }
@@ -790,6 +831,7 @@ impl Agent {
         let Some(held) = client.lease.take() else { return };
         let blocked = std::mem::take(&mut client.blocked);
         let dedicated = std::mem::take(&mut client.dedicated);
+        client.actor = None;
         let job = client.job;
         client.lease_holder = None;
         if blocked {

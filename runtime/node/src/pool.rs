@@ -15,8 +15,6 @@ pub mod env {
     pub const SESSION_DIR: &str = "RAYR_SESSION_DIR";
 }
 
-/// Describes how a worker ended from its wait status. `intended` is the runtime's own
-/// reason when rayr stopped it on purpose.
 /// How a worker ended, from its wait status and, when rayr stopped it on purpose, why
 /// (`by_user`: because the user asked, as with `rayr::kill`).
 pub fn describe_exit(status: libc::c_int, intended: Option<&str>, by_user: bool) -> WorkerExit {

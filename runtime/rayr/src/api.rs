@@ -114,7 +114,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         borrowed_args: Vec::new(),
         key: actor.as_ref().map_or_else(|| key_of(opts), |a| actor_key(&a.actor)),
         demand: opts.resources.clone(),
-        retry_exceptions: opts.retry_exceptions,
+        retry_exceptions: opts.retry_exceptions && actor.is_none(),
         worker: None,
         last_event: submitted,
     };
@@ -202,10 +202,11 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
     }
     pending.spec = spec;
     let ready = pending.deps.is_empty();
+    let actor_call = !pending.spec.actor_id.is_empty();
     st.tasks.insert(task, pending);
     if let Some((err, msg)) = failure {
         core.fail_task_final_locked(&mut st, task, err, "bad_argument", &msg, None);
-    } else if ready {
+    } else if ready || actor_call {
         core.enqueue_locked(&mut st, task);
     }
     drop(st);

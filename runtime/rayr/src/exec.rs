@@ -230,10 +230,13 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     LAST_PANIC.with(|p| p.borrow_mut().take());
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &target {
         Target::Function(f) => (f.invoke)(&mut reader),
-        Target::Create(class, id) => match (class.construct)(&mut reader) {
+        Target::Create(class, id) => match {
+            // The constructor already runs as the actor (runtime_context says so).
+            *ACTOR_ID.lock() = Some(*id);
+            (class.construct)(&mut reader)
+        } {
             Ok(state) => {
                 *ACTOR.lock() = Some((*id, state));
-                *ACTOR_ID.lock() = Some(*id);
                 let mut e = core.event(EventKind::ActorCreated);
                 e.actor_id = id.to_vec();
                 e.worker_id = core.me.to_vec();
@@ -247,7 +250,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
         Target::Method(method, id) => match &mut *ACTOR.lock() {
             Some((hosted, state)) if hosted == id => (method.invoke)(state.as_mut(), &mut reader),
             _ => Returned::ApplicationError(format!(
-                "actor {} is not alive in worker {} (its constructor failed, or it was restarted)",
+                "actor {} is not alive in worker {} (its constructor failed)",
                 hex(id),
                 hex(&core.me)
             )),

@@ -57,6 +57,13 @@ impl Broken {
     }
 }
 
+/// A value that takes a while.
+#[rayr::remote]
+fn slowly(x: u64) -> u64 {
+    std::thread::sleep(Duration::from_millis(300));
+    x
+}
+
 /// Calls an actor it was given.
 #[rayr::remote]
 fn ping_given(b: BrokenHandle) -> String {
@@ -321,6 +328,21 @@ fn main() -> rayr::Result<()> {
             };
             println!("IN_FLIGHT {}", show(rayr::get(&slow)));
             println!("AFTER {}", show(rayr::get(&c.incr(1))));
+        }
+        "actor_order_with_pending_arg" => {
+            let c = Counter::remote(0);
+            let later = slowly::remote(5);
+            let first = c.incr(&later); // waits for its argument …
+            let second = c.get(); // … and holds this one back: it sees the increment
+            println!("SECOND {}", rayr::get(&second)?);
+            println!("FIRST {}", rayr::get(&first)?);
+        }
+        "actor_owner_exit" => {
+            let c = Counter::remote(0);
+            println!("ACTOR {}", c.id());
+            println!("PID {}", rayr::get(&c.pid())?);
+            // Its handle is never dropped: it ends when this driver shuts down.
+            std::mem::forget(c);
         }
         "actor_ctor_panic" => {
             let b = Broken::remote(String::from("no database"));

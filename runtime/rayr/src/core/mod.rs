@@ -137,8 +137,8 @@ struct Queue {
     ready: VecDeque<Id>,
     leases_requested: u32,
     workers: Vec<Id>,
-    /// An actor's queue (`actor:<id>`): one worker, leased once and kept (by the actor's
-    /// owner) or found from the actor's handle (by anyone else).
+    /// An actor's queue (`actor:<id>`): one worker, leased once (by the actor's owner, who
+    /// keeps it while the actor lives) or found from the actor's handle (by anyone else).
     actor: Option<ActorQueue>,
 }
 
@@ -146,8 +146,10 @@ struct ActorQueue {
     id: Id,
     /// This process created the actor (and leased its worker).
     owned: bool,
-    /// Why its calls fail now: the actor died (none yet while it lives).
-    dead: Option<String>,
+    /// Its worker was asked for: an actor is leased one worker, once (no restarts yet).
+    leased: bool,
+    /// Why its calls fail now, and the ACTOR_DIED event saying so: the actor died.
+    dead: Option<(String, Option<Id>)>,
 }
 
 struct Leased {
@@ -755,6 +757,12 @@ impl Core {
         }
         {
             let mut st = self.state.lock();
+            // Its actors end with it (their workers are stopped as their leases come back).
+            let actors: Vec<Id> = st.queues.values().filter_map(|q| q.actor.as_ref().filter(|a| a.owned && a.dead.is_none()).map(|a| a.id)).collect();
+            let detail = format!("its owner {} shut down: {reason}", hex(&self.me));
+            for actor in actors {
+                self.end_actor_locked(&mut st, actor, submit::ActorEnd { cause: "owner_died", detail: &detail, because: None, kill: false }, Vec::new());
+            }
             let workers: Vec<Id> = st.leased.keys().copied().collect();
             for w in workers {
                 self.return_lease_locked(&mut st, w);

@@ -131,9 +131,12 @@ impl Core {
                 }
             }));
         }
-        if let Some(actor) = st.actors.remove(&id) {
+        if let Some(actor) = st.actors.remove(&id)
+            && !matches!(o.slot, Slot::Failed(_))
+        {
             // The last handle to an actor is gone (no call is pending either: each pins
-            // it): the actor ends, and its worker with it.
+            // it): the actor ends, and its worker with it. (A failed creation ends it
+            // itself, with that cause.)
             self.actor_out_of_scope_locked(st, actor, freed);
         }
     }
@@ -146,7 +149,7 @@ impl Core {
             return;
         }
         let why = "every handle to it was dropped";
-        a.dead = Some(why.into());
+        a.dead = Some((why.into(), None));
         for w in q.workers.clone() {
             self.return_lease_locked(st, w);
         }
@@ -156,7 +159,10 @@ impl Core {
             e.cause = c.to_vec();
         }
         e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { cause: "out_of_scope".into(), detail: why.into(), ..Default::default() }));
-        self.record(e);
+        let died = self.record(e);
+        if let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) {
+            a.dead = Some((why.into(), Some(died)));
+        }
     }
 
     pub(super) fn free_in_store(&self, ids: &[Id]) {

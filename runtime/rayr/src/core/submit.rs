@@ -45,12 +45,13 @@ impl Core {
     }
 
 
-    /// Queues a task whose dependencies are resolved, and pushes what can be pushed.
+    /// Queues a task whose dependencies are resolved (an actor's call: at once, so calls
+    /// keep their order; it is pushed when its dependencies are), and pushes what can be.
     pub fn enqueue_locked(self: &Arc<Self>, st: &mut State, task: Id) {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, dead: None });
+        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None });
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
             demand,
             ready: VecDeque::new(),
@@ -58,13 +59,15 @@ impl Core {
             workers: Vec::new(),
             actor,
         });
-        if let Some(why) = q.actor.as_ref().and_then(|a| a.dead.clone()) {
+        if let Some((why, died)) = q.actor.as_ref().and_then(|a| a.dead.clone()) {
             let actor = q.actor.as_ref().unwrap().id;
             let err = Error::ActorDied { actor: crate::ActorId(actor), cause: why.clone() };
-            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {why}", hex(&actor)), None);
+            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {why}", hex(&actor)), died);
             return;
         }
-        q.ready.push_back(task);
+        if !(q.actor.is_some() && q.ready.contains(&task)) {
+            q.ready.push_back(task);
+        }
         self.dispatch_locked(st, &key);
     }
 
@@ -74,6 +77,9 @@ impl Core {
         loop {
             let Some(q) = st.queues.get(key) else { return };
             let Some(&task) = q.ready.front() else { break };
+            if q.actor.is_some() && st.tasks.get(&task).is_some_and(|t| !t.deps.is_empty()) {
+                break; // the next call waits for its arguments, and the ones after it too
+            }
             let push_len = st.tasks.get(&task).map_or(0, |t| rayr_proto::Message::encoded_len(&t.spec) + 16);
             // The least loaded leased worker with room (an idle one takes any size).
             let best = q
@@ -86,7 +92,14 @@ impl Core {
             let Some((worker, _)) = best else {
                 let q = st.queues.get_mut(key).unwrap();
                 // An actor's worker is leased once, by its owner; everyone else is given it.
-                let may_lease = q.actor.as_ref().is_none_or(|a| a.owned && q.workers.is_empty());
+                let may_lease = match q.actor.as_mut() {
+                    None => true,
+                    Some(a) if a.owned && !a.leased && a.dead.is_none() => {
+                        a.leased = true;
+                        true
+                    }
+                    Some(_) => false,
+                };
                 if may_lease && q.leases_requested == 0 {
                     q.leases_requested += 1;
                     let demand = q.demand.clone();
@@ -135,8 +148,14 @@ impl Core {
     pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
         let req = self.node_conn.next_req();
         st.lease_requests.insert(req, key.to_string());
-        let dedicated = st.queues.get(key).is_some_and(|q| q.actor.is_some());
-        let body = client_message::Body::Lease(rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec(), dedicated });
+        let actor = st.queues.get(key).and_then(|q| q.actor.as_ref()).map(|a| a.id.to_vec());
+        let body = client_message::Body::Lease(rayr_proto::LeaseRequest {
+            resources: demand,
+            job_id: self.job.to_vec(),
+            task_id: task.to_vec(),
+            dedicated: actor.is_some(),
+            actor_id: actor.unwrap_or_default(),
+        });
         if self.node_conn.closed.load(std::sync::atomic::Ordering::Acquire) || self.node_conn.send(req, body).is_err() {
             // No node agent to lease from: what waits for a worker of this shape fails now
             // instead of waiting for ever.
@@ -156,6 +175,12 @@ impl Core {
         if !reply.error.is_empty() {
             // Every queued task of this shape fails: infeasible or unstartable.
             let mut st = self.state.lock();
+            let actor = st.queues.get(&key).and_then(|q| q.actor.as_ref()).map(|a| a.id);
+            if let Some(actor) = actor {
+                // No worker will host it: the actor is dead before it began.
+                let detail = format!("no worker could be leased for it: {}", reply.error);
+                self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: &detail, because: None, kill: false }, Vec::new());
+            }
             let tasks: Vec<Id> = st.queues.get_mut(&key).map(|q| {
                 q.leases_requested = 0;
                 q.ready.drain(..).collect()
@@ -191,6 +216,12 @@ impl Core {
         let mut st = self.state.lock();
         let Some(q) = st.queues.get_mut(&key) else { return };
         q.leases_requested = 0;
+        if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) {
+            // It ended while its worker was on the way (killed, say): not needed.
+            let ret = rayr_proto::LeaseReturn { worker_id: worker.to_vec(), kill: "the actor it was leased for had already ended".into() };
+            let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
+            return;
+        }
         q.workers.push(worker);
         let actor = q.actor.is_some();
         st.leased.insert(
@@ -442,15 +473,22 @@ impl Core {
     /// let go (the node agent stops it); `kill`: stopped at once, `detail` being why (the
     /// user's `rayr::kill`).
     /// `in_flight`: calls that were on its worker when that was found gone.
-    fn end_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, end: ActorEnd<'_>, in_flight: Vec<Id>) {
+    pub(super) fn end_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, end: ActorEnd<'_>, in_flight: Vec<Id>) {
         let ActorEnd { cause, detail, because, kill } = end;
         let key = crate::api::actor_key(&actor);
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(a) = q.actor.as_mut() else { return };
-        if a.dead.is_some() {
+        if let Some((why, died)) = a.dead.clone() {
+            // Already ended (say, killed while its worker's death was being looked into):
+            // calls still in hand fail as the others did.
+            let actor = a.id;
+            for task in in_flight {
+                let err = Error::ActorDied { actor: crate::ActorId(actor), cause: why.clone() };
+                self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {why}", hex(&actor)), died);
+            }
             return;
         }
-        a.dead = Some(detail.to_string());
+        a.dead = Some((detail.to_string(), None));
         let owned = a.owned;
         let mut tasks: Vec<Id> = q.ready.drain(..).collect();
         tasks.extend(in_flight);
@@ -480,6 +518,9 @@ impl Core {
         } else {
             because
         };
+        if let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) {
+            a.dead = Some((detail.to_string(), died));
+        }
         for task in tasks {
             let err = Error::ActorDied { actor: crate::ActorId(actor), cause: detail.to_string() };
             self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {detail}", hex(&actor)), died);
@@ -513,14 +554,14 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, dead: None }),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None }),
         });
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) || q.workers.contains(&info.worker) {
             return Ok(());
         }
         q.workers.push(info.worker);
         st.leased.entry(info.worker).or_insert(Leased {
-            conn,
+            conn: conn.clone(),
             key: key.clone(),
             in_flight: HashMap::new(),
             in_flight_bytes: 0,
@@ -529,6 +570,11 @@ impl Core {
             leased_here: false,
         });
         self.dispatch_locked(&mut st, &key);
+        if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
+            // It died before its reader knew whose it was: handled like any lost worker.
+            drop(st);
+            self.worker_lost(info.worker);
+        }
         Ok(())
     }
 
@@ -544,11 +590,11 @@ impl Core {
 
 /// How an actor ended (see `end_actor_locked`): the cause recorded in ACTOR_DIED, what its
 /// calls' errors say, the event that caused it, and whether its worker is stopped at once.
-struct ActorEnd<'a> {
-    cause: &'a str,
-    detail: &'a str,
-    because: Option<Id>,
-    kill: bool,
+pub(super) struct ActorEnd<'a> {
+    pub cause: &'a str,
+    pub detail: &'a str,
+    pub because: Option<Id>,
+    pub kill: bool,
 }
 
 /// Appends `PeerMessage { push: spec }` as a frame without cloning the spec.
