@@ -408,6 +408,15 @@ fn an_actor_ends_with_its_owner() {
 }
 
 #[test]
+fn actor_options_not_yet_implemented_say_so_instead_of_being_ignored() {
+    let s = scenario("actor_api_pending");
+    let call = s.get("CALL");
+    assert!(call.starts_with("ActorDied") && call.contains("name (named actors)") && call.contains("max_restarts"), "{call}");
+    assert!(s.get("GET_NAMED").contains("named actors are not implemented yet"), "{}", s.get("GET_NAMED"));
+    assert!(s.get("TASK_OPTION").contains("apply to actors, not to a task"), "{}", s.get("TASK_OPTION"));
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");

@@ -250,6 +250,14 @@ fn expand_actor_struct(s: syn::ItemStruct) -> syn::Result<proc_macro2::TokenStre
             }
         }
 
+        impl #handle {
+            /// The actor registered under `name` in `namespace` (named actors are not
+            /// implemented yet: this says so).
+            pub fn get_named(namespace: &str, name: &str) -> ::rayr::Result<Self> {
+                ::rayr::__private::get_named(namespace, name).map(|inner| #handle { inner })
+            }
+        }
+
         impl ::rayr::__private::AsActorHandle for #handle {
             fn actor_handle(&self) -> &::rayr::__private::ActorHandle {
                 &self.inner

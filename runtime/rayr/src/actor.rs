@@ -46,11 +46,32 @@ impl std::fmt::Debug for ActorHandle {
 /// (generated code calls this). Never blocks; a failed creation fails the actor's calls.
 pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ActorHandle {
     let id = new_id();
+    let mut unsupported = opts.unsupported.clone();
+    if opts.name.is_some() {
+        unsupported.push("name (named actors)");
+    }
+    if !unsupported.is_empty()
+        && let Some(core) = core::current()
+    {
+        // Said at once, in the actor's death, rather than ignored.
+        let why = format!("its creation asked for what rayr does not do yet: {} (issue #3)", unsupported.join(", "));
+        let info = failed(&core, Error::ActorDied { actor: ActorId(id), cause: why.clone() });
+        core.actor_never_created(id, &why);
+        return ActorHandle { id, info };
+    }
     let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
     if let Some(core) = core::current() {
         core.state.lock().actors.insert(info.handle.id, id);
     }
     ActorHandle { id, info }
+}
+
+/// `<Name>Handle::get_named(namespace, name)`: named actors are not implemented yet; the
+/// error says so.
+pub fn get_named(namespace: &str, name: &str) -> crate::Result<ActorHandle> {
+    Err(Error::Connection(format!(
+        "cannot look up actor {namespace}/{name}: named actors are not implemented yet (issue #3)"
+    )))
 }
 
 impl ActorHandle {

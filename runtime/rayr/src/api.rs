@@ -129,6 +129,10 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         }
     }
     let mut failure: Option<(Error, String)> = None;
+    if actor.is_none() && !opts.unsupported.is_empty() {
+        let msg = format!("{} apply to actors, not to a task", opts.unsupported.join(", "));
+        failure = Some((Error::TaskFailed { task: crate::TaskId(task), message: msg.clone(), backtrace: String::new() }, msg));
+    }
     // Handles given by value die here; dropping one re-locks `state` (it may be the last
     // reference), so they are kept until the lock is released.
     let mut handles = Vec::new();

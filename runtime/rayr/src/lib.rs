@@ -58,7 +58,7 @@ pub mod prelude {
 /// Used by generated code only; not part of the API.
 #[doc(hidden)]
 pub mod __private {
-    pub use crate::actor::{ActorHandle, AsActorHandle, create_actor};
+    pub use crate::actor::{ActorHandle, AsActorHandle, create_actor, get_named};
     pub use crate::api::{ArgValue, submit_task};
     pub use crate::exec::run_worker_if_requested;
     pub use crate::option_builders;

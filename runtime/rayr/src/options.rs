@@ -11,6 +11,9 @@ pub struct TaskOptions {
     pub(crate) retry_exceptions: bool,
     pub(crate) name: Option<String>,
     pub(crate) scheduling_strategy: Option<String>,
+    /// Actor options (API.md) that rayr does not act on yet: creating an actor with any
+    /// of them fails with a message naming it, rather than ignoring it.
+    pub(crate) unsupported: Vec<&'static str>,
 }
 
 impl Default for TaskOptions {
@@ -22,6 +25,7 @@ impl Default for TaskOptions {
             max_retries: 3,
             retry_exceptions: false,
             name: None,
+            unsupported: Vec::new(),
             scheduling_strategy: None,
         }
     }
@@ -57,6 +61,37 @@ impl TaskOptions {
     }
     pub fn name(mut self, name: &str) -> Self {
         self.name = Some(name.to_string());
+        self
+    }
+    /// An actor's namespace (named actors are not implemented yet).
+    pub fn namespace(mut self, _namespace: &str) -> Self {
+        self.unsupported.push("namespace (named actors)");
+        self
+    }
+    /// Restarts of an actor whose worker dies (not implemented yet; 0 is the default).
+    pub fn max_restarts(mut self, n: i32) -> Self {
+        if n != 0 {
+            self.unsupported.push("max_restarts (actor restarts)");
+        }
+        self
+    }
+    /// Retries of an actor's calls across its restarts (not implemented yet).
+    pub fn max_task_retries(mut self, n: i32) -> Self {
+        if n != 0 {
+            self.unsupported.push("max_task_retries (actor restarts)");
+        }
+        self
+    }
+    /// Calls an actor runs at once (1, the default, is all that is implemented).
+    pub fn max_concurrency(mut self, n: u32) -> Self {
+        if n > 1 {
+            self.unsupported.push("max_concurrency > 1");
+        }
+        self
+    }
+    /// An actor that outlives its creator (not implemented yet).
+    pub fn lifetime_detached(mut self) -> Self {
+        self.unsupported.push("lifetime_detached");
         self
     }
     pub fn scheduling_strategy(mut self, s: &str) -> Self {

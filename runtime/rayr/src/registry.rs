@@ -104,5 +104,10 @@ macro_rules! option_builders {
         pub fn retry_exceptions(mut self, yes: bool) -> Self { self.options = self.options.retry_exceptions(yes); self }
         pub fn name(mut self, name: &str) -> Self { self.options = self.options.name(name); self }
         pub fn scheduling_strategy(mut self, s: &str) -> Self { self.options = self.options.scheduling_strategy(s); self }
+        pub fn namespace(mut self, ns: &str) -> Self { self.options = self.options.namespace(ns); self }
+        pub fn max_restarts(mut self, n: i32) -> Self { self.options = self.options.max_restarts(n); self }
+        pub fn max_task_retries(mut self, n: i32) -> Self { self.options = self.options.max_task_retries(n); self }
+        pub fn max_concurrency(mut self, n: u32) -> Self { self.options = self.options.max_concurrency(n); self }
+        pub fn lifetime_detached(mut self) -> Self { self.options = self.options.lifetime_detached(); self }
     };
 }

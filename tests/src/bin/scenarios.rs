@@ -344,6 +344,21 @@ fn main() -> rayr::Result<()> {
             // Its handle is never dropped: it ends when this driver shuts down.
             std::mem::forget(c);
         }
+        "actor_api_pending" => {
+            let c = Counter::options().name("hits").namespace("web").max_restarts(3).remote(0);
+            match rayr::get(&c.get()) {
+                Err(e @ Error::ActorDied { .. }) => println!("CALL ActorDied {e}"),
+                other => println!("CALL unexpected {other:?}"),
+            }
+            match CounterHandle::get_named("web", "hits") {
+                Err(e) => println!("GET_NAMED {e}"),
+                Ok(_) => println!("GET_NAMED unexpected"),
+            }
+            match rayr::get(&square::options().max_restarts(2).remote(3)) {
+                Err(e) => println!("TASK_OPTION {e}"),
+                Ok(v) => println!("TASK_OPTION unexpected {v}"),
+            }
+        }
         "actor_ctor_panic" => {
             let b = Broken::remote(String::from("no database"));
             println!("ACTOR {}", b.id());

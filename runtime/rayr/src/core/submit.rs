@@ -527,6 +527,24 @@ impl Core {
         }
     }
 
+    /// An actor that could not even be submitted (`why`): its queue is dead from the start,
+    /// so calls fail with ActorDied; ACTOR_DIED creation_failed is recorded.
+    pub(crate) fn actor_never_created(self: &Arc<Self>, actor: Id, why: &str) {
+        let key = crate::api::actor_key(&actor);
+        let mut st = self.state.lock();
+        st.queues.insert(
+            key,
+            Queue {
+                demand: HashMap::new(),
+                ready: VecDeque::new(),
+                leases_requested: 0,
+                workers: Vec::new(),
+                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None }),
+            },
+        );
+        self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: why, because: None, kill: false }, Vec::new());
+    }
+
     /// `rayr::kill`: the actor's worker is stopped at once and every call fails with
     /// `ActorDied`. Only its creator holds its worker's lease, so only it can, for now.
     pub(crate) fn kill_actor(self: &Arc<Self>, actor: Id) -> crate::Result<()> {
