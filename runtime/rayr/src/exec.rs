@@ -230,23 +230,22 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     LAST_PANIC.with(|p| p.borrow_mut().take());
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &target {
         Target::Function(f) => (f.invoke)(&mut reader),
-        Target::Create(class, id) => match {
+        Target::Create(class, id) => {
             // The constructor already runs as the actor (runtime_context says so).
             *ACTOR_ID.lock() = Some(*id);
-            (class.construct)(&mut reader)
-        } {
-            Ok(state) => {
-                *ACTOR.lock() = Some((*id, state));
-                let mut e = core.event(EventKind::ActorCreated);
-                e.actor_id = id.to_vec();
-                e.worker_id = core.me.to_vec();
-                e.task_id = spec.task_id.clone();
-                e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { class: spec.function.clone(), pid: core.pid, ..Default::default() }));
-                core.record(e);
-                Returned::value(&crate::actor::ActorInfo { worker: core.me, address: core.address.clone() })
-            }
-            Err(returned) => returned,
-        },
+            let state = match (class.construct)(&mut reader) {
+                Ok(state) => state,
+                Err(returned) => return returned,
+            };
+            *ACTOR.lock() = Some((*id, state));
+            let mut e = core.event(EventKind::ActorCreated);
+            e.actor_id = id.to_vec();
+            e.worker_id = core.me.to_vec();
+            e.task_id = spec.task_id.clone();
+            e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { class: spec.function.clone(), pid: core.pid, ..Default::default() }));
+            core.record(e);
+            Returned::value(&crate::actor::ActorInfo { worker: core.me, address: core.address.clone() })
+        }
         Target::Method(method, id) => match &mut *ACTOR.lock() {
             Some((hosted, state)) if hosted == id => (method.invoke)(state.as_mut(), &mut reader),
             _ => Returned::ApplicationError(format!(
