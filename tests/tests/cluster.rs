@@ -411,9 +411,34 @@ fn an_actor_ends_with_its_owner() {
 fn actor_options_not_yet_implemented_say_so_instead_of_being_ignored() {
     let s = scenario("actor_api_pending");
     let call = s.get("CALL");
-    assert!(call.starts_with("ActorDied") && call.contains("name (named actors)") && call.contains("max_restarts"), "{call}");
+    assert!(call.starts_with("ActorDied") && call.contains("name (named actors)") && call.contains("max_task_retries"), "{call}");
     assert!(s.get("GET_NAMED").contains("named actors are not implemented yet"), "{}", s.get("GET_NAMED"));
     assert!(s.get("TASK_OPTION").contains("apply to actors, not to a task"), "{}", s.get("TASK_OPTION"));
+}
+
+#[test]
+fn an_actor_with_max_restarts_is_created_again_until_none_are_left() {
+    let s = scenario("actor_restart");
+    assert_eq!(s.get("LIFE0"), "15");
+    assert_eq!(s.get("LIFE1"), "10 pid_changed=true", "rayr::kill(.., false) restarts it: the constructor rebuilt its state");
+    assert_eq!(s.get("LIFE2"), "10 pid_changed=true", "restarted after a SIGKILL");
+    assert_eq!(s.get("LIFE3"), "10 pid_changed=true");
+    let last = s.get("LIFE4");
+    assert!(last.starts_with("error actor") && last.contains("died") && last.contains("signal 9"), "no restarts left: {last}");
+    let events = s.events();
+    let ids = by_id(&events);
+    let actor = hexid(s.get("ACTOR"));
+    let restarts: Vec<&Event> = events.iter().filter(|e| e.actor_id == actor && kind(e) == EventKind::ActorRestarted).collect();
+    assert_eq!(restarts.len(), 3);
+    assert!(restarts.iter().all(|r| kind(ids[&r.cause]) == EventKind::WorkerExited), "each caused by its worker's exit");
+    assert_eq!(events.iter().filter(|e| e.actor_id == actor && kind(e) == EventKind::ActorCreated).count(), 4);
+    let died = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorDied).expect("ACTOR_DIED");
+    let Some(event::Detail::Actor(d)) = &died.detail else { panic!() };
+    assert_eq!(d.cause, "worker_died");
+    let out = s.cli(&["list", "actors", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = rows.as_array().unwrap().iter().find(|r| r["actor_id"] == s.get("ACTOR")).expect("its row");
+    assert_eq!((row["state"].as_str(), row["restarts"].as_u64()), (Some("DEAD"), Some(3)), "{row}");
 }
 
 #[test]

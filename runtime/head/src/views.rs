@@ -48,7 +48,7 @@ pub(crate) fn target(ev: &Event) -> Target<'_> {
         }
         NodeStarted | NodeStopped if nonempty(&ev.node_id) => Target::Node(&ev.node_id),
         JobStarted | JobFinished if nonempty(&ev.job_id) => Target::Job(&ev.job_id),
-        ActorCreated | ActorDied if nonempty(&ev.actor_id) => Target::Actor(&ev.actor_id),
+        ActorCreated | ActorDied | ActorRestarted if nonempty(&ev.actor_id) => Target::Actor(&ev.actor_id),
         _ => Target::None,
     }
 }
@@ -254,17 +254,17 @@ pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
         Some(Detail::Actor(a)) => Some(a),
         _ => None,
     };
+    let restart = detail.map_or(0, |a| a.restart);
     match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
-        ActorCreated => {
+        ActorCreated if restart >= row.life || row.created_us == 0 => {
+            // The latest life's worker (a late event of an earlier life changes nothing).
+            row.life = restart;
             row.worker_id = ev.worker_id.clone();
             row.node_id = ev.node_id.clone();
             row.created_us = ev.time_us;
             if let Some(a) = detail {
                 row.class = a.class.clone();
                 row.pid = a.pid;
-            }
-            if row.state.is_empty() {
-                row.state = "ALIVE".to_string();
             }
         }
         ActorDied => {
@@ -275,7 +275,17 @@ pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
                 row.detail = a.detail.clone();
             }
         }
+        ActorRestarted => {
+            if let Some(a) = detail {
+                row.detail = a.detail.clone();
+            }
+        }
         _ => {}
+    }
+    row.restarts = row.restarts.max(restart);
+    if row.state != "DEAD" {
+        // Alive once the latest restart's creation is in; restarting until then.
+        row.state = if row.created_us != 0 && row.life == row.restarts { "ALIVE" } else { "RESTARTING" }.to_string();
     }
 }
 
@@ -458,5 +468,26 @@ mod tests {
         apply_actor(&mut row, &ev(EventKind::ActorCreated, ActorDetail { class: "m::Counter".into(), pid: 7, ..Default::default() }));
         assert_eq!((row.state.as_str(), row.death_cause.as_str(), row.class.as_str(), row.pid), ("DEAD", "killed", "m::Counter", 7));
         assert_eq!(row.worker_id, vec![4; 16]);
+    }
+
+    #[test]
+    fn an_actor_s_restarts_count_whatever_order_their_events_arrive_in() {
+        use rayr_proto::ActorDetail;
+        let ev = |kind: EventKind, restart: u32, pid: u32| Event {
+            kind: kind as i32,
+            actor_id: vec![3; 16],
+            worker_id: vec![restart as u8 + 1; 16],
+            time_us: 10 + restart as i64,
+            detail: Some(Detail::Actor(ActorDetail { restart, pid, ..Default::default() })),
+            ..Default::default()
+        };
+        let mut row = ActorRow::default();
+        apply_actor(&mut row, &ev(EventKind::ActorRestarted, 1, 0));
+        assert_eq!((row.state.as_str(), row.restarts), ("RESTARTING", 1));
+        apply_actor(&mut row, &ev(EventKind::ActorCreated, 1, 22));
+        apply_actor(&mut row, &ev(EventKind::ActorCreated, 0, 11)); // the first life, late
+        assert_eq!((row.state.as_str(), row.restarts, row.pid), ("ALIVE", 1, 22));
+        apply_actor(&mut row, &ev(EventKind::ActorRestarted, 2, 0));
+        assert_eq!((row.state.as_str(), row.restarts), ("RESTARTING", 2));
     }
 }

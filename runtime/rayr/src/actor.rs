@@ -61,7 +61,7 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
     }
     let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
     if let Some(core) = core::current() {
-        core.state.lock().actors.insert(info.handle.id, id);
+        core.actor_created(id, info.handle.id, opts.max_restarts);
     }
     ActorHandle { id, info }
 }
@@ -112,12 +112,12 @@ impl AsActorHandle for ActorHandle {
     }
 }
 
-/// Kills an actor at once: its worker is stopped (mid-call if need be) and its pending and
-/// later calls fail with `Error::ActorDied`; recorded as ACTOR_DIED with cause `killed`.
-/// Restarts are not implemented yet, so a killed actor stays dead whatever `no_restart`
-/// says. Only the process that created the actor can kill it, for now.
+/// Kills an actor at once: its worker is stopped (mid-call if need be). With `no_restart`,
+/// or no restarts left, the actor ends: its pending and later calls fail with
+/// `Error::ActorDied` (ACTOR_DIED, cause `killed`); otherwise it restarts as after any
+/// death of its worker (the calls that were running fail). Only the process that created
+/// the actor can kill it, for now.
 pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()> {
-    let _ = no_restart;
     let core = core::require()?;
     let h = handle.actor_handle();
     if h.info.handle.owner != core.me {
@@ -126,7 +126,7 @@ pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()>
             rayr_logs::hex(&h.id)
         )));
     }
-    core.kill_actor(h.id)
+    core.kill_actor(h.id, no_restart)
 }
 
 /// A ref whose value is `err`.

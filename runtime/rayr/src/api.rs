@@ -129,8 +129,12 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         }
     }
     let mut failure: Option<(Error, String)> = None;
-    if actor.is_none() && !opts.unsupported.is_empty() {
-        let msg = format!("{} apply to actors, not to a task", opts.unsupported.join(", "));
+    if actor.is_none() && (opts.max_restarts != 0 || !opts.unsupported.is_empty()) {
+        let mut names = opts.unsupported.clone();
+        if opts.max_restarts != 0 {
+            names.push("max_restarts");
+        }
+        let msg = format!("{} apply to actors, not to a task", names.join(", "));
         failure = Some((Error::TaskFailed { task: crate::TaskId(task), message: msg.clone(), backtrace: String::new() }, msg));
     }
     // Handles given by value die here; dropping one re-locks `state` (it may be the last

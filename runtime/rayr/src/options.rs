@@ -14,6 +14,8 @@ pub struct TaskOptions {
     /// Actor options (API.md) that rayr does not act on yet: creating an actor with any
     /// of them fails with a message naming it, rather than ignoring it.
     pub(crate) unsupported: Vec<&'static str>,
+    /// An actor's restarts after its worker dies (−1: without end).
+    pub(crate) max_restarts: i32,
 }
 
 impl Default for TaskOptions {
@@ -26,6 +28,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             name: None,
             unsupported: Vec::new(),
+            max_restarts: 0,
             scheduling_strategy: None,
         }
     }
@@ -68,11 +71,10 @@ impl TaskOptions {
         self.unsupported.push("namespace (named actors)");
         self
     }
-    /// Restarts of an actor whose worker dies (not implemented yet; 0 is the default).
+    /// How often an actor whose worker dies is created again (its constructor re-run;
+    /// calls in flight then fail, later ones go to the new worker); −1 without end.
     pub fn max_restarts(mut self, n: i32) -> Self {
-        if n != 0 {
-            self.unsupported.push("max_restarts (actor restarts)");
-        }
+        self.max_restarts = n.max(-1);
         self
     }
     /// Retries of an actor's calls across its restarts (not implemented yet).

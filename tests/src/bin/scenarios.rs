@@ -344,8 +344,34 @@ fn main() -> rayr::Result<()> {
             // Its handle is never dropped: it ends when this driver shuts down.
             std::mem::forget(c);
         }
+        "actor_restart" => {
+            let c = Counter::options().max_restarts(3).remote(10);
+            println!("ACTOR {}", c.id());
+            println!("LIFE0 {}", rayr::get(&c.incr(5))?);
+            for life in 1..=4 {
+                let pid = rayr::get(&c.pid())?;
+                if life == 1 {
+                    rayr::kill(&c, false)?; // a kill that lets it restart
+                } else {
+                    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                }
+                // Calls that meet the dead worker fail; once it is seen dead, the next life
+                // (if any) answers, with the state its constructor rebuilt.
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let outcome = loop {
+                    match rayr::get(&c.get()) {
+                        Ok(v) => break format!("{v} pid_changed={}", rayr::get(&c.pid())? != pid),
+                        Err(Error::ActorDied { cause, .. }) if cause.contains("restarts") && Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        Err(e) => break format!("error {e}"),
+                    }
+                };
+                println!("LIFE{life} {outcome}");
+            }
+        }
         "actor_api_pending" => {
-            let c = Counter::options().name("hits").namespace("web").max_restarts(3).remote(0);
+            let c = Counter::options().name("hits").namespace("web").max_task_retries(2).remote(0);
             match rayr::get(&c.get()) {
                 Err(e @ Error::ActorDied { .. }) => println!("CALL ActorDied {e}"),
                 other => println!("CALL unexpected {other:?}"),

@@ -146,8 +146,13 @@ struct ActorQueue {
     id: Id,
     /// This process created the actor (and leased its worker).
     owned: bool,
-    /// Its worker was asked for: an actor is leased one worker, once (no restarts yet).
+    /// Its worker was asked for (once per life of the actor).
     leased: bool,
+    /// Restarts left (−1: without end), restarts so far, and the creation to re-run (its
+    /// arguments resolved), kept once the first creation succeeded.
+    restarts_left: i32,
+    restarts: u32,
+    creation: Option<TaskSpec>,
     /// Why its calls fail now, and the ACTOR_DIED event saying so: the actor died.
     dead: Option<(String, Option<Id>)>,
 }

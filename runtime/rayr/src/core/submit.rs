@@ -10,7 +10,7 @@ use super::LEASE_IDLE;
 use rayr_logs::{Id, hex};
 use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, TaskSpec, client_message, event};
 
-use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, Queue, Slot, State, put};
+use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, Slot, State, put};
 use crate::error::Error;
 
 impl Core {
@@ -51,7 +51,7 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None });
+        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, creation: None });
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
             demand,
             ready: VecDeque::new(),
@@ -381,6 +381,14 @@ impl Core {
             }
         }
         let ret: Id = t.spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
+        if t.spec.actor_creation
+            && !matches!(slot, Slot::Failed(_))
+            && let Some(a) = st.queues.get_mut(&t.key).and_then(|q| q.actor.as_mut())
+            && a.creation.is_none()
+        {
+            // What a restart re-runs (its arguments are values by now).
+            a.creation = Some(t.spec.clone());
+        }
         self.object_created(st, ret, slot, Some(task), cause);
         for id in t.owned_args {
             self.unpin_locked(st, id, self.me, "the last task using it finished");
@@ -442,8 +450,14 @@ impl Core {
         let (exit_event, detail) = self.worker_exit(worker);
         let mut st = self.state.lock();
         if let Some(actor) = actor {
-            // Its state died with its worker: every call, pending or to come, fails.
             let why = format!("its worker {} died: {detail}", hex(&worker));
+            if self.restart_actor_locked(&mut st, actor, &why, exit_event, &tasks) {
+                drop(st);
+                self.send_outbox();
+                self.ready.notify_all();
+                return;
+            }
+            // Its state died with its worker: every call, pending or to come, fails.
             self.end_actor_locked(&mut st, actor, ActorEnd { cause: "worker_died", detail: &why, because: exit_event, kill: false }, tasks);
             drop(st);
             self.send_outbox();
@@ -527,6 +541,82 @@ impl Core {
         }
     }
 
+    /// Its worker died (`why`): with restarts left, the actor is created again on a new
+    /// worker (ACTOR_RESTARTED, caused by the exit): the calls that were on the dead
+    /// worker fail, queued and later ones go to the new one. False: no restart (none left,
+    /// not the owner, or nothing to re-run).
+    fn restart_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, why: &str, exit_event: Option<Id>, in_flight: &[Id]) -> bool {
+        let key = crate::api::actor_key(&actor);
+        let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) else { return false };
+        let by_value = |s: &TaskSpec| s.args.iter().all(|x| matches!(x.arg, Some(rayr_proto::task_arg::Arg::InlineValue(_))));
+        if !a.owned || a.dead.is_some() || a.restarts_left == 0 || !a.creation.as_ref().is_some_and(by_value) {
+            return false;
+        }
+        if a.restarts_left > 0 {
+            a.restarts_left -= 1;
+        }
+        a.restarts += 1;
+        a.leased = false;
+        let restart = a.restarts;
+        let mut spec = a.creation.clone().unwrap();
+        let mut e = self.event(EventKind::ActorRestarted);
+        e.actor_id = actor.to_vec();
+        if let Some(c) = exit_event {
+            e.cause = c.to_vec();
+        }
+        e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: "worker_died".into(), detail: why.into(), restart, ..Default::default() }));
+        let restarted = self.record(e);
+        let cause = format!("{why} while running this call (the actor restarts: restart {restart})");
+        for &task in in_flight {
+            let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
+            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), Some(restarted));
+        }
+        // The constructor runs again, first in the actor's queue, on a worker leased anew.
+        let task = rayr_logs::new_id();
+        let ret = rayr_logs::new_id();
+        spec.task_id = task.to_vec();
+        spec.return_id = ret.to_vec();
+        spec.attempt = restart;
+        self.own(st, ret, Slot::Pending);
+        let submitted = self.emit(EventKind::TaskSubmitted, |e| {
+            e.task(&task).object(&ret).actor(&actor).cause(&restarted);
+            e.task_detail(|d| {
+                d.function(&spec.function).attempt(restart);
+            });
+        });
+        st.tasks.insert(
+            task,
+            PendingTask {
+                spec,
+                deps: Vec::new(),
+                owned_args: Vec::new(),
+                borrowed_args: Vec::new(),
+                key: key.clone(),
+                demand: st.queues[&key].demand.clone(),
+                retry_exceptions: false,
+                worker: None,
+                last_event: submitted,
+            },
+        );
+        // The result (where the new life lives) has no reader: freed when it arrives.
+        if let Some(o) = st.owned.get_mut(&ret) {
+            o.local_refs = 0;
+        }
+        st.queues.get_mut(&key).unwrap().ready.push_front(task);
+        self.dispatch_locked(st, &key);
+        true
+    }
+
+    /// An actor was just submitted: `info` (its creation's result, which its handles hold)
+    /// stands for its life, and it may restart `max_restarts` times.
+    pub(crate) fn actor_created(&self, actor: Id, info: Id, max_restarts: i32) {
+        let mut st = self.state.lock();
+        st.actors.insert(info, actor);
+        if let Some(a) = st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+            a.restarts_left = max_restarts;
+        }
+    }
+
     /// An actor that could not even be submitted (`why`): its queue is dead from the start,
     /// so calls fail with ActorDied; ACTOR_DIED creation_failed is recorded.
     pub(crate) fn actor_never_created(self: &Arc<Self>, actor: Id, why: &str) {
@@ -539,7 +629,7 @@ impl Core {
                 ready: VecDeque::new(),
                 leases_requested: 0,
                 workers: Vec::new(),
-                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None }),
+                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None }),
             },
         );
         self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: why, because: None, kill: false }, Vec::new());
@@ -547,10 +637,20 @@ impl Core {
 
     /// `rayr::kill`: the actor's worker is stopped at once and every call fails with
     /// `ActorDied`. Only its creator holds its worker's lease, so only it can, for now.
-    pub(crate) fn kill_actor(self: &Arc<Self>, actor: Id) -> crate::Result<()> {
+    pub(crate) fn kill_actor(self: &Arc<Self>, actor: Id, no_restart: bool) -> crate::Result<()> {
         let mut st = self.state.lock();
-        if st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).is_none_or(|a| !a.owned) {
+        let key = crate::api::actor_key(&actor);
+        let Some(q) = st.queues.get(&key).filter(|q| q.actor.as_ref().is_some_and(|a| a.owned)) else {
             return Err(Error::Connection(format!("actor {} was not created by this process: only its creator can kill it (for now)", hex(&actor))));
+        };
+        let a = q.actor.as_ref().unwrap();
+        if !no_restart && a.dead.is_none() && a.restarts_left != 0 && a.creation.is_some() {
+            // Its worker is stopped; seen gone, the actor restarts like after any death.
+            for w in &q.workers {
+                let ret = rayr_proto::LeaseReturn { worker_id: w.to_vec(), kill: "killed by rayr::kill (the actor restarts)".into() };
+                let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
+            }
+            return Ok(());
         }
         let why = "killed by rayr::kill";
         self.end_actor_locked(&mut st, actor, ActorEnd { cause: "killed", detail: why, because: None, kill: true }, Vec::new());
@@ -572,7 +672,7 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None }),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None }),
         });
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) || q.workers.contains(&info.worker) {
             return Ok(());
