@@ -420,6 +420,8 @@ fn actor_options_not_yet_implemented_say_so_instead_of_being_ignored() {
 fn an_actor_with_max_restarts_is_created_again_until_none_are_left() {
     let s = scenario("actor_restart");
     assert_eq!(s.get("LIFE0"), "15");
+    assert_eq!(s.get("BORROWER_BEFORE"), "16");
+    assert_eq!(s.get("BORROWER_AFTER"), "12", "a task holding a handle calls the restarted actor");
     assert_eq!(s.get("LIFE1"), "10 pid_changed=true", "rayr::kill(.., false) restarts it: the constructor rebuilt its state");
     assert_eq!(s.get("LIFE2"), "10 pid_changed=true", "restarted after a SIGKILL");
     assert_eq!(s.get("LIFE3"), "10 pid_changed=true");

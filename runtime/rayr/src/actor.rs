@@ -8,7 +8,9 @@
 //! it, so an actor lives exactly as long as some handle (here, in a task, or inside
 //! another object) does, by the same ownership and borrowing as any object. Calls are
 //! tasks on the actor's queue: from one caller, over one connection, they run in the
-//! order they were made.
+//! order they were made. A process given a handle asks the actor's owner where the actor
+//! lives (`ActorLocate`), at its first call and again after the actor's worker died: the
+//! owner knows whether it restarted, and where.
 
 use std::sync::Arc;
 
@@ -85,15 +87,13 @@ impl ActorHandle {
         if let Some(core) = core::current()
             && !core.actor_reachable(&self.id)
         {
-            // Given this handle by someone else: find the actor's worker (once per
-            // process; it waits for the actor to be created).
-            let attached = crate::get(&self.info)
-                .map_err(|e| match e {
-                    Error::TaskFailed { message, .. } => format!("its creation failed: {message}"),
-                    other => other.to_string(),
-                })
+            // Given this handle by someone else: ask its owner where the actor lives (it
+            // waits while the actor is being created or restarted), once per life.
+            let attached = core
+                .find_actor(self.id, &self.info.handle.owner_address)
                 .and_then(|info| core.attach_actor(self.id, &info).map_err(|e| format!("its worker cannot be reached: {e}")));
             if let Err(why) = attached {
+                core.actor_dead_here(self.id, &why);
                 return failed(&core, Error::ActorDied { actor: ActorId(self.id), cause: why });
             }
         }

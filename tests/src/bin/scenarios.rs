@@ -348,6 +348,7 @@ fn main() -> rayr::Result<()> {
             let c = Counter::options().max_restarts(3).remote(10);
             println!("ACTOR {}", c.id());
             println!("LIFE0 {}", rayr::get(&c.incr(5))?);
+            println!("BORROWER_BEFORE {}", rayr::get(&bump::remote(c.clone(), 1))?);
             for life in 1..=4 {
                 let pid = rayr::get(&c.pid())?;
                 if life == 1 {
@@ -368,6 +369,10 @@ fn main() -> rayr::Result<()> {
                     }
                 };
                 println!("LIFE{life} {outcome}");
+                if life == 1 {
+                    // A task given the handle finds the new life through the owner.
+                    println!("BORROWER_AFTER {}", rayr::get(&bump::remote(c.clone(), 2))?);
+                }
             }
         }
         "actor_api_pending" => {

@@ -153,6 +153,10 @@ struct ActorQueue {
     restarts_left: i32,
     restarts: u32,
     creation: Option<TaskSpec>,
+    /// The owner's answer to "where is it?": its worker and socket, and whether the
+    /// current life's constructor has run (calls may go there directly).
+    location: Option<(Id, String)>,
+    ready: bool,
     /// Why its calls fail now, and the ACTOR_DIED event saying so: the actor died.
     dead: Option<(String, Option<Id>)>,
 }
@@ -618,6 +622,11 @@ impl Core {
                 Some(peer_message::Body::Get(g)) => {
                     held.send(Duration::ZERO);
                     self.serve_get(&conn, req, &g.object_id, g.probe)
+                }
+                Some(peer_message::Body::Locate(l)) => {
+                    held.send(Duration::ZERO);
+                    let location = self.locate_actor(&l.actor_id);
+                    conn.send(&PeerMessage { req_id: req, body: Some(peer_message::Body::Location(location)) });
                 }
                 Some(peer_message::Body::Borrow(b)) => {
                     held.send(Duration::ZERO);

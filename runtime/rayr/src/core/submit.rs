@@ -51,7 +51,7 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, creation: None });
+        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false });
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
             demand,
             ready: VecDeque::new(),
@@ -223,6 +223,9 @@ impl Core {
             return;
         }
         q.workers.push(worker);
+        if let Some(a) = q.actor.as_mut() {
+            a.location = Some((worker, reply.address.clone()));
+        }
         let actor = q.actor.is_some();
         st.leased.insert(
             worker,
@@ -389,6 +392,12 @@ impl Core {
             // What a restart re-runs (its arguments are values by now).
             a.creation = Some(t.spec.clone());
         }
+        if t.spec.actor_creation
+            && !matches!(slot, Slot::Failed(_))
+            && let Some(a) = st.queues.get_mut(&t.key).and_then(|q| q.actor.as_mut())
+        {
+            a.ready = true;
+        }
         self.object_created(st, ret, slot, Some(task), cause);
         for id in t.owned_args {
             self.unpin_locked(st, id, self.me, "the last task using it finished");
@@ -451,6 +460,20 @@ impl Core {
         let mut st = self.state.lock();
         if let Some(actor) = actor {
             let why = format!("its worker {} died: {detail}", hex(&worker));
+            let owned = st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).is_some_and(|a| a.owned);
+            if !owned {
+                // Only its owner knows whether it restarts: the calls that were running
+                // fail, and the next call asks the owner where the actor is now.
+                let cause = format!("{why} while running this call");
+                for task in tasks {
+                    let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
+                    self.fail_task_final_locked(&mut st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), exit_event);
+                }
+                drop(st);
+                self.send_outbox();
+                self.ready.notify_all();
+                return;
+            }
             if self.restart_actor_locked(&mut st, actor, &why, exit_event, &tasks) {
                 drop(st);
                 self.send_outbox();
@@ -557,6 +580,8 @@ impl Core {
         }
         a.restarts += 1;
         a.leased = false;
+        a.ready = false;
+        a.location = None;
         let restart = a.restarts;
         let mut spec = a.creation.clone().unwrap();
         let mut e = self.event(EventKind::ActorRestarted);
@@ -629,7 +654,7 @@ impl Core {
                 ready: VecDeque::new(),
                 leases_requested: 0,
                 workers: Vec::new(),
-                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None }),
+                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false }),
             },
         );
         self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: why, because: None, kill: false }, Vec::new());
@@ -672,7 +697,7 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None }),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false }),
         });
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) || q.workers.contains(&info.worker) {
             return Ok(());
@@ -694,6 +719,71 @@ impl Core {
             self.worker_lost(info.worker);
         }
         Ok(())
+    }
+
+    /// The owner's answer to a borrower's `ActorLocate`.
+    pub(crate) fn locate_actor(&self, actor: &[u8]) -> rayr_proto::ActorLocation {
+        let mut out = rayr_proto::ActorLocation::default();
+        let Ok(actor) = <Id>::try_from(actor) else {
+            out.dead = "not an actor id".into();
+            return out;
+        };
+        let st = self.state.lock();
+        match st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref().map(|a| (q, a))) {
+            None => out.dead = format!("its owner {} does not know it (it ended, or never began)", hex(&self.me)),
+            Some((_, a)) if a.dead.is_some() => out.dead = a.dead.as_ref().unwrap().0.clone(),
+            Some((q, a)) => match &a.location {
+                Some((w, address)) if a.ready && q.workers.contains(w) => {
+                    out.worker_id = w.to_vec();
+                    out.address = address.clone();
+                }
+                _ => out.pending = true,
+            },
+        }
+        out
+    }
+
+    /// Asks the actor's owner where it lives now, waiting (up to a minute) while it is
+    /// being created or restarted: (worker, address), or why it is dead.
+    pub(crate) fn find_actor(self: &Arc<Self>, actor: Id, owner_address: &str) -> Result<crate::actor::ActorInfo, String> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(60);
+        let mut pause = std::time::Duration::from_millis(1);
+        loop {
+            let conn = self.peer(owner_address).map_err(|e| format!("its owner cannot be reached ({e}): it has exited"))?;
+            let msg = rayr_proto::PeerMessage { req_id: 0, body: Some(rayr_proto::peer_message::Body::Locate(rayr_proto::ActorLocate { actor_id: actor.to_vec() })) };
+            let reply = conn.call(msg, Some(std::time::Duration::from_secs(10))).map_err(|_| "its owner did not answer: it has exited".to_string())?;
+            let Some(rayr_proto::peer_message::Body::Location(l)) = reply.body else {
+                return Err("its owner answered something else".into());
+            };
+            if !l.dead.is_empty() {
+                return Err(l.dead);
+            }
+            if !l.pending
+                && let Ok(worker) = <Id>::try_from(l.worker_id.as_slice())
+            {
+                return Ok(crate::actor::ActorInfo { worker, address: l.address });
+            }
+            if Instant::now() > deadline {
+                return Err("it was still being created after a minute".into());
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// A borrower learned that the actor is dead (`why`): later calls from here fail at
+    /// once.
+    pub(crate) fn actor_dead_here(self: &Arc<Self>, actor: Id, why: &str) {
+        let key = crate::api::actor_key(&actor);
+        let mut st = self.state.lock();
+        st.queues.entry(key).or_insert_with(|| Queue {
+            demand: HashMap::new(),
+            ready: VecDeque::new(),
+            leases_requested: 0,
+            workers: Vec::new(),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false }),
+        });
+        self.end_actor_locked(&mut st, actor, ActorEnd { cause: "dead", detail: why, because: None, kill: false }, Vec::new());
     }
 
     /// Whether calls to the actor have a worker to go to here (or fail at once).
