@@ -411,7 +411,7 @@ fn an_actor_ends_with_its_owner() {
 fn actor_options_not_yet_implemented_say_so_instead_of_being_ignored() {
     let s = scenario("actor_api_pending");
     let call = s.get("CALL");
-    assert!(call.starts_with("ActorDied") && call.contains("name (named actors)") && call.contains("max_task_retries"), "{call}");
+    assert!(call.starts_with("ActorDied") && call.contains("name (named actors)") && call.contains("namespace"), "{call}");
     assert!(s.get("GET_NAMED").contains("named actors are not implemented yet"), "{}", s.get("GET_NAMED"));
     assert!(s.get("TASK_OPTION").contains("apply to actors, not to a task"), "{}", s.get("TASK_OPTION"));
 }
@@ -441,6 +441,22 @@ fn an_actor_with_max_restarts_is_created_again_until_none_are_left() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = rows.as_array().unwrap().iter().find(|r| r["actor_id"] == s.get("ACTOR")).expect("its row");
     assert_eq!((row["state"].as_str(), row["restarts"].as_u64()), (Some("DEAD"), Some(3)), "{row}");
+}
+
+#[test]
+fn calls_running_when_an_actor_restarts_are_retried_per_max_task_retries() {
+    let s = scenario("actor_task_retries");
+    assert_eq!(s.get("RUNNING1"), "10", "retried on the restarted actor (fresh state)");
+    assert_eq!(s.get("AFTER1"), "10", "the call queued behind it runs after it, on the new life");
+    let r0 = s.get("RUNNING0");
+    assert!(r0.starts_with("ActorDied") && r0.contains("restarts"), "without retries it fails: {r0}");
+    let a0 = s.get("AFTER0");
+    assert!(a0.starts_with("ActorDied") && a0.contains("restarts"), "already pushed to the dead worker, it fails too: {a0}");
+    let events = s.events();
+    let ids = by_id(&events);
+    let actor = hexid(s.get("ACTOR"));
+    let retried = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::TaskRetried).expect("TASK_RETRIED");
+    assert_eq!(kind(ids[&retried.cause]), EventKind::ActorRestarted, "caused by the restart");
 }
 
 #[test]

@@ -63,7 +63,7 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
     }
     let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
     if let Some(core) = core::current() {
-        core.actor_created(id, info.handle.id, opts.max_restarts);
+        core.actor_created(id, info.handle.id, opts.max_restarts, opts.max_task_retries);
     }
     ActorHandle { id, info }
 }

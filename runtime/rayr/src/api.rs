@@ -117,7 +117,9 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         retry_exceptions: opts.retry_exceptions && actor.is_none(),
         worker: None,
         last_event: submitted,
+        seq: st.next_seq,
     };
+    st.next_seq += 1;
     if let Some(h) = actor.as_ref().and_then(|a| a.keep_alive.as_ref()) {
         // The actor lives while its calls are pending, as an argument would.
         if core.pin_locked(&mut st, h.id, h.owner) {
@@ -129,10 +131,13 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         }
     }
     let mut failure: Option<(Error, String)> = None;
-    if actor.is_none() && (opts.max_restarts != 0 || !opts.unsupported.is_empty()) {
+    if actor.is_none() && (opts.max_restarts != 0 || opts.max_task_retries != 0 || !opts.unsupported.is_empty()) {
         let mut names = opts.unsupported.clone();
         if opts.max_restarts != 0 {
             names.push("max_restarts");
+        }
+        if opts.max_task_retries != 0 {
+            names.push("max_task_retries");
         }
         let msg = format!("{} apply to actors, not to a task", names.join(", "));
         failure = Some((Error::TaskFailed { task: crate::TaskId(task), message: msg.clone(), backtrace: String::new() }, msg));

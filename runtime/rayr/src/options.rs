@@ -14,8 +14,10 @@ pub struct TaskOptions {
     /// Actor options (API.md) that rayr does not act on yet: creating an actor with any
     /// of them fails with a message naming it, rather than ignoring it.
     pub(crate) unsupported: Vec<&'static str>,
-    /// An actor's restarts after its worker dies (−1: without end).
+    /// An actor's restarts after its worker dies, and retries of its calls that were
+    /// running then (−1: without end).
     pub(crate) max_restarts: i32,
+    pub(crate) max_task_retries: i32,
 }
 
 impl Default for TaskOptions {
@@ -29,6 +31,7 @@ impl Default for TaskOptions {
             name: None,
             unsupported: Vec::new(),
             max_restarts: 0,
+            max_task_retries: 0,
             scheduling_strategy: None,
         }
     }
@@ -77,11 +80,10 @@ impl TaskOptions {
         self.max_restarts = n.max(-1);
         self
     }
-    /// Retries of an actor's calls across its restarts (not implemented yet).
+    /// Retries of an actor's call that was running when its worker died (run again on
+    /// the restarted actor, in their order); −1 without end. 0: such calls fail.
     pub fn max_task_retries(mut self, n: i32) -> Self {
-        if n != 0 {
-            self.unsupported.push("max_task_retries (actor restarts)");
-        }
+        self.max_task_retries = n.max(-1);
         self
     }
     /// Calls an actor runs at once (1, the default, is all that is implemented).

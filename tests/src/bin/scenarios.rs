@@ -375,8 +375,29 @@ fn main() -> rayr::Result<()> {
                 }
             }
         }
+        "actor_task_retries" => {
+            for retries in [1, 0] {
+                let c = Counter::options().max_restarts(1).max_task_retries(retries).remote(10);
+                let pid = rayr::get(&c.incr(1))?; // 11: state to lose
+                let pid = { let _ = pid; rayr::get(&c.pid())? };
+                let running = c.slow(2_000);
+                let after = c.get(); // queued behind it
+                std::thread::sleep(Duration::from_millis(300));
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+                let show = |r: rayr::Result<u64>| match r {
+                    Ok(v) => v.to_string(),
+                    Err(e @ Error::ActorDied { .. }) => format!("ActorDied {e}"),
+                    Err(e) => format!("unexpected {e}"),
+                };
+                println!("RUNNING{retries} {}", show(rayr::get(&running)));
+                println!("AFTER{retries} {}", show(rayr::get(&after)));
+                if retries == 1 {
+                    println!("ACTOR {}", c.id());
+                }
+            }
+        }
         "actor_api_pending" => {
-            let c = Counter::options().name("hits").namespace("web").max_task_retries(2).remote(0);
+            let c = Counter::options().name("hits").namespace("web").remote(0);
             match rayr::get(&c.get()) {
                 Err(e @ Error::ActorDied { .. }) => println!("CALL ActorDied {e}"),
                 other => println!("CALL unexpected {other:?}"),

@@ -130,6 +130,8 @@ pub(crate) struct PendingTask {
     pub retry_exceptions: bool,
     pub worker: Option<Id>,
     pub last_event: Id,
+    /// Submission order here (an actor's calls retried after a restart keep it).
+    pub seq: u64,
 }
 
 struct Queue {
@@ -152,6 +154,8 @@ struct ActorQueue {
     /// arguments resolved), kept once the first creation succeeded.
     restarts_left: i32,
     restarts: u32,
+    /// Retries of a call that was running when the actor's worker died (−1: without end).
+    max_task_retries: i32,
     creation: Option<TaskSpec>,
     /// The owner's answer to "where is it?": its worker and socket, and whether the
     /// current life's constructor has run (calls may go there directly).
@@ -182,6 +186,8 @@ pub(crate) struct State {
     /// borrow keeps them alive, so later reads skip the round trip to the owner.
     pub borrowed_locations: HashMap<Id, (u64, u64, u32)>,
     pub tasks: HashMap<Id, PendingTask>,
+    /// The next task's `seq`.
+    pub next_seq: u64,
     /// Actors created here: the creation's result object (which handles hold) → actor.
     pub actors: HashMap<Id, Id>,
     queues: HashMap<String, Queue>,
@@ -473,6 +479,7 @@ impl Core {
                 borrowed: HashMap::new(),
                 borrowed_locations: HashMap::new(),
                 tasks: HashMap::new(),
+                next_seq: 0,
                 actors: HashMap::new(),
                 queues: HashMap::new(),
                 leased: HashMap::new(),

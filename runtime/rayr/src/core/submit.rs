@@ -51,7 +51,7 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false });
+        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false });
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
             demand,
             ready: VecDeque::new(),
@@ -583,6 +583,7 @@ impl Core {
         a.ready = false;
         a.location = None;
         let restart = a.restarts;
+        let max_task_retries = a.max_task_retries;
         let mut spec = a.creation.clone().unwrap();
         let mut e = self.event(EventKind::ActorRestarted);
         e.actor_id = actor.to_vec();
@@ -592,9 +593,35 @@ impl Core {
         e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: "worker_died".into(), detail: why.into(), restart, ..Default::default() }));
         let restarted = self.record(e);
         let cause = format!("{why} while running this call (the actor restarts: restart {restart})");
+        // Calls that were running: run again on the new life, in their order, while they
+        // have retries left (max_task_retries); the others fail.
+        let mut again: Vec<(u64, Id)> = Vec::new();
         for &task in in_flight {
-            let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
-            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), Some(restarted));
+            let Some(t) = st.tasks.get_mut(&task) else { continue };
+            if max_task_retries < 0 || (t.spec.attempt as i64) < max_task_retries as i64 {
+                t.spec.attempt += 1;
+                t.worker = None;
+                let mut e = self.event(EventKind::TaskRetried);
+                e.task_id = task.to_vec();
+                e.actor_id = actor.to_vec();
+                e.cause = restarted.to_vec();
+                e.detail = Some(event::Detail::Task(TaskDetail {
+                    function: t.spec.function.clone(),
+                    attempt: t.spec.attempt,
+                    reason: format!("{cause}; retried on the restarted actor"),
+                    ..Default::default()
+                }));
+                t.last_event = self.record(e);
+                again.push((t.seq, task));
+            } else {
+                let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
+                self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), Some(restarted));
+            }
+        }
+        again.sort_unstable();
+        let q = st.queues.get_mut(&key).unwrap();
+        for (_, task) in again.into_iter().rev() {
+            q.ready.push_front(task);
         }
         // The constructor runs again, first in the actor's queue, on a worker leased anew.
         let task = rayr_logs::new_id();
@@ -621,6 +648,7 @@ impl Core {
                 retry_exceptions: false,
                 worker: None,
                 last_event: submitted,
+                seq: 0,
             },
         );
         // The result (where the new life lives) has no reader: freed when it arrives.
@@ -634,11 +662,12 @@ impl Core {
 
     /// An actor was just submitted: `info` (its creation's result, which its handles hold)
     /// stands for its life, and it may restart `max_restarts` times.
-    pub(crate) fn actor_created(&self, actor: Id, info: Id, max_restarts: i32) {
+    pub(crate) fn actor_created(&self, actor: Id, info: Id, max_restarts: i32, max_task_retries: i32) {
         let mut st = self.state.lock();
         st.actors.insert(info, actor);
         if let Some(a) = st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
             a.restarts_left = max_restarts;
+            a.max_task_retries = max_task_retries;
         }
     }
 
@@ -654,7 +683,7 @@ impl Core {
                 ready: VecDeque::new(),
                 leases_requested: 0,
                 workers: Vec::new(),
-                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false }),
+                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false }),
             },
         );
         self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: why, because: None, kill: false }, Vec::new());
@@ -697,7 +726,7 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false }),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false }),
         });
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) || q.workers.contains(&info.worker) {
             return Ok(());
@@ -781,7 +810,7 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, creation: None, location: None, ready: false }),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false }),
         });
         self.end_actor_locked(&mut st, actor, ActorEnd { cause: "dead", detail: why, because: None, kill: false }, Vec::new());
     }
