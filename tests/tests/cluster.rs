@@ -411,8 +411,7 @@ fn an_actor_ends_with_its_owner() {
 fn actor_options_not_yet_implemented_say_so_instead_of_being_ignored() {
     let s = scenario("actor_api_pending");
     let call = s.get("CALL");
-    assert!(call.starts_with("ActorDied") && call.contains("name (named actors)") && call.contains("namespace"), "{call}");
-    assert!(s.get("GET_NAMED").contains("named actors are not implemented yet"), "{}", s.get("GET_NAMED"));
+    assert!(call.starts_with("ActorDied") && call.contains("lifetime_detached") && call.contains("max_concurrency"), "{call}");
     assert!(s.get("TASK_OPTION").contains("apply to actors, not to a task"), "{}", s.get("TASK_OPTION"));
 }
 
@@ -457,6 +456,19 @@ fn calls_running_when_an_actor_restarts_are_retried_per_max_task_retries() {
     let actor = hexid(s.get("ACTOR"));
     let retried = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::TaskRetried).expect("TASK_RETRIED");
     assert_eq!(kind(ids[&retried.cause]), EventKind::ActorRestarted, "caused by the restart");
+}
+
+#[test]
+fn named_actors_are_found_by_name_and_names_are_unique_while_they_live() {
+    let s = scenario("actor_named");
+    assert_eq!(s.get("SAME"), "true");
+    assert_eq!(s.get("VIA_NAME"), "8");
+    assert_eq!(s.get("FROM_TASK"), "9", "found by name from another process");
+    let clash = s.get("CLASH");
+    assert!(clash.contains("the name web/hits is taken by actor") && clash.contains(s.get("ACTOR")), "{clash}");
+    assert_eq!(s.get("OTHER_NAMESPACE"), "3", "the same name in another namespace is another actor");
+    assert!(s.get("NOT_FOUND").contains("no actor named web/nope"), "{}", s.get("NOT_FOUND"));
+    assert_eq!(s.get("NAME_FREED"), "true", "an ended actor's name is free again");
 }
 
 #[test]

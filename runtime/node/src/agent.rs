@@ -126,6 +126,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
         open_conns: std::sync::atomic::AtomicUsize::new(0),
+        actor_names: Mutex::new(HashMap::new()),
         event_areas: Mutex::new(Vec::new()),
         draining: Mutex::new(()),
         drainer: std::sync::OnceLock::new(),
@@ -288,6 +289,9 @@ struct Agent {
     /// Client connections still being read. Shutdown waits for them (each drains its
     /// client's event area a last time as it closes).
     open_conns: std::sync::atomic::AtomicUsize,
+    /// Named actors: (namespace, name) → who holds the name (freed when the actor ends or
+    /// its owner goes).
+    actor_names: Mutex<HashMap<(String, String), rayr_proto::ActorName>>,
     /// Every client's event area, drained into the log by the drain thread.
     event_areas: Mutex<Vec<EventAreaEntry>>,
     /// One drain at a time (an area has one reader).
@@ -405,6 +409,24 @@ impl Agent {
                         .name("rayr-exit-query".into())
                         .spawn(move || agent.worker_exit_query(&conn, req, q));
                 }
+                client_message::Body::NameActor(a) => {
+                    let reply = self.name_actor(a);
+                    conn.reply(req, node_message::Body::ActorName(reply));
+                }
+                client_message::Body::LookupActor(a) => {
+                    let found = self.actor_names.lock().get(&(a.namespace.clone(), a.name.clone())).cloned();
+                    let reply = match found {
+                        Some(actor) => rayr_proto::ActorNameReply { actor: Some(actor), error: String::new() },
+                        None => rayr_proto::ActorNameReply { actor: None, error: format!("no actor named {}/{} is alive", a.namespace, a.name) },
+                    };
+                    conn.reply(req, node_message::Body::ActorName(reply));
+                }
+                client_message::Body::UnnameActor(a) => {
+                    let mut names = self.actor_names.lock();
+                    if names.get(&(a.namespace.clone(), a.name.clone())).is_some_and(|n| n.actor_id == a.actor_id) {
+                        names.remove(&(a.namespace, a.name));
+                    }
+                }
                 client_message::Body::StoreStats(_) => {
                     let st = self.state.lock();
                     let reply = StoreStatsReply {
@@ -421,11 +443,35 @@ impl Agent {
             }
         }
         if let Some(w) = me {
+            // Its named actors end with it: their names are free again.
+            self.actor_names.lock().retain(|_, a| a.owner != w);
             // What it recorded up to its end goes to the log, even if it was killed.
             self.drain_events(Some(w));
             self.event_areas.lock().retain(|e| e.worker != w);
             self.client_gone(w, said_goodbye);
         }
+    }
+
+    /// Claims a name for an actor: refused while another live actor holds it.
+    fn name_actor(&self, a: rayr_proto::ActorName) -> rayr_proto::ActorNameReply {
+        if a.name.is_empty() {
+            return rayr_proto::ActorNameReply { actor: None, error: "an actor's name must not be empty".into() };
+        }
+        let mut names = self.actor_names.lock();
+        let key = (a.namespace.clone(), a.name.clone());
+        if let Some(held) = names.get(&key) {
+            return rayr_proto::ActorNameReply {
+                actor: Some(held.clone()),
+                error: format!(
+                    "the name {}/{} is taken by actor {} (names are unique in their namespace while the actor lives)",
+                    a.namespace,
+                    a.name,
+                    hex(&held.actor_id)
+                ),
+            };
+        }
+        names.insert(key, a.clone());
+        rayr_proto::ActorNameReply { actor: Some(a), error: String::new() }
     }
 
     /// Moves what clients packed into their event areas into the log: all of them, or the

@@ -48,10 +48,7 @@ impl std::fmt::Debug for ActorHandle {
 /// (generated code calls this). Never blocks; a failed creation fails the actor's calls.
 pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ActorHandle {
     let id = new_id();
-    let mut unsupported = opts.unsupported.clone();
-    if opts.name.is_some() {
-        unsupported.push("name (named actors)");
-    }
+    let unsupported = opts.unsupported.clone();
     if !unsupported.is_empty()
         && let Some(core) = core::current()
     {
@@ -64,16 +61,44 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
     let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
     if let Some(core) = core::current() {
         core.actor_created(id, info.handle.id, opts.max_restarts, opts.max_task_retries);
+        if let Some(name) = &opts.name {
+            // Claimed with the node: a name taken by a live actor ends this one at once.
+            let claim = rayr_proto::ActorName {
+                namespace: opts.namespace.clone().unwrap_or_default(),
+                name: name.clone(),
+                actor_id: id.to_vec(),
+                info_object: info.handle.id.to_vec(),
+                owner: core.me.to_vec(),
+                owner_address: core.address.clone(),
+            };
+            match core.node_conn.call(rayr_proto::client_message::Body::NameActor(claim.clone())) {
+                Ok(rayr_proto::node_message::Body::ActorName(r)) if r.error.is_empty() => core.actor_named(id, claim),
+                Ok(rayr_proto::node_message::Body::ActorName(r)) => core.actor_dead_here(id, "creation_failed", &r.error),
+                Ok(_) => core.actor_dead_here(id, "creation_failed", "the node agent answered the name claim with something else"),
+                Err(e) => core.actor_dead_here(id, "creation_failed", &format!("its name could not be claimed: {e}")),
+            }
+        }
     }
     ActorHandle { id, info }
 }
 
-/// `<Name>Handle::get_named(namespace, name)`: named actors are not implemented yet; the
-/// error says so.
+/// `<Name>Handle::get_named(namespace, name)`: the live actor with that name, as a handle
+/// of this process (which then keeps it alive too).
 pub fn get_named(namespace: &str, name: &str) -> crate::Result<ActorHandle> {
-    Err(Error::Connection(format!(
-        "cannot look up actor {namespace}/{name}: named actors are not implemented yet (issue #3)"
-    )))
+    let core = core::require()?;
+    let ask = rayr_proto::ActorName { namespace: namespace.to_string(), name: name.to_string(), ..Default::default() };
+    let found = match core.node_conn.call(rayr_proto::client_message::Body::LookupActor(ask))? {
+        rayr_proto::node_message::Body::ActorName(r) if r.error.is_empty() => r.actor,
+        _ => None,
+    };
+    let not_found = || Error::ActorNotFound { namespace: namespace.to_string(), name: name.to_string() };
+    let a = found.ok_or_else(not_found)?;
+    let (Ok(id), Ok(info), Ok(owner)) = (<Id>::try_from(a.actor_id.as_slice()), <Id>::try_from(a.info_object.as_slice()), <Id>::try_from(a.owner.as_slice())) else {
+        return Err(not_found());
+    };
+    // A borrow of the owner's creation result, as if the handle had been sent here.
+    let handle = core.adopt(info, owner, a.owner_address, None, false);
+    Ok(ActorHandle { id, info: ObjectRef::from_handle(handle) })
 }
 
 impl ActorHandle {
@@ -93,7 +118,7 @@ impl ActorHandle {
                 .find_actor(self.id, &self.info.handle.owner_address)
                 .and_then(|info| core.attach_actor(self.id, &info).map_err(|e| format!("its worker cannot be reached: {e}")));
             if let Err(why) = attached {
-                core.actor_dead_here(self.id, &why);
+                core.actor_dead_here(self.id, "dead", &why);
                 return failed(&core, Error::ActorDied { actor: ActorId(self.id), cause: why });
             }
         }

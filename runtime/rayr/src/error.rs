@@ -17,6 +17,9 @@ pub enum Error {
     WorkerDied { worker: WorkerId, exit: String },
     #[error("actor {actor} died: {cause}; run `rayr why-died {actor}`")]
     ActorDied { actor: ActorId, cause: String },
+    /// No live actor has that name (`<Name>Handle::get_named`).
+    #[error("no actor named {namespace}/{name} is alive in this cluster; `rayr list actors` shows those that are")]
+    ActorNotFound { namespace: String, name: String },
     /// The process that owned the object died, and the object with it.
     #[error("object {object} is lost: its owner {owner}; run `rayr why-died {object}`")]
     OwnerDied { object: ObjectId, owner: String },
@@ -49,6 +52,7 @@ impl std::fmt::Debug for Error {
             Error::TaskFailed { .. } => "TaskFailed",
             Error::WorkerDied { .. } => "WorkerDied",
             Error::ActorDied { .. } => "ActorDied",
+            Error::ActorNotFound { .. } => "ActorNotFound",
             Error::OwnerDied { .. } => "OwnerDied",
             Error::ObjectLost { .. } => "ObjectLost",
             Error::OutOfMemory { .. } => "OutOfMemory",

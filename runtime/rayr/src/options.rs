@@ -10,6 +10,8 @@ pub struct TaskOptions {
     pub(crate) max_retries: u32,
     pub(crate) retry_exceptions: bool,
     pub(crate) name: Option<String>,
+    /// A named actor's namespace ("" when not given).
+    pub(crate) namespace: Option<String>,
     pub(crate) scheduling_strategy: Option<String>,
     /// Actor options (API.md) that rayr does not act on yet: creating an actor with any
     /// of them fails with a message naming it, rather than ignoring it.
@@ -29,6 +31,7 @@ impl Default for TaskOptions {
             max_retries: 3,
             retry_exceptions: false,
             name: None,
+            namespace: None,
             unsupported: Vec::new(),
             max_restarts: 0,
             max_task_retries: 0,
@@ -69,9 +72,9 @@ impl TaskOptions {
         self.name = Some(name.to_string());
         self
     }
-    /// An actor's namespace (named actors are not implemented yet).
-    pub fn namespace(mut self, _namespace: &str) -> Self {
-        self.unsupported.push("namespace (named actors)");
+    /// A named actor's namespace: names are unique within one (default: "").
+    pub fn namespace(mut self, namespace: &str) -> Self {
+        self.namespace = Some(namespace.to_string());
         self
     }
     /// How often an actor whose worker dies is created again (its constructor re-run;

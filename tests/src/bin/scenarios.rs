@@ -73,6 +73,13 @@ fn ping_given(b: BrokenHandle) -> String {
     }
 }
 
+/// Finds a named actor from another process and calls it.
+#[rayr::remote]
+fn find_named(namespace: String, name: String) -> u64 {
+    let c = CounterHandle::get_named(&namespace, &name).expect("the named actor");
+    rayr::get(&c.incr(1)).unwrap()
+}
+
 /// Tries to kill an actor it was given (it did not create it).
 #[rayr::remote]
 fn kill_given(c: CounterHandle) -> String {
@@ -396,15 +403,42 @@ fn main() -> rayr::Result<()> {
                 }
             }
         }
+        "actor_named" => {
+            let c = Counter::options().name("hits").namespace("web").remote(7);
+            println!("ACTOR {}", c.id());
+            let again = CounterHandle::get_named("web", "hits")?;
+            println!("SAME {}", again.id() == c.id());
+            println!("VIA_NAME {}", rayr::get(&again.incr(1))?);
+            println!("FROM_TASK {}", rayr::get(&find_named::remote(String::from("web"), String::from("hits")))?);
+            let clash = Counter::options().name("hits").namespace("web").remote(0);
+            match rayr::get(&clash.get()) {
+                Err(e @ Error::ActorDied { .. }) => println!("CLASH {e}"),
+                other => println!("CLASH unexpected {other:?}"),
+            }
+            println!("OTHER_NAMESPACE {}", rayr::get(&Counter::options().name("hits").namespace("api").remote(3).get())?);
+            match CounterHandle::get_named("web", "nope") {
+                Err(e @ Error::ActorNotFound { .. }) => println!("NOT_FOUND {e}"),
+                other => println!("NOT_FOUND unexpected {:?}", other.map(|h| h.id())),
+            }
+            // Its last handles go: its name is free again.
+            drop(c);
+            drop(again);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut freed = false;
+            while Instant::now() < deadline {
+                if matches!(CounterHandle::get_named("web", "hits"), Err(Error::ActorNotFound { .. })) {
+                    freed = true;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            println!("NAME_FREED {freed}");
+        }
         "actor_api_pending" => {
-            let c = Counter::options().name("hits").namespace("web").remote(0);
+            let c = Counter::options().lifetime_detached().max_concurrency(2).remote(0);
             match rayr::get(&c.get()) {
                 Err(e @ Error::ActorDied { .. }) => println!("CALL ActorDied {e}"),
                 other => println!("CALL unexpected {other:?}"),
-            }
-            match CounterHandle::get_named("web", "hits") {
-                Err(e) => println!("GET_NAMED {e}"),
-                Ok(_) => println!("GET_NAMED unexpected"),
             }
             match rayr::get(&square::options().max_restarts(2).remote(3)) {
                 Err(e) => println!("TASK_OPTION {e}"),

@@ -161,6 +161,8 @@ struct ActorQueue {
     /// current life's constructor has run (calls may go there directly).
     location: Option<(Id, String)>,
     ready: bool,
+    /// Its name, claimed with the node (freed when it ends).
+    name: Option<rayr_proto::ActorName>,
     /// Why its calls fail now, and the ACTOR_DIED event saying so: the actor died.
     dead: Option<(String, Option<Id>)>,
 }

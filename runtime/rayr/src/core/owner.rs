@@ -150,6 +150,9 @@ impl Core {
         }
         let why = "every handle to it was dropped";
         a.dead = Some((why.into(), None));
+        if let Some(name) = a.name.take() {
+            let _ = self.node_conn.send(0, rayr_proto::client_message::Body::UnnameActor(name));
+        }
         for w in q.workers.clone() {
             self.return_lease_locked(st, w);
         }

@@ -51,7 +51,7 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false });
+        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None });
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
             demand,
             ready: VecDeque::new(),
@@ -527,6 +527,9 @@ impl Core {
         }
         a.dead = Some((detail.to_string(), None));
         let owned = a.owned;
+        if let Some(name) = a.name.take() {
+            let _ = self.node_conn.send(0, client_message::Body::UnnameActor(name));
+        }
         let mut tasks: Vec<Id> = q.ready.drain(..).collect();
         tasks.extend(in_flight);
         for w in std::mem::take(&mut q.workers) {
@@ -671,6 +674,23 @@ impl Core {
         }
     }
 
+    /// The actor now holds `name` with the node (freed when it ends).
+    pub(crate) fn actor_named(&self, actor: Id, name: rayr_proto::ActorName) {
+        let mut st = self.state.lock();
+        let dead = match st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+            Some(a) if a.dead.is_none() => {
+                a.name = Some(name.clone());
+                false
+            }
+            _ => true,
+        };
+        drop(st);
+        if dead {
+            // It ended already (its creation failed fast): give the name back.
+            let _ = self.node_conn.send(0, client_message::Body::UnnameActor(name));
+        }
+    }
+
     /// An actor that could not even be submitted (`why`): its queue is dead from the start,
     /// so calls fail with ActorDied; ACTOR_DIED creation_failed is recorded.
     pub(crate) fn actor_never_created(self: &Arc<Self>, actor: Id, why: &str) {
@@ -683,7 +703,7 @@ impl Core {
                 ready: VecDeque::new(),
                 leases_requested: 0,
                 workers: Vec::new(),
-                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false }),
+                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None }),
             },
         );
         self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: why, because: None, kill: false }, Vec::new());
@@ -726,7 +746,7 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false }),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None }),
         });
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) || q.workers.contains(&info.worker) {
             return Ok(());
@@ -800,9 +820,9 @@ impl Core {
         }
     }
 
-    /// A borrower learned that the actor is dead (`why`): later calls from here fail at
-    /// once.
-    pub(crate) fn actor_dead_here(self: &Arc<Self>, actor: Id, why: &str) {
+    /// The actor is dead (`cause`, `why`), as a borrower learned or as its creator decided
+    /// (its name was taken): later calls from here fail at once.
+    pub(crate) fn actor_dead_here(self: &Arc<Self>, actor: Id, cause: &str, why: &str) {
         let key = crate::api::actor_key(&actor);
         let mut st = self.state.lock();
         st.queues.entry(key).or_insert_with(|| Queue {
@@ -810,9 +830,9 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false }),
+            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None }),
         });
-        self.end_actor_locked(&mut st, actor, ActorEnd { cause: "dead", detail: why, because: None, kill: false }, Vec::new());
+        self.end_actor_locked(&mut st, actor, ActorEnd { cause, detail: why, because: None, kill: false }, Vec::new());
     }
 
     /// Whether calls to the actor have a worker to go to here (or fail at once).
