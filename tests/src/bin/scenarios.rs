@@ -367,11 +367,16 @@ fn main() -> rayr::Result<()> {
                 // (if any) answers, with the state its constructor rebuilt.
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let outcome = loop {
-                    match rayr::get(&c.get()) {
-                        Ok(v) => break format!("{v} pid_changed={}", rayr::get(&c.pid())? != pid),
+                    let answer = rayr::get(&c.get()).and_then(|v| Ok((v, rayr::get(&c.pid())?)));
+                    match answer {
+                        Ok((v, now)) if now != pid => break format!("{v} pid_changed=true"),
+                        // The old life still answered (a kill lands a moment later), or
+                        // the calls met the dying worker: ask again.
+                        Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
                         Err(Error::ActorDied { cause, .. }) if cause.contains("restarts") && Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(20));
                         }
+                        Ok((v, _)) => break format!("{v} pid_changed=false"),
                         Err(e) => break format!("error {e}"),
                     }
                 };
