@@ -140,18 +140,25 @@ impl AsActorHandle for ActorHandle {
 /// Kills an actor at once: its worker is stopped (mid-call if need be). With `no_restart`,
 /// or no restarts left, the actor ends: its pending and later calls fail with
 /// `Error::ActorDied` (ACTOR_DIED, cause `killed`); otherwise it restarts as after any
-/// death of its worker (the calls that were running fail). Only the process that created
-/// the actor can kill it, for now.
+/// death of its worker (the calls that were running fail). Any process holding a handle may
+/// kill it: one that did not create it asks the creator, which holds its worker.
 pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()> {
     let core = core::require()?;
     let h = handle.actor_handle();
-    if h.info.handle.owner != core.me {
-        return Err(Error::Connection(format!(
-            "actor {} was created by another process: only its creator can kill it (for now)",
-            rayr_logs::hex(&h.id)
-        )));
+    if h.info.handle.owner == core.me {
+        return core.kill_actor(h.id, no_restart);
     }
-    core.kill_actor(h.id, no_restart)
+    let gone = |e: String| Error::ActorDied { actor: ActorId(h.id), cause: format!("its owner cannot be reached to kill it ({e}): it has exited") };
+    let owner = core.peer(&h.info.handle.owner_address).map_err(|e| gone(e.to_string()))?;
+    let msg = rayr_proto::PeerMessage {
+        req_id: 0,
+        body: Some(rayr_proto::peer_message::Body::Kill(rayr_proto::ActorKill { actor_id: h.id.to_vec(), no_restart })),
+    };
+    match owner.call(msg, Some(std::time::Duration::from_secs(10))).map_err(|_| gone("no answer".into()))?.body {
+        Some(rayr_proto::peer_message::Body::Killed(r)) if r.error.is_empty() => Ok(()),
+        Some(rayr_proto::peer_message::Body::Killed(r)) => Err(Error::Connection(r.error)),
+        _ => Err(Error::Connection("the actor's owner answered the kill with something else".into())),
+    }
 }
 
 /// A ref whose value is `err`.

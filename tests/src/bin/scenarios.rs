@@ -303,7 +303,12 @@ fn main() -> rayr::Result<()> {
             let c = Counter::remote(5);
             println!("BEFORE {}", rayr::get(&c.incr(1))?);
             println!("ACTOR {}", c.id());
-            println!("BORROWER_KILL {}", rayr::get(&kill_given::remote(c.clone()))?);
+            let victim = Counter::remote(1);
+            println!("BORROWER_KILL {}", rayr::get(&kill_given::remote(victim.clone()))?);
+            match rayr::get(&victim.get()) {
+                Err(Error::ActorDied { cause, .. }) => println!("VICTIM {cause}"),
+                other => println!("VICTIM unexpected {other:?}"),
+            }
             let pid = rayr::get(&c.pid())?;
             let slow = c.slow(30_000);
             std::thread::sleep(Duration::from_millis(200)); // let it start

@@ -632,6 +632,14 @@ impl Core {
                     held.send(Duration::ZERO);
                     self.serve_get(&conn, req, &g.object_id, g.probe)
                 }
+                Some(peer_message::Body::Kill(k)) => {
+                    held.send(Duration::ZERO);
+                    let error = match <Id>::try_from(k.actor_id.as_slice()) {
+                        Ok(actor) => self.kill_actor(actor, k.no_restart).err().map(|e| e.to_string()).unwrap_or_default(),
+                        Err(_) => "not an actor id".into(),
+                    };
+                    conn.send(&PeerMessage { req_id: req, body: Some(peer_message::Body::Killed(rayr_proto::ActorKillReply { error })) });
+                }
                 Some(peer_message::Body::Locate(l)) => {
                     held.send(Duration::ZERO);
                     let location = self.locate_actor(&l.actor_id);
