@@ -473,6 +473,20 @@ fn named_actors_are_found_by_name_and_names_are_unique_while_they_live() {
 }
 
 #[test]
+fn a_worker_that_dies_while_idle_is_replaced() {
+    let s = scenario("idle_worker_dies");
+    assert_eq!(s.get("STILL_RUNS"), "16");
+    let pid: u32 = s.get("KILLED_PID").parse().unwrap();
+    let events = s.events();
+    let exit = events
+        .iter()
+        .find(|e| kind(e) == EventKind::WorkerExited && matches!(&e.detail, Some(event::Detail::WorkerExit(x)) if x.pid == pid))
+        .expect("the killed worker's exit");
+    let replacement = events.iter().find(|e| kind(e) == EventKind::WorkerStarted && e.cause == exit.id);
+    assert!(replacement.is_some(), "a WORKER_STARTED caused by its exit");
+}
+
+#[test]
 fn a_put_container_keeps_its_refs_alive_and_frees_them_with_it() {
     let s = scenario("container");
     assert_eq!(s.get("CONTAINER_FREED"), "yes");

@@ -579,7 +579,7 @@ impl Agent {
             let cpus = self.cfg.resources.get("CPU").copied().unwrap_or(1.0).ceil().max(1.0) as usize;
             let mut st = self.state.lock();
             for _ in 0..cpus {
-                self.spawn_worker(&mut st, job, false);
+                self.spawn_worker(&mut st, job, false, None);
             }
         } else {
             if let Some(sp) = st.spawned.get_mut(&worker) {
@@ -676,7 +676,7 @@ impl Agent {
         for ((job, for_actor), want) in waiting_for_worker {
             let started = starting.entry(job).or_default();
             while *started < want {
-                if !self.spawn_worker(st, job, for_actor) {
+                if !self.spawn_worker(st, job, for_actor, None) {
                     break;
                 }
                 *started += 1;
@@ -686,8 +686,9 @@ impl Agent {
 
     /// Starts one worker process for `job`; false when the node is at its process limit.
     /// Starts a worker for `job`; `for_actor`: one an actor waits for, which the cap on
-    /// task workers does not hold back (each actor is a process of its own for its life).
-    fn spawn_worker(self: &Arc<Self>, st: &mut State, job: Id, for_actor: bool) -> bool {
+    /// task workers does not hold back (each actor is a process of its own for its life);
+    /// `because`: the event that made it needed (a worker's death it replaces).
+    fn spawn_worker(self: &Arc<Self>, st: &mut State, job: Id, for_actor: bool, because: Option<Id>) -> bool {
         let hosting_actors = st.clients.values().filter(|c| c.dedicated).count();
         if self.stopping.load(Ordering::Acquire) || (!for_actor && st.spawned.len() >= self.cfg.max_workers + hosting_actors) {
             return false;
@@ -731,6 +732,9 @@ impl Agent {
         let mut e = self.event(EventKind::WorkerStarted);
         e.worker_id = worker.to_vec();
         e.job_id = job.to_vec();
+        if let Some(c) = because {
+            e.cause = c.to_vec();
+        }
         e.detail = Some(event::Detail::WorkerStart(WorkerStart {
             pid,
             binary: binary.display().to_string(),
@@ -798,6 +802,12 @@ impl Agent {
         e.detail = Some(event::Detail::WorkerExit(exit.clone()));
         self.record(&e);
         let exit_event = id_of(&e.id).unwrap();
+        // A pooled worker that died on its own (not stopped by rayr, not an actor's) is
+        // replaced while its job runs, so the pool keeps its size.
+        let replace = sp.registered
+            && sp.intended_exit.is_none()
+            && st.jobs.contains_key(&sp.job)
+            && st.clients.get(&worker).is_some_and(|c| !c.is_driver && !c.dedicated);
         if let Some(client) = st.clients.remove(&worker)
             && let Some(held) = client.lease {
                 if client.blocked {
@@ -831,6 +841,9 @@ impl Agent {
             for (conn, req) in waiters {
                 conn.reply(req, node_message::Body::WorkerExit(exit_reply(st.exits.get(&worker))));
             }
+        }
+        if replace {
+            self.spawn_worker(&mut st, sp.job, false, Some(exit_event));
         }
         self.grant_pending(&mut st);
         drop(st);

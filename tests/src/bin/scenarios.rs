@@ -73,6 +73,12 @@ fn ping_given(b: BrokenHandle) -> String {
     }
 }
 
+/// The pid of the worker running it.
+#[rayr::remote]
+fn worker_pid() -> u32 {
+    std::process::id()
+}
+
 /// Finds a named actor from another process and calls it.
 #[rayr::remote]
 fn find_named(namespace: String, name: String) -> u64 {
@@ -412,6 +418,15 @@ fn main() -> rayr::Result<()> {
                     println!("ACTOR {}", c.id());
                 }
             }
+        }
+        "idle_worker_dies" => {
+            let pid = rayr::get(&worker_pid::remote())?;
+            std::thread::sleep(Duration::from_millis(100)); // its lease goes back: idle
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            println!("KILLED_PID {pid}");
+            // The pool replaces it; tasks run as before.
+            std::thread::sleep(Duration::from_millis(500));
+            println!("STILL_RUNS {}", rayr::get(&square::remote(4))?);
         }
         "actor_named" => {
             let c = Counter::options().name("hits").namespace("web").remote(7);
