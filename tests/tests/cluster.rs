@@ -470,6 +470,10 @@ fn named_actors_are_found_by_name_and_names_are_unique_while_they_live() {
     assert_eq!(s.get("OTHER_NAMESPACE"), "3", "the same name in another namespace is another actor");
     assert!(s.get("NOT_FOUND").contains("no actor named web/nope"), "{}", s.get("NOT_FOUND"));
     assert_eq!(s.get("NAME_FREED"), "true", "an ended actor's name is free again");
+    let out = s.cli(&["list", "actors", "--filter", "name=web/hits", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 1, "`rayr list actors` names it: {rows}");
+    assert_eq!(rows[0]["actor_id"], s.get("ACTOR"));
 }
 
 #[test]

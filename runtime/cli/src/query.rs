@@ -416,7 +416,7 @@ impl Listed for WorkerRow {
 
 impl Listed for ActorRow {
     const NOUN: &'static str = "actor";
-    const COLUMNS: &'static [&'static str] = &["actor_id", "class", "state", "pid", "node_id", "restarts", "death_cause", "detail"];
+    const COLUMNS: &'static [&'static str] = &["actor_id", "name", "class", "state", "pid", "node_id", "restarts", "death_cause", "detail"];
     fn key(&self) -> &[u8] {
         &self.actor_id
     }
@@ -426,6 +426,7 @@ impl Listed for ActorRow {
     fn fields(&self) -> Vec<(&'static str, V)> {
         vec![
             ("actor_id", V::Id(self.actor_id.clone())),
+            ("name", V::Text(self.name.clone())),
             ("class", V::Text(self.class.clone())),
             ("state", V::Text(self.state.clone())),
             ("worker_id", V::Id(self.worker_id.clone())),
@@ -731,6 +732,7 @@ fn detail_fields(d: &Detail) -> (&'static str, Vec<(&'static str, V)>) {
         Detail::Actor(a) => (
             "actor",
             vec![
+                ("name", V::Text(a.name.clone())),
                 ("class", V::Text(a.class.clone())),
                 ("cause", V::Text(a.cause.clone())),
                 ("detail", V::Text(a.detail.clone())),

@@ -945,6 +945,9 @@ fn numbers(ev: &Event) -> Vec<String> {
             }
         }
         Some(Detail::Actor(a)) => {
+            if !a.name.is_empty() {
+                out.push(format!("name={}", a.name));
+            }
             if !a.class.is_empty() {
                 out.push(format!("class={}", a.class));
             }

@@ -265,6 +265,7 @@ pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
             if let Some(a) = detail {
                 row.class = a.class.clone();
                 row.pid = a.pid;
+                row.name = a.name.clone();
             }
         }
         ActorDied => {

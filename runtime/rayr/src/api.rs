@@ -92,6 +92,10 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         retry_exceptions: opts.retry_exceptions && actor.is_none(),
         actor_id: actor.as_ref().map(|a| a.actor.to_vec()).unwrap_or_default(),
         actor_creation: actor.as_ref().is_some_and(|a| a.creation),
+        actor_name: match (&actor, &opts.name) {
+            (Some(a), Some(name)) if a.creation => format!("{}/{name}", opts.namespace.as_deref().unwrap_or_default()),
+            _ => String::new(),
+        },
     };
     // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
     let events = core.event_batch();
