@@ -112,6 +112,11 @@ impl Session {
     pub fn node_socket(&self, node_hex: &str) -> PathBuf {
         self.sockets_dir().join(format!("node-{}.sock", &node_hex[..node_hex.len().min(16)]))
     }
+    /// The node agent's peer socket: core workers ask it about the detached actors it holds
+    /// (where one lives, kill it), as they would ask an actor's owner.
+    pub fn node_peer_socket(&self, node_hex: &str) -> PathBuf {
+        self.sockets_dir().join(format!("node-{}.peer", &node_hex[..node_hex.len().min(16)]))
+    }
     /// A driver's or worker's own Unix socket (peers push tasks and ask for objects there).
     /// Names are short: a socket path must fit in 107 bytes.
     pub fn worker_socket(&self, worker_hex: &str) -> PathBuf {

@@ -258,7 +258,7 @@ fn a_node_agent_refuses_an_event_area_that_is_not_one() {
         .unwrap()
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("node-"))
+        .find(|p| p.file_name().unwrap().to_string_lossy().starts_with("node-") && p.extension().is_some_and(|e| e == "sock"))
         .expect("the node agent's socket");
     let not_ours = tmp.path().join("rayr-ev-fake");
     std::fs::write(&not_ours, b"not an area").unwrap();
@@ -412,7 +412,7 @@ fn an_actor_ends_with_its_owner() {
 fn actor_options_not_yet_implemented_say_so_instead_of_being_ignored() {
     let s = scenario("actor_api_pending");
     let call = s.get("CALL");
-    assert!(call.starts_with("ActorDied") && call.contains("lifetime_detached") && call.contains("max_concurrency"), "{call}");
+    assert!(call.starts_with("ActorDied") && call.contains("max_concurrency"), "{call}");
     assert!(s.get("TASK_OPTION").contains("apply to actors, not to a task"), "{}", s.get("TASK_OPTION"));
 }
 
@@ -474,6 +474,82 @@ fn named_actors_are_found_by_name_and_names_are_unique_while_they_live() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 1, "`rayr list actors` names it: {rows}");
     assert_eq!(rows[0]["actor_id"], s.get("ACTOR"));
+}
+
+/// Runs a scenario as a driver of the cluster started in `tmp`; its `KEY value` lines.
+fn driver_of(tmp: &Path, name: &str) -> HashMap<String, String> {
+    let out = run(Command::new(SCENARIOS).arg(name).env("RAYR_TMPDIR", tmp).env_remove("RAYR_ADDRESS"), Duration::from_secs(90));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{name} failed:\n{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    stdout.lines().filter_map(|l| l.split_once(' ').map(|(k, v)| (k.to_string(), v.to_string()))).collect()
+}
+
+fn pid_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"))
+}
+
+#[test]
+fn a_named_detached_actor_outlives_its_driver_and_is_found_by_the_next() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cluster = StartedCluster::start(tmp.path());
+    let first = driver_of(tmp.path(), "detached_create");
+    assert_eq!(first["FIRST"], "15");
+    assert_eq!(first["KEEPER_VALUE"], "1");
+    assert!(first["CLASH"].contains("the name svc/counter is taken by actor") && first["CLASH"].contains(&first["ACTOR"]), "{}", first["CLASH"]);
+    assert!(first["BY_REF"].contains("is a ref") && first["BY_REF"].contains("pass the value"), "{}", first["BY_REF"]);
+    // Its driver has exited; the actor's worker has not.
+    let pid: u32 = first["ACTOR_PID"].parse().unwrap();
+    assert!(pid_alive(pid), "the detached actor's worker {pid} is still running");
+
+    let second = driver_of(tmp.path(), "detached_find");
+    assert_eq!(second["ACTOR"], first["ACTOR"], "found by name");
+    assert_eq!(second["SURVIVED"], "16", "its state outlived the first driver");
+    assert_eq!(second["RESTARTED"], "10 pid_changed=true", "restarted after its job ended, state rebuilt by the constructor");
+    assert_eq!(second["FROM_TASK"], "11", "a task of the second driver finds it by name");
+    assert!(second["AFTER_KILL"].starts_with("ActorDied") && second["AFTER_KILL"].contains("killed by rayr::kill"), "{}", second["AFTER_KILL"]);
+    assert!(second["NAME_GONE"].contains("no actor named svc/counter"), "{}", second["NAME_GONE"]);
+
+    // The record: restarted by the node agent because its worker died, then killed.
+    let session = cluster.session.clone();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let actor_row = |id: &str| -> serde_json::Value {
+        let out = cluster.cli(&["list", "actors", "--filter", &format!("actor_id={id}"), "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().and_then(|r| r.first()).cloned().unwrap_or_default()
+    };
+    loop {
+        let row = actor_row(&first["ACTOR"]);
+        if row["state"] == "DEAD" {
+            assert_eq!(row["death_cause"], "killed", "{row}");
+            assert_eq!(row["lifetime"], "detached", "{row}");
+            assert_eq!(row["restarts"], 1, "{row}");
+            assert_eq!(row["name"], "svc/counter", "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed actor shows DEAD: {row}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&session);
+    let mut events = Vec::new();
+    for entry in std::fs::read_dir(session.join("events")).unwrap() {
+        events.extend(rayr_logs::read_events(&entry.unwrap().path()).unwrap());
+    }
+    let actor = hexid(&first["ACTOR"]);
+    let exits = by_id(&events);
+    let restarted = events.iter().find(|e| kind(e) == EventKind::ActorRestarted && e.actor_id == actor).expect("ACTOR_RESTARTED");
+    let exit = exits.get(&restarted.cause).expect("caused by a recorded event");
+    assert_eq!(kind(exit), EventKind::WorkerExited);
+    let Some(event::Detail::WorkerExit(x)) = &exit.detail else { panic!() };
+    assert_eq!(x.pid, pid, "the SIGKILLed worker");
+    // The first driver's job ended before the restart.
+    assert!(events.iter().any(|e| kind(e) == EventKind::JobFinished && e.time_us < restarted.time_us));
+    // The actor left running ended with the cluster, and says so.
+    let keeper = hexid(&first["KEEPER"]);
+    let died = events.iter().find(|e| kind(e) == EventKind::ActorDied && e.actor_id == keeper).expect("the keeper's ACTOR_DIED");
+    let Some(event::Detail::Actor(d)) = &died.detail else { panic!() };
+    assert_eq!(d.cause, "node_stopped", "{d:?}");
 }
 
 #[test]

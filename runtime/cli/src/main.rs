@@ -369,7 +369,7 @@ fn memory(json: bool) -> anyhow::Result<()> {
     let socket = std::fs::read_dir(session.sockets_dir())?
         .flatten()
         .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("node-")))
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("node-") && n.ends_with(".sock")))
         .ok_or_else(|| anyhow!("the node agent of {} is not running", session.dir.display()))?;
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
     let mut buf = Vec::new();

@@ -416,7 +416,7 @@ impl Listed for WorkerRow {
 
 impl Listed for ActorRow {
     const NOUN: &'static str = "actor";
-    const COLUMNS: &'static [&'static str] = &["actor_id", "name", "class", "state", "pid", "node_id", "restarts", "death_cause", "detail"];
+    const COLUMNS: &'static [&'static str] = &["actor_id", "name", "class", "state", "lifetime", "pid", "node_id", "restarts", "death_cause", "detail"];
     fn key(&self) -> &[u8] {
         &self.actor_id
     }
@@ -429,6 +429,7 @@ impl Listed for ActorRow {
             ("name", V::Text(self.name.clone())),
             ("class", V::Text(self.class.clone())),
             ("state", V::Text(self.state.clone())),
+            ("lifetime", V::Text(self.lifetime.clone())),
             ("worker_id", V::Id(self.worker_id.clone())),
             ("pid", V::Pid(self.pid)),
             ("node_id", V::Id(self.node_id.clone())),

@@ -951,6 +951,9 @@ fn numbers(ev: &Event) -> Vec<String> {
             if !a.class.is_empty() {
                 out.push(format!("class={}", a.class));
             }
+            if a.detached {
+                out.push("detached".into());
+            }
             if !a.cause.is_empty() {
                 out.push(a.cause.clone());
             }

@@ -138,13 +138,14 @@ impl Row for JobRow {
 
 impl Row for ActorRow {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = ACTORS;
-    const KEYS: &'static [&'static str] = &["actor_id", "name", "class", "state", "worker_id", "pid", "node_id", "job_id", "death_cause"];
+    const KEYS: &'static [&'static str] = &["actor_id", "name", "class", "state", "lifetime", "worker_id", "pid", "node_id", "job_id", "death_cause"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
         Some(match key {
             "actor_id" => Field::Id(&self.actor_id),
             "class" => Field::Function(&self.class),
             "name" => Field::Word(&self.name),
             "state" => Field::Word(&self.state),
+            "lifetime" => Field::Word(&self.lifetime),
             "worker_id" => Field::Id(&self.worker_id),
             "pid" => Field::Number(self.pid.into()),
             "node_id" => Field::Id(&self.node_id),

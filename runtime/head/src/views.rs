@@ -266,6 +266,9 @@ pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
                 row.class = a.class.clone();
                 row.pid = a.pid;
                 row.name = a.name.clone();
+                if a.detached {
+                    row.lifetime = "detached".into();
+                }
             }
         }
         ActorDied => {

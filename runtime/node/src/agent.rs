@@ -22,6 +22,8 @@ use rayr_proto::{
 use rayr_store::{Allocator, Arena};
 
 use crate::pool::{self, env};
+
+mod detached;
 use crate::resources::{self, Resources};
 
 /// What a node agent is started with. Every field is a `rayr start` flag.
@@ -63,6 +65,7 @@ impl NodeConfig {
 pub struct NodeHandle {
     agent: Arc<Agent>,
     accept_thread: Option<std::thread::JoinHandle<()>>,
+    peer_accept_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl NodeHandle {
@@ -86,12 +89,14 @@ impl NodeHandle {
         self.agent.shutdown("the node agent was asked to stop");
         // Threads still holding the agent keep the mapping; the file goes now.
         let _ = std::fs::remove_file(self.agent.arena.path());
-        // Wake the accept loop so it sees the flag.
+        // Wake the accept loops so they see the flag.
         let _ = UnixStream::connect(&self.agent.socket_path);
-        if let Some(t) = self.accept_thread.take() {
+        let _ = UnixStream::connect(&self.agent.peer_socket_path);
+        for t in [self.accept_thread.take(), self.peer_accept_thread.take()].into_iter().flatten() {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.agent.socket_path);
+        let _ = std::fs::remove_file(&self.agent.peer_socket_path);
     }
 }
 
@@ -104,9 +109,18 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     let arena = Arena::create(&store_path, cfg.store_capacity).map_err(io::Error::other)?;
     let events = EventLogWriter::open(&cfg.session.event_log(&node_hex))?;
     let listener = UnixListener::bind(&socket_path)?;
+    let peer_socket_path = cfg.session.node_peer_socket(&node_hex);
+    let peer_listener = match UnixListener::bind(&peer_socket_path) {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket_path);
+            return Err(e);
+        }
+    };
     let alloc = Allocator::new(arena.capacity());
     let agent = Arc::new(Agent {
         socket_path,
+        peer_socket_path,
         arena,
         events: Mutex::new(events),
         state: Mutex::new(State {
@@ -122,6 +136,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
             objects: HashMap::new(),
             alloc,
             start_failures: HashMap::new(),
+            detached: HashMap::new(),
         }),
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
@@ -167,7 +182,9 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
             let _ = std::thread::Builder::new().name("rayr-node-conn".into()).spawn(move || agent.serve(stream));
         }
     })?;
-    Ok(NodeHandle { agent, accept_thread: Some(accept_thread) })
+    let peer_agent = agent.clone();
+    let peer_accept_thread = std::thread::Builder::new().name("rayr-node-peers".into()).spawn(move || peer_agent.accept_peers(peer_listener))?;
+    Ok(NodeHandle { agent, accept_thread: Some(accept_thread), peer_accept_thread: Some(peer_accept_thread) })
 }
 
 /// Removes `/dev/shm/rayr-<pid>-*` stores and `rayr-ev-<pid>-*` event areas whose creating
@@ -224,9 +241,16 @@ struct Client {
     blocked: bool,
 }
 
+/// Who a granted lease goes to.
+enum LeaseFor {
+    /// A client's request, answered on its connection.
+    Client(Arc<Conn>, u64),
+    /// A detached actor the agent holds itself (see `detached`).
+    Detached(Id),
+}
+
 struct PendingLease {
-    conn: Arc<Conn>,
-    req_id: u64,
+    reply_to: LeaseFor,
     demand: Resources,
     job: Id,
     /// The client asking (dropped from the queue when it dies).
@@ -275,12 +299,16 @@ struct State {
     alloc: Allocator,
     /// A start failure per job ("binary is not a rayr program"), reported to leases.
     start_failures: HashMap<Id, String>,
+    /// Detached actors held here, ended ones included (their death is what a locate says).
+    detached: HashMap<Id, detached::DetachedActor>,
 }
 
 
 struct Agent {
     cfg: NodeConfig,
     socket_path: PathBuf,
+    /// Where core workers ask about the detached actors held here (see `detached`).
+    peer_socket_path: PathBuf,
     arena: Arena,
     events: Mutex<EventLogWriter>,
     state: Mutex<State>,
@@ -438,6 +466,11 @@ impl Agent {
                     };
                     drop(st);
                     conn.reply(req, node_message::Body::StoreStats(reply));
+                }
+                client_message::Body::CreateDetached(c) => {
+                    let job = me.and_then(|w| self.state.lock().clients.get(&w).map(|c| c.job));
+                    let reply = self.create_detached(job, c);
+                    conn.reply(req, node_message::Body::Detached(reply));
                 }
                 client_message::Body::Disconnect(d) => said_goodbye = Some(d.reason),
             }
@@ -607,7 +640,7 @@ impl Agent {
             return;
         }
         let mut st = self.state.lock();
-        st.pending.push_back(PendingLease { conn: conn.clone(), req_id, demand, job, requester, dedicated: l.dedicated, actor: id_of(&l.actor_id) });
+        st.pending.push_back(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: l.dedicated, actor: id_of(&l.actor_id) });
         self.grant_pending(&mut st);
     }
 
@@ -622,7 +655,10 @@ impl Agent {
             if let Some(err) = st.start_failures.get(&p.job) {
                 let p = st.pending.remove(i).unwrap();
                 let error = err.clone();
-                p.conn.reply(p.req_id, node_message::Body::Lease(LeaseReply { error, ..Default::default() }));
+                match p.reply_to {
+                    LeaseFor::Client(conn, req) => conn.reply(req, node_message::Body::Lease(LeaseReply { error, ..Default::default() })),
+                    LeaseFor::Detached(actor) => self.detached_unstartable(st, actor, &error),
+                }
                 continue;
             }
             if !resources::fits(&p.demand, &st.available) {
@@ -667,7 +703,10 @@ impl Agent {
                 error: String::new(),
                 infeasible: false,
             };
-            p.conn.reply(p.req_id, node_message::Body::Lease(reply));
+            match p.reply_to {
+                LeaseFor::Client(conn, req) => conn.reply(req, node_message::Body::Lease(reply)),
+                LeaseFor::Detached(actor) => self.detached_granted(st, actor, worker, reply.address),
+            }
         }
         let mut starting: HashMap<Id, usize> = HashMap::new();
         for s in st.spawned.values().filter(|s| !s.registered) {
@@ -693,7 +732,9 @@ impl Agent {
         if self.stopping.load(Ordering::Acquire) || (!for_actor && st.spawned.len() >= self.cfg.max_workers + hosting_actors) {
             return false;
         }
-        let Some(binary) = st.jobs.get(&job).cloned() else { return false };
+        // A detached actor's job may have ended: its binary is kept with the actor.
+        let binary = st.jobs.get(&job).or_else(|| st.detached.values().find(|d| d.job == job && d.live()).map(|d| &d.binary)).cloned();
+        let Some(binary) = binary else { return false };
         let worker = new_id();
         let whex = hex(&worker);
         let session = &self.cfg.session;
@@ -808,6 +849,7 @@ impl Agent {
             && sp.intended_exit.is_none()
             && st.jobs.contains_key(&sp.job)
             && st.clients.get(&worker).is_some_and(|c| !c.is_driver && !c.dedicated);
+        let hosted = st.clients.get(&worker).and_then(|c| c.actor);
         if let Some(client) = st.clients.remove(&worker)
             && let Some(held) = client.lease {
                 if client.blocked {
@@ -844,6 +886,9 @@ impl Agent {
         }
         if replace {
             self.spawn_worker(&mut st, sp.job, false, Some(exit_event));
+        }
+        if let Some(actor) = hosted {
+            self.detached_worker_died(&mut st, actor, worker, exit_event, &exit.detail);
         }
         self.grant_pending(&mut st);
         drop(st);
@@ -1014,7 +1059,10 @@ impl Agent {
         st.silent_jobs.remove(&job);
         let reason = format!("its job's driver (pid {}) disconnected", client.pid);
         let mut to_kill = Vec::new();
-        for sp in st.spawned.values_mut().filter(|s| s.job == job) {
+        // Workers hosting detached actors outlive the job; idle ones may no longer be leased.
+        let spared: std::collections::HashSet<Id> = st.spawned.keys().filter(|w| Self::hosts_detached(&st, w)).copied().collect();
+        st.idle.remove(&job);
+        for (_, sp) in st.spawned.iter_mut().filter(|(w, s)| s.job == job && !spared.contains(*w)) {
             sp.intended_exit = Some(reason.clone());
             to_kill.push(sp.pid);
         }
@@ -1023,7 +1071,7 @@ impl Agent {
             let obj = st.objects.remove(id).unwrap();
             st.alloc.free(obj.offset, obj.size);
         }
-        st.pending.retain(|p| p.job != job);
+        st.pending.retain(|p| p.job != job || matches!(p.reply_to, LeaseFor::Detached(_)));
         self.release_leases_of(&mut st, worker);
         drop(st);
         for pid in to_kill {
@@ -1060,6 +1108,7 @@ impl Agent {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
+        self.end_detached_actors(reason);
         let pids: Vec<u32> = {
             let mut st = self.state.lock();
             st.spawned

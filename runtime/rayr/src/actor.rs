@@ -58,6 +58,9 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
         core.actor_never_created(id, &why);
         return ActorHandle { id, info };
     }
+    if opts.detached {
+        return create_detached(id, class, args, opts);
+    }
     let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
     if let Some(core) = core::current() {
         core.actor_created(id, info.handle.id, opts.max_restarts, opts.max_task_retries);
@@ -80,6 +83,73 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
         }
     }
     ActorHandle { id, info }
+}
+
+/// A detached actor: its creation goes to the node agent, which holds it from then on (see
+/// the node agent's `detached` module); this process only borrows it, like any holder of
+/// a handle it was given. Never blocks on the constructor.
+fn create_detached(id: Id, class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ActorHandle {
+    let Some(core) = core::current() else {
+        // `get` on its calls reports that rayr is not initialized.
+        return ActorHandle { id, info: submit(class, Vec::new(), opts, None) };
+    };
+    let never = |why: String| {
+        let info = failed(&core, Error::ActorDied { actor: ActorId(id), cause: why.clone() });
+        core.actor_never_created(id, &why);
+        ActorHandle { id, info }
+    };
+    let mut values = Vec::with_capacity(args.len());
+    for (i, a) in args.into_iter().enumerate() {
+        match a {
+            ArgValue::Value(Ok(bytes), nested) if nested.is_empty() => {
+                values.push(rayr_proto::TaskArg { arg: Some(rayr_proto::task_arg::Arg::InlineValue(bytes)) })
+            }
+            ArgValue::Value(Err(e), _) => return never(format!("its constructor's argument {i} cannot be serialized: {e}")),
+            _ => {
+                return never(format!(
+                    "its constructor's argument {i} is a ref (or holds one): a detached actor outlives its creator, whose refs end with it, and a restart re-runs the constructor; pass the value"
+                ));
+            }
+        }
+    }
+    let (task, ret) = (new_id(), new_id());
+    let submitted = core.emit(rayr_proto::EventKind::TaskSubmitted, |e| {
+        e.task(&task).object(&ret).actor(&id);
+        e.task_detail(|d| {
+            d.function(class);
+        });
+    });
+    let namespace = opts.namespace.clone().unwrap_or_default();
+    let name = opts.name.clone().unwrap_or_default();
+    let creation = rayr_proto::TaskSpec {
+        task_id: task.to_vec(),
+        job_id: core.job.to_vec(),
+        function: class.to_string(),
+        args: values,
+        return_id: ret.to_vec(),
+        actor_id: id.to_vec(),
+        actor_creation: true,
+        actor_name: if name.is_empty() { String::new() } else { format!("{namespace}/{name}") },
+        actor_detached: true,
+        // The cause of the agent's TASK_SCHEDULED.
+        scheduled_event: submitted.to_vec(),
+        ..Default::default()
+    };
+    let request = rayr_proto::CreateDetachedActor { creation: Some(creation), resources: opts.resources.clone(), max_restarts: opts.max_restarts, namespace, name };
+    let reply = match core.node_conn.call(rayr_proto::client_message::Body::CreateDetached(request)) {
+        Ok(rayr_proto::node_message::Body::Detached(r)) => r,
+        Ok(_) => return never("the node agent answered its creation with something else".into()),
+        Err(e) => return never(format!("the node agent could not be asked to create it: {e}")),
+    };
+    let Ok(owner) = <Id>::try_from(reply.owner.as_slice()) else {
+        return never(if reply.error.is_empty() { "the node agent named no owner for it".into() } else { reply.error });
+    };
+    if !reply.error.is_empty() {
+        return never(reply.error);
+    }
+    // Held by the agent: this process borrows its address object, as if given a handle.
+    let handle = core.adopt(ret, owner, reply.owner_address, None, false);
+    ActorHandle { id, info: ObjectRef::from_handle(handle) }
 }
 
 /// `<Name>Handle::get_named(namespace, name)`: the live actor with that name, as a handle
@@ -155,7 +225,13 @@ pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()>
         body: Some(rayr_proto::peer_message::Body::Kill(rayr_proto::ActorKill { actor_id: h.id.to_vec(), no_restart })),
     };
     match owner.call(msg, Some(std::time::Duration::from_secs(10))).map_err(|_| gone("no answer".into()))?.body {
-        Some(rayr_proto::peer_message::Body::Killed(r)) if r.error.is_empty() => Ok(()),
+        Some(rayr_proto::peer_message::Body::Killed(r)) if r.error.is_empty() => {
+            if no_restart {
+                // Ended: later calls from here fail at once, saying so.
+                core.actor_dead_here(h.id, "killed", "killed by rayr::kill");
+            }
+            Ok(())
+        }
         Some(rayr_proto::peer_message::Body::Killed(r)) => Err(Error::Connection(r.error)),
         _ => Err(Error::Connection("the actor's owner answered the kill with something else".into())),
     }

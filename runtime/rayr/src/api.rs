@@ -96,6 +96,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
             (Some(a), Some(name)) if a.creation => format!("{}/{name}", opts.namespace.as_deref().unwrap_or_default()),
             _ => String::new(),
         },
+        actor_detached: false,
     };
     // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
     let events = core.event_batch();
@@ -135,8 +136,11 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         }
     }
     let mut failure: Option<(Error, String)> = None;
-    if actor.is_none() && (opts.max_restarts != 0 || opts.max_task_retries != 0 || !opts.unsupported.is_empty()) {
+    if actor.is_none() && (opts.max_restarts != 0 || opts.max_task_retries != 0 || opts.detached || !opts.unsupported.is_empty()) {
         let mut names = opts.unsupported.clone();
+        if opts.detached {
+            names.push("lifetime_detached");
+        }
         if opts.max_restarts != 0 {
             names.push("max_restarts");
         }

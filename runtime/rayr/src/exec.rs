@@ -242,7 +242,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
             e.actor_id = id.to_vec();
             e.worker_id = core.me.to_vec();
             e.task_id = spec.task_id.clone();
-            e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { class: spec.function.clone(), pid: core.pid, restart: spec.attempt, name: spec.actor_name.clone(), ..Default::default() }));
+            e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { class: spec.function.clone(), pid: core.pid, restart: spec.attempt, name: spec.actor_name.clone(), detached: spec.actor_detached, ..Default::default() }));
             core.record(e);
             Returned::value(&crate::actor::ActorInfo { worker: core.me, address: core.address.clone() })
         }

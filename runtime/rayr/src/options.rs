@@ -20,6 +20,8 @@ pub struct TaskOptions {
     /// running then (−1: without end).
     pub(crate) max_restarts: i32,
     pub(crate) max_task_retries: i32,
+    /// The actor outlives its creator: the node agent holds it until it is killed.
+    pub(crate) detached: bool,
 }
 
 impl Default for TaskOptions {
@@ -35,6 +37,7 @@ impl Default for TaskOptions {
             unsupported: Vec::new(),
             max_restarts: 0,
             max_task_retries: 0,
+            detached: false,
             scheduling_strategy: None,
         }
     }
@@ -96,9 +99,11 @@ impl TaskOptions {
         }
         self
     }
-    /// An actor that outlives its creator (not implemented yet).
+    /// An actor that outlives its creator and its job: the node agent holds it (restarts
+    /// included) until `rayr::kill` or the cluster stops; find it again with
+    /// `<Name>Handle::get_named`. Its constructor's arguments must be values, not refs.
     pub fn lifetime_detached(mut self) -> Self {
-        self.unsupported.push("lifetime_detached");
+        self.detached = true;
         self
     }
     pub fn scheduling_strategy(mut self, s: &str) -> Self {

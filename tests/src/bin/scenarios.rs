@@ -428,6 +428,58 @@ fn main() -> rayr::Result<()> {
             std::thread::sleep(Duration::from_millis(500));
             println!("STILL_RUNS {}", rayr::get(&square::remote(4))?);
         }
+        // Run against `rayr start`: creates detached actors and exits, leaving them behind.
+        "detached_create" => {
+            let c = Counter::options().name("counter").namespace("svc").lifetime_detached().max_restarts(1).remote(10);
+            println!("ACTOR {}", c.id());
+            println!("FIRST {}", rayr::get(&c.incr(5))?);
+            println!("ACTOR_PID {}", rayr::get(&c.pid())?);
+            // Left alive until the cluster stops.
+            let keeper = Counter::options().lifetime_detached().remote(1);
+            println!("KEEPER {}", keeper.id());
+            println!("KEEPER_VALUE {}", rayr::get(&keeper.get())?);
+            let clash = Counter::options().name("counter").namespace("svc").lifetime_detached().remote(0);
+            match rayr::get(&clash.get()) {
+                Err(e @ Error::ActorDied { .. }) => println!("CLASH {e}"),
+                other => println!("CLASH unexpected {other:?}"),
+            }
+            let r = rayr::put(5u64)?;
+            let by_ref = Counter::options().lifetime_detached().remote(&r);
+            match rayr::get(&by_ref.get()) {
+                Err(e @ Error::ActorDied { .. }) => println!("BY_REF {e}"),
+                other => println!("BY_REF unexpected {other:?}"),
+            }
+        }
+        // The second driver, after the first exited: finds it by name, restarts and kills it.
+        "detached_find" => {
+            let c = CounterHandle::get_named("svc", "counter")?;
+            println!("ACTOR {}", c.id());
+            println!("SURVIVED {}", rayr::get(&c.incr(1))?);
+            let pid = rayr::get(&c.pid())?;
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // Its worker died after its job ended: the agent re-runs the constructor.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let restarted = loop {
+                match rayr::get(&c.get()).and_then(|v| Ok((v, rayr::get(&c.pid())?))) {
+                    Ok((v, now)) if now != pid => break format!("{v} pid_changed=true"),
+                    Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    Err(Error::ActorDied { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    Ok((v, _)) => break format!("{v} pid_changed=false"),
+                    Err(e) => break format!("error {e}"),
+                }
+            };
+            println!("RESTARTED {restarted}");
+            println!("FROM_TASK {}", rayr::get(&find_named::remote(String::from("svc"), String::from("counter")))?);
+            rayr::kill(&c, true)?;
+            match rayr::get(&c.get()) {
+                Err(e @ Error::ActorDied { .. }) => println!("AFTER_KILL ActorDied {e}"),
+                other => println!("AFTER_KILL unexpected {other:?}"),
+            }
+            match CounterHandle::get_named("svc", "counter") {
+                Err(e @ Error::ActorNotFound { .. }) => println!("NAME_GONE {e}"),
+                other => println!("NAME_GONE unexpected {:?}", other.map(|h| h.id())),
+            }
+        }
         "actor_named" => {
             let c = Counter::options().name("hits").namespace("web").remote(7);
             println!("ACTOR {}", c.id());
@@ -460,7 +512,7 @@ fn main() -> rayr::Result<()> {
             println!("NAME_FREED {freed}");
         }
         "actor_api_pending" => {
-            let c = Counter::options().lifetime_detached().max_concurrency(2).remote(0);
+            let c = Counter::options().max_concurrency(2).remote(0);
             match rayr::get(&c.get()) {
                 Err(e @ Error::ActorDied { .. }) => println!("CALL ActorDied {e}"),
                 other => println!("CALL unexpected {other:?}"),
