@@ -409,11 +409,19 @@ fn an_actor_ends_with_its_owner() {
 }
 
 #[test]
-fn actor_options_not_yet_implemented_say_so_instead_of_being_ignored() {
-    let s = scenario("actor_api_pending");
-    let call = s.get("CALL");
-    assert!(call.starts_with("ActorDied") && call.contains("max_concurrency"), "{call}");
-    assert!(s.get("TASK_OPTION").contains("apply to actors, not to a task"), "{}", s.get("TASK_OPTION"));
+fn max_concurrency_runs_shared_calls_at_once_and_exclusive_calls_alone() {
+    let s = scenario("actor_concurrency");
+    assert_eq!(s.get("CONCURRENT_MOST"), "4", "4 calls at once, never more");
+    let ms: u64 = s.get("CONCURRENT_MS").parse().unwrap();
+    assert!(ms < 8 * 300, "8 calls of 300 ms on 4 threads took {ms} ms");
+    assert_eq!(s.get("WRITE_SAW"), "0", "a &mut self call runs alone");
+    assert_eq!(s.get("FROM_TASK_MOST"), "4", "a borrower keeps as many calls in flight");
+    assert_eq!(s.get("SERIAL_MOST"), "1", "without max_concurrency, one call at a time");
+    let not_sync = s.get("NOT_SYNC");
+    assert!(not_sync.starts_with("ActorDied") && not_sync.contains("scenarios::Tally is not Sync"), "{not_sync}");
+    assert_eq!(s.get("SYNC_ONE"), "1");
+    let option = s.get("TASK_OPTION");
+    assert!(option.contains("max_concurrency") && option.contains("apply to actors, not to a task"), "{option}");
 }
 
 #[test]

@@ -48,12 +48,12 @@ impl std::fmt::Debug for ActorHandle {
 /// (generated code calls this). Never blocks; a failed creation fails the actor's calls.
 pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ActorHandle {
     let id = new_id();
-    let unsupported = opts.unsupported.clone();
-    if !unsupported.is_empty()
+    if opts.max_concurrency > 1
         && let Some(core) = core::current()
+        && crate::registry::actor_class(class).is_some_and(|c| !(c.sync)())
     {
-        // Said at once, in the actor's death, rather than ignored.
-        let why = format!("its creation asked for what rayr does not do yet: {} (issue #3)", unsupported.join(", "));
+        // Said at once, in the actor's death: its worker would refuse it anyway.
+        let why = not_sync(class, opts.max_concurrency);
         let info = failed(&core, Error::ActorDied { actor: ActorId(id), cause: why.clone() });
         core.actor_never_created(id, &why);
         return ActorHandle { id, info };
@@ -63,7 +63,7 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
     }
     let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
     if let Some(core) = core::current() {
-        core.actor_created(id, info.handle.id, opts.max_restarts, opts.max_task_retries);
+        core.actor_created(id, info.handle.id, opts);
         if let Some(name) = &opts.name {
             // Claimed with the node: a name taken by a live actor ends this one at once.
             let claim = rayr_proto::ActorName {
@@ -83,6 +83,13 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
         }
     }
     ActorHandle { id, info }
+}
+
+/// Why an actor type that is not `Sync` cannot run calls concurrently.
+pub(crate) fn not_sync(class: &str, max_concurrency: u32) -> String {
+    format!(
+        "max_concurrency {max_concurrency} runs its &self methods on several threads at once, but {class} is not Sync: make its fields thread-safe (atomics, Mutex) or leave max_concurrency at 1"
+    )
 }
 
 /// A detached actor: its creation goes to the node agent, which holds it from then on (see
@@ -131,6 +138,7 @@ fn create_detached(id: Id, class: &'static str, args: Vec<ArgValue>, opts: &Task
         actor_creation: true,
         actor_name: if name.is_empty() { String::new() } else { format!("{namespace}/{name}") },
         actor_detached: true,
+        actor_max_concurrency: opts.max_concurrency,
         // The cause of the agent's TASK_SCHEDULED.
         scheduled_event: submitted.to_vec(),
         ..Default::default()
@@ -186,7 +194,7 @@ impl ActorHandle {
             // waits while the actor is being created or restarted), once per life.
             let attached = core
                 .find_actor(self.id, &self.info.handle.owner_address)
-                .and_then(|info| core.attach_actor(self.id, &info).map_err(|e| format!("its worker cannot be reached: {e}")));
+                .and_then(|(info, concurrency)| core.attach_actor(self.id, &info, concurrency).map_err(|e| format!("its worker cannot be reached: {e}")));
             if let Err(why) = attached {
                 core.actor_dead_here(self.id, "dead", &why);
                 return failed(&core, Error::ActorDied { actor: ActorId(self.id), cause: why });

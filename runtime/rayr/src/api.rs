@@ -97,6 +97,10 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
             _ => String::new(),
         },
         actor_detached: false,
+        actor_max_concurrency: match &actor {
+            Some(a) if a.creation => opts.max_concurrency,
+            _ => 0,
+        },
     };
     // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
     let events = core.event_batch();
@@ -136,8 +140,11 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         }
     }
     let mut failure: Option<(Error, String)> = None;
-    if actor.is_none() && (opts.max_restarts != 0 || opts.max_task_retries != 0 || opts.detached || !opts.unsupported.is_empty()) {
-        let mut names = opts.unsupported.clone();
+    if actor.is_none() && (opts.max_restarts != 0 || opts.max_task_retries != 0 || opts.detached || opts.max_concurrency > 1) {
+        let mut names = Vec::new();
+        if opts.max_concurrency > 1 {
+            names.push("max_concurrency");
+        }
         if opts.detached {
             names.push("lifetime_detached");
         }

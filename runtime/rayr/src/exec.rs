@@ -163,8 +163,56 @@ enum Target {
     Method(&'static registry::ActorMethod, Id),
 }
 
-/// The actor this worker hosts, if any: its id and its state.
-static ACTOR: parking_lot::Mutex<Option<(Id, Box<dyn std::any::Any + Send>)>> = parking_lot::Mutex::new(None);
+/// The actor this worker hosts: its id, its state, and how many calls run at once.
+struct Hosted {
+    id: Id,
+    state: Box<dyn std::any::Any + Send>,
+    concurrency: u32,
+}
+
+/// The hosted actor behind a read-write lock: `&mut self` methods take it exclusively,
+/// and so does every call of an actor that runs one call at a time; `&self` methods of a
+/// concurrent actor share it.
+struct HostedCell(parking_lot::RwLock<Option<Hosted>>);
+
+// SAFETY: the state is only reached through the lock. Shared access from several threads
+// at once happens only for a concurrent actor, and its creation checked that the state's
+// type is `Sync` (`ActorClass::sync`); every other access is exclusive, which needs only
+// `Send`.
+unsafe impl Sync for HostedCell {}
+
+static ACTOR: HostedCell = HostedCell(parking_lot::RwLock::new(None));
+
+/// A concurrent actor's calls: handed from the connection that read them to its pool.
+type Call = (rayr_proto::TaskSpec, Arc<core::ServerConn>);
+static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<Call>> = std::sync::OnceLock::new();
+
+/// Where a concurrent actor's calls go (`None`: run them on the reading thread, in order).
+pub(crate) fn call_pool() -> Option<&'static std::sync::mpsc::SyncSender<Call>> {
+    POOL.get()
+}
+
+/// Starts the pool of `n` threads that runs a concurrent actor's calls; each answers on
+/// the connection its call came from.
+fn start_pool(core: &Arc<Core>, n: u32) {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Call>(1024);
+    if POOL.set(tx).is_err() {
+        return;
+    }
+    let rx = Arc::new(parking_lot::Mutex::new(rx));
+    for i in 0..n {
+        let (core, rx) = (core.clone(), rx.clone());
+        let _ = std::thread::Builder::new().name(format!("rayr-actor-{i}")).spawn(move || {
+            loop {
+                let Ok((spec, conn)) = rx.lock().recv() else { return };
+                let mut events = None;
+                let result = run_task(&core, spec, &mut events);
+                drop(events);
+                conn.send(&result);
+            }
+        });
+    }
+}
 /// Its id alone, for `runtime_context()` (read while a method holds `ACTOR`).
 static ACTOR_ID: parking_lot::Mutex<Option<Id>> = parking_lot::Mutex::new(None);
 
@@ -231,13 +279,20 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &target {
         Target::Function(f) => (f.invoke)(&mut reader),
         Target::Create(class, id) => {
+            let concurrency = spec.actor_max_concurrency.max(1);
+            if concurrency > 1 && !(class.sync)() {
+                return Returned::BadArgument(crate::actor::not_sync(class.name, concurrency));
+            }
             // The constructor already runs as the actor (runtime_context says so).
             *ACTOR_ID.lock() = Some(*id);
             let state = match (class.construct)(&mut reader) {
                 Ok(state) => state,
                 Err(returned) => return returned,
             };
-            *ACTOR.lock() = Some((*id, state));
+            *ACTOR.0.write() = Some(Hosted { id: *id, state, concurrency });
+            if concurrency > 1 {
+                start_pool(core, concurrency);
+            }
             let mut e = core.event(EventKind::ActorCreated);
             e.actor_id = id.to_vec();
             e.worker_id = core.me.to_vec();
@@ -246,14 +301,23 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
             core.record(e);
             Returned::value(&crate::actor::ActorInfo { worker: core.me, address: core.address.clone() })
         }
-        Target::Method(method, id) => match &mut *ACTOR.lock() {
-            Some((hosted, state)) if hosted == id => (method.invoke)(state.as_mut(), &mut reader),
-            _ => Returned::ApplicationError(format!(
-                "actor {} is not alive in worker {} (its constructor failed)",
-                hex(id),
-                hex(&core.me)
-            )),
-        },
+        Target::Method(method, id) => {
+            let not_alive = || {
+                Returned::ApplicationError(format!("actor {} is not alive in worker {} (its constructor failed)", hex(id), hex(&core.me)))
+            };
+            // Shared access only for a `&self` method of a concurrent actor.
+            let concurrent = ACTOR.0.read().as_ref().is_some_and(|h| h.concurrency > 1);
+            match method.shared {
+                Some(shared) if concurrent => match &*ACTOR.0.read() {
+                    Some(h) if h.id == *id => shared(h.state.as_ref(), &mut reader),
+                    _ => not_alive(),
+                },
+                _ => match &mut *ACTOR.0.write() {
+                    Some(h) if h.id == *id => (method.invoke)(h.state.as_mut(), &mut reader),
+                    _ => not_alive(),
+                },
+            }
+        }
     }));
     drop(reader);
     match result {

@@ -19,6 +19,33 @@
 //! }
 //! ```
 //!
+//! Actors are a struct and its impl, both marked `#[rayr::actor]`. What cannot work is
+//! refused at compile time with a message, e.g. a generic method (a call names one concrete
+//! signature):
+//!
+//! ```compile_fail
+//! #[rayr::actor]
+//! pub struct Bag { n: u64 }
+//! #[rayr::actor]
+//! impl Bag {
+//!     pub fn new() -> Self { Bag { n: 0 } }
+//!     pub fn add<T: Into<u64>>(&mut self, x: T) -> u64 { self.n += x.into(); self.n }
+//! }
+//! ```
+//!
+//! or a method that the generated handle already has (`id`, `get_named`; `remote` and
+//! `options` on the type):
+//!
+//! ```compile_fail
+//! #[rayr::actor]
+//! pub struct Bag { n: u64 }
+//! #[rayr::actor]
+//! impl Bag {
+//!     pub fn new() -> Self { Bag { n: 0 } }
+//!     pub fn id(&self) -> u64 { self.n }
+//! }
+//! ```
+//!
 //! What lives where: [`core`](crate) (private) is the core worker inside every driver and
 //! worker process: ownership, the submitter, the peer server, the event buffer. `exec` is
 //! worker mode. The node agent (`rayr-node`) and the head (`rayr-head`) are separate crates;
@@ -62,7 +89,7 @@ pub mod __private {
     pub use crate::api::{ArgValue, submit_task};
     pub use crate::exec::run_worker_if_requested;
     pub use crate::option_builders;
-    pub use crate::registry::{ActorClass, ActorMethod, ArgReader, RemoteFunction, Returned};
+    pub use crate::registry::{ActorClass, ActorMethod, ArgReader, IsSync, NotSync, RemoteFunction, Returned, SyncProbe};
     pub use inventory;
     pub use serde;
 }

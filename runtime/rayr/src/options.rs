@@ -13,9 +13,8 @@ pub struct TaskOptions {
     /// A named actor's namespace ("" when not given).
     pub(crate) namespace: Option<String>,
     pub(crate) scheduling_strategy: Option<String>,
-    /// Actor options (API.md) that rayr does not act on yet: creating an actor with any
-    /// of them fails with a message naming it, rather than ignoring it.
-    pub(crate) unsupported: Vec<&'static str>,
+    /// Calls an actor runs at once (1: one at a time, in order).
+    pub(crate) max_concurrency: u32,
     /// An actor's restarts after its worker dies, and retries of its calls that were
     /// running then (−1: without end).
     pub(crate) max_restarts: i32,
@@ -34,7 +33,7 @@ impl Default for TaskOptions {
             retry_exceptions: false,
             name: None,
             namespace: None,
-            unsupported: Vec::new(),
+            max_concurrency: 1,
             max_restarts: 0,
             max_task_retries: 0,
             detached: false,
@@ -92,11 +91,12 @@ impl TaskOptions {
         self.max_task_retries = n.max(-1);
         self
     }
-    /// Calls an actor runs at once (1, the default, is all that is implemented).
+    /// Calls an actor runs at once. 1 (the default): one at a time, each caller's in the
+    /// order made. More: on a pool of that many threads in the actor's worker, in no set
+    /// order; `&self` methods share the state (its type must be `Sync`), `&mut self`
+    /// methods have it to themselves.
     pub fn max_concurrency(mut self, n: u32) -> Self {
-        if n > 1 {
-            self.unsupported.push("max_concurrency > 1");
-        }
+        self.max_concurrency = n.max(1);
         self
     }
     /// An actor that outlives its creator and its job: the node agent holds it (restarts

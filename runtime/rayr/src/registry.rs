@@ -28,13 +28,44 @@ pub(crate) fn lookup(name: &str) -> Option<&'static RemoteFunction> {
 pub struct ActorClass {
     pub name: &'static str,
     pub construct: fn(&mut ArgReader<'_>) -> Result<Box<dyn std::any::Any + Send>, Returned>,
+    /// Whether the type is `Sync`: only then may its `&self` methods run on several threads
+    /// at once (`max_concurrency` > 1).
+    pub sync: fn() -> bool,
 }
 
 /// One method of an actor type, under `class::method`.
 pub struct ActorMethod {
     pub name: &'static str,
     pub invoke: fn(&mut (dyn std::any::Any + Send), &mut ArgReader<'_>) -> Returned,
+    /// A `&self` method: callable with shared access (concurrently, in an actor whose type
+    /// is `Sync`); `None` for `&mut self`.
+    pub shared: Option<fn(&(dyn std::any::Any + Send), &mut ArgReader<'_>) -> Returned>,
 }
+
+/// Autoref specialization for [`ActorClass::sync`]: `(&SyncProbe::<T>::new()).is_sync()`
+/// is true exactly when `T: Sync` (generated code calls it with a concrete type).
+pub struct SyncProbe<T>(std::marker::PhantomData<T>);
+
+impl<T> SyncProbe<T> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        SyncProbe(std::marker::PhantomData)
+    }
+}
+
+pub trait IsSync {
+    fn is_sync(&self) -> bool {
+        true
+    }
+}
+impl<T: Sync> IsSync for SyncProbe<T> {}
+
+pub trait NotSync {
+    fn is_sync(&self) -> bool {
+        false
+    }
+}
+impl<T> NotSync for &SyncProbe<T> {}
 
 inventory::collect!(ActorClass);
 inventory::collect!(ActorMethod);

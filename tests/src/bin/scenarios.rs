@@ -57,11 +57,71 @@ impl Broken {
     }
 }
 
+/// Counts the calls inside it at once (runs them concurrently with max_concurrency > 1).
+#[rayr::actor]
+pub struct Gate {
+    inside: std::sync::atomic::AtomicU32,
+    most: std::sync::atomic::AtomicU32,
+    writes: u64,
+}
+
+#[rayr::actor]
+#[allow(clippy::new_without_default)]
+impl Gate {
+    pub fn new() -> Self {
+        Gate { inside: Default::default(), most: Default::default(), writes: 0 }
+    }
+    /// Stays `ms`; how many calls were inside, this one included, when it came in.
+    pub fn hold(&self, ms: u64) -> u32 {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = self.inside.fetch_add(1, SeqCst) + 1;
+        self.most.fetch_max(now, SeqCst);
+        std::thread::sleep(Duration::from_millis(ms));
+        self.inside.fetch_sub(1, SeqCst);
+        now
+    }
+    pub fn most(&self) -> u32 {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    /// Has the state to itself: how many other calls were inside (none, if exclusive).
+    pub fn write(&mut self) -> u32 {
+        let seen = self.inside.load(std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(50));
+        self.writes += 1;
+        seen
+    }
+}
+
+/// Not `Sync`: it cannot run calls concurrently.
+#[rayr::actor]
+pub struct Tally {
+    n: std::cell::Cell<u64>,
+}
+
+#[rayr::actor]
+#[allow(clippy::new_without_default)]
+impl Tally {
+    pub fn new() -> Self {
+        Tally { n: std::cell::Cell::new(0) }
+    }
+    pub fn bump(&self) -> u64 {
+        self.n.set(self.n.get() + 1);
+        self.n.get()
+    }
+}
+
 /// A value that takes a while.
 #[rayr::remote]
 fn slowly(x: u64) -> u64 {
     std::thread::sleep(Duration::from_millis(300));
     x
+}
+
+/// Holds a concurrent actor it was given with `n` calls at once; the most it saw inside.
+#[rayr::remote]
+fn hold_given(g: GateHandle, n: u32) -> u32 {
+    let calls: Vec<ObjectRef<u32>> = (0..n).map(|_| g.hold(300)).collect();
+    rayr::get_all(&calls).unwrap().into_iter().max().unwrap()
 }
 
 /// Calls an actor it was given.
@@ -511,13 +571,32 @@ fn main() -> rayr::Result<()> {
             }
             println!("NAME_FREED {freed}");
         }
-        "actor_api_pending" => {
-            let c = Counter::options().max_concurrency(2).remote(0);
-            match rayr::get(&c.get()) {
-                Err(e @ Error::ActorDied { .. }) => println!("CALL ActorDied {e}"),
-                other => println!("CALL unexpected {other:?}"),
+        "actor_concurrency" => {
+            let g = Gate::options().max_concurrency(4).remote();
+            rayr::get(&g.most())?; // created: what follows times the calls alone
+            let start = Instant::now();
+            let holds: Vec<ObjectRef<u32>> = (0..8).map(|_| g.hold(300)).collect();
+            rayr::get_all(&holds)?;
+            println!("CONCURRENT_MS {}", start.elapsed().as_millis());
+            println!("CONCURRENT_MOST {}", rayr::get(&g.most())?);
+            // A &mut self call waits for the &self calls running and keeps the others out.
+            let _running: Vec<ObjectRef<u32>> = (0..3).map(|_| g.hold(200)).collect();
+            std::thread::sleep(Duration::from_millis(50));
+            println!("WRITE_SAW {}", rayr::get(&g.write())?);
+            // Borrowers get the same concurrency (a task given the handle).
+            println!("FROM_TASK_MOST {}", rayr::get(&hold_given::remote(g.clone(), 4))?);
+            // Without max_concurrency: one call at a time.
+            let one = Gate::remote();
+            let holds: Vec<ObjectRef<u32>> = (0..3).map(|_| one.hold(100)).collect();
+            rayr::get_all(&holds)?;
+            println!("SERIAL_MOST {}", rayr::get(&one.most())?);
+            let t = Tally::options().max_concurrency(2).remote();
+            match rayr::get(&t.bump()) {
+                Err(e @ Error::ActorDied { .. }) => println!("NOT_SYNC ActorDied {e}"),
+                other => println!("NOT_SYNC unexpected {other:?}"),
             }
-            match rayr::get(&square::options().max_restarts(2).remote(3)) {
+            println!("SYNC_ONE {}", rayr::get(&Tally::remote().bump())?);
+            match rayr::get(&square::options().max_restarts(2).max_concurrency(3).remote(3)) {
                 Err(e) => println!("TASK_OPTION {e}"),
                 Ok(v) => println!("TASK_OPTION unexpected {v}"),
             }

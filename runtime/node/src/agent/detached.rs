@@ -396,6 +396,7 @@ impl Agent {
                 (None, Some(w), Some(address)) => {
                     out.worker_id = w.to_vec();
                     out.address = address.clone();
+                    out.max_concurrency = d.creation.actor_max_concurrency;
                 }
                 _ => out.pending = true,
             },

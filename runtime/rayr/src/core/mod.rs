@@ -165,6 +165,34 @@ struct ActorQueue {
     name: Option<rayr_proto::ActorName>,
     /// Why its calls fail now, and the ACTOR_DIED event saying so: the actor died.
     dead: Option<(String, Option<Id>)>,
+    /// Calls it runs at once: how many may be in flight to its worker (at least
+    /// `MAX_IN_FLIGHT`).
+    max_concurrency: u32,
+}
+
+impl ActorQueue {
+    /// `owned`: created here; `leased`: its worker is not to be leased from here (it has
+    /// been, or it is someone else's).
+    fn new(id: Id, owned: bool, leased: bool) -> ActorQueue {
+        ActorQueue {
+            id,
+            owned,
+            leased,
+            restarts_left: 0,
+            restarts: 0,
+            max_task_retries: 0,
+            creation: None,
+            location: None,
+            ready: false,
+            name: None,
+            dead: None,
+            max_concurrency: 1,
+        }
+    }
+
+    fn max_in_flight(&self) -> usize {
+        MAX_IN_FLIGHT.max(self.max_concurrency as usize)
+    }
 }
 
 struct Leased {
@@ -178,6 +206,8 @@ struct Leased {
     /// process holds its lease (its owner) or only talks to it.
     actor: bool,
     leased_here: bool,
+    /// Most tasks pushed and not answered (`MAX_IN_FLIGHT`, more for a concurrent actor).
+    max_in_flight: usize,
 }
 
 pub(crate) struct State {
@@ -610,6 +640,16 @@ impl Core {
         while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
             let req = msg.req_id;
             match msg.body {
+                Some(peer_message::Body::Push(spec))
+                    if self.runs_tasks && !spec.actor_creation && !spec.actor_id.is_empty() && crate::exec::call_pool().is_some() =>
+                {
+                    // A concurrent actor's call: its pool runs it and answers on `conn`.
+                    events = None;
+                    if let Some(pool) = crate::exec::call_pool() {
+                        let _ = pool.send((spec, conn.clone()));
+                    }
+                    continue;
+                }
                 Some(peer_message::Body::Push(spec)) if self.runs_tasks => {
                     // Run it on this thread: no hand-off to another thread per task. A task
                     // blocked in `get` waits here; the replies it waits for arrive on other

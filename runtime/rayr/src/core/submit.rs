@@ -51,7 +51,11 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| ActorQueue { id, owned: t.spec.actor_creation, leased: false, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None });
+        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| {
+            let mut a = ActorQueue::new(id, t.spec.actor_creation, false);
+            a.max_concurrency = t.spec.actor_max_concurrency.max(1);
+            a
+        });
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
             demand,
             ready: VecDeque::new(),
@@ -85,10 +89,10 @@ impl Core {
             let best = q
                 .workers
                 .iter()
-                .filter_map(|w| st.leased.get(w).map(|l| (*w, l.in_flight.len(), l.in_flight_bytes)))
-                .filter(|&(_, n, bytes)| n == 0 || (n < MAX_IN_FLIGHT && bytes + push_len <= MAX_IN_FLIGHT_BYTES))
-                .min_by_key(|&(_, n, _)| n)
-                .map(|(w, n, _)| (w, n));
+                .filter_map(|w| st.leased.get(w).map(|l| (*w, l.in_flight.len(), l.in_flight_bytes, l.max_in_flight)))
+                .filter(|&(_, n, bytes, most)| n == 0 || (n < most && bytes + push_len <= MAX_IN_FLIGHT_BYTES))
+                .min_by_key(|&(_, n, _, _)| n)
+                .map(|(w, n, _, _)| (w, n));
             let Some((worker, _)) = best else {
                 let q = st.queues.get_mut(key).unwrap();
                 // An actor's worker is leased once, by its owner; everyone else is given it.
@@ -227,9 +231,19 @@ impl Core {
             a.location = Some((worker, reply.address.clone()));
         }
         let actor = q.actor.is_some();
+        let max_in_flight = q.actor.as_ref().map_or(MAX_IN_FLIGHT, ActorQueue::max_in_flight);
         st.leased.insert(
             worker,
-            Leased { conn: conn.clone(), key: key.clone(), in_flight: HashMap::new(), in_flight_bytes: 0, idle_since: Some(Instant::now()), actor, leased_here: true },
+            Leased {
+                conn: conn.clone(),
+                key: key.clone(),
+                in_flight: HashMap::new(),
+                in_flight_bytes: 0,
+                idle_since: Some(Instant::now()),
+                actor,
+                leased_here: true,
+                max_in_flight,
+            },
         );
         self.dispatch_locked(&mut st, &key);
         if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
@@ -665,12 +679,13 @@ impl Core {
 
     /// An actor was just submitted: `info` (its creation's result, which its handles hold)
     /// stands for its life, and it may restart `max_restarts` times.
-    pub(crate) fn actor_created(&self, actor: Id, info: Id, max_restarts: i32, max_task_retries: i32) {
+    pub(crate) fn actor_created(&self, actor: Id, info: Id, opts: &crate::TaskOptions) {
         let mut st = self.state.lock();
         st.actors.insert(info, actor);
         if let Some(a) = st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
-            a.restarts_left = max_restarts;
-            a.max_task_retries = max_task_retries;
+            a.restarts_left = opts.max_restarts;
+            a.max_task_retries = opts.max_task_retries;
+            a.max_concurrency = opts.max_concurrency;
         }
     }
 
@@ -703,7 +718,7 @@ impl Core {
                 ready: VecDeque::new(),
                 leases_requested: 0,
                 workers: Vec::new(),
-                actor: Some(ActorQueue { id: actor, owned: true, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None }),
+                actor: Some(ActorQueue::new(actor, true, true)),
             },
         );
         self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: why, because: None, kill: false }, Vec::new());
@@ -736,7 +751,7 @@ impl Core {
 
     /// Gives this process the actor's worker to send calls to (a handle's holder that did
     /// not create the actor).
-    pub(crate) fn attach_actor(self: &Arc<Self>, actor: Id, info: &crate::actor::ActorInfo) -> std::io::Result<()> {
+    pub(crate) fn attach_actor(self: &Arc<Self>, actor: Id, info: &crate::actor::ActorInfo, max_concurrency: u32) -> std::io::Result<()> {
         let conn = self.peer(&info.address)?;
         *conn.worker.lock() = Some(info.worker);
         let key = crate::api::actor_key(&actor);
@@ -746,12 +761,19 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None }),
+            actor: Some(ActorQueue::new(actor, false, true)),
         });
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) || q.workers.contains(&info.worker) {
             return Ok(());
         }
         q.workers.push(info.worker);
+        let max_in_flight = match q.actor.as_mut() {
+            Some(a) => {
+                a.max_concurrency = max_concurrency.max(1);
+                a.max_in_flight()
+            }
+            None => MAX_IN_FLIGHT,
+        };
         st.leased.entry(info.worker).or_insert(Leased {
             conn: conn.clone(),
             key: key.clone(),
@@ -760,6 +782,7 @@ impl Core {
             idle_since: None,
             actor: true,
             leased_here: false,
+            max_in_flight,
         });
         self.dispatch_locked(&mut st, &key);
         if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
@@ -785,6 +808,7 @@ impl Core {
                 Some((w, address)) if a.ready && q.workers.contains(w) => {
                     out.worker_id = w.to_vec();
                     out.address = address.clone();
+                    out.max_concurrency = a.max_concurrency;
                 }
                 _ => out.pending = true,
             },
@@ -794,7 +818,8 @@ impl Core {
 
     /// Asks the actor's owner where it lives now, waiting (up to a minute) while it is
     /// being created or restarted: (worker, address), or why it is dead.
-    pub(crate) fn find_actor(self: &Arc<Self>, actor: Id, owner_address: &str) -> Result<crate::actor::ActorInfo, String> {
+    /// Also how many calls it runs at once.
+    pub(crate) fn find_actor(self: &Arc<Self>, actor: Id, owner_address: &str) -> Result<(crate::actor::ActorInfo, u32), String> {
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
         let mut pause = std::time::Duration::from_millis(1);
         loop {
@@ -810,7 +835,7 @@ impl Core {
             if !l.pending
                 && let Ok(worker) = <Id>::try_from(l.worker_id.as_slice())
             {
-                return Ok(crate::actor::ActorInfo { worker, address: l.address });
+                return Ok((crate::actor::ActorInfo { worker, address: l.address }, l.max_concurrency));
             }
             if Instant::now() > deadline {
                 return Err("it was still being created after a minute".into());
@@ -830,7 +855,7 @@ impl Core {
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
-            actor: Some(ActorQueue { id: actor, owned: false, leased: true, dead: None, restarts_left: 0, restarts: 0, max_task_retries: 0, creation: None, location: None, ready: false, name: None }),
+            actor: Some(ActorQueue::new(actor, false, true)),
         });
         self.end_actor_locked(&mut st, actor, ActorEnd { cause, detail: why, because: None, kill: false }, Vec::new());
     }
