@@ -452,6 +452,14 @@ fn an_actor_with_max_restarts_is_created_again_until_none_are_left() {
 }
 
 #[test]
+fn an_actor_whose_constructor_took_a_ref_restarts_with_it_and_frees_it_when_it_ends() {
+    let s = scenario("actor_restart_ref");
+    assert_eq!(s.get("BEFORE"), "300000 900000");
+    assert_eq!(s.get("AFTER_RESTART"), "300000 900000", "the constructor re-ran on the kept object");
+    assert_eq!(s.get("STORE_AFTER_END"), "0", "the kept argument is freed when the actor ends");
+}
+
+#[test]
 fn calls_running_when_an_actor_restarts_are_retried_per_max_task_retries() {
     let s = scenario("actor_task_retries");
     assert_eq!(s.get("RUNNING1"), "10", "retried on the restarted actor (fresh state)");
@@ -512,6 +520,8 @@ fn a_named_detached_actor_outlives_its_driver_and_is_found_by_the_next() {
     let second = driver_of(tmp.path(), "detached_find");
     assert_eq!(second["ACTOR"], first["ACTOR"], "found by name");
     assert_eq!(second["SURVIVED"], "16", "its state outlived the first driver");
+    assert_eq!(second["RUNNING_RETRIED"], "10", "the call running when its worker died ran again on the restarted actor");
+    assert_eq!(second["AFTER_RETRIED"], "10");
     assert_eq!(second["RESTARTED"], "10 pid_changed=true", "restarted after its job ended, state rebuilt by the constructor");
     assert_eq!(second["FROM_TASK"], "11", "a task of the second driver finds it by name");
     assert!(second["AFTER_KILL"].starts_with("ActorDied") && second["AFTER_KILL"].contains("killed by rayr::kill"), "{}", second["AFTER_KILL"]);
@@ -551,6 +561,8 @@ fn a_named_detached_actor_outlives_its_driver_and_is_found_by_the_next() {
     assert_eq!(kind(exit), EventKind::WorkerExited);
     let Some(event::Detail::WorkerExit(x)) = &exit.detail else { panic!() };
     assert_eq!(x.pid, pid, "the SIGKILLed worker");
+    let retried = events.iter().find(|e| kind(e) == EventKind::TaskRetried && e.actor_id == actor).expect("TASK_RETRIED of the running call");
+    assert_eq!(retried.cause, exit.id, "retried because the worker exited");
     // The first driver's job ended before the restart.
     assert!(events.iter().any(|e| kind(e) == EventKind::JobFinished && e.time_us < restarted.time_us));
     // The actor left running ended with the cluster, and says so.

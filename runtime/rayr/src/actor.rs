@@ -61,9 +61,12 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
     if opts.detached {
         return create_detached(id, class, args, opts);
     }
+    if let Some(core) = core::current() {
+        core.actor_configured(id, opts);
+    }
     let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
     if let Some(core) = core::current() {
-        core.actor_created(id, info.handle.id, opts);
+        core.actor_created(id, info.handle.id);
         if let Some(name) = &opts.name {
             // Claimed with the node: a name taken by a live actor ends this one at once.
             let claim = rayr_proto::ActorName {
@@ -143,7 +146,7 @@ fn create_detached(id: Id, class: &'static str, args: Vec<ArgValue>, opts: &Task
         scheduled_event: submitted.to_vec(),
         ..Default::default()
     };
-    let request = rayr_proto::CreateDetachedActor { creation: Some(creation), resources: opts.resources.clone(), max_restarts: opts.max_restarts, namespace, name };
+    let request = rayr_proto::CreateDetachedActor { creation: Some(creation), resources: opts.resources.clone(), max_restarts: opts.max_restarts, namespace, name, max_task_retries: opts.max_task_retries };
     let reply = match core.node_conn.call(rayr_proto::client_message::Body::CreateDetached(request)) {
         Ok(rayr_proto::node_message::Body::Detached(r)) => r,
         Ok(_) => return never("the node agent answered its creation with something else".into()),
@@ -192,10 +195,7 @@ impl ActorHandle {
         {
             // Given this handle by someone else: ask its owner where the actor lives (it
             // waits while the actor is being created or restarted), once per life.
-            let attached = core
-                .find_actor(self.id, &self.info.handle.owner_address)
-                .and_then(|(info, concurrency)| core.attach_actor(self.id, &info, concurrency).map_err(|e| format!("its worker cannot be reached: {e}")));
-            if let Err(why) = attached {
+            if let Err(why) = core.locate_and_attach(self.id, &self.info.handle.owner_address) {
                 core.actor_dead_here(self.id, "dead", &why);
                 return failed(&core, Error::ActorDied { actor: ActorId(self.id), cause: why });
             }

@@ -92,6 +92,26 @@ impl Gate {
     }
 }
 
+/// Built from a large value (in the store, passed by reference).
+#[rayr::actor]
+pub struct Blob {
+    len: usize,
+    sum: u64,
+}
+
+#[rayr::actor]
+impl Blob {
+    pub fn new(data: Vec<u8>) -> Self {
+        Blob { len: data.len(), sum: data.iter().map(|b| *b as u64).sum() }
+    }
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.len, self.sum)
+    }
+    pub fn pid(&self) -> u32 {
+        std::process::id()
+    }
+}
+
 /// Not `Sync`: it cannot run calls concurrently.
 #[rayr::actor]
 pub struct Tally {
@@ -458,6 +478,31 @@ fn main() -> rayr::Result<()> {
                 }
             }
         }
+        // An actor whose constructor took a ref restarts with it: the ref is kept for it.
+        "actor_restart_ref" => {
+            let data = rayr::put(vec![3u8; 300_000])?;
+            let b = Blob::options().max_restarts(1).remote(&data);
+            println!("BEFORE {}", rayr::get(&b.describe())?);
+            drop(data); // the actor's creation alone keeps it now
+            let pid = rayr::get(&b.pid())?;
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let after = loop {
+                match rayr::get(&b.pid()) {
+                    Ok(now) if now != pid => break rayr::get(&b.describe()).unwrap_or_else(|e| format!("error {e}")),
+                    Ok(_) | Err(Error::ActorDied { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    other => break format!("unexpected {other:?}"),
+                }
+            };
+            println!("AFTER_RESTART {after}");
+            drop(b);
+            // Ended: the kept argument is freed with it.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while rayr::store_usage()?.0 > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            println!("STORE_AFTER_END {}", rayr::store_usage()?.0);
+        }
         "actor_task_retries" => {
             for retries in [1, 0] {
                 let c = Counter::options().max_restarts(1).max_task_retries(retries).remote(10);
@@ -490,7 +535,7 @@ fn main() -> rayr::Result<()> {
         }
         // Run against `rayr start`: creates detached actors and exits, leaving them behind.
         "detached_create" => {
-            let c = Counter::options().name("counter").namespace("svc").lifetime_detached().max_restarts(1).remote(10);
+            let c = Counter::options().name("counter").namespace("svc").lifetime_detached().max_restarts(1).max_task_retries(1).remote(10);
             println!("ACTOR {}", c.id());
             println!("FIRST {}", rayr::get(&c.incr(5))?);
             println!("ACTOR_PID {}", rayr::get(&c.pid())?);
@@ -516,8 +561,18 @@ fn main() -> rayr::Result<()> {
             println!("ACTOR {}", c.id());
             println!("SURVIVED {}", rayr::get(&c.incr(1))?);
             let pid = rayr::get(&c.pid())?;
+            // Calls running when its worker dies run again on the next life (max_task_retries).
+            let running = c.slow(2_000);
+            let after = c.get();
+            std::thread::sleep(Duration::from_millis(300));
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            // Its worker died after its job ended: the agent re-runs the constructor.
+            let show = |r: rayr::Result<u64>| match r {
+                Ok(v) => v.to_string(),
+                Err(e) => format!("error {e}"),
+            };
+            println!("RUNNING_RETRIED {}", show(rayr::get(&running)));
+            println!("AFTER_RETRIED {}", show(rayr::get(&after)));
+            // Its worker died after its job ended: the agent re-ran the constructor.
             let deadline = Instant::now() + Duration::from_secs(30);
             let restarted = loop {
                 match rayr::get(&c.get()).and_then(|v| Ok((v, rayr::get(&c.pid())?))) {

@@ -41,6 +41,8 @@ pub(super) struct DetachedActor {
     info_object: Id,
     restarts_left: i32,
     restarts: u32,
+    /// Told to callers: how often a call running when its worker dies runs again.
+    max_task_retries: i32,
     /// The worker hosting it (leased, or being created there).
     worker: Option<Id>,
     /// Its worker's socket once the constructor returned: callers may come.
@@ -127,6 +129,7 @@ impl Agent {
                 info_object,
                 restarts_left: c.max_restarts.max(-1),
                 restarts: 0,
+                max_task_retries: c.max_task_retries.max(-1),
                 worker: None,
                 alive_at: None,
                 dead: None,
@@ -397,6 +400,7 @@ impl Agent {
                     out.worker_id = w.to_vec();
                     out.address = address.clone();
                     out.max_concurrency = d.creation.actor_max_concurrency;
+                    out.max_task_retries = d.max_task_retries;
                 }
                 _ => out.pending = true,
             },

@@ -168,6 +168,13 @@ struct ActorQueue {
     /// Calls it runs at once: how many may be in flight to its worker (at least
     /// `MAX_IN_FLIGHT`).
     max_concurrency: u32,
+    /// Its constructor's arguments by reference (owned, borrowed), kept while it may
+    /// restart; released when it ends.
+    kept_args: (Vec<Id>, Vec<Id>),
+    /// Where its owner answers (a process that did not create it), and the last worker of
+    /// it seen dead here (the owner may still name it for a moment).
+    owner_address: Option<String>,
+    lost_worker: Option<Id>,
 }
 
 impl ActorQueue {
@@ -187,6 +194,9 @@ impl ActorQueue {
             name: None,
             dead: None,
             max_concurrency: 1,
+            kept_args: (Vec::new(), Vec::new()),
+            owner_address: None,
+            lost_worker: None,
         }
     }
 

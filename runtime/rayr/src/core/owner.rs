@@ -150,6 +150,7 @@ impl Core {
         }
         let why = "every handle to it was dropped";
         a.dead = Some((why.into(), None));
+        let kept = std::mem::take(&mut a.kept_args);
         if let Some(name) = a.name.take() {
             let _ = self.node_conn.send(0, rayr_proto::client_message::Body::UnnameActor(name));
         }
@@ -166,6 +167,8 @@ impl Core {
         if let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) {
             a.dead = Some((why.into(), Some(died)));
         }
+        // No restart will need its constructor's arguments now.
+        self.release_args_locked(st, kept);
     }
 
     pub(super) fn free_in_store(&self, ids: &[Id]) {

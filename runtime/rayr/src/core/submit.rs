@@ -406,17 +406,29 @@ impl Core {
             // What a restart re-runs (its arguments are values by now).
             a.creation = Some(t.spec.clone());
         }
+        let mut args = (t.owned_args, t.borrowed_args);
         if t.spec.actor_creation
             && !matches!(slot, Slot::Failed(_))
             && let Some(a) = st.queues.get_mut(&t.key).and_then(|q| q.actor.as_mut())
         {
             a.ready = true;
+            if a.restarts_left != 0 && a.dead.is_none() {
+                // A restart re-runs the constructor with these: they live as long as it may.
+                a.kept_args.0.append(&mut args.0);
+                a.kept_args.1.append(&mut args.1);
+            }
         }
         self.object_created(st, ret, slot, Some(task), cause);
-        for id in t.owned_args {
+        self.release_args_locked(st, args);
+    }
+
+    /// A task's arguments are no longer needed by it: owned ones unpinned, borrowed ones
+    /// released.
+    pub(super) fn release_args_locked(&self, st: &mut State, (owned, borrowed): (Vec<Id>, Vec<Id>)) {
+        for id in owned {
             self.unpin_locked(st, id, self.me, "the last task using it finished");
         }
-        for id in t.borrowed_args {
+        for id in borrowed {
             self.release_borrowed_locked(st, id);
         }
     }
@@ -476,16 +488,65 @@ impl Core {
             let why = format!("its worker {} died: {detail}", hex(&worker));
             let owned = st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).is_some_and(|a| a.owned);
             if !owned {
-                // Only its owner knows whether it restarts: the calls that were running
-                // fail, and the next call asks the owner where the actor is now.
+                // Only its owner knows whether it restarts. The calls that were running run
+                // again on the next life while they have retries (max_task_retries, as the
+                // owner said), the others fail; what is queued waits while this process asks
+                // the owner where the actor is now (or learns that it is dead).
+                let key = crate::api::actor_key(&actor);
+                let (retries, owner_address) = match st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) {
+                    Some(a) => {
+                        a.lost_worker = Some(worker);
+                        (a.max_task_retries, a.owner_address.clone())
+                    }
+                    None => (0, None),
+                };
                 let cause = format!("{why} while running this call");
+                let mut again: Vec<(u64, Id)> = Vec::new();
                 for task in tasks {
-                    let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
-                    self.fail_task_final_locked(&mut st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), exit_event);
+                    let Some(t) = st.tasks.get_mut(&task) else { continue };
+                    if retries < 0 || (t.spec.attempt as i64) < retries as i64 {
+                        t.spec.attempt += 1;
+                        t.worker = None;
+                        let mut e = self.event(EventKind::TaskRetried);
+                        e.task_id = task.to_vec();
+                        e.actor_id = actor.to_vec();
+                        if let Some(c) = exit_event {
+                            e.cause = c.to_vec();
+                        }
+                        e.detail = Some(event::Detail::Task(TaskDetail {
+                            function: t.spec.function.clone(),
+                            attempt: t.spec.attempt,
+                            reason: format!("{cause}; retried on the actor's next life, if it restarts"),
+                            ..Default::default()
+                        }));
+                        t.last_event = self.record(e);
+                        again.push((t.seq, task));
+                    } else {
+                        let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
+                        self.fail_task_final_locked(&mut st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), exit_event);
+                    }
                 }
+                again.sort_unstable();
+                let waiting = match st.queues.get_mut(&key) {
+                    Some(q) => {
+                        for (_, task) in again.into_iter().rev() {
+                            q.ready.push_front(task);
+                        }
+                        !q.ready.is_empty()
+                    }
+                    None => false,
+                };
                 drop(st);
                 self.send_outbox();
                 self.ready.notify_all();
+                if waiting && let Some(owner_address) = owner_address {
+                    let core = self.clone();
+                    let _ = std::thread::Builder::new().name("rayr-actor-relocate".into()).spawn(move || {
+                        if let Err(why) = core.locate_and_attach(actor, &owner_address) {
+                            core.actor_dead_here(actor, "dead", &why);
+                        }
+                    });
+                }
                 return;
             }
             if self.restart_actor_locked(&mut st, actor, &why, exit_event, &tasks) {
@@ -541,6 +602,7 @@ impl Core {
         }
         a.dead = Some((detail.to_string(), None));
         let owned = a.owned;
+        let kept = std::mem::take(&mut a.kept_args);
         if let Some(name) = a.name.take() {
             let _ = self.node_conn.send(0, client_message::Body::UnnameActor(name));
         }
@@ -579,6 +641,8 @@ impl Core {
             let err = Error::ActorDied { actor: crate::ActorId(actor), cause: detail.to_string() };
             self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {detail}", hex(&actor)), died);
         }
+        // No restart will need its constructor's arguments now.
+        self.release_args_locked(st, kept);
     }
 
     /// Its worker died (`why`): with restarts left, the actor is created again on a new
@@ -588,8 +652,8 @@ impl Core {
     fn restart_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, why: &str, exit_event: Option<Id>, in_flight: &[Id]) -> bool {
         let key = crate::api::actor_key(&actor);
         let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) else { return false };
-        let by_value = |s: &TaskSpec| s.args.iter().all(|x| matches!(x.arg, Some(rayr_proto::task_arg::Arg::InlineValue(_))));
-        if !a.owned || a.dead.is_some() || a.restarts_left == 0 || !a.creation.as_ref().is_some_and(by_value) {
+        // (Arguments by reference are still there: the actor keeps them while it may restart.)
+        if !a.owned || a.dead.is_some() || a.restarts_left == 0 || a.creation.is_none() {
             return false;
         }
         if a.restarts_left > 0 {
@@ -677,16 +741,21 @@ impl Core {
         true
     }
 
+    /// An actor is about to be submitted from here: its queue, with how it restarts and how
+    /// many calls it runs at once, is there before its creation is queued.
+    pub(crate) fn actor_configured(&self, actor: Id, opts: &crate::TaskOptions) {
+        let mut a = ActorQueue::new(actor, true, false);
+        a.restarts_left = opts.max_restarts;
+        a.max_task_retries = opts.max_task_retries;
+        a.max_concurrency = opts.max_concurrency.max(1);
+        let q = Queue { demand: opts.resources.clone(), ready: VecDeque::new(), leases_requested: 0, workers: Vec::new(), actor: Some(a) };
+        self.state.lock().queues.insert(crate::api::actor_key(&actor), q);
+    }
+
     /// An actor was just submitted: `info` (its creation's result, which its handles hold)
-    /// stands for its life, and it may restart `max_restarts` times.
-    pub(crate) fn actor_created(&self, actor: Id, info: Id, opts: &crate::TaskOptions) {
-        let mut st = self.state.lock();
-        st.actors.insert(info, actor);
-        if let Some(a) = st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
-            a.restarts_left = opts.max_restarts;
-            a.max_task_retries = opts.max_task_retries;
-            a.max_concurrency = opts.max_concurrency;
-        }
+    /// stands for its life.
+    pub(crate) fn actor_created(&self, actor: Id, info: Id) {
+        self.state.lock().actors.insert(info, actor);
     }
 
     /// The actor now holds `name` with the node (freed when it ends).
@@ -751,7 +820,31 @@ impl Core {
 
     /// Gives this process the actor's worker to send calls to (a handle's holder that did
     /// not create the actor).
-    pub(crate) fn attach_actor(self: &Arc<Self>, actor: Id, info: &crate::actor::ActorInfo, max_concurrency: u32) -> std::io::Result<()> {
+    /// Asks the actor's owner (at `owner_address`) where the actor lives now and sends its
+    /// queued calls there. Err: why it is dead (or unreachable for good).
+    pub(crate) fn locate_and_attach(self: &Arc<Self>, actor: Id, owner_address: &str) -> Result<(), String> {
+        for _ in 0..20 {
+            let avoid = {
+                let st = self.state.lock();
+                st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).and_then(|a| a.lost_worker)
+            };
+            let found = self.find_actor(actor, owner_address, avoid)?;
+            match self.attach_actor(actor, owner_address, &found) {
+                Ok(()) => return Ok(()),
+                // Died between the owner's answer and our connect: ask again.
+                Err(_) => {
+                    let mut st = self.state.lock();
+                    if let Some(a) = st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+                        a.lost_worker = Some(found.info.worker);
+                    }
+                }
+            }
+        }
+        Err("its worker could not be reached after 20 tries".into())
+    }
+
+    fn attach_actor(self: &Arc<Self>, actor: Id, owner_address: &str, found: &FoundActor) -> std::io::Result<()> {
+        let info = &found.info;
         let conn = self.peer(&info.address)?;
         *conn.worker.lock() = Some(info.worker);
         let key = crate::api::actor_key(&actor);
@@ -769,7 +862,9 @@ impl Core {
         q.workers.push(info.worker);
         let max_in_flight = match q.actor.as_mut() {
             Some(a) => {
-                a.max_concurrency = max_concurrency.max(1);
+                a.max_concurrency = found.max_concurrency.max(1);
+                a.max_task_retries = found.max_task_retries;
+                a.owner_address = Some(owner_address.to_string());
                 a.max_in_flight()
             }
             None => MAX_IN_FLIGHT,
@@ -809,6 +904,7 @@ impl Core {
                     out.worker_id = w.to_vec();
                     out.address = address.clone();
                     out.max_concurrency = a.max_concurrency;
+                    out.max_task_retries = a.max_task_retries;
                 }
                 _ => out.pending = true,
             },
@@ -818,8 +914,9 @@ impl Core {
 
     /// Asks the actor's owner where it lives now, waiting (up to a minute) while it is
     /// being created or restarted: (worker, address), or why it is dead.
-    /// Also how many calls it runs at once.
-    pub(crate) fn find_actor(self: &Arc<Self>, actor: Id, owner_address: &str) -> Result<(crate::actor::ActorInfo, u32), String> {
+    /// A location naming `avoid` (a worker seen dead, which the owner may not know yet) is
+    /// taken for "being restarted".
+    fn find_actor(self: &Arc<Self>, actor: Id, owner_address: &str, avoid: Option<Id>) -> Result<FoundActor, String> {
         let deadline = Instant::now() + std::time::Duration::from_secs(60);
         let mut pause = std::time::Duration::from_millis(1);
         loop {
@@ -834,8 +931,10 @@ impl Core {
             }
             if !l.pending
                 && let Ok(worker) = <Id>::try_from(l.worker_id.as_slice())
+                && Some(worker) != avoid
             {
-                return Ok((crate::actor::ActorInfo { worker, address: l.address }, l.max_concurrency));
+                let info = crate::actor::ActorInfo { worker, address: l.address };
+                return Ok(FoundActor { info, max_concurrency: l.max_concurrency, max_task_retries: l.max_task_retries });
             }
             if Instant::now() > deadline {
                 return Err("it was still being created after a minute".into());
@@ -868,6 +967,13 @@ impl Core {
             .and_then(|q| q.actor.as_ref().map(|a| a.owned || a.dead.is_some() || !q.workers.is_empty()))
             .unwrap_or(false)
     }
+}
+
+/// Where an actor lives now, as its owner said, and how its calls are to be sent.
+pub(crate) struct FoundActor {
+    info: crate::actor::ActorInfo,
+    max_concurrency: u32,
+    max_task_retries: i32,
 }
 
 /// How an actor ended (see `end_actor_locked`): the cause recorded in ACTOR_DIED, what its
