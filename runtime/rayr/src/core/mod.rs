@@ -52,6 +52,28 @@ const TICK_EVERY: Duration = Duration::from_millis(5);
 static CORE: RwLock<Option<Arc<Core>>> = RwLock::new(None);
 
 /// The running core of this process, if `init` has run.
+/// How long a peer-socket reader with nothing buffered keeps its CPU, polling for the next
+/// message, before it blocks. On a VM, waking a thread whose vCPU went idle costs tens of
+/// µs (a round trip between the two vCPUs here is ~45 µs, ~8 on one: BENCHMARKS.md); an
+/// exchange answered within the window never pays it (sync actor calls 21–24k/s → 38–44k/s,
+/// and pipelined tasks and calls gain too). The poll yields to any runnable thread, so the
+/// window spends only time the CPU would have idled.
+const SPIN_BEFORE_BLOCK: Duration = Duration::from_micros(60);
+
+/// Waits up to `SPIN_BEFORE_BLOCK` for `fd` to be readable, yielding the CPU between polls.
+fn spin_until_readable(fd: std::os::fd::RawFd) {
+    let start = Instant::now();
+    loop {
+        let mut p = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd; a zero timeout never blocks.
+        if unsafe { libc::poll(&mut p, 1, 0) } != 0 || start.elapsed() >= SPIN_BEFORE_BLOCK {
+            return;
+        }
+        // SAFETY: no arguments; lets runnable threads of this CPU go first.
+        unsafe { libc::sched_yield() };
+    }
+}
+
 pub(crate) fn current() -> Option<Arc<Core>> {
     CORE.read().clone()
 }
@@ -642,12 +664,17 @@ impl Core {
             self.held_results.lock().push(Arc::downgrade(&held));
             HELD.with(|h| *h.borrow_mut() = Some(held.clone()));
         }
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let mut reader = FrameReader::new(stream);
         let mut borrowers: HashSet<Id> = HashSet::new();
         // A task's TASK_FINISHED and the next pushed task's TASK_STARTED, when it is
         // already here, are one batch of events (one clock reading, one publish).
         let mut events = None;
-        while let Ok(Some(msg)) = reader.next::<PeerMessage>() {
+        loop {
+            if !reader.has_buffered_frame() {
+                spin_until_readable(fd);
+            }
+            let Ok(Some(msg)) = reader.next::<PeerMessage>() else { break };
             let req = msg.req_id;
             match msg.body {
                 Some(peer_message::Body::Push(spec))
@@ -746,6 +773,9 @@ impl Core {
         // Results already read are handled together: one lock, one wake-up per batch.
         let mut results = Vec::new();
         loop {
+            if !reader.has_buffered_frame() {
+                spin_until_readable(conn.raw_fd);
+            }
             let msg: PeerMessage = match reader.next() {
                 Ok(Some(m)) => m,
                 _ => break,

@@ -146,6 +146,10 @@ impl Core {
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(a) = q.actor.as_mut() else { return };
         if a.dead.is_some() {
+            // Nothing can call it any more: its queue goes (no memory per actor ever made).
+            if q.ready.is_empty() && q.workers.is_empty() {
+                st.queues.remove(&key);
+            }
             return;
         }
         let why = "every handle to it was dropped";
@@ -169,6 +173,9 @@ impl Core {
         }
         // No restart will need its constructor's arguments now.
         self.release_args_locked(st, kept);
+        if st.queues.get(&key).is_some_and(|q| q.ready.is_empty() && q.workers.is_empty()) {
+            st.queues.remove(&key);
+        }
     }
 
     pub(super) fn free_in_store(&self, ids: &[Id]) {

@@ -218,7 +218,12 @@ impl Core {
         };
         *conn.worker.lock() = Some(worker);
         let mut st = self.state.lock();
-        let Some(q) = st.queues.get_mut(&key) else { return };
+        let Some(q) = st.queues.get_mut(&key) else {
+            // Its actor ended and was forgotten while the worker was on the way.
+            let ret = rayr_proto::LeaseReturn { worker_id: worker.to_vec(), kill: "the actor it was leased for had already ended".into() };
+            let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
+            return;
+        };
         q.leases_requested = 0;
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) {
             // It ended while its worker was on the way (killed, say): not needed.
