@@ -573,6 +573,17 @@ fn a_named_detached_actor_outlives_its_driver_and_is_found_by_the_next() {
 }
 
 #[test]
+fn a_handle_from_another_cluster_says_so() {
+    let s = scenario("foreign_handle");
+    assert_nothing_left(Path::new(s.get("SESSION2")));
+    let first = s.session.display().to_string();
+    for key in ["FOREIGN_CALL", "FOREIGN_KILL"] {
+        let line = s.get(key);
+        assert!(line.contains("belongs to another cluster") && line.contains(&first) && line.contains(s.get("ACTOR")), "{key}: {line}");
+    }
+}
+
+#[test]
 fn a_worker_that_dies_while_idle_is_replaced() {
     let s = scenario("idle_worker_dies");
     assert_eq!(s.get("STILL_RUNS"), "16");

@@ -193,6 +193,9 @@ impl ActorHandle {
         if let Some(core) = core::current()
             && !core.actor_reachable(&self.id)
         {
+            if let Some(err) = foreign(&core, self) {
+                return failed(&core, err);
+            }
             // Given this handle by someone else: ask its owner where the actor lives (it
             // waits while the actor is being created or restarted), once per life.
             if let Err(why) = core.locate_and_attach(self.id, &self.info.handle.owner_address) {
@@ -223,6 +226,9 @@ impl AsActorHandle for ActorHandle {
 pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()> {
     let core = core::require()?;
     let h = handle.actor_handle();
+    if let Some(err) = foreign(&core, h) {
+        return Err(err);
+    }
     if h.info.handle.owner == core.me {
         return core.kill_actor(h.id, no_restart);
     }
@@ -243,6 +249,17 @@ pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()>
         Some(rayr_proto::peer_message::Body::Killed(r)) => Err(Error::Connection(r.error)),
         _ => Err(Error::Connection("the actor's owner answered the kill with something else".into())),
     }
+}
+
+/// `Error::ForeignActor` when the handle's owner is not of this cluster: every process of
+/// a cluster listens under its session's `sockets/`.
+fn foreign(core: &core::Core, h: &ActorHandle) -> Option<Error> {
+    let owner = std::path::Path::new(&h.info.handle.owner_address);
+    if owner.starts_with(core.session_dir.join("sockets")) {
+        return None;
+    }
+    let cluster = owner.parent().and_then(|s| s.parent()).map_or_else(|| h.info.handle.owner_address.clone(), |s| format!("session {}", s.display()));
+    Some(Error::ForeignActor { actor: ActorId(h.id), cluster })
 }
 
 /// A ref whose value is `err`.

@@ -17,6 +17,10 @@ pub enum Error {
     WorkerDied { worker: WorkerId, exit: String },
     #[error("actor {actor} died: {cause}; run `rayr why-died {actor}`")]
     ActorDied { actor: ActorId, cause: String },
+    /// The handle was made in another cluster (deserialized here from bytes saved there):
+    /// its actor is not reachable from this one.
+    #[error("actor {actor} belongs to another cluster ({cluster}): a handle works only in the cluster that created its actor, where `rayr why-died {actor}` explains it")]
+    ForeignActor { actor: ActorId, cluster: String },
     /// No live actor has that name (`<Name>Handle::get_named`).
     #[error("no actor named {namespace}/{name} is alive in this cluster; `rayr list actors` shows those that are")]
     ActorNotFound { namespace: String, name: String },
@@ -53,6 +57,7 @@ impl std::fmt::Debug for Error {
             Error::WorkerDied { .. } => "WorkerDied",
             Error::ActorDied { .. } => "ActorDied",
             Error::ActorNotFound { .. } => "ActorNotFound",
+            Error::ForeignActor { .. } => "ForeignActor",
             Error::OwnerDied { .. } => "OwnerDied",
             Error::ObjectLost { .. } => "ObjectLost",
             Error::OutOfMemory { .. } => "OutOfMemory",

@@ -595,6 +595,26 @@ fn main() -> rayr::Result<()> {
                 other => println!("NAME_GONE unexpected {:?}", other.map(|h| h.id())),
             }
         }
+        // A handle saved in one cluster and loaded in another.
+        "foreign_handle" => {
+            let c = Counter::remote(1);
+            rayr::get(&c.get())?;
+            let saved = serde_json::to_string(&c).unwrap();
+            println!("ACTOR {}", c.id());
+            drop(c);
+            rayr::shutdown();
+            rayr::init()?; // a new embedded cluster
+            println!("SESSION2 {}", rayr::session_dir()?.display());
+            let c: CounterHandle = serde_json::from_str(&saved).unwrap();
+            match rayr::get(&c.get()) {
+                Err(e @ Error::ForeignActor { .. }) => println!("FOREIGN_CALL {e}"),
+                other => println!("FOREIGN_CALL unexpected {other:?}"),
+            }
+            match rayr::kill(&c, true) {
+                Err(e @ Error::ForeignActor { .. }) => println!("FOREIGN_KILL {e}"),
+                other => println!("FOREIGN_KILL unexpected {other:?}"),
+            }
+        }
         "actor_named" => {
             let c = Counter::options().name("hits").namespace("web").remote(7);
             println!("ACTOR {}", c.id());
