@@ -383,6 +383,9 @@ fn an_actor_whose_constructor_panics_is_dead_and_its_calls_say_why() {
     }
     let b = s.get("BORROWER");
     assert!(b.starts_with("ActorDied") && b.contains("no database"), "{b}");
+    let unsendable = s.get("UNSENDABLE");
+    assert!(unsendable.starts_with("ActorDied") && unsendable.contains("its creation failed") && unsendable.contains("argument 0 cannot be serialized"), "{unsendable}");
+    assert_eq!(s.get("UNSENDABLE_NAME"), "free");
     let events = s.events();
     let actor = hexid(s.get("ACTOR"));
     let died = events.iter().find(|e| e.actor_id == actor && kind(e) == EventKind::ActorDied).expect("ACTOR_DIED");

@@ -61,30 +61,40 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
     if opts.detached {
         return create_detached(id, class, args, opts);
     }
-    if let Some(core) = core::current() {
-        core.actor_configured(id, opts);
-    }
-    let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None }));
-    if let Some(core) = core::current() {
-        core.actor_created(id, info.handle.id);
-        if let Some(name) = &opts.name {
-            // Claimed with the node: a name taken by a live actor ends this one at once.
-            let claim = rayr_proto::ActorName {
-                namespace: opts.namespace.clone().unwrap_or_default(),
-                name: name.clone(),
-                actor_id: id.to_vec(),
-                info_object: info.handle.id.to_vec(),
-                owner: core.me.to_vec(),
-                owner_address: core.address.clone(),
-            };
-            match core.node_conn.call(rayr_proto::client_message::Body::NameActor(claim.clone())) {
-                Ok(rayr_proto::node_message::Body::ActorName(r)) if r.error.is_empty() => core.actor_named(id, claim),
-                Ok(rayr_proto::node_message::Body::ActorName(r)) => core.actor_dead_here(id, "creation_failed", &r.error),
-                Ok(_) => core.actor_dead_here(id, "creation_failed", "the node agent answered the name claim with something else"),
-                Err(e) => core.actor_dead_here(id, "creation_failed", &format!("its name could not be claimed: {e}")),
+    let Some(core) = core::current() else {
+        // `get` on its calls reports that rayr is not initialized.
+        return ActorHandle { id, info: submit(class, args, opts, None) };
+    };
+    let ret = new_id();
+    core.actor_configured(id, opts);
+    if let Some(name) = &opts.name {
+        // Claimed with the node before the constructor runs anywhere: a name taken by a
+        // live actor ends this one at once.
+        let claim = rayr_proto::ActorName {
+            namespace: opts.namespace.clone().unwrap_or_default(),
+            name: name.clone(),
+            actor_id: id.to_vec(),
+            info_object: ret.to_vec(),
+            owner: core.me.to_vec(),
+            owner_address: core.address.clone(),
+        };
+        let refused = match core.node_conn.call(rayr_proto::client_message::Body::NameActor(claim.clone())) {
+            Ok(rayr_proto::node_message::Body::ActorName(r)) if r.error.is_empty() => {
+                core.actor_named(id, claim);
+                None
             }
+            Ok(rayr_proto::node_message::Body::ActorName(r)) => Some(r.error),
+            Ok(_) => Some("the node agent answered the name claim with something else".to_string()),
+            Err(e) => Some(format!("its name could not be claimed: {e}")),
+        };
+        if let Some(why) = refused {
+            let info = failed(&core, Error::ActorDied { actor: ActorId(id), cause: why.clone() });
+            core.actor_never_created(id, &why);
+            return ActorHandle { id, info };
         }
     }
+    let info: ObjectRef<ActorInfo> = submit(class, args, opts, Some(ActorTask { actor: id, creation: true, keep_alive: None, return_id: Some(ret) }));
+    core.actor_created(id, info.handle.id);
     ActorHandle { id, info }
 }
 
@@ -203,7 +213,7 @@ impl ActorHandle {
                 return failed(&core, Error::ActorDied { actor: ActorId(self.id), cause: why });
             }
         }
-        submit(method, args, &TaskOptions::default(), Some(ActorTask { actor: self.id, creation: false, keep_alive: Some(self.info.handle.clone()) }))
+        submit(method, args, &TaskOptions::default(), Some(ActorTask { actor: self.id, creation: false, keep_alive: Some(self.info.handle.clone()), return_id: None }))
     }
 }
 

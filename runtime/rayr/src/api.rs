@@ -63,6 +63,8 @@ pub(crate) struct ActorTask {
     pub actor: Id,
     pub creation: bool,
     pub keep_alive: Option<Arc<RefHandle>>,
+    /// The creation's result id, chosen before (a named actor's name claim names it).
+    pub return_id: Option<Id>,
 }
 
 /// The queue an actor's tasks go through: its one worker.
@@ -76,7 +78,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         return ObjectRef::from_handle(Arc::new(RefHandle { id: new_id(), owner: [0; 16], owner_address: String::new() }));
     };
     let task = new_id();
-    let ret = new_id();
+    let ret = actor.as_ref().and_then(|a| a.return_id).unwrap_or_else(new_id);
     let mut spec = TaskSpec {
         task_id: task.to_vec(),
         job_id: core.job.to_vec(),

@@ -112,6 +112,28 @@ impl Blob {
     }
 }
 
+/// A constructor argument that cannot be sent (its serialization fails).
+#[derive(serde::Deserialize)]
+pub struct Picky;
+impl Serialize for Picky {
+    fn serialize<S: Serializer>(&self, _: S) -> Result<S::Ok, S::Error> {
+        Err(serde::ser::Error::custom("Picky refuses to be serialized"))
+    }
+}
+
+#[rayr::actor]
+pub struct Fussy {}
+
+#[rayr::actor]
+impl Fussy {
+    pub fn new(_p: Picky) -> Self {
+        Fussy {}
+    }
+    pub fn ping(&self) -> u64 {
+        1
+    }
+}
+
 /// Not `Sync`: it cannot run calls concurrently.
 #[rayr::actor]
 pub struct Tally {
@@ -687,6 +709,16 @@ fn main() -> rayr::Result<()> {
                 }
             }
             println!("BORROWER {}", rayr::get(&ping_given::remote(b.clone()))?);
+            // Its argument cannot even be sent: dead at once, its name free again.
+            let f = Fussy::options().name("fussy").remote(Picky);
+            match rayr::get(&f.ping()) {
+                Err(e @ Error::ActorDied { .. }) => println!("UNSENDABLE ActorDied {e}"),
+                other => println!("UNSENDABLE unexpected {other:?}"),
+            }
+            match FussyHandle::get_named("", "fussy") {
+                Err(Error::ActorNotFound { .. }) => println!("UNSENDABLE_NAME free"),
+                other => println!("UNSENDABLE_NAME unexpected {:?}", other.map(|h| h.id())),
+            }
         }
         "many_tasks" => {
             let refs: Vec<ObjectRef<u64>> = (0..10_000u64).map(square::remote).collect();

@@ -313,12 +313,12 @@ impl Core {
                 Some(rayr_proto::task_result::Outcome::Error(err)) => {
                     let creation = st.tasks.get(&task).filter(|t| t.spec.actor_creation).map(|t| t.spec.actor_id.clone());
                     let detail = format!("its constructor failed: {}", err.message);
-                    self.task_error_locked(st, task, err, finished_event);
                     if let Some(actor) = creation.and_then(|a| <Id>::try_from(a.as_slice()).ok()) {
                         // No state to call: the calls queued behind the creation fail.
                         let end = ActorEnd { cause: "creation_failed", detail: &detail, because: finished_event, kill: false };
                         self.end_actor_locked(st, actor, end, Vec::new());
                     }
+                    self.task_error_locked(st, task, err, finished_event);
                 }
                 None => {}
             }
@@ -410,6 +410,17 @@ impl Core {
         {
             // What a restart re-runs (its arguments are values by now).
             a.creation = Some(t.spec.clone());
+        }
+        if t.spec.actor_creation
+            && let Slot::Failed(e) = &slot
+            && let Ok(actor) = <Id>::try_from(t.spec.actor_id.as_slice())
+        {
+            // No state to call (its arguments could not be sent, say): the actor ends, and
+            // the calls queued behind the creation fail. (Ended already when the worker
+            // reported its constructor's failure.)
+            let text = e.to_string();
+            let detail = format!("its creation failed: {}", text.split("; run `rayr why-died").next().unwrap_or(&text));
+            self.end_actor_locked(st, actor, ActorEnd { cause: "creation_failed", detail: &detail, because: cause, kill: false }, Vec::new());
         }
         let mut args = (t.owned_args, t.borrowed_args);
         if t.spec.actor_creation
