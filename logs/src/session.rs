@@ -20,23 +20,32 @@ pub struct Session {
     pub dir: PathBuf,
 }
 
+/// sockets/ paths inside a session under `tmpdir` must fit a Unix socket address.
+fn fits_socket_paths(tmpdir: &Path) -> io::Result<()> {
+    let longest_socket = tmpdir.as_os_str().len() + "/session_2026-11-25_20-01-02_4194304_99/sockets/node-0123456789abcdef.sock".len();
+    if longest_socket > MAX_SOCKET_PATH {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the session directory {} is too long for Unix socket paths ({longest_socket} of at most {MAX_SOCKET_PATH} bytes): set RAYR_TMPDIR to a path of at most {} characters",
+                tmpdir.display(),
+                tmpdir.as_os_str().len().saturating_sub(longest_socket - MAX_SOCKET_PATH)
+            ),
+        ));
+    }
+    Ok(())
+}
+
 impl Session {
     /// Creates `session_<date>_<pid>` under `tmpdir` with its subdirectories and points
     /// `session_latest` at it (atomically: a new link renamed over the old one).
     pub fn create(tmpdir: &Path) -> io::Result<Session> {
-        // sockets/ paths inside the session must fit a Unix socket address (107 bytes).
-        let longest_socket = tmpdir.as_os_str().len() + "/session_2026-11-25_20-01-02_4194304_99/sockets/node-0123456789abcdef.sock".len();
-        if longest_socket > MAX_SOCKET_PATH {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!(
-                    "the session directory {} is too long for Unix socket paths ({longest_socket} of at most {MAX_SOCKET_PATH} bytes): set RAYR_TMPDIR to a path of at most {} characters",
-                    tmpdir.display(),
-                    tmpdir.as_os_str().len() - (longest_socket - MAX_SOCKET_PATH)
-                ),
-            ));
-        }
+        fits_socket_paths(tmpdir)?;
         std::fs::create_dir_all(tmpdir)?;
+        // One spelling of the session's paths for every process (a relative or symlinked
+        // RAYR_TMPDIR would otherwise give the same socket two names): addresses compare.
+        let tmpdir = &std::fs::canonicalize(tmpdir)?;
+        fits_socket_paths(tmpdir)?;
         let stamp = jiff::ZonedDateTime::now().strftime("%Y-%m-%d_%H-%M-%S");
         let base = format!("session_{stamp}_{}", std::process::id());
         let mut name = base.clone();

@@ -352,7 +352,7 @@ fn expand_actor_impl(imp: syn::ItemImpl) -> syn::Result<proc_macro2::TokenStream
                     fn #sync_probe() -> bool {
                         #[allow(unused_imports)]
                         use ::rayr::__private::{IsSync as _, NotSync as _};
-                        (&::rayr::__private::SyncProbe::<#name>::new()).is_sync()
+                        (&::rayr::__private::SyncProbe::<#name>::new()).__rayr_is_sync()
                     }
 
                     ::rayr::__private::inventory::submit! {

@@ -615,10 +615,17 @@ impl Agent {
                 self.spawn_worker(&mut st, job, false, None);
             }
         } else {
-            if let Some(sp) = st.spawned.get_mut(&worker) {
-                sp.registered = true;
+            let stopping = match st.spawned.get_mut(&worker) {
+                Some(sp) => {
+                    sp.registered = true;
+                    sp.intended_exit.is_some()
+                }
+                None => false,
+            };
+            // (One being stopped, its job having ended, is not leased again.)
+            if !stopping {
+                st.idle.entry(job).or_default().push(worker);
             }
-            st.idle.entry(job).or_default().push(worker);
             self.grant_pending(&mut st);
         }
         reply
@@ -667,16 +674,18 @@ impl Agent {
             }
             let job = p.job;
             let dedicated = p.dedicated;
+            // (Never one being stopped: its job ended, say.)
+            let stopping = |spawned: &HashMap<Id, Spawned>, w: &Id| spawned.get(w).is_some_and(|sp| sp.intended_exit.is_some());
             let worker = if dedicated {
                 // Only a worker that never served anyone: it owns nothing.
-                let clients = &st.clients;
+                let (clients, spawned) = (&st.clients, &st.spawned);
                 let idle = st.idle.entry(job).or_default();
-                idle.iter().position(|w| clients.get(w).is_some_and(|c| !c.served)).map(|at| idle.remove(at))
+                idle.iter().position(|w| clients.get(w).is_some_and(|c| !c.served) && !stopping(spawned, w)).map(|at| idle.remove(at))
             } else {
                 loop {
                     match st.idle.get_mut(&job).and_then(|v| v.pop()) {
-                        Some(w) if st.clients.contains_key(&w) => break Some(w),
-                        Some(_) => continue, // exited while idle
+                        Some(w) if st.clients.contains_key(&w) && !stopping(&st.spawned, &w) => break Some(w),
+                        Some(_) => continue, // exited or stopping while idle
                         None => break None,
                     }
                 }
@@ -719,6 +728,18 @@ impl Agent {
                     break;
                 }
                 *started += 1;
+            }
+        }
+        // A job whose driver is gone (its detached actors, or what they lease, live on)
+        // keeps no idle workers: one is started when such a lease needs it.
+        let ended: Vec<Id> = st.idle.keys().filter(|j| !st.jobs.contains_key(*j)).copied().collect();
+        for job in ended {
+            for w in st.idle.remove(&job).unwrap_or_default() {
+                if let Some(sp) = st.spawned.get_mut(&w) {
+                    sp.intended_exit = Some("its job ended, and no lease needs it".into());
+                    // SAFETY: signalling a child we started.
+                    unsafe { libc::kill(sp.pid as i32, libc::SIGTERM) };
+                }
             }
         }
     }
@@ -1059,8 +1080,22 @@ impl Agent {
         st.silent_jobs.remove(&job);
         let reason = format!("its job's driver (pid {}) disconnected", client.pid);
         let mut to_kill = Vec::new();
-        // Workers hosting detached actors outlive the job; idle ones may no longer be leased.
-        let spared: std::collections::HashSet<Id> = st.spawned.keys().filter(|w| Self::hosts_detached(&st, w)).copied().collect();
+        // Workers hosting detached actors outlive the job, and so do the workers they lease
+        // (tasks they run, actors they made), and those that those lease; idle ones are no
+        // longer leased to anyone.
+        let mut spared: std::collections::HashSet<Id> = st.spawned.keys().filter(|w| Self::hosts_detached(&st, w)).copied().collect();
+        loop {
+            let more: Vec<Id> = st
+                .clients
+                .iter()
+                .filter(|(w, c)| !spared.contains(*w) && c.lease.is_some() && c.lease_holder.is_some_and(|h| spared.contains(&h)))
+                .map(|(w, _)| *w)
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            spared.extend(more);
+        }
         st.idle.remove(&job);
         for (_, sp) in st.spawned.iter_mut().filter(|(w, s)| s.job == job && !spared.contains(*w)) {
             sp.intended_exit = Some(reason.clone());
@@ -1071,7 +1106,7 @@ impl Agent {
             let obj = st.objects.remove(id).unwrap();
             st.alloc.free(obj.offset, obj.size);
         }
-        st.pending.retain(|p| p.job != job || matches!(p.reply_to, LeaseFor::Detached(_)));
+        st.pending.retain(|p| p.job != job || matches!(p.reply_to, LeaseFor::Detached(_)) || p.requester.is_some_and(|r| spared.contains(&r)));
         self.release_leases_of(&mut st, worker);
         drop(st);
         for pid in to_kill {

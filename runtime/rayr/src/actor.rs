@@ -48,12 +48,17 @@ impl std::fmt::Debug for ActorHandle {
 /// (generated code calls this). Never blocks; a failed creation fails the actor's calls.
 pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ActorHandle {
     let id = new_id();
-    if opts.max_concurrency > 1
+    let refused = if opts.max_concurrency > MAX_CONCURRENCY {
+        Some(format!("max_concurrency {} asks for that many threads in its worker; at most {MAX_CONCURRENCY}", opts.max_concurrency))
+    } else if opts.max_concurrency > 1 && crate::registry::actor_class(class).is_some_and(|c| !(c.sync)()) {
+        Some(not_sync(class, opts.max_concurrency))
+    } else {
+        None
+    };
+    if let Some(why) = refused
         && let Some(core) = core::current()
-        && crate::registry::actor_class(class).is_some_and(|c| !(c.sync)())
     {
         // Said at once, in the actor's death: its worker would refuse it anyway.
-        let why = not_sync(class, opts.max_concurrency);
         let info = failed(&core, Error::ActorDied { actor: ActorId(id), cause: why.clone() });
         core.actor_never_created(id, &why);
         return ActorHandle { id, info };
@@ -97,6 +102,9 @@ pub fn create_actor(class: &'static str, args: Vec<ArgValue>, opts: &TaskOptions
     core.actor_created(id, info.handle.id);
     ActorHandle { id, info }
 }
+
+/// The most calls an actor may run at once (threads in its worker).
+pub(crate) const MAX_CONCURRENCY: u32 = 1000;
 
 /// Why an actor type that is not `Sync` cannot run calls concurrently.
 pub(crate) fn not_sync(class: &str, max_concurrency: u32) -> String {
@@ -157,16 +165,32 @@ fn create_detached(id: Id, class: &'static str, args: Vec<ArgValue>, opts: &Task
         ..Default::default()
     };
     let request = rayr_proto::CreateDetachedActor { creation: Some(creation), resources: opts.resources.clone(), max_restarts: opts.max_restarts, namespace, name, max_task_retries: opts.max_task_retries };
+    let refused = |why: String| {
+        // Its constructor's task ends here, with the actor.
+        let mut f = core.event(rayr_proto::EventKind::TaskFailed);
+        f.task_id = task.to_vec();
+        f.actor_id = id.to_vec();
+        f.cause = submitted.to_vec();
+        f.detail = Some(rayr_proto::event::Detail::Task(rayr_proto::TaskDetail {
+            function: class.to_string(),
+            error: why.clone(),
+            r#final: true,
+            error_type: "creation_refused".into(),
+            ..Default::default()
+        }));
+        core.record(f);
+        never(why)
+    };
     let reply = match core.node_conn.call(rayr_proto::client_message::Body::CreateDetached(request)) {
         Ok(rayr_proto::node_message::Body::Detached(r)) => r,
-        Ok(_) => return never("the node agent answered its creation with something else".into()),
-        Err(e) => return never(format!("the node agent could not be asked to create it: {e}")),
+        Ok(_) => return refused("the node agent answered its creation with something else".into()),
+        Err(e) => return refused(format!("the node agent could not be asked to create it: {e}")),
     };
     let Ok(owner) = <Id>::try_from(reply.owner.as_slice()) else {
-        return never(if reply.error.is_empty() { "the node agent named no owner for it".into() } else { reply.error });
+        return refused(if reply.error.is_empty() { "the node agent named no owner for it".into() } else { reply.error });
     };
     if !reply.error.is_empty() {
-        return never(reply.error);
+        return refused(reply.error);
     }
     // Held by the agent: this process borrows its address object, as if given a handle.
     let handle = core.adopt(ret, owner, reply.owner_address, None, false);
@@ -206,12 +230,9 @@ impl ActorHandle {
             if let Some(err) = foreign(&core, self) {
                 return failed(&core, err);
             }
-            // Given this handle by someone else: ask its owner where the actor lives (it
-            // waits while the actor is being created or restarted), once per life.
-            if let Err(why) = core.locate_and_attach(self.id, &self.info.handle.owner_address) {
-                core.actor_dead_here(self.id, "dead", &why);
-                return failed(&core, Error::ActorDied { actor: ActorId(self.id), cause: why });
-            }
+            // Given this handle by someone else: its owner is asked where the actor lives
+            // (once per life); this call queues meanwhile.
+            core.start_locating(self.id, &self.info.handle.owner_address);
         }
         submit(method, args, &TaskOptions::default(), Some(ActorTask { actor: self.id, creation: false, keep_alive: Some(self.info.handle.clone()), return_id: None }))
     }

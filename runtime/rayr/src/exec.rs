@@ -279,7 +279,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     let result = std::panic::catch_unwind(AssertUnwindSafe(|| match &target {
         Target::Function(f) => (f.invoke)(&mut reader),
         Target::Create(class, id) => {
-            let concurrency = spec.actor_max_concurrency.max(1);
+            let concurrency = spec.actor_max_concurrency.clamp(1, crate::actor::MAX_CONCURRENCY);
             if concurrency > 1 && !(class.sync)() {
                 return Returned::BadArgument(crate::actor::not_sync(class.name, concurrency));
             }

@@ -42,7 +42,7 @@ pub struct ActorMethod {
     pub shared: Option<fn(&(dyn std::any::Any + Send), &mut ArgReader<'_>) -> Returned>,
 }
 
-/// Autoref specialization for [`ActorClass::sync`]: `(&SyncProbe::<T>::new()).is_sync()`
+/// Autoref specialization for [`ActorClass::sync`]: `(&SyncProbe::<T>::new()).__rayr_is_sync()`
 /// is true exactly when `T: Sync` (generated code calls it with a concrete type).
 pub struct SyncProbe<T>(std::marker::PhantomData<T>);
 
@@ -54,14 +54,14 @@ impl<T> SyncProbe<T> {
 }
 
 pub trait IsSync {
-    fn is_sync(&self) -> bool {
+    fn __rayr_is_sync(&self) -> bool {
         true
     }
 }
 impl<T: Sync> IsSync for SyncProbe<T> {}
 
 pub trait NotSync {
-    fn is_sync(&self) -> bool {
+    fn __rayr_is_sync(&self) -> bool {
         false
     }
 }

@@ -42,6 +42,10 @@ impl Counter {
         std::thread::sleep(Duration::from_millis(ms));
         self.n
     }
+    /// Runs a task of its own (its job's driver may have exited: a detached actor).
+    pub fn square_by_task(&self, x: u64) -> u64 {
+        rayr::get(&square::remote(x)).unwrap()
+    }
 }
 
 #[rayr::actor]
@@ -82,6 +86,9 @@ impl Gate {
     }
     pub fn most(&self) -> u32 {
         self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+    pub fn inside(&self) -> u32 {
+        self.inside.load(std::sync::atomic::Ordering::SeqCst)
     }
     /// Has the state to itself: how many other calls were inside (none, if exclusive).
     pub fn write(&mut self) -> u32 {
@@ -607,6 +614,8 @@ fn main() -> rayr::Result<()> {
             };
             println!("RESTARTED {restarted}");
             println!("FROM_TASK {}", rayr::get(&find_named::remote(String::from("svc"), String::from("counter")))?);
+            // Its own tasks run although the job that made it has ended.
+            println!("ACTOR_TASK {}", rayr::get(&c.square_by_task(7))?);
             rayr::kill(&c, true)?;
             match rayr::get(&c.get()) {
                 Err(e @ Error::ActorDied { .. }) => println!("AFTER_KILL ActorDied {e}"),
@@ -669,19 +678,23 @@ fn main() -> rayr::Result<()> {
             println!("NAME_FREED {freed}");
         }
         "actor_concurrency" => {
-            let g = Gate::options().max_concurrency(4).remote();
+            // More than the 32 calls a caller otherwise keeps in flight to one worker.
+            let g = Gate::options().max_concurrency(40).remote();
             rayr::get(&g.most())?; // created: what follows times the calls alone
             let start = Instant::now();
-            let holds: Vec<ObjectRef<u32>> = (0..8).map(|_| g.hold(300)).collect();
+            let holds: Vec<ObjectRef<u32>> = (0..40).map(|_| g.hold(300)).collect();
             rayr::get_all(&holds)?;
             println!("CONCURRENT_MS {}", start.elapsed().as_millis());
             println!("CONCURRENT_MOST {}", rayr::get(&g.most())?);
             // A &mut self call waits for the &self calls running and keeps the others out.
-            let _running: Vec<ObjectRef<u32>> = (0..3).map(|_| g.hold(200)).collect();
-            std::thread::sleep(Duration::from_millis(50));
+            let _running: Vec<ObjectRef<u32>> = (0..3).map(|_| g.hold(1_500)).collect();
+            wait_until("3 holds inside", Duration::from_secs(10), || rayr::get(&g.inside()).unwrap() >= 3);
+            let start = Instant::now();
             println!("WRITE_SAW {}", rayr::get(&g.write())?);
+            println!("WRITE_WAITED_MS {}", start.elapsed().as_millis());
             // Borrowers get the same concurrency (a task given the handle).
-            println!("FROM_TASK_MOST {}", rayr::get(&hold_given::remote(g.clone(), 4))?);
+            let h = Gate::options().max_concurrency(40).remote();
+            println!("FROM_TASK_MOST {}", rayr::get(&hold_given::remote(h.clone(), 40))?);
             // Without max_concurrency: one call at a time.
             let one = Gate::remote();
             let holds: Vec<ObjectRef<u32>> = (0..3).map(|_| one.hold(100)).collect();

@@ -51,6 +51,9 @@ pub(super) struct DetachedActor {
     pub dead: Option<String>,
     /// The latest event of its creation (the cause of the next).
     last_event: Vec<u8>,
+    /// Its constructor's task is submitted and has not answered (it fails if the actor
+    /// ends first).
+    creating: bool,
 }
 
 impl DetachedActor {
@@ -103,6 +106,12 @@ impl Agent {
         let Some(binary) = self.state.lock().jobs.get(&job).cloned() else {
             return refuse(reply, "create a detached actor: the job has ended".into());
         };
+        // Checked, named and entered under one lock: nothing sees the name before the actor.
+        let mut st = self.state.lock();
+        if st.detached.contains_key(&actor) {
+            drop(st);
+            return refuse(reply, format!("create a detached actor: actor {} already exists", hex(&actor)));
+        }
         if !c.name.is_empty() {
             let claim = rayr_proto::ActorName {
                 namespace: c.namespace.clone(),
@@ -114,10 +123,10 @@ impl Agent {
             };
             let claimed = self.name_actor(claim);
             if !claimed.error.is_empty() {
+                drop(st);
                 return refuse(reply, claimed.error);
             }
         }
-        let mut st = self.state.lock();
         let last_event = spec.scheduled_event.clone();
         st.detached.insert(
             actor,
@@ -134,6 +143,7 @@ impl Agent {
                 alive_at: None,
                 dead: None,
                 last_event,
+                creating: true,
             },
         );
         self.lease_for_detached(&mut st, actor);
@@ -157,6 +167,7 @@ impl Agent {
         e.task_id = d.creation.task_id.clone();
         e.actor_id = actor.to_vec();
         e.worker_id = worker.to_vec();
+        e.job_id = d.job.to_vec();
         e.cause = d.last_event.clone();
         e.detail = Some(event::Detail::Task(TaskDetail { function: d.creation.function.clone(), attempt: d.creation.attempt, ..Default::default() }));
         self.record(&e);
@@ -191,6 +202,7 @@ impl Agent {
         let mut st = self.state.lock();
         let Some(d) = st.detached.get_mut(&actor).filter(|d| d.live() && d.worker == Some(worker)) else { return };
         d.last_event = r.finished_event.clone();
+        d.creating = false;
         match r.outcome {
             Some(task_result::Outcome::Error(err)) => {
                 let detail = format!("its constructor failed: {}", err.message);
@@ -214,13 +226,14 @@ impl Agent {
     /// restarts left (ACTOR_RESTARTED caused by the exit), otherwise it is dead.
     pub(super) fn detached_worker_died(self: &Arc<Self>, st: &mut State, actor: Id, worker: Id, exit_event: Id, detail: &str) {
         let Some(d) = st.detached.get_mut(&actor).filter(|d| d.live() && d.worker == Some(worker)) else { return };
-        d.worker = None;
         d.alive_at = None;
         let why = format!("its worker {} died: {detail}", hex(&worker));
         if self.stopping.load(Ordering::Acquire) || d.restarts_left == 0 {
+            // (ACTOR_DIED names the worker; its lease ended with it.)
             self.end_detached(st, actor, "worker_died", &why, Some(exit_event));
             return;
         }
+        d.worker = None;
         if d.restarts_left > 0 {
             d.restarts_left -= 1;
         }
@@ -236,6 +249,7 @@ impl Agent {
         d.creation.task_id = new_id().to_vec();
         d.creation.return_id = new_id().to_vec();
         d.creation.attempt = d.restarts;
+        d.creating = true;
         let mut s = self.event(EventKind::TaskSubmitted);
         s.task_id = d.creation.task_id.clone();
         s.object_id = d.creation.return_id.clone();
@@ -261,6 +275,25 @@ impl Agent {
         d.dead = Some(format!("{detail} ({cause})"));
         d.alive_at = None;
         let worker = d.worker.take();
+        // Nothing re-runs the constructor now: its arguments go.
+        d.creation.args.clear();
+        if std::mem::take(&mut d.creating) {
+            // Its constructor's task never answered: it ends with the actor.
+            let mut f = self.event(EventKind::TaskFailed);
+            f.task_id = d.creation.task_id.clone();
+            f.actor_id = actor.to_vec();
+            f.job_id = d.job.to_vec();
+            f.cause = d.last_event.clone();
+            f.detail = Some(event::Detail::Task(TaskDetail {
+                function: d.creation.function.clone(),
+                attempt: d.creation.attempt,
+                error: format!("the actor ended first: {detail}"),
+                r#final: true,
+                error_type: "actor_died".into(),
+                ..Default::default()
+            }));
+            self.record(&f);
+        }
         let mut e = self.event(EventKind::ActorDied);
         e.actor_id = actor.to_vec();
         e.job_id = d.job.to_vec();
@@ -367,7 +400,7 @@ impl Agent {
                 // A detached actor lives until killed, whoever holds handles: borrows of
                 // its address object are acknowledged and not counted.
                 Some(peer_message::Body::Borrow(_)) => None,
-                Some(peer_message::Body::Get(g)) => Some(peer_message::Body::Value(self.detached_address_value(&g.object_id))),
+                Some(peer_message::Body::Get(g)) => Some(peer_message::Body::Value(self.detached_address_value(&g.object_id, g.probe))),
                 Some(peer_message::Body::Push(spec)) => {
                     // Not a worker: the task fails instead of waiting for ever.
                     let err = rayr_proto::TaskError {
@@ -410,7 +443,7 @@ impl Agent {
 
     /// The value of a detached actor's address object (`ActorInfo`, postcard: the worker's
     /// 16 id bytes, then its socket as a length-prefixed string).
-    fn detached_address_value(&self, object: &[u8]) -> rayr_proto::ObjectValue {
+    fn detached_address_value(&self, object: &[u8], probe: bool) -> rayr_proto::ObjectValue {
         use rayr_proto::object_value::Value;
         let st = self.state.lock();
         let found = id_of(object).and_then(|o| st.detached.values().find(|d| d.info_object == o));
@@ -428,7 +461,10 @@ impl Agent {
                     Value::InlineValue(bytes)
                 }
                 (Some(why), _, _) => Value::Error(format!("the actor is dead: {why}")),
-                _ => Value::Pending(true),
+                // Only a probe may be told "not yet"; a reader waiting for the value asks
+                // again (or asks where the actor lives, which waits).
+                _ if probe => Value::Pending(true),
+                _ => Value::Error("the actor is being created: ask where it lives (ActorLocate) instead".into()),
             },
             None => Value::Error(format!("object {} is not known to node agent {}", hex(object), hex(&self.cfg.node_id))),
         };

@@ -197,6 +197,8 @@ struct ActorQueue {
     /// it seen dead here (the owner may still name it for a moment).
     owner_address: Option<String>,
     lost_worker: Option<Id>,
+    /// A thread is asking its owner where it lives (`start_locating`).
+    locating: bool,
 }
 
 impl ActorQueue {
@@ -219,6 +221,7 @@ impl ActorQueue {
             kept_args: (Vec::new(), Vec::new()),
             owner_address: None,
             lost_worker: None,
+            locating: false,
         }
     }
 
@@ -680,8 +683,10 @@ impl Core {
                 Some(peer_message::Body::Push(spec))
                     if self.runs_tasks && !spec.actor_creation && !spec.actor_id.is_empty() && crate::exec::call_pool().is_some() =>
                 {
-                    // A concurrent actor's call: its pool runs it and answers on `conn`.
+                    // A concurrent actor's call: its pool runs it and answers on `conn`. What
+                    // this thread held back (the constructor's result) goes first.
                     events = None;
+                    held.send(Duration::ZERO);
                     if let Some(pool) = crate::exec::call_pool() {
                         let _ = pool.send((spec, conn.clone()));
                     }

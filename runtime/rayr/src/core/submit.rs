@@ -556,12 +556,7 @@ impl Core {
                 self.send_outbox();
                 self.ready.notify_all();
                 if waiting && let Some(owner_address) = owner_address {
-                    let core = self.clone();
-                    let _ = std::thread::Builder::new().name("rayr-actor-relocate".into()).spawn(move || {
-                        if let Err(why) = core.locate_and_attach(actor, &owner_address) {
-                            core.actor_dead_here(actor, "dead", &why);
-                        }
-                    });
+                    self.start_locating(actor, &owner_address);
                 }
                 return;
             }
@@ -836,9 +831,46 @@ impl Core {
 
     /// Gives this process the actor's worker to send calls to (a handle's holder that did
     /// not create the actor).
+    /// Calls to an actor this process did not create, and has no worker of here: one
+    /// thread asks the owner (at `owner_address`) where the actor lives — waiting while it
+    /// is created or restarted, however long that takes — and sends the queued calls there,
+    /// or fails them with why it is dead. Calls meanwhile queue, in order; none blocks.
+    pub(crate) fn start_locating(self: &Arc<Self>, actor: Id, owner_address: &str) {
+        let key = crate::api::actor_key(&actor);
+        let mut st = self.state.lock();
+        let q = st.queues.entry(key).or_insert_with(|| Queue {
+            demand: HashMap::new(),
+            ready: VecDeque::new(),
+            leases_requested: 0,
+            workers: Vec::new(),
+            actor: Some(ActorQueue::new(actor, false, true)),
+        });
+        let has_worker = !q.workers.is_empty();
+        let Some(a) = q.actor.as_mut() else { return };
+        if a.owned || a.dead.is_some() || has_worker || a.locating {
+            return;
+        }
+        a.locating = true;
+        a.owner_address = Some(owner_address.to_string());
+        drop(st);
+        let (core, owner_address) = (self.clone(), owner_address.to_string());
+        let started = std::thread::Builder::new().name("rayr-actor-locate".into()).spawn(move || {
+            let result = core.locate_and_attach(actor, &owner_address);
+            if let Some(a) = core.state.lock().queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+                a.locating = false;
+            }
+            if let Err(why) = result {
+                core.actor_dead_here(actor, "dead", &why);
+            }
+        });
+        if started.is_err() {
+            self.actor_dead_here(actor, "dead", "no thread could be started to find it");
+        }
+    }
+
     /// Asks the actor's owner (at `owner_address`) where the actor lives now and sends its
     /// queued calls there. Err: why it is dead (or unreachable for good).
-    pub(crate) fn locate_and_attach(self: &Arc<Self>, actor: Id, owner_address: &str) -> Result<(), String> {
+    fn locate_and_attach(self: &Arc<Self>, actor: Id, owner_address: &str) -> Result<(), String> {
         for _ in 0..20 {
             let avoid = {
                 let st = self.state.lock();
@@ -933,7 +965,6 @@ impl Core {
     /// A location naming `avoid` (a worker seen dead, which the owner may not know yet) is
     /// taken for "being restarted".
     fn find_actor(self: &Arc<Self>, actor: Id, owner_address: &str, avoid: Option<Id>) -> Result<FoundActor, String> {
-        let deadline = Instant::now() + std::time::Duration::from_secs(60);
         let mut pause = std::time::Duration::from_millis(1);
         loop {
             let conn = self.peer(owner_address).map_err(|e| format!("its owner cannot be reached ({e}): it has exited"))?;
@@ -952,8 +983,8 @@ impl Core {
                 let info = crate::actor::ActorInfo { worker, address: l.address };
                 return Ok(FoundActor { info, max_concurrency: l.max_concurrency, max_task_retries: l.max_task_retries });
             }
-            if Instant::now() > deadline {
-                return Err("it was still being created after a minute".into());
+            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return Err("this process is shutting down".into());
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(std::time::Duration::from_millis(50));
@@ -973,6 +1004,10 @@ impl Core {
             actor: Some(ActorQueue::new(actor, false, true)),
         });
         self.end_actor_locked(&mut st, actor, ActorEnd { cause, detail: why, because: None, kill: false }, Vec::new());
+        drop(st);
+        // Readers of the calls that just failed may be waiting.
+        self.send_outbox();
+        self.ready.notify_all();
     }
 
     /// Whether calls to the actor have a worker to go to here (or fail at once).
