@@ -121,6 +121,25 @@ impl Session {
     pub fn node_socket(&self, node_hex: &str) -> PathBuf {
         self.sockets_dir().join(format!("node-{}.sock", &node_hex[..node_hex.len().min(16)]))
     }
+    /// Names the socket of the head's own node agent (drivers of this host connect there
+    /// when several node agents share the session directory).
+    pub fn head_node_file(&self) -> PathBuf {
+        self.dir.join("head_node")
+    }
+    /// The node agent a driver of this host connects to: the head's, else the only one.
+    pub fn local_node_socket(&self) -> Option<PathBuf> {
+        if let Ok(p) = std::fs::read_to_string(self.head_node_file()) {
+            let p = PathBuf::from(p.trim());
+            if p.exists() {
+                return Some(p);
+            }
+        }
+        std::fs::read_dir(self.sockets_dir())
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("node-") && n.ends_with(".sock")))
+    }
     /// The node agent's peer socket: core workers ask it about the detached actors it holds
     /// (where one lives, kill it), as they would ask an actor's owner.
     pub fn node_peer_socket(&self, node_hex: &str) -> PathBuf {

@@ -10,43 +10,11 @@ use std::time::{Duration, Instant};
 
 use rayr_proto::{Event, EventKind, event};
 
+mod support;
+use support::{assert_nothing_left, rayr_cli, run, tail};
+
 const SCENARIOS: &str = env!("CARGO_BIN_EXE_scenarios");
 const NOT_RAYR_MAIN: &str = env!("CARGO_BIN_EXE_not_rayr_main");
-
-/// The `rayr` CLI, built beside the test binaries (`cargo build --workspace --bins`).
-fn rayr_cli() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let cli = exe.parent().unwrap().parent().unwrap().join("rayr");
-    assert!(cli.exists(), "{} is missing: run `cargo build --workspace --bins` first", cli.display());
-    cli
-}
-
-/// Runs a command to completion within `limit`, killing it if it hangs. Its output is
-/// drained while it runs (a child blocked on a full pipe would never finish).
-fn run(cmd: &mut Command, limit: Duration) -> Output {
-    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
-    let pid = child.id() as i32;
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(limit) {
-        Ok(out) => out.unwrap(),
-        Err(_) => {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            let out = rx.recv().unwrap().unwrap();
-            panic!("{cmd:?} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}", tail(&out.stdout), tail(&out.stderr));
-        }
-    }
-}
-
-/// The end of a long output, for failure messages.
-fn tail(bytes: &[u8]) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let cut = text.len().saturating_sub(3000);
-    let start = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
-    format!("{}{}", if cut > 0 { "…" } else { "" }, &text[start..])
-}
 
 struct Scenario {
     tmp: tempfile::TempDir,
@@ -108,37 +76,6 @@ fn scenario_in(tmp: tempfile::TempDir, name: &str) -> Scenario {
 
 fn scenario(name: &str) -> Scenario {
     scenario_in(tempfile::tempdir().unwrap(), name)
-}
-
-/// No process of the session is alive, no socket is left, and no shm store of it remains.
-fn assert_nothing_left(session: &Path) {
-    let needle = format!("RAYR_SESSION_DIR={}", session.display());
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let alive: Vec<String> = std::fs::read_dir("/proc")
-            .unwrap()
-            .flatten()
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
-            .filter(|e| {
-                std::fs::read(e.path().join("environ"))
-                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
-                    .unwrap_or(false)
-            })
-            .filter(|e| !std::fs::read_to_string(e.path().join("stat")).unwrap_or_default().contains(") Z"))
-            .map(|e| e.file_name().to_string_lossy().to_string())
-            .collect();
-        let sockets: Vec<_> = std::fs::read_dir(session.join("sockets")).map(|d| d.flatten().collect()).unwrap_or_default();
-        if alive.is_empty() && sockets.is_empty() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "left behind: processes {alive:?}, sockets {sockets:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let session_pid = session.file_name().unwrap().to_str().unwrap().rsplit('_').next().unwrap().to_string();
-    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
-        let name = e.file_name().to_string_lossy().to_string();
-        assert!(!name.starts_with(&format!("rayr-{session_pid}-")), "shm store {name} left behind");
-    }
 }
 
 /// A cluster started with `rayr start --head` in its own RAYR_TMPDIR; stopped when dropped,

@@ -78,7 +78,7 @@ pub async fn connect(address: Option<String>) -> anyhow::Result<Cluster> {
 }
 
 /// Connects and checks that a head answers there (a stale address may now be someone else's port).
-async fn dial(addr: &str) -> anyhow::Result<HeadClient<Channel>> {
+pub(crate) async fn dial(addr: &str) -> anyhow::Result<HeadClient<Channel>> {
     let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
     let endpoint =
         Endpoint::from_shared(uri).map_err(|e| anyhow!("`{addr}` is not an address of the form HOST:PORT ({e})"))?;

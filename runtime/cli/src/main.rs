@@ -6,6 +6,7 @@
 //! message that says what was wrong and what to do.
 
 mod connect;
+mod join;
 mod query;
 mod whydied;
 
@@ -28,7 +29,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Start a cluster's head (with a node agent) on this host, in the background.
+    /// Start a cluster's head (with a node agent) on this host, or a node agent that joins
+    /// a running cluster, in the background.
     Start(StartArgs),
     /// Stop every rayr process of this host's latest session and remove its sockets and shm.
     Stop {
@@ -63,7 +65,7 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct StartArgs {
-    /// Start the head of a new cluster (required until multi-node joining lands, issue #4).
+    /// Start the head of a new cluster (with a node agent).
     #[arg(long)]
     head: bool,
     /// Join the cluster whose head is at HOST:PORT.
@@ -92,6 +94,15 @@ struct StartArgs {
     /// Bytes of the shm object store.
     #[arg(long, default_value_t = 2 << 30)]
     object_store_memory: u64,
+    /// Head: how often nodes beat (milliseconds).
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_period_ms: u32,
+    /// Head: a node silent for this many periods is declared dead.
+    #[arg(long, default_value_t = 5)]
+    missed_heartbeats: u32,
+    /// Joining node: how long the head may be unreachable before the node exits (seconds).
+    #[arg(long, default_value_t = 60)]
+    head_timeout_s: u64,
 }
 
 #[derive(clap::Args)]
@@ -106,6 +117,17 @@ struct ServeArgs {
     node_ip_address: String,
     #[arg(long)]
     object_store_memory: u64,
+    #[arg(long, default_value_t = 1000)]
+    heartbeat_period_ms: u32,
+    #[arg(long, default_value_t = 5)]
+    missed_heartbeats: u32,
+    /// A joining node: the head's HOST:PORT (no head is started here).
+    #[arg(long)]
+    join: Option<String>,
+    #[arg(long)]
+    node_id: Option<String>,
+    #[arg(long, default_value_t = 60)]
+    head_timeout_s: u64,
 }
 
 fn main() {
@@ -156,13 +178,16 @@ fn node_resources(a: &StartArgs) -> anyhow::Result<HashMap<String, f64>> {
 
 /// Starts `rayr __serve` detached, then waits until its head answers.
 fn start(a: StartArgs) -> anyhow::Result<()> {
-    if let Some(addr) = &a.address {
-        bail!(
-            "joining the cluster at {addr} needs multi-node support, which is not built yet (issue #4); start a single-host cluster with `rayr start --head`"
-        );
+    match (&a.address, a.head) {
+        (Some(_), true) => bail!("--head starts a new cluster and --address joins one: give one of them"),
+        (Some(addr), false) => return start_node(&a, addr),
+        (None, false) => {
+            bail!("say what to start: `rayr start --head` starts a new cluster on this host; `rayr start --address HEAD:PORT` joins one")
+        }
+        (None, true) => {}
     }
-    if !a.head {
-        bail!("say what to start: `rayr start --head` starts a new cluster on this host");
+    if a.heartbeat_period_ms == 0 || a.missed_heartbeats == 0 {
+        bail!("--heartbeat-period-ms and --missed-heartbeats must be at least 1");
     }
     let resources = node_resources(&a)?;
     if a.port != 0
@@ -184,6 +209,10 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         .arg(&a.node_ip_address)
         .arg("--object-store-memory")
         .arg(a.object_store_memory.to_string())
+        .arg("--heartbeat-period-ms")
+        .arg(a.heartbeat_period_ms.to_string())
+        .arg("--missed-heartbeats")
+        .arg(a.missed_heartbeats.to_string())
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -210,37 +239,171 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The head + node agent process: runs until SIGTERM/SIGINT, then stops cleanly.
-fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let session = Session::open(&a.session);
-    let resources: HashMap<String, f64> = serde_json::from_str(&a.resources_json)?;
-    let cpus = resources.get("CPU").copied().unwrap_or(1.0);
-    let mut cfg = rayr_node::NodeConfig::local(session.clone(), cpus);
-    cfg.resources = resources;
-    cfg.ip_address = a.node_ip_address.clone();
-    cfg.store_capacity = a.object_store_memory;
-    cfg.store_prefault = cfg.store_prefault.min(a.object_store_memory);
-    cfg.node_id = new_id();
-    // Block the stop signals in every thread; this thread waits for them.
+/// Starts a node agent that joins the cluster whose head is at `head` (`rayr start
+/// --address`), then waits until the head has admitted it.
+fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
+    let resources = node_resources(a)?;
+    a.node_ip_address
+        .parse::<std::net::IpAddr>()
+        .map_err(|e| anyhow!("--node-ip-address {} is not an IP address: {e}", a.node_ip_address))?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let info = rt
+        .block_on(async {
+            let mut client = connect::dial(head).await?;
+            anyhow::Ok(client.cluster_info(rayr_proto::ClusterInfoRequest {}).await?.into_inner())
+        })
+        .with_context(|| format!("no rayr head answers at {head}"))?;
+    let session = Session::open(&info.session_dir);
+    if session.head_address().is_none() {
+        bail!(
+            "the head at {head} keeps its session in {}, which is not on this host: nodes on other hosts need their event logs shipped to the head, which is not built yet (issue #4); start this node on the head's host",
+            info.session_dir
+        );
+    }
+    let node_id = new_id();
+    let node_hex = hex(&node_id);
+    let log_path = session.logs_dir().join(format!("node-{}.log", &node_hex[..16]));
+    let log = std::fs::File::create(&log_path)?;
+    let mut child = std::process::Command::new(std::env::current_exe()?)
+        .arg("__serve")
+        .arg("--session")
+        .arg(&session.dir)
+        .arg("--join")
+        .arg(head)
+        .arg("--node-id")
+        .arg(&node_hex)
+        .arg("--resources-json")
+        .arg(serde_json::to_string(&resources)?)
+        .arg("--port")
+        .arg("0")
+        .arg("--node-ip-address")
+        .arg(&a.node_ip_address)
+        .arg("--object-store-memory")
+        .arg(a.object_store_memory.to_string())
+        .arg("--head-timeout-s")
+        .arg(a.head_timeout_s.to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the node agent process")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let joined = rt.block_on(async {
+            let mut client = connect::dial(head).await.ok()?;
+            let nodes = client.cluster_info(rayr_proto::ClusterInfoRequest {}).await.ok()?.into_inner().nodes;
+            // A member (the head annotates members with their last beat), not just a node
+            // that recorded its start.
+            nodes.into_iter().find(|n| n.node_id == node_id && n.state == "ALIVE" && n.last_heartbeat_us > 0)
+        });
+        if joined.is_some() {
+            println!("rayr node {node_hex} (pid {}) joined the cluster at {head} as {}", child.id(), a.node_ip_address);
+            println!("  session: {}", session.dir.display());
+            println!("  `rayr stop` on this host stops it (and every rayr process of the session here)");
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the node agent exited ({status}) before it joined:\n{log}");
+        }
+        if Instant::now() > deadline {
+            bail!("the node agent did not join within 20 s; see {}", log_path.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Blocks SIGTERM and SIGINT in every thread started after; `wait_for_stop` takes them.
+fn block_stop_signals() -> libc::sigset_t {
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: plain signal-mask calls.
     unsafe {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGTERM);
         libc::sigaddset(&mut set, libc::SIGINT);
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
     }
+    set
+}
+
+fn wait_for_stop(set: &libc::sigset_t) -> i32 {
+    let mut sig = 0;
+    // SAFETY: waits for one of the blocked signals.
+    unsafe { libc::sigwait(set, &mut sig) };
+    sig
+}
+
+/// The long-running process `start` launches: the head and its node agent, or (`--join`)
+/// a node agent that joins a cluster. Runs until SIGTERM/SIGINT, then stops cleanly.
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let session = Session::open(&a.session);
+    let resources: HashMap<String, f64> = serde_json::from_str(&a.resources_json)?;
+    let cpus = resources.get("CPU").copied().unwrap_or(1.0);
+    let mut cfg = rayr_node::NodeConfig::local(session.clone(), cpus);
+    cfg.resources = resources.clone();
+    cfg.ip_address = a.node_ip_address.clone();
+    cfg.store_capacity = a.object_store_memory;
+    cfg.store_prefault = cfg.store_prefault.min(a.object_store_memory);
+    cfg.node_id = match &a.node_id {
+        Some(h) => rayr_logs::parse_hex(h).and_then(|b| b.try_into().ok()).ok_or_else(|| anyhow!("--node-id {h} is not a 32-digit hex id"))?,
+        None => new_id(),
+    };
+    let node_id = cfg.node_id;
+    let set = block_stop_signals();
     let node = rayr_node::start_node(cfg).context("starting the node agent")?;
+    let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(session.pids_file())?;
+    writeln!(pids, "{}", std::process::id())?;
+    if let Some(head) = &a.join {
+        let ending: join::Ending = Default::default();
+        let joining = join::Joining {
+            head: head.clone(),
+            node_id,
+            address: a.node_ip_address.clone(),
+            resources,
+            session_dir: session.dir.display().to_string(),
+            head_timeout: Duration::from_secs(a.head_timeout_s),
+        };
+        let probe = node.resource_probe();
+        let end = ending.clone();
+        std::thread::Builder::new().name("rayr-membership".into()).spawn(move || join::run(joining, move || probe.available(), end))?;
+        eprintln!("rayr node {} joining the cluster at {head}", hex(&node_id));
+        let sig = wait_for_stop(&set);
+        let reason = match ending.lock().take() {
+            Some(why) => why,
+            None => {
+                let why = format!("asked to stop (signal {sig}): it left the cluster on purpose");
+                join::unregister(head, node_id, &why);
+                why
+            }
+        };
+        eprintln!("rayr node stopping: {reason}");
+        node.shutdown_because(&reason);
+        return Ok(());
+    }
     let bind: std::net::SocketAddr = format!("{}:{}", a.node_ip_address, a.port)
         .parse()
         .map_err(|e| anyhow!("--node-ip-address {} is not an IP address: {e}", a.node_ip_address))?;
-    let head = rayr_head::start_head(session.clone(), bind).map_err(|e| anyhow!("starting the head: {e}"))?;
-    let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(session.pids_file())?;
-    writeln!(pids, "{}", std::process::id())?;
-    eprintln!("rayr head serving at {} with node {}", head.address(), hex(&node.node_id()));
-    let mut sig = 0;
-    unsafe { libc::sigwait(&set, &mut sig) };
+    let watch = rayr_head::MembershipConfig {
+        heartbeat_period: Duration::from_millis(a.heartbeat_period_ms.max(1) as u64),
+        missed_heartbeats: a.missed_heartbeats.max(1),
+    };
+    let head = rayr_head::start_head_with(session.clone(), bind, watch).map_err(|e| anyhow!("starting the head: {e}"))?;
+    // The head's own node: a member that needs no heartbeat; its free resources are read here.
+    head.membership().add_head_node(node_id, &a.node_ip_address, resources);
+    let (membership, probe) = (head.membership().clone(), node.resource_probe());
+    let period = watch.heartbeat_period;
+    std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
+        loop {
+            membership.head_node_available(&node_id, probe.available());
+            std::thread::sleep(period);
+        }
+    })?;
+    std::fs::write(session.head_node_file(), node.socket_path().display().to_string())?;
+    eprintln!("rayr head serving at {} with node {}", head.address(), hex(&node_id));
+    let sig = wait_for_stop(&set);
     eprintln!("rayr head stopping (signal {sig})");
-    node.shutdown();
+    node.shutdown_because(&format!("asked to stop (signal {sig}): the head's node left the cluster on purpose"));
     head.shutdown();
     Ok(())
 }
@@ -346,7 +509,13 @@ async fn status(address: Option<String>, json: bool) -> anyhow::Result<()> {
     if json {
         let nodes: Vec<_> = nodes
             .iter()
-            .map(|n| serde_json::json!({"node_id": hex(&n.node_id), "address": n.address, "state": n.state, "resources": n.resources, "store_capacity": n.store_capacity}))
+            .map(|n| {
+                serde_json::json!({
+                    "node_id": hex(&n.node_id), "address": n.address, "state": n.state, "resources": n.resources,
+                    "available_resources": n.available_resources, "store_capacity": n.store_capacity, "is_head": n.is_head,
+                    "last_heartbeat_us": n.last_heartbeat_us, "reason": n.reason,
+                })
+            })
             .collect();
         println!("{}", serde_json::json!({"session_dir": session, "running": live, "events_indexed": indexed, "nodes": nodes}));
         return Ok(());
@@ -355,9 +524,17 @@ async fn status(address: Option<String>, json: bool) -> anyhow::Result<()> {
     println!("events indexed: {indexed}");
     println!("{} node(s):", nodes.len());
     for n in nodes {
-        let mut res: Vec<String> = n.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        res.sort();
-        println!("  {}  {:<15} {:<6} {}  store {} MiB", &hex(&n.node_id)[..12], n.address, n.state, res.join(" "), n.store_capacity >> 20);
+        let show = |r: &HashMap<String, f64>| {
+            let mut v: Vec<String> = r.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            v.sort();
+            v.join(" ")
+        };
+        let free = if n.state == "ALIVE" && live { format!("  free {}", show(&n.available_resources)) } else { String::new() };
+        let head = if n.is_head { "  (head)" } else { "" };
+        println!("  {}  {:<15} {:<6} {}{free}  store {} MiB{head}", &hex(&n.node_id)[..12], n.address, n.state, show(&n.resources), n.store_capacity >> 20);
+        if n.state == "DEAD" && !n.reason.is_empty() {
+            println!("      {}", n.reason);
+        }
     }
     Ok(())
 }
@@ -366,10 +543,8 @@ async fn status(address: Option<String>, json: bool) -> anyhow::Result<()> {
 fn memory(json: bool) -> anyhow::Result<()> {
     use rayr_proto::{ClientMessage, NodeMessage, client_message, node_message};
     let session = Session::latest(&rayr_logs::tmpdir()).ok_or_else(|| anyhow!("no rayr session on this host: start one with `rayr start --head`"))?;
-    let socket = std::fs::read_dir(session.sockets_dir())?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("node-") && n.ends_with(".sock")))
+    let socket = session
+        .local_node_socket()
         .ok_or_else(|| anyhow!("the node agent of {} is not running", session.dir.display()))?;
     let mut stream = std::os::unix::net::UnixStream::connect(&socket).with_context(|| format!("connecting to {}", socket.display()))?;
     let mut buf = Vec::new();

@@ -7,6 +7,8 @@
 //!   (tasks, objects, workers, nodes, jobs) that say where each entity stands. The index
 //!   is rebuilt from the logs, never the other way round: the logs are the record.
 //! - [`start_head`]: the indexer thread that tails the logs, and the `Head` gRPC server.
+//! - [`Membership`]: which node agents are in the cluster, their heartbeats, and the
+//!   declaration of a silent node's death (NODE_JOINED, NODE_DIED).
 //!
 //! What it must not touch: processes (starting, signalling or reaping workers is the node
 //! agent's), worker sockets, and the event logs themselves (it only reads them). The views
@@ -31,6 +33,7 @@
 
 mod ids;
 mod index;
+mod membership;
 mod query;
 mod service;
 mod views;
@@ -41,7 +44,8 @@ use std::path::PathBuf;
 pub use ids::{IdPattern, short_id};
 pub use index::{EventIndex, EventQuery, EventsPage, MAX_ID_MATCHES};
 pub use query::{DEFAULT_PAGE, ENTITIES};
-pub use service::{HeadHandle, ID_PATTERN_METADATA, start_head};
+pub use membership::{Membership, MembershipConfig};
+pub use service::{HeadHandle, ID_PATTERN_METADATA, start_head, start_head_with};
 
 /// What can go wrong in the head. Each message says what happened and what to do.
 #[derive(Debug, thiserror::Error)]

@@ -14,13 +14,17 @@ use std::time::{Duration, Instant};
 
 use rayr_logs::Session;
 use rayr_proto::head_server::{Head, HeadServer};
-use rayr_proto::{ClusterInfoReply, ClusterInfoRequest, Event, EventsRequest, ListReply, ListRequest};
+use rayr_proto::{
+    ClusterInfoReply, ClusterInfoRequest, Event, EventsRequest, HeartbeatReply, HeartbeatRequest, ListReply, ListRequest,
+    RegisterNodeReply, RegisterNodeRequest, UnregisterNodeReply, UnregisterNodeRequest, heartbeat_reply,
+};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use crate::HeadError;
 use crate::index::{EventIndex, EventQuery};
+use crate::membership::{Membership, MembershipConfig, Standing};
 
 /// How often the indexer looks for new events.
 const INDEX_EVERY: Duration = Duration::from_millis(20);
@@ -41,6 +45,7 @@ pub struct HeadHandle {
     address: SocketAddr,
     session: Session,
     index: Arc<EventIndex>,
+    membership: Arc<Membership>,
     stop_server: Option<watch::Sender<bool>>,
     server: Option<JoinHandle<()>>,
     stop_indexer: Arc<AtomicBool>,
@@ -61,6 +66,11 @@ impl HeadHandle {
 
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// The cluster's nodes as the head sees them (the head's own node is added here).
+    pub fn membership(&self) -> &Arc<Membership> {
+        &self.membership
     }
 
     /// Stops serving, makes what is indexed durable and removes the address file. A backlog
@@ -101,6 +111,12 @@ impl Drop for HeadHandle {
 /// Opens the session's index, starts the indexer and the gRPC server on `bind` (port 0:
 /// any free port), and writes the address to `session.head_address_file()`.
 pub fn start_head(session: Session, bind: SocketAddr) -> Result<HeadHandle, HeadError> {
+    start_head_with(session, bind, MembershipConfig::default())
+}
+
+/// `start_head` with how node liveness is watched.
+pub fn start_head_with(session: Session, bind: SocketAddr, membership: MembershipConfig) -> Result<HeadHandle, HeadError> {
+    let membership = Membership::open(&session, membership).map_err(|e| HeadError::Io { path: session.events_dir(), source: e })?;
     let index = Arc::new(EventIndex::open(&session)?);
     // Index what is already there before answering anyone, so the first query is complete.
     index.catch_up(&session)?;
@@ -126,7 +142,7 @@ pub fn start_head(session: Session, bind: SocketAddr) -> Result<HeadHandle, Head
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let service = HeadService { index: index.clone(), session: session.clone(), stop: stop_rx.clone() };
+    let service = HeadService { index: index.clone(), session: session.clone(), stop: stop_rx.clone(), membership: membership.clone() };
     let server = std::thread::Builder::new()
         .name("rayr-head-grpc".into())
         .spawn(move || run_server(listener, service, stop_rx))
@@ -136,6 +152,7 @@ pub fn start_head(session: Session, bind: SocketAddr) -> Result<HeadHandle, Head
         address,
         session: session.clone(),
         index,
+        membership,
         stop_server: Some(stop_tx),
         server: Some(server),
         stop_indexer,
@@ -249,6 +266,18 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
                 return;
             }
         };
+        // Nodes whose beats stopped are declared dead, checked twice a period.
+        let membership = service.membership.clone();
+        let mut watch_stop = stop.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(membership.config().heartbeat_period / 2);
+            loop {
+                tokio::select! {
+                    _ = every.tick() => membership.check(),
+                    _ = watch_stop.wait_for(|s| *s) => return,
+                }
+            }
+        });
         let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         let serve = tonic::transport::Server::builder()
             .add_service(HeadServer::new(service).max_decoding_message_size(64 << 20))
@@ -273,6 +302,7 @@ struct HeadService {
     index: Arc<EventIndex>,
     session: Session,
     stop: watch::Receiver<bool>,
+    membership: Arc<Membership>,
 }
 
 /// Runs a blocking index read on tokio's blocking pool.
@@ -291,19 +321,45 @@ impl Head for HeadService {
         let index = self.index.clone();
         let session = self.session.clone();
         let session_dir = self.session.dir.display().to_string();
+        let membership = self.membership.clone();
         let reply = blocking(move || {
             // Answers include everything appended so far, not just what the
             // low-priority indexer has reached.
             index.catch_up(&session)?;
-            Ok(ClusterInfoReply {
-                session_dir,
-                nodes: index.nodes()?,
-                events_indexed: index.events_indexed()?,
-                head_pid: std::process::id(),
-            })
+            let mut nodes = index.nodes()?;
+            membership.annotate(&mut nodes);
+            Ok(ClusterInfoReply { session_dir, nodes, events_indexed: index.events_indexed()?, head_pid: std::process::id() })
         })
         .await?;
         Ok(Response::new(reply))
+    }
+
+    async fn register_node(&self, req: Request<RegisterNodeRequest>) -> Result<Response<RegisterNodeReply>, Status> {
+        let cfg = self.membership.config();
+        let mut reply = RegisterNodeReply {
+            error: String::new(),
+            heartbeat_period_ms: cfg.heartbeat_period.as_millis() as u32,
+            missed_heartbeats: cfg.missed_heartbeats,
+            session_dir: self.session.dir.display().to_string(),
+        };
+        if let Err(e) = self.membership.register(&req.into_inner()) {
+            reply.error = e;
+        }
+        Ok(Response::new(reply))
+    }
+
+    async fn heartbeat(&self, req: Request<HeartbeatRequest>) -> Result<Response<HeartbeatReply>, Status> {
+        let (standing, detail) = match self.membership.heartbeat(&req.into_inner()) {
+            Standing::Ok => (heartbeat_reply::Standing::Ok, String::new()),
+            Standing::Unknown => (heartbeat_reply::Standing::Unknown, "this head does not know the node: register again".into()),
+            Standing::Dead(why) => (heartbeat_reply::Standing::Dead, why),
+        };
+        Ok(Response::new(HeartbeatReply { standing: standing as i32, detail }))
+    }
+
+    async fn unregister_node(&self, req: Request<UnregisterNodeRequest>) -> Result<Response<UnregisterNodeReply>, Status> {
+        self.membership.unregister(&req.into_inner());
+        Ok(Response::new(UnregisterNodeReply {}))
     }
 
     async fn list(&self, req: Request<ListRequest>) -> Result<Response<ListReply>, Status> {

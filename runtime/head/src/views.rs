@@ -46,7 +46,7 @@ pub(crate) fn target(ev: &Event) -> Target<'_> {
             let id = if nonempty(&ev.worker_id) { &ev.worker_id } else { &ev.source_worker };
             if nonempty(id) { Target::Worker(id) } else { Target::None }
         }
-        NodeStarted | NodeStopped if nonempty(&ev.node_id) => Target::Node(&ev.node_id),
+        NodeStarted | NodeStopped | NodeDied | NodeJoined if nonempty(&ev.node_id) => Target::Node(&ev.node_id),
         JobStarted | JobFinished if nonempty(&ev.job_id) => Target::Job(&ev.job_id),
         ActorCreated | ActorDied | ActorRestarted if nonempty(&ev.actor_id) => Target::Actor(&ev.actor_id),
         _ => Target::None,
@@ -318,11 +318,14 @@ pub(crate) fn apply_node(row: &mut NodeRow, ev: &Event) {
                 row.state = "ALIVE".to_string();
             }
         }
-        NodeStopped => {
+        // The first end is the one that explains it (a node declared dead may still stop
+        // itself later, when it learns so).
+        NodeStopped | NodeDied if row.stopped_us == 0 || ev.time_us < row.stopped_us => {
             row.state = "DEAD".to_string();
             row.stopped_us = ev.time_us;
             row.reason = detail.map(|d| d.reason.clone()).unwrap_or_default();
         }
+        NodeJoined if row.state.is_empty() => row.state = "ALIVE".to_string(),
         _ => {}
     }
 }

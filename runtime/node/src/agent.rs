@@ -83,10 +83,20 @@ impl NodeHandle {
         self.agent.state.lock().alloc.used()
     }
 
+    /// What the node has free now, readable from another thread (a heartbeat).
+    pub fn resource_probe(&self) -> ResourceProbe {
+        ResourceProbe(self.agent.clone())
+    }
+
     /// Stops every worker (SIGTERM, then SIGKILL after 2 s), records NODE_STOPPED, and
     /// removes the socket and the shm file.
-    pub fn shutdown(mut self) {
-        self.agent.shutdown("the node agent was asked to stop");
+    pub fn shutdown(self) {
+        self.shutdown_because("the node agent was asked to stop");
+    }
+
+    /// `shutdown`, with why (NODE_STOPPED's reason).
+    pub fn shutdown_because(mut self, reason: &str) {
+        self.agent.shutdown(reason);
         // Threads still holding the agent keep the mapping; the file goes now.
         let _ = std::fs::remove_file(self.agent.arena.path());
         // Wake the accept loops so they see the flag.
@@ -97,6 +107,16 @@ impl NodeHandle {
         }
         let _ = std::fs::remove_file(&self.agent.socket_path);
         let _ = std::fs::remove_file(&self.agent.peer_socket_path);
+    }
+}
+
+/// Reads a running node's free resources (see [`NodeHandle::resource_probe`]).
+pub struct ResourceProbe(Arc<Agent>);
+
+impl ResourceProbe {
+    /// Resources not held by any lease.
+    pub fn available(&self) -> Resources {
+        self.0.state.lock().available.iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect()
     }
 }
 

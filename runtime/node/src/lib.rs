@@ -10,7 +10,9 @@
 //! - the node's **event log**: every process of the host packs its events into a
 //!   shared-memory area it names at registration (`rayr_logs::event_area`); a drain thread
 //!   moves them into `events/events-<node>.log` every few milliseconds, and once more when
-//!   the process's connection closes, however it ended.
+//!   the process's connection closes, however it ended;
+//! - **detached actors** (`agent/detached.rs`): actors that outlive their creator's job,
+//!   which the agent holds, restarts and answers for on its peer socket.
 //!
 //! Drivers and workers talk to it over a Unix socket with the `ClientMessage` /
 //! `NodeMessage` frames of `proto/schemas/core.proto`. It does not run user code and does
@@ -27,4 +29,4 @@ mod agent;
 pub mod pool;
 pub mod resources;
 
-pub use agent::{NodeConfig, NodeHandle, start_node};
+pub use agent::{NodeConfig, NodeHandle, ResourceProbe, start_node};

@@ -174,12 +174,7 @@ fn session_of_head(address: &str) -> Result<Session> {
 /// The node agent socket of a session on this host.
 fn node_socket_in(session_dir: &Path) -> Result<PathBuf> {
     let sockets = session_dir.join("sockets");
-    let found = std::fs::read_dir(&sockets).ok().and_then(|d| {
-        d.flatten()
-            .map(|e| e.path())
-            .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("node-") && n.ends_with(".sock")))
-    });
-    found.ok_or_else(|| {
+    Session::open(session_dir).local_node_socket().ok_or_else(|| {
         Error::Connection(format!(
             "no node agent socket in {}: the cluster's node agent is not running on this host",
             sockets.display()

@@ -1,0 +1,121 @@
+//! A node agent's membership in a cluster whose head runs elsewhere (`rayr start
+//! --address`): it registers with the head, beats every period with what it has free, and
+//! decides when it must go.
+//!
+//! The head being unreachable is not the node's death: its workers keep running and it
+//! keeps trying, for `head_timeout`; after that it exits saying so. A head that answers
+//! "unknown" (it restarted) gets a new registration; one that answers "dead" (it declared
+//! this node dead after missed beats) is obeyed: the node exits, since what it held has
+//! been declared lost.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rayr_logs::{Id, hex};
+use rayr_proto::heartbeat_reply::Standing;
+use rayr_proto::{HeartbeatRequest, RegisterNodeRequest, UnregisterNodeRequest};
+
+/// What the node tells the head about itself.
+pub struct Joining {
+    pub head: String,
+    pub node_id: Id,
+    pub address: String,
+    pub resources: HashMap<String, f64>,
+    pub session_dir: String,
+    /// How long the head may be unreachable before the node gives up.
+    pub head_timeout: Duration,
+}
+
+/// Why the membership loop ended (the node then stops, recording this as NODE_STOPPED's
+/// reason).
+pub type Ending = Arc<Mutex<Option<String>>>;
+
+/// Runs until the node must go; then stores why in `ending` and asks this process to stop
+/// (SIGTERM to itself, which the main thread waits for). `available`: what the node has
+/// free now.
+pub fn run(j: Joining, available: impl Fn() -> HashMap<String, f64>, ending: Ending) {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return leave(&ending, format!("cannot start the membership loop: {e}")),
+    };
+    let why = rt.block_on(membership(&j, &available));
+    eprintln!("rayr node {}: {why}", hex(&j.node_id));
+    leave(&ending, why);
+}
+
+fn leave(ending: &Ending, why: String) {
+    ending.lock().get_or_insert(why);
+    // SAFETY: signalling this process; the main thread waits for SIGTERM.
+    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+}
+
+async fn membership(j: &Joining, available: &impl Fn() -> HashMap<String, f64>) -> String {
+    let mut last_contact = Instant::now();
+    'register: loop {
+        let mut client = match crate::connect::dial(&j.head).await {
+            Ok(c) => c,
+            Err(e) => {
+                if last_contact.elapsed() > j.head_timeout {
+                    return format!("lost the head at {} for {} s ({e}): exiting, as configured", j.head, j.head_timeout.as_secs());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let request = RegisterNodeRequest {
+            node_id: j.node_id.to_vec(),
+            address: j.address.clone(),
+            resources: j.resources.clone(),
+            labels: HashMap::new(),
+            pid: std::process::id(),
+            session_dir: j.session_dir.clone(),
+        };
+        let reply = match client.register_node(request).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => {
+                if last_contact.elapsed() > j.head_timeout {
+                    return format!("the head at {} refused every registration for {} s ({}): exiting", j.head, j.head_timeout.as_secs(), s.message());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        if !reply.error.is_empty() {
+            return format!("the head refused this node: {}", reply.error);
+        }
+        last_contact = Instant::now();
+        let period = Duration::from_millis(reply.heartbeat_period_ms.max(10) as u64);
+        let mut every = tokio::time::interval(period);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            every.tick().await;
+            let beat = HeartbeatRequest { node_id: j.node_id.to_vec(), available_resources: available() };
+            match tokio::time::timeout(period * 4, client.heartbeat(beat)).await {
+                Ok(Ok(r)) => {
+                    let r = r.into_inner();
+                    last_contact = Instant::now();
+                    match Standing::try_from(r.standing).unwrap_or(Standing::Ok) {
+                        Standing::Ok => {}
+                        Standing::Unknown => continue 'register,
+                        Standing::Dead => return format!("the head declared this node dead ({}): exiting", r.detail),
+                    }
+                }
+                // Unreachable for now: keep the workers running and keep trying.
+                _ if last_contact.elapsed() <= j.head_timeout => {}
+                _ => return format!("lost the head at {} for {} s: exiting, as configured", j.head, j.head_timeout.as_secs()),
+            }
+        }
+    }
+}
+
+/// Tells the head the node leaves on purpose (best effort: the head may be gone).
+pub fn unregister(head: &str, node: Id, reason: &str) {
+    let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+    rt.block_on(async {
+        let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(2), crate::connect::dial(head)).await else { return };
+        let req = UnregisterNodeRequest { node_id: node.to_vec(), reason: reason.to_string() };
+        let _ = tokio::time::timeout(Duration::from_secs(2), client.unregister_node(req)).await;
+    });
+}

@@ -1,0 +1,237 @@
+//! Cluster membership: which node agents are in the cluster and whether each still
+//! answers.
+//!
+//! A node agent joins with `RegisterNode` (the head records NODE_JOINED), then beats every
+//! `heartbeat_period` with what it has free. A node whose beats stop for `missed`
+//! periods is declared dead (NODE_DIED, with the time of its last beat): a dead node never
+//! comes back — its next beat is answered DEAD and it exits, as a Ray node declared dead
+//! by the GCS does — so what was lost with it is lost once, and explained once. A node
+//! that leaves on purpose says so (`UnregisterNode`; it records NODE_STOPPED itself). The
+//! head's own node agent is a member that never times out (it lives in the head's process).
+//!
+//! The head's decisions are events like any other, in the session's `events/` directory
+//! (`events-head-<head>.log`), indexed with the rest.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rayr_logs::{EventLogWriter, Id, Session, hex, new_id, now_us};
+use rayr_proto::{Event, EventKind, NodeDetail, NodeRow, event};
+
+/// How a head watches its nodes (`rayr start --head --heartbeat-period-ms … --missed-heartbeats …`).
+#[derive(Clone, Copy, Debug)]
+pub struct MembershipConfig {
+    pub heartbeat_period: Duration,
+    pub missed_heartbeats: u32,
+}
+
+impl Default for MembershipConfig {
+    /// A node silent for 5 s is dead (Ray: 3 s × 5).
+    fn default() -> Self {
+        MembershipConfig { heartbeat_period: Duration::from_millis(1000), missed_heartbeats: 5 }
+    }
+}
+
+struct Member {
+    address: String,
+    resources: HashMap<String, f64>,
+    available: HashMap<String, f64>,
+    last_beat: Instant,
+    last_beat_us: i64,
+    /// Why it is no longer a member (declared dead, or left).
+    gone: Option<String>,
+    is_head: bool,
+}
+
+/// The head's table of nodes.
+pub struct Membership {
+    cfg: MembershipConfig,
+    nodes: Mutex<HashMap<Id, Member>>,
+    log: Mutex<EventLogWriter>,
+    /// The head's own id, the source of its events.
+    head_id: Id,
+}
+
+/// What a node's beat is answered.
+pub enum Standing {
+    Ok,
+    Unknown,
+    Dead(String),
+}
+
+impl Membership {
+    pub fn open(session: &Session, cfg: MembershipConfig) -> std::io::Result<Arc<Membership>> {
+        let head_id = new_id();
+        let log = EventLogWriter::open(&session.event_log(&format!("head-{}", &hex(&head_id)[..16])))?;
+        Ok(Arc::new(Membership { cfg, nodes: Mutex::new(HashMap::new()), log: Mutex::new(log), head_id }))
+    }
+
+    pub fn config(&self) -> MembershipConfig {
+        self.cfg
+    }
+
+    fn record(&self, mut e: Event) {
+        e.id = new_id().to_vec();
+        e.time_us = now_us();
+        e.source_worker = self.head_id.to_vec();
+        e.source_pid = std::process::id();
+        let mut buf = Vec::with_capacity(160);
+        rayr_logs::encode_single_run_frame(&e, &mut buf);
+        if let Err(err) = self.log.lock().append(&buf) {
+            tracing::error!("cannot append to the head's event log: {err}");
+        }
+    }
+
+    /// The head's own node agent: a member that never times out.
+    pub fn add_head_node(&self, node: Id, address: &str, resources: HashMap<String, f64>) {
+        let member = Member {
+            address: address.to_string(),
+            available: resources.clone(),
+            resources,
+            last_beat: Instant::now(),
+            last_beat_us: now_us(),
+            gone: None,
+            is_head: true,
+        };
+        self.nodes.lock().insert(node, member);
+    }
+
+    /// The head's own node's free resources (it does not beat: it is in this process).
+    pub fn head_node_available(&self, node: &Id, available: HashMap<String, f64>) {
+        if let Some(m) = self.nodes.lock().get_mut(node) {
+            m.available = available;
+            m.last_beat = Instant::now();
+            m.last_beat_us = now_us();
+        }
+    }
+
+    /// A node agent asks to join. Err: why it may not (bad input, or declared dead before).
+    pub fn register(&self, r: &rayr_proto::RegisterNodeRequest) -> Result<(), String> {
+        let node: Id = r.node_id.as_slice().try_into().map_err(|_| "register: a node id is 16 bytes".to_string())?;
+        r.address.parse::<IpAddr>().map_err(|e| format!("register: the node's address {:?} is not an IP address: {e}", r.address))?;
+        if let Some((k, v)) = r.resources.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+            return Err(format!("register: resource {k} = {v} must be a non-negative number"));
+        }
+        let mut nodes = self.nodes.lock();
+        if let Some(gone) = nodes.get(&node).and_then(|m| m.gone.clone()) {
+            return Err(format!("node {} is no longer in the cluster ({gone}); start a new node agent", hex(&node)));
+        }
+        let rejoin = nodes.contains_key(&node);
+        nodes.insert(
+            node,
+            Member {
+                address: r.address.clone(),
+                resources: r.resources.clone(),
+                available: r.resources.clone(),
+                last_beat: Instant::now(),
+                last_beat_us: now_us(),
+                gone: None,
+                is_head: false,
+            },
+        );
+        drop(nodes);
+        let reason = if rejoin { "registered again (the head restarted or lost it)" } else { "joined" };
+        self.record(Event {
+            kind: EventKind::NodeJoined as i32,
+            node_id: node.to_vec(),
+            detail: Some(event::Detail::Node(NodeDetail {
+                address: r.address.clone(),
+                reason: format!("{reason}: node agent pid {}", r.pid),
+                resources: r.resources.clone(),
+                store_capacity: 0,
+            })),
+            ..Default::default()
+        });
+        Ok(())
+    }
+
+    pub fn heartbeat(&self, r: &rayr_proto::HeartbeatRequest) -> Standing {
+        let Ok(node) = <Id>::try_from(r.node_id.as_slice()) else { return Standing::Unknown };
+        let mut nodes = self.nodes.lock();
+        match nodes.get_mut(&node) {
+            None => Standing::Unknown,
+            Some(m) => match &m.gone {
+                Some(why) => Standing::Dead(why.clone()),
+                None => {
+                    m.last_beat = Instant::now();
+                    m.last_beat_us = now_us();
+                    m.available = r.available_resources.clone();
+                    Standing::Ok
+                }
+            },
+        }
+    }
+
+    /// The node leaves on purpose (it records NODE_STOPPED itself).
+    pub fn unregister(&self, r: &rayr_proto::UnregisterNodeRequest) {
+        let Ok(node) = <Id>::try_from(r.node_id.as_slice()) else { return };
+        if let Some(m) = self.nodes.lock().get_mut(&node)
+            && m.gone.is_none()
+        {
+            m.gone = Some(format!("it left: {}", r.reason));
+        }
+    }
+
+    /// Declares dead every node whose beats stopped `missed` periods ago (NODE_DIED).
+    pub fn check(&self) {
+        let limit = self.cfg.heartbeat_period * self.cfg.missed_heartbeats;
+        let now = Instant::now();
+        let mut died = Vec::new();
+        {
+            let mut nodes = self.nodes.lock();
+            for (id, m) in nodes.iter_mut().filter(|(_, m)| !m.is_head && m.gone.is_none()) {
+                let silent = now - m.last_beat;
+                if silent > limit {
+                    let why = format!(
+                        "it missed {} heartbeats: none for {} ms (period {} ms)",
+                        self.cfg.missed_heartbeats,
+                        silent.as_millis(),
+                        self.cfg.heartbeat_period.as_millis()
+                    );
+                    m.gone = Some(why.clone());
+                    died.push((*id, m.address.clone(), why));
+                }
+            }
+        }
+        for (node, address, why) in died {
+            tracing::warn!("node {} at {address} is dead: {why}", hex(&node));
+            self.record(Event {
+                kind: EventKind::NodeDied as i32,
+                node_id: node.to_vec(),
+                detail: Some(event::Detail::Node(NodeDetail { address, reason: why, ..Default::default() })),
+                ..Default::default()
+            });
+        }
+    }
+
+    /// Adds what only the live table knows (free resources, last beat, head or not) to the
+    /// rows the event record gives; a member the record does not show yet gets a row.
+    pub fn annotate(&self, rows: &mut Vec<NodeRow>) {
+        let nodes = self.nodes.lock();
+        for (id, m) in nodes.iter() {
+            let at = match rows.iter().position(|r| r.node_id.as_slice() == id.as_slice()) {
+                Some(i) => i,
+                None => {
+                    rows.push(NodeRow {
+                        node_id: id.to_vec(),
+                        address: m.address.clone(),
+                        state: if m.gone.is_some() { "DEAD" } else { "ALIVE" }.into(),
+                        resources: m.resources.clone(),
+                        reason: m.gone.clone().unwrap_or_default(),
+                        ..Default::default()
+                    });
+                    rows.len() - 1
+                }
+            };
+            let row = &mut rows[at];
+            row.is_head = m.is_head;
+            if m.gone.is_none() {
+                row.available_resources = m.available.clone();
+                row.last_heartbeat_us = m.last_beat_us;
+            }
+        }
+    }
+}

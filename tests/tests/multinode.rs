@@ -1,0 +1,133 @@
+//! Clusters of several node agents (issue #4): a head on 127.0.0.1 and nodes joined with
+//! `rayr start --address` on 127.0.0.2, .3, … — real processes, killed and paused for real.
+
+use std::process::Command;
+use std::time::Duration;
+
+use rayr_proto::{EventKind, event};
+
+mod support;
+use support::{TestCluster, assert_nothing_left, rayr_cli, run, wait_for};
+
+fn kind(e: &rayr_proto::Event) -> EventKind {
+    EventKind::try_from(e.kind).unwrap()
+}
+
+fn hexid(s: &str) -> Vec<u8> {
+    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+}
+
+#[test]
+fn nodes_join_show_in_status_and_leave_on_purpose_with_rayr_stop() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "2"], &["--num-cpus", "3", "--resources", r#"{"ssd": 1}"#]], 100);
+    let out = cluster.cli(&["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3, "{status}");
+    assert!(nodes.iter().all(|n| n["state"] == "ALIVE"), "{status}");
+    assert_eq!(nodes.iter().filter(|n| n["is_head"] == true).count(), 1, "{status}");
+    for n in &cluster.nodes {
+        let row = nodes.iter().find(|r| r["node_id"] == n.id.as_str()).unwrap_or_else(|| panic!("{} in {status}", n.id));
+        assert_eq!(row["address"], n.ip.as_str());
+    }
+    let third = nodes.iter().find(|r| r["node_id"] == cluster.nodes[1].id.as_str()).unwrap();
+    assert_eq!(third["resources"]["CPU"], 3.0);
+    assert_eq!(third["resources"]["ssd"], 1.0);
+    // Its heartbeats carry what it has free.
+    assert_eq!(third["available_resources"]["CPU"], 3.0, "{third}");
+    assert!(third["last_heartbeat_us"].as_i64().unwrap() > 0);
+    // The head recorded each admission.
+    let joined: Vec<Vec<u8>> = cluster.events().iter().filter(|e| kind(e) == EventKind::NodeJoined).map(|e| e.node_id.clone()).collect();
+    for n in &cluster.nodes {
+        assert!(joined.contains(&hexid(&n.id)), "NODE_JOINED for {}", n.id);
+    }
+
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_nothing_left(&cluster.session);
+    for row in cluster.node_rows() {
+        assert_eq!(row["state"], "DEAD", "{row}");
+        assert!(row["reason"].as_str().unwrap().contains("on purpose"), "every node says it left on purpose: {row}");
+    }
+}
+
+#[test]
+fn a_killed_node_is_declared_dead_and_a_paused_one_exits_when_it_wakes() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1"], &["--num-cpus", "1"]], 100);
+    cluster.kill9(0);
+    cluster.pause(1);
+    for n in &cluster.nodes {
+        wait_for(&format!("node {} declared dead", n.id), Duration::from_secs(10), || cluster.node_row(&n.id)["state"] == "DEAD");
+        let reason = cluster.node_row(&n.id)["reason"].as_str().unwrap().to_string();
+        assert!(reason.contains("missed 5 heartbeats") && reason.contains("period 100 ms"), "{reason}");
+    }
+    // A dead node never comes back: woken, it learns it was declared dead and exits.
+    cluster.resume(1);
+    let paused = &cluster.nodes[1];
+    wait_for("the woken node to exit", Duration::from_secs(10), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", paused.pid)).map_or(true, |s| s.contains(") Z"))
+    });
+    let events = cluster.events();
+    let node = hexid(&paused.id);
+    let died = events.iter().find(|e| kind(e) == EventKind::NodeDied && e.node_id == node).expect("NODE_DIED");
+    let stopped = events.iter().find(|e| kind(e) == EventKind::NodeStopped && e.node_id == node).expect("its own NODE_STOPPED");
+    let Some(event::Detail::Node(d)) = &stopped.detail else { panic!() };
+    assert!(d.reason.contains("the head declared this node dead"), "{}", d.reason);
+    assert!(died.time_us < stopped.time_us);
+    // The view keeps the first end: why it was lost.
+    let reason = cluster.node_row(&paused.id)["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("missed 5 heartbeats"), "{reason}");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
+fn a_node_that_loses_the_head_keeps_going_for_its_window_then_exits_saying_so() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--head-timeout-s", "1"]], 100);
+    let node = &cluster.nodes[0];
+    // SAFETY: the head process this test started.
+    unsafe { libc::kill(cluster.head_pid, libc::SIGKILL) };
+    wait_for("the node to give up on the head", Duration::from_secs(20), || {
+        std::fs::read_to_string(format!("/proc/{}/stat", node.pid)).map_or(true, |s| s.contains(") Z"))
+    });
+    let log = std::fs::read_to_string(cluster.session.join("logs").join(format!("node-{}.log", &node.id[..16]))).unwrap();
+    assert!(log.contains("lost the head at") && log.contains("for 1 s"), "{log}");
+    let stopped = cluster
+        .events()
+        .into_iter()
+        .find(|e| kind(e) == EventKind::NodeStopped && e.node_id == hexid(&node.id))
+        .expect("NODE_STOPPED of the node");
+    let Some(event::Detail::Node(d)) = &stopped.detail else { panic!() };
+    assert!(d.reason.contains("lost the head"), "{}", d.reason);
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
+fn joining_with_bad_input_says_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cli = |args: &[&str]| {
+        let out = run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+        assert!(!out.status.success(), "{args:?} should fail");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    // Nothing listens there (a port just freed).
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let err = cli(&["start", "--address", &format!("127.0.0.1:{port}")]);
+    assert!(err.contains("no rayr head answers at"), "{err}");
+    let err = cli(&["start", "--address", "not an address"]);
+    assert!(err.contains("HOST:PORT"), "{err}");
+    let err = cli(&["start", "--head", "--address", "127.0.0.1:1"]);
+    assert!(err.contains("give one of them"), "{err}");
+    let err = cli(&["start"]);
+    assert!(err.contains("rayr start --head") && err.contains("--address"), "{err}");
+    let cluster = TestCluster::start("1", &[], 100);
+    let out = cluster.cli(&["start", "--address", &cluster.head_address, "--node-ip-address", "127.0.0.999"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("is not an IP address"), "{err}");
+    let out = cluster.cli(&["start", "--head", "--heartbeat-period-ms", "0"]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+}

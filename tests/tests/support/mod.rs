@@ -1,0 +1,205 @@
+//! What the real-cluster tests share: running commands with a deadline, the `rayr` CLI,
+//! checking that a session left nothing behind, and [`TestCluster`], a head and N node
+//! agents as real processes on distinct loopback addresses.
+
+#![allow(dead_code)] // each test file uses its part
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rayr_proto::Event;
+
+/// The `rayr` CLI, built beside the test binaries (`cargo build --workspace --bins`).
+pub fn rayr_cli() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let cli = exe.parent().unwrap().parent().unwrap().join("rayr");
+    assert!(cli.exists(), "{} is missing: run `cargo build --workspace --bins` first", cli.display());
+    cli
+}
+
+/// Runs a command to completion within `limit`, killing it if it hangs. Its output is
+/// drained while it runs (a child blocked on a full pipe would never finish).
+pub fn run(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as i32;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => out.unwrap(),
+        Err(_) => {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let out = rx.recv().unwrap().unwrap();
+            panic!("{cmd:?} did not finish within {limit:?}\nstdout:\n{}\nstderr:\n{}", tail(&out.stdout), tail(&out.stderr));
+        }
+    }
+}
+
+/// The end of a long output, for failure messages.
+pub fn tail(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    let cut = text.len().saturating_sub(3000);
+    let start = (cut..text.len()).find(|i| text.is_char_boundary(*i)).unwrap_or(text.len());
+    format!("{}{}", if cut > 0 { "…" } else { "" }, &text[start..])
+}
+
+/// No process of the session is alive, no socket is left, and no shm store of it remains.
+pub fn assert_nothing_left(session: &Path) {
+    let needle = format!("RAYR_SESSION_DIR={}", session.display());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let alive: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.parse::<u32>().is_ok()))
+            .filter(|e| {
+                std::fs::read(e.path().join("environ"))
+                    .map(|env| env.split(|b| *b == 0).any(|kv| kv == needle.as_bytes()))
+                    .unwrap_or(false)
+            })
+            .filter(|e| !std::fs::read_to_string(e.path().join("stat")).unwrap_or_default().contains(") Z"))
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .collect();
+        let sockets: Vec<_> = std::fs::read_dir(session.join("sockets")).map(|d| d.flatten().collect()).unwrap_or_default();
+        if alive.is_empty() && sockets.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "left behind: processes {alive:?}, sockets {sockets:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let session_pid = session.file_name().unwrap().to_str().unwrap().rsplit('_').next().unwrap().to_string();
+    for e in std::fs::read_dir("/dev/shm").unwrap().flatten() {
+        let name = e.file_name().to_string_lossy().to_string();
+        assert!(!name.starts_with(&format!("rayr-{session_pid}-")), "shm store {name} left behind");
+    }
+}
+
+
+/// Every event of a session's logs, oldest first.
+pub fn session_events(session: &Path) -> Vec<Event> {
+    let mut all = Vec::new();
+    for entry in std::fs::read_dir(session.join("events")).unwrap() {
+        all.extend(rayr_logs::read_events(&entry.unwrap().path()).unwrap());
+    }
+    all.sort_by_key(|e| e.time_us);
+    all
+}
+
+/// Waits for `f` to hold, polling, for at most `limit`.
+pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// One node agent of a [`TestCluster`].
+pub struct TestNode {
+    pub id: String,
+    pub pid: i32,
+    pub ip: String,
+}
+
+/// A cluster of real processes: `rayr start --head` on 127.0.0.1 and one `rayr start
+/// --address` per extra node on 127.0.0.2, .3, …, each with its own resources, in a
+/// RAYR_TMPDIR of its own. Nodes can be SIGKILLed or paused; dropping it resumes what is
+/// paused and stops everything (`rayr stop`).
+pub struct TestCluster {
+    pub tmp: tempfile::TempDir,
+    pub session: PathBuf,
+    pub head_address: String,
+    pub head_pid: i32,
+    /// The joined nodes (the head's own node is not among them).
+    pub nodes: Vec<TestNode>,
+    paused: std::cell::RefCell<Vec<i32>>,
+}
+
+/// The `(pid N)` in a `rayr start` line.
+fn pid_in(line: &str) -> i32 {
+    let at = line.find("(pid ").expect("a pid") + 5;
+    line[at..].split(')').next().unwrap().parse().unwrap()
+}
+
+impl TestCluster {
+    /// A head with `head_cpus` and one joined node per entry of `nodes` (extra `rayr start`
+    /// flags, e.g. `["--num-cpus", "2"]`); nodes beat every `heartbeat_ms` and are dead
+    /// after 5 missed beats.
+    pub fn start(head_cpus: &str, nodes: &[&[&str]], heartbeat_ms: u32) -> TestCluster {
+        let tmp = tempfile::tempdir().unwrap();
+        let hb = heartbeat_ms.to_string();
+        let out = run(
+            Command::new(rayr_cli())
+                .args(["start", "--head", "--port", "0", "--num-cpus", head_cpus, "--heartbeat-period-ms", &hb, "--missed-heartbeats", "5"])
+                .env("RAYR_TMPDIR", tmp.path())
+                .env_remove("RAYR_ADDRESS"),
+            Duration::from_secs(60),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "rayr start --head: {}", String::from_utf8_lossy(&out.stderr));
+        let head_pid = pid_in(&stdout);
+        let session = std::fs::canonicalize(tmp.path().join("session_latest")).unwrap();
+        let head_address = std::fs::read_to_string(session.join("head_address")).unwrap().trim().to_string();
+        let mut cluster = TestCluster { tmp, session, head_address, head_pid, nodes: Vec::new(), paused: Default::default() };
+        for (i, flags) in nodes.iter().enumerate() {
+            let ip = format!("127.0.0.{}", i + 2);
+            let out = cluster.cli_with(&[&["start", "--address", &cluster.head_address.clone(), "--node-ip-address", &ip], *flags].concat());
+            let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+            assert!(out.status.success(), "rayr start --address: {}", String::from_utf8_lossy(&out.stderr));
+            let id = stdout.split_whitespace().nth(2).unwrap().to_string();
+            cluster.nodes.push(TestNode { id, pid: pid_in(&stdout), ip });
+        }
+        cluster
+    }
+
+    /// Runs the `rayr` CLI against this cluster.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        self.cli_with(args)
+    }
+
+    fn cli_with(&self, args: &[&str]) -> Output {
+        run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", self.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60))
+    }
+
+    /// `rayr list nodes --json`, parsed.
+    pub fn node_rows(&self) -> Vec<serde_json::Value> {
+        let out = self.cli(&["list", "nodes", "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+    }
+
+    /// The row of node `id` in `rayr list nodes --json`.
+    pub fn node_row(&self, id: &str) -> serde_json::Value {
+        self.node_rows().into_iter().find(|r| r["node_id"] == id).unwrap_or_default()
+    }
+
+    pub fn kill9(&self, node: usize) {
+        // SAFETY: signalling a process this test started.
+        unsafe { libc::kill(self.nodes[node].pid, libc::SIGKILL) };
+    }
+
+    pub fn pause(&self, node: usize) {
+        unsafe { libc::kill(self.nodes[node].pid, libc::SIGSTOP) };
+        self.paused.borrow_mut().push(self.nodes[node].pid);
+    }
+
+    pub fn resume(&self, node: usize) {
+        unsafe { libc::kill(self.nodes[node].pid, libc::SIGCONT) };
+        self.paused.borrow_mut().retain(|p| *p != self.nodes[node].pid);
+    }
+
+    pub fn events(&self) -> Vec<Event> {
+        session_events(&self.session)
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for pid in self.paused.borrow().iter() {
+            unsafe { libc::kill(*pid, libc::SIGCONT) };
+        }
+        let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.session).output();
+    }
+}
