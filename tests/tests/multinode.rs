@@ -62,6 +62,12 @@ fn a_killed_node_is_declared_dead_and_a_paused_one_exits_when_it_wakes() {
         let reason = cluster.node_row(&n.id)["reason"].as_str().unwrap().to_string();
         assert!(reason.contains("missed 5 heartbeats") && reason.contains("period 100 ms"), "{reason}");
     }
+    let out = cluster.cli(&["why-died", &cluster.nodes[0].id, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let why: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let summary = why["summary"].as_str().unwrap();
+    assert!(summary.contains("was declared dead by the head") && summary.contains("missed 5 heartbeats"), "{why}");
+    assert!(why["advice"].as_str().unwrap().contains("stopped answering the head"), "{why}");
     // A dead node never comes back: woken, it learns it was declared dead and exits.
     cluster.resume(1);
     let paused = &cluster.nodes[1];

@@ -545,10 +545,13 @@ async fn explain_actor(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<(
 
 async fn explain_node(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<()> {
     let id = r.id.clone();
-    let stops = rec.of_kind(EventKind::NodeStopped, &id, |e| e.node_id.as_slice()).await?;
-    if let Some(stop) = stops.into_iter().max_by_key(|e| e.time_us) {
+    let mut stops = rec.of_kind(EventKind::NodeStopped, &id, |e| e.node_id.as_slice()).await?;
+    stops.extend(rec.of_kind(EventKind::NodeDied, &id, |e| e.node_id.as_slice()).await?);
+    // The first end explains it: a node declared dead may stop itself later, told so.
+    if let Some(stop) = stops.into_iter().min_by_key(|e| e.time_us) {
         let reason = node(&stop).map(|n| n.reason.clone()).unwrap_or_default();
-        r.summary = format!("node {} stopped at {}: {reason}", hex(&id), local_time(stop.time_us));
+        let how = if kind_of(&stop) == EventKind::NodeDied { "was declared dead by the head" } else { "stopped" };
+        r.summary = format!("node {} {how} at {}: {reason}", hex(&id), local_time(stop.time_us));
         walk(rec, r, stop, MAX_CHAIN).await?;
         return Ok(());
     }
@@ -671,6 +674,10 @@ fn advise(chain: &[Event], has_stderr: bool) -> Option<(String, usize)> {
                     "nothing failed: an object is freed once every reference to it is dropped; hold an ObjectRef for as long as you need the value".into(),
                     i,
                 ));
+            }
+            EventKind::NodeDied => {
+                let advice = "the node stopped answering the head: its agent was killed, hung, or cut off from the network; see its node-<id>.log in the session's logs/ directory and `dmesg` on its host".into();
+                return Some((advice, i));
             }
             EventKind::NodeStopped => {
                 let reason = node(ev).map(|n| n.reason.as_str()).unwrap_or_default();
@@ -1156,6 +1163,10 @@ fn object(ev: &Event) -> Option<&ObjectDetail> {
         Some(Detail::Object(o)) => Some(o),
         _ => None,
     }
+}
+
+fn kind_of(ev: &Event) -> EventKind {
+    EventKind::try_from(ev.kind).unwrap_or(EventKind::Unspecified)
 }
 
 fn actor(ev: &Event) -> Option<&rayr_proto::ActorDetail> {
