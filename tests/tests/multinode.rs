@@ -9,6 +9,8 @@ use rayr_proto::{EventKind, event};
 mod support;
 use support::{TestCluster, assert_nothing_left, rayr_cli, run, wait_for};
 
+const SCENARIOS: &str = env!("CARGO_BIN_EXE_scenarios");
+
 fn kind(e: &rayr_proto::Event) -> EventKind {
     EventKind::try_from(e.kind).unwrap()
 }
@@ -136,4 +138,19 @@ fn joining_with_bad_input_says_what_to_do() {
     assert!(!out.status.success() && err.contains("is not an IP address"), "{err}");
     let out = cluster.cli(&["start", "--head", "--heartbeat-period-ms", "0"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+}
+
+#[test]
+fn a_demand_no_node_can_hold_fails_naming_the_largest_node() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "2"], &["--num-cpus", "3"]], 100);
+    let out = run(Command::new(SCENARIOS).arg("infeasible_cluster").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    let other = line("OTHER_NODE");
+    assert!(other.contains("{CPU: 3}") && other.contains("127.0.0.3") && other.contains("not built yet"), "{other}");
+    let none = line("NO_NODE");
+    assert!(none.contains("{CPU: 8}") && none.contains("the largest node (127.0.0.3 of 3) has {CPU: 3}"), "{none}");
+    assert_eq!(line("CLUSTER_CPUS"), "6", "cluster_resources() sums the live nodes");
+    assert_eq!(line("FITS"), "25");
 }

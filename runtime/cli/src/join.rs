@@ -35,12 +35,12 @@ pub type Ending = Arc<Mutex<Option<String>>>;
 /// Runs until the node must go; then stores why in `ending` and asks this process to stop
 /// (SIGTERM to itself, which the main thread waits for). `available`: what the node has
 /// free now.
-pub fn run(j: Joining, available: impl Fn() -> HashMap<String, f64>, ending: Ending) {
+pub fn run(j: Joining, node: rayr_node::ResourceProbe, ending: Ending) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return leave(&ending, format!("cannot start the membership loop: {e}")),
     };
-    let why = rt.block_on(membership(&j, &available));
+    let why = rt.block_on(membership(&j, &node));
     eprintln!("rayr node {}: {why}", hex(&j.node_id));
     leave(&ending, why);
 }
@@ -51,7 +51,7 @@ fn leave(ending: &Ending, why: String) {
     unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }
 
-async fn membership(j: &Joining, available: &impl Fn() -> HashMap<String, f64>) -> String {
+async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
     let mut last_contact = Instant::now();
     'register: loop {
         let mut client = match crate::connect::dial(&j.head).await {
@@ -85,19 +85,20 @@ async fn membership(j: &Joining, available: &impl Fn() -> HashMap<String, f64>) 
         if !reply.error.is_empty() {
             return format!("the head refused this node: {}", reply.error);
         }
+        node.set_cluster(reply.cluster);
         last_contact = Instant::now();
         let period = Duration::from_millis(reply.heartbeat_period_ms.max(10) as u64);
         let mut every = tokio::time::interval(period);
         every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             every.tick().await;
-            let beat = HeartbeatRequest { node_id: j.node_id.to_vec(), available_resources: available() };
+            let beat = HeartbeatRequest { node_id: j.node_id.to_vec(), available_resources: node.available() };
             match tokio::time::timeout(period * 4, client.heartbeat(beat)).await {
                 Ok(Ok(r)) => {
                     let r = r.into_inner();
                     last_contact = Instant::now();
                     match Standing::try_from(r.standing).unwrap_or(Standing::Ok) {
-                        Standing::Ok => {}
+                        Standing::Ok => node.set_cluster(r.cluster),
                         Standing::Unknown => continue 'register,
                         Standing::Dead => return format!("the head declared this node dead ({}): exiting", r.detail),
                     }

@@ -364,9 +364,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             session_dir: session.dir.display().to_string(),
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
-        let probe = node.resource_probe();
-        let end = ending.clone();
-        std::thread::Builder::new().name("rayr-membership".into()).spawn(move || join::run(joining, move || probe.available(), end))?;
+        let (probe, end) = (node.resource_probe(), ending.clone());
+        std::thread::Builder::new().name("rayr-membership".into()).spawn(move || join::run(joining, probe, end))?;
         eprintln!("rayr node {} joining the cluster at {head}", hex(&node_id));
         let sig = wait_for_stop(&set);
         let reason = match ending.lock().take() {
@@ -396,6 +395,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
         loop {
             membership.head_node_available(&node_id, probe.available());
+            probe.set_cluster(membership.view());
             std::thread::sleep(period);
         }
     })?;

@@ -207,6 +207,22 @@ impl Membership {
         }
     }
 
+    /// The live nodes, as every node's scheduler sees the cluster.
+    pub fn view(&self) -> Vec<rayr_proto::NodeView> {
+        let nodes = self.nodes.lock();
+        nodes
+            .iter()
+            .filter(|(_, m)| m.gone.is_none())
+            .map(|(id, m)| rayr_proto::NodeView {
+                node_id: id.to_vec(),
+                address: m.address.clone(),
+                total: m.resources.clone(),
+                available: m.available.clone(),
+                is_head: m.is_head,
+            })
+            .collect()
+    }
+
     /// Adds what only the live table knows (free resources, last beat, head or not) to the
     /// rows the event record gives; a member the record does not show yet gets a row.
     pub fn annotate(&self, rows: &mut Vec<NodeRow>) {

@@ -341,9 +341,11 @@ impl Head for HeadService {
             heartbeat_period_ms: cfg.heartbeat_period.as_millis() as u32,
             missed_heartbeats: cfg.missed_heartbeats,
             session_dir: self.session.dir.display().to_string(),
+            cluster: Vec::new(),
         };
-        if let Err(e) = self.membership.register(&req.into_inner()) {
-            reply.error = e;
+        match self.membership.register(&req.into_inner()) {
+            Ok(()) => reply.cluster = self.membership.view(),
+            Err(e) => reply.error = e,
         }
         Ok(Response::new(reply))
     }
@@ -354,7 +356,8 @@ impl Head for HeadService {
             Standing::Unknown => (heartbeat_reply::Standing::Unknown, "this head does not know the node: register again".into()),
             Standing::Dead(why) => (heartbeat_reply::Standing::Dead, why),
         };
-        Ok(Response::new(HeartbeatReply { standing: standing as i32, detail }))
+        let cluster = if standing == heartbeat_reply::Standing::Ok { self.membership.view() } else { Vec::new() };
+        Ok(Response::new(HeartbeatReply { standing: standing as i32, detail, cluster }))
     }
 
     async fn unregister_node(&self, req: Request<UnregisterNodeRequest>) -> Result<Response<UnregisterNodeReply>, Status> {

@@ -110,13 +110,19 @@ impl NodeHandle {
     }
 }
 
-/// Reads a running node's free resources (see [`NodeHandle::resource_probe`]).
+/// What a node's membership loop reads from the node and tells it (see
+/// [`NodeHandle::resource_probe`]).
 pub struct ResourceProbe(Arc<Agent>);
 
 impl ResourceProbe {
     /// Resources not held by any lease.
     pub fn available(&self) -> Resources {
         self.0.state.lock().available.iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect()
+    }
+
+    /// The cluster's live nodes, as the head last said (this node among them).
+    pub fn set_cluster(&self, nodes: Vec<rayr_proto::NodeView>) {
+        *self.0.cluster.lock() = nodes;
     }
 }
 
@@ -164,6 +170,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         actor_names: Mutex::new(HashMap::new()),
         event_areas: Mutex::new(Vec::new()),
         draining: Mutex::new(()),
+        cluster: Mutex::new(Vec::new()),
         drainer: std::sync::OnceLock::new(),
         cfg,
     });
@@ -344,6 +351,8 @@ struct Agent {
     event_areas: Mutex<Vec<EventAreaEntry>>,
     /// One drain at a time (an area has one reader).
     draining: Mutex<()>,
+    /// The cluster's live nodes, as the head last said (empty: this node alone).
+    cluster: Mutex<Vec<rayr_proto::NodeView>>,
     drainer: std::sync::OnceLock<std::thread::Thread>,
 }
 
@@ -477,14 +486,22 @@ impl Agent {
                 }
                 client_message::Body::StoreStats(_) => {
                     let st = self.state.lock();
-                    let reply = StoreStatsReply {
+                    let available: Resources = st.available.iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect();
+                    let mut reply = StoreStatsReply {
                         used_bytes: st.alloc.used(),
                         capacity_bytes: st.alloc.capacity(),
                         objects: st.objects.len() as u64,
-                        available_resources: st.available.iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect(),
+                        cluster_total: self.cfg.resources.clone(),
+                        cluster_available: available.clone(),
+                        available_resources: available,
                         total_resources: self.cfg.resources.clone(),
                     };
                     drop(st);
+                    let me = self.cfg.node_id.to_vec();
+                    for n in self.cluster.lock().iter().filter(|n| n.node_id != me) {
+                        resources::add(&mut reply.cluster_total, &n.total);
+                        resources::add(&mut reply.cluster_available, &n.available);
+                    }
                     conn.reply(req, node_message::Body::StoreStats(reply));
                 }
                 client_message::Body::CreateDetached(c) => {
@@ -658,17 +675,52 @@ impl Agent {
         };
         let demand: Resources = l.resources;
         if !resources::fits(&demand, &self.cfg.resources) {
-            let error = format!(
-                "the task needs {} but the largest node has {}; no node can ever run it",
-                resources::describe(&demand),
-                resources::describe(&self.cfg.resources)
-            );
+            let error = self.not_here("the task", &demand);
             conn.reply(req_id, node_message::Body::Lease(LeaseReply { error, infeasible: true, ..Default::default() }));
             return;
         }
         let mut st = self.state.lock();
         st.pending.push_back(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: l.dedicated, actor: id_of(&l.actor_id) });
         self.grant_pending(&mut st);
+    }
+
+    /// Why a demand this node can never hold fails: no node of the cluster can (naming the
+    /// one that comes closest), or another node could but tasks are not placed across
+    /// nodes yet.
+    fn not_here(&self, what: &str, demand: &Resources) -> String {
+        let me = self.cfg.node_id.to_vec();
+        let cluster = self.cluster.lock();
+        let others: Vec<&rayr_proto::NodeView> = cluster.iter().filter(|n| n.node_id != me).collect();
+        if let Some(n) = others.iter().find(|n| resources::fits(demand, &n.total)) {
+            return format!(
+                "{what} needs {} but this node ({}) has {}; node {} at {} has it, but placing work on other nodes is not built yet (issue #4)",
+                resources::describe(demand),
+                self.cfg.ip_address,
+                resources::describe(&self.cfg.resources),
+                hex(&n.node_id),
+                n.address
+            );
+        }
+        // The node that comes closest: most demanded resources met, then most of them.
+        let closeness = |total: &Resources| {
+            let met = demand.iter().filter(|(k, v)| total.get(*k).copied().unwrap_or(0.0) >= **v).count();
+            let share: f64 = demand.iter().map(|(k, v)| (total.get(k).copied().unwrap_or(0.0) / v.max(1e-9)).min(1.0)).sum();
+            (met, share)
+        };
+        let mut largest = (self.cfg.ip_address.clone(), self.cfg.resources.clone());
+        for n in &others {
+            let (a, b) = (closeness(&n.total), closeness(&largest.1));
+            if a.0 > b.0 || (a.0 == b.0 && a.1 > b.1) {
+                largest = (n.address.clone(), n.total.clone());
+            }
+        }
+        format!(
+            "{what} needs {} but the largest node ({} of {}) has {}; no node can ever run it",
+            resources::describe(demand),
+            largest.0,
+            others.len() + 1,
+            resources::describe(&largest.1)
+        )
     }
 
     /// Grants queued leases in order while resources and workers allow; starts workers for

@@ -611,9 +611,9 @@ pub fn runtime_context() -> Result<RuntimeContext> {
     })
 }
 
-/// The total resources of the cluster's nodes.
+/// The total resources of the cluster's live nodes.
 pub fn cluster_resources() -> Result<std::collections::HashMap<String, f64>> {
-    Ok(core::require()?.node_resources.clone())
+    node_stats().map(|s| s.cluster_total)
 }
 
 fn node_stats() -> Result<rayr_proto::StoreStatsReply> {
@@ -629,8 +629,9 @@ pub fn store_usage() -> Result<(u64, u64)> {
     node_stats().map(|s| (s.used_bytes, s.capacity_bytes))
 }
 
-/// Resources not held by any lease right now (a worker blocked in `get` gives its CPU
-/// back, so this can exceed what idle workers alone would free).
+/// Resources of the cluster's live nodes not held by any lease right now (this node's as
+/// of now, the others' as of their last heartbeat; a worker blocked in `get` gives its
+/// CPU back, so this can exceed what idle workers alone would free).
 pub fn available_resources() -> Result<std::collections::HashMap<String, f64>> {
-    node_stats().map(|s| s.available_resources)
+    node_stats().map(|s| s.cluster_available)
 }

@@ -562,6 +562,21 @@ fn main() -> rayr::Result<()> {
             std::thread::sleep(Duration::from_millis(500));
             println!("STILL_RUNS {}", rayr::get(&square::remote(4))?);
         }
+        // Run against a cluster of several nodes: demands no node, or only another, can hold.
+        "infeasible_cluster" => {
+            // The node learns the cluster from the head's replies: wait until it has.
+            wait_until("all 6 CPUs of the cluster", Duration::from_secs(10), || rayr::cluster_resources().unwrap().get("CPU") == Some(&6.0));
+            println!("CLUSTER_CPUS 6");
+            match rayr::get(&square::options().num_cpus(3.0).remote(2)) {
+                Err(e) => println!("OTHER_NODE {e}"),
+                Ok(v) => println!("OTHER_NODE unexpected {v}"),
+            }
+            match rayr::get(&square::options().num_cpus(8.0).remote(2)) {
+                Err(e @ Error::Infeasible { .. }) => println!("NO_NODE {e}"),
+                other => println!("NO_NODE unexpected {other:?}"),
+            }
+            println!("FITS {}", rayr::get(&square::remote(5))?);
+        }
         // Run against `rayr start`: creates detached actors and exits, leaving them behind.
         "detached_create" => {
             let c = Counter::options().name("counter").namespace("svc").lifetime_detached().max_restarts(1).max_task_retries(1).remote(10);

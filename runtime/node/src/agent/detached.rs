@@ -94,14 +94,8 @@ impl Agent {
             );
         }
         if !resources::fits(&c.resources, &self.cfg.resources) {
-            return refuse(
-                reply,
-                format!(
-                    "the actor needs {} but the largest node has {}; no node can ever host it",
-                    resources::describe(&c.resources),
-                    resources::describe(&self.cfg.resources)
-                ),
-            );
+            let why = self.not_here("the actor", &c.resources);
+            return refuse(reply, why);
         }
         let Some(binary) = self.state.lock().jobs.get(&job).cloned() else {
             return refuse(reply, "create a detached actor: the job has ended".into());

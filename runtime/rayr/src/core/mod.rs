@@ -444,7 +444,6 @@ pub(crate) struct Core {
     pub exec_lock: Mutex<()>,
     /// Held results of every connection serving tasks (the ticker sends stale ones).
     held_results: Mutex<Vec<std::sync::Weak<HeldResults>>>,
-    pub node_resources: HashMap<String, f64>,
     pub pid: u32,
 }
 
@@ -563,7 +562,6 @@ impl Core {
             exec_lock: Mutex::new(()),
             held_results: Mutex::new(Vec::new()),
             pid: std::process::id(),
-            node_resources: reg.node_resources,
         });
         let c = core.clone();
         std::thread::Builder::new().name("rayr-node-reader".into()).spawn(move || c.read_node(reader)).unwrap();
