@@ -141,16 +141,53 @@ fn joining_with_bad_input_says_what_to_do() {
 }
 
 #[test]
-fn a_demand_no_node_can_hold_fails_naming_the_largest_node() {
+fn a_demand_only_another_node_can_hold_runs_there_and_one_none_can_hold_fails_naming_the_largest() {
     let cluster = TestCluster::start("1", &[&["--num-cpus", "2"], &["--num-cpus", "3"]], 100);
     let out = run(Command::new(SCENARIOS).arg("infeasible_cluster").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
-    let other = line("OTHER_NODE");
-    assert!(other.contains("{CPU: 3}") && other.contains("127.0.0.3") && other.contains("not built yet"), "{other}");
+    assert_eq!(line("OTHER_NODE"), "4", "a demand only another node can hold runs there");
     let none = line("NO_NODE");
     assert!(none.contains("{CPU: 8}") && none.contains("the largest node (127.0.0.3 of 3) has {CPU: 3}"), "{none}");
     assert_eq!(line("CLUSTER_CPUS"), "6", "cluster_resources() sums the live nodes");
     assert_eq!(line("FITS"), "25");
+}
+
+#[test]
+fn tasks_that_fill_the_drivers_node_spill_to_the_others_with_their_large_values() {
+    let cluster = TestCluster::start(
+        "1",
+        &[&["--num-cpus", "2"], &["--num-cpus", "2", "--resources", r#"{"far": 1}"#]],
+        100,
+    );
+    let out = run(
+        Command::new(SCENARIOS).arg("spread_tasks").env("RAYR_TMPDIR", cluster.tmp.path()).env("CLUSTER_CPUS", "5").env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    assert_eq!(line("RESULTS_OK"), "true", "10k results, each right");
+    let far = cluster.nodes[1].id.clone();
+    assert_eq!(line("NODES").split(',').count(), 3, "the tasks ran on every node: {}", line("NODES"));
+    assert_eq!(line("BIG_ARG_OK"), "true", "a 1 MB argument in the driver's store reached another node");
+    assert_eq!(line("BIG_ARG_NODES"), far);
+    assert_eq!(line("BIG_RESULT_OK"), "true", "1 MB results made on another node reached the driver");
+    assert_eq!(line("BIG_RESULT_NODES"), far);
+    // Each spillback is recorded by the node that sent the lease away, naming where.
+    let events = cluster.events();
+    let spilled: Vec<&rayr_proto::Event> = events.iter().filter(|e| kind(e) == EventKind::TaskSpilled).collect();
+    assert!(!spilled.is_empty(), "TASK_SPILLED recorded");
+    for e in &spilled {
+        let Some(event::Detail::Task(d)) = &e.detail else { panic!() };
+        assert!(cluster.nodes.iter().any(|n| d.spilled_to.contains(&n.id)), "{d:?}");
+        assert!(d.reason.contains("free"), "{d:?}");
+    }
+    let started_on: std::collections::HashSet<Vec<u8>> =
+        events.iter().filter(|e| kind(e) == EventKind::TaskStarted).map(|e| e.node_id.clone()).collect();
+    assert_eq!(started_on.len(), 3, "TASK_STARTED on every node");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
 }

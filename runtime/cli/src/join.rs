@@ -24,6 +24,7 @@ pub struct Joining {
     pub address: String,
     pub resources: HashMap<String, f64>,
     pub session_dir: String,
+    pub agent_socket: String,
     /// How long the head may be unreachable before the node gives up.
     pub head_timeout: Duration,
 }
@@ -71,6 +72,7 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
             labels: HashMap::new(),
             pid: std::process::id(),
             session_dir: j.session_dir.clone(),
+            agent_socket: j.agent_socket.clone(),
         };
         let reply = match client.register_node(request).await {
             Ok(r) => r.into_inner(),

@@ -362,6 +362,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             address: a.node_ip_address.clone(),
             resources,
             session_dir: session.dir.display().to_string(),
+            agent_socket: node.socket_path().display().to_string(),
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
         let (probe, end) = (node.resource_probe(), ending.clone());
@@ -389,7 +390,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     };
     let head = rayr_head::start_head_with(session.clone(), bind, watch).map_err(|e| anyhow!("starting the head: {e}"))?;
     // The head's own node: a member that needs no heartbeat; its free resources are read here.
-    head.membership().add_head_node(node_id, &a.node_ip_address, resources);
+    head.membership().add_head_node(node_id, &a.node_ip_address, &node.socket_path().display().to_string(), resources);
     let (membership, probe) = (head.membership().clone(), node.resource_probe());
     let period = watch.heartbeat_period;
     std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {

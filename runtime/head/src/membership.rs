@@ -37,6 +37,7 @@ impl Default for MembershipConfig {
 
 struct Member {
     address: String,
+    agent_socket: String,
     resources: HashMap<String, f64>,
     available: HashMap<String, f64>,
     last_beat: Instant,
@@ -86,9 +87,10 @@ impl Membership {
     }
 
     /// The head's own node agent: a member that never times out.
-    pub fn add_head_node(&self, node: Id, address: &str, resources: HashMap<String, f64>) {
+    pub fn add_head_node(&self, node: Id, address: &str, agent_socket: &str, resources: HashMap<String, f64>) {
         let member = Member {
             address: address.to_string(),
+            agent_socket: agent_socket.to_string(),
             available: resources.clone(),
             resources,
             last_beat: Instant::now(),
@@ -124,6 +126,7 @@ impl Membership {
             node,
             Member {
                 address: r.address.clone(),
+                agent_socket: r.agent_socket.clone(),
                 resources: r.resources.clone(),
                 available: r.resources.clone(),
                 last_beat: Instant::now(),
@@ -219,6 +222,7 @@ impl Membership {
                 total: m.resources.clone(),
                 available: m.available.clone(),
                 is_head: m.is_head,
+                agent_socket: m.agent_socket.clone(),
             })
             .collect()
     }

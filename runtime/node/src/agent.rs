@@ -163,6 +163,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
             alloc,
             start_failures: HashMap::new(),
             detached: HashMap::new(),
+            remote_clients: HashMap::new(),
         }),
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
@@ -328,6 +329,14 @@ struct State {
     start_failures: HashMap<Id, String>,
     /// Detached actors held here, ended ones included (their death is what a locate says).
     detached: HashMap<Id, detached::DetachedActor>,
+    /// Submitters of other nodes holding or asking for leases here.
+    remote_clients: HashMap<Id, RemoteClient>,
+}
+
+/// A submitter of another node (RegisterClient.remote): it only holds leases here.
+struct RemoteClient {
+    job: Id,
+    is_driver: bool,
 }
 
 
@@ -519,6 +528,7 @@ impl Agent {
             self.drain_events(Some(w));
             self.event_areas.lock().retain(|e| e.worker != w);
             self.client_gone(w, said_goodbye);
+            self.remote_client_gone(w);
         }
     }
 
@@ -576,6 +586,26 @@ impl Agent {
             reply.error = "register: worker_id and job_id must be 16 bytes".into();
             return reply;
         };
+        if r.remote {
+            // A submitter of another node: it only leases here. Its job's workers here run
+            // the same binary (same host for now: nodes on other hosts need it shipped).
+            let mut st = self.state.lock();
+            if !st.jobs.contains_key(&job) {
+                if r.binary.is_empty() || !Path::new(&r.binary).is_file() {
+                    reply.error = format!(
+                        "register: the job's binary {:?} is not on this node's host; nodes on other hosts cannot run it yet (issue #4)",
+                        r.binary
+                    );
+                    return reply;
+                }
+                st.jobs.insert(job, PathBuf::from(&r.binary));
+                if r.no_events {
+                    st.silent_jobs.insert(job);
+                }
+            }
+            st.remote_clients.insert(worker, RemoteClient { job, is_driver: r.is_driver });
+            return reply;
+        }
         if !r.event_area.is_empty() {
             // Only a file of ours, under /dev/shm, with an event area's layout.
             let path = Path::new(&r.event_area);
@@ -674,14 +704,63 @@ impl Agent {
             return;
         };
         let demand: Resources = l.resources;
+        let spill_ok = l.spillback_ok && !l.spilled;
         if !resources::fits(&demand, &self.cfg.resources) {
+            if spill_ok && let Some(reply) = self.spill(&demand, &l.task_id, "this node can never hold it", false) {
+                conn.reply(req_id, node_message::Body::Lease(reply));
+                return;
+            }
             let error = self.not_here("the task", &demand);
             conn.reply(req_id, node_message::Body::Lease(LeaseReply { error, infeasible: true, ..Default::default() }));
             return;
         }
         let mut st = self.state.lock();
+        // Not grantable now (its resources are taken, or others wait before it) and another
+        // node has them free: it goes there (spillback), as Ray's raylets do.
+        if spill_ok && (!st.pending.is_empty() || !resources::fits(&demand, &st.available)) {
+            let why = format!("this node has {} free and {} lease(s) waiting", resources::describe(&st.available), st.pending.len());
+            if let Some(reply) = self.spill(&demand, &l.task_id, &why, true) {
+                drop(st);
+                conn.reply(req_id, node_message::Body::Lease(reply));
+                return;
+            }
+        }
         st.pending.push_back(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: l.dedicated, actor: id_of(&l.actor_id) });
         self.grant_pending(&mut st);
+    }
+
+    /// Picks another node with `demand` free (the most CPU free) — or, unless `free_now`,
+    /// one that can hold it at all (it queues there) — records TASK_SPILLED (for `task`,
+    /// because `why`), and says where to ask; `None`: no such node.
+    fn spill(&self, demand: &Resources, task: &[u8], why: &str, free_now: bool) -> Option<LeaseReply> {
+        let me = self.cfg.node_id.to_vec();
+        let target = {
+            let mut cluster = self.cluster.lock();
+            let cpu = |n: &rayr_proto::NodeView| n.available.get("CPU").copied().unwrap_or(0.0);
+            let other = |n: &rayr_proto::NodeView| n.node_id != me && !n.agent_socket.is_empty();
+            let has_free = cluster.iter().any(|n| other(n) && resources::fits(demand, &n.available));
+            if !has_free && free_now {
+                return None;
+            }
+            let best = cluster
+                .iter_mut()
+                .filter(|n| other(n) && if has_free { resources::fits(demand, &n.available) } else { resources::fits(demand, &n.total) })
+                .max_by(|a, b| cpu(a).total_cmp(&cpu(b)))?;
+            let chosen = best.clone();
+            // Counted as taken until that node's next heartbeat says otherwise, so the next
+            // spill in the meantime picks by what is really left.
+            resources::subtract(&mut best.available, demand);
+            chosen
+        };
+        let mut e = self.event(EventKind::TaskSpilled);
+        e.task_id = task.to_vec();
+        e.detail = Some(event::Detail::Task(rayr_proto::TaskDetail {
+            reason: format!("{why}; node {} at {} has {} free", hex(&target.node_id), target.address, resources::describe(&target.available)),
+            spilled_to: format!("{} {}", hex(&target.node_id), target.address),
+            ..Default::default()
+        }));
+        self.record(&e);
+        Some(LeaseReply { spill_to: target.agent_socket, spill_node: target.node_id, ..Default::default() })
     }
 
     /// Why a demand this node can never hold fails: no node of the cluster can (naming the
@@ -781,8 +860,7 @@ impl Agent {
                 worker_id: worker.to_vec(),
                 address: client.address.clone(),
                 pid: client.pid,
-                error: String::new(),
-                infeasible: false,
+                ..Default::default()
             };
             match p.reply_to {
                 LeaseFor::Client(conn, req) => conn.reply(req, node_message::Body::Lease(reply)),
@@ -1148,37 +1226,12 @@ impl Agent {
             let _ = std::fs::remove_file(&client.address);
         }
         let job = client.job;
-        st.jobs.remove(&job);
-        st.silent_jobs.remove(&job);
-        let reason = format!("its job's driver (pid {}) disconnected", client.pid);
-        let mut to_kill = Vec::new();
-        // Workers hosting detached actors outlive the job, and so do the workers they lease
-        // (tasks they run, actors they made), and those that those lease; idle ones are no
-        // longer leased to anyone.
-        let mut spared: std::collections::HashSet<Id> = st.spawned.keys().filter(|w| Self::hosts_detached(&st, w)).copied().collect();
-        loop {
-            let more: Vec<Id> = st
-                .clients
-                .iter()
-                .filter(|(w, c)| !spared.contains(*w) && c.lease.is_some() && c.lease_holder.is_some_and(|h| spared.contains(&h)))
-                .map(|(w, _)| *w)
-                .collect();
-            if more.is_empty() {
-                break;
-            }
-            spared.extend(more);
-        }
-        st.idle.remove(&job);
-        for (_, sp) in st.spawned.iter_mut().filter(|(w, s)| s.job == job && !spared.contains(*w)) {
-            sp.intended_exit = Some(reason.clone());
-            to_kill.push(sp.pid);
-        }
+        let to_kill = self.end_job_locked(&mut st, job, &format!("its job's driver (pid {}) disconnected", client.pid));
         let freed: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
         for id in &freed {
             let obj = st.objects.remove(id).unwrap();
             st.alloc.free(obj.offset, obj.size);
         }
-        st.pending.retain(|p| p.job != job || matches!(p.reply_to, LeaseFor::Detached(_)) || p.requester.is_some_and(|r| spared.contains(&r)));
         self.release_leases_of(&mut st, worker);
         drop(st);
         for pid in to_kill {
@@ -1209,6 +1262,59 @@ impl Agent {
         j.cause = e.id.clone();
         j.detail = Some(event::Detail::Job(JobDetail { pid: client.pid, ..Default::default() }));
         self.record(&j);
+    }
+
+    /// A job's driver is gone from this node (its own, or a remote one leasing here): the
+    /// job's workers are stopped (their pids returned, to signal off the lock) except those
+    /// hosting detached actors and what they lease; its queued leases go.
+    fn end_job_locked(&self, st: &mut State, job: Id, reason: &str) -> Vec<u32> {
+        st.jobs.remove(&job);
+        st.silent_jobs.remove(&job);
+        let reason = reason.to_string();
+        let mut to_kill = Vec::new();
+        // Workers hosting detached actors outlive the job, and so do the workers they lease
+        // (tasks they run, actors they made), and those that those lease; idle ones are no
+        // longer leased to anyone.
+        let mut spared: std::collections::HashSet<Id> = st.spawned.keys().filter(|w| Self::hosts_detached(st, w)).copied().collect();
+        loop {
+            let more: Vec<Id> = st
+                .clients
+                .iter()
+                .filter(|(w, c)| !spared.contains(*w) && c.lease.is_some() && c.lease_holder.is_some_and(|h| spared.contains(&h)))
+                .map(|(w, _)| *w)
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            spared.extend(more);
+        }
+        st.idle.remove(&job);
+        for (_, sp) in st.spawned.iter_mut().filter(|(w, s)| s.job == job && !spared.contains(*w)) {
+            sp.intended_exit = Some(reason.clone());
+            to_kill.push(sp.pid);
+        }
+        st.pending.retain(|p| p.job != job || matches!(p.reply_to, LeaseFor::Detached(_)) || p.requester.is_some_and(|r| spared.contains(&r)));
+        to_kill
+    }
+
+    /// A submitter of another node that leased here is gone: its leases come back; if it
+    /// was its job's driver, the job ends here too.
+    fn remote_client_gone(self: &Arc<Self>, client: Id) {
+        let mut st = self.state.lock();
+        let Some(gone) = st.remote_clients.remove(&client) else { return };
+        self.release_leases_of(&mut st, client);
+        let mut to_kill = Vec::new();
+        let driver_left = gone.is_driver && !st.remote_clients.values().any(|c| c.job == gone.job && c.is_driver);
+        let local_driver = st.clients.values().any(|c| c.is_driver && c.job == gone.job);
+        if driver_left && !local_driver {
+            to_kill = self.end_job_locked(&mut st, gone.job, "its job's driver, on another node, disconnected");
+        }
+        self.grant_pending(&mut st);
+        drop(st);
+        for pid in to_kill {
+            // SAFETY: sending a signal to a child we started.
+            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+        }
     }
 
     fn shutdown(self: &Arc<Self>, reason: &str) {

@@ -99,6 +99,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
             _ => String::new(),
         },
         actor_detached: false,
+        owner_node: core.node.to_vec(),
         actor_max_concurrency: match &actor {
             Some(a) if a.creation => opts.max_concurrency,
             _ => 0,
@@ -363,13 +364,18 @@ pub(crate) fn ask_owner(
     };
     let msg = rayr_proto::PeerMessage {
         req_id: 0,
-        body: Some(peer_message::Body::Get(rayr_proto::GetObject { object_id: id.to_vec(), requester: core.me.to_vec(), probe })),
+        body: Some(peer_message::Body::Get(rayr_proto::GetObject {
+            object_id: id.to_vec(),
+            requester: core.me.to_vec(),
+            probe,
+            requester_node: core.node.to_vec(),
+        })),
     };
     let lost = || Error::ObjectLost { object: crate::ObjectId(id) };
     match peer.call(msg, timeout) {
         Ok(reply) => match reply.body {
             Some(peer_message::Body::Value(v)) => match v.value {
-                Some(Value::InlineValue(b)) => Ok(OwnerAnswer::Value(Fetched::Inline(b.into(), codec::POSTCARD))),
+                Some(Value::InlineValue(b)) => Ok(OwnerAnswer::Value(Fetched::Inline(b.into(), v.inline_format))),
                 Some(Value::Shm(loc)) => {
                     Ok(OwnerAnswer::Value(Fetched::Shm { offset: loc.offset, size: loc.size, format: loc.format }))
                 }

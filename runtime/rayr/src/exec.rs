@@ -322,7 +322,9 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     drop(reader);
     match result {
         Ok(Returned::Value(bytes)) => {
-            if bytes.len() <= core.max_inline {
+            // An owner on another node cannot map this node's store: it gets the bytes.
+            let owner_elsewhere = !spec.owner_node.is_empty() && spec.owner_node != core.node;
+            if bytes.len() <= core.max_inline || owner_elsewhere {
                 return task_result::Outcome::InlineValue(bytes);
             }
             let owner: Id = spec.owner.as_slice().try_into().unwrap_or([0; 16]);

@@ -71,6 +71,8 @@ struct WireRef {
     /// Where the value sits in the node's shm store, when the owner serialized a sealed
     /// shm object: the receiver can then read it without asking the owner first.
     location: Option<(u64, u64, u32)>,
+    /// The node whose store `location` is in: a receiver on another node ignores it.
+    node: [u8; 16],
     /// Whether this copy left a token with the owner (the receiver gives it back). Copies
     /// inside task arguments carry none: the pending task keeps the object.
     token: bool,
@@ -116,6 +118,7 @@ impl<T> Serialize for ObjectRef<T> {
             owner: self.handle.owner,
             owner_address: self.handle.owner_address.clone(),
             location,
+            node: core::current().map_or([0; 16], |c| c.node),
             token: !captured,
         }
         .serialize(s)
@@ -126,7 +129,10 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let w = WireRef::deserialize(d)?;
         let handle = match core::current() {
-            Some(core) => core.adopt(w.id, w.owner, w.owner_address, w.location, w.token),
+            Some(core) => {
+                let location = w.location.filter(|_| w.node == core.node);
+                core.adopt(w.id, w.owner, w.owner_address, location, w.token)
+            }
             None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address }),
         };
         Ok(ObjectRef::from_handle(handle))

@@ -173,6 +173,28 @@ fn hold_given(g: GateHandle, n: u32) -> u32 {
     rayr::get_all(&calls).unwrap().into_iter().max().unwrap()
 }
 
+/// The node it ran on, after a little work (so that one worker cannot take them all).
+#[rayr::remote]
+fn node_of(x: u64) -> (String, u64) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_micros(200) {
+        std::hint::spin_loop();
+    }
+    (rayr::runtime_context().unwrap().node_id.to_string(), x * x)
+}
+
+/// A large value made on whatever node runs it.
+#[rayr::remote]
+fn big_on_node(n: usize) -> (String, Vec<u8>) {
+    (rayr::runtime_context().unwrap().node_id.to_string(), vec![7u8; n])
+}
+
+/// Sums a large value it was given by reference.
+#[rayr::remote]
+fn sum_bytes(v: Vec<u8>) -> (String, u64) {
+    (rayr::runtime_context().unwrap().node_id.to_string(), v.iter().map(|b| *b as u64).sum())
+}
+
 /// Calls an actor it was given.
 #[rayr::remote]
 fn ping_given(b: BrokenHandle) -> String {
@@ -562,14 +584,46 @@ fn main() -> rayr::Result<()> {
             std::thread::sleep(Duration::from_millis(500));
             println!("STILL_RUNS {}", rayr::get(&square::remote(4))?);
         }
+        // Run against a cluster of several nodes: tasks that fill the driver's node go to
+        // the others (spillback), large arguments and results cross nodes.
+        "spread_tasks" => {
+            let want: f64 = std::env::var("CLUSTER_CPUS").unwrap().parse().unwrap();
+            wait_until("the cluster's CPUs", Duration::from_secs(10), || rayr::cluster_resources().unwrap().get("CPU") == Some(&want));
+            let refs: Vec<ObjectRef<(String, u64)>> = (0..10_000u64).map(node_of::remote).collect();
+            let got = rayr::get_all(&refs)?;
+            let ok = got.iter().enumerate().all(|(i, (_, v))| *v == (i as u64) * (i as u64));
+            let mut nodes: Vec<String> = got.iter().map(|(n, _)| n.clone()).collect();
+            nodes.sort();
+            nodes.dedup();
+            println!("RESULTS_OK {ok}");
+            println!("NODES {}", nodes.join(","));
+            // A 1 MB argument (in this node's store) to tasks wherever they run, and 1 MB
+            // results made on other nodes.
+            let big = rayr::put(vec![1u8; 1_000_000])?;
+            // ("far": a resource only another node has, so these run there.)
+            let sums: Vec<ObjectRef<(String, u64)>> = (0..40).map(|_| sum_bytes::options().resource("far", 0.01).remote(&big)).collect();
+            let sums = rayr::get_all(&sums)?;
+            let mut sum_nodes: Vec<String> = sums.iter().map(|(n, _)| n.clone()).collect();
+            sum_nodes.sort();
+            sum_nodes.dedup();
+            println!("BIG_ARG_OK {}", sums.iter().all(|(_, s)| *s == 1_000_000));
+            println!("BIG_ARG_NODES {}", sum_nodes.join(","));
+            let bigs: Vec<ObjectRef<(String, Vec<u8>)>> = (0..40).map(|_| big_on_node::options().resource("far", 0.01).remote(1_000_000)).collect();
+            let bigs = rayr::get_all(&bigs)?;
+            let mut big_nodes: Vec<String> = bigs.iter().map(|(n, _)| n.clone()).collect();
+            big_nodes.sort();
+            big_nodes.dedup();
+            println!("BIG_RESULT_OK {}", bigs.iter().all(|(_, v)| v.len() == 1_000_000 && v.iter().all(|b| *b == 7)));
+            println!("BIG_RESULT_NODES {}", big_nodes.join(","));
+        }
         // Run against a cluster of several nodes: demands no node, or only another, can hold.
         "infeasible_cluster" => {
             // The node learns the cluster from the head's replies: wait until it has.
             wait_until("all 6 CPUs of the cluster", Duration::from_secs(10), || rayr::cluster_resources().unwrap().get("CPU") == Some(&6.0));
             println!("CLUSTER_CPUS 6");
             match rayr::get(&square::options().num_cpus(3.0).remote(2)) {
+                Ok(v) => println!("OTHER_NODE {v}"),
                 Err(e) => println!("OTHER_NODE {e}"),
-                Ok(v) => println!("OTHER_NODE unexpected {v}"),
             }
             match rayr::get(&square::options().num_cpus(8.0).remote(2)) {
                 Err(e @ Error::Infeasible { .. }) => println!("NO_NODE {e}"),

@@ -462,6 +462,6 @@ impl Agent {
             },
             None => Value::Error(format!("object {} is not known to node agent {}", hex(object), hex(&self.cfg.node_id))),
         };
-        rayr_proto::ObjectValue { object_id: object.to_vec(), value: Some(value) }
+        rayr_proto::ObjectValue { object_id: object.to_vec(), value: Some(value), inline_format: 0 }
     }
 }

@@ -113,7 +113,9 @@ pub(crate) struct Owned {
     /// Tasks of ours waiting for this value before they can be pushed.
     pub dependents: Vec<Id>,
     /// Remote readers waiting for the value: (connection, request id).
-    pub remote_waiters: Vec<(Arc<ServerConn>, u64)>,
+    /// Readers waiting for the value: their connection, request, and whether they are on
+    /// another node (they get the bytes).
+    pub remote_waiters: Vec<(Arc<ServerConn>, u64, bool)>,
     pub created_event: Id,
     /// Refs serialized inside this object's value (a `put` container): kept alive while
     /// it exists, released when it is freed.
@@ -243,6 +245,8 @@ struct Leased {
     leased_here: bool,
     /// Most tasks pushed and not answered (`MAX_IN_FLIGHT`, more for a concurrent actor).
     max_in_flight: usize,
+    /// The node agent of another node that granted it (a spillback); `None`: this node's.
+    lessor: Option<Arc<NodeConn>>,
 }
 
 pub(crate) struct State {
@@ -259,8 +263,11 @@ pub(crate) struct State {
     pub actors: HashMap<Id, Id>,
     queues: HashMap<String, Queue>,
     leased: HashMap<Id, Leased>,
-    /// Lease requests in flight: request id → queue key.
-    lease_requests: HashMap<u64, String>,
+    /// Lease requests in flight: request id → queue key, and the node agent asked when it
+    /// is another node's (a spillback).
+    lease_requests: HashMap<u64, (String, Option<Arc<NodeConn>>)>,
+    /// Node agents of other nodes this process leases from, by socket.
+    remote_agents: HashMap<String, Arc<NodeConn>>,
     /// Outgoing connections by address (owners and leased workers).
     pub peers: HashMap<String, Arc<PeerConn>>,
     /// Values for remote readers, sent once the lock is released (a write may block; see
@@ -496,6 +503,7 @@ impl Core {
                 binary,
                 no_events: !p.record_events,
                 event_area: events.as_ref().map(|e| e.area_path().display().to_string()).unwrap_or_default(),
+                remote: false,
             })),
         };
         let registered = (|| {
@@ -550,6 +558,7 @@ impl Core {
                 queues: HashMap::new(),
                 leased: HashMap::new(),
                 lease_requests: HashMap::new(),
+                remote_agents: HashMap::new(),
                 peers: HashMap::new(),
                 outbox: Vec::new(),
             }),
@@ -609,8 +618,8 @@ impl Core {
             };
             if let Some(node_message::Body::Lease(reply)) = &msg.body {
                 let key = self.state.lock().lease_requests.remove(&msg.req_id);
-                if let Some(key) = key {
-                    self.lease_granted(key, reply.clone());
+                if let Some((key, lessor)) = key {
+                    self.lease_granted(key, reply.clone(), lessor);
                     continue;
                 }
             }
@@ -625,6 +634,77 @@ impl Core {
             std::process::exit(0);
         }
         self.fail_everything("the node agent went away");
+    }
+
+    /// The node agent of another node (at `socket`), to lease from after a spillback:
+    /// connected and registered as a remote submitter once, then kept.
+    pub(crate) fn remote_agent(self: &Arc<Self>, socket: &str) -> io::Result<Arc<NodeConn>> {
+        if let Some(c) = self.state.lock().remote_agents.get(socket)
+            && !c.closed.load(Ordering::Acquire)
+        {
+            return Ok(c.clone());
+        }
+        let stream = UnixStream::connect(socket)?;
+        let register = ClientMessage {
+            req_id: 1,
+            body: Some(client_message::Body::Register(rayr_proto::RegisterClient {
+                worker_id: self.me.to_vec(),
+                job_id: self.job.to_vec(),
+                is_driver: self.is_driver,
+                pid: self.pid,
+                binary: std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
+                no_events: !self.record_events,
+                remote: true,
+                ..Default::default()
+            })),
+        };
+        let mut buf = Vec::new();
+        encode_frame(&register, &mut buf);
+        (&stream).write_all(&buf)?;
+        let mut reader = FrameReader::new(stream.try_clone()?);
+        let reply: NodeMessage = reader.next()?.ok_or_else(|| io::Error::other("the node agent closed the connection"))?;
+        match reply.body {
+            Some(node_message::Body::Registered(r)) if r.error.is_empty() => {}
+            Some(node_message::Body::Registered(r)) => return Err(io::Error::other(r.error)),
+            _ => return Err(io::Error::other("the node agent answered the registration with something else")),
+        }
+        let conn = Arc::new(NodeConn { write: Mutex::new(stream), next_req: AtomicU64::new(0), waiters: Mutex::new(HashMap::new()), closed: AtomicBool::new(false) });
+        self.state.lock().remote_agents.insert(socket.to_string(), conn.clone());
+        let (core, c, socket) = (self.clone(), conn.clone(), socket.to_string());
+        std::thread::Builder::new().name("rayr-remote-node".into()).spawn(move || core.read_remote_agent(c, reader, socket))?;
+        Ok(conn)
+    }
+
+    fn read_remote_agent(self: Arc<Self>, conn: Arc<NodeConn>, mut reader: FrameReader<UnixStream>, socket: String) {
+        while let Ok(Some(msg)) = reader.next::<NodeMessage>() {
+            if let Some(node_message::Body::Lease(reply)) = msg.body {
+                let key = self.state.lock().lease_requests.remove(&msg.req_id);
+                if let Some((key, lessor)) = key {
+                    self.lease_granted(key, reply, lessor);
+                }
+            }
+        }
+        conn.closed.store(true, Ordering::Release);
+        // That node is gone: what was asked of it is asked again (here, or elsewhere).
+        let mut st = self.state.lock();
+        if st.remote_agents.get(&socket).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
+            st.remote_agents.remove(&socket);
+        }
+        let lost: Vec<(u64, String)> = st
+            .lease_requests
+            .iter()
+            .filter(|(_, (_, l))| l.as_ref().is_some_and(|l| Arc::ptr_eq(l, &conn)))
+            .map(|(r, (k, _))| (*r, k.clone()))
+            .collect();
+        for (req, key) in lost {
+            st.lease_requests.remove(&req);
+            if let Some(q) = st.queues.get_mut(&key) {
+                q.leases_requested = 0;
+            }
+            if !self.stopping.load(Ordering::Acquire) {
+                self.dispatch_locked(&mut st, &key);
+            }
+        }
     }
 
     fn fail_everything(self: &Arc<Self>, why: &str) {
@@ -710,7 +790,7 @@ impl Core {
             match msg.body {
                 Some(peer_message::Body::Get(g)) => {
                     held.send(Duration::ZERO);
-                    self.serve_get(&conn, req, &g.object_id, g.probe)
+                    self.serve_get(&conn, req, &g)
                 }
                 Some(peer_message::Body::Kill(k)) => {
                     held.send(Duration::ZERO);

@@ -56,8 +56,9 @@ impl Core {
         let dependents = std::mem::take(&mut o.dependents);
         let waiters = std::mem::take(&mut o.remote_waiters);
         let referenced = o.referenced();
-        for (conn, req) in waiters {
-            st.outbox.push((conn, value_message(req, id, &slot)));
+        for (conn, req, elsewhere) in waiters {
+            let arena = elsewhere.then_some(&self.arena);
+            st.outbox.push((conn, value_message(req, id, &slot, arena)));
         }
         for t in dependents {
             self.dependency_ready(st, t, id, &slot);
@@ -280,16 +281,19 @@ impl Core {
         }
     }
 
-    pub(super) fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, object: &[u8], probe: bool) {
-        let Ok(id) = <Id>::try_from(object) else { return };
+    /// Answers a reader's GetObject; a reader on another node (`requester_node`) gets the
+    /// bytes, since it cannot map this node's store.
+    pub(super) fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, g: &rayr_proto::GetObject) {
+        let Ok(id) = <Id>::try_from(g.object_id.as_slice()) else { return };
+        let elsewhere = !g.requester_node.is_empty() && g.requester_node != self.node;
         let mut st = self.state.lock();
         match st.owned.get_mut(&id) {
-            Some(o) if matches!(o.slot, Slot::Pending) && !probe => {
+            Some(o) if matches!(o.slot, Slot::Pending) && !g.probe => {
                 // Reply when the value arrives (see object_created).
-                o.remote_waiters.push((conn.clone(), req));
+                o.remote_waiters.push((conn.clone(), req, elsewhere));
             }
             Some(o) => {
-                let msg = value_message(req, id, &o.slot);
+                let msg = value_message(req, id, &o.slot, elsewhere.then_some(&self.arena));
                 drop(st);
                 conn.send(&msg);
             }
@@ -304,6 +308,7 @@ impl Core {
                             hex(&id),
                             hex(&self.me)
                         ))),
+                        inline_format: 0,
                     })),
                 });
             }
@@ -311,19 +316,30 @@ impl Core {
     }
 }
 
-/// An owned object's value as a reply to a remote reader.
-pub(super) fn value_message(req: u64, id: Id, slot: &Slot) -> PeerMessage {
+/// An owned object's value as a reply to a remote reader; with `copy_from`, a value in the
+/// store is sent as its bytes (the reader is on another node and cannot map the store).
+pub(super) fn value_message(req: u64, id: Id, slot: &Slot, copy_from: Option<&rayr_store::Arena>) -> PeerMessage {
     use rayr_proto::object_value::Value;
+    let mut inline_format = crate::codec::POSTCARD;
     let value = match slot {
-        Slot::Inline(b, _) => Value::InlineValue(b.to_vec()),
-        Slot::Shm { offset, size, format } => {
-            Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format })
+        Slot::Inline(b, f) => {
+            inline_format = *f;
+            Value::InlineValue(b.to_vec())
         }
+        Slot::Shm { offset, size, format } => match copy_from {
+            Some(arena) => {
+                inline_format = *format;
+                // SAFETY: the object is sealed and owned here; it stays allocated while
+                // this owner holds it (the reader's borrow keeps it held).
+                Value::InlineValue(unsafe { arena.bytes(*offset, *size) }.to_vec())
+            }
+            None => Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format }),
+        },
         Slot::Failed(e) => Value::Failure(crate::codec::encode(e).unwrap_or_default()),
         Slot::Pending => Value::Pending(true),
     };
     PeerMessage {
         req_id: req,
-        body: Some(peer_message::Body::Value(rayr_proto::ObjectValue { object_id: id.to_vec(), value: Some(value) })),
+        body: Some(peer_message::Body::Value(rayr_proto::ObjectValue { object_id: id.to_vec(), value: Some(value), inline_format })),
     }
 }

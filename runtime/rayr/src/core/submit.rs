@@ -39,7 +39,8 @@ impl Core {
                 q.workers.retain(|w| *w != worker);
             }
             if l.leased_here {
-                let _ = self.node_conn.send(0, client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec(), ..Default::default() }));
+                let ret = client_message::Body::ReturnLease(rayr_proto::LeaseReturn { worker_id: worker.to_vec(), ..Default::default() });
+                let _ = l.lessor.as_deref().unwrap_or(&self.node_conn).send(0, ret);
             }
         }
     }
@@ -120,6 +121,7 @@ impl Core {
             l.in_flight_bytes += push_len;
             l.idle_since = None;
             let conn = l.conn.clone();
+            let elsewhere = l.lessor.is_some();
             let Some(t) = st.tasks.get_mut(&task) else { continue };
             t.worker = Some(worker);
             let id = self.emit(EventKind::TaskScheduled, |e| {
@@ -140,7 +142,20 @@ impl Core {
                     &mut batches.last_mut().unwrap().1
                 }
             };
-            encode_push_frame(&t.spec, buf);
+            if elsewhere && t.spec.args.iter().any(|a| matches!(a.arg, Some(rayr_proto::task_arg::Arg::Shm(_)))) {
+                // A worker of another node cannot map this node's store: it reads such
+                // arguments from their owner (this process), which sends the bytes.
+                let mut spec = t.spec.clone();
+                for a in &mut spec.args {
+                    if let Some(rayr_proto::task_arg::Arg::Shm(loc)) = &a.arg {
+                        let r = rayr_proto::ObjectRefArg { object_id: loc.object_id.clone(), owner: self.me.to_vec(), owner_address: self.address.clone() };
+                        a.arg = Some(rayr_proto::task_arg::Arg::ByRef(r));
+                    }
+                }
+                encode_push_frame(&spec, buf);
+            } else {
+                encode_push_frame(&t.spec, buf);
+            }
         }
         drop(events);
         for (conn, buf) in batches {
@@ -151,13 +166,16 @@ impl Core {
 
     pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
         let req = self.node_conn.next_req();
-        st.lease_requests.insert(req, key.to_string());
+        st.lease_requests.insert(req, (key.to_string(), None));
         let actor = st.queues.get(key).and_then(|q| q.actor.as_ref()).map(|a| a.id.to_vec());
         let body = client_message::Body::Lease(rayr_proto::LeaseRequest {
             resources: demand,
             job_id: self.job.to_vec(),
             task_id: task.to_vec(),
             dedicated: actor.is_some(),
+            // Tasks may go to another node when this one is full; actors stay here (for now).
+            spillback_ok: actor.is_none(),
+            spilled: false,
             actor_id: actor.unwrap_or_default(),
         });
         if self.node_conn.closed.load(std::sync::atomic::Ordering::Acquire) || self.node_conn.send(req, body).is_err() {
@@ -175,7 +193,40 @@ impl Core {
         }
     }
 
-    pub(super) fn lease_granted(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply) {
+    /// The node agent said where to lease instead (spillback): the request goes to the
+    /// agent of that node, marked spilled (it grants or queues it there).
+    fn lease_elsewhere(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply) {
+        let agent = self.remote_agent(&reply.spill_to);
+        let mut st = self.state.lock();
+        let Some(q) = st.queues.get_mut(&key) else { return };
+        let Some(&task) = q.ready.front() else {
+            q.leases_requested = 0; // nothing left to run there
+            return;
+        };
+        let demand = q.demand.clone();
+        let Ok(agent) = agent else {
+            // Gone since the head heard of it: ask here again, to be queued here this time.
+            let req = self.node_conn.next_req();
+            st.lease_requests.insert(req, (key.clone(), None));
+            let body = rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec(), spilled: true, ..Default::default() };
+            let _ = self.node_conn.send(req, client_message::Body::Lease(body));
+            return;
+        };
+        let req = self.node_conn.next_req();
+        st.lease_requests.insert(req, (key, Some(agent.clone())));
+        drop(st);
+        let body = rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec(), spilled: true, ..Default::default() };
+        if agent.send(req, client_message::Body::Lease(body)).is_err() {
+            // Its reader sees the close and asks again.
+            agent.closed.store(true, std::sync::atomic::Ordering::Release);
+        }
+    }
+
+    pub(super) fn lease_granted(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply, lessor: Option<Arc<super::NodeConn>>) {
+        if !reply.spill_to.is_empty() {
+            self.lease_elsewhere(key, reply);
+            return;
+        }
         if !reply.error.is_empty() {
             // Every queued task of this shape fails: infeasible or unstartable.
             let mut st = self.state.lock();
@@ -220,15 +271,15 @@ impl Core {
         let mut st = self.state.lock();
         let Some(q) = st.queues.get_mut(&key) else {
             // Its actor ended and was forgotten while the worker was on the way.
-            let ret = rayr_proto::LeaseReturn { worker_id: worker.to_vec(), kill: "the actor it was leased for had already ended".into() };
-            let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
+            let ret = rayr_proto::LeaseReturn { worker_id: worker.to_vec(), kill: String::new() };
+            let _ = lessor.as_deref().unwrap_or(&self.node_conn).send(0, client_message::Body::ReturnLease(ret));
             return;
         };
         q.leases_requested = 0;
         if q.actor.as_ref().is_some_and(|a| a.dead.is_some()) {
             // It ended while its worker was on the way (killed, say): not needed.
-            let ret = rayr_proto::LeaseReturn { worker_id: worker.to_vec(), kill: "the actor it was leased for had already ended".into() };
-            let _ = self.node_conn.send(0, client_message::Body::ReturnLease(ret));
+            let ret = rayr_proto::LeaseReturn { worker_id: worker.to_vec(), kill: String::new() };
+            let _ = lessor.as_deref().unwrap_or(&self.node_conn).send(0, client_message::Body::ReturnLease(ret));
             return;
         }
         q.workers.push(worker);
@@ -248,6 +299,7 @@ impl Core {
                 actor,
                 leased_here: true,
                 max_in_flight,
+                lessor,
             },
         );
         self.dispatch_locked(&mut st, &key);
@@ -926,6 +978,7 @@ impl Core {
             actor: true,
             leased_here: false,
             max_in_flight,
+            lessor: None,
         });
         self.dispatch_locked(&mut st, &key);
         if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
