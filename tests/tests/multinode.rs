@@ -191,3 +191,39 @@ fn tasks_that_fill_the_drivers_node_spill_to_the_others_with_their_large_values(
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);
 }
+
+#[test]
+fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_elsewhere() {
+    let cluster = TestCluster::start(
+        "1",
+        &[&["--num-cpus", "2", "--resources", r#"{"far": 1}"#], &["--num-cpus", "2", "--resources", r#"{"far": 1}"#]],
+        100,
+    );
+    let pids: Vec<String> = cluster.nodes.iter().map(|n| format!("{}:{}", n.id, n.pid)).collect();
+    let out = run(
+        Command::new(SCENARIOS).arg("node_dies").env("RAYR_TMPDIR", cluster.tmp.path()).env("NODE_PIDS", pids.join(",")).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    let killed = line("KILLED");
+    let survivor = cluster.nodes.iter().find(|n| n.id != killed).unwrap().id.clone();
+    assert_eq!(line("ACTOR_BEFORE"), "15");
+    assert_eq!(line("TASKS_OK"), "true", "every task's result, those on the killed node run again");
+    assert_eq!(line("ACTOR_AFTER"), format!("{survivor} 10"), "restarted on the other node, state rebuilt");
+    // The head declared the node dead, and its workers with it.
+    wait_for("the killed node declared dead", Duration::from_secs(10), || cluster.node_row(&killed)["state"] == "DEAD");
+    let killed_id = hexid(&killed);
+    let events = cluster.events();
+    let died = events.iter().find(|e| kind(e) == EventKind::NodeDied && e.node_id == killed_id).expect("NODE_DIED");
+    let gone: Vec<&rayr_proto::Event> = events.iter().filter(|e| kind(e) == EventKind::WorkerExited && e.cause == died.id).collect();
+    assert!(!gone.is_empty(), "WORKER_EXITED caused by the NODE_DIED");
+    assert!(gone.iter().all(|e| e.node_id == killed_id));
+    // Tasks that were running there ran again.
+    assert!(events.iter().any(|e| kind(e) == EventKind::TaskRetried), "TASK_RETRIED");
+    assert!(events.iter().any(|e| kind(e) == EventKind::ActorRestarted), "ACTOR_RESTARTED");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}

@@ -74,7 +74,7 @@ impl Membership {
         self.cfg
     }
 
-    fn record(&self, mut e: Event) {
+    fn record(&self, mut e: Event) -> Vec<u8> {
         e.id = new_id().to_vec();
         e.time_us = now_us();
         e.source_worker = self.head_id.to_vec();
@@ -84,6 +84,27 @@ impl Membership {
         if let Err(err) = self.log.lock().append(&buf) {
             tracing::error!("cannot append to the head's event log: {err}");
         }
+        e.id
+    }
+
+    /// A worker of a node declared dead (`died`: its NODE_DIED) went with it: nobody else
+    /// can record its end (its node agent, which reaps it, is gone).
+    pub fn worker_lost_with_node(&self, worker: &rayr_proto::WorkerRow, died: &[u8]) {
+        self.record(Event {
+            kind: EventKind::WorkerExited as i32,
+            worker_id: worker.worker_id.clone(),
+            node_id: worker.node_id.clone(),
+            job_id: worker.job_id.clone(),
+            cause: died.to_vec(),
+            detail: Some(event::Detail::WorkerExit(rayr_proto::WorkerExit {
+                exit_type: rayr_proto::WorkerExitType::SystemError as i32,
+                exit_code: -1,
+                pid: worker.pid,
+                detail: format!("its node {} was declared dead: its agent stopped answering, and what ran there is gone", hex(&worker.node_id)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
     }
 
     /// The head's own node agent: a member that never times out.
@@ -137,7 +158,7 @@ impl Membership {
         );
         drop(nodes);
         let reason = if rejoin { "registered again (the head restarted or lost it)" } else { "joined" };
-        self.record(Event {
+        let _ = self.record(Event {
             kind: EventKind::NodeJoined as i32,
             node_id: node.to_vec(),
             detail: Some(event::Detail::Node(NodeDetail {
@@ -178,8 +199,9 @@ impl Membership {
         }
     }
 
-    /// Declares dead every node whose beats stopped `missed` periods ago (NODE_DIED).
-    pub fn check(&self) {
+    /// Declares dead every node whose beats stopped `missed` periods ago (NODE_DIED);
+    /// returns them with their NODE_DIED ids.
+    pub fn check(&self) -> Vec<(Id, Vec<u8>)> {
         let limit = self.cfg.heartbeat_period * self.cfg.missed_heartbeats;
         let now = Instant::now();
         let mut died = Vec::new();
@@ -199,15 +221,18 @@ impl Membership {
                 }
             }
         }
+        let mut out = Vec::new();
         for (node, address, why) in died {
             tracing::warn!("node {} at {address} is dead: {why}", hex(&node));
-            self.record(Event {
+            let id = self.record(Event {
                 kind: EventKind::NodeDied as i32,
                 node_id: node.to_vec(),
                 detail: Some(event::Detail::Node(NodeDetail { address, reason: why, ..Default::default() })),
                 ..Default::default()
             });
+            out.push((node, id));
         }
+        out
     }
 
     /// The live nodes, as every node's scheduler sees the cluster.

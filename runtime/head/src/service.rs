@@ -266,15 +266,21 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
                 return;
             }
         };
-        // Nodes whose beats stopped are declared dead, checked twice a period.
-        let membership = service.membership.clone();
-        let mut watch_stop = stop.clone();
+        // Nodes whose beats stopped are declared dead, checked twice a period; the workers
+        // the record shows alive there are recorded gone with them.
+        let (membership, index, session) = (service.membership.clone(), service.index.clone(), service.session.clone());
+        let watch_stop = stop.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(membership.config().heartbeat_period / 2);
             loop {
                 tokio::select! {
-                    _ = every.tick() => membership.check(),
-                    _ = watch_stop.wait_for(|s| *s) => return,
+                    _ = every.tick() => {}
+                    _ = stopped(watch_stop.clone()) => return,
+                }
+                let died = membership.check();
+                if !died.is_empty() {
+                    let (membership, index, session) = (membership.clone(), index.clone(), session.clone());
+                    let _ = tokio::task::spawn_blocking(move || workers_gone_with(&membership, &index, &session, &died)).await;
                 }
             }
         });
@@ -291,6 +297,34 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
         }
     });
     rt.shutdown_background();
+}
+
+/// Records WORKER_EXITED, caused by the NODE_DIED, for every worker the record shows alive
+/// on a node declared dead.
+fn workers_gone_with(membership: &Membership, index: &EventIndex, session: &Session, died: &[(rayr_logs::Id, Vec<u8>)]) {
+    if let Err(e) = index.catch_up(session) {
+        tracing::warn!("cannot read the record to find a dead node's workers: {e}");
+        return;
+    }
+    for (node, died_event) in died {
+        let req = ListRequest {
+            entity: "workers".into(),
+            filters: vec![
+                rayr_proto::Filter { key: "node_id".into(), value: rayr_logs::hex(node) },
+                rayr_proto::Filter { key: "state".into(), value: "ALIVE".into() },
+            ],
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        match index.list(&req) {
+            Ok(rows) => {
+                for w in rows.workers {
+                    membership.worker_lost_with_node(&w, died_event);
+                }
+            }
+            Err(e) => tracing::warn!("cannot list a dead node's workers: {e}"),
+        }
+    }
 }
 
 /// Resolves once `stop` says true (or its sender is gone).

@@ -42,6 +42,10 @@ impl Counter {
         std::thread::sleep(Duration::from_millis(ms));
         self.n
     }
+    /// The node hosting it.
+    pub fn node(&self) -> String {
+        rayr::runtime_context().unwrap().node_id.to_string()
+    }
     /// Runs a task of its own (its job's driver may have exited: a detached actor).
     pub fn square_by_task(&self, x: u64) -> u64 {
         rayr::get(&square::remote(x)).unwrap()
@@ -180,6 +184,13 @@ fn node_of(x: u64) -> (String, u64) {
     while start.elapsed() < Duration::from_micros(200) {
         std::hint::spin_loop();
     }
+    (rayr::runtime_context().unwrap().node_id.to_string(), x * x)
+}
+
+/// The node it ran on, after `ms` of work.
+#[rayr::remote]
+fn slow_node_of(x: u64, ms: u64) -> (String, u64) {
+    std::thread::sleep(Duration::from_millis(ms));
     (rayr::runtime_context().unwrap().node_id.to_string(), x * x)
 }
 
@@ -615,6 +626,43 @@ fn main() -> rayr::Result<()> {
             big_nodes.dedup();
             println!("BIG_RESULT_OK {}", bigs.iter().all(|(_, v)| v.len() == 1_000_000 && v.iter().all(|b| *b == 7)));
             println!("BIG_RESULT_NODES {}", big_nodes.join(","));
+        }
+        // Run against a cluster of several nodes: the node hosting an actor and running tasks
+        // is SIGKILLed mid-run (NODE_PIDS: "node:pid,…" of the joined nodes).
+        "node_dies" => {
+            wait_until("the cluster's CPUs", Duration::from_secs(10), || rayr::cluster_resources().unwrap().get("CPU") == Some(&5.0));
+            let pids: std::collections::HashMap<String, i32> = std::env::var("NODE_PIDS")
+                .unwrap()
+                .split(',')
+                .map(|kv| kv.split_once(':').unwrap())
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+                .collect();
+            // Only the joined nodes have "far": the actor goes to one of them.
+            let c = Counter::options().resource("far", 1.0).max_restarts(1).remote(10);
+            let first = rayr::get(&c.node())?;
+            println!("ACTOR_NODE {first}");
+            println!("ACTOR_BEFORE {}", rayr::get(&c.incr(5))?);
+            let refs: Vec<ObjectRef<(String, u64)>> = (0..300u64).map(|i| slow_node_of::remote(i, 20)).collect();
+            // Once tasks run everywhere, the actor's node dies.
+            std::thread::sleep(Duration::from_millis(300));
+            unsafe { libc::kill(pids[&first], libc::SIGKILL) };
+            println!("KILLED {first}");
+            let got = rayr::get_all(&refs)?;
+            println!("TASKS_OK {}", got.iter().enumerate().all(|(i, (_, v))| *v == (i as u64) * (i as u64)));
+            let mut nodes: Vec<String> = got.iter().map(|(n, _)| n.clone()).collect();
+            nodes.sort();
+            nodes.dedup();
+            println!("TASK_NODES {}", nodes.join(","));
+            // The actor restarts on the other node that has "far", its state rebuilt.
+            let deadline = Instant::now() + Duration::from_secs(30);
+            let after = loop {
+                match rayr::get(&c.node()) {
+                    Ok(n) if n != first => break format!("{n} {}", rayr::get(&c.get())?),
+                    Ok(_) | Err(Error::ActorDied { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
+                    other => break format!("unexpected {other:?}"),
+                }
+            };
+            println!("ACTOR_AFTER {after}");
         }
         // Run against a cluster of several nodes: demands no node, or only another, can hold.
         "infeasible_cluster" => {

@@ -173,8 +173,8 @@ impl Core {
             job_id: self.job.to_vec(),
             task_id: task.to_vec(),
             dedicated: actor.is_some(),
-            // Tasks may go to another node when this one is full; actors stay here (for now).
-            spillback_ok: actor.is_none(),
+            // Tasks and actors may go to another node when this one cannot hold them now.
+            spillback_ok: true,
             spilled: false,
             actor_id: actor.unwrap_or_default(),
         });
@@ -204,19 +204,28 @@ impl Core {
             return;
         };
         let demand = q.demand.clone();
+        // An actor's lease stays dedicated to it, wherever it is granted.
+        let actor = q.actor.as_ref().map(|a| a.id.to_vec());
+        let request = |demand| rayr_proto::LeaseRequest {
+            resources: demand,
+            job_id: self.job.to_vec(),
+            task_id: task.to_vec(),
+            spilled: true,
+            dedicated: actor.is_some(),
+            actor_id: actor.clone().unwrap_or_default(),
+            ..Default::default()
+        };
         let Ok(agent) = agent else {
             // Gone since the head heard of it: ask here again, to be queued here this time.
             let req = self.node_conn.next_req();
             st.lease_requests.insert(req, (key.clone(), None));
-            let body = rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec(), spilled: true, ..Default::default() };
-            let _ = self.node_conn.send(req, client_message::Body::Lease(body));
+            let _ = self.node_conn.send(req, client_message::Body::Lease(request(demand)));
             return;
         };
         let req = self.node_conn.next_req();
         st.lease_requests.insert(req, (key, Some(agent.clone())));
         drop(st);
-        let body = rayr_proto::LeaseRequest { resources: demand, job_id: self.job.to_vec(), task_id: task.to_vec(), spilled: true, ..Default::default() };
-        if agent.send(req, client_message::Body::Lease(body)).is_err() {
+        if agent.send(req, client_message::Body::Lease(request(demand))).is_err() {
             // Its reader sees the close and asks again.
             agent.closed.store(true, std::sync::atomic::Ordering::Release);
         }
