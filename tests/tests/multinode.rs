@@ -210,6 +210,9 @@ fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_el
     let killed = line("KILLED");
     let survivor = cluster.nodes.iter().find(|n| n.id != killed).unwrap().id.clone();
     assert_eq!(line("ACTOR_BEFORE"), "15");
+    assert_eq!(line("STASHED"), "200000", "read from another node's owner");
+    let owner_died = line("OWNER_DIED");
+    assert!(owner_died.contains("is lost: its owner") && owner_died.contains("rayr why-died"), "{owner_died}");
     assert_eq!(line("TASKS_OK"), "true", "every task's result, those on the killed node run again");
     assert_eq!(line("ACTOR_AFTER"), format!("{survivor} 10"), "restarted on the other node, state rebuilt");
     // The head declared the node dead, and its workers with it.

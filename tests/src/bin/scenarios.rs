@@ -42,6 +42,10 @@ impl Counter {
         std::thread::sleep(Duration::from_millis(ms));
         self.n
     }
+    /// A large value this actor's worker owns (the caller borrows it).
+    pub fn stash(&self, n: usize) -> ObjectRef<Vec<u8>> {
+        rayr::put(vec![1u8; n]).unwrap()
+    }
     /// The node hosting it.
     pub fn node(&self) -> String {
         rayr::runtime_context().unwrap().node_id.to_string()
@@ -642,11 +646,23 @@ fn main() -> rayr::Result<()> {
             let first = rayr::get(&c.node())?;
             println!("ACTOR_NODE {first}");
             println!("ACTOR_BEFORE {}", rayr::get(&c.incr(5))?);
+            // An object owned by the actor's worker, on that node.
+            let stashed: ObjectRef<Vec<u8>> = rayr::get(&c.stash(200_000))?;
+            println!("STASHED {}", rayr::get(&stashed)?.len());
             let refs: Vec<ObjectRef<(String, u64)>> = (0..300u64).map(|i| slow_node_of::remote(i, 20)).collect();
             // Once tasks run everywhere, the actor's node dies.
             std::thread::sleep(Duration::from_millis(300));
             unsafe { libc::kill(pids[&first], libc::SIGKILL) };
             println!("KILLED {first}");
+            // Its worker (the owner) goes a moment after its agent: until then it answers.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            loop {
+                match rayr::get(&stashed) {
+                    Err(e @ Error::OwnerDied { .. }) => break println!("OWNER_DIED {e}"),
+                    Ok(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+                    other => break println!("OWNER_DIED unexpected {:?}", other.map(|v| v.len())),
+                }
+            }
             let got = rayr::get_all(&refs)?;
             println!("TASKS_OK {}", got.iter().enumerate().all(|(i, (_, v))| *v == (i as u64) * (i as u64)));
             let mut nodes: Vec<String> = got.iter().map(|(n, _)| n.clone()).collect();
