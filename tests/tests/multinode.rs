@@ -230,3 +230,44 @@ fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_el
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);
 }
+
+#[test]
+fn a_restarted_head_keeps_the_record_and_its_nodes_register_again() {
+    // (A port outside the ephemeral range: see free_low_port.)
+    let cluster = TestCluster::start_on(support::free_low_port(), "1", &[&["--num-cpus", "1"], &["--num-cpus", "1"]], 100);
+    let port = cluster.head_address.rsplit(':').next().unwrap().to_string();
+    let old_head_node = cluster.node_rows().into_iter().find(|r| r["address"] == "127.0.0.1").unwrap()["node_id"].as_str().unwrap().to_string();
+    // SAFETY: the head process this test started (its own node agent goes with it).
+    unsafe { libc::kill(cluster.head_pid, libc::SIGKILL) };
+    let session = cluster.session.display().to_string();
+    // Gone for good once its port is free (its threads close their files after the main
+    // one already shows as a zombie).
+    let p: u16 = port.parse().unwrap();
+    wait_for("the old head's port to be free", Duration::from_secs(10), || std::net::TcpListener::bind(("127.0.0.1", p)).is_ok());
+    let out = cluster.cli(&["start", "--head", "--port", &port, "--num-cpus", "1", "--heartbeat-period-ms", "100", "--session", &session]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // Restarting a running head is refused.
+    let again = cluster.cli(&["start", "--head", "--port", "0", "--session", &session]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("nothing to restart"));
+    // The nodes find the new head at the same address and register again; the old head's
+    // node, gone with it, does not, and is declared dead.
+    for n in &cluster.nodes {
+        wait_for(&format!("node {} to register again", n.id), Duration::from_secs(20), || {
+            cluster.events().iter().filter(|e| kind(e) == EventKind::NodeJoined && e.node_id == hexid(&n.id)).count() == 2
+        });
+    }
+    wait_for("the old head's node declared dead", Duration::from_secs(10), || cluster.node_row(&old_head_node)["state"] == "DEAD");
+    let reason = cluster.node_row(&old_head_node)["reason"].as_str().unwrap().to_string();
+    assert!(reason.contains("did not register again"), "{reason}");
+    let out = cluster.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let alive = status["nodes"].as_array().unwrap().iter().filter(|n| n["state"] == "ALIVE").count();
+    assert_eq!(alive, 3, "the two nodes and the new head's: {status}");
+    // What was recorded before the restart is still there.
+    let out = cluster.cli(&["events", "--kind", "node_joined", "--json"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4, "two admissions by each head");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}

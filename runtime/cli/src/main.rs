@@ -103,6 +103,10 @@ struct StartArgs {
     /// Joining node: how long the head may be unreachable before the node exits (seconds).
     #[arg(long, default_value_t = 60)]
     head_timeout_s: u64,
+    /// With --head: restart the head of this existing session (after its process died);
+    /// its record stays, and its nodes register again (give the old --port so they find it).
+    #[arg(long)]
+    session: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -128,6 +132,9 @@ struct ServeArgs {
     node_id: Option<String>,
     #[arg(long, default_value_t = 60)]
     head_timeout_s: u64,
+    /// The session already has a record: expect its nodes to register again.
+    #[arg(long)]
+    resume: bool,
 }
 
 fn main() {
@@ -194,8 +201,26 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         && let Err(e) = std::net::TcpListener::bind((a.node_ip_address.as_str(), a.port)) {
             bail!("cannot use {}:{} for the head: {e}; is another cluster running? pick another --port", a.node_ip_address, a.port);
         }
-    let session = Session::create(&rayr_logs::tmpdir()).context("creating the session directory")?;
-    let log = std::fs::File::create(session.logs_dir().join("head.log"))?;
+    let resume = a.session.is_some();
+    let session = match &a.session {
+        Some(dir) => {
+            let session = Session::open(std::fs::canonicalize(dir).with_context(|| format!("--session {}", dir.display()))?);
+            if !session.events_dir().is_dir() {
+                bail!("--session {}: not a rayr session directory (it has no events/)", session.dir.display());
+            }
+            if let Some(addr) = session.head_address() {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                if rt.block_on(connect::dial(&addr)).is_ok() {
+                    bail!("the head of {} is running (at {addr}): nothing to restart", session.dir.display());
+                }
+                // The dead head's address: the new one writes its own when it answers.
+                let _ = std::fs::remove_file(session.head_address_file());
+            }
+            session
+        }
+        None => Session::create(&rayr_logs::tmpdir()).context("creating the session directory")?,
+    };
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(session.logs_dir().join("head.log"))?;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
     cmd.arg("__serve")
@@ -213,6 +238,7 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         .arg(a.heartbeat_period_ms.to_string())
         .arg("--missed-heartbeats")
         .arg(a.missed_heartbeats.to_string())
+        .args(resume.then_some("--resume"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -389,6 +415,17 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         missed_heartbeats: a.missed_heartbeats.max(1),
     };
     let head = rayr_head::start_head_with(session.clone(), bind, watch).map_err(|e| anyhow!("starting the head: {e}"))?;
+    if a.resume {
+        // The record's live nodes must register with this head again, or are declared dead.
+        for n in head.index().nodes().map_err(|e| anyhow!("reading the session's record: {e}"))? {
+            if n.state == "ALIVE"
+                && let Ok(id) = <rayr_logs::Id>::try_from(n.node_id.as_slice())
+                && id != node_id
+            {
+                head.membership().expect(id, &n.address, n.resources.clone());
+            }
+        }
+    }
     // The head's own node: a member that needs no heartbeat; its free resources are read here.
     head.membership().add_head_node(node_id, &a.node_ip_address, &node.socket_path().display().to_string(), resources);
     let (membership, probe) = (head.membership().clone(), node.resource_probe());

@@ -45,6 +45,8 @@ struct Member {
     /// Why it is no longer a member (declared dead, or left).
     gone: Option<String>,
     is_head: bool,
+    /// It registered with this head (not only known from the record of a previous one).
+    confirmed: bool,
 }
 
 /// The head's table of nodes.
@@ -118,6 +120,7 @@ impl Membership {
             last_beat_us: now_us(),
             gone: None,
             is_head: true,
+            confirmed: true,
         };
         self.nodes.lock().insert(node, member);
     }
@@ -154,6 +157,7 @@ impl Membership {
                 last_beat_us: now_us(),
                 gone: None,
                 is_head: false,
+                confirmed: true,
             },
         );
         drop(nodes);
@@ -176,7 +180,8 @@ impl Membership {
         let Ok(node) = <Id>::try_from(r.node_id.as_slice()) else { return Standing::Unknown };
         let mut nodes = self.nodes.lock();
         match nodes.get_mut(&node) {
-            None => Standing::Unknown,
+            // Known only from the record: it registers again, saying who it is now.
+            None | Some(Member { confirmed: false, gone: None, .. }) => Standing::Unknown,
             Some(m) => match &m.gone {
                 Some(why) => Standing::Dead(why.clone()),
                 None => {
@@ -187,6 +192,23 @@ impl Membership {
                 }
             },
         }
+    }
+
+    /// A restarted head: nodes the record shows alive are expected to register again
+    /// within the usual silence limit, or are declared dead (they went with the old head,
+    /// or while it was down).
+    pub fn expect(&self, node: Id, address: &str, resources: HashMap<String, f64>) {
+        self.nodes.lock().entry(node).or_insert(Member {
+            address: address.to_string(),
+            agent_socket: String::new(),
+            available: HashMap::new(),
+            resources,
+            last_beat: Instant::now(),
+            last_beat_us: 0,
+            gone: None,
+            is_head: false,
+            confirmed: false,
+        });
     }
 
     /// The node leaves on purpose (it records NODE_STOPPED itself).
@@ -210,12 +232,16 @@ impl Membership {
             for (id, m) in nodes.iter_mut().filter(|(_, m)| !m.is_head && m.gone.is_none()) {
                 let silent = now - m.last_beat;
                 if silent > limit {
-                    let why = format!(
-                        "it missed {} heartbeats: none for {} ms (period {} ms)",
-                        self.cfg.missed_heartbeats,
-                        silent.as_millis(),
-                        self.cfg.heartbeat_period.as_millis()
-                    );
+                    let why = if m.confirmed {
+                        format!(
+                            "it missed {} heartbeats: none for {} ms (period {} ms)",
+                            self.cfg.missed_heartbeats,
+                            silent.as_millis(),
+                            self.cfg.heartbeat_period.as_millis()
+                        )
+                    } else {
+                        format!("it did not register again within {} ms of the head's restart", silent.as_millis())
+                    };
                     m.gone = Some(why.clone());
                     died.push((*id, m.address.clone(), why));
                 }
@@ -240,7 +266,7 @@ impl Membership {
         let nodes = self.nodes.lock();
         nodes
             .iter()
-            .filter(|(_, m)| m.gone.is_none())
+            .filter(|(_, m)| m.gone.is_none() && m.confirmed)
             .map(|(id, m)| rayr_proto::NodeView {
                 node_id: id.to_vec(),
                 address: m.address.clone(),

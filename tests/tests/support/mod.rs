@@ -96,6 +96,14 @@ pub fn wait_for(what: &str, limit: Duration, mut f: impl FnMut() -> bool) {
     }
 }
 
+/// A free port below the kernel's ephemeral range (32768 and up), for a head that must
+/// come back on the same port: clients retrying an ephemeral-range port on loopback while
+/// nothing listens can end up connected to themselves on it (TCP self-connect), holding it.
+pub fn free_low_port() -> u16 {
+    let start = 20_000 + (std::process::id() % 9_000) as u16;
+    (start..30_000).chain(20_000..start).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
+}
+
 /// One node agent of a [`TestCluster`].
 pub struct TestNode {
     pub id: String,
@@ -128,11 +136,17 @@ impl TestCluster {
     /// flags, e.g. `["--num-cpus", "2"]`); nodes beat every `heartbeat_ms` and are dead
     /// after 5 missed beats.
     pub fn start(head_cpus: &str, nodes: &[&[&str]], heartbeat_ms: u32) -> TestCluster {
+        Self::start_on(0, head_cpus, nodes, heartbeat_ms)
+    }
+
+    /// `start`, with the head on `port` (0: any free one).
+    pub fn start_on(port: u16, head_cpus: &str, nodes: &[&[&str]], heartbeat_ms: u32) -> TestCluster {
         let tmp = tempfile::tempdir().unwrap();
         let hb = heartbeat_ms.to_string();
+        let port = port.to_string();
         let out = run(
             Command::new(rayr_cli())
-                .args(["start", "--head", "--port", "0", "--num-cpus", head_cpus, "--heartbeat-period-ms", &hb, "--missed-heartbeats", "5"])
+                .args(["start", "--head", "--port", &port, "--num-cpus", head_cpus, "--heartbeat-period-ms", &hb, "--missed-heartbeats", "5"])
                 .env("RAYR_TMPDIR", tmp.path())
                 .env_remove("RAYR_ADDRESS"),
             Duration::from_secs(60),
