@@ -175,6 +175,12 @@ fn tasks_that_fill_the_drivers_node_spill_to_the_others_with_their_large_values(
     assert_eq!(line("BIG_ARG_NODES"), far);
     assert_eq!(line("BIG_RESULT_OK"), "true", "1 MB results made on another node reached the driver");
     assert_eq!(line("BIG_RESULT_NODES"), far);
+    // 100 MB created on the driver's node, read (zero-copy, from a copy in that node's
+    // store) on another: every byte is 1, so every u64 word is 0x0101…01.
+    let hundred = line("HUNDRED_MB");
+    let words = 100_000_000u64 / 8;
+    let expect = words.wrapping_mul(0x0101_0101_0101_0101);
+    assert!(hundred.starts_with(&format!("{far} {expect} ")), "{hundred}");
     // Each spillback is recorded by the node that sent the lease away, naming where.
     let events = cluster.events();
     let spilled: Vec<&rayr_proto::Event> = events.iter().filter(|e| kind(e) == EventKind::TaskSpilled).collect();

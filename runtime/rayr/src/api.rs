@@ -334,11 +334,31 @@ pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout:
         OwnerAnswer::Value(f) => f,
         OwnerAnswer::Pending => unreachable!("only probes are answered with pending"),
     };
-    if let Fetched::Shm { offset, size, format } = fetched {
-        let mut st = core.state.lock();
-        if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) {
-            st.borrowed_locations.insert(id, (offset, size, format));
+    match fetched {
+        Fetched::Shm { offset, size, format } => {
+            let mut st = core.state.lock();
+            if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) {
+                st.borrowed_locations.insert(id, (offset, size, format));
+            }
         }
+        // A large value sent whole: its owner is on another node. Held here, it goes into
+        // this node's store (a copy this process owns while it borrows the object), so
+        // later reads here are local and zero-copy (`get_slice` included).
+        Fetched::Inline(ref bytes, format) if bytes.len() > core.max_inline && core.state.lock().borrowed.get(&id).is_some_and(|b| b.0 > 0) => {
+            let copy = new_id();
+            if let Ok((Slot::Shm { offset, size, format }, _)) = store_bytes_for(core, bytes, format, core.me, copy) {
+                let mut st = core.state.lock();
+                if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) && !st.local_copies.contains_key(&id) {
+                    st.local_copies.insert(id, copy);
+                    st.borrowed_locations.insert(id, (offset, size, format));
+                    return Ok(Fetched::Shm { offset, size, format });
+                }
+                // Released meanwhile, or another thread copied it first.
+                drop(st);
+                core.free_in_store(&[copy]);
+            }
+        }
+        _ => {}
     }
     Ok(fetched)
 }

@@ -198,6 +198,15 @@ fn slow_node_of(x: u64, ms: u64) -> (String, u64) {
     (rayr::runtime_context().unwrap().node_id.to_string(), x * x)
 }
 
+/// Reads a `put_slice` object zero-copy wherever it runs: the node it ran on, and the sum of
+/// its bytes read as little-endian u64 words.
+#[rayr::remote]
+fn sum_slice(r: ObjectRef<Vec<u8>>) -> (String, u64) {
+    let v = rayr::get_slice(&r).unwrap();
+    let sum = v.chunks_exact(8).fold(0u64, |acc, c| acc.wrapping_add(u64::from_le_bytes(c.try_into().unwrap())));
+    (rayr::runtime_context().unwrap().node_id.to_string(), sum)
+}
+
 /// A large value made on whatever node runs it.
 #[rayr::remote]
 fn big_on_node(n: usize) -> (String, Vec<u8>) {
@@ -630,6 +639,11 @@ fn main() -> rayr::Result<()> {
             big_nodes.dedup();
             println!("BIG_RESULT_OK {}", bigs.iter().all(|(_, v)| v.len() == 1_000_000 && v.iter().all(|b| *b == 7)));
             println!("BIG_RESULT_NODES {}", big_nodes.join(","));
+            // 100 MB made here, read on the node that has "far".
+            let hundred = rayr::put_slice(&vec![1u8; 100_000_000])?;
+            let started = Instant::now();
+            let (node, sum) = rayr::get(&sum_slice::options().resource("far", 0.01).remote(hundred.clone()))?;
+            println!("HUNDRED_MB {node} {sum} {} ms", started.elapsed().as_millis());
         }
         // Run against a cluster of several nodes: the node hosting an actor and running tasks
         // is SIGKILLed mid-run (NODE_PIDS: "node:pid,…" of the joined nodes).

@@ -256,6 +256,9 @@ pub(crate) struct State {
     /// Where borrowed objects in the shm store are: sealed values never move, and the
     /// borrow keeps them alive, so later reads skip the round trip to the owner.
     pub borrowed_locations: HashMap<Id, (u64, u64, u32)>,
+    /// Borrowed objects of owners on other nodes copied into this node's store (by the
+    /// store id of the copy), freed when the borrow ends.
+    pub local_copies: HashMap<Id, Id>,
     pub tasks: HashMap<Id, PendingTask>,
     /// The next task's `seq`.
     pub next_seq: u64,
@@ -552,6 +555,7 @@ impl Core {
                 owned: HashMap::new(),
                 borrowed: HashMap::new(),
                 borrowed_locations: HashMap::new(),
+                local_copies: HashMap::new(),
                 tasks: HashMap::new(),
                 next_seq: 0,
                 actors: HashMap::new(),
@@ -892,7 +896,9 @@ impl Core {
             if st.peers.get(&conn.address).is_some_and(|p| Arc::ptr_eq(p, &conn)) {
                 st.peers.remove(&conn.address);
             }
-            // Locations learned from a peer that is gone may be freed and reused now.
+            // Locations learned from a peer that is gone may be freed and reused now; a copy
+            // made here is not read again either (its owner died: the object is lost, as its
+            // readers are told), and is freed when its borrow ends.
             let stale: Vec<Id> = st.borrowed.iter().filter(|(_, b)| b.2 == conn.address).map(|(id, _)| *id).collect();
             for id in stale {
                 st.borrowed_locations.remove(&id);

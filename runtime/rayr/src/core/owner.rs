@@ -96,6 +96,9 @@ impl Core {
         }
         let (_, owner, address) = st.borrowed.remove(&id).unwrap();
         st.borrowed_locations.remove(&id);
+        if let Some(copy) = st.local_copies.remove(&id) {
+            self.free_in_store(&[copy]);
+        }
         let peer = st.peers.get(&address).cloned();
         let msg = PeerMessage {
             req_id: 0,
@@ -179,7 +182,7 @@ impl Core {
         }
     }
 
-    pub(super) fn free_in_store(&self, ids: &[Id]) {
+    pub(crate) fn free_in_store(&self, ids: &[Id]) {
         let _ = self.node_conn.send(
             0,
             client_message::Body::FreeObjects(rayr_proto::FreeObjects { object_ids: ids.iter().map(|i| i.to_vec()).collect() }),

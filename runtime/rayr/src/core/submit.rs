@@ -333,7 +333,8 @@ impl Core {
         }
     }
 
-    pub(super) fn task_results(self: &Arc<Self>, worker: Id, results: Vec<rayr_proto::TaskResult>) {
+    pub(super) fn task_results(self: &Arc<Self>, worker: Id, mut results: Vec<rayr_proto::TaskResult>) {
+        self.store_arrived_values(&mut results);
         // The objects created and the tasks dispatched for a burst of results: one batch.
         let events = self.event_batch();
         let mut st = self.state.lock();
@@ -352,6 +353,35 @@ impl Core {
         drop(events);
         self.send_outbox();
         self.ready.notify_all();
+    }
+
+    /// Large values that came whole (from a worker of another node, which cannot write to
+    /// this node's store) go into this node's store, as a local worker's would: readers
+    /// here map them, and they do not sit in this process's heap. Off the state lock (the
+    /// store allocation asks the node agent).
+    fn store_arrived_values(&self, results: &mut [rayr_proto::TaskResult]) {
+        use rayr_proto::task_result::Outcome;
+        let large = |r: &rayr_proto::TaskResult| matches!(&r.outcome, Some(Outcome::InlineValue(b)) if b.len() > self.max_inline);
+        if !results.iter().any(large) {
+            return;
+        }
+        let ids: Vec<Option<Id>> = {
+            let st = self.state.lock();
+            results
+                .iter()
+                .map(|r| {
+                    let task: Id = r.task_id.as_slice().try_into().ok()?;
+                    large(r).then(|| st.tasks.get(&task).and_then(|t| t.spec.return_id.as_slice().try_into().ok())).flatten()
+                })
+                .collect()
+        };
+        for (r, id) in results.iter_mut().zip(ids) {
+            let (Some(id), Some(Outcome::InlineValue(bytes))) = (id, &r.outcome) else { continue };
+            // A full store leaves the value where it is (inline): still correct.
+            if let Ok((Slot::Shm { offset, size, format }, _)) = crate::api::store_bytes_for(self, bytes, crate::codec::POSTCARD, self.me, id) {
+                r.outcome = Some(Outcome::Shm(ObjectLocation { object_id: id.to_vec(), offset, size, format }));
+            }
+        }
     }
 
     pub(super) fn task_result_locked(self: &Arc<Self>, st: &mut State, worker: Id, r: rayr_proto::TaskResult) {
