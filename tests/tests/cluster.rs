@@ -584,7 +584,13 @@ fn a_task_waiting_on_a_result_batched_behind_it_does_not_hang() {
 fn a_ref_given_to_a_task_by_value_is_kept_until_the_task_ran() {
     let s = scenario("ref_by_value");
     assert_eq!(s.get("BY_VALUE"), "300000 10");
+    let by_value: Vec<&str> = s.get("REF_PARAM_BY_VALUE").split(' ').collect();
+    assert_eq!(by_value[0], 37_500u64.wrapping_mul(0x0303_0303_0303_0303).to_string());
     let events = s.events();
+    let (arg, task) = (hexid(by_value[1]), task_of(&events, &hexid(by_value[2])));
+    let freed = events.iter().find(|e| e.object_id == arg && kind(e) == EventKind::ObjectFreed).expect("the argument is freed");
+    let finished = events.iter().find(|e| e.task_id == task && kind(e) == EventKind::TaskFinished).expect("the task finished");
+    assert!(freed.time_us >= finished.time_us, "an argument given by value is freed only after its task ran");
     let created = events.iter().filter(|e| kind(e) == EventKind::ObjectCreated).count();
     let freed = events.iter().filter(|e| kind(e) == EventKind::ObjectFreed).count();
     assert_eq!(created, freed, "every object freed once its task and refs are done");

@@ -124,6 +124,7 @@ fn main() -> rayr::Result<()> {
         Ok("echo") => return echo_child(),
         Ok("init") => return init_child(),
         Ok("throughput") => return throughput_child(),
+        Ok("multinode") => return multinode_child(),
         _ => {}
     }
     let tmp = TempDir::new();
@@ -281,6 +282,7 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
     figure("get_100mb_other_process_repeat_us", format!("{repeat_us:.2}"), "us");
 
     actors()?;
+    multinode(tmp);
     Ok(())
 }
 
@@ -451,6 +453,135 @@ fn memcpy_floor() -> f64 {
         .min()
         .unwrap();
     MB100 as f64 / best.as_secs_f64() / 1e9
+}
+
+// ---------------------------------------------------------------------------------------
+// Several nodes
+
+/// The node a task ran on.
+#[rayr::remote]
+fn node_here() -> String {
+    rayr::runtime_context().map(|c| c.node_id.to_string()).unwrap_or_default()
+}
+
+/// Reads a `put_slice` object wherever it runs; the sum of its bytes as u64 words.
+#[rayr::remote]
+fn sum_words(r: ObjectRef<Vec<u8>>) -> u64 {
+    let v = rayr::get_slice(&r).expect("get_slice");
+    v.chunks_exact(8).fold(0u64, |a, c| a.wrapping_add(u64::from_le_bytes(c.try_into().unwrap())))
+}
+
+/// Three nodes started with the `rayr` CLI (built beside this binary: `cargo build
+/// --release -p rayr-cli`), each with 1 CPU, the third with a resource "far": tasks
+/// across them, and a 100 MB object made on the head's node read on the third, against a
+/// raw loopback TCP copy of 100 MB in the same run.
+fn multinode(tmp: &TempDir) {
+    let Some(cli) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("rayr"))).filter(|c| c.exists()) else {
+        eprintln!("rayr-bench: multi-node figures skipped: the rayr CLI is not beside this binary (cargo build --release -p rayr-cli)");
+        return;
+    };
+    let dir = tmp.path.join("mn");
+    let _ = std::fs::create_dir_all(&dir);
+    let cli_run = |args: &[&str]| Command::new(&cli).args(args).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").stdout(Stdio::null()).status();
+    let ok = cli_run(&["start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-period-ms", "200"]).is_ok_and(|s| s.success());
+    let address = std::fs::read_to_string(dir.join("session_latest").join("head_address")).unwrap_or_default();
+    let address = address.trim();
+    let joined = ok
+        && cli_run(&["start", "--address", address, "--node-ip-address", "127.0.0.2", "--num-cpus", "1"]).is_ok_and(|s| s.success())
+        && cli_run(&["start", "--address", address, "--node-ip-address", "127.0.0.3", "--num-cpus", "1", "--resources", r#"{"far": 1}"#])
+            .is_ok_and(|s| s.success());
+    let values = if joined {
+        let out = Command::new(std::env::current_exe().unwrap())
+            .env(MODE_VAR, "multinode")
+            .env("RAYR_TMPDIR", &dir)
+            .env_remove("RAYR_ADDRESS")
+            .stdin(Stdio::null())
+            .output();
+        let stdout = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        stdout
+            .lines()
+            .filter_map(|l| l.split_once(' ').and_then(|(k, v)| Some((k.to_string(), v.trim().parse::<f64>().ok()?))))
+            .collect::<HashMap<String, f64>>()
+    } else {
+        eprintln!("rayr-bench: multi-node figures skipped: the cluster did not start");
+        HashMap::new()
+    };
+    let _ = cli_run(&["stop"]);
+    let tcp = tcp_copy_100mb_gbps();
+    figure("floor_tcp_loopback_100mb_gbps", format!("{tcp:.2}"), "GB/s");
+    if let (Some(rate), Some(nodes)) = (values.get("tasks_per_s"), values.get("nodes_used")) {
+        figure("tasks_async_per_s_3_nodes", format!("{rate:.0}"), "tasks/s");
+        figure("tasks_3_nodes_nodes_used", format!("{nodes:.0}"), "nodes");
+    }
+    if let Some(secs) = values.get("object_100mb_s") {
+        let gbps = 0.1 / secs;
+        figure("object_100mb_other_node_gbps", format!("{gbps:.2}"), "GB/s");
+        figure("object_100mb_other_node_vs_tcp", format!("{:.2}", gbps / tcp), "x");
+    }
+}
+
+/// 100 MB through a loopback TCP connection between two threads, best of 3.
+fn tcp_copy_100mb_gbps() -> f64 {
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else { return 0.0 };
+        let addr = listener.local_addr().unwrap();
+        let writer = std::thread::spawn(move || {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let chunk = vec![1u8; 1 << 20];
+            let mut left = 100_000_000usize;
+            while left > 0 {
+                let n = left.min(chunk.len());
+                s.write_all(&chunk[..n]).unwrap();
+                left -= n;
+            }
+        });
+        let (mut conn, _) = listener.accept().unwrap();
+        let mut buf = vec![0u8; 100_000_000];
+        let t = Instant::now();
+        conn.read_exact(&mut buf).unwrap();
+        best = best.min(t.elapsed().as_secs_f64());
+        let _ = writer.join();
+    }
+    0.1 / best
+}
+
+fn multinode_child() -> rayr::Result<()> {
+    rayr::init()?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while rayr::cluster_resources()?.get("CPU") != Some(&3.0) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let warm: Vec<ObjectRef<u64>> = (0..2_000).map(noop::remote).collect();
+    rayr::get_all(&warm)?;
+    let mut rates = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let refs: Vec<ObjectRef<u64>> = (0..10_000).map(noop::remote).collect();
+        rayr::get_all(&refs)?;
+        rates.push(10_000.0 / t.elapsed().as_secs_f64());
+    }
+    rates.sort_by(f64::total_cmp);
+    println!("tasks_per_s {:.1}", rates[2]);
+    let nodes: Vec<ObjectRef<String>> = (0..3_000).map(|_| node_here::remote()).collect();
+    let mut nodes = rayr::get_all(&nodes)?;
+    nodes.sort();
+    nodes.dedup();
+    println!("nodes_used {}", nodes.len());
+    // The far node's worker is started first: what is timed is the read of 100 MB there.
+    let small = rayr::put_slice(&vec![1u8; 1 << 20])?;
+    rayr::get(&sum_words::options().resource("far", 0.5).remote(small))?;
+    let mut best = f64::MAX;
+    for _ in 0..3 {
+        let big = rayr::put_slice(&vec![1u8; 100_000_000])?;
+        let t = Instant::now();
+        let sum = rayr::get(&sum_words::options().resource("far", 0.5).remote(big))?;
+        best = best.min(t.elapsed().as_secs_f64());
+        assert_eq!(sum, (100_000_000u64 / 8).wrapping_mul(0x0101_0101_0101_0101));
+    }
+    println!("object_100mb_s {best:.6}");
+    rayr::shutdown();
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ use crate::{TaskOptions, WorkerId};
 /// One argument of a task as the caller gave it.
 pub enum ArgValue {
     /// A serialized value, and the refs serialized inside it.
-    Value(std::result::Result<Vec<u8>, String>, #[doc(hidden)] Vec<crate::object_ref::NestedRef>),
+    Value(std::result::Result<Vec<u8>, String>, #[doc(hidden)] Vec<Arc<RefHandle>>),
     Ref(Arc<RefHandle>),
 }
 
@@ -179,6 +179,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
                             pending.borrowed_args.push(n.id);
                         }
                     }
+                    handles.push(n);
                 }
                 task_arg::Arg::InlineValue(bytes)
             }
@@ -515,10 +516,16 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     if !nested.is_empty() {
         // The container keeps what it refers to, until it is freed itself.
         let mut st = core.state.lock();
-        let pinned: Vec<_> = nested.into_iter().filter(|n| core.pin_locked(&mut st, n.id, n.owner)).collect();
+        let pinned: Vec<_> = nested
+            .iter()
+            .filter(|n| core.pin_locked(&mut st, n.id, n.owner))
+            .map(|n| crate::object_ref::NestedRef { id: n.id, owner: n.owner })
+            .collect();
         if let Some(o) = st.owned.get_mut(&id) {
             o.contains = pinned;
         }
+        // `nested` (handles: dropping one may lock `state`) goes after the lock.
+        drop(st);
     }
     Ok(ObjectRef::from_handle(handle))
 }

@@ -89,12 +89,14 @@ pub struct NestedRef {
 thread_local! {
     /// While a task argument or a `put` value is serialized, the refs inside it are
     /// collected here: the pending task or the container keeps them alive (see
-    /// `capture_nested`), so no token is needed.
-    static CAPTURE: std::cell::RefCell<Option<Vec<NestedRef>>> = const { std::cell::RefCell::new(None) };
+    /// `capture_nested`), so no token is needed. They are kept as handles: the value may
+    /// be dropped right after it is serialized (an argument given by value), and the
+    /// objects must live until the task or container has pinned them.
+    static CAPTURE: std::cell::RefCell<Option<Vec<Arc<RefHandle>>>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Runs `f` (serializing a task argument) and returns the refs serialized inside it.
-pub(crate) fn capture_nested<R>(f: impl FnOnce() -> R) -> (R, Vec<NestedRef>) {
+pub(crate) fn capture_nested<R>(f: impl FnOnce() -> R) -> (R, Vec<Arc<RefHandle>>) {
     let outer = CAPTURE.with(|c| c.borrow_mut().replace(Vec::new()));
     let r = f();
     let nested = CAPTURE.with(|c| std::mem::replace(&mut *c.borrow_mut(), outer)).unwrap_or_default();
@@ -105,7 +107,7 @@ impl<T> Serialize for ObjectRef<T> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let captured = CAPTURE.with(|c| match &mut *c.borrow_mut() {
             Some(list) => {
-                list.push(NestedRef { id: self.handle.id, owner: self.handle.owner });
+                list.push(self.handle.clone());
                 true
             }
             None => false,

@@ -1003,6 +1003,12 @@ fn main() -> rayr::Result<()> {
             let a = sum_len::remote(big);
             let b = sum_len::remote(small);
             println!("BY_VALUE {} {}", rayr::get(&a)?, rayr::get(&b)?);
+            // ... and as the value of a parameter that is itself a ref: serializing it
+            // must keep the object alive until the pending task holds it.
+            let arg = rayr::put_slice(&vec![3u8; 300_000])?;
+            let arg_id = arg.id();
+            let c = sum_slice::remote(arg);
+            println!("REF_PARAM_BY_VALUE {} {arg_id} {}", rayr::get(&c)?.1, c.id());
             // The same pending ref twice: resolved once, run once.
             let slow = sleepy::remote(50);
             let pair = pair_sum::remote(&slow, &slow);
