@@ -8,6 +8,8 @@ fn main() {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Chunks of objects between nodes: sliced from the receive buffer, not copied out.
+        .bytes(".rayr.ObjectChunk.data")
         .compile_fds(fds)
         .expect("code generation from proto/schemas failed");
 }

@@ -181,6 +181,32 @@ fn tasks_that_fill_the_drivers_node_spill_to_the_others_with_their_large_values(
     let words = 100_000_000u64 / 8;
     let expect = words.wrapping_mul(0x0101_0101_0101_0101);
     assert!(hundred.starts_with(&format!("{far} {expect} ")), "{hundred}");
+    assert_eq!(line("HUNDRED_MB_AGAIN"), "true");
+    // Each object crossed once to the far node (its readers there, concurrent or later,
+    // shared one pull), from the driver's node, into a copy its owner freed with it.
+    let pulled_ids: Vec<Vec<u8>> = line("PULLED_IDS").split(' ').map(|h| rayr_logs::parse_hex(h).unwrap()).collect();
+    let far_id = rayr_logs::parse_hex(&far).unwrap();
+    let events = cluster.events();
+    for id in &pulled_ids {
+        let created = events.iter().find(|e| e.object_id == *id && kind(e) == EventKind::ObjectCreated).expect("created");
+        let pulls: Vec<&rayr_proto::Event> = events.iter().filter(|e| e.object_id == *id && kind(e) == EventKind::ObjectPulled).collect();
+        assert_eq!(pulls.len(), 1, "one pull per object and node: {pulls:?}");
+        assert_eq!(pulls[0].node_id, far_id);
+        let Some(event::Detail::Object(d)) = &pulls[0].detail else { panic!() };
+        assert_eq!(d.copy_node, created.node_id, "pulled from the node that holds it");
+        assert!(d.reason.contains("GB/s"), "{d:?}");
+    }
+    wait_for("the far node to drop the copies their owner freed", Duration::from_secs(10), || {
+        let events = cluster.events();
+        pulled_ids.iter().all(|id| {
+            events.iter().any(|e| {
+                e.object_id == *id
+                    && kind(e) == EventKind::ObjectEvicted
+                    && e.node_id == far_id
+                    && matches!(&e.detail, Some(event::Detail::Object(d)) if d.reason.contains("owner freed"))
+            })
+        })
+    });
     // Each spillback is recorded by the node that sent the lease away, naming where.
     let events = cluster.events();
     let spilled: Vec<&rayr_proto::Event> = events.iter().filter(|e| kind(e) == EventKind::TaskSpilled).collect();
@@ -193,6 +219,48 @@ fn tasks_that_fill_the_drivers_node_spill_to_the_others_with_their_large_values(
     let started_on: std::collections::HashSet<Vec<u8>> =
         events.iter().filter(|e| kind(e) == EventKind::TaskStarted).map(|e| e.node_id.clone()).collect();
     assert_eq!(started_on.len(), 3, "TASK_STARTED on every node");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
+fn copies_of_other_nodes_objects_are_evicted_first_when_the_store_is_full() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#, "--object-store-memory", "100000000"]], 100);
+    let out = run(
+        Command::new(SCENARIOS).arg("copies_under_pressure").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    assert_eq!(line("PRESSURE_OK"), "true", "every read saw its object's bytes");
+    let ids: Vec<Vec<u8>> = line("PRESSURE_IDS").split(' ').map(|h| rayr_logs::parse_hex(h).unwrap()).collect();
+    let far = rayr_logs::parse_hex(&cluster.nodes[0].id).unwrap();
+    let events = cluster.events();
+    let on_far = |k: EventKind| -> Vec<Vec<u8>> {
+        events.iter().filter(|e| kind(e) == k && e.node_id == far).map(|e| e.object_id.clone()).collect()
+    };
+    // Pulled: 1, 2, 3 (evicting 1, the least recently used), then 1 again (evicting 2).
+    assert_eq!(on_far(EventKind::ObjectPulled), vec![ids[0].clone(), ids[1].clone(), ids[2].clone(), ids[0].clone()]);
+    let evicted = |why: &str| -> Vec<Vec<u8>> {
+        cluster
+            .events()
+            .iter()
+            .filter(|e| kind(e) == EventKind::ObjectEvicted && e.node_id == far)
+            .filter(|e| matches!(&e.detail, Some(event::Detail::Object(d)) if d.reason.contains(why)))
+            .map(|e| e.object_id.clone())
+            .collect()
+    };
+    assert_eq!(evicted("secondary copies go first"), vec![ids[0].clone(), ids[1].clone()]);
+    // The copies left (3, and 1 again) go when their owner frees the objects.
+    wait_for("the copies left to be dropped with their objects", Duration::from_secs(10), || {
+        let mut freed = evicted("owner freed");
+        freed.sort();
+        let mut want = vec![ids[0].clone(), ids[2].clone()];
+        want.sort();
+        freed == want
+    });
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

@@ -25,6 +25,8 @@ pub struct Joining {
     pub resources: HashMap<String, f64>,
     pub session_dir: String,
     pub agent_socket: String,
+    /// Where other nodes pull objects from this one.
+    pub transfer_address: String,
     /// How long the head may be unreachable before the node gives up.
     pub head_timeout: Duration,
 }
@@ -73,6 +75,7 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
             pid: std::process::id(),
             session_dir: j.session_dir.clone(),
             agent_socket: j.agent_socket.clone(),
+            transfer_address: j.transfer_address.clone(),
         };
         let reply = match client.register_node(request).await {
             Ok(r) => r.into_inner(),

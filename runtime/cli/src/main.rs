@@ -77,6 +77,10 @@ struct StartArgs {
     /// The address this node binds and advertises.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip_address: String,
+    /// The port this node's agent serves object transfers on, to other nodes (0: any
+    /// free port).
+    #[arg(long, default_value_t = 0)]
+    object_manager_port: u16,
     /// The dashboard's port (the dashboard arrives with its own issue).
     #[arg(long, default_value_t = 8265)]
     dashboard_port: u16,
@@ -121,6 +125,8 @@ struct ServeArgs {
     node_ip_address: String,
     #[arg(long)]
     object_store_memory: u64,
+    #[arg(long, default_value_t = 0)]
+    object_manager_port: u16,
     #[arg(long, default_value_t = 1000)]
     heartbeat_period_ms: u32,
     #[arg(long, default_value_t = 5)]
@@ -234,6 +240,8 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         .arg(&a.node_ip_address)
         .arg("--object-store-memory")
         .arg(a.object_store_memory.to_string())
+        .arg("--object-manager-port")
+        .arg(a.object_manager_port.to_string())
         .arg("--heartbeat-period-ms")
         .arg(a.heartbeat_period_ms.to_string())
         .arg("--missed-heartbeats")
@@ -306,6 +314,8 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
         .arg(&a.node_ip_address)
         .arg("--object-store-memory")
         .arg(a.object_store_memory.to_string())
+        .arg("--object-manager-port")
+        .arg(a.object_manager_port.to_string())
         .arg("--head-timeout-s")
         .arg(a.head_timeout_s.to_string())
         .stdin(std::process::Stdio::null())
@@ -371,6 +381,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.ip_address = a.node_ip_address.clone();
     cfg.store_capacity = a.object_store_memory;
     cfg.store_prefault = cfg.store_prefault.min(a.object_store_memory);
+    cfg.transfer_address = Some(std::net::SocketAddr::new(
+        a.node_ip_address.parse().map_err(|e| anyhow!("--node-ip-address {} is not an IP address: {e}", a.node_ip_address))?,
+        a.object_manager_port,
+    ).to_string());
     cfg.node_id = match &a.node_id {
         Some(h) => rayr_logs::parse_hex(h).and_then(|b| b.try_into().ok()).ok_or_else(|| anyhow!("--node-id {h} is not a 32-digit hex id"))?,
         None => new_id(),
@@ -389,6 +403,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             resources,
             session_dir: session.dir.display().to_string(),
             agent_socket: node.socket_path().display().to_string(),
+            transfer_address: node.transfer_address().unwrap_or_default().to_string(),
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
         let (probe, end) = (node.resource_probe(), ending.clone());
@@ -427,7 +442,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
     }
     // The head's own node: a member that needs no heartbeat; its free resources are read here.
-    head.membership().add_head_node(node_id, &a.node_ip_address, &node.socket_path().display().to_string(), resources);
+    let transfer = node.transfer_address().unwrap_or_default().to_string();
+    head.membership().add_head_node(node_id, &a.node_ip_address, &node.socket_path().display().to_string(), &transfer, resources);
     let (membership, probe) = (head.membership().clone(), node.resource_probe());
     let period = watch.heartbeat_period;
     std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {

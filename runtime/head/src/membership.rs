@@ -38,6 +38,7 @@ impl Default for MembershipConfig {
 struct Member {
     address: String,
     agent_socket: String,
+    transfer_address: String,
     resources: HashMap<String, f64>,
     available: HashMap<String, f64>,
     last_beat: Instant,
@@ -110,10 +111,11 @@ impl Membership {
     }
 
     /// The head's own node agent: a member that never times out.
-    pub fn add_head_node(&self, node: Id, address: &str, agent_socket: &str, resources: HashMap<String, f64>) {
+    pub fn add_head_node(&self, node: Id, address: &str, agent_socket: &str, transfer_address: &str, resources: HashMap<String, f64>) {
         let member = Member {
             address: address.to_string(),
             agent_socket: agent_socket.to_string(),
+            transfer_address: transfer_address.to_string(),
             available: resources.clone(),
             resources,
             last_beat: Instant::now(),
@@ -151,6 +153,7 @@ impl Membership {
             Member {
                 address: r.address.clone(),
                 agent_socket: r.agent_socket.clone(),
+                transfer_address: r.transfer_address.clone(),
                 resources: r.resources.clone(),
                 available: r.resources.clone(),
                 last_beat: Instant::now(),
@@ -201,6 +204,7 @@ impl Membership {
         self.nodes.lock().entry(node).or_insert(Member {
             address: address.to_string(),
             agent_socket: String::new(),
+            transfer_address: String::new(),
             available: HashMap::new(),
             resources,
             last_beat: Instant::now(),
@@ -274,6 +278,7 @@ impl Membership {
                 available: m.available.clone(),
                 is_head: m.is_head,
                 agent_socket: m.agent_socket.clone(),
+                transfer_address: m.transfer_address.clone(),
             })
             .collect()
     }

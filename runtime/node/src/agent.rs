@@ -24,6 +24,7 @@ use rayr_store::{Allocator, Arena};
 use crate::pool::{self, env};
 
 mod detached;
+mod transfer;
 use crate::resources::{self, Resources};
 
 /// What a node agent is started with. Every field is a `rayr start` flag.
@@ -42,6 +43,9 @@ pub struct NodeConfig {
     /// Most task worker processes alive at once (blocked workers free their CPU, so nested
     /// tasks can need more processes than CPUs); workers hosting actors come on top.
     pub max_workers: usize,
+    /// IP:PORT the agent serves object transfers on (`--object-manager-port`; port 0: any
+    /// free one). None: a lone node (embedded), which reads no other node's objects.
+    pub transfer_address: Option<String>,
 }
 
 impl NodeConfig {
@@ -57,6 +61,7 @@ impl NodeConfig {
             store_prefault: 128 << 20,
             ip_address: "127.0.0.1".into(),
             max_workers: (num_cpus.ceil() as usize) * 4 + 16,
+            transfer_address: None,
         }
     }
 }
@@ -64,6 +69,8 @@ impl NodeConfig {
 /// A running node agent. Dropping it does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     agent: Arc<Agent>,
+    /// Runs the object transfer server and pulls (multi-node clusters only).
+    transfer_rt: Option<tokio::runtime::Runtime>,
     accept_thread: Option<std::thread::JoinHandle<()>>,
     peer_accept_thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -77,6 +84,10 @@ impl NodeHandle {
     }
     pub fn store_path(&self) -> &Path {
         self.agent.arena.path()
+    }
+    /// Where other nodes pull objects from this one (IP:PORT), when it serves transfers.
+    pub fn transfer_address(&self) -> Option<&str> {
+        self.agent.transfer.get().map(|t| t.address.as_str())
     }
     /// Bytes of the store in use by live objects.
     pub fn store_used(&self) -> u64 {
@@ -104,6 +115,9 @@ impl NodeHandle {
         let _ = UnixStream::connect(&self.agent.peer_socket_path);
         for t in [self.accept_thread.take(), self.peer_accept_thread.take()].into_iter().flatten() {
             let _ = t.join();
+        }
+        if let Some(rt) = self.transfer_rt.take() {
+            rt.shutdown_background();
         }
         let _ = std::fs::remove_file(&self.agent.socket_path);
         let _ = std::fs::remove_file(&self.agent.peer_socket_path);
@@ -164,6 +178,10 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
             start_failures: HashMap::new(),
             detached: HashMap::new(),
             remote_clients: HashMap::new(),
+            copies: HashMap::new(),
+            pulls: HashMap::new(),
+            serving: HashMap::new(),
+            deferred_frees: HashMap::new(),
         }),
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
@@ -173,8 +191,20 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         draining: Mutex::new(()),
         cluster: Mutex::new(Vec::new()),
         drainer: std::sync::OnceLock::new(),
+        transfer: std::sync::OnceLock::new(),
         cfg,
     });
+    let transfer_rt = match agent.cfg.transfer_address.clone() {
+        Some(address) => match transfer::start(&agent, &address) {
+            Ok(rt) => Some(rt),
+            Err(e) => {
+                let _ = std::fs::remove_file(&agent.socket_path);
+                let _ = std::fs::remove_file(&agent.peer_socket_path);
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let drain_agent = Arc::downgrade(&agent);
     let drainer = std::thread::Builder::new().name("rayr-event-drain".into()).spawn(move || {
         while let Some(agent) = drain_agent.upgrade() {
@@ -212,7 +242,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     })?;
     let peer_agent = agent.clone();
     let peer_accept_thread = std::thread::Builder::new().name("rayr-node-peers".into()).spawn(move || peer_agent.accept_peers(peer_listener))?;
-    Ok(NodeHandle { agent, accept_thread: Some(accept_thread), peer_accept_thread: Some(peer_accept_thread) })
+    Ok(NodeHandle { agent, transfer_rt, accept_thread: Some(accept_thread), peer_accept_thread: Some(peer_accept_thread) })
 }
 
 /// Removes `/dev/shm/rayr-<pid>-*` stores and `rayr-ev-<pid>-*` event areas whose creating
@@ -331,6 +361,14 @@ struct State {
     detached: HashMap<Id, detached::DetachedActor>,
     /// Submitters of other nodes holding or asking for leases here.
     remote_clients: HashMap<Id, RemoteClient>,
+    /// Copies of other nodes' objects (see `transfer`).
+    copies: HashMap<Id, transfer::Copy>,
+    /// Pulls in flight, by object.
+    pulls: HashMap<Id, transfer::Pull>,
+    /// Ranges being streamed to other nodes (offset → streams), and those freed meanwhile
+    /// (offset → size), returned to the allocator when their last stream ends.
+    serving: HashMap<u64, u32>,
+    deferred_frees: HashMap<u64, u64>,
 }
 
 /// A submitter of another node (RegisterClient.remote): it only holds leases here.
@@ -363,6 +401,8 @@ struct Agent {
     /// The cluster's live nodes, as the head last said (empty: this node alone).
     cluster: Mutex<Vec<rayr_proto::NodeView>>,
     drainer: std::sync::OnceLock<std::thread::Thread>,
+    /// The object transfer service, when this node serves one.
+    transfer: std::sync::OnceLock<transfer::Transfer>,
 }
 
 struct EventAreaEntry {
@@ -453,10 +493,17 @@ impl Agent {
                     let mut st = self.state.lock();
                     for o in f.object_ids.iter().filter_map(|b| id_of(b)) {
                         if let Some(obj) = st.objects.remove(&o) {
-                            st.alloc.free(obj.offset, obj.size);
+                            st.free_range(obj.offset, obj.size);
                         }
                     }
                 }
+                client_message::Body::PullObject(p) => self.pull_object(&conn, req, me, p),
+                client_message::Body::ReleaseCopies(r) => {
+                    if let Some(w) = me {
+                        self.release_copies(w, &r.object_ids);
+                    }
+                }
+                client_message::Body::FreeCopies(f) => self.free_copies(f),
                 client_message::Body::DrainEvents(_) => {
                     if let Some(t) = self.drainer.get() {
                         t.unpark();
@@ -527,6 +574,7 @@ impl Agent {
             // What it recorded up to its end goes to the log, even if it was killed.
             self.drain_events(Some(w));
             self.event_areas.lock().retain(|e| e.worker != w);
+            self.unpin_copies_of(w);
             self.client_gone(w, said_goodbye);
             self.remote_client_gone(w);
         }
@@ -1036,7 +1084,7 @@ impl Agent {
         let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
         for id in lost {
             let obj = st.objects.remove(&id).unwrap();
-            st.alloc.free(obj.offset, obj.size);
+            st.free_range(obj.offset, obj.size);
             let mut l = self.event(EventKind::ObjectLost);
             l.object_id = id.to_vec();
             l.worker_id = worker.to_vec();
@@ -1162,9 +1210,9 @@ impl Agent {
             // A retried task storing its return value again (the worker that stored it first
             // died before reporting): the new value replaces the old.
             let old = st.objects.remove(&id).unwrap();
-            st.alloc.free(old.offset, old.size);
+            st.free_range(old.offset, old.size);
         }
-        match st.alloc.allocate(c.size) {
+        match self.allocate_evicting(&mut st, c.size, &format!("object {}", hex(&id))) {
             Some(offset) => {
                 st.objects.insert(id, StoreObject { offset, size: c.size, owner });
                 CreateObjectReply { offset, error: String::new() }
@@ -1230,7 +1278,7 @@ impl Agent {
         let freed: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
         for id in &freed {
             let obj = st.objects.remove(id).unwrap();
-            st.alloc.free(obj.offset, obj.size);
+            st.free_range(obj.offset, obj.size);
         }
         self.release_leases_of(&mut st, worker);
         drop(st);

@@ -205,6 +205,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
                                 offset: *offset,
                                 size: *size,
                                 format: *format,
+                                node: Vec::new(),
                             }),
                             Slot::Failed(e) => {
                                 let msg = format!("argument {i} ({}) failed: {e}", hex(&h.id));
@@ -251,6 +252,8 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
 pub(crate) enum Fetched {
     Inline(Arc<[u8]>, u32),
     Shm { offset: u64, size: u64, format: u32 },
+    /// In another node's store (only between `ask_owner` and `fetch`, which pulls it).
+    Elsewhere { node: Id, size: u64, format: u32 },
 }
 
 impl Fetched {
@@ -259,6 +262,7 @@ impl Fetched {
             Fetched::Inline(b, f) => codec::decode(b, *f),
             // SAFETY: the object is sealed and stays allocated while the caller's ref lives.
             Fetched::Shm { offset, size, format } => codec::decode(unsafe { core.arena.bytes(*offset, *size) }, *format),
+            Fetched::Elsewhere { .. } => Err("internal: a value in another node's store was not pulled".into()),
         }
         .map_err(Error::Serialization)
     }
@@ -335,33 +339,88 @@ pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout:
         OwnerAnswer::Value(f) => f,
         OwnerAnswer::Pending => unreachable!("only probes are answered with pending"),
     };
-    match fetched {
-        Fetched::Shm { offset, size, format } => {
-            let mut st = core.state.lock();
-            if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) {
-                st.borrowed_locations.insert(id, (offset, size, format));
-            }
+    let fetched = match fetched {
+        // In another node's store: this node's agent copies it here (once for the node),
+        // so this read and later ones are local and zero-copy, `get_slice` included.
+        Fetched::Elsewhere { node, size, format } => {
+            let offset = pull_copy(core, id, owner, address, node, size, format)?;
+            Fetched::Shm { offset, size, format }
         }
-        // A large value sent whole: its owner is on another node. Held here, it goes into
-        // this node's store (a copy this process owns while it borrows the object), so
-        // later reads here are local and zero-copy (`get_slice` included).
-        Fetched::Inline(ref bytes, format) if bytes.len() > core.max_inline && core.state.lock().borrowed.get(&id).is_some_and(|b| b.0 > 0) => {
-            let copy = new_id();
-            if let Ok((Slot::Shm { offset, size, format }, _)) = store_bytes_for(core, bytes, format, core.me, copy) {
-                let mut st = core.state.lock();
-                if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) && !st.local_copies.contains_key(&id) {
-                    st.local_copies.insert(id, copy);
-                    st.borrowed_locations.insert(id, (offset, size, format));
-                    return Ok(Fetched::Shm { offset, size, format });
-                }
-                // Released meanwhile, or another thread copied it first.
-                drop(st);
-                core.free_in_store(&[copy]);
-            }
+        f => f,
+    };
+    if let Fetched::Shm { offset, size, format } = fetched {
+        let mut st = core.state.lock();
+        if st.borrowed.get(&id).is_some_and(|b| b.0 > 0) {
+            st.borrowed_locations.insert(id, (offset, size, format));
         }
-        _ => {}
     }
     Ok(fetched)
+}
+
+/// `fetch` for a task's argument: a copy pulled for it stays pinned until
+/// [`argument_done`] (the task may hold no handle to the object, so no borrow keeps it).
+pub(crate) fn fetch_argument(core: &Arc<Core>, id: Id, owner: Id, address: &str) -> Result<Fetched> {
+    let fetched = fetch(core, id, owner, address, None)?;
+    if let Some(c) = core.state.lock().local_copies.get_mut(&id) {
+        c.1 += 1;
+    }
+    Ok(fetched)
+}
+
+/// A task that read these objects as arguments is done with them: copies neither another
+/// such task nor a borrow still needs are released to the agent.
+pub(crate) fn argument_done(core: &Core, ids: &[Id]) {
+    let mut released = Vec::new();
+    let mut st = core.state.lock();
+    for id in ids {
+        let Some(c) = st.local_copies.get_mut(id) else { continue };
+        c.1 = c.1.saturating_sub(1);
+        if c.1 == 0 && !st.borrowed.get(id).is_some_and(|b| b.0 > 0) {
+            st.local_copies.remove(id);
+            released.push(*id);
+        }
+    }
+    drop(st);
+    if !released.is_empty() {
+        core.release_copies(&released);
+    }
+}
+
+/// Has this node's agent copy `id` from `node`'s store into its own, pinned for this
+/// process (see `State::local_copies`); tells the owner, who frees the copy with the
+/// object. Returns the copy's offset.
+fn pull_copy(core: &Arc<Core>, id: Id, owner: Id, address: &str, node: Id, size: u64, format: u32) -> Result<u64> {
+    if let Some(&(offset, _)) = core.state.lock().local_copies.get(&id) {
+        return Ok(offset);
+    }
+    let request = rayr_proto::PullObject { object_id: id.to_vec(), from_node: node.to_vec(), size, format };
+    let reply = match core.node_conn.call(client_message::Body::PullObject(request))? {
+        rayr_proto::node_message::Body::Pulled(r) => r,
+        _ => return Err(Error::Connection("the node agent answered a pull with something else".into())),
+    };
+    if !reply.error.is_empty() {
+        let mut e = core.event(EventKind::ObjectLost);
+        e.object_id = id.to_vec();
+        e.worker_id = owner.to_vec();
+        e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason: reply.error.clone(), ..Default::default() }));
+        core.record(e);
+        core.drain_events_now();
+        return Err(Error::ObjectLost { object: crate::ObjectId(id) });
+    }
+    let first = match core.state.lock().local_copies.entry(id) {
+        std::collections::hash_map::Entry::Occupied(_) => false,
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert((reply.offset, 0));
+            true
+        }
+    };
+    if first && let Ok(peer) = core.peer(address) {
+        // Answered before the read goes on: the owner knows of the copy before any result
+        // computed from it can lead it to free the object.
+        let copy = rayr_proto::ObjectCopy { object_id: id.to_vec(), node: core.node.to_vec() };
+        let _ = peer.call(rayr_proto::PeerMessage { req_id: 0, body: Some(peer_message::Body::Copy(copy)) }, Some(Duration::from_secs(5)));
+    }
+    Ok(reply.offset)
 }
 
 pub(crate) enum OwnerAnswer {
@@ -397,9 +456,12 @@ pub(crate) fn ask_owner(
         Ok(reply) => match reply.body {
             Some(peer_message::Body::Value(v)) => match v.value {
                 Some(Value::InlineValue(b)) => Ok(OwnerAnswer::Value(Fetched::Inline(b.into(), v.inline_format))),
-                Some(Value::Shm(loc)) => {
-                    Ok(OwnerAnswer::Value(Fetched::Shm { offset: loc.offset, size: loc.size, format: loc.format }))
-                }
+                Some(Value::Shm(loc)) => match <Id>::try_from(loc.node.as_slice()) {
+                    Ok(node) if node != core.node => {
+                        Ok(OwnerAnswer::Value(Fetched::Elsewhere { node, size: loc.size, format: loc.format }))
+                    }
+                    _ => Ok(OwnerAnswer::Value(Fetched::Shm { offset: loc.offset, size: loc.size, format: loc.format })),
+                },
                 Some(Value::Failure(bytes)) => Err(codec::decode::<Error>(&bytes, codec::POSTCARD).unwrap_or_else(|_| lost())),
                 Some(Value::Pending(_)) => Ok(OwnerAnswer::Pending),
                 Some(Value::Error(_)) | None => Err(lost()),

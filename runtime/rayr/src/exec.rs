@@ -9,7 +9,7 @@ use rayr_logs::{Id, hex};
 use rayr_node::pool::env;
 use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskResult, peer_message, task_arg, task_result};
 
-use crate::api::{Fetched, fetch, store_bytes_for};
+use crate::api::{Fetched, store_bytes_for};
 use crate::codec;
 use crate::core::{self, Batch, ConnectParams, Core, Slot};
 use crate::registry::{self, ArgBytes, ArgReader, Returned};
@@ -250,7 +250,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
         if let Some(task_arg::Arg::ByRef(r)) = &a.arg {
             let id: Id = r.object_id.as_slice().try_into().unwrap_or([0; 16]);
             let owner: Id = r.owner.as_slice().try_into().unwrap_or([0; 16]);
-            match fetch(core, id, owner, &r.owner_address, None) {
+            match crate::api::fetch_argument(core, id, owner, &r.owner_address) {
                 Ok(f) => fetched.push(f),
                 Err(e) => return error("dependency_failed", format!("argument {} could not be read: {e}", hex(&id))),
             }
@@ -268,7 +268,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
                 Some(Fetched::Shm { offset, size, format }) => {
                     ArgBytes { bytes: Cow::Borrowed(unsafe { core.arena.bytes(*offset, *size) }), format: *format }
                 }
-                None => return error("bad_argument", "internal: missing fetched argument".into()),
+                _ => return error("bad_argument", "internal: missing fetched argument".into()),
             },
             None => return error("bad_argument", "a task argument is empty".into()),
         };
@@ -320,6 +320,17 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
         }
     }));
     drop(reader);
+    if !fetched.is_empty() {
+        let ids: Vec<Id> = spec
+            .args
+            .iter()
+            .filter_map(|a| match &a.arg {
+                Some(task_arg::Arg::ByRef(r)) => r.object_id.as_slice().try_into().ok(),
+                _ => None,
+            })
+            .collect();
+        crate::api::argument_done(core, &ids);
+    }
     match result {
         Ok(Returned::Value(bytes)) => {
             // An owner on another node cannot map this node's store: it gets the bytes.
@@ -331,7 +342,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
             let ret: Id = spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
             match store_bytes_for(core, &bytes, codec::POSTCARD, owner, ret) {
                 Ok((Slot::Shm { offset, size, format }, _)) => {
-                    task_result::Outcome::Shm(ObjectLocation { object_id: ret.to_vec(), offset, size, format })
+                    task_result::Outcome::Shm(ObjectLocation { object_id: ret.to_vec(), offset, size, format, node: Vec::new() })
                 }
                 Ok(_) => unreachable!("store_bytes_for returns a shm slot"),
                 Err(e) => error("store", format!("the return value could not be stored: {e}")),

@@ -644,6 +644,29 @@ fn main() -> rayr::Result<()> {
             let started = Instant::now();
             let (node, sum) = rayr::get(&sum_slice::options().resource("far", 0.01).remote(hundred.clone()))?;
             println!("HUNDRED_MB {node} {sum} {} ms", started.elapsed().as_millis());
+            // Read again there: the copy is still in that node's store.
+            let (_, again) = rayr::get(&sum_slice::options().resource("far", 0.01).remote(hundred.clone()))?;
+            println!("HUNDRED_MB_AGAIN {}", again == sum);
+            println!("PULLED_IDS {} {}", big.id(), hundred.id());
+            // Dropped here: the owner frees them, and with them the copies on the far node.
+        }
+        // Against a cluster whose "far" node has a 100 MB store: 40 MB objects made here,
+        // read there one after another, so the third copy needs the first one's room.
+        "copies_under_pressure" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let objects: Vec<ObjectRef<Vec<u8>>> =
+                (1..=3u8).map(|i| rayr::put_slice(&vec![i; 40_000_000])).collect::<rayr::Result<_>>()?;
+            let read = |o: &ObjectRef<Vec<u8>>| rayr::get(&sum_slice::options().resource("far", 1.0).remote(o.clone())).map(|r| r.1);
+            let word = |i: u64| (40_000_000u64 / 8).wrapping_mul(0x0101_0101_0101_0101u64.wrapping_mul(i));
+            let mut ok = true;
+            for (i, o) in objects.iter().enumerate() {
+                ok &= read(o)? == word(i as u64 + 1);
+            }
+            // The first copy was evicted for the third: read again, it is pulled again.
+            ok &= read(&objects[0])? == word(1);
+            println!("PRESSURE_OK {ok}");
+            let ids: Vec<String> = objects.iter().map(|o| o.id().to_string()).collect();
+            println!("PRESSURE_IDS {}", ids.join(" "));
         }
         // Run against a cluster of several nodes: the node hosting an actor and running tasks
         // is SIGKILLed mid-run (NODE_PIDS: "node:pid,…" of the joined nodes).

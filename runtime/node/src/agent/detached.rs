@@ -208,7 +208,7 @@ impl Agent {
                 if let Some(o) = id_of(&loc.object_id)
                     && let Some(obj) = st.objects.remove(&o)
                 {
-                    st.alloc.free(obj.offset, obj.size);
+                    st.free_range(obj.offset, obj.size);
                 }
                 st.detached.get_mut(&actor).unwrap().alive_at = Some(address);
             }

@@ -112,14 +112,14 @@ pub(crate) struct Owned {
     pub tokens: u32,
     /// Tasks of ours waiting for this value before they can be pushed.
     pub dependents: Vec<Id>,
-    /// Remote readers waiting for the value: (connection, request id).
-    /// Readers waiting for the value: their connection, request, and whether they are on
-    /// another node (they get the bytes).
-    pub remote_waiters: Vec<(Arc<ServerConn>, u64, bool)>,
+    /// Readers in other processes waiting for the value: (connection, request id).
+    pub remote_waiters: Vec<(Arc<ServerConn>, u64)>,
     pub created_event: Id,
     /// Refs serialized inside this object's value (a `put` container): kept alive while
     /// it exists, released when it is freed.
     pub contains: Vec<crate::object_ref::NestedRef>,
+    /// Nodes holding a copy of its shm value (readers there pulled it): freed with it.
+    pub copies: Vec<Id>,
 }
 
 impl Owned {
@@ -134,6 +134,7 @@ impl Owned {
             remote_waiters: Vec::new(),
             created_event: [0; 16],
             contains: Vec::new(),
+            copies: Vec::new(),
         }
     }
     fn referenced(&self) -> bool {
@@ -256,9 +257,11 @@ pub(crate) struct State {
     /// Where borrowed objects in the shm store are: sealed values never move, and the
     /// borrow keeps them alive, so later reads skip the round trip to the owner.
     pub borrowed_locations: HashMap<Id, (u64, u64, u32)>,
-    /// Borrowed objects of owners on other nodes copied into this node's store (by the
-    /// store id of the copy), freed when the borrow ends.
-    pub local_copies: HashMap<Id, Id>,
+    /// Objects of other nodes' stores copied into this node's store for this process
+    /// (the agent keeps each pinned for us until we release it: when the borrow ends, or
+    /// when the last task reading it as an argument is done). id → (offset of the copy,
+    /// tasks reading it as an argument now).
+    pub local_copies: HashMap<Id, (u64, u32)>,
     pub tasks: HashMap<Id, PendingTask>,
     /// The next task's `seq`.
     pub next_seq: u64,
@@ -809,6 +812,11 @@ impl Core {
                     let location = self.locate_actor(&l.actor_id);
                     conn.send(&PeerMessage { req_id: req, body: Some(peer_message::Body::Location(location)) });
                 }
+                Some(peer_message::Body::Copy(c)) => {
+                    held.send(Duration::ZERO);
+                    self.copy_made(&c);
+                    conn.send(&PeerMessage { req_id: req, body: None });
+                }
                 Some(peer_message::Body::Borrow(b)) => {
                     held.send(Duration::ZERO);
                     if let Ok(w) = <Id>::try_from(b.borrower.as_slice()) {
@@ -966,6 +974,12 @@ impl Core {
             let workers: Vec<Id> = st.leased.keys().copied().collect();
             for w in workers {
                 self.return_lease_locked(&mut st, w);
+            }
+            // Our objects go with us (the node agent frees what is in its store); copies
+            // on other nodes are freed here, since only we know where they are.
+            for (id, o) in st.owned.iter().filter(|(_, o)| !o.copies.is_empty()) {
+                let nodes = o.copies.iter().map(|n| n.to_vec()).collect();
+                let _ = self.node_conn.send(0, client_message::Body::FreeCopies(rayr_proto::FreeCopies { object_id: id.to_vec(), nodes }));
             }
         }
         self.drain_events_now();

@@ -56,9 +56,8 @@ impl Core {
         let dependents = std::mem::take(&mut o.dependents);
         let waiters = std::mem::take(&mut o.remote_waiters);
         let referenced = o.referenced();
-        for (conn, req, elsewhere) in waiters {
-            let arena = elsewhere.then_some(&self.arena);
-            st.outbox.push((conn, value_message(req, id, &slot, arena)));
+        for (conn, req) in waiters {
+            st.outbox.push((conn, value_message(req, id, &slot, self.node)));
         }
         for t in dependents {
             self.dependency_ready(st, t, id, &slot);
@@ -96,8 +95,9 @@ impl Core {
         }
         let (_, owner, address) = st.borrowed.remove(&id).unwrap();
         st.borrowed_locations.remove(&id);
-        if let Some(copy) = st.local_copies.remove(&id) {
-            self.free_in_store(&[copy]);
+        if st.local_copies.get(&id).is_some_and(|c| c.1 == 0) {
+            st.local_copies.remove(&id);
+            self.release_copies(&[id]);
         }
         let peer = st.peers.get(&address).cloned();
         let msg = PeerMessage {
@@ -123,6 +123,10 @@ impl Core {
         }
         if let Slot::Shm { .. } = o.slot {
             self.free_in_store(&[id]);
+            if !o.copies.is_empty() {
+                let nodes = o.copies.iter().map(|n| n.to_vec()).collect();
+                let _ = self.node_conn.send(0, client_message::Body::FreeCopies(rayr_proto::FreeCopies { object_id: id.to_vec(), nodes }));
+            }
         }
         let mut freed = None;
         if !matches!(o.slot, Slot::Failed(_)) {
@@ -187,6 +191,26 @@ impl Core {
             0,
             client_message::Body::FreeObjects(rayr_proto::FreeObjects { object_ids: ids.iter().map(|i| i.to_vec()).collect() }),
         );
+    }
+
+    /// The agent no longer needs to keep these copies for this process.
+    pub(crate) fn release_copies(&self, ids: &[Id]) {
+        let _ = self.node_conn.send(
+            0,
+            client_message::Body::ReleaseCopies(rayr_proto::ReleaseCopies { object_ids: ids.iter().map(|i| i.to_vec()).collect() }),
+        );
+    }
+
+    /// A reader copied an object of ours into its node's store: that copy goes when the
+    /// object does.
+    pub(super) fn copy_made(&self, c: &rayr_proto::ObjectCopy) {
+        let (Ok(id), Ok(node)) = (<Id>::try_from(c.object_id.as_slice()), <Id>::try_from(c.node.as_slice())) else { return };
+        let mut st = self.state.lock();
+        if let Some(o) = st.owned.get_mut(&id)
+            && !o.copies.contains(&node)
+        {
+            o.copies.push(node);
+        }
     }
 
     pub(super) fn borrower_update(&self, b: rayr_proto::BorrowerUpdate) {
@@ -284,19 +308,18 @@ impl Core {
         }
     }
 
-    /// Answers a reader's GetObject; a reader on another node (`requester_node`) gets the
-    /// bytes, since it cannot map this node's store.
+    /// Answers a reader's GetObject. A value in the store is answered with where it is,
+    /// node included: a reader on another node has its agent pull it from there.
     pub(super) fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, g: &rayr_proto::GetObject) {
         let Ok(id) = <Id>::try_from(g.object_id.as_slice()) else { return };
-        let elsewhere = !g.requester_node.is_empty() && g.requester_node != self.node;
         let mut st = self.state.lock();
         match st.owned.get_mut(&id) {
             Some(o) if matches!(o.slot, Slot::Pending) && !g.probe => {
                 // Reply when the value arrives (see object_created).
-                o.remote_waiters.push((conn.clone(), req, elsewhere));
+                o.remote_waiters.push((conn.clone(), req));
             }
             Some(o) => {
-                let msg = value_message(req, id, &o.slot, elsewhere.then_some(&self.arena));
+                let msg = value_message(req, id, &o.slot, self.node);
                 drop(st);
                 conn.send(&msg);
             }
@@ -319,9 +342,9 @@ impl Core {
     }
 }
 
-/// An owned object's value as a reply to a remote reader; with `copy_from`, a value in the
-/// store is sent as its bytes (the reader is on another node and cannot map the store).
-pub(super) fn value_message(req: u64, id: Id, slot: &Slot, copy_from: Option<&rayr_store::Arena>) -> PeerMessage {
+/// An owned object's value as a reply to a remote reader; a value in the store is
+/// answered with its location in the store of `node` (this process's node).
+pub(super) fn value_message(req: u64, id: Id, slot: &Slot, node: Id) -> PeerMessage {
     use rayr_proto::object_value::Value;
     let mut inline_format = crate::codec::POSTCARD;
     let value = match slot {
@@ -329,15 +352,9 @@ pub(super) fn value_message(req: u64, id: Id, slot: &Slot, copy_from: Option<&ra
             inline_format = *f;
             Value::InlineValue(b.to_vec())
         }
-        Slot::Shm { offset, size, format } => match copy_from {
-            Some(arena) => {
-                inline_format = *format;
-                // SAFETY: the object is sealed and owned here; it stays allocated while
-                // this owner holds it (the reader's borrow keeps it held).
-                Value::InlineValue(unsafe { arena.bytes(*offset, *size) }.to_vec())
-            }
-            None => Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format }),
-        },
+        Slot::Shm { offset, size, format } => {
+            Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format, node: node.to_vec() })
+        }
         Slot::Failed(e) => Value::Failure(crate::codec::encode(e).unwrap_or_default()),
         Slot::Pending => Value::Pending(true),
     };

@@ -379,7 +379,7 @@ impl Core {
             let (Some(id), Some(Outcome::InlineValue(bytes))) = (id, &r.outcome) else { continue };
             // A full store leaves the value where it is (inline): still correct.
             if let Ok((Slot::Shm { offset, size, format }, _)) = crate::api::store_bytes_for(self, bytes, crate::codec::POSTCARD, self.me, id) {
-                r.outcome = Some(Outcome::Shm(ObjectLocation { object_id: id.to_vec(), offset, size, format }));
+                r.outcome = Some(Outcome::Shm(ObjectLocation { object_id: id.to_vec(), offset, size, format, node: Vec::new() }));
             }
         }
     }
@@ -556,6 +556,7 @@ impl Core {
                         offset: *offset,
                         size: *size,
                         format: *format,
+                        node: Vec::new(),
                     }))
                 }
                 Slot::Failed(e) => failed = Some(e.clone()),

@@ -1,0 +1,462 @@
+//! Objects moving between nodes' stores.
+//!
+//! A reader that needs an object held in another node's store asks its own agent
+//! (`PullObject`). The agent copies it into its store once, however many readers ask at
+//! once (they wait on the same pull), and pins the copy for each reader until it sends
+//! `ReleaseCopies`. The copy comes from the holding node's agent over gRPC (the
+//! `ObjectTransfer` service, on TCP at `--object-manager-port`) as a stream of chunks,
+//! each written straight into the store where the object will live.
+//!
+//! Copies are secondary: the owner learns of each one from its reader and frees them with
+//! the object (`FreeCopies`, forwarded here to the nodes that hold them). An unpinned copy
+//! stays cached for the next reader of this node, and is the first thing dropped when the
+//! store needs room (OBJECT_EVICTED); primaries never are.
+//!
+//! A range being streamed to another node is not reused until the stream ends: freeing it
+//! meanwhile only marks it (`State::free_range`).
+
+use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+
+use std::time::{Duration, Instant};
+
+use rayr_logs::{Id, hex};
+use rayr_proto::object_transfer_client::ObjectTransferClient;
+use rayr_proto::object_transfer_server::{ObjectTransfer, ObjectTransferServer};
+use rayr_proto::{EventKind, ObjectChunk, ObjectDetail, PullReply, event, node_message};
+use tonic::{Request, Response, Status};
+
+use super::{Agent, Conn, State, id_of};
+
+/// Bytes per chunk on the wire: big enough that per-message costs vanish against the copy,
+/// small enough that a chunk is written to the store while the next one is in flight.
+const CHUNK: usize = 1 << 20;
+/// HTTP/2 flow-control windows: the default 64 KiB would cap a stream at a fraction of
+/// loopback speed.
+const STREAM_WINDOW: u32 = 32 << 20;
+const CONNECTION_WINDOW: u32 = 64 << 20;
+/// A source that sends nothing for this long (paused, partitioned) fails the pull.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(15);
+
+const FREED_BY_OWNER: &str = "its owner freed it";
+
+/// A copy of another node's object in this node's store.
+pub(super) struct Copy {
+    pub offset: u64,
+    pub size: u64,
+    /// The readers (client ids) it is pinned for; unpinned copies may be evicted.
+    pub pins: HashSet<Id>,
+    pub last_used: Instant,
+    /// The owner freed the object while a reader still pinned it: dropped when unpinned.
+    pub freed: bool,
+}
+
+/// A pull in flight, and the readers waiting for it.
+pub(super) struct Pull {
+    waiters: Vec<(Arc<Conn>, u64, Id)>,
+}
+
+/// The transfer side of a running agent: its address, the runtime its gRPC server and
+/// pulls run on, and one channel per source node.
+pub(super) struct Transfer {
+    pub address: String,
+    rt: tokio::runtime::Handle,
+    channels: parking_lot::Mutex<HashMap<String, tonic::transport::Channel>>,
+}
+
+/// Binds `address` (IP:PORT, port 0 for any) and serves `ObjectTransfer` on a runtime the
+/// caller keeps (dropped with the node). Returns the bound address.
+pub(super) fn start(agent: &Arc<Agent>, address: &str) -> std::io::Result<tokio::runtime::Runtime> {
+    let listener = std::net::TcpListener::bind(address)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot bind the object transfer address {address}: {e}")))?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?.to_string();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("rayr-transfer").enable_all().build()?;
+    let service = Service(Arc::downgrade(agent));
+    let incoming = {
+        let _guard = rt.enter();
+        tokio_stream::wrappers::TcpListenerStream::new(tokio::net::TcpListener::from_std(listener)?)
+    };
+    rt.spawn(async move {
+        let server = tonic::transport::Server::builder()
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
+            .add_service(ObjectTransferServer::new(service).max_encoding_message_size(2 * CHUNK));
+        if let Err(e) = server.serve_with_incoming(incoming).await {
+            tracing::error!("the object transfer server stopped: {e}");
+        }
+    });
+    let _ = agent.transfer.set(Transfer { address: bound, rt: rt.handle().clone(), channels: Default::default() });
+    Ok(rt)
+}
+
+impl State {
+    /// Returns a range to the allocator, unless a transfer is reading it: then when that ends.
+    pub(super) fn free_range(&mut self, offset: u64, size: u64) {
+        if self.serving.contains_key(&offset) {
+            self.deferred_frees.insert(offset, size);
+        } else {
+            self.alloc.free(offset, size);
+        }
+    }
+
+    fn end_serving(&mut self, offset: u64) {
+        if let Some(n) = self.serving.get_mut(&offset) {
+            *n -= 1;
+            if *n == 0 {
+                self.serving.remove(&offset);
+                if let Some(size) = self.deferred_frees.remove(&offset) {
+                    self.alloc.free(offset, size);
+                }
+            }
+        }
+    }
+}
+
+impl Agent {
+    /// Allocates `size` bytes, evicting unpinned copies (least recently used first) when
+    /// the store is full. `for_what` is recorded with each eviction.
+    pub(super) fn allocate_evicting(&self, st: &mut State, size: u64, for_what: &str) -> Option<u64> {
+        loop {
+            if let Some(offset) = st.alloc.allocate(size) {
+                return Some(offset);
+            }
+            let victim = st
+                .copies
+                .iter()
+                .filter(|(_, c)| c.pins.is_empty())
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(id, _)| *id)?;
+            let c = st.copies.remove(&victim).unwrap();
+            st.free_range(c.offset, c.size);
+            let reason = format!(
+                "the store needed {size} bytes for {for_what} ({} of {} in use): secondary copies go first",
+                st.alloc.used(),
+                st.alloc.capacity()
+            );
+            self.record_copy_dropped(victim, c.size, reason);
+        }
+    }
+
+    fn record_copy_dropped(&self, id: Id, size: u64, reason: String) {
+        let mut e = self.event(EventKind::ObjectEvicted);
+        e.object_id = id.to_vec();
+        e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason, ..Default::default() }));
+        self.record(&e);
+    }
+
+    /// A reader (`client`) needs `id`, held by node `from`: answered on `conn` with where
+    /// the copy is here, pinned for the reader.
+    pub(super) fn pull_object(self: &Arc<Self>, conn: &Arc<Conn>, req: u64, client: Option<Id>, p: rayr_proto::PullObject) {
+        let reply = |offset: u64, error: String| conn.reply(req, node_message::Body::Pulled(PullReply { offset, error }));
+        let Some(client) = client else { return reply(0, "pull: register with the node agent first".into()) };
+        let (Some(id), Some(from)) = (id_of(&p.object_id), id_of(&p.from_node)) else {
+            return reply(0, "pull: object and node ids must be 16 bytes".into());
+        };
+        let mut st = self.state.lock();
+        if let Some(c) = st.copies.get_mut(&id) {
+            c.pins.insert(client);
+            c.last_used = Instant::now();
+            return reply(c.offset, String::new());
+        }
+        if let Some(o) = st.objects.get(&id) {
+            // It is in this store after all (a result stored here for its owner).
+            return reply(o.offset, String::new());
+        }
+        if let Some(pull) = st.pulls.get_mut(&id) {
+            pull.waiters.push((conn.clone(), req, client));
+            return;
+        }
+        if from == self.cfg.node_id {
+            return reply(0, format!("object {} is not in this node's store (freed, or its owner died)", hex(&id)));
+        }
+        let source = self.cluster.lock().iter().find(|n| n.node_id == p.from_node).map(|n| (n.transfer_address.clone(), n.address.clone()));
+        let (source, source_ip) = match source {
+            Some((t, ip)) if !t.is_empty() => (t, ip),
+            Some(_) => return reply(0, format!("node {} serves no object transfers (it is not part of a multi-node cluster)", hex(&from))),
+            None => return reply(0, format!("node {} is not in the cluster (it left or was declared dead)", hex(&from))),
+        };
+        let Some(transfer) = self.transfer.get() else {
+            return reply(0, "this node serves no object transfers: start it with `rayr start` to read objects of other nodes".into());
+        };
+        let Some(offset) = self.allocate_evicting(&mut st, p.size, &format!("a copy of object {}", hex(&id))) else {
+            return reply(
+                0,
+                format!(
+                    "the object store is full: a copy of object {} needs {} bytes, {} of {} bytes are in use by primaries and pinned copies; free refs you no longer need or start the node with a larger --object-store-memory",
+                    hex(&id),
+                    p.size,
+                    st.alloc.used(),
+                    st.alloc.capacity()
+                ),
+            );
+        };
+        st.pulls.insert(id, Pull { waiters: vec![(conn.clone(), req, client)] });
+        drop(st);
+        let agent = self.clone();
+        let size = p.size;
+        transfer.rt.spawn(async move {
+            let started = Instant::now();
+            let outcome = agent.receive(id, &source, offset, size).await;
+            agent.pull_done(id, from, &source_ip, offset, size, started.elapsed(), outcome);
+        });
+    }
+
+    async fn receive(&self, id: Id, source: &str, offset: u64, size: u64) -> Result<(), String> {
+        let channel = self.channel(source).await?;
+        let mut client = ObjectTransferClient::new(channel).max_decoding_message_size(2 * CHUNK);
+        let request = rayr_proto::PullRequest { object_id: id.to_vec(), requester_node: self.cfg.node_id.to_vec() };
+        let mut stream = client.pull(request).await.map_err(|s| s.message().to_string())?.into_inner();
+        let mut got = 0u64;
+        loop {
+            let chunk = match tokio::time::timeout(CHUNK_TIMEOUT, stream.message()).await {
+                Err(_) => return Err(format!("node at {source} sent nothing for {} s", CHUNK_TIMEOUT.as_secs())),
+                Ok(Err(s)) => return Err(s.message().to_string()),
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
+            };
+            let len = chunk.data.len() as u64;
+            if chunk.total_size != size || chunk.offset != got || got + len > size {
+                return Err(format!(
+                    "the source sent a chunk at {} of {len} bytes for an object of {} (expected {size} bytes, {got} received)",
+                    chunk.offset, chunk.total_size
+                ));
+            }
+            // SAFETY: `[offset, offset + size)` was allocated for this pull and nothing
+            // else reads or writes it until `pull_done` publishes it.
+            unsafe { self.arena.bytes_mut(offset + got, len) }.copy_from_slice(&chunk.data);
+            got += len;
+        }
+        if got != size {
+            return Err(format!("the stream ended after {got} of {size} bytes"));
+        }
+        Ok(())
+    }
+
+    async fn channel(&self, address: &str) -> Result<tonic::transport::Channel, String> {
+        let transfer = self.transfer.get().ok_or("no transfer runtime")?;
+        if let Some(c) = transfer.channels.lock().get(address) {
+            return Ok(c.clone());
+        }
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .map_err(|e| e.to_string())?
+            .connect_timeout(Duration::from_secs(3))
+            .initial_stream_window_size(Some(STREAM_WINDOW))
+            .initial_connection_window_size(Some(CONNECTION_WINDOW))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot reach node at {address}: {e}"))?;
+        transfer.channels.lock().insert(address.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn pull_done(&self, id: Id, from: Id, from_ip: &str, offset: u64, size: u64, took: Duration, outcome: Result<(), String>) {
+        let mut st = self.state.lock();
+        let waiters = st.pulls.remove(&id).map(|p| p.waiters).unwrap_or_default();
+        match outcome {
+            Ok(()) => {
+                let pins: HashSet<Id> = waiters.iter().map(|w| w.2).collect();
+                st.copies.insert(id, Copy { offset, size, pins, last_used: Instant::now(), freed: false });
+                drop(st);
+                let secs = took.as_secs_f64().max(1e-6);
+                let mut e = self.event(EventKind::ObjectPulled);
+                e.object_id = id.to_vec();
+                e.detail = Some(event::Detail::Object(ObjectDetail {
+                    size,
+                    location: "shm".into(),
+                    copy_node: from.to_vec(),
+                    reason: format!(
+                        "copied from node {} ({from_ip}) in {:.1} ms ({:.2} GB/s) for {} reader(s)",
+                        hex(&from),
+                        secs * 1e3,
+                        size as f64 / secs / 1e9,
+                        waiters.len()
+                    ),
+                    ..Default::default()
+                }));
+                self.record(&e);
+                for (conn, req, _) in waiters {
+                    conn.reply(req, node_message::Body::Pulled(PullReply { offset, error: String::new() }));
+                }
+            }
+            Err(why) => {
+                st.free_range(offset, size);
+                drop(st);
+                let error = format!("pulling object {} from node {} ({from_ip}) failed: {why}", hex(&id), hex(&from));
+                for (conn, req, _) in waiters {
+                    conn.reply(req, node_message::Body::Pulled(PullReply { offset: 0, error: error.clone() }));
+                }
+            }
+        }
+    }
+
+    /// `client` no longer reads these copies (they stay cached until freed or evicted).
+    pub(super) fn release_copies(&self, client: Id, ids: &[Vec<u8>]) {
+        let mut st = self.state.lock();
+        let mut dropped = Vec::new();
+        for id in ids.iter().filter_map(|b| id_of(b)) {
+            let Some(c) = st.copies.get_mut(&id) else { continue };
+            c.pins.remove(&client);
+            if c.pins.is_empty() && c.freed {
+                // Its owner freed it while this reader still held it.
+                let c = st.copies.remove(&id).unwrap();
+                st.free_range(c.offset, c.size);
+                dropped.push((id, c.size));
+            }
+        }
+        drop(st);
+        for (id, size) in dropped {
+            self.record_copy_dropped(id, size, FREED_BY_OWNER.into());
+        }
+    }
+
+    /// A client is gone: whatever it pinned is unpinned.
+    pub(super) fn unpin_copies_of(&self, client: Id) {
+        let st = self.state.lock();
+        let ids: Vec<Vec<u8>> = st.copies.iter().filter(|(_, c)| c.pins.contains(&client)).map(|(id, _)| id.to_vec()).collect();
+        drop(st);
+        self.release_copies(client, &ids);
+    }
+
+    /// The owner freed `id` (which has copies on `nodes`): drops the copy here, and tells
+    /// the other nodes to drop theirs.
+    pub(super) fn free_copies(self: &Arc<Self>, f: rayr_proto::FreeCopies) {
+        let me = self.cfg.node_id.to_vec();
+        let mut others = Vec::new();
+        for node in &f.nodes {
+            if *node == me {
+                self.drop_copies(&[f.object_id.clone()], FREED_BY_OWNER);
+            } else if let Some(n) = self.cluster.lock().iter().find(|n| n.node_id == *node && !n.transfer_address.is_empty()) {
+                others.push(n.transfer_address.clone());
+            }
+        }
+        let Some(transfer) = self.transfer.get() else { return };
+        for address in others {
+            let request = rayr_proto::FreeRequest { object_ids: vec![f.object_id.clone()], reason: FREED_BY_OWNER.into() };
+            let agent = self.clone();
+            transfer.rt.spawn(async move {
+                // A node that cannot be reached has gone, and its copies with it.
+                if let Ok(channel) = agent.channel(&address).await {
+                    let _ = ObjectTransferClient::new(channel).free(request).await;
+                }
+            });
+        }
+    }
+
+    fn drop_copies(&self, ids: &[Vec<u8>], reason: &str) {
+        let mut st = self.state.lock();
+        let mut dropped = Vec::new();
+        for id in ids.iter().filter_map(|b| id_of(b)) {
+            let Some(c) = st.copies.get_mut(&id) else { continue };
+            if c.pins.is_empty() {
+                let c = st.copies.remove(&id).unwrap();
+                st.free_range(c.offset, c.size);
+                dropped.push((id, c.size));
+            } else {
+                c.freed = true;
+            }
+        }
+        drop(st);
+        for (id, size) in dropped {
+            self.record_copy_dropped(id, size, reason.to_string());
+        }
+    }
+}
+
+/// A range of the store sent as a chunk without copying it out first. While one exists,
+/// the object's range counts as being served.
+struct StoreSlice {
+    agent: Arc<Agent>,
+    object_offset: u64,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: a read-only view of sealed store bytes, kept mapped by the `Arc<Agent>`.
+unsafe impl Send for StoreSlice {}
+
+impl StoreSlice {
+    fn new(agent: Arc<Agent>, object_offset: u64, at: u64, len: u64) -> StoreSlice {
+        *agent.state.lock().serving.entry(object_offset).or_insert(0) += 1;
+        // SAFETY: within the object, which is sealed and (being served) not freed.
+        let bytes = unsafe { agent.arena.bytes(object_offset + at, len) };
+        StoreSlice { ptr: bytes.as_ptr(), len: bytes.len(), agent, object_offset }
+    }
+}
+
+impl AsRef<[u8]> for StoreSlice {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: see `new`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for StoreSlice {
+    fn drop(&mut self) {
+        self.agent.state.lock().end_serving(self.object_offset);
+    }
+}
+
+/// The gRPC face of the agent's store. Holds the agent weakly: a stopped node's server
+/// answers nothing.
+struct Service(Weak<Agent>);
+
+type ChunkStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<ObjectChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ObjectTransfer for Service {
+    type PullStream = ChunkStream;
+
+    async fn pull(&self, request: Request<rayr_proto::PullRequest>) -> Result<Response<ChunkStream>, Status> {
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let r = request.into_inner();
+        let id = id_of(&r.object_id).ok_or_else(|| Status::invalid_argument("pull: an object id is 16 bytes"))?;
+        let (offset, size) = {
+            let mut st = agent.state.lock();
+            let found = match st.objects.get(&id) {
+                Some(o) => Some((o.offset, o.size)),
+                None => st.copies.get_mut(&id).map(|c| {
+                    c.last_used = Instant::now();
+                    (c.offset, c.size)
+                }),
+            };
+            let (offset, size) = found.ok_or_else(|| {
+                Status::not_found(format!(
+                    "object {} is not in the store of node {} (freed, or its owner died)",
+                    hex(&id),
+                    hex(&agent.cfg.node_id)
+                ))
+            })?;
+            *st.serving.entry(offset).or_insert(0) += 1;
+            (offset, size)
+        };
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        tokio::spawn(async move {
+            let mut sent = 0u64;
+            loop {
+                let len = (size - sent).min(CHUNK as u64);
+                // The chunk is a view of the store: the range stays marked as served (not
+                // reused) until the last chunk made from it is dropped, after encoding.
+                let data = bytes::Bytes::from_owner(StoreSlice::new(agent.clone(), offset, sent, len));
+                if tx.send(Ok(ObjectChunk { offset: sent, data, total_size: size })).await.is_err() {
+                    break; // the reader went away
+                }
+                sent += len;
+                if sent >= size {
+                    break;
+                }
+            }
+            agent.state.lock().end_serving(offset);
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn free(&self, request: Request<rayr_proto::FreeRequest>) -> Result<Response<rayr_proto::FreeReply>, Status> {
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let r = request.into_inner();
+        let reason = if r.reason.is_empty() { FREED_BY_OWNER.to_string() } else { r.reason };
+        agent.drop_copies(&r.object_ids, &reason);
+        Ok(Response::new(rayr_proto::FreeReply {}))
+    }
+}
