@@ -241,8 +241,9 @@ fn copies_of_other_nodes_objects_are_evicted_first_when_the_store_is_full() {
     let on_far = |k: EventKind| -> Vec<Vec<u8>> {
         events.iter().filter(|e| kind(e) == k && e.node_id == far).map(|e| e.object_id.clone()).collect()
     };
-    // Pulled: 1, 2, 3 (evicting 1, the least recently used), then 1 again (evicting 2).
-    assert_eq!(on_far(EventKind::ObjectPulled), vec![ids[0].clone(), ids[1].clone(), ids[2].clone(), ids[0].clone()]);
+    assert_eq!(line("PRIMARY_NODE"), cluster.nodes[0].id, "the big result was made on the far node");
+    // Pulled to the far node: 1, 2, 3 (1's second read came from its copy there).
+    assert_eq!(on_far(EventKind::ObjectPulled), vec![ids[0].clone(), ids[1].clone(), ids[2].clone()]);
     let evicted = |why: &str| -> Vec<Vec<u8>> {
         cluster
             .events()
@@ -252,15 +253,64 @@ fn copies_of_other_nodes_objects_are_evicted_first_when_the_store_is_full() {
             .map(|e| e.object_id.clone())
             .collect()
     };
-    assert_eq!(evicted("secondary copies go first"), vec![ids[0].clone(), ids[1].clone()]);
-    // The copies left (3, and 1 again) go when their owner frees the objects.
-    wait_for("the copies left to be dropped with their objects", Duration::from_secs(10), || {
+    // 3 took the room of 2, the least recently used copy; not 1, not the primary.
+    assert_eq!(evicted("secondary copies go first"), vec![ids[1].clone()]);
+    // The driver read the primary: pulled from the far node to the head's.
+    let pulled_elsewhere: Vec<&rayr_proto::Event> =
+        events.iter().filter(|e| kind(e) == EventKind::ObjectPulled && e.object_id == ids[3]).collect();
+    assert_eq!(pulled_elsewhere.len(), 1);
+    assert!(matches!(&pulled_elsewhere[0].detail, Some(event::Detail::Object(d)) if d.copy_node == far));
+    // What is left on the far node (copies of 1 and 3, the primary) goes with its owner's
+    // objects.
+    wait_for("the far node to drop what the driver owned", Duration::from_secs(10), || {
         let mut freed = evicted("owner freed");
         freed.sort();
         let mut want = vec![ids[0].clone(), ids[2].clone()];
         want.sort();
         freed == want
     });
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
+fn a_result_lost_with_its_node_is_made_again_from_its_task_or_reported_lost() {
+    let cluster = TestCluster::start(
+        "1",
+        &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#], &["--num-cpus", "1", "--resources", r#"{"far": 1}"#]],
+        100,
+    );
+    let pids: Vec<String> = cluster.nodes.iter().map(|n| format!("{}:{}", n.id, n.pid)).collect();
+    let out = run(
+        Command::new(SCENARIOS).arg("result_node_dies").env("RAYR_TMPDIR", cluster.tmp.path()).env("NODE_PIDS", pids.join(",")).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    assert_eq!(line("KEPT_OK"), "true", "the result with retries left was made again on the other node");
+    assert_eq!(line("LOST_OK"), "true", "the one without is ObjectLost");
+    let killed = rayr_logs::parse_hex(&line("KILLED")).unwrap();
+    let ids: Vec<Vec<u8>> = line("IDS").split(' ').map(|h| rayr_logs::parse_hex(h).unwrap()).collect();
+    let events = cluster.events();
+    // The chain: node died → object lost → task re-run, each the cause of the next.
+    let died = events.iter().find(|e| kind(e) == EventKind::NodeDied && e.node_id == killed).expect("NODE_DIED");
+    let lost_kept = events.iter().find(|e| kind(e) == EventKind::ObjectLost && e.object_id == ids[0]).expect("OBJECT_LOST for the kept one");
+    assert_eq!(lost_kept.cause, died.id);
+    let Some(event::Detail::Object(d)) = &lost_kept.detail else { panic!() };
+    assert_eq!(d.copy_node, killed);
+    assert!(d.reason.contains("runs again"), "{d:?}");
+    let retried = events.iter().find(|e| kind(e) == EventKind::TaskRetried && e.cause == lost_kept.id).expect("TASK_RETRIED caused by the loss");
+    assert!(events.iter().any(|e| kind(e) == EventKind::TaskStarted && e.task_id == retried.task_id && e.node_id != killed));
+    let lost = events.iter().find(|e| kind(e) == EventKind::ObjectLost && e.object_id == ids[1]).expect("OBJECT_LOST for the other");
+    assert_eq!(lost.cause, died.id);
+    let Some(event::Detail::Object(d)) = &lost.detail else { panic!() };
+    assert!(d.reason.contains("cannot be made again"), "{d:?}");
+    // why-died follows the chain from the lost object to the node's death.
+    let why = cluster.cli(&["why-died", &line("IDS").split(' ').nth(1).unwrap().to_string()]);
+    let text = String::from_utf8_lossy(&why.stdout).to_string();
+    assert!(text.contains("node_died"), "{text}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

@@ -103,7 +103,10 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
                     let r = r.into_inner();
                     last_contact = Instant::now();
                     match Standing::try_from(r.standing).unwrap_or(Standing::Ok) {
-                        Standing::Ok => node.set_cluster(r.cluster),
+                        Standing::Ok => {
+                            node.set_cluster(r.cluster);
+                            node.set_gone(r.gone);
+                        }
                         Standing::Unknown => continue 'register,
                         Standing::Dead => return format!("the head declared this node dead ({}): exiting", r.detail),
                     }

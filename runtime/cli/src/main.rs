@@ -450,6 +450,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         loop {
             membership.head_node_available(&node_id, probe.available());
             probe.set_cluster(membership.view());
+            probe.set_gone(membership.gone());
             std::thread::sleep(period);
         }
     })?;

@@ -45,6 +45,8 @@ struct Member {
     last_beat_us: i64,
     /// Why it is no longer a member (declared dead, or left).
     gone: Option<String>,
+    /// Its NODE_DIED event, when the head declared it dead.
+    died_event: Vec<u8>,
     is_head: bool,
     /// It registered with this head (not only known from the record of a previous one).
     confirmed: bool,
@@ -121,6 +123,7 @@ impl Membership {
             last_beat: Instant::now(),
             last_beat_us: now_us(),
             gone: None,
+            died_event: Vec::new(),
             is_head: true,
             confirmed: true,
         };
@@ -159,6 +162,7 @@ impl Membership {
                 last_beat: Instant::now(),
                 last_beat_us: now_us(),
                 gone: None,
+                died_event: Vec::new(),
                 is_head: false,
                 confirmed: true,
             },
@@ -210,6 +214,7 @@ impl Membership {
             last_beat: Instant::now(),
             last_beat_us: 0,
             gone: None,
+            died_event: Vec::new(),
             is_head: false,
             confirmed: false,
         });
@@ -260,9 +265,24 @@ impl Membership {
                 detail: Some(event::Detail::Node(NodeDetail { address, reason: why, ..Default::default() })),
                 ..Default::default()
             });
+            if let Some(m) = self.nodes.lock().get_mut(&node) {
+                m.died_event = id.clone();
+            }
             out.push((node, id));
         }
         out
+    }
+
+    /// The nodes that were members and are not any more (what they held is gone).
+    pub fn gone(&self) -> Vec<rayr_proto::GoneNode> {
+        let nodes = self.nodes.lock();
+        nodes
+            .iter()
+            .filter_map(|(id, m)| {
+                let reason = m.gone.clone()?;
+                Some(rayr_proto::GoneNode { node_id: id.to_vec(), reason, died_event: m.died_event.clone() })
+            })
+            .collect()
     }
 
     /// The live nodes, as every node's scheduler sees the cluster.

@@ -390,8 +390,10 @@ impl Head for HeadService {
             Standing::Unknown => (heartbeat_reply::Standing::Unknown, "this head does not know the node: register again".into()),
             Standing::Dead(why) => (heartbeat_reply::Standing::Dead, why),
         };
-        let cluster = if standing == heartbeat_reply::Standing::Ok { self.membership.view() } else { Vec::new() };
-        Ok(Response::new(HeartbeatReply { standing: standing as i32, detail, cluster }))
+        let ok = standing == heartbeat_reply::Standing::Ok;
+        let cluster = if ok { self.membership.view() } else { Vec::new() };
+        let gone = if ok { self.membership.gone() } else { Vec::new() };
+        Ok(Response::new(HeartbeatReply { standing: standing as i32, detail, cluster, gone }))
     }
 
     async fn unregister_node(&self, req: Request<UnregisterNodeRequest>) -> Result<Response<UnregisterNodeReply>, Status> {

@@ -138,6 +138,12 @@ impl ResourceProbe {
     pub fn set_cluster(&self, nodes: Vec<rayr_proto::NodeView>) {
         *self.0.cluster.lock() = nodes;
     }
+
+    /// The nodes that left the cluster or died, as the head last said: objects here whose
+    /// owners were there are lost.
+    pub fn set_gone(&self, nodes: Vec<rayr_proto::GoneNode>) {
+        self.0.nodes_gone(nodes);
+    }
 }
 
 /// Starts the agent: creates the store, binds the socket, records NODE_STARTED.
@@ -192,6 +198,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         cluster: Mutex::new(Vec::new()),
         drainer: std::sync::OnceLock::new(),
         transfer: std::sync::OnceLock::new(),
+        gone: Mutex::new(HashMap::new()),
         cfg,
     });
     let transfer_rt = match agent.cfg.transfer_address.clone() {
@@ -339,6 +346,8 @@ struct StoreObject {
     offset: u64,
     size: u64,
     owner: Id,
+    /// The owner's node when it is another one: the object goes if that node does.
+    owner_node: Option<Id>,
 }
 
 struct State {
@@ -403,6 +412,8 @@ struct Agent {
     drainer: std::sync::OnceLock<std::thread::Thread>,
     /// The object transfer service, when this node serves one.
     transfer: std::sync::OnceLock<transfer::Transfer>,
+    /// Nodes no longer in the cluster, as the head last said: why, and their NODE_DIED.
+    gone: Mutex<HashMap<Id, (String, Vec<u8>)>>,
 }
 
 struct EventAreaEntry {
@@ -575,6 +586,7 @@ impl Agent {
             self.drain_events(Some(w));
             self.event_areas.lock().retain(|e| e.worker != w);
             self.unpin_copies_of(w);
+            self.announce_owner_gone(w);
             self.client_gone(w, said_goodbye);
             self.remote_client_gone(w);
         }
@@ -1214,7 +1226,8 @@ impl Agent {
         }
         match self.allocate_evicting(&mut st, c.size, &format!("object {}", hex(&id))) {
             Some(offset) => {
-                st.objects.insert(id, StoreObject { offset, size: c.size, owner });
+                let owner_node = id_of(&c.owner_node).filter(|n| *n != self.cfg.node_id);
+                st.objects.insert(id, StoreObject { offset, size: c.size, owner, owner_node });
                 CreateObjectReply { offset, error: String::new() }
             }
             None => CreateObjectReply {

@@ -183,7 +183,9 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
                 }
                 task_arg::Arg::InlineValue(bytes)
             }
-            ArgValue::Value(Err(e), _) => {
+            ArgValue::Value(Err(e), nested) => {
+                // (Refs captured before the failure: dropped after the lock.)
+                handles.extend(nested);
                 let msg = format!("argument {i} cannot be serialized: {e}");
                 failure.get_or_insert((Error::Serialization(msg.clone()), msg));
                 task_arg::Arg::InlineValue(Vec::new())
@@ -206,6 +208,11 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
                                 size: *size,
                                 format: *format,
                                 node: Vec::new(),
+                            }),
+                            Slot::OnNode { .. } => task_arg::Arg::ByRef(rayr_proto::ObjectRefArg {
+                                object_id: h.id.to_vec(),
+                                owner: core.me.to_vec(),
+                                owner_address: core.address.clone(),
                             }),
                             Slot::Failed(e) => {
                                 let msg = format!("argument {i} ({}) failed: {e}", hex(&h.id));
@@ -293,6 +300,13 @@ impl Drop for BlockedGuard<'_> {
 
 /// Waits for an object's value (owned here or fetched from its owner).
 pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option<Duration>) -> Result<Fetched> {
+    fetch_for(core, id, owner, address, timeout, false)
+}
+
+/// `fetch`; for a task's argument (`argument`), a copy of it pulled into this node's store
+/// stays pinned for the task until [`argument_done`] (the task may hold no handle to the
+/// object, so no borrow keeps it), counted in the same critical section that finds it.
+fn fetch_for(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option<Duration>, argument: bool) -> Result<Fetched> {
     let deadline = timeout.map(|t| Instant::now() + t);
     if owner == core.me {
         let mut st = core.state.lock();
@@ -316,6 +330,18 @@ pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout:
                 Some(Slot::Shm { offset, size, format }) => {
                     return Ok(Fetched::Shm { offset: *offset, size: *size, format: *format });
                 }
+                Some(&Slot::OnNode { node, size, format, .. }) => {
+                    drop(st);
+                    match pull_copy(core, id, owner, address, node, size, format, argument) {
+                        Ok(offset) => return Ok(Fetched::Shm { offset, size, format }),
+                        Err(PullFailure::Gone { cause, reason }) => {
+                            // Made again from its task if it can be (then waited for here).
+                            core.object_lost_on(id, node, cause, &reason);
+                            st = core.state.lock();
+                        }
+                        Err(PullFailure::Failed(e)) => return Err(e),
+                    }
+                }
                 Some(Slot::Failed(e)) => return Err(e.clone()),
                 None => return Err(Error::ObjectLost { object: crate::ObjectId(id) }),
             }
@@ -327,26 +353,34 @@ pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout:
     {
         // A cached location is good while the owner is connected: its death drops the
         // connection and, with it, every location learned from it (see read_peer).
-        let st = core.state.lock();
+        let mut st = core.state.lock();
         let owner_connected = st.peers.get(address).is_some_and(|p| p.alive());
         if let (true, Some(&(offset, size, format))) = (owner_connected, st.borrowed_locations.get(&id)) {
+            if argument && let Some(c) = st.local_copies.get_mut(&id) {
+                c.1 += 1;
+            }
             return Ok(Fetched::Shm { offset, size, format });
         }
     }
     let _blocked = BlockedGuard::new(core);
-    let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-    let fetched = match ask_owner(core, id, owner, address, false, remaining)? {
-        OwnerAnswer::Value(f) => f,
-        OwnerAnswer::Pending => unreachable!("only probes are answered with pending"),
-    };
-    let fetched = match fetched {
-        // In another node's store: this node's agent copies it here (once for the node),
-        // so this read and later ones are local and zero-copy, `get_slice` included.
-        Fetched::Elsewhere { node, size, format } => {
-            let offset = pull_copy(core, id, owner, address, node, size, format)?;
-            Fetched::Shm { offset, size, format }
+    let mut lost: Option<Lost> = None;
+    let fetched = loop {
+        let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let fetched = match ask_owner_after_loss(core, id, owner, address, remaining, lost.take())? {
+            OwnerAnswer::Value(f) => f,
+            OwnerAnswer::Pending => unreachable!("only probes are answered with pending"),
+        };
+        match fetched {
+            // In another node's store: this node's agent copies it here (once for the
+            // node), so this read and later ones are local and zero-copy (`get_slice` too).
+            Fetched::Elsewhere { node, size, format } => match pull_copy(core, id, owner, address, node, size, format, argument) {
+                Ok(offset) => break Fetched::Shm { offset, size, format },
+                // That node is gone: its owner makes it again, or says it is lost.
+                Err(PullFailure::Gone { cause, reason }) => lost = Some(Lost { node, cause, reason }),
+                Err(PullFailure::Failed(e)) => return Err(e),
+            },
+            f => break f,
         }
-        f => f,
     };
     if let Fetched::Shm { offset, size, format } = fetched {
         let mut st = core.state.lock();
@@ -360,11 +394,7 @@ pub(crate) fn fetch(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout:
 /// `fetch` for a task's argument: a copy pulled for it stays pinned until
 /// [`argument_done`] (the task may hold no handle to the object, so no borrow keeps it).
 pub(crate) fn fetch_argument(core: &Arc<Core>, id: Id, owner: Id, address: &str) -> Result<Fetched> {
-    let fetched = fetch(core, id, owner, address, None)?;
-    if let Some(c) = core.state.lock().local_copies.get_mut(&id) {
-        c.1 += 1;
-    }
-    Ok(fetched)
+    fetch_for(core, id, owner, address, None, true)
 }
 
 /// A task that read these objects as arguments is done with them: copies neither another
@@ -386,18 +416,52 @@ pub(crate) fn argument_done(core: &Core, ids: &[Id]) {
     }
 }
 
+/// Why a pull did not give a copy.
+pub(crate) enum PullFailure {
+    /// The node holding the value is gone (with its NODE_DIED event, when known).
+    Gone { cause: Vec<u8>, reason: String },
+    Failed(Error),
+}
+
+/// A value its reader could not pull because the node holding it is gone (told to the
+/// owner, who makes it again or says it is lost).
+pub(crate) struct Lost {
+    node: Id,
+    cause: Vec<u8>,
+    reason: String,
+}
+
 /// Has this node's agent copy `id` from `node`'s store into its own, pinned for this
-/// process (see `State::local_copies`); tells the owner, who frees the copy with the
-/// object. Returns the copy's offset.
-fn pull_copy(core: &Arc<Core>, id: Id, owner: Id, address: &str, node: Id, size: u64, format: u32) -> Result<u64> {
-    if let Some(&(offset, _)) = core.state.lock().local_copies.get(&id) {
-        return Ok(offset);
+/// process (see `State::local_copies`); the owner (told, when it is another process)
+/// frees the copy with the object. Returns the copy's offset.
+#[allow(clippy::too_many_arguments)]
+fn pull_copy(
+    core: &Arc<Core>,
+    id: Id,
+    owner: Id,
+    address: &str,
+    node: Id,
+    size: u64,
+    format: u32,
+    argument: bool,
+) -> std::result::Result<u64, PullFailure> {
+    if let Some(c) = core.state.lock().local_copies.get_mut(&id) {
+        c.1 += argument as u32;
+        return Ok(c.0);
     }
     let request = rayr_proto::PullObject { object_id: id.to_vec(), from_node: node.to_vec(), size, format };
-    let reply = match core.node_conn.call(client_message::Body::PullObject(request))? {
+    // No time limit here: the agent fails a pull that stops making progress.
+    let reply = match core.node_conn.call_within(client_message::Body::PullObject(request), None).map_err(PullFailure::Failed)? {
         rayr_proto::node_message::Body::Pulled(r) => r,
-        _ => return Err(Error::Connection("the node agent answered a pull with something else".into())),
+        _ => return Err(PullFailure::Failed(Error::Connection("the node agent answered a pull with something else".into()))),
     };
+    if reply.source_gone {
+        return Err(PullFailure::Gone { cause: reply.cause, reason: reply.error });
+    }
+    if !reply.error.is_empty() && !reply.not_held {
+        // Not a loss: the copy could not be made here (store full, node unreachable).
+        return Err(PullFailure::Failed(Error::Connection(reply.error)));
+    }
     if !reply.error.is_empty() {
         let mut e = core.event(EventKind::ObjectLost);
         e.object_id = id.to_vec();
@@ -405,15 +469,28 @@ fn pull_copy(core: &Arc<Core>, id: Id, owner: Id, address: &str, node: Id, size:
         e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason: reply.error.clone(), ..Default::default() }));
         core.record(e);
         core.drain_events_now();
-        return Err(Error::ObjectLost { object: crate::ObjectId(id) });
+        return Err(PullFailure::Failed(Error::ObjectLost { object: crate::ObjectId(id) }));
     }
-    let first = match core.state.lock().local_copies.entry(id) {
-        std::collections::hash_map::Entry::Occupied(_) => false,
+    let mut st = core.state.lock();
+    let first = match st.local_copies.entry(id) {
+        std::collections::hash_map::Entry::Occupied(mut o) => {
+            // Another thread pulled it meanwhile: one pin per process is enough.
+            o.get_mut().1 += argument as u32;
+            let offset = o.get().0;
+            drop(st);
+            core.release_copies(&[id]);
+            return Ok(offset);
+        }
         std::collections::hash_map::Entry::Vacant(v) => {
-            v.insert((reply.offset, 0));
+            v.insert((reply.offset, argument as u32));
             true
         }
     };
+    if owner == core.me {
+        core.copy_made_locked(&mut st, id, core.node);
+        return Ok(reply.offset);
+    }
+    drop(st);
     if first && let Ok(peer) = core.peer(address) {
         // Answered before the read goes on: the owner knows of the copy before any result
         // computed from it can lead it to free the object.
@@ -437,6 +514,23 @@ pub(crate) fn ask_owner(
     probe: bool,
     timeout: Option<Duration>,
 ) -> Result<OwnerAnswer> {
+    ask(core, id, owner, address, probe, timeout, None)
+}
+
+/// `ask_owner` for a value, saying that where it answered last time is gone.
+fn ask_owner_after_loss(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option<Duration>, lost: Option<Lost>) -> Result<OwnerAnswer> {
+    ask(core, id, owner, address, false, timeout, lost)
+}
+
+fn ask(
+    core: &Arc<Core>,
+    id: Id,
+    owner: Id,
+    address: &str,
+    probe: bool,
+    timeout: Option<Duration>,
+    lost: Option<Lost>,
+) -> Result<OwnerAnswer> {
     use rayr_proto::object_value::Value;
     let peer = match core.peer(address) {
         Ok(p) => p,
@@ -449,6 +543,9 @@ pub(crate) fn ask_owner(
             requester: core.me.to_vec(),
             probe,
             requester_node: core.node.to_vec(),
+            lost_on_node: lost.as_ref().map(|l| l.node.to_vec()).unwrap_or_default(),
+            lost_cause: lost.as_ref().map(|l| l.cause.clone()).unwrap_or_default(),
+            lost_reason: lost.map(|l| l.reason).unwrap_or_default(),
         })),
     };
     let lost = || Error::ObjectLost { object: crate::ObjectId(id) };
@@ -572,7 +669,7 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
     let slot = if bytes.len() <= core.max_inline {
         Slot::Inline(bytes.into(), codec::POSTCARD)
     } else {
-        store_bytes_for(&core, &bytes, codec::POSTCARD, core.me, id)?.0
+        store_bytes_for(&core, &bytes, codec::POSTCARD, core.me, &[], id)?.0
     };
     let handle = own_new(&core, id, slot);
     if !nested.is_empty() {
@@ -597,7 +694,7 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
 pub fn put_slice<P: bytemuck::Pod>(data: &[P]) -> Result<ObjectRef<Vec<P>>> {
     let core = core::require()?;
     let id = new_id();
-    let slot = store_bytes_for(&core, bytemuck::cast_slice(data), codec::RAW_POD, core.me, id)?.0;
+    let slot = store_bytes_for(&core, bytemuck::cast_slice(data), codec::RAW_POD, core.me, &[], id)?.0;
     Ok(ObjectRef::from_handle(own_new(&core, id, slot)))
 }
 
@@ -611,9 +708,14 @@ fn own_new(core: &Arc<Core>, id: Id, slot: Slot) -> Arc<RefHandle> {
 }
 
 /// Allocates object `id` in the node's store for `owner` and copies `bytes` in.
-pub(crate) fn store_bytes_for(core: &Core, bytes: &[u8], format: u32, owner: Id, id: Id) -> Result<(Slot, Id)> {
+pub(crate) fn store_bytes_for(core: &Core, bytes: &[u8], format: u32, owner: Id, owner_node: &[u8], id: Id) -> Result<(Slot, Id)> {
     let size = bytes.len() as u64;
-    let body = client_message::Body::CreateObject(rayr_proto::CreateObject { object_id: id.to_vec(), size, owner: owner.to_vec() });
+    let body = client_message::Body::CreateObject(rayr_proto::CreateObject {
+        object_id: id.to_vec(),
+        size,
+        owner: owner.to_vec(),
+        owner_node: owner_node.to_vec(),
+    });
     let offset = match core.node_conn.call(body)? {
         node_message::Body::Created(c) if c.error.is_empty() => c.offset,
         node_message::Body::Created(c) => return Err(Error::Connection(c.error)),

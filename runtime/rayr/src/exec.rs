@@ -244,14 +244,19 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
             None => return not_here("function"),
         },
     };
-    // Values fetched from other owners must outlive the reader that borrows them.
+    // Values fetched from other owners must outlive the reader that borrows them; copies
+    // pulled for them are released when the task is done, however it ends.
     let mut fetched: Vec<Fetched> = Vec::new();
+    let mut done = ArgumentsDone { core, ids: Vec::new() };
     for a in &spec.args {
         if let Some(task_arg::Arg::ByRef(r)) = &a.arg {
             let id: Id = r.object_id.as_slice().try_into().unwrap_or([0; 16]);
             let owner: Id = r.owner.as_slice().try_into().unwrap_or([0; 16]);
             match crate::api::fetch_argument(core, id, owner, &r.owner_address) {
-                Ok(f) => fetched.push(f),
+                Ok(f) => {
+                    fetched.push(f);
+                    done.ids.push(id);
+                }
                 Err(e) => return error("dependency_failed", format!("argument {} could not be read: {e}", hex(&id))),
             }
         }
@@ -320,30 +325,24 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
         }
     }));
     drop(reader);
-    if !fetched.is_empty() {
-        let ids: Vec<Id> = spec
-            .args
-            .iter()
-            .filter_map(|a| match &a.arg {
-                Some(task_arg::Arg::ByRef(r)) => r.object_id.as_slice().try_into().ok(),
-                _ => None,
-            })
-            .collect();
-        crate::api::argument_done(core, &ids);
-    }
+    drop(done);
     match result {
         Ok(Returned::Value(bytes)) => {
-            // An owner on another node cannot map this node's store: it gets the bytes.
-            let owner_elsewhere = !spec.owner_node.is_empty() && spec.owner_node != core.node;
-            if bytes.len() <= core.max_inline || owner_elsewhere {
+            if bytes.len() <= core.max_inline {
                 return task_result::Outcome::InlineValue(bytes);
             }
+            // Large values stay in this node's store, whichever node their owner is on (it
+            // pulls them if it reads them; tasks placed here read them in place).
             let owner: Id = spec.owner.as_slice().try_into().unwrap_or([0; 16]);
             let ret: Id = spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
-            match store_bytes_for(core, &bytes, codec::POSTCARD, owner, ret) {
-                Ok((Slot::Shm { offset, size, format }, _)) => {
-                    task_result::Outcome::Shm(ObjectLocation { object_id: ret.to_vec(), offset, size, format, node: Vec::new() })
-                }
+            match store_bytes_for(core, &bytes, codec::POSTCARD, owner, &spec.owner_node, ret) {
+                Ok((Slot::Shm { offset, size, format }, _)) => task_result::Outcome::Shm(ObjectLocation {
+                    object_id: ret.to_vec(),
+                    offset,
+                    size,
+                    format,
+                    node: core.node.to_vec(),
+                }),
                 Ok(_) => unreachable!("store_bytes_for returns a shm slot"),
                 Err(e) => error("store", format!("the return value could not be stored: {e}")),
             }
@@ -356,6 +355,20 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
                 (m.unwrap_or_else(|| "panic".into()), String::new(), String::new())
             });
             task_result::Outcome::Error(TaskError { message: format!("panicked: {message}"), backtrace, kind: "panic".into(), location })
+        }
+    }
+}
+
+/// Releases the copies a task's arguments were read from (see `api::argument_done`).
+struct ArgumentsDone<'a> {
+    core: &'a Arc<Core>,
+    ids: Vec<Id>,
+}
+
+impl Drop for ArgumentsDone<'_> {
+    fn drop(&mut self) {
+        if !self.ids.is_empty() {
+            crate::api::argument_done(self.core, &self.ids);
         }
     }
 }

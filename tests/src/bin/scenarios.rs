@@ -213,6 +213,15 @@ fn big_on_node(n: usize) -> (String, Vec<u8>) {
     (rayr::runtime_context().unwrap().node_id.to_string(), vec![7u8; n])
 }
 
+/// A large value made on whatever node runs it, which it also writes to `note` (so a
+/// driver can learn where the value is without reading it).
+#[rayr::remote]
+fn big_noting_node(n: usize, note: String) -> (String, Vec<u8>) {
+    let node = rayr::runtime_context().unwrap().node_id.to_string();
+    std::fs::write(&note, &node).unwrap();
+    (node, vec![9u8; n])
+}
+
 /// Sums a large value it was given by reference.
 #[rayr::remote]
 fn sum_bytes(v: Vec<u8>) -> (String, u64) {
@@ -652,21 +661,67 @@ fn main() -> rayr::Result<()> {
         }
         // Against a cluster whose "far" node has a 100 MB store: 40 MB objects made here,
         // read there one after another, so the third copy needs the first one's room.
+        // Against a cluster of two "far" nodes (NODE_PIDS): results kept in one node's store,
+        // which is then SIGKILLed before anyone read them.
+        "result_node_dies" => {
+            wait_until("both far nodes", Duration::from_secs(10), || rayr::cluster_resources().unwrap().get("far") == Some(&2.0));
+            let pids: std::collections::HashMap<String, i32> = std::env::var("NODE_PIDS")
+                .unwrap()
+                .split(',')
+                .map(|kv| kv.split_once(':').unwrap())
+                .map(|(k, v)| (k.to_string(), v.parse().unwrap()))
+                .collect();
+            let note = std::env::temp_dir().join(format!("rayr-note-{}", std::process::id()));
+            let note_s = note.display().to_string();
+            let made_on = |r: &ObjectRef<(String, Vec<u8>)>| {
+                let _ = rayr::wait(std::slice::from_ref(r), 1, None);
+                std::fs::read_to_string(&note).unwrap()
+            };
+            // One with retries left (made again elsewhere), one without (lost), both there.
+            let kept = big_noting_node::options().resource("far", 1.0).max_retries(2).remote(1_000_000, note_s.clone());
+            let node = made_on(&kept);
+            let mut lost = None;
+            for _ in 0..40 {
+                let r = big_noting_node::options().resource("far", 1.0).max_retries(0).remote(1_000_000, note_s.clone());
+                if made_on(&r) == node {
+                    lost = Some(r);
+                    break;
+                }
+            }
+            let lost = lost.expect("a task placed on the same node within 40 tries");
+            let _ = std::fs::remove_file(&note);
+            println!("KILLED {node}");
+            println!("IDS {} {}", kept.id(), lost.id());
+            unsafe { libc::kill(pids[&node], libc::SIGKILL) };
+            let (again_on, value) = rayr::get(&kept)?;
+            println!("KEPT_OK {}", value.len() == 1_000_000 && value.iter().all(|b| *b == 9) && again_on != node);
+            match rayr::get(&lost) {
+                Err(Error::ObjectLost { .. }) => println!("LOST_OK true"),
+                other => println!("LOST_OK false {:?}", other.map(|v| v.0)),
+            }
+        }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            // A 30 MB result made on the far node: its primary copy stays there.
+            let primary = big_on_node::options().resource("far", 1.0).remote(30_000_000);
+            let _ = rayr::wait(&[primary.clone()], 1, None);
             let objects: Vec<ObjectRef<Vec<u8>>> =
-                (1..=3u8).map(|i| rayr::put_slice(&vec![i; 40_000_000])).collect::<rayr::Result<_>>()?;
+                (1..=3u8).map(|i| rayr::put_slice(&vec![i; 30_000_000])).collect::<rayr::Result<_>>()?;
             let read = |o: &ObjectRef<Vec<u8>>| rayr::get(&sum_slice::options().resource("far", 1.0).remote(o.clone())).map(|r| r.1);
-            let word = |i: u64| (40_000_000u64 / 8).wrapping_mul(0x0101_0101_0101_0101u64.wrapping_mul(i));
-            let mut ok = true;
-            for (i, o) in objects.iter().enumerate() {
-                ok &= read(o)? == word(i as u64 + 1);
-            }
-            // The first copy was evicted for the third: read again, it is pulled again.
+            let word = |i: u64| (30_000_000u64 / 8).wrapping_mul(0x0101_0101_0101_0101u64.wrapping_mul(i));
+            // 1 and 2 are copied there (90 MB of 100 in use), 1 is read again from its copy
+            // (the most recently used now), so 3 needs 2's room: 2 is evicted, not 1, and
+            // never the primary.
+            let mut ok = read(&objects[0])? == word(1);
+            ok &= read(&objects[1])? == word(2);
             ok &= read(&objects[0])? == word(1);
+            ok &= read(&objects[2])? == word(3);
+            let (node, value) = rayr::get(&primary)?;
+            ok &= value.len() == 30_000_000 && value.iter().all(|b| *b == 7);
             println!("PRESSURE_OK {ok}");
+            println!("PRIMARY_NODE {node}");
             let ids: Vec<String> = objects.iter().map(|o| o.id().to_string()).collect();
-            println!("PRESSURE_IDS {}", ids.join(" "));
+            println!("PRESSURE_IDS {} {}", ids.join(" "), primary.id());
         }
         // Run against a cluster of several nodes: the node hosting an actor and running tasks
         // is SIGKILLed mid-run (NODE_PIDS: "node:pid,…" of the joined nodes).

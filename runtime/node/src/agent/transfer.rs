@@ -36,8 +36,21 @@ const CHUNK: usize = 1 << 20;
 /// loopback speed.
 const STREAM_WINDOW: u32 = 32 << 20;
 const CONNECTION_WINDOW: u32 = 64 << 20;
-/// A source that sends nothing for this long (paused, partitioned) fails the pull.
+/// A source that sends nothing for this long (paused, partitioned) fails the attempt.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a pull keeps retrying a source that does not answer while the head still
+/// counts it as a member (it may be slow, or about to be declared dead).
+const PULL_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Why a pull failed.
+enum PullError {
+    /// The source answered that it does not hold the object.
+    NotThere(String),
+    /// The source could not be reached, or the stream broke.
+    Transport(String),
+    /// The source node is gone: (what happened, why the head says it is gone, NODE_DIED).
+    SourceGone(String, String, Vec<u8>),
+}
 
 const FREED_BY_OWNER: &str = "its owner freed it";
 
@@ -45,8 +58,9 @@ const FREED_BY_OWNER: &str = "its owner freed it";
 pub(super) struct Copy {
     pub offset: u64,
     pub size: u64,
-    /// The readers (client ids) it is pinned for; unpinned copies may be evicted.
-    pub pins: HashSet<Id>,
+    /// The readers (client ids) it is pinned for, with how many pulls each was answered
+    /// (each is released once); unpinned copies may be evicted.
+    pub pins: HashMap<Id, u32>,
     pub last_used: Instant,
     /// The owner freed the object while a reader still pinned it: dropped when unpinned.
     pub freed: bool,
@@ -55,6 +69,9 @@ pub(super) struct Copy {
 /// A pull in flight, and the readers waiting for it.
 pub(super) struct Pull {
     waiters: Vec<(Arc<Conn>, u64, Id)>,
+    /// The owner freed the object while it was being pulled: the copy is dropped once its
+    /// readers are done.
+    freed: bool,
 }
 
 /// The transfer side of a running agent: its address, the runtime its gRPC server and
@@ -149,79 +166,124 @@ impl Agent {
     /// A reader (`client`) needs `id`, held by node `from`: answered on `conn` with where
     /// the copy is here, pinned for the reader.
     pub(super) fn pull_object(self: &Arc<Self>, conn: &Arc<Conn>, req: u64, client: Option<Id>, p: rayr_proto::PullObject) {
-        let reply = |offset: u64, error: String| conn.reply(req, node_message::Body::Pulled(PullReply { offset, error }));
+        let reply = |offset: u64, error: String| conn.reply(req, node_message::Body::Pulled(PullReply { offset, error, ..Default::default() }));
         let Some(client) = client else { return reply(0, "pull: register with the node agent first".into()) };
         let (Some(id), Some(from)) = (id_of(&p.object_id), id_of(&p.from_node)) else {
             return reply(0, "pull: object and node ids must be 16 bytes".into());
         };
         let mut st = self.state.lock();
         if let Some(c) = st.copies.get_mut(&id) {
-            c.pins.insert(client);
+            *c.pins.entry(client).or_insert(0) += 1;
             c.last_used = Instant::now();
-            return reply(c.offset, String::new());
+            let offset = c.offset;
+            drop(st);
+            return reply(offset, String::new());
         }
         if let Some(o) = st.objects.get(&id) {
             // It is in this store after all (a result stored here for its owner).
-            return reply(o.offset, String::new());
+            let offset = o.offset;
+            drop(st);
+            return reply(offset, String::new());
         }
         if let Some(pull) = st.pulls.get_mut(&id) {
             pull.waiters.push((conn.clone(), req, client));
             return;
         }
         if from == self.cfg.node_id {
-            return reply(0, format!("object {} is not in this node's store (freed, or its owner died)", hex(&id)));
+            drop(st);
+            let error = format!("object {} is not in this node's store (freed, or its owner died)", hex(&id));
+            return conn.reply(req, node_message::Body::Pulled(PullReply { error, not_held: true, ..Default::default() }));
         }
         let source = self.cluster.lock().iter().find(|n| n.node_id == p.from_node).map(|n| (n.transfer_address.clone(), n.address.clone()));
         let (source, source_ip) = match source {
             Some((t, ip)) if !t.is_empty() => (t, ip),
-            Some(_) => return reply(0, format!("node {} serves no object transfers (it is not part of a multi-node cluster)", hex(&from))),
-            None => return reply(0, format!("node {} is not in the cluster (it left or was declared dead)", hex(&from))),
+            Some(_) => {
+                drop(st);
+                return reply(0, format!("node {} serves no object transfers (it is not part of a multi-node cluster)", hex(&from)));
+            }
+            None => {
+                drop(st);
+                let gone = self.gone.lock().get(&from).cloned();
+                let (reason, died) = gone.unwrap_or_else(|| ("the head does not count it as a member".into(), Vec::new()));
+                let error = format!("object {} was in the store of node {}, which is gone: {reason}", hex(&id), hex(&from));
+                return conn.reply(req, node_message::Body::Pulled(PullReply { error, source_gone: true, cause: died, ..Default::default() }));
+            }
         };
         let Some(transfer) = self.transfer.get() else {
+            drop(st);
             return reply(0, "this node serves no object transfers: start it with `rayr start` to read objects of other nodes".into());
         };
         let Some(offset) = self.allocate_evicting(&mut st, p.size, &format!("a copy of object {}", hex(&id))) else {
-            return reply(
-                0,
-                format!(
-                    "the object store is full: a copy of object {} needs {} bytes, {} of {} bytes are in use by primaries and pinned copies; free refs you no longer need or start the node with a larger --object-store-memory",
-                    hex(&id),
-                    p.size,
-                    st.alloc.used(),
-                    st.alloc.capacity()
-                ),
+            let error = format!(
+                "the object store of node {} is full: a copy of object {} needs {} bytes, {} of {} bytes are in use by primaries and pinned copies; free refs you no longer need or start the node with a larger --object-store-memory",
+                hex(&self.cfg.node_id),
+                hex(&id),
+                p.size,
+                st.alloc.used(),
+                st.alloc.capacity()
             );
+            drop(st);
+            return reply(0, error);
         };
-        st.pulls.insert(id, Pull { waiters: vec![(conn.clone(), req, client)] });
+        st.pulls.insert(id, Pull { waiters: vec![(conn.clone(), req, client)], freed: false });
         drop(st);
         let agent = self.clone();
         let size = p.size;
         transfer.rt.spawn(async move {
             let started = Instant::now();
-            let outcome = agent.receive(id, &source, offset, size).await;
+            let outcome = agent.pull_patiently(id, from, &source, offset, size).await;
             agent.pull_done(id, from, &source_ip, offset, size, started.elapsed(), outcome);
         });
     }
 
-    async fn receive(&self, id: Id, source: &str, offset: u64, size: u64) -> Result<(), String> {
-        let channel = self.channel(source).await?;
+    /// Pulls until it works, the source says it lacks the object, or the source is gone
+    /// (the head says so) or silent for `PULL_PATIENCE`.
+    async fn pull_patiently(&self, id: Id, from: Id, source: &str, offset: u64, size: u64) -> Result<(), PullError> {
+        let deadline = Instant::now() + PULL_PATIENCE;
+        loop {
+            let why = match self.receive(id, source, offset, size).await {
+                Ok(()) => return Ok(()),
+                Err(PullError::Transport(why)) => why,
+                Err(e) => return Err(e),
+            };
+            if let Some((reason, died)) = self.gone.lock().get(&from).cloned() {
+                return Err(PullError::SourceGone(why, reason, died));
+            }
+            if Instant::now() > deadline {
+                return Err(PullError::Transport(format!("{why} (still failing after {} s)", PULL_PATIENCE.as_secs())));
+            }
+            // A new connection next time: this one may be broken.
+            if let Some(t) = self.transfer.get() {
+                t.channels.lock().remove(source);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    async fn receive(&self, id: Id, source: &str, offset: u64, size: u64) -> Result<(), PullError> {
+        let channel = self.channel(source).await.map_err(PullError::Transport)?;
         let mut client = ObjectTransferClient::new(channel).max_decoding_message_size(2 * CHUNK);
         let request = rayr_proto::PullRequest { object_id: id.to_vec(), requester_node: self.cfg.node_id.to_vec() };
-        let mut stream = client.pull(request).await.map_err(|s| s.message().to_string())?.into_inner();
+        let mut stream = match tokio::time::timeout(CHUNK_TIMEOUT, client.pull(request)).await {
+            Err(_) => return Err(PullError::Transport(format!("node at {source} did not answer for {} s", CHUNK_TIMEOUT.as_secs()))),
+            Ok(Ok(r)) => r.into_inner(),
+            Ok(Err(s)) if s.code() == tonic::Code::NotFound => return Err(PullError::NotThere(s.message().to_string())),
+            Ok(Err(s)) => return Err(PullError::Transport(s.message().to_string())),
+        };
         let mut got = 0u64;
         loop {
             let chunk = match tokio::time::timeout(CHUNK_TIMEOUT, stream.message()).await {
-                Err(_) => return Err(format!("node at {source} sent nothing for {} s", CHUNK_TIMEOUT.as_secs())),
-                Ok(Err(s)) => return Err(s.message().to_string()),
+                Err(_) => return Err(PullError::Transport(format!("node at {source} sent nothing for {} s", CHUNK_TIMEOUT.as_secs()))),
+                Ok(Err(s)) => return Err(PullError::Transport(s.message().to_string())),
                 Ok(Ok(None)) => break,
                 Ok(Ok(Some(c))) => c,
             };
             let len = chunk.data.len() as u64;
             if chunk.total_size != size || chunk.offset != got || got + len > size {
-                return Err(format!(
+                return Err(PullError::NotThere(format!(
                     "the source sent a chunk at {} of {len} bytes for an object of {} (expected {size} bytes, {got} received)",
                     chunk.offset, chunk.total_size
-                ));
+                )));
             }
             // SAFETY: `[offset, offset + size)` was allocated for this pull and nothing
             // else reads or writes it until `pull_done` publishes it.
@@ -229,7 +291,7 @@ impl Agent {
             got += len;
         }
         if got != size {
-            return Err(format!("the stream ended after {got} of {size} bytes"));
+            return Err(PullError::Transport(format!("the stream ended after {got} of {size} bytes")));
         }
         Ok(())
     }
@@ -251,13 +313,16 @@ impl Agent {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn pull_done(&self, id: Id, from: Id, from_ip: &str, offset: u64, size: u64, took: Duration, outcome: Result<(), String>) {
+    fn pull_done(&self, id: Id, from: Id, from_ip: &str, offset: u64, size: u64, took: Duration, outcome: Result<(), PullError>) {
         let mut st = self.state.lock();
-        let waiters = st.pulls.remove(&id).map(|p| p.waiters).unwrap_or_default();
+        let (waiters, freed) = st.pulls.remove(&id).map(|p| (p.waiters, p.freed)).unwrap_or_default();
         match outcome {
             Ok(()) => {
-                let pins: HashSet<Id> = waiters.iter().map(|w| w.2).collect();
-                st.copies.insert(id, Copy { offset, size, pins, last_used: Instant::now(), freed: false });
+                let mut pins: HashMap<Id, u32> = HashMap::new();
+                for w in &waiters {
+                    *pins.entry(w.2).or_insert(0) += 1;
+                }
+                st.copies.insert(id, Copy { offset, size, pins, last_used: Instant::now(), freed });
                 drop(st);
                 let secs = took.as_secs_f64().max(1e-6);
                 let mut e = self.event(EventKind::ObjectPulled);
@@ -277,15 +342,25 @@ impl Agent {
                 }));
                 self.record(&e);
                 for (conn, req, _) in waiters {
-                    conn.reply(req, node_message::Body::Pulled(PullReply { offset, error: String::new() }));
+                    conn.reply(req, node_message::Body::Pulled(PullReply { offset, ..Default::default() }));
                 }
             }
-            Err(why) => {
+            Err(e) => {
                 st.free_range(offset, size);
                 drop(st);
-                let error = format!("pulling object {} from node {} ({from_ip}) failed: {why}", hex(&id), hex(&from));
+                let failed = |why: &str| format!("pulling object {} from node {} ({from_ip}) failed: {why}", hex(&id), hex(&from));
+                let reply = match e {
+                    PullError::NotThere(why) => PullReply { error: failed(&why), not_held: true, ..Default::default() },
+                    PullError::Transport(why) => PullReply { error: failed(&why), ..Default::default() },
+                    PullError::SourceGone(why, reason, died) => PullReply {
+                        error: failed(&format!("{why}; the node is gone: {reason}")),
+                        source_gone: true,
+                        cause: died,
+                        ..Default::default()
+                    },
+                };
                 for (conn, req, _) in waiters {
-                    conn.reply(req, node_message::Body::Pulled(PullReply { offset: 0, error: error.clone() }));
+                    conn.reply(req, node_message::Body::Pulled(reply.clone()));
                 }
             }
         }
@@ -297,7 +372,12 @@ impl Agent {
         let mut dropped = Vec::new();
         for id in ids.iter().filter_map(|b| id_of(b)) {
             let Some(c) = st.copies.get_mut(&id) else { continue };
-            c.pins.remove(&client);
+            if let Some(n) = c.pins.get_mut(&client) {
+                *n -= 1;
+                if *n == 0 {
+                    c.pins.remove(&client);
+                }
+            }
             if c.pins.is_empty() && c.freed {
                 // Its owner freed it while this reader still held it.
                 let c = st.copies.remove(&id).unwrap();
@@ -313,8 +393,17 @@ impl Agent {
 
     /// A client is gone: whatever it pinned is unpinned.
     pub(super) fn unpin_copies_of(&self, client: Id) {
-        let st = self.state.lock();
-        let ids: Vec<Vec<u8>> = st.copies.iter().filter(|(_, c)| c.pins.contains(&client)).map(|(id, _)| id.to_vec()).collect();
+        let mut st = self.state.lock();
+        // Pulls it waits for pin nothing for it when they end.
+        for p in st.pulls.values_mut() {
+            p.waiters.retain(|w| w.2 != client);
+        }
+        let mut ids = Vec::new();
+        for (id, c) in &st.copies {
+            for _ in 0..c.pins.get(&client).copied().unwrap_or(0) {
+                ids.push(id.to_vec());
+            }
+        }
         drop(st);
         self.release_copies(client, &ids);
     }
@@ -348,6 +437,13 @@ impl Agent {
         let mut st = self.state.lock();
         let mut dropped = Vec::new();
         for id in ids.iter().filter_map(|b| id_of(b)) {
+            // A primary made here for an owner on another node (its owner recorded the free).
+            if let Some(o) = st.objects.remove(&id) {
+                st.free_range(o.offset, o.size);
+            }
+            if let Some(p) = st.pulls.get_mut(&id) {
+                p.freed = true;
+            }
             let Some(c) = st.copies.get_mut(&id) else { continue };
             if c.pins.is_empty() {
                 let c = st.copies.remove(&id).unwrap();
@@ -360,6 +456,82 @@ impl Agent {
         drop(st);
         for (id, size) in dropped {
             self.record_copy_dropped(id, size, reason.to_string());
+        }
+    }
+    /// The head's list of departed nodes: objects here owned on a node that just left are
+    /// lost (OBJECT_LOST, caused by its NODE_DIED when it died).
+    pub(super) fn nodes_gone(&self, nodes: Vec<rayr_proto::GoneNode>) {
+        let mut fresh = Vec::new();
+        {
+            let mut gone = self.gone.lock();
+            for n in nodes {
+                let Some(id) = id_of(&n.node_id) else { continue };
+                if !gone.contains_key(&id) {
+                    fresh.push((id, n.reason.clone(), n.died_event.clone()));
+                    gone.insert(id, (n.reason, n.died_event));
+                }
+            }
+        }
+        for (node, reason, died) in fresh {
+            let mut st = self.state.lock();
+            let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner_node == Some(node)).map(|(id, _)| *id).collect();
+            let mut events = Vec::new();
+            for id in lost {
+                let o = st.objects.remove(&id).unwrap();
+                st.free_range(o.offset, o.size);
+                let mut e = self.event(EventKind::ObjectLost);
+                e.object_id = id.to_vec();
+                e.worker_id = o.owner.to_vec();
+                e.cause = died.clone();
+                e.detail = Some(event::Detail::Object(ObjectDetail {
+                    size: o.size,
+                    location: "shm".into(),
+                    reason: format!("its owner's node {} is gone ({reason}): nobody can read or free it any more", hex(&node)),
+                    ..Default::default()
+                }));
+                events.push(e);
+            }
+            drop(st);
+            for e in &events {
+                self.record(e);
+            }
+        }
+    }
+
+    /// A process of this node ended: other nodes drop what it owned in their stores.
+    pub(super) fn announce_owner_gone(self: &Arc<Self>, owner: Id) {
+        let Some(transfer) = self.transfer.get() else { return };
+        let me = self.cfg.node_id.to_vec();
+        let others: Vec<String> =
+            self.cluster.lock().iter().filter(|n| n.node_id != me && !n.transfer_address.is_empty()).map(|n| n.transfer_address.clone()).collect();
+        for address in others {
+            let agent = self.clone();
+            let request = rayr_proto::OwnersGoneRequest { owners: vec![owner.to_vec()], reason: format!("its owner, worker {}, exited", hex(&owner)) };
+            transfer.rt.spawn(async move {
+                if let Ok(channel) = agent.channel(&address).await {
+                    let _ = ObjectTransferClient::new(channel).owners_gone(request).await;
+                }
+            });
+        }
+    }
+
+    fn owners_gone(&self, owners: &[Vec<u8>], reason: &str) {
+        let owners: HashSet<Id> = owners.iter().filter_map(|b| id_of(b)).collect();
+        let mut st = self.state.lock();
+        let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| owners.contains(&o.owner)).map(|(id, _)| *id).collect();
+        let mut events = Vec::new();
+        for id in lost {
+            let o = st.objects.remove(&id).unwrap();
+            st.free_range(o.offset, o.size);
+            let mut e = self.event(EventKind::ObjectLost);
+            e.object_id = id.to_vec();
+            e.worker_id = o.owner.to_vec();
+            e.detail = Some(event::Detail::Object(ObjectDetail { size: o.size, location: "shm".into(), reason: reason.to_string(), ..Default::default() }));
+            events.push(e);
+        }
+        drop(st);
+        for e in &events {
+            self.record(e);
         }
     }
 }
@@ -457,6 +629,13 @@ impl ObjectTransfer for Service {
         let r = request.into_inner();
         let reason = if r.reason.is_empty() { FREED_BY_OWNER.to_string() } else { r.reason };
         agent.drop_copies(&r.object_ids, &reason);
+        Ok(Response::new(rayr_proto::FreeReply {}))
+    }
+
+    async fn owners_gone(&self, request: Request<rayr_proto::OwnersGoneRequest>) -> Result<Response<rayr_proto::FreeReply>, Status> {
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let r = request.into_inner();
+        agent.owners_gone(&r.owners, &r.reason);
         Ok(Response::new(rayr_proto::FreeReply {}))
     }
 }

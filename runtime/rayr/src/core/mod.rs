@@ -96,6 +96,9 @@ pub(crate) enum Slot {
     Pending,
     Inline(Arc<[u8]>, u32),
     Shm { offset: u64, size: u64, format: u32 },
+    /// In another node's store: a task's result made there (its primary copy). Read by
+    /// pulling a copy; lost with that node (then made again from `State::lineage`).
+    OnNode { node: Id, offset: u64, size: u64, format: u32 },
     Failed(Error),
 }
 
@@ -262,6 +265,9 @@ pub(crate) struct State {
     /// when the last task reading it as an argument is done). id → (offset of the copy,
     /// tasks reading it as an argument now).
     pub local_copies: HashMap<Id, (u64, u32)>,
+    /// Results held in other nodes' stores, by object: the task that made each, kept (with
+    /// its arguments) to make it again if that node goes, while it has retries left.
+    pub lineage: HashMap<Id, PendingTask>,
     pub tasks: HashMap<Id, PendingTask>,
     /// The next task's `seq`.
     pub next_seq: u64,
@@ -358,8 +364,14 @@ impl NodeConn {
     pub fn next_req(&self) -> u64 {
         self.next_req.fetch_add(1, Ordering::Relaxed) + 1
     }
-    /// Sends a request and waits for its reply.
+    /// Sends a request and waits for its reply (30 s at most).
     pub fn call(&self, body: client_message::Body) -> crate::Result<node_message::Body> {
+        self.call_within(body, Some(Duration::from_secs(30)))
+    }
+
+    /// `call`, waiting up to `limit` (None: as long as the agent takes, for requests whose
+    /// progress the agent watches itself, like pulls).
+    pub fn call_within(&self, body: client_message::Body, limit: Option<Duration>) -> crate::Result<node_message::Body> {
         let req = self.next_req();
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.waiters.lock().insert(req, tx);
@@ -368,7 +380,10 @@ impl NodeConn {
             self.waiters.lock().remove(&req);
             return Err(lost());
         }
-        let reply = rx.recv_timeout(Duration::from_secs(30)).map_err(|_| lost());
+        let reply = match limit {
+            Some(limit) => rx.recv_timeout(limit).map_err(|_| lost()),
+            None => rx.recv().map_err(|_| lost()),
+        };
         self.waiters.lock().remove(&req);
         reply?.body.ok_or_else(lost)
     }
@@ -559,6 +574,7 @@ impl Core {
                 borrowed: HashMap::new(),
                 borrowed_locations: HashMap::new(),
                 local_copies: HashMap::new(),
+                lineage: HashMap::new(),
                 tasks: HashMap::new(),
                 next_seq: 0,
                 actors: HashMap::new(),

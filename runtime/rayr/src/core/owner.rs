@@ -24,7 +24,7 @@ impl Core {
     pub fn object_created(self: &Arc<Self>, st: &mut State, id: Id, slot: Slot, task: Option<Id>, cause: Option<Id>) {
         let (size, location) = match &slot {
             Slot::Inline(b, _) => (b.len() as u64, "inline"),
-            Slot::Shm { size, .. } => (*size, "shm"),
+            Slot::Shm { size, .. } | Slot::OnNode { size, .. } => (*size, "shm"),
             _ => (0, ""),
         };
         let mut ev = None;
@@ -44,8 +44,13 @@ impl Core {
         }
         let Some(o) = st.owned.get_mut(&id) else {
             // Every reference was dropped before the value arrived: free it at once.
-            if let Slot::Shm { .. } = slot {
-                self.free_in_store(&[id]);
+            match slot {
+                Slot::Shm { .. } => self.free_in_store(&[id]),
+                Slot::OnNode { node, .. } => {
+                    let free = rayr_proto::FreeCopies { object_id: id.to_vec(), nodes: vec![node.to_vec()] };
+                    let _ = self.node_conn.send(0, client_message::Body::FreeCopies(free));
+                }
+                _ => {}
             }
             return;
         };
@@ -123,10 +128,21 @@ impl Core {
         }
         if let Slot::Shm { .. } = o.slot {
             self.free_in_store(&[id]);
-            if !o.copies.is_empty() {
-                let nodes = o.copies.iter().map(|n| n.to_vec()).collect();
-                let _ = self.node_conn.send(0, client_message::Body::FreeCopies(rayr_proto::FreeCopies { object_id: id.to_vec(), nodes }));
-            }
+        }
+        // Our own pin on a copy we read goes first, so that our node drops the copy too.
+        if st.local_copies.remove(&id).is_some() {
+            self.release_copies(&[id]);
+        }
+        let mut nodes: Vec<Vec<u8>> = o.copies.iter().map(|n| n.to_vec()).collect();
+        if let Slot::OnNode { node, .. } = o.slot {
+            nodes.push(node.to_vec());
+        }
+        if !nodes.is_empty() {
+            let _ = self.node_conn.send(0, client_message::Body::FreeCopies(rayr_proto::FreeCopies { object_id: id.to_vec(), nodes }));
+        }
+        // The task that made it is not needed to make it again any more.
+        if let Some(t) = st.lineage.remove(&id) {
+            self.release_args_locked(st, (t.owned_args, t.borrowed_args));
         }
         let mut freed = None;
         if !matches!(o.slot, Slot::Failed(_)) {
@@ -205,12 +221,63 @@ impl Core {
     /// object does.
     pub(super) fn copy_made(&self, c: &rayr_proto::ObjectCopy) {
         let (Ok(id), Ok(node)) = (<Id>::try_from(c.object_id.as_slice()), <Id>::try_from(c.node.as_slice())) else { return };
-        let mut st = self.state.lock();
+        self.copy_made_locked(&mut self.state.lock(), id, node);
+    }
+
+    pub(crate) fn copy_made_locked(&self, st: &mut State, id: Id, node: Id) {
         if let Some(o) = st.owned.get_mut(&id)
             && !o.copies.contains(&node)
         {
             o.copies.push(node);
         }
+    }
+
+    /// The node holding the value of an object of ours is gone (a reader's pull from it
+    /// failed so): the task that made it runs again if it may (its readers wait for the
+    /// new value), or the object is lost. Nothing happens if the value is elsewhere by now.
+    pub(crate) fn object_lost_on(self: &Arc<Self>, id: Id, node: Id, cause: Vec<u8>, reason: &str) {
+        let mut st = self.state.lock();
+        let Some(o) = st.owned.get_mut(&id) else { return };
+        if !matches!(o.slot, Slot::OnNode { node: n, .. } if n == node) {
+            return;
+        }
+        o.copies.retain(|n| *n != node);
+        let rerun = st.lineage.remove(&id);
+        let mut lost = self.event(EventKind::ObjectLost);
+        lost.object_id = id.to_vec();
+        lost.worker_id = self.me.to_vec();
+        lost.cause = cause;
+        let what = match &rerun {
+            Some(t) => format!("; its task {} runs again (attempt {} of {})", hex(&t.spec.task_id), t.spec.attempt + 1, t.spec.max_retries),
+            None => "; it cannot be made again (not a task's result, or no retries left): lost".into(),
+        };
+        lost.detail = Some(event::Detail::Object(ObjectDetail {
+            location: "shm".into(),
+            copy_node: node.to_vec(),
+            reason: format!("its only copy was in the store of node {}, which is gone: {reason}{what}", hex(&node)),
+            ..Default::default()
+        }));
+        let lost_event = self.record(lost);
+        match rerun {
+            Some(t) => {
+                let task: Id = t.spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
+                st.owned.get_mut(&id).unwrap().slot = Slot::Pending;
+                st.tasks.insert(task, t);
+                let why = format!("its result {} was lost with node {}", hex(&id), hex(&node));
+                self.retry_locked(&mut st, task, why, Some(lost_event));
+            }
+            None => {
+                let slot = Slot::Failed(crate::Error::ObjectLost { object: crate::ObjectId(id) });
+                let o = st.owned.get_mut(&id).unwrap();
+                o.slot = slot.clone();
+                for (conn, req) in std::mem::take(&mut o.remote_waiters) {
+                    st.outbox.push((conn, value_message(req, id, &slot, self.node)));
+                }
+            }
+        }
+        drop(st);
+        self.send_outbox();
+        self.ready.notify_all();
     }
 
     pub(super) fn borrower_update(&self, b: rayr_proto::BorrowerUpdate) {
@@ -312,6 +379,9 @@ impl Core {
     /// node included: a reader on another node has its agent pull it from there.
     pub(super) fn serve_get(self: &Arc<Self>, conn: &Arc<ServerConn>, req: u64, g: &rayr_proto::GetObject) {
         let Ok(id) = <Id>::try_from(g.object_id.as_slice()) else { return };
+        if let Ok(node) = <Id>::try_from(g.lost_on_node.as_slice()) {
+            self.object_lost_on(id, node, g.lost_cause.clone(), &g.lost_reason);
+        }
         let mut st = self.state.lock();
         match st.owned.get_mut(&id) {
             Some(o) if matches!(o.slot, Slot::Pending) && !g.probe => {
@@ -353,6 +423,9 @@ pub(super) fn value_message(req: u64, id: Id, slot: &Slot, node: Id) -> PeerMess
             Value::InlineValue(b.to_vec())
         }
         Slot::Shm { offset, size, format } => {
+            Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format, node: node.to_vec() })
+        }
+        Slot::OnNode { node, offset, size, format } => {
             Value::Shm(ObjectLocation { object_id: id.to_vec(), offset: *offset, size: *size, format: *format, node: node.to_vec() })
         }
         Slot::Failed(e) => Value::Failure(crate::codec::encode(e).unwrap_or_default()),

@@ -333,8 +333,7 @@ impl Core {
         }
     }
 
-    pub(super) fn task_results(self: &Arc<Self>, worker: Id, mut results: Vec<rayr_proto::TaskResult>) {
-        self.store_arrived_values(&mut results);
+    pub(super) fn task_results(self: &Arc<Self>, worker: Id, results: Vec<rayr_proto::TaskResult>) {
         // The objects created and the tasks dispatched for a burst of results: one batch.
         let events = self.event_batch();
         let mut st = self.state.lock();
@@ -355,35 +354,6 @@ impl Core {
         self.ready.notify_all();
     }
 
-    /// Large values that came whole (from a worker of another node, which cannot write to
-    /// this node's store) go into this node's store, as a local worker's would: readers
-    /// here map them, and they do not sit in this process's heap. Off the state lock (the
-    /// store allocation asks the node agent).
-    fn store_arrived_values(&self, results: &mut [rayr_proto::TaskResult]) {
-        use rayr_proto::task_result::Outcome;
-        let large = |r: &rayr_proto::TaskResult| matches!(&r.outcome, Some(Outcome::InlineValue(b)) if b.len() > self.max_inline);
-        if !results.iter().any(large) {
-            return;
-        }
-        let ids: Vec<Option<Id>> = {
-            let st = self.state.lock();
-            results
-                .iter()
-                .map(|r| {
-                    let task: Id = r.task_id.as_slice().try_into().ok()?;
-                    large(r).then(|| st.tasks.get(&task).and_then(|t| t.spec.return_id.as_slice().try_into().ok())).flatten()
-                })
-                .collect()
-        };
-        for (r, id) in results.iter_mut().zip(ids) {
-            let (Some(id), Some(Outcome::InlineValue(bytes))) = (id, &r.outcome) else { continue };
-            // A full store leaves the value where it is (inline): still correct.
-            if let Ok((Slot::Shm { offset, size, format }, _)) = crate::api::store_bytes_for(self, bytes, crate::codec::POSTCARD, self.me, id) {
-                r.outcome = Some(Outcome::Shm(ObjectLocation { object_id: id.to_vec(), offset, size, format, node: Vec::new() }));
-            }
-        }
-    }
-
     pub(super) fn task_result_locked(self: &Arc<Self>, st: &mut State, worker: Id, r: rayr_proto::TaskResult) {
         let Ok(task) = <Id>::try_from(r.task_id.as_slice()) else { return };
         let finished_event: Option<Id> = r.finished_event.as_slice().try_into().ok();
@@ -398,7 +368,10 @@ impl Core {
                     self.finish_task_locked(st, task, Slot::Inline(b.into(), crate::codec::POSTCARD), finished_event);
                 }
                 Some(rayr_proto::task_result::Outcome::Shm(loc)) => {
-                    let slot = Slot::Shm { offset: loc.offset, size: loc.size, format: loc.format };
+                    let slot = match <Id>::try_from(loc.node.as_slice()) {
+                        Ok(node) if node != self.node => Slot::OnNode { node, offset: loc.offset, size: loc.size, format: loc.format },
+                        _ => Slot::Shm { offset: loc.offset, size: loc.size, format: loc.format },
+                    };
                     self.finish_task_locked(st, task, slot, finished_event);
                 }
                 Some(rayr_proto::task_result::Outcome::Error(err)) => {
@@ -525,8 +498,19 @@ impl Core {
                 a.kept_args.1.append(&mut args.1);
             }
         }
+        // A result in another node's store is lost if that node goes: its task is kept to
+        // run again (Ray's lineage), its arguments with it, while retries are left.
+        let keep = matches!(slot, Slot::OnNode { .. })
+            && t.spec.actor_id.is_empty()
+            && t.spec.attempt < t.spec.max_retries
+            && st.owned.contains_key(&ret);
         self.object_created(st, ret, slot, Some(task), cause);
-        self.release_args_locked(st, args);
+        if keep && st.owned.contains_key(&ret) {
+            let (owned_args, borrowed_args) = args;
+            st.lineage.insert(ret, PendingTask { owned_args, borrowed_args, worker: None, ..t });
+        } else {
+            self.release_args_locked(st, args);
+        }
     }
 
     /// A task's arguments are no longer needed by it: owned ones unpinned, borrowed ones
@@ -558,6 +542,12 @@ impl Core {
                         format: *format,
                         node: Vec::new(),
                     }))
+                }
+                // In another node's store: the worker asks us, and pulls it (or, on that
+                // node, reads it in place).
+                Slot::OnNode { .. } => {
+                    let r = rayr_proto::ObjectRefArg { object_id: dep.to_vec(), owner: self.me.to_vec(), owner_address: self.address.clone() };
+                    t.spec.args[i].arg = Some(rayr_proto::task_arg::Arg::ByRef(r))
                 }
                 Slot::Failed(e) => failed = Some(e.clone()),
                 Slot::Pending => return true,
