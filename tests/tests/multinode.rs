@@ -317,6 +317,31 @@ fn a_result_lost_with_its_node_is_made_again_from_its_task_or_reported_lost() {
 }
 
 #[test]
+fn a_task_runs_where_its_large_arguments_are() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"x": 1}"#], &["--num-cpus", "1"]], 100);
+    let out = run(
+        Command::new(SCENARIOS).arg("locality").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    let x = cluster.nodes[0].id.clone();
+    assert_eq!(line("LOCALITY"), format!("{x} 20000000"), "the reader ran on the node holding its argument");
+    let ids: Vec<Vec<u8>> = line("LOCALITY_IDS").split(' ').map(|h| rayr_logs::parse_hex(h).unwrap()).collect();
+    let events = cluster.events();
+    assert!(!events.iter().any(|e| kind(e) == EventKind::ObjectPulled && e.object_id == ids[0]), "read in place, never copied");
+    let task = events.iter().find(|e| kind(e) == EventKind::TaskSubmitted && e.object_id == ids[1]).expect("submitted").task_id.clone();
+    let spilled = events.iter().find(|e| kind(e) == EventKind::TaskSpilled && e.task_id == task).expect("TASK_SPILLED for the reader");
+    let Some(event::Detail::Task(d)) = &spilled.detail else { panic!() };
+    assert!(d.reason.contains("20.0 MB of its arguments"), "{d:?}");
+    assert!(d.spilled_to.starts_with(&x), "{d:?}");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_elsewhere() {
     let cluster = TestCluster::start(
         "1",

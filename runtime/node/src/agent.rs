@@ -774,6 +774,15 @@ impl Agent {
             conn.reply(req_id, node_message::Body::Lease(LeaseReply { error, infeasible: true, ..Default::default() }));
             return;
         }
+        // Its large arguments are in another node's store and that node has the resources
+        // free: it runs there, reading them in place instead of pulling them here.
+        if spill_ok
+            && let Some(node) = id_of(&l.preferred_node).filter(|n| *n != self.cfg.node_id)
+            && let Some(reply) = self.spill_to_node(&demand, &l.task_id, node, l.preferred_bytes)
+        {
+            conn.reply(req_id, node_message::Body::Lease(reply));
+            return;
+        }
         let mut st = self.state.lock();
         // Not grantable now (its resources are taken, or others wait before it) and another
         // node has them free: it goes there (spillback), as Ray's raylets do.
@@ -823,6 +832,33 @@ impl Agent {
         Some(LeaseReply { spill_to: target.agent_socket, spill_node: target.node_id, ..Default::default() })
     }
 
+    /// Sends a lease to `node`, which holds `bytes` of its task's arguments, if that node
+    /// has `demand` free (as far as its last heartbeat says); records TASK_SPILLED.
+    fn spill_to_node(&self, demand: &Resources, task: &[u8], node: Id, bytes: u64) -> Option<LeaseReply> {
+        let target = {
+            let mut cluster = self.cluster.lock();
+            let n = cluster.iter_mut().find(|n| n.node_id == node && !n.agent_socket.is_empty() && resources::fits(demand, &n.available))?;
+            let chosen = n.clone();
+            resources::subtract(&mut n.available, demand);
+            chosen
+        };
+        let mut e = self.event(EventKind::TaskSpilled);
+        e.task_id = task.to_vec();
+        e.detail = Some(event::Detail::Task(rayr_proto::TaskDetail {
+            reason: format!(
+                "node {} at {} holds {:.1} MB of its arguments and has {} free: it runs there, reading them in place",
+                hex(&target.node_id),
+                target.address,
+                bytes as f64 / 1e6,
+                resources::describe(&target.available)
+            ),
+            spilled_to: format!("{} {}", hex(&target.node_id), target.address),
+            ..Default::default()
+        }));
+        self.record(&e);
+        Some(LeaseReply { spill_to: target.agent_socket, spill_node: target.node_id, ..Default::default() })
+    }
+
     /// Why a demand this node can never hold fails: no node of the cluster can (naming the
     /// one that comes closest), or another node could but tasks are not placed across
     /// nodes yet.
@@ -832,7 +868,7 @@ impl Agent {
         let others: Vec<&rayr_proto::NodeView> = cluster.iter().filter(|n| n.node_id != me).collect();
         if let Some(n) = others.iter().find(|n| resources::fits(demand, &n.total)) {
             return format!(
-                "{what} needs {} but this node ({}) has {}; node {} at {} has it, but placing work on other nodes is not built yet (issue #4)",
+                "{what} needs {} but this node ({}) has {}; node {} at {} has it (this request was sent here from another node's out-of-date view: submit it again)",
                 resources::describe(demand),
                 self.cfg.ip_address,
                 resources::describe(&self.cfg.resources),

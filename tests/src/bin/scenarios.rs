@@ -222,6 +222,12 @@ fn big_noting_node(n: usize, note: String) -> (String, Vec<u8>) {
     (node, vec![9u8; n])
 }
 
+/// Where it ran, and the length of the value it was given.
+#[rayr::remote]
+fn node_and_len(v: (String, Vec<u8>)) -> (String, usize) {
+    (rayr::runtime_context().unwrap().node_id.to_string(), v.1.len())
+}
+
 /// Sums a large value it was given by reference.
 #[rayr::remote]
 fn sum_bytes(v: Vec<u8>) -> (String, u64) {
@@ -699,6 +705,17 @@ fn main() -> rayr::Result<()> {
                 Err(Error::ObjectLost { .. }) => println!("LOST_OK true"),
                 other => println!("LOST_OK false {:?}", other.map(|v| v.0)),
             }
+        }
+        // Against a cluster where only node "x" has the resource x: a 20 MB result made
+        // there is read by a task that needs only a CPU, which every node has free.
+        "locality" => {
+            wait_until("the x node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("x"));
+            let made = big_on_node::options().num_cpus(0.0).resource("x", 1.0).remote(20_000_000);
+            let _ = rayr::wait(std::slice::from_ref(&made), 1, None);
+            let read = node_and_len::remote(&made);
+            let (node, len) = rayr::get(&read)?;
+            println!("LOCALITY {node} {len}");
+            println!("LOCALITY_IDS {} {}", made.id(), read.id());
         }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));

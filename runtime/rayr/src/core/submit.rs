@@ -168,6 +168,7 @@ impl Core {
         let req = self.node_conn.next_req();
         st.lease_requests.insert(req, (key.to_string(), None));
         let actor = st.queues.get(key).and_then(|q| q.actor.as_ref()).map(|a| a.id.to_vec());
+        let (preferred_node, preferred_bytes) = self.where_arguments_are(st, task);
         let body = client_message::Body::Lease(rayr_proto::LeaseRequest {
             resources: demand,
             job_id: self.job.to_vec(),
@@ -177,6 +178,8 @@ impl Core {
             spillback_ok: true,
             spilled: false,
             actor_id: actor.unwrap_or_default(),
+            preferred_node: preferred_node.map(|n| n.to_vec()).unwrap_or_default(),
+            preferred_bytes,
         });
         if self.node_conn.closed.load(std::sync::atomic::Ordering::Acquire) || self.node_conn.send(req, body).is_err() {
             // No node agent to lease from: what waits for a worker of this shape fails now
@@ -191,6 +194,24 @@ impl Core {
                 self.fail_task_final_locked(st, t, Error::Connection(why.into()), "node_gone", why, None);
             }
         }
+    }
+
+    /// The other node holding the most bytes of `task`'s arguments that live in stores
+    /// (results of ours made there), and how many: running it there reads them in place.
+    fn where_arguments_are(&self, st: &State, task: Id) -> (Option<Id>, u64) {
+        let Some(t) = st.tasks.get(&task) else { return (None, 0) };
+        let mut by_node: Vec<(Id, u64)> = Vec::new();
+        for a in &t.spec.args {
+            let Some(rayr_proto::task_arg::Arg::ByRef(r)) = &a.arg else { continue };
+            let Ok(id) = <Id>::try_from(r.object_id.as_slice()) else { continue };
+            if let Some(Slot::OnNode { node, size, .. }) = st.owned.get(&id).map(|o| &o.slot) {
+                match by_node.iter_mut().find(|(n, _)| n == node) {
+                    Some(e) => e.1 += size,
+                    None => by_node.push((*node, *size)),
+                }
+            }
+        }
+        by_node.into_iter().max_by_key(|(_, b)| *b).map_or((None, 0), |(n, b)| (Some(n), b))
     }
 
     /// The node agent said where to lease instead (spillback): the request goes to the
