@@ -3,8 +3,11 @@
 //! Run it from the workspace root with
 //!
 //! ```text
-//! cargo run --release -p rayr-bench
+//! cargo build --release -p rayr-bench -p rayr-cli && target/release/rayr-bench
 //! ```
+//!
+//! (the multi-node figures start node agents with the `rayr` CLI built beside this binary,
+//! and are skipped, saying so, when it is not there).
 //!
 //! What it measures, in this order:
 //!
@@ -54,6 +57,16 @@
 //!     then `get_all`, median of 3; `actor_calls_async_n_n_per_s`, 4 tasks each making 2500
 //!     calls spread over the same 4 actors; `actor_creation_per_s`, 200 actors created and
 //!     each answering a first call (every actor is a worker process of its own).
+//! - Several nodes, started with `rayr start` (a head and two joined node agents on
+//!   127.0.0.1–3, 1 CPU each, the third with a resource `far`), with a driver in a child:
+//!   - `tasks_async_per_s_3_nodes`: 10k trivial tasks then `get_all`, median of 5 rounds
+//!     (after 2k of warmup); `tasks_3_nodes_nodes_used`: how many nodes 3000 more ran on.
+//!   - `object_100mb_other_node_gbps`: a 100 MB `put_slice` in the driver read (`get_slice`,
+//!     its last byte) by a task on the `far` node, whose agent pulls it from the head's
+//!     node over gRPC; task included, best of 3 (the reader's worker started beforehand).
+//!     `floor_tcp_loopback_100mb_gbps`: 100 MB through one loopback TCP connection between
+//!     two threads into an already-touched buffer, best of 3, in the same run;
+//!     `object_100mb_other_node_vs_tcp` is the ratio.
 //!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
 //! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a
