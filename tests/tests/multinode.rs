@@ -375,6 +375,14 @@ fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_el
     // Tasks that were running there ran again.
     assert!(events.iter().any(|e| kind(e) == EventKind::TaskRetried), "TASK_RETRIED");
     assert!(events.iter().any(|e| kind(e) == EventKind::ActorRestarted), "ACTOR_RESTARTED");
+    // The head placed the actor each time: first on the killed node, then on the survivor.
+    let placed: Vec<&rayr_proto::Event> = events.iter().filter(|e| kind(e) == EventKind::ActorPlaced).collect();
+    let placed_on: Vec<String> = placed.iter().map(|e| rayr_logs::hex(&e.node_id)).collect();
+    assert!(placed_on.len() >= 2 && placed_on[0] == killed && placed_on.last() == Some(&survivor), "{placed_on:?}");
+    for e in &placed {
+        let Some(event::Detail::Actor(d)) = &e.detail else { panic!() };
+        assert!(d.detail.contains("the head placed it"), "{d:?}");
+    }
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

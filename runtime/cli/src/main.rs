@@ -407,6 +407,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
         let (probe, end) = (node.resource_probe(), ending.clone());
+        probe.set_head_address(head);
         std::thread::Builder::new().name("rayr-membership".into()).spawn(move || join::run(joining, probe, end))?;
         eprintln!("rayr node {} joining the cluster at {head}", hex(&node_id));
         let sig = wait_for_stop(&set);
@@ -445,6 +446,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let transfer = node.transfer_address().unwrap_or_default().to_string();
     head.membership().add_head_node(node_id, &a.node_ip_address, &node.socket_path().display().to_string(), &transfer, resources);
     let (membership, probe) = (head.membership().clone(), node.resource_probe());
+    probe.set_head_address(&head.address().to_string());
     let period = watch.heartbeat_period;
     std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
         loop {

@@ -273,6 +273,63 @@ impl Membership {
         out
     }
 
+    /// Chooses the node an actor's worker is leased on: among live nodes with `demand` free
+    /// now, the one with the most CPU free (the requester on a tie); else, among those that
+    /// could ever hold it, the same way (it waits there). The demand counts as taken until
+    /// that node's next beat, so placements in between spread. Records ACTOR_PLACED.
+    pub fn place_actor(&self, r: &rayr_proto::PlaceActorRequest) -> rayr_proto::PlaceActorReply {
+        let fits = |want: &HashMap<String, f64>, have: &HashMap<String, f64>| {
+            want.iter().all(|(k, v)| *v <= 0.0 || have.get(k).copied().unwrap_or(0.0) + 1e-9 >= *v)
+        };
+        if let Some((k, v)) = r.demand.iter().find(|(_, v)| !v.is_finite() || **v < 0.0) {
+            return rayr_proto::PlaceActorReply { error: format!("place: resource {k} = {v} must be a non-negative number"), ..Default::default() };
+        }
+        let mut nodes = self.nodes.lock();
+        let cpu = |m: &Member| m.available.get("CPU").copied().unwrap_or(0.0);
+        let pick = |free_now: bool, nodes: &HashMap<Id, Member>| -> Option<Id> {
+            nodes
+                .iter()
+                .filter(|(_, m)| m.gone.is_none() && m.confirmed && !m.agent_socket.is_empty())
+                .filter(|(_, m)| if free_now { fits(&r.demand, &m.available) } else { fits(&r.demand, &m.resources) })
+                .max_by(|(a_id, a), (b_id, b)| {
+                    cpu(a).total_cmp(&cpu(b)).then_with(|| (a_id.as_slice() == r.requester_node).cmp(&(b_id.as_slice() == r.requester_node)))
+                })
+                .map(|(id, _)| *id)
+        };
+        let (node, why) = match pick(true, &nodes) {
+            Some(n) => (n, "it has the most CPU free of the nodes with the actor's resources free"),
+            None => match pick(false, &nodes) {
+                Some(n) => (n, "no node has the actor's resources free now; it has the most CPU free of those that can hold it, and the actor waits there"),
+                None => {
+                    return rayr_proto::PlaceActorReply { error: "no live node can ever hold the actor's resources".into(), ..Default::default() };
+                }
+            },
+        };
+        let m = nodes.get_mut(&node).unwrap();
+        let describe = |res: &HashMap<String, f64>| {
+            let mut v: Vec<String> = res.iter().map(|(k, x)| format!("{k}: {x}")).collect();
+            v.sort();
+            format!("{{{}}}", v.join(", "))
+        };
+        let reason = format!("the head placed it on node {} at {}: {why} ({} free)", hex(&node), m.address, describe(&m.available));
+        for (k, v) in &r.demand {
+            if let Some(a) = m.available.get_mut(k) {
+                *a -= v;
+            }
+        }
+        let reply = rayr_proto::PlaceActorReply { node_id: node.to_vec(), agent_socket: m.agent_socket.clone(), reason: reason.clone(), error: String::new() };
+        drop(nodes);
+        self.record(Event {
+            kind: EventKind::ActorPlaced as i32,
+            node_id: node.to_vec(),
+            actor_id: r.actor_id.clone(),
+            task_id: r.task_id.clone(),
+            detail: Some(event::Detail::Actor(rayr_proto::ActorDetail { detail: reason, ..Default::default() })),
+            ..Default::default()
+        });
+        reply
+    }
+
     /// The nodes that were members and are not any more (what they held is gone).
     pub fn gone(&self) -> Vec<rayr_proto::GoneNode> {
         let nodes = self.nodes.lock();

@@ -396,6 +396,10 @@ impl Head for HeadService {
         Ok(Response::new(HeartbeatReply { standing: standing as i32, detail, cluster, gone }))
     }
 
+    async fn place_actor(&self, req: Request<rayr_proto::PlaceActorRequest>) -> Result<Response<rayr_proto::PlaceActorReply>, Status> {
+        Ok(Response::new(self.membership.place_actor(&req.into_inner())))
+    }
+
     async fn unregister_node(&self, req: Request<UnregisterNodeRequest>) -> Result<Response<UnregisterNodeReply>, Status> {
         self.membership.unregister(&req.into_inner());
         Ok(Response::new(UnregisterNodeReply {}))

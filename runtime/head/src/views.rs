@@ -186,6 +186,12 @@ pub(crate) fn apply_object(row: &mut ObjectRow, balance: &mut i64, ev: &Event) {
                 row.size = d.size;
                 row.location = d.location.clone();
             }
+            // Made again after it was lost with a node (its task re-ran): alive again.
+            if row.state == "LOST" && ev.time_us >= row.ended_us {
+                row.state = "ALIVE".to_string();
+                row.reason.clear();
+                row.ended_us = 0;
+            }
             row.created_us = ev.time_us;
         }
         // Task-argument pins are the owner's own bookkeeping, not other holders.

@@ -24,6 +24,7 @@ use rayr_store::{Allocator, Arena};
 use crate::pool::{self, env};
 
 mod detached;
+mod placement;
 mod transfer;
 use crate::resources::{self, Resources};
 
@@ -139,6 +140,11 @@ impl ResourceProbe {
         *self.0.cluster.lock() = nodes;
     }
 
+    /// Where the head answers (it places actors).
+    pub fn set_head_address(&self, address: &str) {
+        *self.0.head_address.lock() = Some(address.to_string());
+    }
+
     /// The nodes that left the cluster or died, as the head last said: objects here whose
     /// owners were there are lost.
     pub fn set_gone(&self, nodes: Vec<rayr_proto::GoneNode>) {
@@ -199,6 +205,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         drainer: std::sync::OnceLock::new(),
         transfer: std::sync::OnceLock::new(),
         gone: Mutex::new(HashMap::new()),
+        head_address: Mutex::new(None),
         cfg,
     });
     let transfer_rt = match agent.cfg.transfer_address.clone() {
@@ -414,6 +421,8 @@ struct Agent {
     transfer: std::sync::OnceLock<transfer::Transfer>,
     /// Nodes no longer in the cluster, as the head last said: why, and their NODE_DIED.
     gone: Mutex<HashMap<Id, (String, Vec<u8>)>>,
+    /// The head's gRPC address (HOST:PORT), which places actors; None: a lone node.
+    head_address: Mutex<Option<String>>,
 }
 
 struct EventAreaEntry {
@@ -765,6 +774,22 @@ impl Agent {
         };
         let demand: Resources = l.resources;
         let spill_ok = l.spillback_ok && !l.spilled;
+        // An actor goes where the head places it.
+        if spill_ok && l.dedicated {
+            match self.place_actor(&demand, &l.actor_id, &l.task_id) {
+                placement::Placement::There(reply) => {
+                    conn.reply(req_id, node_message::Body::Lease(reply));
+                    return;
+                }
+                placement::Placement::Here => {
+                    let mut st = self.state.lock();
+                    st.pending.push_back(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: true, actor: id_of(&l.actor_id) });
+                    self.grant_pending(&mut st);
+                    return;
+                }
+                placement::Placement::Unknown(why) => tracing::debug!("actor placed by its node: {why}"),
+            }
+        }
         if !resources::fits(&demand, &self.cfg.resources) {
             if spill_ok && let Some(reply) = self.spill(&demand, &l.task_id, "this node can never hold it", false) {
                 conn.reply(req_id, node_message::Body::Lease(reply));

@@ -79,7 +79,7 @@ pub(super) struct Pull {
 /// pulls run on, and one channel per source node.
 pub(super) struct Transfer {
     pub address: String,
-    rt: tokio::runtime::Handle,
+    pub(super) rt: tokio::runtime::Handle,
     channels: parking_lot::Mutex<HashMap<String, tonic::transport::Channel>>,
 }
 
