@@ -7,7 +7,7 @@ use std::time::Duration;
 use rayr_proto::{EventKind, event};
 
 mod support;
-use support::{TestCluster, assert_nothing_left, rayr_cli, run, wait_for};
+use support::{NetNs, NodeSpec, TestCluster, assert_nothing_left, rayr_cli, run, wait_for};
 
 const SCENARIOS: &str = env!("CARGO_BIN_EXE_scenarios");
 
@@ -339,6 +339,69 @@ fn a_task_runs_where_its_large_arguments_are() {
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);
+}
+
+#[test]
+fn a_node_cut_off_by_a_partition_is_declared_dead_and_exits_when_its_window_ends() {
+    let ns = match NetNs::create() {
+        Ok(ns) => ns,
+        Err(why) => {
+            eprintln!("SKIPPED: the partition test needs root and `ip netns` to put a node in a network namespace ({why})");
+            return;
+        }
+    };
+    let flags = |extra: &[&str]| -> Vec<String> {
+        ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].iter().chain(extra).map(|s| s.to_string()).collect()
+    };
+    let nodes = [
+        NodeSpec { ip: ns.ns_ip.clone(), netns: Some(ns.name.clone()), flags: flags(&["--head-timeout-s", "3"]) },
+        NodeSpec { ip: "127.0.0.2".into(), netns: None, flags: flags(&[]) },
+    ];
+    let cluster = TestCluster::start_spec(0, &ns.host_ip, "1", &nodes, 100, 5);
+    let cut_off = cluster.nodes[0].id.clone();
+    let pids: Vec<String> = cluster.nodes.iter().map(|n| format!("{}:{}", n.id, n.pid)).collect();
+    let out = run(
+        Command::new(SCENARIOS)
+            .arg("result_node_dies")
+            .env("RAYR_TMPDIR", cluster.tmp.path())
+            .env("NODE_PIDS", pids.join(","))
+            .env("TARGET_NODE", &cut_off)
+            .env("CUT_CMD", ns.cut_command())
+            .env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(120),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    assert_eq!(line("KILLED"), cut_off);
+    assert_eq!(line("KEPT_OK"), "true", "the result held across the partition was made again on the other node");
+    assert_eq!(line("LOST_OK"), "true");
+    let id = rayr_logs::parse_hex(&cut_off).unwrap();
+    // The head stopped hearing it and declared it dead; the values it held were lost with
+    // that cause.
+    let events = cluster.events();
+    let died = events.iter().find(|e| kind(e) == EventKind::NodeDied && e.node_id == id).expect("NODE_DIED");
+    let Some(event::Detail::Node(d)) = &died.detail else { panic!() };
+    assert!(d.reason.contains("missed 5 heartbeats"), "{d:?}");
+    assert!(events.iter().any(|e| kind(e) == EventKind::ObjectLost && e.cause == died.id), "OBJECT_LOST caused by the NODE_DIED");
+    // Cut off, the node keeps going for its window (3 s), then exits saying why.
+    let pid = cluster.nodes[0].pid;
+    wait_for("the cut-off node to exit", Duration::from_secs(30), || !std::path::Path::new(&format!("/proc/{pid}")).exists() || is_zombie(pid));
+    wait_for("its NODE_STOPPED", Duration::from_secs(10), || {
+        cluster.events().iter().any(|e| {
+            kind(e) == EventKind::NodeStopped
+                && e.node_id == id
+                && matches!(&e.detail, Some(event::Detail::Node(d)) if d.reason.contains("lost the head"))
+        })
+    });
+    ns.heal();
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+fn is_zombie(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
 }
 
 #[test]

@@ -836,10 +836,15 @@ impl Agent {
             if !has_free && free_now {
                 return None;
             }
-            let best = cluster
-                .iter_mut()
-                .filter(|n| other(n) && if has_free { resources::fits(demand, &n.available) } else { resources::fits(demand, &n.total) })
-                .max_by(|a, b| cpu(a).total_cmp(&cpu(b)))?;
+            let eligible = |n: &rayr_proto::NodeView| {
+                other(n) && if has_free { resources::fits(demand, &n.available) } else { resources::fits(demand, &n.total) }
+            };
+            let most = cluster.iter().filter(|n| eligible(n)).map(cpu).max_by(f64::total_cmp)?;
+            // Among the nodes with the most CPU free, any one: spills from many nodes at
+            // once spread instead of all picking the same.
+            let ties: Vec<usize> = (0..cluster.len()).filter(|&i| eligible(&cluster[i]) && cpu(&cluster[i]) >= most - 1e-9).collect();
+            let pick = ties[new_id()[0] as usize % ties.len()];
+            let best = &mut cluster[pick];
             let chosen = best.clone();
             // Counted as taken until that node's next heartbeat says otherwise, so the next
             // spill in the meantime picks by what is really left.

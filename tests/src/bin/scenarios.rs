@@ -683,9 +683,19 @@ fn main() -> rayr::Result<()> {
                 let _ = rayr::wait(std::slice::from_ref(r), 1, None);
                 std::fs::read_to_string(&note).unwrap()
             };
-            // One with retries left (made again elsewhere), one without (lost), both there.
-            let kept = big_noting_node::options().resource("far", 1.0).max_retries(2).remote(1_000_000, note_s.clone());
-            let node = made_on(&kept);
+            // One with retries left (made again elsewhere), one without (lost), both on one
+            // node (TARGET_NODE's, when given).
+            let target = std::env::var("TARGET_NODE").ok();
+            let mut kept = None;
+            for _ in 0..40 {
+                let r = big_noting_node::options().resource("far", 1.0).max_retries(2).remote(1_000_000, note_s.clone());
+                let on = made_on(&r);
+                if target.as_ref().is_none_or(|t| *t == on) {
+                    kept = Some((r, on));
+                    break;
+                }
+            }
+            let (kept, node) = kept.expect("a task placed on the target node within 40 tries");
             let mut lost = None;
             for _ in 0..40 {
                 let r = big_noting_node::options().resource("far", 1.0).max_retries(0).remote(1_000_000, note_s.clone());
@@ -698,7 +708,13 @@ fn main() -> rayr::Result<()> {
             let _ = std::fs::remove_file(&note);
             println!("KILLED {node}");
             println!("IDS {} {}", kept.id(), lost.id());
-            unsafe { libc::kill(pids[&node], libc::SIGKILL) };
+            match std::env::var("CUT_CMD") {
+                // Cut off from the cluster (a network partition) instead of killed.
+                Ok(cmd) => assert!(std::process::Command::new("sh").args(["-c", &cmd]).status().is_ok_and(|s| s.success()), "{cmd}"),
+                Err(_) => unsafe {
+                    libc::kill(pids[&node], libc::SIGKILL);
+                },
+            }
             let (again_on, value) = rayr::get(&kept)?;
             println!("KEPT_OK {}", value.len() == 1_000_000 && value.iter().all(|b| *b == 9) && again_on != node);
             match rayr::get(&lost) {

@@ -104,6 +104,94 @@ pub fn free_low_port() -> u16 {
     (start..30_000).chain(20_000..start).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a free port")
 }
 
+/// Where and how a node of a [`TestCluster`] starts.
+pub struct NodeSpec {
+    pub ip: String,
+    /// A network namespace to start it in (see [`NetNs`]).
+    pub netns: Option<String>,
+    /// Extra `rayr start` flags.
+    pub flags: Vec<String>,
+}
+
+/// A network namespace joined to this one by a veth pair (this side `host_ip`, its side
+/// `ns_ip`): a node agent started in it reaches the rest of the cluster only over that
+/// link, which `cut` takes down and `heal` brings back. Needs root and `ip`; `create`
+/// says why not otherwise. Dropping it deletes the namespace and the link.
+pub struct NetNs {
+    pub name: String,
+    pub host_ip: String,
+    pub ns_ip: String,
+    host_if: String,
+    ns_if: String,
+}
+
+impl NetNs {
+    pub fn create() -> Result<NetNs, String> {
+        if unsafe { libc::geteuid() } != 0 {
+            return Err("not root".into());
+        }
+        let pid = std::process::id();
+        let net = 1 + pid % 250;
+        let ns = NetNs {
+            name: format!("rayr-test-{pid}"),
+            host_ip: format!("10.201.{net}.1"),
+            ns_ip: format!("10.201.{net}.2"),
+            host_if: format!("rp{pid}a"),
+            ns_if: format!("rp{pid}b"),
+        };
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), ns.name.clone()],
+            vec!["link".into(), "add".into(), ns.host_if.clone(), "type".into(), "veth".into(), "peer".into(), "name".into(), ns.ns_if.clone()],
+            vec!["link".into(), "set".into(), ns.ns_if.clone(), "netns".into(), ns.name.clone()],
+            vec!["addr".into(), "add".into(), format!("{}/24", ns.host_ip), "dev".into(), ns.host_if.clone()],
+            vec!["link".into(), "set".into(), ns.host_if.clone(), "up".into()],
+        ];
+        for step in steps {
+            ns.ip(&step).map_err(|e| format!("`ip {}` failed: {e}", step.join(" ")))?;
+        }
+        for step in [
+            vec!["addr".to_string(), "add".into(), format!("{}/24", ns.ns_ip), "dev".into(), ns.ns_if.clone()],
+            vec!["link".into(), "set".into(), ns.ns_if.clone(), "up".into()],
+            vec!["link".into(), "set".into(), "lo".into(), "up".into()],
+        ] {
+            ns.ip_in(&step).map_err(|e| format!("`ip {}` in {} failed: {e}", step.join(" "), ns.name))?;
+        }
+        Ok(ns)
+    }
+
+    fn ip(&self, args: &[String]) -> Result<(), String> {
+        let out = Command::new("ip").args(args).output().map_err(|e| e.to_string())?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).trim().to_string()) }
+    }
+
+    fn ip_in(&self, args: &[String]) -> Result<(), String> {
+        let mut all = vec!["netns".to_string(), "exec".into(), self.name.clone(), "ip".into()];
+        all.extend_from_slice(args);
+        self.ip(&all)
+    }
+
+    /// The shell command that cuts the link (for a driver program to run itself).
+    pub fn cut_command(&self) -> String {
+        format!("ip netns exec {} ip link set {} down", self.name, self.ns_if)
+    }
+
+    /// The namespace loses its link: nothing crosses until `heal`.
+    pub fn cut(&self) {
+        self.ip_in(&["link".into(), "set".into(), self.ns_if.clone(), "down".into()]).expect("cut the link");
+    }
+
+    pub fn heal(&self) {
+        self.ip_in(&["link".into(), "set".into(), self.ns_if.clone(), "up".into()]).expect("heal the link");
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = self.ip(&["link".into(), "del".into(), self.host_if.clone()]);
+        let _ = self.ip(&["netns".into(), "delete".into(), self.name.clone()]);
+    }
+}
+
 /// One node agent of a [`TestCluster`].
 pub struct TestNode {
     pub id: String,
@@ -141,12 +229,25 @@ impl TestCluster {
 
     /// `start`, with the head on `port` (0: any free one).
     pub fn start_on(port: u16, head_cpus: &str, nodes: &[&[&str]], heartbeat_ms: u32) -> TestCluster {
+        let specs: Vec<NodeSpec> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, flags)| NodeSpec { ip: format!("127.0.0.{}", i + 2), netns: None, flags: flags.iter().map(|f| f.to_string()).collect() })
+            .collect();
+        Self::start_spec(port, "127.0.0.1", head_cpus, &specs, heartbeat_ms, 5)
+    }
+
+    /// The general form: the head on `head_ip:port`, each node where its spec says (in a
+    /// network namespace, for one), silent nodes dead after `missed` beats.
+    pub fn start_spec(port: u16, head_ip: &str, head_cpus: &str, nodes: &[NodeSpec], heartbeat_ms: u32, missed: u32) -> TestCluster {
         let tmp = tempfile::tempdir().unwrap();
         let hb = heartbeat_ms.to_string();
         let port = port.to_string();
+        let missed = missed.to_string();
         let out = run(
             Command::new(rayr_cli())
-                .args(["start", "--head", "--port", &port, "--num-cpus", head_cpus, "--heartbeat-period-ms", &hb, "--missed-heartbeats", "5"])
+                .args(["start", "--head", "--port", &port, "--node-ip-address", head_ip, "--num-cpus", head_cpus])
+                .args(["--heartbeat-period-ms", &hb, "--missed-heartbeats", &missed])
                 .env("RAYR_TMPDIR", tmp.path())
                 .env_remove("RAYR_ADDRESS"),
             Duration::from_secs(60),
@@ -157,13 +258,23 @@ impl TestCluster {
         let session = std::fs::canonicalize(tmp.path().join("session_latest")).unwrap();
         let head_address = std::fs::read_to_string(session.join("head_address")).unwrap().trim().to_string();
         let mut cluster = TestCluster { tmp, session, head_address, head_pid, nodes: Vec::new(), paused: Default::default() };
-        for (i, flags) in nodes.iter().enumerate() {
-            let ip = format!("127.0.0.{}", i + 2);
-            let out = cluster.cli_with(&[&["start", "--address", &cluster.head_address.clone(), "--node-ip-address", &ip], *flags].concat());
+        for spec in nodes {
+            let head = cluster.head_address.clone();
+            let mut args: Vec<&str> = vec!["start", "--address", &head, "--node-ip-address", &spec.ip];
+            args.extend(spec.flags.iter().map(|f| f.as_str()));
+            let mut cmd = match &spec.netns {
+                Some(ns) => {
+                    let mut c = Command::new("ip");
+                    c.args(["netns", "exec", ns]).arg(rayr_cli());
+                    c
+                }
+                None => Command::new(rayr_cli()),
+            };
+            let out = run(cmd.args(&args).env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
             let stdout = String::from_utf8_lossy(&out.stdout).to_string();
             assert!(out.status.success(), "rayr start --address: {}", String::from_utf8_lossy(&out.stderr));
             let id = stdout.split_whitespace().nth(2).unwrap().to_string();
-            cluster.nodes.push(TestNode { id, pid: pid_in(&stdout), ip });
+            cluster.nodes.push(TestNode { id, pid: pid_in(&stdout), ip: spec.ip.clone() });
         }
         cluster
     }
