@@ -354,8 +354,8 @@ fn a_node_cut_off_by_a_partition_is_declared_dead_and_exits_when_its_window_ends
         ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].iter().chain(extra).map(|s| s.to_string()).collect()
     };
     let nodes = [
-        NodeSpec { ip: ns.ns_ip.clone(), netns: Some(ns.name.clone()), flags: flags(&["--head-timeout-s", "3"]) },
-        NodeSpec { ip: "127.0.0.2".into(), netns: None, flags: flags(&[]) },
+        NodeSpec { ip: ns.ns_ip.clone(), netns: Some(ns.name.clone()), hide: Vec::new(), flags: flags(&["--head-timeout-s", "3"]) },
+        NodeSpec { ip: "127.0.0.2".into(), netns: None, hide: Vec::new(), flags: flags(&[]) },
     ];
     let cluster = TestCluster::start_spec(0, &ns.host_ip, "1", &nodes, 100, 5);
     let cut_off = cluster.nodes[0].id.clone();
@@ -402,6 +402,50 @@ fn a_node_cut_off_by_a_partition_is_declared_dead_and_exits_when_its_window_ends
 
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
+}
+
+#[test]
+fn a_node_without_the_drivers_binary_fetches_it_by_hash_once() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: hiding the driver's binary from a node (as on another host) needs root for a mount namespace");
+        return;
+    }
+    // The driver runs from a directory the far node cannot see.
+    let bin = tempfile::tempdir().unwrap();
+    let driver = bin.path().join("driver");
+    std::fs::copy(SCENARIOS, &driver).unwrap();
+    let nodes = [NodeSpec {
+        ip: "127.0.0.2".into(),
+        netns: None,
+        hide: vec![bin.path().to_path_buf()],
+        flags: ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].map(String::from).to_vec(),
+    }];
+    let cluster = TestCluster::start_spec(0, "127.0.0.1", "1", &nodes, 100, 5);
+    let far = &cluster.nodes[0];
+    let hidden = Command::new("nsenter").args(["-t", &far.pid.to_string(), "-m", "test", "-e"]).arg(&driver).status().unwrap();
+    assert!(!hidden.success(), "the far node must not see {}", driver.display());
+    // Two jobs of the same binary: the first makes the far node fetch it, the second finds it.
+    for _ in 0..2 {
+        let out = run(
+            Command::new(&driver).arg("far_tasks").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+            Duration::from_secs(60),
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("FAR_TASKS ok {}", far.id)), "{stdout}");
+    }
+    let events = cluster.events();
+    let far_id = rayr_logs::parse_hex(&far.id).unwrap();
+    let fetched: Vec<&rayr_proto::Event> = events.iter().filter(|e| kind(e) == EventKind::JobBinaryFetched).collect();
+    assert_eq!(fetched.len(), 1, "fetched once: {fetched:?}");
+    assert_eq!(fetched[0].node_id, far_id);
+    let Some(event::Detail::Job(d)) = &fetched[0].detail else { panic!() };
+    let name = std::path::Path::new(&d.binary).file_name().unwrap().to_string_lossy().to_string();
+    assert!(name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()), "kept by its SHA-256: {}", d.binary);
+    assert!(d.binary.starts_with(&cluster.session.display().to_string()), "under the session: {}", d.binary);
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
 }
 
 #[test]

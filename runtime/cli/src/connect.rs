@@ -88,7 +88,7 @@ pub(crate) async fn dial(addr: &str) -> anyhow::Result<HeadClient<Channel>> {
         .map_err(|e| anyhow!("{}", error_chain(&e)))?;
     // Rows can be long (errors, backtraces); 1000 of them may pass tonic's 4 MiB default.
     let mut client = HeadClient::new(channel).max_decoding_message_size(256 << 20);
-    tokio::time::timeout(DIAL_TIMEOUT * 2, client.cluster_info(rayr_proto::ClusterInfoRequest {}))
+    tokio::time::timeout(DIAL_TIMEOUT * 2, client.cluster_info(rayr_proto::ClusterInfoRequest { quick: true }))
         .await
         .map_err(|_| {
             anyhow!("something listens there but did not answer as a rayr head within {:?}", DIAL_TIMEOUT * 2)

@@ -284,7 +284,7 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
     let info = rt
         .block_on(async {
             let mut client = connect::dial(head).await?;
-            anyhow::Ok(client.cluster_info(rayr_proto::ClusterInfoRequest {}).await?.into_inner())
+            anyhow::Ok(client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await?.into_inner())
         })
         .with_context(|| format!("no rayr head answers at {head}"))?;
     let session = Session::open(&info.session_dir);
@@ -328,7 +328,7 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
     loop {
         let joined = rt.block_on(async {
             let mut client = connect::dial(head).await.ok()?;
-            let nodes = client.cluster_info(rayr_proto::ClusterInfoRequest {}).await.ok()?.into_inner().nodes;
+            let nodes = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await.ok()?.into_inner().nodes;
             // A member (the head annotates members with their last beat), not just a node
             // that recorded its start.
             nodes.into_iter().find(|n| n.node_id == node_id && n.state == "ALIVE" && n.last_heartbeat_us > 0)
@@ -555,7 +555,7 @@ async fn status(address: Option<String>, json: bool) -> anyhow::Result<()> {
     let cluster = connect::connect(address).await?;
     let (session, nodes, indexed, live) = match cluster {
         connect::Cluster::Live(mut client) => {
-            let info = client.cluster_info(rayr_proto::ClusterInfoRequest {}).await?.into_inner();
+            let info = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await?.into_inner();
             (info.session_dir, info.nodes, info.events_indexed, true)
         }
         connect::Cluster::Offline(index) => {

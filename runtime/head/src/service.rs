@@ -351,7 +351,11 @@ type EventStream = Pin<Box<dyn Stream<Item = Result<Event, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl Head for HeadService {
-    async fn cluster_info(&self, _: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoReply>, Status> {
+    async fn cluster_info(&self, req: Request<ClusterInfoRequest>) -> Result<Response<ClusterInfoReply>, Status> {
+        if req.into_inner().quick {
+            let session_dir = self.session.dir.display().to_string();
+            return Ok(Response::new(ClusterInfoReply { session_dir, head_pid: std::process::id(), ..Default::default() }));
+        }
         let index = self.index.clone();
         let session = self.session.clone();
         let session_dir = self.session.dir.display().to_string();

@@ -299,7 +299,7 @@ fn head_serves_list_and_events_over_grpc() {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     rt.block_on(async {
         let mut client = HeadClient::connect(format!("http://{addr}")).await.unwrap();
-        let info = client.cluster_info(ClusterInfoRequest {}).await.unwrap().into_inner();
+        let info = client.cluster_info(ClusterInfoRequest::default()).await.unwrap().into_inner();
         assert_eq!(info.events_indexed, 60);
         assert_eq!(info.head_pid, std::process::id());
 

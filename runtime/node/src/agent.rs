@@ -23,6 +23,7 @@ use rayr_store::{Allocator, Arena};
 
 use crate::pool::{self, env};
 
+mod binaries;
 mod detached;
 mod placement;
 mod transfer;
@@ -206,6 +207,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         transfer: std::sync::OnceLock::new(),
         gone: Mutex::new(HashMap::new()),
         head_address: Mutex::new(None),
+        binaries: Default::default(),
         cfg,
     });
     let transfer_rt = match agent.cfg.transfer_address.clone() {
@@ -423,6 +425,8 @@ struct Agent {
     gone: Mutex<HashMap<Id, (String, Vec<u8>)>>,
     /// The head's gRPC address (HOST:PORT), which places actors; None: a lone node.
     head_address: Mutex<Option<String>>,
+    /// Jobs' binaries by content hash (see `binaries`).
+    binaries: binaries::Binaries,
 }
 
 struct EventAreaEntry {
@@ -657,22 +661,23 @@ impl Agent {
         };
         if r.remote {
             // A submitter of another node: it only leases here. Its job's workers here run
-            // the same binary (same host for now: nodes on other hosts need it shipped).
-            let mut st = self.state.lock();
-            if !st.jobs.contains_key(&job) {
-                if r.binary.is_empty() || !Path::new(&r.binary).is_file() {
-                    reply.error = format!(
-                        "register: the job's binary {:?} is not on this node's host; nodes on other hosts cannot run it yet (issue #4)",
-                        r.binary
-                    );
-                    return reply;
-                }
-                st.jobs.insert(job, PathBuf::from(&r.binary));
+            // its binary, fetched by hash from its node if this one lacks it.
+            let known = self.state.lock().jobs.contains_key(&job);
+            if !known {
+                let binary = match self.resolve_binary(job, &r.binary, &r.binary_node) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        reply.error = format!("register: cannot run job {} here: {e}", hex(&job));
+                        return reply;
+                    }
+                };
+                let mut st = self.state.lock();
+                st.jobs.entry(job).or_insert(binary);
                 if r.no_events {
                     st.silent_jobs.insert(job);
                 }
             }
-            st.remote_clients.insert(worker, RemoteClient { job, is_driver: r.is_driver });
+            self.state.lock().remote_clients.insert(worker, RemoteClient { job, is_driver: r.is_driver });
             return reply;
         }
         if !r.event_area.is_empty() {

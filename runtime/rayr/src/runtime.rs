@@ -166,7 +166,7 @@ fn session_of_head(address: &str) -> Result<Session> {
         let endpoint = tonic::transport::Endpoint::from_shared(url).map_err(|e| bad(e.to_string()))?.connect_timeout(Duration::from_secs(2));
         let channel = endpoint.connect().await.map_err(|e| bad(e.to_string()))?;
         let mut client = rayr_proto::head_client::HeadClient::new(channel);
-        let info = client.cluster_info(rayr_proto::ClusterInfoRequest {}).await.map_err(|e| bad(e.message().to_string()))?;
+        let info = client.cluster_info(rayr_proto::ClusterInfoRequest { quick: true }).await.map_err(|e| bad(e.message().to_string()))?;
         Ok(Session::open(info.into_inner().session_dir))
     })
 }

@@ -694,6 +694,11 @@ fn main() -> rayr::Result<()> {
                     kept = Some((r, on));
                     break;
                 }
+                // The next try needs a new lease (the idle one goes back after 10 ms), placed
+                // afresh: wait until both far nodes are free again.
+                wait_until("both far nodes free", Duration::from_secs(10), || {
+                    rayr::available_resources().unwrap().get("far").is_some_and(|f| *f >= 2.0)
+                });
             }
             let (kept, node) = kept.expect("a task placed on the target node within 40 tries");
             let mut lost = None;
@@ -732,6 +737,17 @@ fn main() -> rayr::Result<()> {
             let (node, len) = rayr::get(&read)?;
             println!("LOCALITY {node} {len}");
             println!("LOCALITY_IDS {} {}", made.id(), read.id());
+        }
+        // Tasks that only the node with "far" can run: "FAR_TASKS ok <node>" when each
+        // ran there and answered right.
+        "far_tasks" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let refs: Vec<ObjectRef<(String, u64)>> = (0..20u64).map(|i| node_of::options().resource("far", 1.0).remote(i)).collect();
+            let got = rayr::get_all(&refs)?;
+            let ok = got.iter().enumerate().all(|(i, (_, v))| *v == (i as u64) * (i as u64));
+            let mut nodes: Vec<String> = got.into_iter().map(|(n, _)| n).collect();
+            nodes.dedup();
+            println!("FAR_TASKS {} {}", if ok { "ok" } else { "wrong" }, nodes.join(","));
         }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));

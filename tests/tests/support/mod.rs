@@ -109,6 +109,9 @@ pub struct NodeSpec {
     pub ip: String,
     /// A network namespace to start it in (see [`NetNs`]).
     pub netns: Option<String>,
+    /// Directories the node must not see (as on another host): it starts in a mount
+    /// namespace of its own with an empty tmpfs over each (needs root and `unshare`).
+    pub hide: Vec<PathBuf>,
     /// Extra `rayr start` flags.
     pub flags: Vec<String>,
 }
@@ -232,7 +235,7 @@ impl TestCluster {
         let specs: Vec<NodeSpec> = nodes
             .iter()
             .enumerate()
-            .map(|(i, flags)| NodeSpec { ip: format!("127.0.0.{}", i + 2), netns: None, flags: flags.iter().map(|f| f.to_string()).collect() })
+            .map(|(i, flags)| NodeSpec { ip: format!("127.0.0.{}", i + 2), netns: None, hide: Vec::new(), flags: flags.iter().map(|f| f.to_string()).collect() })
             .collect();
         Self::start_spec(port, "127.0.0.1", head_cpus, &specs, heartbeat_ms, 5)
     }
@@ -262,10 +265,19 @@ impl TestCluster {
             let head = cluster.head_address.clone();
             let mut args: Vec<&str> = vec!["start", "--address", &head, "--node-ip-address", &spec.ip];
             args.extend(spec.flags.iter().map(|f| f.as_str()));
-            let mut cmd = match &spec.netns {
-                Some(ns) => {
-                    let mut c = Command::new("ip");
-                    c.args(["netns", "exec", ns]).arg(rayr_cli());
+            let mut prefix: Vec<String> = Vec::new();
+            if let Some(ns) = &spec.netns {
+                prefix.extend(["ip", "netns", "exec", ns].map(String::from));
+            }
+            if !spec.hide.is_empty() {
+                let mounts: Vec<String> = spec.hide.iter().map(|d| format!("mount -t tmpfs rayr-hidden '{}'", d.display())).collect();
+                prefix.extend(["unshare", "-m", "sh", "-c"].map(String::from));
+                prefix.push(format!("{} && exec \"$0\" \"$@\"", mounts.join(" && ")));
+            }
+            let mut cmd = match prefix.split_first() {
+                Some((program, rest)) => {
+                    let mut c = Command::new(program);
+                    c.args(rest).arg(rayr_cli());
                     c
                 }
                 None => Command::new(rayr_cli()),

@@ -297,7 +297,7 @@ impl Agent {
         Ok(())
     }
 
-    async fn channel(&self, address: &str) -> Result<tonic::transport::Channel, String> {
+    pub(super) async fn channel(&self, address: &str) -> Result<tonic::transport::Channel, String> {
         let transfer = self.transfer.get().ok_or("no transfer runtime")?;
         if let Some(c) = transfer.channels.lock().get(address) {
             return Ok(c.clone());
@@ -633,6 +633,23 @@ impl ObjectTransfer for Service {
         let reason = if r.reason.is_empty() { FREED_BY_OWNER.to_string() } else { r.reason };
         agent.drop_copies(&r.object_ids, &reason);
         Ok(Response::new(rayr_proto::FreeReply {}))
+    }
+
+    async fn binary_of(&self, request: Request<rayr_proto::BinaryOfRequest>) -> Result<Response<rayr_proto::BinaryOfReply>, Status> {
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let job = request.into_inner().job_id;
+        let (sha256, size) = tokio::task::spawn_blocking(move || agent.binary_of(&job)).await.map_err(|e| Status::internal(e.to_string()))??;
+        Ok(Response::new(rayr_proto::BinaryOfReply { sha256, size }))
+    }
+
+    type FetchBinaryStream = ChunkStream;
+
+    async fn fetch_binary(&self, request: Request<rayr_proto::FetchBinaryRequest>) -> Result<Response<ChunkStream>, Status> {
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let hash = request.into_inner().sha256;
+        let path = agent.binary_by_hash(&hash).ok_or_else(|| Status::not_found(format!("no binary with sha256 {hash} here")))?;
+        let rx = super::binaries::file_chunks(path);
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
 
     async fn owners_gone(&self, request: Request<rayr_proto::OwnersGoneRequest>) -> Result<Response<rayr_proto::FreeReply>, Status> {

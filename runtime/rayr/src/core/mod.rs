@@ -525,6 +525,7 @@ impl Core {
                 no_events: !p.record_events,
                 event_area: events.as_ref().map(|e| e.area_path().display().to_string()).unwrap_or_default(),
                 remote: false,
+                binary_node: Vec::new(),
             })),
         };
         let registered = (|| {
@@ -678,6 +679,7 @@ impl Core {
                 binary: std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default(),
                 no_events: !self.record_events,
                 remote: true,
+                binary_node: self.node.to_vec(),
                 ..Default::default()
             })),
         };
