@@ -146,6 +146,145 @@ pub mod frames {
         super::encode_frame(msg, scratch);
         w.write_all(scratch)
     }
+
+    use std::net::{TcpListener, TcpStream};
+    use std::os::unix::net::{UnixListener, UnixStream};
+
+    /// A frame stream between two processes: a Unix socket on one host, TCP across hosts.
+    pub enum Stream {
+        Unix(UnixStream),
+        Tcp(TcpStream),
+    }
+
+    /// Where a process listens: `PATH` (a Unix socket), `PATH|IP:PORT` (the Unix socket for
+    /// processes of its host, where `PATH` exists, TCP for the others), or `|IP:PORT`.
+    pub fn connect(address: &str) -> io::Result<Stream> {
+        let (path, tcp) = split_address(address);
+        if !path.is_empty() && (tcp.is_none() || std::path::Path::new(path).exists()) {
+            return UnixStream::connect(path).map(Stream::Unix);
+        }
+        match tcp {
+            Some(addr) => {
+                let s = TcpStream::connect(addr)?;
+                // Frames are whole messages: send each at once.
+                s.set_nodelay(true)?;
+                Ok(Stream::Tcp(s))
+            }
+            None => Err(io::Error::new(io::ErrorKind::NotFound, format!("no socket at {path}"))),
+        }
+    }
+
+    /// `(path, Some("ip:port"))` of an address (see [`connect`]).
+    pub fn split_address(address: &str) -> (&str, Option<&str>) {
+        match address.split_once('|') {
+            Some((path, tcp)) => (path, Some(tcp).filter(|t| !t.is_empty())),
+            None => (address, None),
+        }
+    }
+
+    impl Stream {
+        pub fn try_clone(&self) -> io::Result<Stream> {
+            Ok(match self {
+                Stream::Unix(s) => Stream::Unix(s.try_clone()?),
+                Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
+            })
+        }
+        pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
+            match self {
+                Stream::Unix(s) => s.shutdown(how),
+                Stream::Tcp(s) => s.shutdown(how),
+            }
+        }
+    }
+
+    impl std::os::fd::AsRawFd for Stream {
+        fn as_raw_fd(&self) -> std::os::fd::RawFd {
+            match self {
+                Stream::Unix(s) => s.as_raw_fd(),
+                Stream::Tcp(s) => s.as_raw_fd(),
+            }
+        }
+    }
+
+    impl Read for Stream {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self {
+                Stream::Unix(s) => s.read(buf),
+                Stream::Tcp(s) => s.read(buf),
+            }
+        }
+    }
+
+    impl Read for &Stream {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            match self {
+                Stream::Unix(s) => (&*s).read(buf),
+                Stream::Tcp(s) => (&*s).read(buf),
+            }
+        }
+    }
+
+    impl Write for Stream {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self {
+                Stream::Unix(s) => s.write(buf),
+                Stream::Tcp(s) => s.write(buf),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Write for &Stream {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            match self {
+                Stream::Unix(s) => (&*s).write(buf),
+                Stream::Tcp(s) => (&*s).write(buf),
+            }
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Accepts on a Unix listener and, when given, a TCP one too (a thread each), handing
+    /// every connection to `serve`; stops when `stop()` says so after an accept (wake it by
+    /// connecting).
+    pub fn accept_both(
+        unix: UnixListener,
+        tcp: Option<TcpListener>,
+        stop: impl Fn() -> bool + Send + Sync + 'static,
+        serve: impl Fn(Stream) + Send + Sync + 'static,
+    ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let shared = std::sync::Arc::new((stop, serve));
+        let mut threads = Vec::new();
+        if let Some(tcp) = tcp {
+            let shared = shared.clone();
+            threads.push(std::thread::Builder::new().name("rayr-accept-tcp".into()).spawn(move || {
+                for s in tcp.incoming() {
+                    if (shared.0)() {
+                        break;
+                    }
+                    if let Ok(s) = s {
+                        let _ = s.set_nodelay(true);
+                        (shared.1)(Stream::Tcp(s));
+                    }
+                }
+            })?);
+        }
+        threads.push(std::thread::Builder::new().name("rayr-accept".into()).spawn(move || {
+            for s in unix.incoming() {
+                if (shared.0)() {
+                    break;
+                }
+                if let Ok(s) = s {
+                    (shared.1)(Stream::Unix(s));
+                }
+            }
+        })?);
+        Ok(threads)
+    }
 }
 
 #[cfg(test)]

@@ -402,7 +402,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             address: a.node_ip_address.clone(),
             resources,
             session_dir: session.dir.display().to_string(),
-            agent_socket: node.socket_path().display().to_string(),
+            agent_socket: node.client_address().to_string(),
             transfer_address: node.transfer_address().unwrap_or_default().to_string(),
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
@@ -444,7 +444,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     // The head's own node: a member that needs no heartbeat; its free resources are read here.
     let transfer = node.transfer_address().unwrap_or_default().to_string();
-    head.membership().add_head_node(node_id, &a.node_ip_address, &node.socket_path().display().to_string(), &transfer, resources);
+    head.membership().add_head_node(node_id, &a.node_ip_address, node.client_address(), &transfer, resources);
     let (membership, probe) = (head.membership().clone(), node.resource_probe());
     probe.set_head_address(&head.address().to_string());
     let period = watch.heartbeat_period;

@@ -3,6 +3,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
+
+use rayr_proto::frames::Stream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -71,15 +73,21 @@ impl NodeConfig {
 /// A running node agent. Dropping it does not stop it; call [`NodeHandle::shutdown`].
 pub struct NodeHandle {
     agent: Arc<Agent>,
+    /// The threads accepting clients (Unix, and TCP on a networked node).
+    accept_threads: Vec<std::thread::JoinHandle<()>>,
     /// Runs the object transfer server and pulls (multi-node clusters only).
     transfer_rt: Option<tokio::runtime::Runtime>,
-    accept_thread: Option<std::thread::JoinHandle<()>>,
     peer_accept_thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl NodeHandle {
     pub fn socket_path(&self) -> &Path {
         &self.agent.socket_path
+    }
+    /// Where clients reach the agent: its socket, and on a networked node `|IP:PORT` for
+    /// clients of other hosts (see `rayr_proto::frames::connect`).
+    pub fn client_address(&self) -> &str {
+        &self.agent.client_address
     }
     pub fn node_id(&self) -> Id {
         self.agent.cfg.node_id
@@ -114,8 +122,11 @@ impl NodeHandle {
         let _ = std::fs::remove_file(self.agent.arena.path());
         // Wake the accept loops so they see the flag.
         let _ = UnixStream::connect(&self.agent.socket_path);
+        if let (_, Some(at)) = rayr_proto::frames::split_address(&self.agent.client_address) {
+            let _ = std::net::TcpStream::connect(at);
+        }
         let _ = UnixStream::connect(&self.agent.peer_socket_path);
-        for t in [self.accept_thread.take(), self.peer_accept_thread.take()].into_iter().flatten() {
+        for t in self.accept_threads.drain(..).chain(self.peer_accept_thread.take()) {
             let _ = t.join();
         }
         if let Some(rt) = self.transfer_rt.take() {
@@ -171,7 +182,20 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         }
     };
     let alloc = Allocator::new(arena.capacity());
+    // A networked node (one that serves transfers) takes clients of other hosts over TCP.
+    let client_tcp = match &cfg.transfer_address {
+        Some(_) => {
+            let ip: std::net::IpAddr = cfg.ip_address.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("node address {:?}: {e}", cfg.ip_address)))?;
+            Some(std::net::TcpListener::bind((ip, 0))?)
+        }
+        None => None,
+    };
+    let mut client_address = socket_path.display().to_string();
+    if let Some(l) = &client_tcp {
+        client_address = format!("{client_address}|{}", l.local_addr()?);
+    }
     let agent = Arc::new(Agent {
+        client_address,
         socket_path,
         peer_socket_path,
         arena,
@@ -245,20 +269,19 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         store_capacity: agent.cfg.store_capacity,
     }));
     agent.record(&start);
-    let accept_agent = agent.clone();
-    let accept_thread = std::thread::Builder::new().name("rayr-node-accept".into()).spawn(move || {
-        for stream in listener.incoming() {
-            if accept_agent.stopping.load(Ordering::Acquire) {
-                break;
-            }
-            let Ok(stream) = stream else { continue };
-            let agent = accept_agent.clone();
+    let (stop, serve) = (agent.clone(), agent.clone());
+    let accept_threads = rayr_proto::frames::accept_both(
+        listener,
+        client_tcp,
+        move || stop.stopping.load(Ordering::Acquire),
+        move |stream| {
+            let agent = serve.clone();
             let _ = std::thread::Builder::new().name("rayr-node-conn".into()).spawn(move || agent.serve(stream));
-        }
-    })?;
+        },
+    )?;
     let peer_agent = agent.clone();
     let peer_accept_thread = std::thread::Builder::new().name("rayr-node-peers".into()).spawn(move || peer_agent.accept_peers(peer_listener))?;
-    Ok(NodeHandle { agent, transfer_rt, accept_thread: Some(accept_thread), peer_accept_thread: Some(peer_accept_thread) })
+    Ok(NodeHandle { agent, transfer_rt, accept_threads, peer_accept_thread: Some(peer_accept_thread) })
 }
 
 /// Removes `/dev/shm/rayr-<pid>-*` stores and `rayr-ev-<pid>-*` event areas whose creating
@@ -283,7 +306,7 @@ fn remove_stale_stores() {
 
 /// A client connection: replies are written whole under the lock.
 struct Conn {
-    stream: Mutex<UnixStream>,
+    stream: Mutex<Stream>,
 }
 
 impl Conn {
@@ -399,6 +422,8 @@ struct RemoteClient {
 struct Agent {
     cfg: NodeConfig,
     socket_path: PathBuf,
+    /// `socket_path`, and `|IP:PORT` on a networked node (see `NodeHandle::client_address`).
+    client_address: String,
     /// Where core workers ask about the detached actors held here (see `detached`).
     peer_socket_path: PathBuf,
     arena: Arena,
@@ -464,13 +489,13 @@ impl Agent {
         }
     }
 
-    fn serve(self: Arc<Self>, stream: UnixStream) {
+    fn serve(self: Arc<Self>, stream: Stream) {
         self.open_conns.fetch_add(1, Ordering::AcqRel);
         self.serve_conn(stream);
         self.open_conns.fetch_sub(1, Ordering::AcqRel);
     }
 
-    fn serve_conn(self: &Arc<Self>, stream: UnixStream) {
+    fn serve_conn(self: &Arc<Self>, stream: Stream) {
         let Ok(write_half) = stream.try_clone() else { return };
         let conn = Arc::new(Conn { stream: Mutex::new(write_half) });
         let mut reader = FrameReader::new(stream);
@@ -590,6 +615,13 @@ impl Agent {
                     conn.reply(req, node_message::Body::Detached(reply));
                 }
                 client_message::Body::Disconnect(d) => said_goodbye = Some(d.reason),
+                client_message::Body::UpdateAddress(address) => {
+                    if let Some(w) = me
+                        && let Some(c) = self.state.lock().clients.get_mut(&w)
+                    {
+                        c.address = address;
+                    }
+                }
             }
         }
         if let Some(w) = me {
@@ -654,6 +686,7 @@ impl Agent {
             session_dir: self.cfg.session.dir.display().to_string(),
             node_resources: self.cfg.resources.clone(),
             error: String::new(),
+            tcp_ip: if self.transfer.get().is_some() { self.cfg.ip_address.clone() } else { String::new() },
         };
         let (Some(worker), Some(job)) = (id_of(&r.worker_id), id_of(&r.job_id)) else {
             reply.error = "register: worker_id and job_id must be 16 bytes".into();
@@ -1047,6 +1080,9 @@ impl Agent {
             return false;
         };
         let mut cmd = Command::new(&binary);
+        if self.transfer.get().is_some() {
+            cmd.env(env::NODE_IP, &self.cfg.ip_address);
+        }
         cmd.env(env::WORKER_MODE, "1")
             .env(env::NODE_SOCKET, &self.socket_path)
             .env(env::WORKER_ID, &whex)
@@ -1355,7 +1391,7 @@ impl Agent {
         let client = st.clients.remove(&worker).unwrap();
         if goodbye.is_none() {
             // A crashed driver leaves its socket behind.
-            let _ = std::fs::remove_file(&client.address);
+            let _ = std::fs::remove_file(rayr_proto::frames::split_address(&client.address).0);
         }
         let job = client.job;
         let to_kill = self.end_job_locked(&mut st, job, &format!("its job's driver (pid {}) disconnected", client.pid));

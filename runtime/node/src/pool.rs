@@ -10,6 +10,8 @@ use rayr_proto::{WorkerExit, WorkerExitType};
 pub mod env {
     pub const WORKER_MODE: &str = "RAYR_WORKER_MODE";
     pub const NODE_SOCKET: &str = "RAYR_NODE_SOCKET";
+    /// The node's IP, on a node other hosts reach: the worker listens on TCP there too.
+    pub const NODE_IP: &str = "RAYR_NODE_IP";
     pub const WORKER_ID: &str = "RAYR_WORKER_ID";
     pub const JOB_ID: &str = "RAYR_JOB_ID";
     pub const SESSION_DIR: &str = "RAYR_SESSION_DIR";

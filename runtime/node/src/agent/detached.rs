@@ -178,7 +178,7 @@ impl Agent {
     /// or its creation failed. A worker that dies first is seen by its reaper instead.
     fn run_constructor(self: &Arc<Self>, actor: Id, worker: Id, address: String, spec: TaskSpec) {
         let result = (|| -> io::Result<Option<rayr_proto::TaskResult>> {
-            let mut stream = UnixStream::connect(&address)?;
+            let mut stream = rayr_proto::frames::connect(&address)?;
             let mut buf = Vec::new();
             encode_frame(&PeerMessage { req_id: 0, body: Some(peer_message::Body::Push(spec.clone())) }, &mut buf);
             io::Write::write_all(&mut stream, &buf)?;

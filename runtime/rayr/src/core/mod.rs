@@ -13,6 +13,8 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
+
+use rayr_proto::frames::Stream;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -289,7 +291,7 @@ pub(crate) struct State {
 
 /// A connection this process opened to another core worker.
 pub(crate) struct PeerConn {
-    write: Mutex<UnixStream>,
+    write: Mutex<Stream>,
     raw_fd: std::os::fd::RawFd,
     pub address: String,
     /// The worker at the other end, when it is a leased worker.
@@ -349,7 +351,7 @@ pub(crate) enum CallError {
 
 /// The connection to the node agent.
 pub(crate) struct NodeConn {
-    write: Mutex<UnixStream>,
+    write: Mutex<Stream>,
     next_req: AtomicU64,
     waiters: Mutex<HashMap<u64, Sender<NodeMessage>>>,
     pub closed: AtomicBool,
@@ -436,7 +438,7 @@ const MAX_RESULT_HOLD: Duration = Duration::from_millis(2);
 
 /// A connection another process opened to us.
 pub(crate) struct ServerConn {
-    write: Mutex<UnixStream>,
+    write: Mutex<Stream>,
 }
 
 impl ServerConn {
@@ -495,11 +497,21 @@ impl Core {
         let conn_err = |what: &str, e: io::Error| {
             Error::Connection(format!("cannot {what} ({}): {e}; is the cluster running?", p.node_socket.display()))
         };
-        let stream = UnixStream::connect(&p.node_socket).map_err(|e| conn_err("reach the node agent", e))?;
+        let stream = Stream::Unix(UnixStream::connect(&p.node_socket).map_err(|e| conn_err("reach the node agent", e))?);
         let session_dir = p.node_socket.parent().and_then(|s| s.parent()).map(PathBuf::from).unwrap_or_default();
         let address = rayr_logs::Session::open(&session_dir).worker_socket(&hex(&p.worker_id));
         let _ = std::fs::remove_file(&address);
         let listener = UnixListener::bind(&address).map_err(|e| conn_err("open this process's socket", e))?;
+        // Processes of other hosts reach this one over TCP, on its node's address: a worker
+        // knows it from its agent before it registers (it may be leased the moment it does).
+        let mut tcp = match std::env::var(rayr_node::pool::env::NODE_IP) {
+            Ok(ip) if !ip.is_empty() => Some(bind_tcp(&ip).map_err(|e| conn_err(&format!("listen on {ip}"), e))?),
+            _ => None,
+        };
+        let mut address = address.display().to_string();
+        if let Some((_, at)) = &tcp {
+            address = format!("{address}|{at}");
+        }
         let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
         let events = if p.record_events {
             let source = rayr_logs::RunSource {
@@ -520,7 +532,7 @@ impl Core {
                 job_id: p.job_id.to_vec(),
                 is_driver: p.is_driver,
                 pid: std::process::id(),
-                address: address.display().to_string(),
+                address: address.clone(),
                 binary,
                 no_events: !p.record_events,
                 event_area: events.as_ref().map(|e| e.area_path().display().to_string()).unwrap_or_default(),
@@ -555,13 +567,24 @@ impl Core {
                 return Err(e);
             }
         };
+        if tcp.is_none() && !reg.tcp_ip.is_empty() {
+            // A driver learns its node's address from the registration; nothing knows its
+            // own until it hands refs out, after this.
+            let (listener, at) = bind_tcp(&reg.tcp_ip).map_err(|e| conn_err(&format!("listen on {}", reg.tcp_ip), e))?;
+            address = format!("{address}|{at}");
+            tcp = Some((listener, at));
+            let update = ClientMessage { req_id: 0, body: Some(client_message::Body::UpdateAddress(address.clone())) };
+            let mut buf = Vec::new();
+            encode_frame(&update, &mut buf);
+            (&stream).write_all(&buf).map_err(|e| conn_err("register with the node agent", e))?;
+        }
         let arena = Arena::open(&reg.store_path).map_err(|e| Error::Connection(e.to_string()))?;
         let core = Arc::new(Core {
             me: p.worker_id,
             job: p.job_id,
             node: reg.node_id.as_slice().try_into().unwrap_or([0; 16]),
             is_driver: p.is_driver,
-            address: address.display().to_string(),
+            address,
             session_dir,
             node_conn: NodeConn {
                 write: Mutex::new(stream),
@@ -603,8 +626,18 @@ impl Core {
             // must find this core installed.
             install(core.clone());
         }
-        let c = core.clone();
-        std::thread::Builder::new().name("rayr-peer-accept".into()).spawn(move || c.accept_peers(listener)).unwrap();
+        let (stop, serve) = (Arc::downgrade(&core), Arc::downgrade(&core));
+        rayr_proto::frames::accept_both(
+            listener,
+            tcp.map(|t| t.0),
+            move || stop.upgrade().is_none_or(|c| c.stopping.load(Ordering::Acquire)),
+            move |stream| {
+                if let Some(core) = serve.upgrade() {
+                    let _ = std::thread::Builder::new().name("rayr-peer".into()).spawn(move || core.serve_peer(stream));
+                }
+            },
+        )
+        .map_err(|e| conn_err("start accepting peers", e))?;
         let c = Arc::downgrade(&core);
         std::thread::Builder::new()
             .name("rayr-ticker".into())
@@ -634,7 +667,7 @@ impl Core {
 
     // ---- the node agent connection ----
 
-    fn read_node(self: Arc<Self>, mut reader: FrameReader<UnixStream>) {
+    fn read_node(self: Arc<Self>, mut reader: FrameReader<Stream>) {
         loop {
             let msg: NodeMessage = match reader.next() {
                 Ok(Some(m)) => m,
@@ -668,7 +701,7 @@ impl Core {
         {
             return Ok(c.clone());
         }
-        let stream = UnixStream::connect(socket)?;
+        let stream = rayr_proto::frames::connect(socket)?;
         let register = ClientMessage {
             req_id: 1,
             body: Some(client_message::Body::Register(rayr_proto::RegisterClient {
@@ -700,7 +733,7 @@ impl Core {
         Ok(conn)
     }
 
-    fn read_remote_agent(self: Arc<Self>, conn: Arc<NodeConn>, mut reader: FrameReader<UnixStream>, socket: String) {
+    fn read_remote_agent(self: Arc<Self>, conn: Arc<NodeConn>, mut reader: FrameReader<Stream>, socket: String) {
         while let Ok(Some(msg)) = reader.next::<NodeMessage>() {
             if let Some(node_message::Body::Lease(reply)) = msg.body {
                 let key = self.state.lock().lease_requests.remove(&msg.req_id);
@@ -751,18 +784,7 @@ impl Core {
 
     // ---- peers ----
 
-    fn accept_peers(self: Arc<Self>, listener: UnixListener) {
-        for stream in listener.incoming() {
-            if self.stopping.load(Ordering::Acquire) {
-                break;
-            }
-            let Ok(stream) = stream else { continue };
-            let core = self.clone();
-            let _ = std::thread::Builder::new().name("rayr-peer".into()).spawn(move || core.serve_peer(stream));
-        }
-    }
-
-    fn serve_peer(self: Arc<Self>, stream: UnixStream) {
+    fn serve_peer(self: Arc<Self>, stream: Stream) {
         let Ok(w) = stream.try_clone() else { return };
         let conn = Arc::new(ServerConn { write: Mutex::new(w) });
         let held = Arc::new(HeldResults { conn: conn.clone(), buf: Mutex::new((Vec::new(), None)) });
@@ -863,7 +885,7 @@ impl Core {
             && !p.closed.load(Ordering::Acquire) {
                 return Ok(p.clone());
             }
-        let stream = UnixStream::connect(address)?;
+        let stream = rayr_proto::frames::connect(address)?;
         let reader = FrameReader::new(stream.try_clone()?);
         let raw_fd = std::os::fd::AsRawFd::as_raw_fd(&stream);
         let conn = Arc::new(PeerConn {
@@ -882,7 +904,7 @@ impl Core {
         Ok(conn)
     }
 
-    fn read_peer(self: Arc<Self>, conn: Arc<PeerConn>, mut reader: FrameReader<UnixStream>) {
+    fn read_peer(self: Arc<Self>, conn: Arc<PeerConn>, mut reader: FrameReader<Stream>) {
         // Results already read are handled together: one lock, one wake-up per batch.
         let mut results = Vec::new();
         loop {
@@ -1005,9 +1027,20 @@ impl Core {
             let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string() }));
         }
         let _ = self.node_conn.write.lock().shutdown(std::net::Shutdown::Both);
-        // Wake our accept loop so it exits, then remove our socket.
-        let _ = UnixStream::connect(&self.address);
-        let _ = std::fs::remove_file(&self.address);
+        // Wake our accept loops so they exit, then remove our socket.
+        let (path, tcp) = rayr_proto::frames::split_address(&self.address);
+        let _ = UnixStream::connect(path);
+        if let Some(at) = tcp {
+            let _ = std::net::TcpStream::connect(at);
+        }
+        let _ = std::fs::remove_file(path);
     }
 }
 
+/// A TCP listener on `ip` (any free port), and the address it got.
+fn bind_tcp(ip: &str) -> io::Result<(std::net::TcpListener, String)> {
+    let ip: std::net::IpAddr = ip.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{ip:?} is not an IP address: {e}")))?;
+    let listener = std::net::TcpListener::bind((ip, 0))?;
+    let at = listener.local_addr()?.to_string();
+    Ok((listener, at))
+}
