@@ -354,8 +354,8 @@ fn a_node_cut_off_by_a_partition_is_declared_dead_and_exits_when_its_window_ends
         ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].iter().chain(extra).map(|s| s.to_string()).collect()
     };
     let nodes = [
-        NodeSpec { ip: ns.ns_ip.clone(), netns: Some(ns.name.clone()), hide: Vec::new(), flags: flags(&["--head-timeout-s", "3"]) },
-        NodeSpec { ip: "127.0.0.2".into(), netns: None, hide: Vec::new(), flags: flags(&[]) },
+        NodeSpec { ip: ns.ns_ip.clone(), netns: Some(ns.name.clone()), hide: Vec::new(), flags: flags(&["--head-timeout-s", "3"]), tmpdir: None },
+        NodeSpec { ip: "127.0.0.2".into(), netns: None, hide: Vec::new(), flags: flags(&[]), tmpdir: None },
     ];
     let cluster = TestCluster::start_spec(0, &ns.host_ip, "1", &nodes, 100, 5);
     let cut_off = cluster.nodes[0].id.clone();
@@ -419,6 +419,7 @@ fn a_node_without_the_drivers_binary_fetches_it_by_hash_once() {
         netns: None,
         hide: vec![bin.path().to_path_buf()],
         flags: ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].map(String::from).to_vec(),
+        tmpdir: None,
     }];
     let cluster = TestCluster::start_spec(0, "127.0.0.1", "1", &nodes, 100, 5);
     let far = &cluster.nodes[0];
@@ -443,6 +444,64 @@ fn a_node_without_the_drivers_binary_fetches_it_by_hash_once() {
     let name = std::path::Path::new(&d.binary).file_name().unwrap().to_string_lossy().to_string();
     assert!(name.len() == 64 && name.bytes().all(|b| b.is_ascii_hexdigit()), "kept by its SHA-256: {}", d.binary);
     assert!(d.binary.starts_with(&cluster.session.display().to_string()), "under the session: {}", d.binary);
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
+fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("SKIPPED: simulating another host (mount namespaces) needs root");
+        return;
+    }
+    // "Another host": the node sees neither the head's session directory nor the driver's
+    // binary, and keeps its own session; the driver does not see the node's sockets.
+    let bin = tempfile::tempdir().unwrap();
+    let driver = bin.path().join("driver");
+    std::fs::copy(SCENARIOS, &driver).unwrap();
+    let there = tempfile::tempdir().unwrap();
+    let head_tmp = tempfile::tempdir().unwrap();
+    let nodes = [NodeSpec {
+        ip: "127.0.0.2".into(),
+        netns: None,
+        hide: vec![bin.path().to_path_buf(), head_tmp.path().to_path_buf()],
+        flags: ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].map(String::from).to_vec(),
+        tmpdir: Some(there.path().to_path_buf()),
+    }];
+    let cluster = TestCluster::start_spec_in(head_tmp, 0, "127.0.0.1", "1", &nodes, 100, 5);
+    let far = cluster.nodes[0].id.clone();
+    let far_id = rayr_logs::parse_hex(&far).unwrap();
+    let far_session = std::fs::canonicalize(there.path().join("session_latest")).expect("the node made a session of its own");
+    assert_ne!(far_session, cluster.session);
+    let hide_far = format!("mount -t tmpfs rayr-hidden '{}' && exec \"$0\" \"$@\"", there.path().display());
+    let out = run(
+        Command::new("unshare")
+            .args(["-m", "sh", "-c", &hide_far])
+            .arg(&driver)
+            .arg("other_host")
+            .env("RAYR_TMPDIR", cluster.tmp.path())
+            .env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains(&format!("FAR_TASKS ok {far}")), "{stdout}");
+    assert!(stdout.contains("OTHER_HOST_OBJECTS ok"), "{stdout}");
+    // Its events are in its own session, and shipped to the head's record.
+    assert!(far_session.join("events").join(format!("events-{far}.log")).exists());
+    wait_for("the far node's events in the head's record", Duration::from_secs(10), || {
+        let events = cluster.events();
+        let on_far = |k: EventKind| events.iter().any(|e| kind(e) == k && e.node_id == far_id);
+        on_far(EventKind::TaskStarted) && on_far(EventKind::ObjectPulled) && on_far(EventKind::JobBinaryFetched)
+    });
+    // Stopped on its host, it leaves on purpose, and says so in the head's record too.
+    let out = run(Command::new(rayr_cli()).arg("stop").env("RAYR_TMPDIR", there.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("its NODE_STOPPED in the head's record", Duration::from_secs(10), || {
+        cluster.events().iter().any(|e| kind(e) == EventKind::NodeStopped && e.node_id == far_id)
+    });
+    assert_nothing_left(&far_session);
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

@@ -128,3 +128,101 @@ pub fn unregister(head: &str, node: Id, reason: &str) {
         let _ = tokio::time::timeout(Duration::from_secs(2), client.unregister_node(req)).await;
     });
 }
+
+/// Ships a node's event log to the head (`Head.AppendEvents`), for a node on another host
+/// than the head: every 50 ms, what was appended since, cut at the last whole frame. The
+/// head's copy says where to go on (after a head restart, or a lost reply).
+pub struct EventShipper {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl EventShipper {
+    pub fn start(head: &str, node: Id, log: std::path::PathBuf) -> EventShipper {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (head, flag) = (head.to_string(), stop.clone());
+        let thread = std::thread::Builder::new()
+            .name("rayr-ship-events".into())
+            .spawn(move || {
+                let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+                rt.block_on(ship(&head, node, &log, &flag));
+            })
+            .expect("a thread to ship events");
+        EventShipper { stop, thread }
+    }
+
+    /// Ships what is left (waiting up to `limit`), then stops.
+    pub fn finish(self, limit: Duration) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let deadline = Instant::now() + limit;
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+async fn ship(head: &str, node: Id, log: &std::path::Path, stop: &std::sync::atomic::AtomicBool) {
+    let mut client = None;
+    // Where the head's copy ends: asked for (with nothing to write) after each (re)connect.
+    let mut offset: Option<u64> = None;
+    loop {
+        let stopping = stop.load(std::sync::atomic::Ordering::Acquire);
+        if client.is_none() {
+            client = crate::connect::dial(head).await.ok();
+            offset = None;
+        }
+        let mut shipped_some = false;
+        if let Some(c) = client.as_mut() {
+            match ship_once(c, node, log, offset).await {
+                Ok((at, sent)) => {
+                    offset = Some(at);
+                    shipped_some = sent;
+                }
+                Err(_) => client = None,
+            }
+        }
+        if shipped_some {
+            continue; // more may be waiting
+        }
+        if stopping && (client.is_none() || offset.is_some()) {
+            return; // everything is shipped, or the head is gone
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Ships what follows `offset` in the log (up to 4 MiB of whole frames); returns the head's
+/// copy's size and whether anything was sent.
+async fn ship_once(
+    client: &mut rayr_proto::head_client::HeadClient<tonic::transport::Channel>,
+    node: Id,
+    log: &std::path::Path,
+    offset: Option<u64>,
+) -> Result<(u64, bool), tonic::Status> {
+    use std::io::{Read, Seek, SeekFrom};
+    let at = match offset {
+        Some(o) => o,
+        None => client.append_events(rayr_proto::AppendEventsRequest { node_id: node.to_vec(), offset: u64::MAX, data: Vec::new() }).await?.into_inner().size,
+    };
+    let mut buf = Vec::new();
+    let read = std::fs::File::open(log).and_then(|mut f| {
+        f.seek(SeekFrom::Start(at))?;
+        f.take(4 << 20).read_to_end(&mut buf)
+    });
+    let whole = whole_frames(&buf);
+    if read.is_err() || whole == 0 {
+        return Ok((at, false));
+    }
+    buf.truncate(whole);
+    let size = client.append_events(rayr_proto::AppendEventsRequest { node_id: node.to_vec(), offset: at, data: buf }).await?.into_inner().size;
+    Ok((size, size != at))
+}
+
+/// How many leading bytes of `buf` are whole frames.
+fn whole_frames(buf: &[u8]) -> usize {
+    let mut used = 0;
+    while let Ok(Some((_, n))) = rayr_proto::split_frame(&buf[used..]) {
+        used += n;
+    }
+    used
+}

@@ -141,6 +141,9 @@ struct ServeArgs {
     /// The session already has a record: expect its nodes to register again.
     #[arg(long)]
     resume: bool,
+    /// A joining node on another host than the head: ship its event log to the head.
+    #[arg(long)]
+    ship_events: bool,
 }
 
 fn main() {
@@ -287,13 +290,18 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
             anyhow::Ok(client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await?.into_inner())
         })
         .with_context(|| format!("no rayr head answers at {head}"))?;
-    let session = Session::open(&info.session_dir);
-    if session.head_address().is_none() {
-        bail!(
-            "the head at {head} keeps its session in {}, which is not on this host: nodes on other hosts need their event logs shipped to the head, which is not built yet (issue #4); start this node on the head's host",
-            info.session_dir
-        );
-    }
+    let head_session = Session::open(&info.session_dir);
+    // On the head's host the node shares its session directory; on another host it makes
+    // one of its own (its sockets, logs, fetched binaries), which drivers and commands of
+    // this host find, and ships its event log to the head.
+    let other_host = head_session.head_address().is_none();
+    let session = if other_host {
+        let local = Session::create(&rayr_logs::tmpdir()).context("creating this host's session directory")?;
+        std::fs::write(local.head_address_file(), head)?;
+        local
+    } else {
+        head_session
+    };
     let node_id = new_id();
     let node_hex = hex(&node_id);
     let log_path = session.logs_dir().join(format!("node-{}.log", &node_hex[..16]));
@@ -318,6 +326,7 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
         .arg(a.object_manager_port.to_string())
         .arg("--head-timeout-s")
         .arg(a.head_timeout_s.to_string())
+        .args(other_host.then_some("--ship-events"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -409,6 +418,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let (probe, end) = (node.resource_probe(), ending.clone());
         probe.set_head_address(head);
         std::thread::Builder::new().name("rayr-membership".into()).spawn(move || join::run(joining, probe, end))?;
+        let shipper = a.ship_events.then(|| join::EventShipper::start(head, node_id, session.event_log(&hex(&node_id))));
+        if a.ship_events {
+            // Drivers of this host attach to this node.
+            std::fs::write(session.head_node_file(), node.socket_path().display().to_string())?;
+        }
         eprintln!("rayr node {} joining the cluster at {head}", hex(&node_id));
         let sig = wait_for_stop(&set);
         let reason = match ending.lock().take() {
@@ -421,6 +435,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         };
         eprintln!("rayr node stopping: {reason}");
         node.shutdown_because(&reason);
+        if let Some(shipper) = shipper {
+            // What it recorded last (its NODE_STOPPED) reaches the head too, if it can.
+            shipper.finish(Duration::from_secs(3));
+        }
         return Ok(());
     }
     let bind: std::net::SocketAddr = format!("{}:{}", a.node_ip_address, a.port)

@@ -330,6 +330,12 @@ impl Membership {
         reply
     }
 
+    /// Whether `node` registered with this head (even if it left or died since: what it
+    /// recorded until then is still its history).
+    pub fn registered(&self, node: &Id) -> bool {
+        self.nodes.lock().get(node).is_some_and(|m| m.confirmed)
+    }
+
     /// The nodes that were members and are not any more (what they held is gone).
     pub fn gone(&self) -> Vec<rayr_proto::GoneNode> {
         let nodes = self.nodes.lock();

@@ -400,6 +400,36 @@ impl Head for HeadService {
         Ok(Response::new(HeartbeatReply { standing: standing as i32, detail, cluster, gone }))
     }
 
+    async fn append_events(&self, req: Request<rayr_proto::AppendEventsRequest>) -> Result<Response<rayr_proto::AppendEventsReply>, Status> {
+        let r = req.into_inner();
+        let node: rayr_logs::Id = r.node_id.as_slice().try_into().map_err(|_| Status::invalid_argument("append: a node id is 16 bytes"))?;
+        if !self.membership.registered(&node) {
+            return Err(Status::permission_denied(format!("append: node {} never registered with this head", rayr_logs::hex(&node))));
+        }
+        // Whole frames only: a torn or foreign write must not corrupt the head's copy.
+        let mut rest = r.data.as_slice();
+        while !rest.is_empty() {
+            match rayr_proto::split_frame(rest) {
+                Ok(Some((_, used))) => rest = &rest[used..],
+                _ => return Err(Status::invalid_argument("append: the data is not a sequence of whole event frames")),
+            }
+        }
+        let path = self.session.event_log(&rayr_logs::hex(&node));
+        let size = blocking(move || {
+            use std::io::Write;
+            let io = |source| HeadError::Io { path: path.clone(), source };
+            let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
+            let size = f.metadata().map_err(io)?.len();
+            if size != r.offset || r.data.is_empty() {
+                return Ok(size);
+            }
+            f.write_all(&r.data).map_err(io)?;
+            Ok(size + r.data.len() as u64)
+        })
+        .await?;
+        Ok(Response::new(rayr_proto::AppendEventsReply { size }))
+    }
+
     async fn place_actor(&self, req: Request<rayr_proto::PlaceActorRequest>) -> Result<Response<rayr_proto::PlaceActorReply>, Status> {
         Ok(Response::new(self.membership.place_actor(&req.into_inner())))
     }

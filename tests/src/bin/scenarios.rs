@@ -749,6 +749,24 @@ fn main() -> rayr::Result<()> {
             nodes.dedup();
             println!("FAR_TASKS {} {}", if ok { "ok" } else { "wrong" }, nodes.join(","));
         }
+        // Against a cluster whose "far" node is on another host (as far as files go): tasks
+        // there, and values both ways between the hosts.
+        "other_host" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let refs: Vec<ObjectRef<(String, u64)>> = (0..20u64).map(|i| node_of::options().resource("far", 1.0).remote(i)).collect();
+            let got = rayr::get_all(&refs)?;
+            let ok = got.iter().enumerate().all(|(i, (_, v))| *v == (i as u64) * (i as u64));
+            let mut nodes: Vec<String> = got.into_iter().map(|(n, _)| n).collect();
+            nodes.dedup();
+            println!("FAR_TASKS {} {}", if ok { "ok" } else { "wrong" }, nodes.join(","));
+            // 10 MB from here read there, and 10 MB made there read here.
+            let here = rayr::put_slice(&vec![1u8; 10_000_000])?;
+            let (_, sum) = rayr::get(&sum_slice::options().resource("far", 1.0).remote(here.clone()))?;
+            let there = big_on_node::options().resource("far", 1.0).remote(10_000_000);
+            let (_, value) = rayr::get(&there)?;
+            let ok = sum == (10_000_000u64 / 8).wrapping_mul(0x0101_0101_0101_0101) && value.len() == 10_000_000 && value.iter().all(|b| *b == 7);
+            println!("OTHER_HOST_OBJECTS {}", if ok { "ok" } else { "wrong" });
+        }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
             // A 30 MB result made on the far node: its primary copy stays there.

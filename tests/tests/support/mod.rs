@@ -114,6 +114,8 @@ pub struct NodeSpec {
     pub hide: Vec<PathBuf>,
     /// Extra `rayr start` flags.
     pub flags: Vec<String>,
+    /// Its own `RAYR_TMPDIR` (as on another host); None: the cluster's.
+    pub tmpdir: Option<PathBuf>,
 }
 
 /// A network namespace joined to this one by a veth pair (this side `host_ip`, its side
@@ -235,7 +237,13 @@ impl TestCluster {
         let specs: Vec<NodeSpec> = nodes
             .iter()
             .enumerate()
-            .map(|(i, flags)| NodeSpec { ip: format!("127.0.0.{}", i + 2), netns: None, hide: Vec::new(), flags: flags.iter().map(|f| f.to_string()).collect() })
+            .map(|(i, flags)| NodeSpec {
+                ip: format!("127.0.0.{}", i + 2),
+                netns: None,
+                hide: Vec::new(),
+                flags: flags.iter().map(|f| f.to_string()).collect(),
+                tmpdir: None,
+            })
             .collect();
         Self::start_spec(port, "127.0.0.1", head_cpus, &specs, heartbeat_ms, 5)
     }
@@ -243,7 +251,19 @@ impl TestCluster {
     /// The general form: the head on `head_ip:port`, each node where its spec says (in a
     /// network namespace, for one), silent nodes dead after `missed` beats.
     pub fn start_spec(port: u16, head_ip: &str, head_cpus: &str, nodes: &[NodeSpec], heartbeat_ms: u32, missed: u32) -> TestCluster {
-        let tmp = tempfile::tempdir().unwrap();
+        Self::start_spec_in(tempfile::tempdir().unwrap(), port, head_ip, head_cpus, nodes, heartbeat_ms, missed)
+    }
+
+    /// `start_spec` with the head's `RAYR_TMPDIR` given.
+    pub fn start_spec_in(
+        tmp: tempfile::TempDir,
+        port: u16,
+        head_ip: &str,
+        head_cpus: &str,
+        nodes: &[NodeSpec],
+        heartbeat_ms: u32,
+        missed: u32,
+    ) -> TestCluster {
         let hb = heartbeat_ms.to_string();
         let port = port.to_string();
         let missed = missed.to_string();
@@ -282,7 +302,8 @@ impl TestCluster {
                 }
                 None => Command::new(rayr_cli()),
             };
-            let out = run(cmd.args(&args).env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+            let tmpdir = spec.tmpdir.clone().unwrap_or_else(|| cluster.tmp.path().to_path_buf());
+            let out = run(cmd.args(&args).env("RAYR_TMPDIR", tmpdir).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
             let stdout = String::from_utf8_lossy(&out.stdout).to_string();
             assert!(out.status.success(), "rayr start --address: {}", String::from_utf8_lossy(&out.stderr));
             let id = stdout.split_whitespace().nth(2).unwrap().to_string();
