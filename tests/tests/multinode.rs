@@ -21,7 +21,19 @@ fn hexid(s: &str) -> Vec<u8> {
 
 #[test]
 fn nodes_join_show_in_status_and_leave_on_purpose_with_rayr_stop() {
-    let cluster = TestCluster::start("1", &[&["--num-cpus", "2"], &["--num-cpus", "3", "--resources", r#"{"ssd": 1}"#]], 100);
+    // The third node's every port given (as behind a firewall), and labels.
+    let first = support::free_low_port();
+    let second = (first + 1..30_000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).expect("a second free port");
+    let (agent_port, transfer_port) = (first.to_string(), second.to_string());
+    let (agent_port, transfer_port) = (agent_port.as_str(), transfer_port.as_str());
+    let third_flags = [
+        "--num-cpus", "3", "--resources", r#"{"ssd": 1}"#, "--labels", r#"{"zone": "eu-1", "disk": "nvme"}"#,
+        "--node-manager-port", agent_port, "--object-manager-port", transfer_port, "--min-worker-port", "31000", "--max-worker-port", "31050",
+    ];
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "2"], &third_flags], 100);
+    for port in [agent_port, transfer_port] {
+        assert!(std::net::TcpListener::bind(("127.0.0.3", port.parse::<u16>().unwrap())).is_err(), "the node listens on 127.0.0.3:{port}");
+    }
     let out = cluster.cli(&["status", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -36,6 +48,12 @@ fn nodes_join_show_in_status_and_leave_on_purpose_with_rayr_stop() {
     let third = nodes.iter().find(|r| r["node_id"] == cluster.nodes[1].id.as_str()).unwrap();
     assert_eq!(third["resources"]["CPU"], 3.0);
     assert_eq!(third["resources"]["ssd"], 1.0);
+    assert_eq!(third["labels"]["zone"], "eu-1", "{third}");
+    assert_eq!(third["labels"]["disk"], "nvme", "{third}");
+    let text = String::from_utf8_lossy(&cluster.cli(&["status"]).stdout).to_string();
+    assert!(text.contains("labels disk=nvme,zone=eu-1"), "{text}");
+    let listed = cluster.node_row(&cluster.nodes[1].id);
+    assert_eq!(listed["labels"]["zone"], "eu-1", "{listed}");
     // Its heartbeats carry what it has free.
     assert_eq!(third["available_resources"]["CPU"], 3.0, "{third}");
     assert!(third["last_heartbeat_us"].as_i64().unwrap() > 0);
@@ -138,6 +156,12 @@ fn joining_with_bad_input_says_what_to_do() {
     assert!(!out.status.success() && err.contains("is not an IP address"), "{err}");
     let out = cluster.cli(&["start", "--head", "--heartbeat-period-ms", "0"]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at least 1"));
+    let out = cluster.cli(&["start", "--address", &cluster.head_address, "--node-ip-address", "127.0.0.2", "--min-worker-port", "30010"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("give both"), "{err}");
+    let out = cluster.cli(&["start", "--address", &cluster.head_address, "--node-ip-address", "127.0.0.2", "--labels", "[1]"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not a JSON object of strings"), "{err}");
 }
 
 #[test]
@@ -400,6 +424,22 @@ fn a_node_cut_off_by_a_partition_is_declared_dead_and_exits_when_its_window_ends
     assert_nothing_left(&cluster.session);
 }
 
+/// TCP ports in LISTEN state on `ip` (IPv4), from /proc/net/tcp.
+fn listening_ports(ip: &str) -> Vec<u16> {
+    let ip: std::net::Ipv4Addr = ip.parse().unwrap();
+    let want = format!("{:08X}", u32::from_le_bytes(ip.octets()));
+    std::fs::read_to_string("/proc/net/tcp")
+        .unwrap_or_default()
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (addr, port) = f.get(1)?.split_once(':')?;
+            (addr == want && f.get(3) == Some(&"0A")).then(|| u16::from_str_radix(port, 16).ok()).flatten()
+        })
+        .collect()
+}
+
 fn is_zombie(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')))
 }
@@ -466,7 +506,9 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
         ip: "127.0.0.2".into(),
         netns: None,
         hide: vec![bin.path().to_path_buf(), head_tmp.path().to_path_buf()],
-        flags: ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].map(String::from).to_vec(),
+        flags: ["--num-cpus", "1", "--resources", r#"{"far": 1}"#, "--min-worker-port", "31100", "--max-worker-port", "31150"]
+            .map(String::from)
+            .to_vec(),
         tmpdir: Some(there.path().to_path_buf()),
     }];
     let cluster = TestCluster::start_spec_in(head_tmp, 0, "127.0.0.1", "1", &nodes, 100, 5);
@@ -488,6 +530,9 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("FAR_TASKS ok {far}")), "{stdout}");
     assert!(stdout.contains("OTHER_HOST_OBJECTS ok"), "{stdout}");
+    // Its workers listen for the other host within the ports it was given.
+    let listening = listening_ports("127.0.0.2");
+    assert!(listening.iter().any(|p| (31100..=31150).contains(p)), "a worker port in 31100-31150 among {listening:?}");
     // Its events are in its own session, and shipped to the head's record.
     assert!(far_session.join("events").join(format!("events-{far}.log")).exists());
     wait_for("the far node's events in the head's record", Duration::from_secs(10), || {

@@ -27,6 +27,7 @@ pub struct Joining {
     pub agent_socket: String,
     /// Where other nodes pull objects from this one.
     pub transfer_address: String,
+    pub labels: HashMap<String, String>,
     /// How long the head may be unreachable before the node gives up.
     pub head_timeout: Duration,
 }
@@ -71,7 +72,7 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
             node_id: j.node_id.to_vec(),
             address: j.address.clone(),
             resources: j.resources.clone(),
-            labels: HashMap::new(),
+            labels: j.labels.clone(),
             pid: std::process::id(),
             session_dir: j.session_dir.clone(),
             agent_socket: j.agent_socket.clone(),

@@ -81,6 +81,18 @@ struct StartArgs {
     /// free port).
     #[arg(long, default_value_t = 0)]
     object_manager_port: u16,
+    /// The port of this node's agent for drivers and workers of other hosts (0: any free).
+    #[arg(long, default_value_t = 0)]
+    node_manager_port: u16,
+    /// The ports drivers and workers of this node listen on for other hosts, from
+    /// --min-worker-port to --max-worker-port (both 0: any free ports).
+    #[arg(long, default_value_t = 0)]
+    min_worker_port: u16,
+    #[arg(long, default_value_t = 0)]
+    max_worker_port: u16,
+    /// Labels of this node as a JSON object of strings, e.g. '{"zone": "eu-1"}'.
+    #[arg(long)]
+    labels: Option<String>,
     /// The dashboard's port (the dashboard arrives with its own issue).
     #[arg(long, default_value_t = 8265)]
     dashboard_port: u16,
@@ -127,6 +139,14 @@ struct ServeArgs {
     object_store_memory: u64,
     #[arg(long, default_value_t = 0)]
     object_manager_port: u16,
+    #[arg(long, default_value_t = 0)]
+    node_manager_port: u16,
+    #[arg(long, default_value_t = 0)]
+    min_worker_port: u16,
+    #[arg(long, default_value_t = 0)]
+    max_worker_port: u16,
+    #[arg(long, default_value = "{}")]
+    labels_json: String,
     #[arg(long, default_value_t = 1000)]
     heartbeat_period_ms: u32,
     #[arg(long, default_value_t = 5)]
@@ -164,6 +184,33 @@ fn main() {
         eprintln!("rayr: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The node's ports and labels, checked, as `__serve` flags.
+fn node_flags(a: &StartArgs) -> anyhow::Result<Vec<String>> {
+    let (lo, hi) = (a.min_worker_port, a.max_worker_port);
+    if (lo == 0) != (hi == 0) || lo > hi {
+        bail!("--min-worker-port {lo} and --max-worker-port {hi}: give both (MIN <= MAX), or neither for any free ports");
+    }
+    let labels: HashMap<String, String> = match &a.labels {
+        Some(json) => serde_json::from_str(json).map_err(|e| {
+            anyhow!("--labels {json:?} is not a JSON object of strings ({e}); example: --labels '{{\"zone\": \"eu-1\"}}'")
+        })?,
+        None => HashMap::new(),
+    };
+    if let Some(k) = labels.keys().find(|k| k.is_empty()) {
+        bail!("--labels: a label's name must not be empty ({k:?})");
+    }
+    Ok(vec![
+        "--node-manager-port".into(),
+        a.node_manager_port.to_string(),
+        "--min-worker-port".into(),
+        lo.to_string(),
+        "--max-worker-port".into(),
+        hi.to_string(),
+        "--labels-json".into(),
+        serde_json::to_string(&labels)?,
+    ])
 }
 
 fn node_resources(a: &StartArgs) -> anyhow::Result<HashMap<String, f64>> {
@@ -245,6 +292,7 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         .arg(a.object_store_memory.to_string())
         .arg("--object-manager-port")
         .arg(a.object_manager_port.to_string())
+        .args(node_flags(&a)?)
         .arg("--heartbeat-period-ms")
         .arg(a.heartbeat_period_ms.to_string())
         .arg("--missed-heartbeats")
@@ -324,6 +372,7 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
         .arg(a.object_store_memory.to_string())
         .arg("--object-manager-port")
         .arg(a.object_manager_port.to_string())
+        .args(node_flags(a)?)
         .arg("--head-timeout-s")
         .arg(a.head_timeout_s.to_string())
         .args(other_host.then_some("--ship-events"))
@@ -390,6 +439,9 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.ip_address = a.node_ip_address.clone();
     cfg.store_capacity = a.object_store_memory;
     cfg.store_prefault = cfg.store_prefault.min(a.object_store_memory);
+    cfg.node_manager_port = a.node_manager_port;
+    cfg.worker_ports = (a.min_worker_port != 0).then_some((a.min_worker_port, a.max_worker_port));
+    cfg.labels = serde_json::from_str(&a.labels_json)?;
     cfg.transfer_address = Some(std::net::SocketAddr::new(
         a.node_ip_address.parse().map_err(|e| anyhow!("--node-ip-address {} is not an IP address: {e}", a.node_ip_address))?,
         a.object_manager_port,
@@ -413,6 +465,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             session_dir: session.dir.display().to_string(),
             agent_socket: node.client_address().to_string(),
             transfer_address: node.transfer_address().unwrap_or_default().to_string(),
+            labels: serde_json::from_str(&a.labels_json)?,
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
         let (probe, end) = (node.resource_probe(), ending.clone());
@@ -588,7 +641,7 @@ async fn status(address: Option<String>, json: bool) -> anyhow::Result<()> {
                 serde_json::json!({
                     "node_id": hex(&n.node_id), "address": n.address, "state": n.state, "resources": n.resources,
                     "available_resources": n.available_resources, "store_capacity": n.store_capacity, "is_head": n.is_head,
-                    "last_heartbeat_us": n.last_heartbeat_us, "reason": n.reason,
+                    "last_heartbeat_us": n.last_heartbeat_us, "reason": n.reason, "labels": n.labels,
                 })
             })
             .collect();
@@ -606,7 +659,21 @@ async fn status(address: Option<String>, json: bool) -> anyhow::Result<()> {
         };
         let free = if n.state == "ALIVE" && live { format!("  free {}", show(&n.available_resources)) } else { String::new() };
         let head = if n.is_head { "  (head)" } else { "" };
-        println!("  {}  {:<15} {:<6} {}{free}  store {} MiB{head}", &hex(&n.node_id)[..12], n.address, n.state, show(&n.resources), n.store_capacity >> 20);
+        let labels = if n.labels.is_empty() {
+            String::new()
+        } else {
+            let mut v: Vec<String> = n.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            v.sort();
+            format!("  labels {}", v.join(","))
+        };
+        println!(
+            "  {}  {:<15} {:<6} {}{free}  store {} MiB{labels}{head}",
+            &hex(&n.node_id)[..12],
+            n.address,
+            n.state,
+            show(&n.resources),
+            n.store_capacity >> 20
+        );
         if n.state == "DEAD" && !n.reason.is_empty() {
             println!("      {}", n.reason);
         }

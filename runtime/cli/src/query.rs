@@ -220,6 +220,7 @@ enum V {
     Time(i64),
     Lines(Vec<String>),
     Map(BTreeMap<String, f64>),
+    Labels(BTreeMap<String, String>),
 }
 
 impl V {
@@ -235,6 +236,7 @@ impl V {
             V::Time(t) => json!(t),
             V::Lines(l) => json!(l),
             V::Map(m) => json!(m),
+            V::Labels(m) => json!(m),
         }
     }
 
@@ -250,6 +252,7 @@ impl V {
             V::Time(t) => *t == 0,
             V::Lines(l) => l.is_empty(),
             V::Map(m) => m.is_empty(),
+            V::Labels(m) => m.is_empty(),
         }
     }
 
@@ -272,6 +275,8 @@ impl V {
             V::Lines(l) if short => format!("{} lines", l.len()),
             V::Lines(l) => l.iter().map(|line| format!("\n    {line}")).collect(),
             V::Map(m) if m.is_empty() => "-".into(),
+            V::Labels(m) if m.is_empty() => "-".into(),
+            V::Labels(m) => m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
             V::Map(m) => m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","),
         }
     }
@@ -445,7 +450,7 @@ impl Listed for ActorRow {
 
 impl Listed for NodeRow {
     const NOUN: &'static str = "node";
-    const COLUMNS: &'static [&'static str] = &["node_id", "address", "state", "resources", "store_capacity", "reason"];
+    const COLUMNS: &'static [&'static str] = &["node_id", "address", "state", "resources", "labels", "store_capacity", "reason"];
     fn key(&self) -> &[u8] {
         &self.node_id
     }
@@ -458,6 +463,7 @@ impl Listed for NodeRow {
             ("address", V::Text(self.address.clone())),
             ("state", V::Text(self.state.clone())),
             ("resources", V::Map(self.resources.iter().map(|(k, v)| (k.clone(), *v)).collect())),
+            ("labels", V::Labels(self.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect())),
             ("store_capacity", V::Bytes(self.store_capacity)),
             ("reason", V::Text(self.reason.clone())),
             ("started_us", V::Time(self.started_us)),

@@ -177,6 +177,7 @@ impl Membership {
                 reason: format!("{reason}: node agent pid {}", r.pid),
                 resources: r.resources.clone(),
                 store_capacity: 0,
+                labels: r.labels.clone(),
             })),
             ..Default::default()
         });

@@ -316,6 +316,9 @@ pub(crate) fn apply_node(row: &mut NodeRow, ev: &Event) {
         if row.store_capacity == 0 {
             row.store_capacity = d.store_capacity;
         }
+        if row.labels.is_empty() {
+            row.labels = d.labels.clone();
+        }
     }
     match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
         NodeStarted => {

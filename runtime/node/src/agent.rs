@@ -50,6 +50,12 @@ pub struct NodeConfig {
     /// IP:PORT the agent serves object transfers on (`--object-manager-port`; port 0: any
     /// free one). None: a lone node (embedded), which reads no other node's objects.
     pub transfer_address: Option<String>,
+    /// Port of the agent's TCP listener for clients of other hosts (0: any free one).
+    pub node_manager_port: u16,
+    /// Ports the TCP listeners of its drivers and workers take (None: any free one).
+    pub worker_ports: Option<(u16, u16)>,
+    /// Labels the node was started with (`--labels`), recorded in NODE_STARTED.
+    pub labels: HashMap<String, String>,
 }
 
 impl NodeConfig {
@@ -66,6 +72,9 @@ impl NodeConfig {
             ip_address: "127.0.0.1".into(),
             max_workers: (num_cpus.ceil() as usize) * 4 + 16,
             transfer_address: None,
+            node_manager_port: 0,
+            worker_ports: None,
+            labels: HashMap::new(),
         }
     }
 }
@@ -186,7 +195,8 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     let client_tcp = match &cfg.transfer_address {
         Some(_) => {
             let ip: std::net::IpAddr = cfg.ip_address.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("node address {:?}: {e}", cfg.ip_address)))?;
-            Some(std::net::TcpListener::bind((ip, 0))?)
+            let port = cfg.node_manager_port;
+            Some(std::net::TcpListener::bind((ip, port)).map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {ip}:{port} (--node-manager-port): {e}")))?)
         }
         None => None,
     };
@@ -267,6 +277,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         reason: String::new(),
         resources: agent.cfg.resources.clone(),
         store_capacity: agent.cfg.store_capacity,
+        labels: agent.cfg.labels.clone(),
     }));
     agent.record(&start);
     let (stop, serve) = (agent.clone(), agent.clone());
@@ -687,6 +698,7 @@ impl Agent {
             node_resources: self.cfg.resources.clone(),
             error: String::new(),
             tcp_ip: if self.transfer.get().is_some() { self.cfg.ip_address.clone() } else { String::new() },
+            tcp_ports: self.cfg.worker_ports.map(|(lo, hi)| format!("{lo}-{hi}")).unwrap_or_default(),
         };
         let (Some(worker), Some(job)) = (id_of(&r.worker_id), id_of(&r.job_id)) else {
             reply.error = "register: worker_id and job_id must be 16 bytes".into();
@@ -1082,6 +1094,9 @@ impl Agent {
         let mut cmd = Command::new(&binary);
         if self.transfer.get().is_some() {
             cmd.env(env::NODE_IP, &self.cfg.ip_address);
+            if let Some((lo, hi)) = self.cfg.worker_ports {
+                cmd.env(env::WORKER_PORTS, format!("{lo}-{hi}"));
+            }
         }
         cmd.env(env::WORKER_MODE, "1")
             .env(env::NODE_SOCKET, &self.socket_path)

@@ -12,6 +12,8 @@ pub mod env {
     pub const NODE_SOCKET: &str = "RAYR_NODE_SOCKET";
     /// The node's IP, on a node other hosts reach: the worker listens on TCP there too.
     pub const NODE_IP: &str = "RAYR_NODE_IP";
+    /// The ports (`MIN-MAX`) its TCP listener may take.
+    pub const WORKER_PORTS: &str = "RAYR_WORKER_PORTS";
     pub const WORKER_ID: &str = "RAYR_WORKER_ID";
     pub const JOB_ID: &str = "RAYR_JOB_ID";
     pub const SESSION_DIR: &str = "RAYR_SESSION_DIR";

@@ -505,7 +505,10 @@ impl Core {
         // Processes of other hosts reach this one over TCP, on its node's address: a worker
         // knows it from its agent before it registers (it may be leased the moment it does).
         let mut tcp = match std::env::var(rayr_node::pool::env::NODE_IP) {
-            Ok(ip) if !ip.is_empty() => Some(bind_tcp(&ip).map_err(|e| conn_err(&format!("listen on {ip}"), e))?),
+            Ok(ip) if !ip.is_empty() => {
+                let ports = std::env::var(rayr_node::pool::env::WORKER_PORTS).unwrap_or_default();
+                Some(bind_tcp(&ip, &ports).map_err(|e| conn_err(&format!("listen on {ip}"), e))?)
+            }
             _ => None,
         };
         let mut address = address.display().to_string();
@@ -570,7 +573,7 @@ impl Core {
         if tcp.is_none() && !reg.tcp_ip.is_empty() {
             // A driver learns its node's address from the registration; nothing knows its
             // own until it hands refs out, after this.
-            let (listener, at) = bind_tcp(&reg.tcp_ip).map_err(|e| conn_err(&format!("listen on {}", reg.tcp_ip), e))?;
+            let (listener, at) = bind_tcp(&reg.tcp_ip, &reg.tcp_ports).map_err(|e| conn_err(&format!("listen on {}", reg.tcp_ip), e))?;
             address = format!("{address}|{at}");
             tcp = Some((listener, at));
             let update = ClientMessage { req_id: 0, body: Some(client_message::Body::UpdateAddress(address.clone())) };
@@ -1037,10 +1040,16 @@ impl Core {
     }
 }
 
-/// A TCP listener on `ip` (any free port), and the address it got.
-fn bind_tcp(ip: &str) -> io::Result<(std::net::TcpListener, String)> {
+/// A TCP listener on `ip`, on the first free port of `ports` ("MIN-MAX"; empty: any free
+/// port), and the address it got.
+fn bind_tcp(ip: &str, ports: &str) -> io::Result<(std::net::TcpListener, String)> {
     let ip: std::net::IpAddr = ip.parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{ip:?} is not an IP address: {e}")))?;
-    let listener = std::net::TcpListener::bind((ip, 0))?;
+    let listener = match ports.split_once('-').and_then(|(a, b)| Some((a.parse::<u16>().ok()?, b.parse::<u16>().ok()?))) {
+        Some((lo, hi)) => (lo..=hi).find_map(|p| std::net::TcpListener::bind((ip, p)).ok()).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::AddrInUse, format!("every port of {lo}-{hi} (--min/max-worker-port) is taken"))
+        })?,
+        None => std::net::TcpListener::bind((ip, 0))?,
+    };
     let at = listener.local_addr()?.to_string();
     Ok((listener, at))
 }
