@@ -697,9 +697,19 @@ fn memory(json: bool) -> anyhow::Result<()> {
     let reply: NodeMessage = reader.next()?.ok_or_else(|| anyhow!("the node agent closed the connection"))?;
     let Some(node_message::Body::StoreStats(s)) = reply.body else { bail!("unexpected reply from the node agent") };
     if json {
-        println!("{}", serde_json::json!({"used_bytes": s.used_bytes, "capacity_bytes": s.capacity_bytes, "objects": s.objects}));
+        println!(
+            "{}",
+            serde_json::json!({"used_bytes": s.used_bytes, "capacity_bytes": s.capacity_bytes, "objects": s.objects,
+                "copies": s.copies, "copy_bytes": s.copy_bytes, "pinned_copies": s.pinned_copies})
+        );
     } else {
         println!("object store: {} objects, {} bytes used of {} ({:.1}%)", s.objects, s.used_bytes, s.capacity_bytes, 100.0 * s.used_bytes as f64 / s.capacity_bytes.max(1) as f64);
+        if s.copies > 0 {
+            println!(
+                "  of which copies of other nodes' objects: {} ({} bytes; {} in use by readers, the others evicted first when room is needed)",
+                s.copies, s.copy_bytes, s.pinned_copies
+            );
+        }
     }
     Ok(())
 }

@@ -405,7 +405,7 @@ pub(crate) fn argument_done(core: &Core, ids: &[Id]) {
     for id in ids {
         let Some(c) = st.local_copies.get_mut(id) else { continue };
         c.1 = c.1.saturating_sub(1);
-        if c.1 == 0 && !st.borrowed.get(id).is_some_and(|b| b.0 > 0) {
+        if c.1 == 0 && st.borrowed.get(id).is_none_or(|b| b.0 == 0) {
             st.local_copies.remove(id);
             released.push(*id);
         }

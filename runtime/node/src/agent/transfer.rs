@@ -418,7 +418,7 @@ impl Agent {
         let mut others = Vec::new();
         for node in &f.nodes {
             if *node == me {
-                self.drop_copies(&[f.object_id.clone()], FREED_BY_OWNER);
+                self.drop_copies(std::slice::from_ref(&f.object_id), FREED_BY_OWNER);
             } else if let Some(n) = self.cluster.lock().iter().find(|n| n.node_id == *node && !n.transfer_address.is_empty()) {
                 others.push(n.transfer_address.clone());
             }
@@ -469,9 +469,9 @@ impl Agent {
             let mut gone = self.gone.lock();
             for n in nodes {
                 let Some(id) = id_of(&n.node_id) else { continue };
-                if !gone.contains_key(&id) {
+                if let std::collections::hash_map::Entry::Vacant(e) = gone.entry(id) {
                     fresh.push((id, n.reason.clone(), n.died_event.clone()));
-                    gone.insert(id, (n.reason, n.died_event));
+                    e.insert((n.reason, n.died_event));
                 }
             }
         }
