@@ -150,6 +150,9 @@ pub mod frames {
     use std::net::{TcpListener, TcpStream};
     use std::os::unix::net::{UnixListener, UnixStream};
 
+    /// How long a TCP connect may take before the other side counts as unreachable.
+    pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
     /// A frame stream between two processes: a Unix socket on one host, TCP across hosts.
     pub enum Stream {
         Unix(UnixStream),
@@ -165,7 +168,12 @@ pub mod frames {
         }
         match tcp {
             Some(addr) => {
-                let s = TcpStream::connect(addr)?;
+                // A host that went away should not hold the caller for the kernel's SYN
+                // retries (minutes).
+                let target: std::net::SocketAddr = addr
+                    .parse()
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, format!("{addr:?} is not IP:PORT ({e})")))?;
+                let s = TcpStream::connect_timeout(&target, CONNECT_TIMEOUT)?;
                 // Frames are whole messages: send each at once.
                 s.set_nodelay(true)?;
                 Ok(Stream::Tcp(s))
@@ -188,6 +196,12 @@ pub mod frames {
                 Stream::Unix(s) => Stream::Unix(s.try_clone()?),
                 Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             })
+        }
+        pub fn set_read_timeout(&self, t: Option<std::time::Duration>) -> io::Result<()> {
+            match self {
+                Stream::Unix(s) => s.set_read_timeout(t),
+                Stream::Tcp(s) => s.set_read_timeout(t),
+            }
         }
         pub fn shutdown(&self, how: std::net::Shutdown) -> io::Result<()> {
             match self {

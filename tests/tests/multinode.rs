@@ -502,13 +502,21 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
     std::fs::copy(SCENARIOS, &driver).unwrap();
     let there = tempfile::tempdir().unwrap();
     let head_tmp = tempfile::tempdir().unwrap();
+    // Every port it listens on given: its agent's two, and a range for its workers (on an
+    // address of its own, so that no other test's listeners mix in).
+    let agent_ports = [support::free_low_port(), 0];
+    let agent_ports = [agent_ports[0], (agent_ports[0] + 1..30_000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).unwrap()];
+    let (manager, transfer) = (agent_ports[0].to_string(), agent_ports[1].to_string());
     let nodes = [NodeSpec {
-        ip: "127.0.0.2".into(),
+        ip: "127.0.0.42".into(),
         netns: None,
         hide: vec![bin.path().to_path_buf(), head_tmp.path().to_path_buf()],
-        flags: ["--num-cpus", "1", "--resources", r#"{"far": 1}"#, "--min-worker-port", "31100", "--max-worker-port", "31150"]
-            .map(String::from)
-            .to_vec(),
+        flags: [
+            "--num-cpus", "1", "--resources", r#"{"far": 1}"#, "--min-worker-port", "31100", "--max-worker-port", "31150",
+            "--node-manager-port", &manager, "--object-manager-port", &transfer,
+        ]
+        .map(String::from)
+        .to_vec(),
         tmpdir: Some(there.path().to_path_buf()),
     }];
     let cluster = TestCluster::start_spec_in(head_tmp, 0, "127.0.0.1", "1", &nodes, 100, 5);
@@ -530,9 +538,12 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("FAR_TASKS ok {far}")), "{stdout}");
     assert!(stdout.contains("OTHER_HOST_OBJECTS ok"), "{stdout}");
-    // Its workers listen for the other host within the ports it was given.
-    let listening = listening_ports("127.0.0.2");
-    assert!(listening.iter().any(|p| (31100..=31150).contains(p)), "a worker port in 31100-31150 among {listening:?}");
+    // It listens on the ports it was given and no others: its agent's two, its workers'
+    // within their range.
+    let listening = listening_ports("127.0.0.42");
+    assert!(listening.contains(&agent_ports[0]) && listening.contains(&agent_ports[1]), "{listening:?}");
+    assert!(listening.iter().any(|p| (31100..=31150).contains(p)), "a worker listens in 31100-31150: {listening:?}");
+    assert!(listening.iter().all(|p| agent_ports.contains(p) || (31100..=31150).contains(p)), "{listening:?}");
     // Its events are in its own session, and shipped to the head's record.
     assert!(far_session.join("events").join(format!("events-{far}.log")).exists());
     wait_for("the far node's events in the head's record", Duration::from_secs(10), || {
@@ -546,6 +557,11 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
     wait_for("its NODE_STOPPED in the head's record", Duration::from_secs(10), || {
         cluster.events().iter().any(|e| kind(e) == EventKind::NodeStopped && e.node_id == far_id)
     });
+    // The head's copy of its log is its log: every frame once, in order.
+    let name = format!("events-{far}.log");
+    let mine = std::fs::read(far_session.join("events").join(&name)).unwrap();
+    let copy = std::fs::read(cluster.session.join("events").join(&name)).unwrap();
+    assert!(copy == mine, "the head's copy ({} bytes) differs from the node's log ({} bytes)", copy.len(), mine.len());
     assert_nothing_left(&far_session);
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());

@@ -105,8 +105,9 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
                     last_contact = Instant::now();
                     match Standing::try_from(r.standing).unwrap_or(Standing::Ok) {
                         Standing::Ok => {
-                            node.set_cluster(r.cluster);
+                            // Gone first: a node leaving the view is in the gone list by then.
                             node.set_gone(r.gone);
+                            node.set_cluster(r.cluster);
                         }
                         Standing::Unknown => continue 'register,
                         Standing::Dead => return format!("the head declared this node dead ({}): exiting", r.detail),

@@ -522,8 +522,8 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
         loop {
             membership.head_node_available(&node_id, probe.available());
-            probe.set_cluster(membership.view());
             probe.set_gone(membership.gone());
+            probe.set_cluster(membership.view());
             std::thread::sleep(period);
         }
     })?;

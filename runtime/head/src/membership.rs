@@ -80,7 +80,9 @@ impl Membership {
     }
 
     fn record(&self, mut e: Event) -> Vec<u8> {
-        e.id = new_id().to_vec();
+        if e.id.is_empty() {
+            e.id = new_id().to_vec();
+        }
         e.time_us = now_us();
         e.source_worker = self.head_id.to_vec();
         e.source_pid = std::process::id();
@@ -252,23 +254,25 @@ impl Membership {
                     } else {
                         format!("it did not register again within {} ms of the head's restart", silent.as_millis())
                     };
+                    // Its NODE_DIED id is known before anyone can see it gone, so every
+                    // loss caused by its death can name it.
+                    let event = new_id().to_vec();
                     m.gone = Some(why.clone());
-                    died.push((*id, m.address.clone(), why));
+                    m.died_event = event.clone();
+                    died.push((*id, m.address.clone(), why, event));
                 }
             }
         }
         let mut out = Vec::new();
-        for (node, address, why) in died {
+        for (node, address, why, event) in died {
             tracing::warn!("node {} at {address} is dead: {why}", hex(&node));
             let id = self.record(Event {
+                id: event,
                 kind: EventKind::NodeDied as i32,
                 node_id: node.to_vec(),
                 detail: Some(event::Detail::Node(NodeDetail { address, reason: why, ..Default::default() })),
                 ..Default::default()
             });
-            if let Some(m) = self.nodes.lock().get_mut(&node) {
-                m.died_event = id.clone();
-            }
             out.push((node, id));
         }
         out

@@ -142,7 +142,13 @@ pub fn start_head_with(session: Session, bind: SocketAddr, membership: Membershi
     };
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let service = HeadService { index: index.clone(), session: session.clone(), stop: stop_rx.clone(), membership: membership.clone() };
+    let service = HeadService {
+        index: index.clone(),
+        session: session.clone(),
+        stop: stop_rx.clone(),
+        membership: membership.clone(),
+        appending: Default::default(),
+    };
     let server = std::thread::Builder::new()
         .name("rayr-head-grpc".into())
         .spawn(move || run_server(listener, service, stop_rx))
@@ -337,6 +343,9 @@ struct HeadService {
     session: Session,
     stop: watch::Receiver<bool>,
     membership: Arc<Membership>,
+    /// Shipped event logs are appended one call at a time: a check of a copy's size and
+    /// the write after it must not interleave with another call's.
+    appending: Arc<parking_lot::Mutex<()>>,
 }
 
 /// Runs a blocking index read on tokio's blocking pool.
@@ -415,8 +424,10 @@ impl Head for HeadService {
             }
         }
         let path = self.session.event_log(&rayr_logs::hex(&node));
+        let appending = self.appending.clone();
         let size = blocking(move || {
             use std::io::Write;
+            let _one = appending.lock();
             let io = |source| HeadError::Io { path: path.clone(), source };
             let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).map_err(io)?;
             let size = f.metadata().map_err(io)?.len();

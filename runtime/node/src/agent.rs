@@ -415,8 +415,8 @@ struct State {
     remote_clients: HashMap<Id, RemoteClient>,
     /// Copies of other nodes' objects (see `transfer`).
     copies: HashMap<Id, transfer::Copy>,
-    /// Pulls in flight, by object.
-    pulls: HashMap<Id, transfer::Pull>,
+    /// Pulls in flight, by object and source node.
+    pulls: HashMap<(Id, Id), transfer::Pull>,
     /// Ranges being streamed to other nodes (offset → streams), and those freed meanwhile
     /// (offset → size), returned to the allocator when their last stream ends.
     serving: HashMap<u64, u32>,
@@ -507,6 +507,8 @@ impl Agent {
     }
 
     fn serve_conn(self: &Arc<Self>, stream: Stream) {
+        let over_tcp = matches!(stream, Stream::Tcp(_));
+        let mut local_client = false;
         let Ok(write_half) = stream.try_clone() else { return };
         let conn = Arc::new(Conn { stream: Mutex::new(write_half) });
         let mut reader = FrameReader::new(stream);
@@ -533,9 +535,21 @@ impl Agent {
             match body {
                 client_message::Body::Register(r) => {
                     let worker = id_of(&r.worker_id);
-                    let reply = self.register(r);
+                    let remote = r.remote;
+                    let reply = if over_tcp && !remote {
+                        // Only submitters of other nodes come over the network: a process of
+                        // this node (which names binaries to run and files to remove)
+                        // registers over the Unix socket.
+                        RegisterReply { error: "register: only submitters of other nodes (remote) may register over TCP".into(), ..Default::default() }
+                    } else if over_tcp && id_of(&r.binary_node).is_none_or(|n| n == self.cfg.node_id) {
+                        // Its binary is then fetched by hash from that node, never taken by path.
+                        RegisterReply { error: "register: a submitter of another node must name its own node (binary_node)".into(), ..Default::default() }
+                    } else {
+                        self.register(r)
+                    };
                     if reply.error.is_empty() {
                         me = worker;
+                        local_client = !remote;
                     }
                     conn.reply(req, node_message::Body::Registered(reply));
                 }
@@ -645,7 +659,11 @@ impl Agent {
             self.drain_events(Some(w));
             self.event_areas.lock().retain(|e| e.worker != w);
             self.unpin_copies_of(w);
-            self.announce_owner_gone(w);
+            // A process of this node (not a submitter of another leasing here) is gone: what
+            // it owned in other nodes' stores goes too.
+            if local_client {
+                self.announce_owner_gone(w);
+            }
             self.client_gone(w, said_goodbye);
             self.remote_client_gone(w);
         }

@@ -332,7 +332,7 @@ fn fetch_for(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option
                 }
                 Some(&Slot::OnNode { node, size, format, .. }) => {
                     drop(st);
-                    match pull_copy(core, id, owner, address, node, size, format, argument) {
+                    match pull_copy(core, id, owner, address, node, size, format, argument, deadline) {
                         Ok(offset) => return Ok(Fetched::Shm { offset, size, format }),
                         Err(PullFailure::Gone { cause, reason }) => {
                             // Made again from its task if it can be (then waited for here).
@@ -364,6 +364,7 @@ fn fetch_for(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option
     }
     let _blocked = BlockedGuard::new(core);
     let mut lost: Option<Lost> = None;
+    let mut losses = 0;
     let fetched = loop {
         let remaining = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         let fetched = match ask_owner_after_loss(core, id, owner, address, remaining, lost.take())? {
@@ -373,10 +374,23 @@ fn fetch_for(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option
         match fetched {
             // In another node's store: this node's agent copies it here (once for the
             // node), so this read and later ones are local and zero-copy (`get_slice` too).
-            Fetched::Elsewhere { node, size, format } => match pull_copy(core, id, owner, address, node, size, format, argument) {
+            Fetched::Elsewhere { node, size, format } => match pull_copy(core, id, owner, address, node, size, format, argument, deadline) {
                 Ok(offset) => break Fetched::Shm { offset, size, format },
-                // That node is gone: its owner makes it again, or says it is lost.
-                Err(PullFailure::Gone { cause, reason }) => lost = Some(Lost { node, cause, reason }),
+                // That node is gone: its owner makes it again, or says it is lost. (An owner
+                // that keeps naming a node that does not hold it: lost, not a loop.)
+                Err(PullFailure::Gone { cause, reason }) if losses < 3 => {
+                    losses += 1;
+                    lost = Some(Lost { node, cause, reason });
+                }
+                Err(PullFailure::Gone { reason, .. }) => {
+                    let mut e = core.event(EventKind::ObjectLost);
+                    e.object_id = id.to_vec();
+                    e.worker_id = owner.to_vec();
+                    e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason, ..Default::default() }));
+                    core.record(e);
+                    core.drain_events_now();
+                    return Err(Error::ObjectLost { object: crate::ObjectId(id) });
+                }
                 Err(PullFailure::Failed(e)) => return Err(e),
             },
             f => break f,
@@ -444,32 +458,26 @@ fn pull_copy(
     size: u64,
     format: u32,
     argument: bool,
+    deadline: Option<Instant>,
 ) -> std::result::Result<u64, PullFailure> {
     if let Some(c) = core.state.lock().local_copies.get_mut(&id) {
         c.1 += argument as u32;
         return Ok(c.0);
     }
     let request = rayr_proto::PullObject { object_id: id.to_vec(), from_node: node.to_vec(), size, format };
-    // No time limit here: the agent fails a pull that stops making progress.
-    let reply = match core.node_conn.call_within(client_message::Body::PullObject(request), None).map_err(PullFailure::Failed)? {
+    // No time limit but the reader's own: the agent fails a pull that stops making progress.
+    let limit = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+    let reply = match core.node_conn.call_within(client_message::Body::PullObject(request), limit).map_err(PullFailure::Failed)? {
         rayr_proto::node_message::Body::Pulled(r) => r,
         _ => return Err(PullFailure::Failed(Error::Connection("the node agent answered a pull with something else".into()))),
     };
-    if reply.source_gone {
+    if reply.source_gone || reply.not_held {
+        // That node is gone, or no longer holds it: its owner makes it again if it can.
         return Err(PullFailure::Gone { cause: reply.cause, reason: reply.error });
     }
-    if !reply.error.is_empty() && !reply.not_held {
+    if !reply.error.is_empty() {
         // Not a loss: the copy could not be made here (store full, node unreachable).
         return Err(PullFailure::Failed(Error::Connection(reply.error)));
-    }
-    if !reply.error.is_empty() {
-        let mut e = core.event(EventKind::ObjectLost);
-        e.object_id = id.to_vec();
-        e.worker_id = owner.to_vec();
-        e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason: reply.error.clone(), ..Default::default() }));
-        core.record(e);
-        core.drain_events_now();
-        return Err(PullFailure::Failed(Error::ObjectLost { object: crate::ObjectId(id) }));
     }
     let mut st = core.state.lock();
     let first = match st.local_copies.entry(id) {

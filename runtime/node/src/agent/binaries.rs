@@ -29,6 +29,7 @@ const CHUNK: usize = 1 << 20;
 pub(super) struct Binaries {
     hashed: parking_lot::Mutex<HashMap<PathBuf, (std::time::SystemTime, u64, String)>>,
     by_hash: parking_lot::Mutex<HashMap<String, PathBuf>>,
+    fetching: parking_lot::Mutex<()>,
 }
 
 fn sha256_of(path: &Path) -> std::io::Result<(String, u64)> {
@@ -104,9 +105,11 @@ impl Agent {
         let transfer = self.transfer.get().ok_or("this node serves no transfers")?;
         let (hash, size) = transfer.rt.block_on(async {
             let channel = self.channel(&source).await?;
-            let reply = ObjectTransferClient::new(channel)
-                .binary_of(rayr_proto::BinaryOfRequest { job_id: job.to_vec() })
+            let mut client = ObjectTransferClient::new(channel);
+            let ask = client.binary_of(rayr_proto::BinaryOfRequest { job_id: job.to_vec() });
+            let reply = tokio::time::timeout(Duration::from_secs(30), ask)
                 .await
+                .map_err(|_| format!("node {} did not say which binary the job runs within 30 s", hex(&from_node)))?
                 .map_err(|s| s.message().to_string())?
                 .into_inner();
             Ok::<_, String>((reply.sha256, reply.size))
@@ -122,6 +125,12 @@ impl Agent {
         let here = Path::new(binary);
         if here.is_file() && self.hash_file(here).is_ok_and(|(h, _)| h == hash) {
             return Ok(here.to_path_buf());
+        }
+        // One fetch at a time: a second registration of the job waits, then finds the copy.
+        let _one = self.binaries.fetching.lock();
+        if std::fs::metadata(&cached).is_ok_and(|m| m.len() == size) {
+            self.binaries.by_hash.lock().insert(hash, cached.clone());
+            return Ok(cached);
         }
         let started = std::time::Instant::now();
         transfer.rt.block_on(self.fetch_binary(&source, &hash, size, &cached))?;
@@ -163,9 +172,12 @@ impl Agent {
                     Ok(Ok(None)) => break,
                     Ok(Ok(Some(c))) => c,
                 };
+                got += chunk.data.len() as u64;
+                if got > size {
+                    return Err(format!("the source sent more than the {size} bytes it announced"));
+                }
                 h.update(&chunk.data);
                 file.write_all(&chunk.data).map_err(|e| e.to_string())?;
-                got += chunk.data.len() as u64;
             }
             if got != size || hex(&h.finalize()[..]) != hash {
                 return Err(format!("the copy received ({got} of {size} bytes) does not have the hash asked for"));

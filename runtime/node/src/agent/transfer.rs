@@ -167,10 +167,11 @@ impl Agent {
     /// A reader (`client`) needs `id`, held by node `from`: answered on `conn` with where
     /// the copy is here, pinned for the reader.
     pub(super) fn pull_object(self: &Arc<Self>, conn: &Arc<Conn>, req: u64, client: Option<Id>, p: rayr_proto::PullObject) {
-        let reply = |offset: u64, error: String| conn.reply(req, node_message::Body::Pulled(PullReply { offset, error, ..Default::default() }));
-        let Some(client) = client else { return reply(0, "pull: register with the node agent first".into()) };
+        let reply = |r: PullReply| conn.reply(req, node_message::Body::Pulled(PullReply { object_id: p.object_id.clone(), ..r }));
+        let failed = |error: String| reply(PullReply { error, ..Default::default() });
+        let Some(client) = client else { return failed("pull: register with the node agent first".into()) };
         let (Some(id), Some(from)) = (id_of(&p.object_id), id_of(&p.from_node)) else {
-            return reply(0, "pull: object and node ids must be 16 bytes".into());
+            return failed("pull: object and node ids must be 16 bytes".into());
         };
         let mut st = self.state.lock();
         if let Some(c) = st.copies.get_mut(&id) {
@@ -178,41 +179,28 @@ impl Agent {
             c.last_used = Instant::now();
             let offset = c.offset;
             drop(st);
-            return reply(offset, String::new());
+            return reply(PullReply { offset, ..Default::default() });
         }
         if let Some(o) = st.objects.get(&id) {
             // It is in this store after all (a result stored here for its owner).
             let offset = o.offset;
             drop(st);
-            return reply(offset, String::new());
+            return reply(PullReply { offset, ..Default::default() });
         }
-        if let Some(pull) = st.pulls.get_mut(&id) {
+        // Readers of the same object from the same node share one pull. (One from another
+        // node, which its owner named after the first was lost, is another pull.)
+        if let Some(pull) = st.pulls.get_mut(&(id, from)) {
             pull.waiters.push((conn.clone(), req, client));
             return;
         }
         if from == self.cfg.node_id {
             drop(st);
             let error = format!("object {} is not in this node's store (freed, or its owner died)", hex(&id));
-            return conn.reply(req, node_message::Body::Pulled(PullReply { error, not_held: true, ..Default::default() }));
+            return reply(PullReply { error, not_held: true, ..Default::default() });
         }
-        let source = self.cluster.lock().iter().find(|n| n.node_id == p.from_node).map(|n| (n.transfer_address.clone(), n.address.clone()));
-        let (source, source_ip) = match source {
-            Some((t, ip)) if !t.is_empty() => (t, ip),
-            Some(_) => {
-                drop(st);
-                return reply(0, format!("node {} serves no object transfers (it is not part of a multi-node cluster)", hex(&from)));
-            }
-            None => {
-                drop(st);
-                let gone = self.gone.lock().get(&from).cloned();
-                let (reason, died) = gone.unwrap_or_else(|| ("the head does not count it as a member".into(), Vec::new()));
-                let error = format!("object {} was in the store of node {}, which is gone: {reason}", hex(&id), hex(&from));
-                return conn.reply(req, node_message::Body::Pulled(PullReply { error, source_gone: true, cause: died, ..Default::default() }));
-            }
-        };
         let Some(transfer) = self.transfer.get() else {
             drop(st);
-            return reply(0, "this node serves no object transfers: start it with `rayr start` to read objects of other nodes".into());
+            return failed("this node serves no object transfers: start it with `rayr start` to read objects of other nodes".into());
         };
         let Some(offset) = self.allocate_evicting(&mut st, p.size, &format!("a copy of object {}", hex(&id))) else {
             let error = format!(
@@ -224,38 +212,65 @@ impl Agent {
                 st.alloc.capacity()
             );
             drop(st);
-            return reply(0, error);
+            return failed(error);
         };
-        st.pulls.insert(id, Pull { waiters: vec![(conn.clone(), req, client)], freed: false });
+        st.pulls.insert((id, from), Pull { waiters: vec![(conn.clone(), req, client)], freed: false });
         drop(st);
         let agent = self.clone();
         let size = p.size;
         transfer.rt.spawn(async move {
             let started = Instant::now();
-            let outcome = agent.pull_patiently(id, from, &source, offset, size).await;
+            let (outcome, source_ip) = agent.pull_patiently(id, from, offset, size).await;
             agent.pull_done(id, from, &source_ip, offset, size, started.elapsed(), outcome);
         });
     }
 
+    /// Where node `from` serves transfers, as this node's view of the cluster says:
+    /// Ok(Some((address, ip))), Ok(None) while it is not in the view (a node that just
+    /// joined, or after a head restart), Err when the head said it is gone or it serves none.
+    fn source_of(&self, from: Id) -> Result<Option<(String, String)>, PullError> {
+        if let Some((reason, died)) = self.gone.lock().get(&from).cloned() {
+            return Err(PullError::SourceGone("the head declared it gone".into(), reason, died));
+        }
+        match self.cluster.lock().iter().find(|n| n.node_id == from) {
+            Some(n) if n.transfer_address.is_empty() => {
+                Err(PullError::Transport(format!("node {} serves no object transfers (it is not part of a multi-node cluster)", hex(&from))))
+            }
+            Some(n) => Ok(Some((n.transfer_address.clone(), n.address.clone()))),
+            None => Ok(None),
+        }
+    }
+
     /// Pulls until it works, the source says it lacks the object, or the source is gone
-    /// (the head says so) or silent for `PULL_PATIENCE`.
-    async fn pull_patiently(&self, id: Id, from: Id, source: &str, offset: u64, size: u64) -> Result<(), PullError> {
+    /// (the head says so) or unreachable for `PULL_PATIENCE`. Returns the outcome and the
+    /// source's IP (for the record).
+    async fn pull_patiently(&self, id: Id, from: Id, offset: u64, size: u64) -> (Result<(), PullError>, String) {
         let deadline = Instant::now() + PULL_PATIENCE;
+        let mut ip = String::new();
         loop {
-            let why = match self.receive(id, source, offset, size).await {
-                Ok(()) => return Ok(()),
-                Err(PullError::Transport(why)) => why,
-                Err(e) => return Err(e),
+            let why = match self.source_of(from) {
+                Err(e) => return (Err(e), ip),
+                Ok(None) => format!("node {} is not in this node's view of the cluster", hex(&from)),
+                Ok(Some((source, at))) => {
+                    ip = at;
+                    match self.receive(id, &source, offset, size).await {
+                        Ok(()) => return (Ok(()), ip),
+                        Err(PullError::Transport(why)) => {
+                            // A new connection next time: this one may be broken.
+                            if let Some(t) = self.transfer.get() {
+                                t.channels.lock().remove(&source);
+                            }
+                            why
+                        }
+                        Err(e) => return (Err(e), ip),
+                    }
+                }
             };
             if let Some((reason, died)) = self.gone.lock().get(&from).cloned() {
-                return Err(PullError::SourceGone(why, reason, died));
+                return (Err(PullError::SourceGone(why, reason, died)), ip);
             }
             if Instant::now() > deadline {
-                return Err(PullError::Transport(format!("{why} (still failing after {} s)", PULL_PATIENCE.as_secs())));
-            }
-            // A new connection next time: this one may be broken.
-            if let Some(t) = self.transfer.get() {
-                t.channels.lock().remove(source);
+                return (Err(PullError::Transport(format!("{why} (still failing after {} s)", PULL_PATIENCE.as_secs()))), ip);
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -318,8 +333,27 @@ impl Agent {
     #[allow(clippy::too_many_arguments)]
     fn pull_done(&self, id: Id, from: Id, from_ip: &str, offset: u64, size: u64, took: Duration, outcome: Result<(), PullError>) {
         let mut st = self.state.lock();
-        let (waiters, freed) = st.pulls.remove(&id).map(|p| (p.waiters, p.freed)).unwrap_or_default();
+        let (waiters, freed) = st.pulls.remove(&(id, from)).map(|p| (p.waiters, p.freed)).unwrap_or_default();
         match outcome {
+            Ok(()) if st.copies.contains_key(&id) || (freed && waiters.is_empty()) => {
+                // Another pull (from another node) made the copy first, or nobody wants
+                // this one any more: the range goes back.
+                st.free_range(offset, size);
+                let offset = st.copies.get_mut(&id).map(|c| {
+                    for w in &waiters {
+                        *c.pins.entry(w.2).or_insert(0) += 1;
+                    }
+                    c.offset
+                });
+                drop(st);
+                for (conn, req, _) in waiters {
+                    let reply = match offset {
+                        Some(offset) => PullReply { offset, object_id: id.to_vec(), ..Default::default() },
+                        None => PullReply { error: "the object was freed while it was being pulled".into(), object_id: id.to_vec(), ..Default::default() },
+                    };
+                    conn.reply(req, node_message::Body::Pulled(reply));
+                }
+            }
             Ok(()) => {
                 let mut pins: HashMap<Id, u32> = HashMap::new();
                 for w in &waiters {
@@ -345,7 +379,7 @@ impl Agent {
                 }));
                 self.record(&e);
                 for (conn, req, _) in waiters {
-                    conn.reply(req, node_message::Body::Pulled(PullReply { offset, ..Default::default() }));
+                    conn.reply(req, node_message::Body::Pulled(PullReply { offset, object_id: id.to_vec(), ..Default::default() }));
                 }
             }
             Err(e) => {
@@ -362,6 +396,7 @@ impl Agent {
                         ..Default::default()
                     },
                 };
+                let reply = PullReply { object_id: id.to_vec(), ..reply };
                 for (conn, req, _) in waiters {
                     conn.reply(req, node_message::Body::Pulled(reply.clone()));
                 }
@@ -444,8 +479,10 @@ impl Agent {
             if let Some(o) = st.objects.remove(&id) {
                 st.free_range(o.offset, o.size);
             }
-            if let Some(p) = st.pulls.get_mut(&id) {
-                p.freed = true;
+            for ((pulled, _), p) in st.pulls.iter_mut() {
+                if *pulled == id {
+                    p.freed = true;
+                }
             }
             let Some(c) = st.copies.get_mut(&id) else { continue };
             if c.pins.is_empty() {
@@ -509,7 +546,11 @@ impl Agent {
             self.cluster.lock().iter().filter(|n| n.node_id != me && !n.transfer_address.is_empty()).map(|n| n.transfer_address.clone()).collect();
         for address in others {
             let agent = self.clone();
-            let request = rayr_proto::OwnersGoneRequest { owners: vec![owner.to_vec()], reason: format!("its owner, worker {}, exited", hex(&owner)) };
+            let request = rayr_proto::OwnersGoneRequest {
+                owners: vec![owner.to_vec()],
+                reason: format!("its owner, worker {}, exited", hex(&owner)),
+                node_id: self.cfg.node_id.to_vec(),
+            };
             transfer.rt.spawn(async move {
                 if let Ok(channel) = agent.channel(&address).await {
                     let _ = ObjectTransferClient::new(channel).owners_gone(request).await;
@@ -518,10 +559,14 @@ impl Agent {
         }
     }
 
-    fn owners_gone(&self, owners: &[Vec<u8>], reason: &str) {
+    /// Processes of node `node` ended: what they owned here is dropped. Only objects
+    /// recorded as owned from that node, by those processes: a caller cannot drop what
+    /// processes of this node or of other nodes own.
+    fn owners_gone(&self, node: Id, owners: &[Vec<u8>], reason: &str) {
         let owners: HashSet<Id> = owners.iter().filter_map(|b| id_of(b)).collect();
         let mut st = self.state.lock();
-        let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| owners.contains(&o.owner)).map(|(id, _)| *id).collect();
+        let lost: Vec<Id> =
+            st.objects.iter().filter(|(_, o)| o.owner_node == Some(node) && owners.contains(&o.owner)).map(|(id, _)| *id).collect();
         let mut events = Vec::new();
         for id in lost {
             let o = st.objects.remove(&id).unwrap();
@@ -655,7 +700,8 @@ impl ObjectTransfer for Service {
     async fn owners_gone(&self, request: Request<rayr_proto::OwnersGoneRequest>) -> Result<Response<rayr_proto::FreeReply>, Status> {
         let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
         let r = request.into_inner();
-        agent.owners_gone(&r.owners, &r.reason);
+        let node = id_of(&r.node_id).ok_or_else(|| Status::invalid_argument("owners gone: a node id is 16 bytes"))?;
+        agent.owners_gone(node, &r.owners, &r.reason);
         Ok(Response::new(rayr_proto::FreeReply {}))
     }
 }

@@ -383,7 +383,10 @@ impl NodeConn {
             return Err(lost());
         }
         let reply = match limit {
-            Some(limit) => rx.recv_timeout(limit).map_err(|_| lost()),
+            Some(limit) => rx.recv_timeout(limit).map_err(|e| match e {
+                crossbeam_channel::RecvTimeoutError::Timeout => Error::Timeout,
+                crossbeam_channel::RecvTimeoutError::Disconnected => lost(),
+            }),
             None => rx.recv().map_err(|_| lost()),
         };
         self.waiters.lock().remove(&req);
@@ -507,7 +510,7 @@ impl Core {
         let mut tcp = match std::env::var(rayr_node::pool::env::NODE_IP) {
             Ok(ip) if !ip.is_empty() => {
                 let ports = std::env::var(rayr_node::pool::env::WORKER_PORTS).unwrap_or_default();
-                Some(bind_tcp(&ip, &ports).map_err(|e| conn_err(&format!("listen on {ip}"), e))?)
+                Some(bind_tcp(&ip, &ports).map_err(|e| Error::Connection(format!("cannot listen on {ip} for other hosts: {e}")))?)
             }
             _ => None,
         };
@@ -573,7 +576,8 @@ impl Core {
         if tcp.is_none() && !reg.tcp_ip.is_empty() {
             // A driver learns its node's address from the registration; nothing knows its
             // own until it hands refs out, after this.
-            let (listener, at) = bind_tcp(&reg.tcp_ip, &reg.tcp_ports).map_err(|e| conn_err(&format!("listen on {}", reg.tcp_ip), e))?;
+            let (listener, at) = bind_tcp(&reg.tcp_ip, &reg.tcp_ports)
+                .map_err(|e| Error::Connection(format!("cannot listen on {} for other hosts: {e}", reg.tcp_ip)))?;
             address = format!("{address}|{at}");
             tcp = Some((listener, at));
             let update = ClientMessage { req_id: 0, body: Some(client_message::Body::UpdateAddress(address.clone())) };
@@ -683,8 +687,21 @@ impl Core {
                     continue;
                 }
             }
-            if let Some(tx) = self.node_conn.waiters.lock().remove(&msg.req_id) {
-                let _ = tx.send(msg);
+            let waiter = self.node_conn.waiters.lock().remove(&msg.req_id);
+            match (waiter, &msg.body) {
+                (Some(tx), _) => {
+                    let _ = tx.send(msg);
+                }
+                // A pull answered after its reader gave up (its timeout passed): the copy
+                // the agent pinned for it is not needed.
+                (None, Some(node_message::Body::Pulled(p))) if p.error.is_empty() => {
+                    if let Ok(id) = <Id>::try_from(p.object_id.as_slice())
+                        && !self.state.lock().local_copies.contains_key(&id)
+                    {
+                        self.release_copies(&[id]);
+                    }
+                }
+                _ => {}
             }
         }
         self.node_conn.closed.store(true, Ordering::Release);
@@ -722,8 +739,11 @@ impl Core {
         let mut buf = Vec::new();
         encode_frame(&register, &mut buf);
         (&stream).write_all(&buf)?;
+        // (That agent may fetch this job's binary first: a minute at most.)
+        stream.set_read_timeout(Some(Duration::from_secs(60)))?;
         let mut reader = FrameReader::new(stream.try_clone()?);
         let reply: NodeMessage = reader.next()?.ok_or_else(|| io::Error::other("the node agent closed the connection"))?;
+        stream.set_read_timeout(None)?;
         match reply.body {
             Some(node_message::Body::Registered(r)) if r.error.is_empty() => {}
             Some(node_message::Body::Registered(r)) => return Err(io::Error::other(r.error)),

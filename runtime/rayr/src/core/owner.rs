@@ -248,7 +248,7 @@ impl Core {
         lost.worker_id = self.me.to_vec();
         lost.cause = cause;
         let what = match &rerun {
-            Some(t) => format!("; its task {} runs again (attempt {} of {})", hex(&t.spec.task_id), t.spec.attempt + 1, t.spec.max_retries),
+            Some(t) => format!("; its task {} runs again (retry {} of {})", hex(&t.spec.task_id), t.spec.attempt + 1, t.spec.max_retries),
             None => "; it cannot be made again (not a task's result, or no retries left): lost".into(),
         };
         lost.detail = Some(event::Detail::Object(ObjectDetail {
