@@ -569,6 +569,63 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
 }
 
 #[test]
+fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_it_could_not_search() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#], &["--num-cpus", "1"]], 100);
+    let marker = format!("MARK-{}-{}", std::process::id(), rayr_logs::hex(&rayr_logs::new_id()));
+    let out = run(
+        Command::new(SCENARIOS).arg("log_marker").env("MARKER", &marker).env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let far = cluster.nodes[0].id.clone();
+    assert!(stdout.contains(&format!("SAID_ON {far}")), "{stdout}");
+    let search = |args: &[&str]| {
+        let out = cluster.cli(&[&["logs", "search"], args].concat());
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // One match, under the node that ran the task, in a worker's stdout, with its context.
+    let (ok, found, err) = search(&[&marker, "--json", "-C", "1"]);
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = found.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let hits: Vec<&serde_json::Value> = lines.iter().filter(|l| l["match"] == true).collect();
+    assert_eq!(hits.len(), 1, "{found}");
+    assert_eq!(hits[0]["node"], far.as_str());
+    assert_eq!(hits[0]["text"], format!("{marker} here"));
+    assert!(hits[0]["file"].as_str().unwrap().ends_with(".out"), "{}", hits[0]);
+    let context: Vec<&str> = lines.iter().filter(|l| l["match"] == false).map(|l| l["text"].as_str().unwrap()).collect();
+    assert_eq!(context, ["line-before", "line-after"]);
+    // The worker's id narrows it; a glob that excludes stdout finds nothing; -i folds case.
+    let worker = std::path::Path::new(hits[0]["file"].as_str().unwrap()).file_name().unwrap().to_str().unwrap()["worker-".len()..]
+        .split('-')
+        .next()
+        .unwrap()
+        .to_string();
+    let (ok, found, _) = search(&[&marker, "--worker", &worker[..8]]);
+    assert!(ok && found.contains(&format!("{marker} here")), "{found}");
+    let (ok, found, err) = search(&[&marker, "--glob", "*.err"]);
+    assert!(ok && found.is_empty() && err.contains("no matches"), "{found}{err}");
+    let (ok, found, _) = search(&[&marker.to_lowercase(), "-i"]);
+    assert!(ok && found.contains(&format!("{marker} here")), "{found}");
+    // Listing shows the worker's files on that node.
+    let out = cluster.cli(&["logs", "list", "--json"]);
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(listed.lines().any(|l| l.contains(&far) && l.contains(&worker)), "{listed}");
+    // Bad input says what is wrong.
+    let (ok, _, err) = search(&["(unclosed"]);
+    assert!(!ok && err.contains("not a valid regular expression"), "{err}");
+    // A node that cannot be searched is named, and the results say they are incomplete.
+    cluster.kill9(1);
+    let (ok, found, err) = search(&[&marker]);
+    assert!(!ok, "an incomplete search fails");
+    assert!(found.contains(&format!("{marker} here")), "what the others found is still shown: {found}");
+    assert!(err.contains(&cluster.nodes[1].id[..12]) && err.contains("incomplete"), "{err}");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_elsewhere() {
     let cluster = TestCluster::start(
         "1",

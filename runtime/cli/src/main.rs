@@ -7,6 +7,7 @@
 
 mod connect;
 mod join;
+mod logs;
 mod query;
 mod whydied;
 
@@ -53,6 +54,8 @@ enum Command {
     Events(query::EventsArgs),
     /// How a task, worker, object, node or job ended, and why (the id an error named).
     WhyDied(whydied::WhyDiedArgs),
+    /// Search or list the log files of every node.
+    Logs(logs::LogsArgs),
     /// The shm object store of this host's node: bytes used, capacity, objects.
     Memory {
         #[arg(long)]
@@ -178,6 +181,7 @@ fn main() {
         Command::Events(a) => rt.block_on(query::events(a)),
         Command::WhyDied(a) => rt.block_on(whydied::why_died(a)),
         Command::Memory { json } => memory(json),
+        Command::Logs(a) => rt.block_on(logs::logs(a)),
         Command::Serve(a) => serve(a),
     };
     if let Err(e) = result {
@@ -451,6 +455,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         None => new_id(),
     };
     let node_id = cfg.node_id;
+    // What `rayr start` sends this process's output to.
+    cfg.own_logs = vec![match &a.join {
+        Some(_) => session.logs_dir().join(format!("node-{}.log", &hex(&node_id)[..16])),
+        None => session.logs_dir().join("head.log"),
+    }];
     let set = block_stop_signals();
     let node = rayr_node::start_node(cfg).context("starting the node agent")?;
     let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(session.pids_file())?;

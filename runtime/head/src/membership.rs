@@ -395,6 +395,7 @@ impl Membership {
             if m.gone.is_none() {
                 row.available_resources = m.available.clone();
                 row.last_heartbeat_us = m.last_beat_us;
+                row.grpc_address = m.transfer_address.clone();
             }
         }
     }

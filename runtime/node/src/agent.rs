@@ -27,6 +27,7 @@ use crate::pool::{self, env};
 
 mod binaries;
 mod detached;
+mod logs;
 mod placement;
 mod transfer;
 use crate::resources::{self, Resources};
@@ -56,6 +57,9 @@ pub struct NodeConfig {
     pub worker_ports: Option<(u16, u16)>,
     /// Labels the node was started with (`--labels`), recorded in NODE_STARTED.
     pub labels: HashMap<String, String>,
+    /// The agent's own log files (what `rayr start` writes its output to), searched with
+    /// its workers' logs.
+    pub own_logs: Vec<PathBuf>,
 }
 
 impl NodeConfig {
@@ -75,6 +79,7 @@ impl NodeConfig {
             node_manager_port: 0,
             worker_ports: None,
             labels: HashMap::new(),
+            own_logs: Vec::new(),
         }
     }
 }
@@ -229,6 +234,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
             pulls: HashMap::new(),
             serving: HashMap::new(),
             deferred_frees: HashMap::new(),
+            worker_logs: Vec::new(),
         }),
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
@@ -421,6 +427,8 @@ struct State {
     /// (offset → size), returned to the allocator when their last stream ends.
     serving: HashMap<u64, u32>,
     deferred_frees: HashMap<u64, u64>,
+    /// Every worker this agent started, with its pid: its log files (`rayr logs`).
+    worker_logs: Vec<(Id, u32)>,
 }
 
 /// A submitter of another node (RegisterClient.remote): it only holds leases here.
@@ -1140,6 +1148,7 @@ impl Agent {
             }
         };
         let pid = child.id();
+        st.worker_logs.push((worker, pid));
         let out_path = session.worker_log(&whex, pid, "out");
         let err_path = session.worker_log(&whex, pid, "err");
         let _ = std::fs::rename(&out_tmp, &out_path);

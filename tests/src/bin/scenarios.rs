@@ -222,6 +222,15 @@ fn big_noting_node(n: usize, note: String) -> (String, Vec<u8>) {
     (node, vec![9u8; n])
 }
 
+/// Prints each line to stdout; returns the node it ran on.
+#[rayr::remote]
+fn say(lines: Vec<String>) -> String {
+    for l in &lines {
+        println!("{l}");
+    }
+    rayr::runtime_context().unwrap().node_id.to_string()
+}
+
 /// Where it ran, and the length of the value it was given.
 #[rayr::remote]
 fn node_and_len(v: (String, Vec<u8>)) -> (String, usize) {
@@ -766,6 +775,15 @@ fn main() -> rayr::Result<()> {
             let (_, value) = rayr::get(&there)?;
             let ok = sum == (10_000_000u64 / 8).wrapping_mul(0x0101_0101_0101_0101) && value.len() == 10_000_000 && value.iter().all(|b| *b == 7);
             println!("OTHER_HOST_OBJECTS {}", if ok { "ok" } else { "wrong" });
+        }
+        // A task on the "far" node prints MARKER between two other lines.
+        "log_marker" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let marker = std::env::var("MARKER").unwrap();
+            let lines = vec!["line-before".to_string(), format!("{marker} here"), "line-after".to_string()];
+            let r = say::options().resource("far", 1.0).remote(lines);
+            let node = rayr::get(&r)?;
+            println!("SAID_ON {node}");
         }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));

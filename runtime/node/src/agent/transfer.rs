@@ -92,6 +92,7 @@ pub(super) fn start(agent: &Arc<Agent>, address: &str) -> std::io::Result<tokio:
     let bound = listener.local_addr()?.to_string();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("rayr-transfer").enable_all().build()?;
     let service = Service(Arc::downgrade(agent));
+    let logs_service = super::logs::service(agent);
     let incoming = {
         let _guard = rt.enter();
         tokio_stream::wrappers::TcpListenerStream::new(tokio::net::TcpListener::from_std(listener)?)
@@ -100,7 +101,8 @@ pub(super) fn start(agent: &Arc<Agent>, address: &str) -> std::io::Result<tokio:
         let server = tonic::transport::Server::builder()
             .initial_stream_window_size(Some(STREAM_WINDOW))
             .initial_connection_window_size(Some(CONNECTION_WINDOW))
-            .add_service(ObjectTransferServer::new(service).max_encoding_message_size(2 * CHUNK));
+            .add_service(ObjectTransferServer::new(service).max_encoding_message_size(2 * CHUNK))
+            .add_service(logs_service);
         if let Err(e) = server.serve_with_incoming(incoming).await {
             tracing::error!("the object transfer server stopped: {e}");
         }

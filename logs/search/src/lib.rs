@@ -1,0 +1,221 @@
+//! Searching log files with ripgrep's own searcher (`grep-searcher`, `grep-regex`).
+//!
+//! A node agent answers `rayr logs search` for the log files of its node with this; the
+//! CLI uses it directly on a session whose cluster is not running. It knows nothing about
+//! nodes or sessions: it gets a query and a list of files, and reports each match (and its
+//! context lines) as it is found, so results stream instead of arriving at the end. Files
+//! it cannot search (unreadable, binary) are reported, never silently skipped.
+//!
+//! ```no_run
+//! let q = rayr_logsearch::Query { pattern: "panicked".into(), context: 1, ..Default::default() };
+//! let matcher = q.compile().unwrap();
+//! let files = vec![std::path::PathBuf::from("/tmp/rayr/session_latest/logs/worker-ab-1.err")];
+//! let skipped = rayr_logsearch::search(&matcher, &q, &files, |hit| {
+//!     println!("{}:{}: {}", hit.file.display(), hit.line, hit.text);
+//!     true // keep going
+//! });
+//! assert!(skipped.is_empty());
+//! ```
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use grep_regex::{RegexMatcher, RegexMatcherBuilder};
+use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder, Sink, SinkContext, SinkContextKind, SinkMatch};
+
+/// What to look for.
+#[derive(Clone, Debug, Default)]
+pub struct Query {
+    /// A regular expression (Rust `regex` syntax, as ripgrep's).
+    pub pattern: String,
+    pub ignore_case: bool,
+    /// Lines shown before and after each match.
+    pub context: usize,
+    /// Matches per file at most (0: no limit).
+    pub max_count: u64,
+    /// Only files whose name matches this wildcard pattern (`*` and `?`), if set.
+    pub glob: Option<String>,
+}
+
+/// A line found: a match, or a context line around one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub file: PathBuf,
+    /// 1-based.
+    pub line: u64,
+    /// The line, without its line ending (invalid UTF-8 replaced).
+    pub text: String,
+    /// False for a context line.
+    pub is_match: bool,
+}
+
+impl Query {
+    /// The matcher for this query, or what is wrong with the pattern.
+    pub fn compile(&self) -> Result<RegexMatcher, String> {
+        RegexMatcherBuilder::new()
+            .case_insensitive(self.ignore_case)
+            .build(&self.pattern)
+            .map_err(|e| format!("the pattern {:?} is not a valid regular expression: {e}", self.pattern))
+    }
+
+    /// Whether `file`'s name passes `glob`.
+    pub fn wants(&self, file: &Path) -> bool {
+        match &self.glob {
+            None => true,
+            Some(g) => file.file_name().and_then(|n| n.to_str()).is_some_and(|n| wildcard(g.as_bytes(), n.as_bytes())),
+        }
+    }
+}
+
+/// Searches `files` in order, calling `on` for every hit until it returns false. Returns
+/// the files that could not be searched, with why.
+pub fn search(matcher: &RegexMatcher, query: &Query, files: &[PathBuf], mut on: impl FnMut(Hit) -> bool) -> Vec<(PathBuf, String)> {
+    let mut searcher = SearcherBuilder::new()
+        .line_number(true)
+        .before_context(query.context)
+        .after_context(query.context)
+        // A NUL byte means a binary file: stop there and say so.
+        .binary_detection(BinaryDetection::quit(b'\x00'))
+        .build();
+    let mut skipped = Vec::new();
+    for file in files.iter().filter(|f| query.wants(f)) {
+        let mut sink = Collect { file, on: &mut on, max: query.max_count, matches: 0, stop: false, binary: false };
+        if let Err(e) = searcher.search_path(matcher, file, &mut sink) {
+            skipped.push((file.clone(), format!("cannot read it: {e}")));
+        } else if sink.binary {
+            skipped.push((file.clone(), "binary data (a NUL byte): not searched past it".into()));
+        }
+        if sink.stop {
+            break;
+        }
+    }
+    skipped
+}
+
+struct Collect<'a, F> {
+    file: &'a Path,
+    on: &'a mut F,
+    max: u64,
+    matches: u64,
+    /// The caller wants no more.
+    stop: bool,
+    binary: bool,
+}
+
+fn text(bytes: &[u8]) -> String {
+    let line = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    String::from_utf8_lossy(line).into_owned()
+}
+
+impl<F: FnMut(Hit) -> bool> Sink for Collect<'_, F> {
+    type Error = io::Error;
+
+    fn matched(&mut self, _: &Searcher, m: &SinkMatch<'_>) -> Result<bool, io::Error> {
+        // A match may span lines only with multi-line search, which is off: one line each.
+        let hit = Hit { file: self.file.to_path_buf(), line: m.line_number().unwrap_or(0), text: text(m.bytes()), is_match: true };
+        if !(self.on)(hit) {
+            self.stop = true;
+            return Ok(false);
+        }
+        self.matches += 1;
+        Ok(self.max == 0 || self.matches < self.max)
+    }
+
+    fn context(&mut self, _: &Searcher, c: &SinkContext<'_>) -> Result<bool, io::Error> {
+        if matches!(c.kind(), SinkContextKind::Other) {
+            return Ok(true);
+        }
+        let hit = Hit { file: self.file.to_path_buf(), line: c.line_number().unwrap_or(0), text: text(c.bytes()), is_match: false };
+        if !(self.on)(hit) {
+            self.stop = true;
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn binary_data(&mut self, _: &Searcher, _: u64) -> Result<bool, io::Error> {
+        self.binary = true;
+        Ok(false)
+    }
+}
+
+/// `*` (any run) and `?` (any one byte) against a whole name.
+fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
+    match (pattern.first(), name.first()) {
+        (None, None) => true,
+        (Some(b'*'), _) => wildcard(&pattern[1..], name) || (!name.is_empty() && wildcard(pattern, &name[1..])),
+        (Some(b'?'), Some(_)) => wildcard(&pattern[1..], &name[1..]),
+        (Some(p), Some(n)) if p == n => wildcard(&pattern[1..], &name[1..]),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(dir: &Path, name: &str, body: &[u8]) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    #[test]
+    fn finds_matches_with_context_in_order_and_says_what_it_skipped() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(dir.path(), "worker-a.err", b"one\ntwo\nthree MARK\nfour\nfive\n");
+        let b = file(dir.path(), "worker-b.out", b"mark here\n");
+        let bin = file(dir.path(), "blob.err", b"MARK\0binary\n");
+        let gone = dir.path().join("missing.err");
+        let q = Query { pattern: "mark".into(), ignore_case: true, context: 1, ..Default::default() };
+        let m = q.compile().unwrap();
+        let mut hits = Vec::new();
+        let skipped = search(&m, &q, &[a.clone(), b.clone(), bin.clone(), gone.clone()], |h| {
+            hits.push((h.file.file_name().unwrap().to_str().unwrap().to_string(), h.line, h.text, h.is_match));
+            true
+        });
+        assert_eq!(
+            hits[..4],
+            [
+                ("worker-a.err".into(), 2, "two".into(), false),
+                ("worker-a.err".into(), 3, "three MARK".into(), true),
+                ("worker-a.err".into(), 4, "four".into(), false),
+                ("worker-b.out".into(), 1, "mark here".into(), true),
+            ]
+        );
+        let why: Vec<&str> = skipped.iter().map(|(_, w)| w.as_str()).collect();
+        assert!(skipped.iter().any(|(f, _)| *f == bin) && why.iter().any(|w| w.contains("binary")), "{skipped:?}");
+        assert!(skipped.iter().any(|(f, w)| *f == gone && w.contains("cannot read")), "{skipped:?}");
+    }
+
+    #[test]
+    fn glob_max_count_and_stopping_early() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = file(dir.path(), "worker-a.err", b"x\nx\nx\n");
+        let b = file(dir.path(), "worker-a.out", b"x\n");
+        let q = Query { pattern: "x".into(), max_count: 2, glob: Some("*.err".into()), ..Default::default() };
+        let m = q.compile().unwrap();
+        let mut n = 0;
+        search(&m, &q, &[a.clone(), b.clone()], |_| {
+            n += 1;
+            true
+        });
+        assert_eq!(n, 2, "two per file, only the .err file");
+        let q = Query { pattern: "x".into(), ..Default::default() };
+        let mut n = 0;
+        search(&q.compile().unwrap(), &q, &[a, b], |_| {
+            n += 1;
+            n < 1
+        });
+        assert_eq!(n, 1, "stops when asked");
+    }
+
+    #[test]
+    fn a_bad_pattern_says_so() {
+        let e = Query { pattern: "(unclosed".into(), ..Default::default() }.compile().unwrap_err();
+        assert!(e.contains("not a valid regular expression"), "{e}");
+        assert!(wildcard(b"worker-*.err", b"worker-ab-12.err"));
+        assert!(!wildcard(b"worker-?.err", b"worker-ab.err"));
+    }
+}

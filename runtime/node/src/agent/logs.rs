@@ -1,0 +1,106 @@
+//! The node's log files, searched where they are (`rayr logs search`, `rayr logs list`):
+//! the stdout and stderr of every worker this agent started, and its own log. Several
+//! agents of one host may share a session directory: each answers for its own files only,
+//! so a search across the cluster reports every line once, under the node that wrote it.
+//!
+//! Served over gRPC (`NodeLogs`) beside the object transfer service; a search runs on the
+//! blocking pool and streams each hit as it is found.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Weak};
+
+use rayr_logs::{Id, hex};
+use rayr_proto::node_logs_server::NodeLogs;
+use rayr_proto::{LogFile, LogLine, LogListReply, LogListRequest, LogSearchRequest};
+use tonic::{Request, Response, Status};
+
+use super::Agent;
+
+impl Agent {
+    /// This node's log files: (path, the worker that wrote it and its pid, if a worker's).
+    fn log_files(&self, worker_prefix: &str) -> Vec<(PathBuf, Option<(Id, u32)>)> {
+        let workers = self.state.lock().worker_logs.clone();
+        let mut files = Vec::new();
+        if worker_prefix.is_empty() {
+            files.extend(self.cfg.own_logs.iter().map(|p| (p.clone(), None)));
+        }
+        for (w, pid) in workers {
+            let whex = hex(&w);
+            if !whex.starts_with(&worker_prefix.to_ascii_lowercase()) {
+                continue;
+            }
+            for ext in ["out", "err"] {
+                files.push((self.cfg.session.worker_log(&whex, pid, ext), Some((w, pid))));
+            }
+        }
+        files.retain(|(p, _)| p.exists());
+        files
+    }
+}
+
+/// The gRPC face of the node's logs.
+pub(super) struct Service(pub(super) Weak<Agent>);
+
+type LineStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<LogLine, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl NodeLogs for Service {
+    type SearchStream = LineStream;
+
+    async fn search(&self, request: Request<LogSearchRequest>) -> Result<Response<LineStream>, Status> {
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let r = request.into_inner();
+        let query = rayr_logsearch::Query {
+            pattern: r.pattern,
+            ignore_case: r.ignore_case,
+            context: r.context.min(1000) as usize,
+            max_count: r.max_count,
+            glob: Some(r.glob).filter(|g| !g.is_empty()),
+        };
+        let matcher = query.compile().map_err(Status::invalid_argument)?;
+        if !r.worker.is_empty() && !r.worker.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Status::invalid_argument(format!("--worker {:?} is not a worker id (hex digits)", r.worker)));
+        }
+        let files: Vec<PathBuf> = agent.log_files(&r.worker).into_iter().map(|(p, _)| p).collect();
+        let (tx, rx) = tokio::sync::mpsc::channel(256);
+        tokio::task::spawn_blocking(move || {
+            let skipped = rayr_logsearch::search(&matcher, &query, &files, |hit| {
+                let line = LogLine { file: hit.file.display().to_string(), line: hit.line, text: hit.text, is_match: hit.is_match, skipped: String::new() };
+                // The reader went away: stop searching.
+                tx.blocking_send(Ok(line)).is_ok()
+            });
+            for (file, why) in skipped {
+                let _ = tx.blocking_send(Ok(LogLine { file: file.display().to_string(), skipped: why, ..Default::default() }));
+            }
+        });
+        Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn list(&self, _: Request<LogListRequest>) -> Result<Response<LogListReply>, Status> {
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let files = agent
+            .log_files("")
+            .into_iter()
+            .map(|(p, w)| {
+                let meta = std::fs::metadata(&p).ok();
+                let modified_us = meta
+                    .as_ref()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| d.as_micros() as i64);
+                LogFile {
+                    path: p.display().to_string(),
+                    size: meta.map_or(0, |m| m.len()),
+                    worker_id: w.map(|(w, _)| w.to_vec()).unwrap_or_default(),
+                    pid: w.map_or(0, |(_, pid)| pid),
+                    modified_us,
+                }
+            })
+            .collect();
+        Ok(Response::new(LogListReply { files }))
+    }
+}
+
+pub(super) fn service(agent: &Arc<Agent>) -> rayr_proto::node_logs_server::NodeLogsServer<Service> {
+    rayr_proto::node_logs_server::NodeLogsServer::new(Service(Arc::downgrade(agent)))
+}
