@@ -331,10 +331,27 @@ fn a_result_lost_with_its_node_is_made_again_from_its_task_or_reported_lost() {
     assert_eq!(lost.cause, died.id);
     let Some(event::Detail::Object(d)) = &lost.detail else { panic!() };
     assert!(d.reason.contains("cannot be made again"), "{d:?}");
-    // why-died follows the chain from the lost object to the node's death.
-    let why = cluster.cli(&["why-died", &line("IDS").split(' ').nth(1).unwrap().to_string()]);
-    let text = String::from_utf8_lossy(&why.stdout).to_string();
-    assert!(text.contains("node_died"), "{text}");
+    // why-died follows each chain from the object to the node's death, and says which was
+    // made again.
+    let ids_hex: Vec<String> = line("IDS").split(' ').map(String::from).collect();
+    let why = |id: &str| -> serde_json::Value {
+        let out = cluster.cli(&["why-died", id, "--json"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let died_hex = rayr_logs::hex(&died.id);
+    let remade = why(&ids_hex[0]);
+    assert!(remade["summary"].as_str().unwrap().contains("made again"), "{remade}");
+    assert_eq!(remade["root_cause"], died_hex.as_str(), "{remade}");
+    assert!(remade["advice"].as_str().unwrap().contains("re-ran"), "{remade}");
+    let gone = why(&ids_hex[1]);
+    assert!(gone["summary"].as_str().unwrap().contains("was lost"), "{gone}");
+    let chain: Vec<&str> = gone["chain"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(chain, ["object_lost", "node_died"], "{gone}");
+    assert_eq!(gone["chain"][1]["node_id"], rayr_logs::hex(&killed).as_str());
+    assert!(gone["advice"].as_str().unwrap().contains("max_retries"), "{gone}");
+    let text = String::from_utf8_lossy(&cluster.cli(&["why-died", &ids_hex[1]]).stdout).to_string();
+    assert!(text.contains("node_died") && text.contains("max_retries"), "{text}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

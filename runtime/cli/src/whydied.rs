@@ -444,7 +444,22 @@ async fn explain_object(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<
     let producer =
         events.iter().find(|e| is(e, EventKind::TaskSubmitted) && !e.task_id.is_empty()).map(|e| e.task_id.clone());
     let name = format!("object {}", hex(&id));
-    if let Some(lost) = lost {
+    // Made again after it was lost (its task re-ran from lineage): the latest value lives.
+    let remade = lost.and_then(|l| events.iter().rev().find(|e| is(e, EventKind::ObjectCreated) && e.time_us > l.time_us));
+    if let (Some(lost), Some(remade)) = (lost, remade) {
+        let reason = object(lost).map(|o| o.reason.as_str()).unwrap_or_default();
+        r.summary = format!(
+            "{name} was lost at {} ({reason}) and made again at {} by worker {}{}",
+            local_time(lost.time_us),
+            local_time(remade.time_us),
+            hex(&remade.worker_id),
+            if freed.is_some_and(|f| f.time_us > remade.time_us) { ", then freed when its references were dropped" } else { "" }
+        );
+        walk(rec, r, lost.clone(), MAX_CHAIN).await?;
+        r.advice = Some("nothing is lost now: rayr re-ran the task that made it (Ray's lineage), which its retries allowed; a value that must survive a node's death without a re-run should be read (get) onto a live node first".into());
+        // The loss's root: the node's death when the record has it.
+        r.root_cause = r.chain.iter().position(|e| is(e, EventKind::NodeDied)).or(Some(0));
+    } else if let Some(lost) = lost {
         let reason = object(lost).map(|o| o.reason.as_str()).unwrap_or_default();
         r.summary = format!("{name} was lost at {}: {reason}", local_time(lost.time_us));
         walk(rec, r, lost.clone(), MAX_CHAIN).await?;
@@ -664,10 +679,13 @@ fn advise(chain: &[Event], has_stderr: bool) -> Option<(String, usize)> {
                     }
                     return Some((advice, i));
                 }
-                return Some((
-                    format!("its value is gone ({reason}), and rayr cannot rebuild lost objects yet: compute it again"),
-                    i,
-                ));
+                if chain[i + 1..].iter().any(|e| is(e, EventKind::NodeDied)) || reason.contains("which is gone") {
+                    return Some((
+                        "its only copy was in the store of a node that died, and it could not be made again (not a task's result, or its task had no retries left): give the task `max_retries` so rayr re-runs it, or read the value (get) onto a live node while it matters".into(),
+                        i,
+                    ));
+                }
+                return Some((format!("its value is gone ({reason}): compute it again"), i));
             }
             EventKind::ObjectFreed => {
                 return Some((
