@@ -310,6 +310,16 @@ impl TaskDetailWriter<'_> {
         bytes(9, v.as_bytes(), self.out);
         self
     }
+    /// Where the worker's stdout and stderr stood before and after the task's output.
+    #[inline]
+    pub fn output(&mut self, out: (u64, u64), err: (u64, u64)) -> &mut Self {
+        uint(11, out.0, self.out);
+        uint(12, out.1, self.out);
+        uint(13, err.0, self.out);
+        uint(14, err.1, self.out);
+        uint(15, 1, self.out);
+        self
+    }
 }
 
 /// Writes `ObjectDetail` fields.

@@ -605,13 +605,26 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     let (ok, found, err) = search(&[&marker, "--json", "-C", "1"]);
     assert!(ok, "{err}");
     let lines: Vec<serde_json::Value> = found.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let hits: Vec<&serde_json::Value> = lines.iter().filter(|l| l["match"] == true).collect();
+    let hits: Vec<&serde_json::Value> = lines.iter().filter(|l| l["match"] == true && l["text"] == format!("{marker} here").as_str()).collect();
     assert_eq!(hits.len(), 1, "{found}");
     assert_eq!(hits[0]["node"], far.as_str());
     assert_eq!(hits[0]["text"], format!("{marker} here"));
     assert!(hits[0]["file"].as_str().unwrap().ends_with(".out"), "{}", hits[0]);
     let context: Vec<&str> = lines.iter().filter(|l| l["match"] == false).map(|l| l["text"].as_str().unwrap()).collect();
-    assert_eq!(context, ["line-before", "line-after"]);
+    assert_eq!(context[..2], ["line-before", "line-after"]);
+    // --task: only what each task wrote, though both wrote to the same worker's stdout.
+    let ids: Vec<Vec<u8>> = stdout.lines().find_map(|l| l.strip_prefix("SAID_IDS ")).unwrap().split(' ').map(|h| rayr_logs::parse_hex(h).unwrap()).collect();
+    let events = cluster.events();
+    let task_of = |object: &[u8]| {
+        rayr_logs::hex(&events.iter().find(|e| kind(e) == EventKind::TaskSubmitted && e.object_id == object).expect("submitted").task_id)
+    };
+    let (first, second) = (task_of(&ids[0]), task_of(&ids[1]));
+    let (ok, found, err) = search(&[&marker, "--task", &first]);
+    assert!(ok, "{err}");
+    assert!(found.contains(&format!("{marker} here")) && !found.contains("from the second task"), "{found}");
+    let (ok, found, err) = search(&[&marker, "--task", &second[..12]]);
+    assert!(ok, "{err}");
+    assert!(found.contains("from the second task") && !found.contains(&format!("{marker} here")), "{found}");
     // The worker's id narrows it; a glob that excludes stdout finds nothing; -i folds case.
     let worker = std::path::Path::new(hits[0]["file"].as_str().unwrap()).file_name().unwrap().to_str().unwrap()["worker-".len()..]
         .split('-')

@@ -92,6 +92,72 @@ pub fn search(matcher: &RegexMatcher, query: &Query, files: &[PathBuf], mut on: 
     skipped
 }
 
+/// Like [`search`], over byte ranges of files (`[start, end)`, e.g. what one task wrote):
+/// lines keep their numbers in the whole file. Ranges over 256 MiB are cut there (said).
+pub fn search_ranges(
+    matcher: &RegexMatcher,
+    query: &Query,
+    ranges: &[(PathBuf, u64, u64)],
+    mut on: impl FnMut(Hit) -> bool,
+) -> Vec<(PathBuf, String)> {
+    use std::io::{BufRead, Read, Seek, SeekFrom};
+    const MAX_RANGE: u64 = 256 << 20;
+    let mut skipped = Vec::new();
+    for (file, start, end) in ranges.iter().filter(|(f, ..)| query.wants(f)) {
+        let (start, mut end) = (*start, (*end).max(*start));
+        if end - start > MAX_RANGE {
+            skipped.push((file.clone(), format!("the range is {} bytes: searched its first {MAX_RANGE}", end - start)));
+            end = start + MAX_RANGE;
+        }
+        let read = (|| -> io::Result<(u64, Vec<u8>)> {
+            let mut f = std::fs::File::open(file)?;
+            // Line numbers count from the file's start.
+            let mut before = 0u64;
+            let mut prefix = io::BufReader::new((&mut f).take(start));
+            loop {
+                let buf = prefix.fill_buf()?;
+                if buf.is_empty() {
+                    break;
+                }
+                before += buf.iter().filter(|b| **b == b'\n').count() as u64;
+                let n = buf.len();
+                prefix.consume(n);
+            }
+            f.seek(SeekFrom::Start(start))?;
+            let mut body = Vec::with_capacity((end - start) as usize);
+            f.take(end - start).read_to_end(&mut body)?;
+            Ok((before, body))
+        })();
+        let (before, body) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                skipped.push((file.clone(), format!("cannot read it: {e}")));
+                continue;
+            }
+        };
+        let mut searcher = SearcherBuilder::new()
+            .line_number(true)
+            .before_context(query.context)
+            .after_context(query.context)
+            .binary_detection(BinaryDetection::quit(b'\x00'))
+            .build();
+        let mut shifted = |mut h: Hit| {
+            h.line += before;
+            on(h)
+        };
+        let mut sink = Collect { file, on: &mut shifted, max: query.max_count, matches: 0, stop: false, binary: false };
+        if let Err(e) = searcher.search_slice(matcher, &body, &mut sink) {
+            skipped.push((file.clone(), format!("cannot search it: {e}")));
+        } else if sink.binary {
+            skipped.push((file.clone(), "binary data (a NUL byte): not searched past it".into()));
+        }
+        if sink.stop {
+            break;
+        }
+    }
+    skipped
+}
+
 struct Collect<'a, F> {
     file: &'a Path,
     on: &'a mut F,
@@ -209,6 +275,24 @@ mod tests {
             n < 1
         });
         assert_eq!(n, 1, "stops when asked");
+    }
+
+    #[test]
+    fn ranges_keep_the_files_line_numbers() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = b"a x\nb\nc x\nd x\ne\n";
+        let f = file(dir.path(), "worker-a.out", body);
+        // The range holds "c x\nd x\n": lines 3 and 4.
+        let start = body.iter().position(|b| *b == b'c').unwrap() as u64;
+        let end = body.iter().position(|b| *b == b'e').unwrap() as u64;
+        let q = Query { pattern: "x".into(), ..Default::default() };
+        let mut hits = Vec::new();
+        let skipped = search_ranges(&q.compile().unwrap(), &q, &[(f, start, end)], |h| {
+            hits.push((h.line, h.text));
+            true
+        });
+        assert!(skipped.is_empty(), "{skipped:?}");
+        assert_eq!(hits, [(3, "c x".to_string()), (4, "d x".to_string())]);
     }
 
     #[test]

@@ -59,6 +59,10 @@ pub struct SearchArgs {
     /// Only this worker's files (an id or a prefix of one).
     #[arg(long)]
     pub worker: Option<String>,
+    /// Only the lines a task wrote (every attempt, on whichever node ran it): an id, a
+    /// unique prefix, or the short form tables print.
+    #[arg(long, value_name = "ID")]
+    pub task: Option<String>,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -120,7 +124,94 @@ fn request(a: &SearchArgs) -> LogSearchRequest {
         max_count: a.max_count.unwrap_or(0),
         glob: a.glob.clone().unwrap_or_default(),
         worker: a.worker.clone().unwrap_or_default(),
+        ranges: Vec::new(),
     }
+}
+
+/// Where one attempt of a task wrote: its node, its worker, and the parts of the worker's
+/// stdout and stderr; `shared` when the range also holds what other short tasks of that
+/// worker wrote (only tasks of 20 µs or more, and failures, are measured on their own).
+struct Attempt {
+    attempt: u32,
+    node: Vec<u8>,
+    worker: Vec<u8>,
+    ranges: Vec<rayr_proto::ByteRange>,
+    shared: bool,
+}
+
+fn output_of(e: &rayr_proto::Event) -> Option<&rayr_proto::TaskDetail> {
+    match &e.detail {
+        Some(rayr_proto::event::Detail::Task(d)) if d.output_measured => Some(d),
+        _ => None,
+    }
+}
+
+fn ranges(d: &rayr_proto::TaskDetail) -> Vec<rayr_proto::ByteRange> {
+    vec![
+        rayr_proto::ByteRange { stream: "out".into(), start: d.out_start, end: d.out_end },
+        rayr_proto::ByteRange { stream: "err".into(), start: d.err_start, end: d.err_end },
+    ]
+}
+
+/// The attempts of task `id` and where each wrote, from the event record.
+async fn task_output(cluster: &mut Cluster, id: &str) -> anyhow::Result<Vec<Attempt>> {
+    use rayr_proto::EventKind as K;
+    let mut events = Vec::new();
+    let filter = crate::connect::EventFilter { id: Some(id.to_string()), kind: 0, since_us: 0, follow: false };
+    cluster.events(&filter, |e| {
+        events.push(e.clone());
+        Ok(())
+    })
+    .await?;
+    let kind = |e: &rayr_proto::Event| K::try_from(e.kind).unwrap_or(K::Unspecified);
+    let task = events.iter().find(|e| kind(e) == K::TaskSubmitted || kind(e) == K::TaskStarted).map(|e| e.task_id.clone());
+    let Some(task) = task else { bail!("no task {id} in the record: `rayr list tasks` lists them") };
+    let mut attempts = Vec::new();
+    for started in events.iter().filter(|e| kind(e) == K::TaskStarted && e.task_id == task) {
+        let attempt = match &started.detail {
+            Some(rayr_proto::event::Detail::Task(d)) => d.attempt,
+            _ => 0,
+        };
+        let ended = events.iter().find(|e| {
+            (kind(e) == K::TaskFinished || kind(e) == K::TaskFailed)
+                && e.task_id == task
+                && e.worker_id == started.worker_id
+                && matches!(&e.detail, Some(rayr_proto::event::Detail::Task(d)) if d.attempt == attempt)
+        });
+        // The worker's own measured tasks around this one bound what it wrote.
+        let mut of_worker = Vec::new();
+        let filter = crate::connect::EventFilter { id: Some(hex(&started.worker_id)), kind: 0, since_us: 0, follow: false };
+        cluster.events(&filter, |e| {
+            if (kind(e) == K::TaskFinished || kind(e) == K::TaskFailed) && output_of(e).is_some() {
+                of_worker.push(e.clone());
+            }
+            Ok(())
+        })
+        .await?;
+        of_worker.sort_by_key(|e| e.time_us);
+        let (ranges, shared) = match ended.and_then(|e| output_of(e).map(|d| (e, d))) {
+            Some((_, d)) => (ranges(d), false),
+            None => match ended.and_then(|e| of_worker.iter().find(|w| w.time_us >= e.time_us)).and_then(output_of) {
+                Some(d) => (ranges(d), true),
+                None => {
+                    // Still running, or nothing measured after it: from the worker's last
+                    // measured point before it to the end of its files.
+                    let before = of_worker.iter().rev().find(|w| w.time_us <= started.time_us).and_then(output_of);
+                    let (out, err) = before.map_or((0, 0), |d| (d.out_end, d.err_end));
+                    let r = vec![
+                        rayr_proto::ByteRange { stream: "out".into(), start: out, end: u64::MAX },
+                        rayr_proto::ByteRange { stream: "err".into(), start: err, end: u64::MAX },
+                    ];
+                    (r, ended.is_some())
+                }
+            },
+        };
+        attempts.push(Attempt { attempt, node: started.node_id.clone(), worker: started.worker_id.clone(), ranges, shared });
+    }
+    if attempts.is_empty() {
+        bail!("task {} has not started yet: it wrote nothing", hex(&task));
+    }
+    Ok(attempts)
 }
 
 fn print(node: &str, l: &LogLine, json: bool) {
@@ -140,11 +231,36 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
     query.compile().map_err(|e| anyhow!("{e}"))?;
     let (live, mut failed) = match nodes(a.address.clone(), a.node.as_deref()).await? {
         Ok(n) => n,
+        Err(_) if a.task.is_some() => bail!("--task needs the cluster running (its head knows where each attempt ran)"),
         Err(offline) => return search_here(&a, offline),
     };
+    // What to ask of which node: everything (per the filters), or each attempt's lines.
+    let mut asks: Vec<(NodeRow, LogSearchRequest)> = live.iter().map(|n| (n.clone(), request(&a))).collect();
+    if let Some(task) = &a.task {
+        let mut cluster = connect(a.address.clone()).await?;
+        asks.clear();
+        // Only the nodes that ran it matter: those of them that cannot be searched.
+        let down = std::mem::take(&mut failed);
+        for at in task_output(&mut cluster, task).await? {
+            if at.shared {
+                eprintln!(
+                    "rayr: attempt {} ran under 20 µs: its lines are searched with those of the worker's other short tasks around it",
+                    at.attempt
+                );
+            }
+            match live.iter().find(|n| n.node_id == at.node) {
+                Some(n) => asks.push((n.clone(), LogSearchRequest { worker: hex(&at.worker), ranges: at.ranges, ..request(&a) })),
+                None if failed.iter().any(|(n, _)| n.node_id == at.node) => {}
+                None => match down.iter().find(|(n, _)| n.node_id == at.node) {
+                    Some(d) => failed.push(d.clone()),
+                    None => failed.push((NodeRow { node_id: at.node.clone(), ..Default::default() }, "the node that ran it is not in the cluster".into())),
+                },
+            }
+        }
+    }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Result<LogLine, String>)>(1024);
-    for node in &live {
-        let (tx, node_hex, address, req) = (tx.clone(), hex(&node.node_id), node.grpc_address.clone(), request(&a));
+    for (node, req) in asks {
+        let (tx, node_hex, address) = (tx.clone(), hex(&node.node_id), node.grpc_address.clone());
         tokio::spawn(async move {
             let run = async {
                 let mut stream = logs_client(&address).await.map_err(|e| format!("cannot reach it at {address}: {e}"))?.search(req).await.map_err(|s| s.message().to_string())?.into_inner();

@@ -107,6 +107,7 @@ fn stop_cleanly_on_sigterm() {
 pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, events: &mut Option<Batch<'c>>) -> PeerMessage {
     let task: Id = spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
     CURRENT_TASK.with(|c| c.set((Some(task), spec.attempt)));
+    let began = rayr_logs::now_us();
     let started = core.emit(EventKind::TaskStarted, |e| {
         e.task(&spec.task_id).worker(&core.me).cause(&spec.scheduled_event);
         e.task_detail(|d| {
@@ -121,11 +122,15 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
         task_result::Outcome::Error(e) => (EventKind::TaskFailed, Some(e.clone())),
         _ => (EventKind::TaskFinished, None),
     };
+    let output = (detail_error.is_some() || rayr_logs::now_us() - began >= MEASURE_OUTPUT_AFTER_US).then(output_range).flatten();
     *events = Some(core.event_batch());
     let finished_event = core.emit(kind, |ev| {
         ev.task(&spec.task_id).worker(&core.me).cause(&started);
         ev.task_detail(|d| {
             d.attempt(spec.attempt);
+            if let Some((out, err)) = output {
+                d.output(out, err);
+            }
             if let Some(e) = &detail_error {
                 d.max_retries(spec.max_retries);
                 let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
@@ -149,6 +154,34 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
             finished_event: finished_event.to_vec(),
         })),
     }
+}
+
+/// Tasks that ran this long (or failed) get their output's place in the worker's logs
+/// measured (two `lseek`s, ~0.25 µs here: too much for every trivial task).
+const MEASURE_OUTPUT_AFTER_US: i64 = 20;
+
+/// Where this worker's stdout and stderr stood at the last measurement (u64::MAX: never).
+static OUTPUT_AT: [std::sync::atomic::AtomicU64; 2] = [std::sync::atomic::AtomicU64::new(u64::MAX), std::sync::atomic::AtomicU64::new(u64::MAX)];
+
+/// The offsets of fds 1 and 2 now, after flushing what Rust holds back.
+fn output_offsets() -> Option<(u64, u64)> {
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let _ = std::io::stderr().flush();
+    // SAFETY: lseek on the process's own standard descriptors; a pipe or terminal answers
+    // an error, and then nothing is measured.
+    let (out, err) = unsafe { (libc::lseek(1, 0, libc::SEEK_CUR), libc::lseek(2, 0, libc::SEEK_CUR)) };
+    (out >= 0 && err >= 0).then_some((out as u64, err as u64))
+}
+
+/// The output since the last measurement: ((out start, end), (err start, end)).
+fn output_range() -> Option<((u64, u64), (u64, u64))> {
+    use std::sync::atomic::Ordering::Relaxed;
+    let (out, err) = output_offsets()?;
+    let (s_out, s_err) = (OUTPUT_AT[0].swap(out, Relaxed), OUTPUT_AT[1].swap(err, Relaxed));
+    // The first measurement of this process: its logs start with this task.
+    let start = |s: u64| if s == u64::MAX { 0 } else { s };
+    Some(((start(s_out), out), (start(s_err), err)))
 }
 
 fn error(kind: &str, message: String) -> task_result::Outcome {

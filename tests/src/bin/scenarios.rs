@@ -228,6 +228,8 @@ fn say(lines: Vec<String>) -> String {
     for l in &lines {
         println!("{l}");
     }
+    // Long enough (over 20 µs) for its output's place in the log to be measured.
+    std::thread::sleep(Duration::from_millis(2));
     rayr::runtime_context().unwrap().node_id.to_string()
 }
 
@@ -784,6 +786,10 @@ fn main() -> rayr::Result<()> {
             let r = say::options().resource("far", 1.0).remote(lines);
             let node = rayr::get(&r)?;
             println!("SAID_ON {node}");
+            // Another task after it on the same worker, with a similar line.
+            let other = say::options().resource("far", 1.0).remote(vec![format!("{marker} from the second task")]);
+            rayr::get(&other)?;
+            println!("SAID_IDS {} {}", r.id(), other.id());
         }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));

@@ -61,14 +61,38 @@ impl NodeLogs for Service {
         if !r.worker.is_empty() && !r.worker.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument(format!("--worker {:?} is not a worker id (hex digits)", r.worker)));
         }
-        let files: Vec<PathBuf> = agent.log_files(&r.worker).into_iter().map(|(p, _)| p).collect();
+        let found = agent.log_files(&r.worker);
+        let mut ranged = Vec::new();
+        if !r.ranges.is_empty() {
+            let mut workers: Vec<(Id, u32)> = found.iter().filter_map(|(_, w)| *w).collect();
+            workers.dedup();
+            let [(w, pid)] = workers[..] else {
+                return Err(Status::invalid_argument(format!(
+                    "searching parts of a worker's logs needs one worker: {:?} names {} of this node's",
+                    r.worker,
+                    workers.len()
+                )));
+            };
+            for b in &r.ranges {
+                if b.stream != "out" && b.stream != "err" {
+                    return Err(Status::invalid_argument(format!("a range's stream is \"out\" or \"err\", not {:?}", b.stream)));
+                }
+                ranged.push((agent.cfg.session.worker_log(&hex(&w), pid, &b.stream), b.start, b.end));
+            }
+        }
+        let files: Vec<PathBuf> = found.into_iter().map(|(p, _)| p).collect();
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::task::spawn_blocking(move || {
-            let skipped = rayr_logsearch::search(&matcher, &query, &files, |hit| {
+            let send = |hit: rayr_logsearch::Hit| {
                 let line = LogLine { file: hit.file.display().to_string(), line: hit.line, text: hit.text, is_match: hit.is_match, skipped: String::new() };
                 // The reader went away: stop searching.
                 tx.blocking_send(Ok(line)).is_ok()
-            });
+            };
+            let skipped = if ranged.is_empty() {
+                rayr_logsearch::search(&matcher, &query, &files, send)
+            } else {
+                rayr_logsearch::search_ranges(&matcher, &query, &ranged, send)
+            };
             for (file, why) in skipped {
                 let _ = tx.blocking_send(Ok(LogLine { file: file.display().to_string(), skipped: why, ..Default::default() }));
             }
