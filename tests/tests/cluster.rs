@@ -648,6 +648,20 @@ fn a_panicking_task_is_retried_with_the_failure_as_cause() {
 }
 
 #[test]
+fn why_died_shows_what_a_failed_task_wrote() {
+    let s = scenario("panic_for_good");
+    let events = s.events();
+    let task = rayr_logs::hex(&task_of(&events, &hexid(s.get("TASK_RETURN"))));
+    let why = s.why_died(&task);
+    let out: Vec<&str> = why["task_stdout"].as_array().expect("task_stdout").iter().map(|l| l.as_str().unwrap()).collect();
+    let err: Vec<&str> = why["task_stderr"].as_array().expect("task_stderr").iter().map(|l| l.as_str().unwrap()).collect();
+    assert_eq!(out, ["about to fail: t1"], "{why}");
+    assert!(err.first() == Some(&"warning: t1 is not right") && err.iter().any(|l| l.contains("boom-t1")), "{err:?}");
+    let text = String::from_utf8_lossy(&s.cli(&["why-died", &task]).stdout).to_string();
+    assert!(text.contains("what the failed attempt wrote to stderr") && text.contains("| warning: t1 is not right"), "{text}");
+}
+
+#[test]
 fn a_task_whose_worker_is_sigkilled_is_retried_elsewhere() {
     let s = scenario("retry_sigkill");
     let events = s.events();

@@ -95,6 +95,37 @@ impl Record<'_> {
         matches!(self.cluster, Cluster::Live(_))
     }
 
+    /// The lines a task attempt (its TASK_FAILED `ended`, run by `pid`) wrote, read from its
+    /// worker's log files where the record says its output is, if they are on this host.
+    async fn task_output(&mut self, ended: &Event, pid: u32) -> Option<TaskOutput> {
+        let t = task(ended).filter(|t| t.output_measured)?;
+        let session = match &mut *self.cluster {
+            Cluster::Live(client) => {
+                let info = client.cluster_info(rayr_proto::ClusterInfoRequest { quick: true }).await.ok()?.into_inner();
+                rayr_logs::Session::open(info.session_dir)
+            }
+            Cluster::Offline(index) => index.session()?.clone(),
+        };
+        let worker = hex(&ended.worker_id);
+        let read = |ext: &str, start: u64, end: u64| -> Option<(Vec<String>, String)> {
+            use std::io::{Read, Seek, SeekFrom};
+            let path = session.worker_log(&worker, pid, ext);
+            let mut f = std::fs::File::open(&path).ok()?;
+            f.seek(SeekFrom::Start(start)).ok()?;
+            let mut bytes = Vec::new();
+            // The last lines are what matter: at most 64 KiB of them.
+            let from = end.saturating_sub(64 << 10).max(start);
+            f.seek(SeekFrom::Start(from)).ok()?;
+            f.take(end - from).read_to_end(&mut bytes).ok()?;
+            let text = String::from_utf8_lossy(&bytes);
+            let lines: Vec<String> = text.lines().map(String::from).collect();
+            Some((lines[lines.len().saturating_sub(TASK_OUTPUT_LINES)..].to_vec(), path.display().to_string()))
+        };
+        let (stdout, stdout_path) = read("out", t.out_start, t.out_end)?;
+        let (stderr, stderr_path) = read("err", t.err_start, t.err_end)?;
+        Some(TaskOutput { stdout, stderr, stdout_path, stderr_path })
+    }
+
     /// The id `pattern` names and the first events naming it; `None` when no id matches.
     async fn resolve(&mut self, pattern: &str) -> anyhow::Result<Option<(Vec<u8>, Vec<Event>)>> {
         IdPattern::parse(pattern).map_err(|e| anyhow!(e))?;
@@ -284,6 +315,20 @@ pub(crate) struct Report {
     /// What the ending event brought about (a worker exit's failed tasks, lost objects).
     effects: Vec<Event>,
     advice: Option<String>,
+    /// What the failed attempt wrote to its worker's stdout and stderr (last lines), when
+    /// the record places it and the files are on this host.
+    task_output: Option<TaskOutput>,
+}
+
+/// Lines of a failed attempt's output kept (its last ones).
+const TASK_OUTPUT_LINES: usize = 200;
+
+#[derive(Debug, Default)]
+struct TaskOutput {
+    stdout: Vec<String>,
+    stderr: Vec<String>,
+    stdout_path: String,
+    stderr_path: String,
 }
 
 /// Finds what ended the entity `pattern` names and why.
@@ -304,6 +349,7 @@ pub(crate) async fn explain(cluster: &mut Cluster, pattern: &str) -> anyhow::Res
         retries: Vec::new(),
         effects: Vec::new(),
         advice: None,
+        task_output: None,
     };
     match role {
         Role::Task => explain_task(&mut rec, &mut r, &id).await?,
@@ -392,6 +438,10 @@ async fn explain_task(rec: &mut Record<'_>, r: &mut Report, task_id: &[u8]) -> a
             first_line(&t.error)
         );
         walk(rec, r, failed.clone(), MAX_CHAIN).await?;
+        let pid = events.iter().rev().filter(|e| is(e, EventKind::TaskStarted) && e.worker_id == failed.worker_id).find_map(task).map(|t| t.pid);
+        if let Some(pid) = pid {
+            r.task_output = rec.task_output(failed, pid).await;
+        }
     } else if let Some(done) = finished {
         let attempt = task(done).map(|t| t.attempt).unwrap_or(0);
         r.summary =
@@ -785,6 +835,8 @@ impl Report {
             "effects": events(&self.effects),
             "stderr_path": self.stderr().map(|(_, x)| x.stderr_path.clone()).filter(|p| !p.is_empty()),
             "stderr_tail": self.stderr_tail(),
+            "task_stdout": self.task_output.as_ref().map(|o| &o.stdout),
+            "task_stderr": self.task_output.as_ref().map(|o| &o.stderr),
             "advice": self.advice,
         })
     }
@@ -840,6 +892,15 @@ impl Report {
                 out.push_str(&format!("\nstderr of {whose}, last {} line(s) of {path}:\n", tail.len()));
                 for line in &tail {
                     out.push_str(&format!("  | {}\n", clip(line.clone(), 200)));
+                }
+            }
+        }
+        if let Some(o) = &self.task_output {
+            for (name, lines, path) in [("stdout", &o.stdout, &o.stdout_path), ("stderr", &o.stderr, &o.stderr_path)] {
+                if !lines.is_empty() {
+                    out.push_str(&format!("\nwhat the failed attempt wrote to {name} ({} line(s) of {path}; --json has them all):\n", lines.len()));
+                    let shown: Vec<String> = lines.iter().map(|l| format!("  | {}", clip(l.clone(), 200))).collect();
+                    push_capped(&mut out, &shown, SHOW_LIST, "lines");
                 }
             }
         }

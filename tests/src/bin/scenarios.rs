@@ -339,6 +339,14 @@ fn inspect_slice(refs: Vec<ObjectRef<Vec<f32>>>) -> (String, u64, u64, f64, usiz
     (path, off, frame, sum, view.len())
 }
 
+/// Writes to stdout and stderr, then panics.
+#[rayr::remote]
+fn noisy_panic(tag: String) -> u64 {
+    println!("about to fail: {tag}");
+    eprintln!("warning: {tag} is not right");
+    panic!("boom-{tag}");
+}
+
 #[rayr::remote]
 fn flaky_panic(x: u64) -> u64 {
     let attempt = rayr::runtime_context().unwrap().attempt;
@@ -1200,6 +1208,16 @@ fn main() -> rayr::Result<()> {
             assert_eq!(wsum, sum);
             println!("DRIVER_PAGE {path} {off} {frame}");
             println!("WORKER_PAGE {wpath} {woff} {wframe}");
+        }
+        "panic_for_good" => {
+            // A quick task first on the same worker: its lines are not the failed one's.
+            rayr::get(&square::remote(3))?;
+            let r = noisy_panic::options().max_retries(0).remote("t1".to_string());
+            match rayr::get(&r) {
+                Err(e) => println!("ERROR {e}"),
+                Ok(v) => panic!("expected a failure, got {v}"),
+            }
+            println!("TASK_RETURN {}", r.id());
         }
         "retry_panic" => {
             let r = flaky_panic::options().max_retries(3).retry_exceptions(true).remote(21);
