@@ -262,22 +262,56 @@ pub mod frames {
         }
     }
 
+    /// Whether an accept failed because the listener was shut down (see `Accepting::wake`).
+    fn shut_down<T>(r: &io::Result<T>) -> bool {
+        matches!(r, Err(e) if e.raw_os_error() == Some(libc::EINVAL))
+    }
+
+    /// The threads accepting on a process's listeners (see [`accept_both`]).
+    pub struct Accepting {
+        threads: Vec<std::thread::JoinHandle<()>>,
+        fds: Vec<std::os::fd::RawFd>,
+    }
+
+    impl Accepting {
+        /// Wakes the accept loops (shutting the listening sockets down: no connection is
+        /// needed, so a socket file removed meanwhile does not leave them blocked) and waits
+        /// for them. The caller has made `stop()` true first.
+        pub fn stop(mut self) {
+            self.wake();
+            for t in self.threads.drain(..) {
+                let _ = t.join();
+            }
+        }
+
+        /// `stop` without waiting for the threads (they end on their own).
+        pub fn wake(&self) {
+            for fd in &self.fds {
+                // SAFETY: the listeners are owned by the accepting threads, which close
+                // them only once they have ended, after seeing `stop()`.
+                unsafe { libc::shutdown(*fd, libc::SHUT_RDWR) };
+            }
+        }
+    }
+
     /// Accepts on a Unix listener and, when given, a TCP one too (a thread each), handing
-    /// every connection to `serve`; stops when `stop()` says so after an accept (wake it by
-    /// connecting).
+    /// every connection to `serve`, until `stop()` says so (see [`Accepting::stop`]).
     pub fn accept_both(
         unix: UnixListener,
         tcp: Option<TcpListener>,
         stop: impl Fn() -> bool + Send + Sync + 'static,
         serve: impl Fn(Stream) + Send + Sync + 'static,
-    ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+    ) -> io::Result<Accepting> {
+        use std::os::fd::AsRawFd;
+        let mut fds = vec![unix.as_raw_fd()];
+        fds.extend(tcp.as_ref().map(|t| t.as_raw_fd()));
         let shared = std::sync::Arc::new((stop, serve));
         let mut threads = Vec::new();
         if let Some(tcp) = tcp {
             let shared = shared.clone();
             threads.push(std::thread::Builder::new().name("rayr-accept-tcp".into()).spawn(move || {
                 for s in tcp.incoming() {
-                    if (shared.0)() {
+                    if (shared.0)() || shut_down(&s) {
                         break;
                     }
                     if let Ok(s) = s {
@@ -289,7 +323,7 @@ pub mod frames {
         }
         threads.push(std::thread::Builder::new().name("rayr-accept".into()).spawn(move || {
             for s in unix.incoming() {
-                if (shared.0)() {
+                if (shared.0)() || shut_down(&s) {
                     break;
                 }
                 if let Ok(s) = s {
@@ -297,7 +331,7 @@ pub mod frames {
                 }
             }
         })?);
-        Ok(threads)
+        Ok(Accepting { threads, fds })
     }
 }
 

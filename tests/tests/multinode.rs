@@ -441,6 +441,15 @@ fn a_node_cut_off_by_a_partition_is_declared_dead_and_exits_when_its_window_ends
     assert_nothing_left(&cluster.session);
 }
 
+/// Runs `rayr stop` for the latest session under a `RAYR_TMPDIR` when dropped.
+struct StopSessionOnDrop(std::path::PathBuf);
+
+impl Drop for StopSessionOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new(rayr_cli()).arg("stop").env("RAYR_TMPDIR", &self.0).env_remove("RAYR_ADDRESS").output();
+    }
+}
+
 /// TCP ports in LISTEN state on `ip` (IPv4), from /proc/net/tcp.
 fn listening_ports(ip: &str) -> Vec<u16> {
     let ip: std::net::Ipv4Addr = ip.parse().unwrap();
@@ -521,22 +530,25 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
     let head_tmp = tempfile::tempdir().unwrap();
     // Every port it listens on given: its agent's two, and a range for its workers (on an
     // address of its own, so that no other test's listeners mix in).
-    let agent_ports = [support::free_low_port(), 0];
-    let agent_ports = [agent_ports[0], (agent_ports[0] + 1..30_000).find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok()).unwrap()];
-    let (manager, transfer) = (agent_ports[0].to_string(), agent_ports[1].to_string());
+    let first = support::free_low_port();
+    let mut free = (first + 1..30_000).filter(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok());
+    let agent_ports = [first, free.next().unwrap(), free.next().unwrap()];
+    let (manager, transfer, metrics) = (agent_ports[0].to_string(), agent_ports[1].to_string(), agent_ports[2].to_string());
     let nodes = [NodeSpec {
         ip: "127.0.0.42".into(),
         netns: None,
         hide: vec![bin.path().to_path_buf(), head_tmp.path().to_path_buf()],
         flags: [
             "--num-cpus", "1", "--resources", r#"{"far": 1}"#, "--min-worker-port", "31100", "--max-worker-port", "31150",
-            "--node-manager-port", &manager, "--object-manager-port", &transfer,
+            "--node-manager-port", &manager, "--object-manager-port", &transfer, "--metrics-export-port", &metrics,
         ]
         .map(String::from)
         .to_vec(),
         tmpdir: Some(there.path().to_path_buf()),
     }];
     let cluster = TestCluster::start_spec_in(head_tmp, 0, "127.0.0.1", "1", &nodes, 100, 5);
+    // Its session is not the cluster's: stopped here even if the test fails.
+    let _stop_there = StopSessionOnDrop(there.path().to_path_buf());
     let far = cluster.nodes[0].id.clone();
     let far_id = rayr_logs::parse_hex(&far).unwrap();
     let far_session = std::fs::canonicalize(there.path().join("session_latest")).expect("the node made a session of its own");
@@ -555,10 +567,10 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
     assert!(stdout.contains(&format!("FAR_TASKS ok {far}")), "{stdout}");
     assert!(stdout.contains("OTHER_HOST_OBJECTS ok"), "{stdout}");
-    // It listens on the ports it was given and no others: its agent's two, its workers'
-    // within their range.
+    // It listens on the ports it was given and no others: its agent's, its metrics', its
+    // workers' within their range.
     let listening = listening_ports("127.0.0.42");
-    assert!(listening.contains(&agent_ports[0]) && listening.contains(&agent_ports[1]), "{listening:?}");
+    assert!(agent_ports.iter().all(|p| listening.contains(p)), "{listening:?}");
     assert!(listening.iter().any(|p| (31100..=31150).contains(p)), "a worker listens in 31100-31150: {listening:?}");
     assert!(listening.iter().all(|p| agent_ports.contains(p) || (31100..=31150).contains(p)), "{listening:?}");
     // Its events are in its own session, and shipped to the head's record.
@@ -650,6 +662,91 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     assert!(!ok, "an incomplete search fails");
     assert!(found.contains(&format!("{marker} here")), "what the others found is still shown: {found}");
     assert!(err.contains(&cluster.nodes[1].id[..12]) && err.contains("incomplete"), "{err}");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+/// `GET url` over plain HTTP/1.1: the body.
+fn http_get(url: &str) -> String {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").expect("an http URL");
+    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut response = String::new();
+    s.read_to_string(&mut response).unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").expect("an HTTP response");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(head.to_ascii_lowercase().contains("content-type: text/plain"), "{head}");
+    body.to_string()
+}
+
+/// Parses Prometheus text exposition strictly: every line a `# HELP`, a `# TYPE` (of a
+/// known type, before its samples) or a sample `name{labels} value`. Returns the samples.
+fn parse_prometheus(text: &str) -> Vec<(String, std::collections::BTreeMap<String, String>, f64)> {
+    let name_ok = |n: &str| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') && !n.starts_with(|c: char| c.is_ascii_digit());
+    let mut typed = std::collections::HashSet::new();
+    let mut samples = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            assert!(name_ok(rest.split(' ').next().unwrap()), "{line}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').expect(line);
+            assert!(name_ok(name) && ["counter", "gauge", "histogram", "summary", "untyped"].contains(&kind), "{line}");
+            assert!(typed.insert(name.to_string()), "TYPE given twice for {name}");
+        } else {
+            let (series, value) = line.rsplit_once(' ').expect(line);
+            let value: f64 = value.parse().unwrap_or_else(|_| panic!("not a number in {line}"));
+            let (name, labels) = match series.split_once('{') {
+                Some((n, l)) => (n, l.strip_suffix('}').unwrap_or_else(|| panic!("unclosed labels in {line}"))),
+                None => (series, ""),
+            };
+            assert!(name_ok(name) && typed.contains(name), "a sample of an untyped or bad name: {line}");
+            let mut map = std::collections::BTreeMap::new();
+            if !labels.is_empty() {
+                for pair in labels.split("\",").map(|p| p.trim_end_matches('"')) {
+                    let (k, v) = pair.split_once("=\"").unwrap_or_else(|| panic!("bad label {pair:?} in {line}"));
+                    assert!(name_ok(k), "{line}");
+                    map.insert(k.to_string(), v.to_string());
+                }
+            }
+            samples.push((name.to_string(), map, value));
+        }
+    }
+    samples
+}
+
+#[test]
+fn every_node_serves_prometheus_metrics_that_move_when_tasks_run() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
+    let out = cluster.cli(&["status", "--metrics-urls"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let urls: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect();
+    assert_eq!(urls.len(), 2, "the head's node and the joined one: {urls:?}");
+    let scrape = || -> Vec<_> { urls.iter().flat_map(|u| parse_prometheus(&http_get(u))).collect() };
+    let value = |samples: &[(String, std::collections::BTreeMap<String, String>, f64)], name: &str, label: Option<(&str, &str)>| -> f64 {
+        samples
+            .iter()
+            .filter(|(n, l, _)| n == name && label.is_none_or(|(k, v)| l.get(k).map(String::as_str) == Some(v)))
+            .map(|(_, _, v)| v)
+            .sum()
+    };
+    let before = scrape();
+    for name in ["rayr_node_workers", "rayr_node_object_store_capacity_bytes", "rayr_node_agent_rss_bytes", "rayr_node_memory_total_bytes", "rayr_tasks", "rayr_nodes"] {
+        assert!(before.iter().any(|(n, _, _)| n == name), "{name} is served");
+    }
+    assert_eq!(value(&before, "rayr_nodes", Some(("state", "alive"))), 2.0);
+    assert!(value(&before, "rayr_node_object_store_capacity_bytes", None) > 0.0);
+    let finished_before = value(&before, "rayr_tasks", Some(("state", "finished")));
+    let started_before = value(&before, "rayr_node_workers_started_total", None);
+    let run_out = run(Command::new(SCENARIOS).arg("far_tasks").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    assert!(run_out.status.success(), "{}", String::from_utf8_lossy(&run_out.stderr));
+    wait_for("the metrics to count the 20 tasks", Duration::from_secs(20), || {
+        let now = scrape();
+        value(&now, "rayr_tasks", Some(("state", "finished"))) >= finished_before + 20.0
+            && value(&now, "rayr_node_workers_started_total", None) > started_before
+    });
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

@@ -28,6 +28,7 @@ pub struct Joining {
     /// Where other nodes pull objects from this one.
     pub transfer_address: String,
     pub labels: HashMap<String, String>,
+    pub metrics_address: String,
     /// How long the head may be unreachable before the node gives up.
     pub head_timeout: Duration,
 }
@@ -73,6 +74,7 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
             address: j.address.clone(),
             resources: j.resources.clone(),
             labels: j.labels.clone(),
+            metrics_address: j.metrics_address.clone(),
             pid: std::process::id(),
             session_dir: j.session_dir.clone(),
             agent_socket: j.agent_socket.clone(),

@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
+use std::sync::Arc;
+
 use clap::{Parser, Subcommand};
 use rayr_logs::{Session, hex, new_id};
 
@@ -45,6 +47,9 @@ enum Command {
         address: Option<String>,
         #[arg(long)]
         json: bool,
+        /// Only the URL of every live node's Prometheus metrics, one per line.
+        #[arg(long)]
+        metrics_urls: bool,
     },
     /// List tasks, objects, workers, nodes, jobs or actors.
     List(query::ListArgs),
@@ -96,6 +101,10 @@ struct StartArgs {
     /// Labels of this node as a JSON object of strings, e.g. '{"zone": "eu-1"}'.
     #[arg(long)]
     labels: Option<String>,
+    /// The port this node serves Prometheus metrics on, at /metrics (0: any free port;
+    /// `rayr status --metrics-urls` lists every node's).
+    #[arg(long, default_value_t = 0)]
+    metrics_export_port: u16,
     /// The dashboard's port (the dashboard arrives with its own issue).
     #[arg(long, default_value_t = 8265)]
     dashboard_port: u16,
@@ -150,6 +159,8 @@ struct ServeArgs {
     max_worker_port: u16,
     #[arg(long, default_value = "{}")]
     labels_json: String,
+    #[arg(long, default_value_t = 0)]
+    metrics_export_port: u16,
     #[arg(long, default_value_t = 1000)]
     heartbeat_period_ms: u32,
     #[arg(long, default_value_t = 5)]
@@ -175,7 +186,7 @@ fn main() {
     let result = match cli.command {
         Command::Start(a) => start(a),
         Command::Stop { session } => stop(session),
-        Command::Status { address, json } => rt.block_on(status(address, json)),
+        Command::Status { address, json, metrics_urls } => rt.block_on(status(address, json, metrics_urls)),
         Command::List(a) => rt.block_on(query::list(a)),
         Command::Summary(a) => rt.block_on(query::summary(a)),
         Command::Events(a) => rt.block_on(query::events(a)),
@@ -214,6 +225,8 @@ fn node_flags(a: &StartArgs) -> anyhow::Result<Vec<String>> {
         hi.to_string(),
         "--labels-json".into(),
         serde_json::to_string(&labels)?,
+        "--metrics-export-port".into(),
+        a.metrics_export_port.to_string(),
     ])
 }
 
@@ -462,6 +475,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }];
     let set = block_stop_signals();
     let node = rayr_node::start_node(cfg).context("starting the node agent")?;
+    // Prometheus metrics: the node's, and the head's too in the head's process.
+    let metrics_listener = std::net::TcpListener::bind((a.node_ip_address.as_str(), a.metrics_export_port))
+        .with_context(|| format!("cannot serve metrics on {}:{} (--metrics-export-port)", a.node_ip_address, a.metrics_export_port))?;
+    let metrics_address = metrics_listener.local_addr()?.to_string();
+    let metrics_sources: Arc<parking_lot::Mutex<Vec<Box<dyn Fn() -> String + Send>>>> = Default::default();
+    {
+        let probe = node.resource_probe();
+        metrics_sources.lock().push(Box::new(move || probe.metrics()));
+    }
+    serve_metrics(metrics_listener, metrics_sources.clone())?;
     let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(session.pids_file())?;
     writeln!(pids, "{}", std::process::id())?;
     if let Some(head) = &a.join {
@@ -475,6 +498,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             agent_socket: node.client_address().to_string(),
             transfer_address: node.transfer_address().unwrap_or_default().to_string(),
             labels: serde_json::from_str(&a.labels_json)?,
+            metrics_address: metrics_address.clone(),
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
         let (probe, end) = (node.resource_probe(), ending.clone());
@@ -524,7 +548,11 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     }
     // The head's own node: a member that needs no heartbeat; its free resources are read here.
     let transfer = node.transfer_address().unwrap_or_default().to_string();
-    head.membership().add_head_node(node_id, &a.node_ip_address, node.client_address(), &transfer, resources);
+    head.membership().add_head_node(node_id, &a.node_ip_address, node.client_address(), &transfer, &metrics_address, resources);
+    {
+        let head_metrics = head.metrics_source();
+        metrics_sources.lock().push(Box::new(move || head_metrics()));
+    }
     let (membership, probe) = (head.membership().clone(), node.resource_probe());
     probe.set_head_address(&head.address().to_string());
     let period = watch.heartbeat_period;
@@ -631,8 +659,22 @@ fn stop(session: Option<PathBuf>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn status(address: Option<String>, json: bool) -> anyhow::Result<()> {
+async fn status(address: Option<String>, json: bool, metrics_urls: bool) -> anyhow::Result<()> {
     let cluster = connect::connect(address).await?;
+    if metrics_urls {
+        let connect::Cluster::Live(mut client) = cluster else {
+            bail!("no cluster is running: metrics are served by running nodes only");
+        };
+        let nodes = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await?.into_inner().nodes;
+        for n in nodes.iter().filter(|n| n.state == "ALIVE") {
+            if n.metrics_address.is_empty() {
+                eprintln!("rayr: node {} serves no metrics (an embedded node)", &hex(&n.node_id)[..12]);
+            } else {
+                println!("http://{}/metrics", n.metrics_address);
+            }
+        }
+        return Ok(());
+    }
     let (session, nodes, indexed, live) = match cluster {
         connect::Cluster::Live(mut client) => {
             let info = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await?.into_inner();
@@ -720,5 +762,28 @@ fn memory(json: bool) -> anyhow::Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// Serves `GET /metrics` (Prometheus text: every source's, one after another) on its own
+/// thread, until the process ends.
+fn serve_metrics(listener: std::net::TcpListener, sources: Arc<parking_lot::Mutex<Vec<Box<dyn Fn() -> String + Send>>>>) -> anyhow::Result<()> {
+    listener.set_nonblocking(true)?;
+    std::thread::Builder::new().name("rayr-metrics".into()).spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else { return };
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let text: String = sources.lock().iter().map(|s| s()).collect();
+                    async move { ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], text) }
+                }),
+            );
+            if let Err(e) = axum::serve(listener, app).await {
+                eprintln!("rayr: the metrics server stopped: {e}");
+            }
+        });
+    })?;
     Ok(())
 }

@@ -90,6 +90,10 @@ pub struct EventIndex {
     /// Held by `catch_up` so concurrent callers don't race on the same log offsets; also
     /// remembers when the last durable commit happened.
     writer: Mutex<WriterState>,
+    /// Events indexed by this process, by kind, and the final task failures among them
+    /// (the head's metrics).
+    counts: [std::sync::atomic::AtomicU64; 64],
+    final_failures: std::sync::atomic::AtomicU64,
 }
 
 struct WriterState {
@@ -145,7 +149,20 @@ impl EventIndex {
             db,
             session: None,
             writer: Mutex::new(WriterState { last_durable: Instant::now(), dirty: false, origins: None }),
+            counts: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
+            final_failures: std::sync::atomic::AtomicU64::new(0),
         })
+    }
+
+    /// How many events of each kind this process indexed, and how many task failures
+    /// among them were final.
+    pub fn counts(&self) -> (Vec<(rayr_proto::EventKind, u64)>, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let kinds = (0..self.counts.len())
+            .filter_map(|k| Some((rayr_proto::EventKind::try_from(k as i32).ok()?, self.counts[k].load(Relaxed))))
+            .filter(|(k, _)| *k != rayr_proto::EventKind::Unspecified)
+            .collect();
+        (kinds, self.final_failures.load(Relaxed))
     }
 
     /// The session `open` was given; `None` for an index in memory.
@@ -243,6 +260,14 @@ impl EventIndex {
         }
         let origins = writer.origins.as_mut().unwrap();
         for (_, ev) in batch.iter_mut() {
+            if let Some(c) = self.counts.get(ev.kind as usize) {
+                c.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if ev.kind == rayr_proto::EventKind::TaskFailed as i32
+                && matches!(&ev.detail, Some(rayr_proto::event::Detail::Task(t)) if t.r#final)
+            {
+                self.final_failures.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if ev.node_id.is_empty()
                 && let Some(n) = &node {
                     ev.node_id = n.clone();

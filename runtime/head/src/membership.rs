@@ -39,6 +39,7 @@ struct Member {
     address: String,
     agent_socket: String,
     transfer_address: String,
+    metrics_address: String,
     resources: HashMap<String, f64>,
     available: HashMap<String, f64>,
     last_beat: Instant,
@@ -115,11 +116,20 @@ impl Membership {
     }
 
     /// The head's own node agent: a member that never times out.
-    pub fn add_head_node(&self, node: Id, address: &str, agent_socket: &str, transfer_address: &str, resources: HashMap<String, f64>) {
+    pub fn add_head_node(
+        &self,
+        node: Id,
+        address: &str,
+        agent_socket: &str,
+        transfer_address: &str,
+        metrics_address: &str,
+        resources: HashMap<String, f64>,
+    ) {
         let member = Member {
             address: address.to_string(),
             agent_socket: agent_socket.to_string(),
             transfer_address: transfer_address.to_string(),
+            metrics_address: metrics_address.to_string(),
             available: resources.clone(),
             resources,
             last_beat: Instant::now(),
@@ -159,6 +169,7 @@ impl Membership {
                 address: r.address.clone(),
                 agent_socket: r.agent_socket.clone(),
                 transfer_address: r.transfer_address.clone(),
+                metrics_address: r.metrics_address.clone(),
                 resources: r.resources.clone(),
                 available: r.resources.clone(),
                 last_beat: Instant::now(),
@@ -212,6 +223,7 @@ impl Membership {
             address: address.to_string(),
             agent_socket: String::new(),
             transfer_address: String::new(),
+            metrics_address: String::new(),
             available: HashMap::new(),
             resources,
             last_beat: Instant::now(),
@@ -396,6 +408,7 @@ impl Membership {
                 row.available_resources = m.available.clone();
                 row.last_heartbeat_us = m.last_beat_us;
                 row.grpc_address = m.transfer_address.clone();
+                row.metrics_address = m.metrics_address.clone();
             }
         }
     }

@@ -68,6 +68,18 @@ impl HeadHandle {
         &self.session
     }
 
+    /// A handle to `metrics` another thread can keep.
+    pub fn metrics_source(&self) -> impl Fn() -> String + Send + Sync + 'static {
+        let (index, membership) = (self.index.clone(), self.membership.clone());
+        move || head_metrics(&index, &membership)
+    }
+
+    /// The head's metrics, as Prometheus text: what the record says of tasks (counted as
+    /// the head indexes their events, since it started), events by kind, nodes.
+    pub fn metrics(&self) -> String {
+        head_metrics(&self.index, &self.membership)
+    }
+
     /// The cluster's nodes as the head sees them (the head's own node is added here).
     pub fn membership(&self) -> &Arc<Membership> {
         &self.membership
@@ -545,5 +557,49 @@ impl From<HeadError> for Status {
             HeadError::AmbiguousId { .. } => Status::invalid_argument(e.to_string()),
             _ => Status::internal(e.to_string()),
         }
+    }
+}
+
+fn head_metrics(index: &EventIndex, membership: &Membership) -> String {
+    {
+        use rayr_proto::EventKind as K;
+        use std::fmt::Write;
+        let (kinds, final_failures) = index.counts();
+        let count = |k: K| kinds.iter().find(|(x, _)| *x == k).map_or(0, |(_, n)| *n);
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, samples: Vec<(String, u64)>| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+            for (labels, v) in samples {
+                let _ = if labels.is_empty() { writeln!(out, "{name} {v}") } else { writeln!(out, "{name}{{{labels}}} {v}") };
+            }
+        };
+        let (submitted, started, finished, failed, retried) =
+            (count(K::TaskSubmitted), count(K::TaskStarted), count(K::TaskFinished), count(K::TaskFailed), count(K::TaskRetried));
+        metric(
+            "rayr_tasks",
+            "gauge",
+            "Tasks by state, from the events the head indexed since it started: waiting (submitted or retried, not started), running, finished, failed (for good).",
+            vec![
+                ("state=\"waiting\"".into(), (submitted + retried).saturating_sub(started)),
+                ("state=\"running\"".into(), started.saturating_sub(finished + failed)),
+                ("state=\"finished\"".into(), finished),
+                ("state=\"failed\"".into(), final_failures),
+            ],
+        );
+        metric(
+            "rayr_events_indexed_total",
+            "counter",
+            "Events the head indexed since it started, by kind.",
+            kinds.iter().map(|(k, n)| (format!("kind=\"{}\"", k.cli_name()), *n)).collect(),
+        );
+        let views = membership.view();
+        let gone = membership.gone();
+        metric(
+            "rayr_nodes",
+            "gauge",
+            "Nodes of the cluster: alive, and gone (declared dead or left).",
+            vec![("state=\"alive\"".into(), views.len() as u64), ("state=\"gone\"".into(), gone.len() as u64)],
+        );
+        out
     }
 }

@@ -28,6 +28,7 @@ use crate::pool::{self, env};
 mod binaries;
 mod detached;
 mod logs;
+mod metrics;
 mod placement;
 mod transfer;
 use crate::resources::{self, Resources};
@@ -88,7 +89,7 @@ impl NodeConfig {
 pub struct NodeHandle {
     agent: Arc<Agent>,
     /// The threads accepting clients (Unix, and TCP on a networked node).
-    accept_threads: Vec<std::thread::JoinHandle<()>>,
+    accepting: Option<rayr_proto::frames::Accepting>,
     /// Runs the object transfer server and pulls (multi-node clusters only).
     transfer_rt: Option<tokio::runtime::Runtime>,
     peer_accept_thread: Option<std::thread::JoinHandle<()>>,
@@ -135,12 +136,11 @@ impl NodeHandle {
         // Threads still holding the agent keep the mapping; the file goes now.
         let _ = std::fs::remove_file(self.agent.arena.path());
         // Wake the accept loops so they see the flag.
-        let _ = UnixStream::connect(&self.agent.socket_path);
-        if let (_, Some(at)) = rayr_proto::frames::split_address(&self.agent.client_address) {
-            let _ = std::net::TcpStream::connect(at);
+        if let Some(a) = self.accepting.take() {
+            a.stop();
         }
         let _ = UnixStream::connect(&self.agent.peer_socket_path);
-        for t in self.accept_threads.drain(..).chain(self.peer_accept_thread.take()) {
+        if let Some(t) = self.peer_accept_thread.take() {
             let _ = t.join();
         }
         if let Some(rt) = self.transfer_rt.take() {
@@ -164,6 +164,11 @@ impl ResourceProbe {
     /// The cluster's live nodes, as the head last said (this node among them).
     pub fn set_cluster(&self, nodes: Vec<rayr_proto::NodeView>) {
         *self.0.cluster.lock() = nodes;
+    }
+
+    /// The node's metrics now, as Prometheus text.
+    pub fn metrics(&self) -> String {
+        self.0.metrics_text()
     }
 
     /// Where the head answers (it places actors).
@@ -248,6 +253,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         gone: Mutex::new(HashMap::new()),
         head_address: Mutex::new(None),
         binaries: Default::default(),
+        counters: Default::default(),
         cfg,
     });
     let transfer_rt = match agent.cfg.transfer_address.clone() {
@@ -287,7 +293,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     }));
     agent.record(&start);
     let (stop, serve) = (agent.clone(), agent.clone());
-    let accept_threads = rayr_proto::frames::accept_both(
+    let accepting = rayr_proto::frames::accept_both(
         listener,
         client_tcp,
         move || stop.stopping.load(Ordering::Acquire),
@@ -298,7 +304,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     )?;
     let peer_agent = agent.clone();
     let peer_accept_thread = std::thread::Builder::new().name("rayr-node-peers".into()).spawn(move || peer_agent.accept_peers(peer_listener))?;
-    Ok(NodeHandle { agent, transfer_rt, accept_threads, peer_accept_thread: Some(peer_accept_thread) })
+    Ok(NodeHandle { agent, transfer_rt, accepting: Some(accepting), peer_accept_thread: Some(peer_accept_thread) })
 }
 
 /// Removes `/dev/shm/rayr-<pid>-*` stores and `rayr-ev-<pid>-*` event areas whose creating
@@ -471,6 +477,8 @@ struct Agent {
     head_address: Mutex<Option<String>>,
     /// Jobs' binaries by content hash (see `binaries`).
     binaries: binaries::Binaries,
+    /// What `metrics` counts as it happens.
+    counters: metrics::Counters,
 }
 
 struct EventAreaEntry {
@@ -930,6 +938,7 @@ impl Agent {
             resources::subtract(&mut best.available, demand);
             chosen
         };
+        self.counters.leases_spilled.fetch_add(1, Ordering::Relaxed);
         let mut e = self.event(EventKind::TaskSpilled);
         e.task_id = task.to_vec();
         e.detail = Some(event::Detail::Task(rayr_proto::TaskDetail {
@@ -951,6 +960,7 @@ impl Agent {
             resources::subtract(&mut n.available, demand);
             chosen
         };
+        self.counters.leases_spilled.fetch_add(1, Ordering::Relaxed);
         let mut e = self.event(EventKind::TaskSpilled);
         e.task_id = task.to_vec();
         e.detail = Some(event::Detail::Task(rayr_proto::TaskDetail {
@@ -1149,6 +1159,7 @@ impl Agent {
         };
         let pid = child.id();
         st.worker_logs.push((worker, pid));
+        self.counters.workers_started.fetch_add(1, Ordering::Relaxed);
         let out_path = session.worker_log(&whex, pid, "out");
         let err_path = session.worker_log(&whex, pid, "err");
         let _ = std::fs::rename(&out_tmp, &out_path);
@@ -1202,6 +1213,8 @@ impl Agent {
         let mut exit = pool::describe_exit(status, sp.intended_exit.as_deref(), sp.by_user);
         exit.peak_rss_bytes = peak_rss;
         exit.pid = sp.pid;
+        let kind = rayr_proto::WorkerExitType::try_from(exit.exit_type).map_or("UNSPECIFIED", |k| k.as_str_name());
+        *self.counters.exits.lock().entry(kind.to_string()).or_insert(0) += 1;
         exit.stderr_tail = pool::tail_lines(&sp.stderr_path, 20);
         exit.stderr_path = sp.stderr_path.display().to_string();
         if !sp.registered && sp.intended_exit.is_none() && !st.spawned.values().any(|s| s.job == sp.job && s.registered) {

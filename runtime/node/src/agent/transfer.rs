@@ -150,6 +150,7 @@ impl Agent {
                 .map(|(id, _)| *id)?;
             let c = st.copies.remove(&victim).unwrap();
             st.free_range(c.offset, c.size);
+            self.counters.evictions.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             let reason = format!(
                 "the store needed {size} bytes for {for_what} ({} of {} in use): secondary copies go first",
                 st.alloc.used(),
@@ -362,6 +363,8 @@ impl Agent {
                     *pins.entry(w.2).or_insert(0) += 1;
                 }
                 st.copies.insert(id, Copy { offset, size, pins, last_used: Instant::now(), freed });
+                self.counters.pulls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.counters.pulled_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                 drop(st);
                 let secs = took.as_secs_f64().max(1e-6);
                 let mut e = self.event(EventKind::ObjectPulled);

@@ -478,6 +478,8 @@ pub(crate) struct Core {
     /// Held results of every connection serving tasks (the ticker sends stale ones).
     held_results: Mutex<Vec<std::sync::Weak<HeldResults>>>,
     pub pid: u32,
+    /// The threads accepting peers (woken at shutdown).
+    accepting: Mutex<Option<rayr_proto::frames::Accepting>>,
 }
 
 /// What `connect` needs to know.
@@ -625,6 +627,7 @@ impl Core {
             exec_lock: Mutex::new(()),
             held_results: Mutex::new(Vec::new()),
             pid: std::process::id(),
+            accepting: Mutex::new(None),
         });
         let c = core.clone();
         std::thread::Builder::new().name("rayr-node-reader".into()).spawn(move || c.read_node(reader)).unwrap();
@@ -634,7 +637,7 @@ impl Core {
             install(core.clone());
         }
         let (stop, serve) = (Arc::downgrade(&core), Arc::downgrade(&core));
-        rayr_proto::frames::accept_both(
+        let accepting = rayr_proto::frames::accept_both(
             listener,
             tcp.map(|t| t.0),
             move || stop.upgrade().is_none_or(|c| c.stopping.load(Ordering::Acquire)),
@@ -645,6 +648,7 @@ impl Core {
             },
         )
         .map_err(|e| conn_err("start accepting peers", e))?;
+        *core.accepting.lock() = Some(accepting);
         let c = Arc::downgrade(&core);
         std::thread::Builder::new()
             .name("rayr-ticker".into())
@@ -1051,12 +1055,10 @@ impl Core {
         }
         let _ = self.node_conn.write.lock().shutdown(std::net::Shutdown::Both);
         // Wake our accept loops so they exit, then remove our socket.
-        let (path, tcp) = rayr_proto::frames::split_address(&self.address);
-        let _ = UnixStream::connect(path);
-        if let Some(at) = tcp {
-            let _ = std::net::TcpStream::connect(at);
+        if let Some(a) = self.accepting.lock().take() {
+            a.wake();
         }
-        let _ = std::fs::remove_file(path);
+        let _ = std::fs::remove_file(rayr_proto::frames::split_address(&self.address).0);
     }
 }
 
