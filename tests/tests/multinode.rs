@@ -649,6 +649,20 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     assert!(ok && found.is_empty() && err.contains("no matches"), "{found}{err}");
     let (ok, found, _) = search(&[&marker.to_lowercase(), "-i"]);
     assert!(ok && found.contains(&format!("{marker} here")), "{found}");
+    // tail: the last lines of the worker's stdout (by worker, by task, by file name).
+    let tail = |target: &str| {
+        let out = cluster.cli(&["logs", "tail", target, "-n", "3"]);
+        (out.status.success(), String::from_utf8_lossy(&out.stdout).to_string(), String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (ok, text, err) = tail(&worker[..10]);
+    assert!(ok && text.contains("from the second task") && text.contains("line-after"), "{text}{err}");
+    let (ok, text, err) = tail(&first);
+    assert!(ok && text.contains("from the second task"), "{text}{err}");
+    let file = std::path::Path::new(hits[0]["file"].as_str().unwrap()).file_name().unwrap().to_str().unwrap().to_string();
+    let (ok, text, err) = tail(&file);
+    assert!(ok && text.lines().count() == 3 && text.contains("from the second task"), "{text}{err}");
+    let (ok, _, err) = tail("no-such-file.log");
+    assert!(!ok && err.contains("neither a log file's name"), "{err}");
     // Listing shows the worker's files on that node.
     let out = cluster.cli(&["logs", "list", "--json"]);
     let listed = String::from_utf8_lossy(&out.stdout);
@@ -747,6 +761,68 @@ fn every_node_serves_prometheus_metrics_that_move_when_tasks_run() {
         value(&now, "rayr_tasks", Some(("state", "finished"))) >= finished_before + 20.0
             && value(&now, "rayr_node_workers_started_total", None) > started_before
     });
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
+fn rayr_logs_follow_prints_lines_as_a_task_on_another_node_writes_them() {
+    use std::io::BufRead;
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
+    let mut driver = Command::new(SCENARIOS)
+        .arg("ticker")
+        .env("RAYR_TMPDIR", cluster.tmp.path())
+        .env_remove("RAYR_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(driver.stdout.take().unwrap()).lines();
+    let object = lines.by_ref().map_while(Result::ok).find_map(|l| l.strip_prefix("TICKER ").map(String::from)).expect("TICKER");
+    // Its task is running: follow the worker it runs in, by the task's id.
+    let mut task = String::new();
+    wait_for("the ticker to start", Duration::from_secs(20), || {
+        let events = cluster.events();
+        let submitted = events.iter().find(|e| kind(e) == EventKind::TaskSubmitted && rayr_logs::hex(&e.object_id) == object);
+        let started = submitted.and_then(|s| events.iter().find(|e| kind(e) == EventKind::TaskStarted && e.task_id == s.task_id));
+        if let Some(s) = started {
+            task = rayr_logs::hex(&s.task_id);
+        }
+        started.is_some()
+    });
+    let mut follow = Command::new(rayr_cli())
+        .args(["logs", "follow", &task, "-n", "1"])
+        .env("RAYR_TMPDIR", cluster.tmp.path())
+        .env_remove("RAYR_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = follow.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(l).is_err() {
+                break;
+            }
+        }
+    });
+    // Lines keep coming, in order, as the task writes them.
+    let mut ticks = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while ticks.len() < 5 && std::time::Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(200))
+            // (Lines of several files come prefixed with their file's name.)
+            && let Some(n) = l.rsplit_once("tick ").and_then(|(_, n)| n.parse::<u32>().ok())
+        {
+            ticks.push(n);
+        }
+    }
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(ticks.len() >= 5, "follow printed {ticks:?}");
+    assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "in order, none missed: {ticks:?}");
+    assert!(lines.map_while(Result::ok).any(|l| l.starts_with("TICKS 60")), "the task ran to its end");
+    assert!(driver.wait().unwrap().success());
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

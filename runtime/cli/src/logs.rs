@@ -26,6 +26,11 @@ pub struct LogsArgs {
 pub enum LogsCommand {
     /// Search every node's log files for a regular expression (ripgrep's syntax).
     Search(SearchArgs),
+    /// The last lines of a worker's stdout and stderr (a worker id, a task id: the worker
+    /// of its latest attempt, or a log file's name as `rayr logs list` shows it).
+    Tail(TailArgs),
+    /// `tail`, then every line written after, as it comes (Ctrl-C to stop).
+    Follow(TailArgs),
     /// The log files of every node: path, size, the worker that wrote it.
     List {
         /// Only this node (an id or a unique prefix of one).
@@ -70,9 +75,22 @@ pub struct SearchArgs {
     pub address: Option<String>,
 }
 
+#[derive(clap::Args)]
+pub struct TailArgs {
+    /// A worker id, a task id (unique prefixes do), or a log file's name.
+    pub target: String,
+    /// How many lines of each file.
+    #[arg(long, short = 'n', default_value_t = 20)]
+    pub lines: usize,
+    #[arg(long, value_name = "HOST:PORT")]
+    pub address: Option<String>,
+}
+
 pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     match args.command {
         LogsCommand::Search(a) => search(a).await,
+        LogsCommand::Tail(a) => tail(a, false).await,
+        LogsCommand::Follow(a) => tail(a, true).await,
         LogsCommand::List { node, json, address } => list(node, json, address).await,
     }
 }
@@ -370,4 +388,130 @@ async fn list(node: Option<String>, json: bool, address: Option<String>) -> anyh
         eprintln!("rayr: node {} ({}): {why}", &hex(&n.node_id)[..12], n.address);
     }
     Ok(())
+}
+
+/// The files `target` names: (node row, file name) pairs, found by asking every live node.
+async fn resolve_files(target: &str, address: Option<String>) -> anyhow::Result<Vec<(NodeRow, String)>> {
+    let (live, _) = match nodes(address.clone(), None).await? {
+        Ok(n) => n,
+        Err(_) => bail!("no cluster is running: the log files of the latest session are in its logs/ directory"),
+    };
+    let mut listed = Vec::new();
+    for n in &live {
+        if let Ok(mut c) = logs_client(&n.grpc_address).await
+            && let Ok(r) = c.list(LogListRequest {}).await
+        {
+            listed.push((n.clone(), r.into_inner().files));
+        }
+    }
+    let name_of = |p: &str| std::path::Path::new(p).file_name().map_or(p.to_string(), |n| n.to_string_lossy().into_owned());
+    // A file by name.
+    let by_name: Vec<(NodeRow, String)> = listed
+        .iter()
+        .flat_map(|(n, files)| files.iter().filter(|f| name_of(&f.path) == target).map(move |f| (n.clone(), name_of(&f.path))))
+        .collect();
+    if !by_name.is_empty() {
+        return Ok(by_name);
+    }
+    if !target.bytes().all(|b| b.is_ascii_hexdigit()) || target.len() < 4 {
+        bail!("{target:?} is neither a log file's name (`rayr logs list`) nor an id (at least 4 hex digits)");
+    }
+    let of_worker = |worker: &str| -> Vec<(NodeRow, String)> {
+        let mut found: Vec<(NodeRow, String, u32)> = listed
+            .iter()
+            .flat_map(|(n, files)| {
+                files.iter().filter(|f| !f.worker_id.is_empty() && hex(&f.worker_id).starts_with(worker)).map(move |f| (n.clone(), name_of(&f.path), f.pid))
+            })
+            .collect();
+        // stdout before stderr.
+        found.sort_by(|a, b| b.1.ends_with(".out").cmp(&a.1.ends_with(".out")));
+        found.into_iter().map(|(n, f, _)| (n, f)).collect()
+    };
+    let target = target.to_ascii_lowercase();
+    let found = of_worker(&target);
+    if !found.is_empty() {
+        return Ok(found);
+    }
+    // A task: the worker of its latest attempt.
+    let mut cluster = connect(address).await?;
+    let mut worker = None;
+    let filter = crate::connect::EventFilter { id: Some(target.clone()), kind: rayr_proto::EventKind::TaskStarted as i32, since_us: 0, follow: false };
+    cluster
+        .events(&filter, |e| {
+            worker = Some(hex(&e.worker_id));
+            Ok(())
+        })
+        .await
+        .map_err(|_| anyhow!("no log file, worker or task matches {target:?}: `rayr logs list` shows the files"))?;
+    match worker {
+        Some(w) => {
+            let found = of_worker(&w);
+            if found.is_empty() {
+                bail!("task {target} ran in worker {w}, whose node is not running or keeps no such files");
+            }
+            Ok(found)
+        }
+        None => bail!("no log file, worker or task matches {target:?}: `rayr logs list` shows the files"),
+    }
+}
+
+async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
+    let files = resolve_files(&a.target, a.address.clone()).await?;
+    let several = files.len() > 1;
+    let mut at = Vec::new();
+    for (node, name) in &files {
+        let mut c = logs_client(&node.grpc_address).await?;
+        // Enough bytes for the lines asked for, most of the time.
+        let want = (a.lines as u64 * 200).clamp(4096, 4 << 20);
+        let r = c
+            .read(rayr_proto::LogReadRequest { name: name.clone(), offset: want, from_end: true, max_bytes: want as u32 })
+            .await
+            .map_err(|s| anyhow!("{}", s.message()))?
+            .into_inner();
+        let text = String::from_utf8_lossy(&r.data);
+        let mut lines: Vec<&str> = text.lines().collect();
+        if r.offset > 0 && !lines.is_empty() {
+            lines.remove(0); // likely cut
+        }
+        if several {
+            println!("==> {} on node {} <==", name, &hex(&node.node_id)[..12]);
+        }
+        for l in &lines[lines.len().saturating_sub(a.lines)..] {
+            println!("{l}");
+        }
+        at.push((node.clone(), name.clone(), r.offset + r.data.len() as u64, c));
+    }
+    if !follow {
+        return Ok(());
+    }
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+    let mut partial: HashMap<String, Vec<u8>> = HashMap::new();
+    loop {
+        for (node, name, offset, c) in at.iter_mut() {
+            let r = match c.read(rayr_proto::LogReadRequest { name: name.clone(), offset: *offset, from_end: false, max_bytes: 1 << 20 }).await {
+                Ok(r) => r.into_inner(),
+                Err(s) => bail!("node {} stopped answering for {name}: {}", &hex(&node.node_id)[..12], s.message()),
+            };
+            if r.data.is_empty() {
+                continue;
+            }
+            *offset = r.offset + r.data.len() as u64;
+            let buf = partial.entry(name.clone()).or_default();
+            buf.extend_from_slice(&r.data);
+            // Whole lines only; a partial one waits for its end.
+            if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
+                let done: Vec<u8> = buf.drain(..=end).collect();
+                for l in String::from_utf8_lossy(&done).lines() {
+                    if several {
+                        println!("{name}: {l}");
+                    } else {
+                        println!("{l}");
+                    }
+                }
+                let _ = std::io::stdout().flush();
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -233,6 +233,16 @@ fn say(lines: Vec<String>) -> String {
     rayr::runtime_context().unwrap().node_id.to_string()
 }
 
+/// Prints `tick i` every 50 ms, `n` times.
+#[rayr::remote]
+fn ticker(n: u32) -> u32 {
+    for i in 0..n {
+        println!("tick {i}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    n
+}
+
 /// Where it ran, and the length of the value it was given.
 #[rayr::remote]
 fn node_and_len(v: (String, Vec<u8>)) -> (String, usize) {
@@ -798,6 +808,13 @@ fn main() -> rayr::Result<()> {
             let other = say::options().resource("far", 1.0).remote(vec![format!("{marker} from the second task")]);
             rayr::get(&other)?;
             println!("SAID_IDS {} {}", r.id(), other.id());
+        }
+        // A task on the "far" node that prints for a few seconds.
+        "ticker" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let r = ticker::options().resource("far", 1.0).remote(60);
+            println!("TICKER {}", r.id());
+            println!("TICKS {}", rayr::get(&r)?);
         }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));

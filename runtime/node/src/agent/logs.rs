@@ -11,7 +11,7 @@ use std::sync::{Arc, Weak};
 
 use rayr_logs::{Id, hex};
 use rayr_proto::node_logs_server::NodeLogs;
-use rayr_proto::{LogFile, LogLine, LogListReply, LogListRequest, LogSearchRequest};
+use rayr_proto::{LogFile, LogLine, LogListReply, LogListRequest, LogReadReply, LogReadRequest, LogSearchRequest};
 use tonic::{Request, Response, Status};
 
 use super::Agent;
@@ -98,6 +98,32 @@ impl NodeLogs for Service {
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
+    }
+
+    async fn read(&self, request: Request<LogReadRequest>) -> Result<Response<LogReadReply>, Status> {
+        use std::io::{Read, Seek, SeekFrom};
+        let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
+        let r = request.into_inner();
+        // Only this node's own log files, by name: never a path the caller makes up.
+        let path = agent
+            .log_files("")
+            .into_iter()
+            .map(|(p, _)| p)
+            .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(r.name.as_str()))
+            .ok_or_else(|| Status::not_found(format!("node {} has no log file named {:?}: `rayr logs list` shows them", hex(&agent.cfg.node_id), r.name)))?;
+        let max = r.max_bytes.clamp(1, 4 << 20) as u64;
+        let read = tokio::task::spawn_blocking(move || -> std::io::Result<LogReadReply> {
+            let mut f = std::fs::File::open(&path)?;
+            let size = f.metadata()?.len();
+            let offset = if r.from_end { size.saturating_sub(r.offset) } else { r.offset.min(size) };
+            f.seek(SeekFrom::Start(offset))?;
+            let mut data = Vec::new();
+            f.take(max).read_to_end(&mut data)?;
+            Ok(LogReadReply { data, offset, size })
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        read.map(Response::new).map_err(|e| Status::unavailable(format!("cannot read {:?}: {e}", r.name)))
     }
 
     async fn list(&self, _: Request<LogListRequest>) -> Result<Response<LogListReply>, Status> {
