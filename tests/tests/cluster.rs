@@ -391,6 +391,16 @@ fn an_actor_with_max_restarts_is_created_again_until_none_are_left() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = rows.as_array().unwrap().iter().find(|r| r["actor_id"] == s.get("ACTOR")).expect("its row");
     assert_eq!((row["state"].as_str(), row["restarts"].as_u64()), (Some("DEAD"), Some(3)), "{row}");
+    // why-died: the end, with the restarts used and left, down to the worker's SIGKILL.
+    let why = s.why_died(s.get("ACTOR"));
+    let summary = why["summary"].as_str().unwrap();
+    assert!(summary.contains("after 3 restart(s) of max_restarts 3: none left"), "{summary}");
+    assert_eq!(why["chain"][0]["kind"], "actor_died");
+    assert_eq!(why["chain"][0]["detail"]["max_restarts"], 3);
+    assert_eq!(why["chain"][1]["kind"], "worker_exited");
+    assert_eq!(why["chain"][1]["detail"]["signal"], 9);
+    assert_eq!(why["root_cause"], why["chain"][1]["id"]);
+    assert!(why["advice"].as_str().unwrap().contains("dmesg"), "{why}");
 }
 
 #[test]
@@ -659,6 +669,13 @@ fn why_died_shows_what_a_failed_task_wrote() {
     assert!(err.first() == Some(&"warning: t1 is not right") && err.iter().any(|l| l.contains("boom-t1")), "{err:?}");
     let text = String::from_utf8_lossy(&s.cli(&["why-died", &task]).stdout).to_string();
     assert!(text.contains("what the failed attempt wrote to stderr") && text.contains("| warning: t1 is not right"), "{text}");
+    // The root cause is the panic itself, with where it happened.
+    assert_eq!(why["chain"][0]["kind"], "task_failed");
+    assert_eq!(why["chain"][0]["detail"]["error_type"], "panic");
+    assert_eq!(why["root_cause"], why["chain"][0]["id"]);
+    let advice = why["advice"].as_str().unwrap();
+    assert!(advice.contains("boom-t1") && advice.contains("scenarios.rs"), "{advice}");
+    assert!(why["summary"].as_str().unwrap().contains("max_retries 0"), "{why}");
 }
 
 #[test]

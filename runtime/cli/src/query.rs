@@ -665,9 +665,8 @@ fn event_ids(ev: &Event) -> Vec<(&'static str, &[u8])> {
 /// The detail's type name and every one of its fields.
 fn detail_fields(d: &Detail) -> (&'static str, Vec<(&'static str, V)>) {
     match d {
-        Detail::Task(t) => (
-            "task",
-            vec![
+        Detail::Task(t) => {
+            let mut fields = vec![
                 ("function", V::Text(t.function.clone())),
                 ("attempt", V::Num(t.attempt.into())),
                 ("max_retries", V::Num(t.max_retries.into())),
@@ -675,10 +674,21 @@ fn detail_fields(d: &Detail) -> (&'static str, Vec<(&'static str, V)>) {
                 ("error_type", V::Text(t.error_type.clone())),
                 ("error", V::Text(t.error.clone())),
                 ("reason", V::Text(t.reason.clone())),
+                ("spilled_to", V::Text(t.spilled_to.clone())),
                 ("pid", V::Pid(t.pid)),
                 ("backtrace", V::Text(t.backtrace.clone())),
-            ],
-        ),
+            ];
+            if t.output_measured {
+                // Where its output is in the worker's logs (`rayr logs search --task`).
+                fields.extend([
+                    ("out_start", V::Num(t.out_start as i64)),
+                    ("out_end", V::Num(t.out_end as i64)),
+                    ("err_start", V::Num(t.err_start as i64)),
+                    ("err_end", V::Num(t.err_end as i64)),
+                ]);
+            }
+            ("task", fields)
+        }
         Detail::Object(o) => (
             "object",
             vec![
@@ -687,6 +697,7 @@ fn detail_fields(d: &Detail) -> (&'static str, Vec<(&'static str, V)>) {
                 ("peer", V::Id(o.peer.clone())),
                 ("peer_kind", V::Text(o.peer_kind.clone())),
                 ("reason", V::Text(o.reason.clone())),
+                ("copy_node", V::Id(o.copy_node.clone())),
             ],
         ),
         Detail::WorkerExit(x) => (
@@ -744,6 +755,9 @@ fn detail_fields(d: &Detail) -> (&'static str, Vec<(&'static str, V)>) {
                 ("cause", V::Text(a.cause.clone())),
                 ("detail", V::Text(a.detail.clone())),
                 ("pid", V::Pid(a.pid)),
+                ("restart", V::Num(a.restart.into())),
+                ("max_restarts", V::Num(a.max_restarts.into())),
+                ("detached", V::Flag(a.detached)),
             ],
         ),
     }

@@ -602,7 +602,14 @@ async fn explain_actor(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<(
         return Ok(());
     };
     let d = actor(&died_ev).cloned().unwrap_or_default();
-    r.summary = format!("actor {} ({class}){worker} ended at {} ({}): {}", hex(&id), local_time(died_ev.time_us), d.cause, d.detail);
+    // Restarts used and left (its owner records them in ACTOR_DIED).
+    let restarts = match (d.restart, d.max_restarts) {
+        (_, -1) => format!(" after {} restart(s) (max_restarts -1: it restarts for ever, so this end was not a crash)", d.restart),
+        (0, 0) => " (max_restarts 0: it was never to restart)".to_string(),
+        (used, max) if used as i32 >= max => format!(" after {used} restart(s) of max_restarts {max}: none left"),
+        (used, max) => format!(" after {used} restart(s) of max_restarts {max} ({} left, not used: it did not crash)", max - used as i32),
+    };
+    r.summary = format!("actor {} ({class}){worker} ended at {}{restarts} ({}): {}", hex(&id), local_time(died_ev.time_us), d.cause, d.detail);
     r.effects = rec.effects(&died_ev.id).await?;
     walk(rec, r, died_ev, MAX_CHAIN).await?;
     Ok(())

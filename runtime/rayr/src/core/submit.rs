@@ -716,6 +716,8 @@ impl Core {
         }
         a.dead = Some((detail.to_string(), None));
         let owned = a.owned;
+        let restarts = a.restarts;
+        let max_restarts = if a.restarts_left < 0 { -1 } else { a.restarts as i32 + a.restarts_left };
         let kept = std::mem::take(&mut a.kept_args);
         if let Some(name) = a.name.take() {
             let _ = self.node_conn.send(0, client_message::Body::UnnameActor(name));
@@ -743,7 +745,13 @@ impl Core {
             if let Some(c) = because {
                 e.cause = c.to_vec();
             }
-            e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: cause.into(), detail: detail.into(), ..Default::default() }));
+            e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail {
+                cause: cause.into(),
+                detail: detail.into(),
+                restart: restarts,
+                max_restarts,
+                ..Default::default()
+            }));
             Some(self.record(e))
         } else {
             because
