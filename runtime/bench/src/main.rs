@@ -68,6 +68,11 @@
 //!     `floor_tcp_loopback_100mb_gbps`: 100 MB through one loopback TCP connection between
 //!     two threads into an already-touched buffer, best of 3, in the same run;
 //!     `object_100mb_other_node_vs_tcp` is the ratio.
+//!   - `log_search_1gb_3_nodes_s`: `rayr logs search` (the CLI, from its start: every node
+//!     searching its own files, hits streamed back) for a marker written 30 times into 1 GB
+//!     of worker stdout, a third on each node; `rg_1gb_s`: `rg` over the same files;
+//!     `log_search_vs_rg` the ratio. Best of 3 each, alternating, files in the page cache.
+//!     Skipped, saying so, without `rg` (apt-get install ripgrep).
 //!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
 //! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a
@@ -497,11 +502,13 @@ fn multinode(tmp: &TempDir) {
     let dir = tmp.path.join("mn");
     let _ = std::fs::create_dir_all(&dir);
     let cli_run = |args: &[&str]| Command::new(&cli).args(args).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").stdout(Stdio::null()).status();
-    let ok = cli_run(&["start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-period-ms", "200"]).is_ok_and(|s| s.success());
+    let ok = cli_run(&["start", "--head", "--port", "0", "--num-cpus", "1", "--heartbeat-period-ms", "200", "--resources", r#"{"n1": 1}"#])
+        .is_ok_and(|s| s.success());
     let address = std::fs::read_to_string(dir.join("session_latest").join("head_address")).unwrap_or_default();
     let address = address.trim();
     let joined = ok
-        && cli_run(&["start", "--address", address, "--node-ip-address", "127.0.0.2", "--num-cpus", "1"]).is_ok_and(|s| s.success())
+        && cli_run(&["start", "--address", address, "--node-ip-address", "127.0.0.2", "--num-cpus", "1", "--resources", r#"{"n2": 1}"#])
+            .is_ok_and(|s| s.success())
         && cli_run(&["start", "--address", address, "--node-ip-address", "127.0.0.3", "--num-cpus", "1", "--resources", r#"{"far": 1}"#])
             .is_ok_and(|s| s.success());
     let values = if joined {
@@ -520,7 +527,19 @@ fn multinode(tmp: &TempDir) {
         eprintln!("rayr-bench: multi-node figures skipped: the cluster did not start");
         HashMap::new()
     };
+    // Searching 1 GB of worker logs on the three nodes, and `rg` over the same files.
+    let search = if values.contains_key("logs_written") { log_search_vs_rg(&cli, &dir) } else { None };
     let _ = cli_run(&["stop"]);
+    if let Some((ours, rg)) = search {
+        figure("log_search_1gb_3_nodes_s", format!("{ours:.3}"), "s");
+        match rg {
+            Some(rg) => {
+                figure("rg_1gb_s", format!("{rg:.3}"), "s");
+                figure("log_search_vs_rg", format!("{:.2}", ours / rg), "x");
+            }
+            None => eprintln!("rayr-bench: rg_1gb_s skipped: `rg` is not installed (apt-get install ripgrep)"),
+        }
+    }
     let tcp = tcp_copy_100mb_gbps();
     figure("floor_tcp_loopback_100mb_gbps", format!("{tcp:.2}"), "GB/s");
     if let (Some(rate), Some(nodes)) = (values.get("tasks_per_s"), values.get("nodes_used")) {
@@ -532,6 +551,58 @@ fn multinode(tmp: &TempDir) {
         figure("object_100mb_other_node_gbps", format!("{gbps:.2}"), "GB/s");
         figure("object_100mb_other_node_vs_tcp", format!("{:.2}", gbps / tcp), "x");
     }
+}
+
+/// Times `rayr logs search` (every node searching its own files, hits streamed back) and
+/// `rg` over the same files, for a marker the multi-node child wrote into 1 GB of worker
+/// logs; best of 3 each, alternating (the files are in the page cache for both).
+fn log_search_vs_rg(cli: &std::path::Path, dir: &std::path::Path) -> Option<(f64, Option<f64>)> {
+    let logs = std::fs::canonicalize(dir.join("session_latest")).ok()?.join("logs");
+    let files: Vec<PathBuf> = std::fs::read_dir(&logs).ok()?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "out")).collect();
+    let timed = |cmd: &mut Command| -> Option<(f64, usize)> {
+        let t = Instant::now();
+        let out = cmd.stdin(Stdio::null()).stderr(Stdio::null()).output().ok()?;
+        Some((t.elapsed().as_secs_f64(), String::from_utf8_lossy(&out.stdout).lines().count()))
+    };
+    let rg_here = Command::new("rg").arg("--version").stdout(Stdio::null()).status().is_ok_and(|s| s.success());
+    let (mut ours, mut rg) = (f64::MAX, f64::MAX);
+    for _ in 0..3 {
+        let (t, n) = timed(Command::new(cli).args(["logs", "search", LOG_MARKER]).env("RAYR_TMPDIR", dir).env_remove("RAYR_ADDRESS"))?;
+        assert_eq!(n, LOG_MARKERS, "rayr logs search found every marker");
+        ours = ours.min(t);
+        if rg_here {
+            let (t, n) = timed(Command::new("rg").arg("--no-filename").arg(LOG_MARKER).args(&files))?;
+            assert_eq!(n, LOG_MARKERS, "rg found every marker");
+            rg = rg.min(t);
+        }
+    }
+    Some((ours, rg_here.then_some(rg)))
+}
+
+/// A line the log benchmark looks for, and how many times it is written in all.
+const LOG_MARKER: &str = "rayr-bench-needle-7f3a";
+const LOG_MARKERS: usize = 30;
+
+/// Writes `mb` MB of log lines to stdout, `markers` of them with `LOG_MARKER`.
+#[rayr::remote]
+fn write_log(mb: usize, markers: usize) -> usize {
+    use std::io::Write;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, std::io::stdout().lock());
+    let total = mb * 1_000_000;
+    let (mut written, mut line) = (0usize, 0usize);
+    let every = total / 100 / markers.max(1);
+    while written < total {
+        let text = if line % every == every / 2 && line / every < markers {
+            format!("{line:>10} INFO task step finished {LOG_MARKER} value={}\n", line * 7)
+        } else {
+            format!("{line:>10} INFO task step finished in {} us, payload checksum {:016x} ok\n", line % 977, line.wrapping_mul(0x9e37_79b9))
+        };
+        written += text.len();
+        line += 1;
+        let _ = out.write_all(text.as_bytes());
+    }
+    let _ = out.flush();
+    line
 }
 
 /// 100 MB through a loopback TCP connection between two threads, best of 3.
@@ -595,6 +666,13 @@ fn multinode_child() -> rayr::Result<()> {
         assert_eq!((view.len(), view[view.len() - 1]), (100_000_000, 1));
     }
     println!("object_100mb_s {best:.6}");
+    // 1 GB of worker logs, a third on each node, for the log search figures.
+    let writers: Vec<ObjectRef<usize>> = ["n1", "n2", "far"]
+        .iter()
+        .map(|r| write_log::options().resource(r, 0.5).remote(334, LOG_MARKERS / 3))
+        .collect();
+    rayr::get_all(&writers)?;
+    println!("logs_written 1");
     rayr::shutdown();
     Ok(())
 }
