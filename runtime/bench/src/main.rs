@@ -73,6 +73,9 @@
 //!     of worker stdout, a third on each node; `rg_1gb_s`: `rg` over the same files;
 //!     `log_search_vs_rg` the ratio. Best of 3 each, alternating, files in the page cache.
 //!     Skipped, saying so, without `rg` (apt-get install ripgrep).
+//!   - `why_died_1m_events_ms`: `rayr why-died --json` (the CLI, from its start) on a failed
+//!     task of a `rayr start` cluster whose record holds 1M events (170k tasks; the head has
+//!     indexed them all: `events_indexed`), median of 5.
 //!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
 //! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a
@@ -144,6 +147,7 @@ fn main() -> rayr::Result<()> {
         Ok("init") => return init_child(),
         Ok("throughput") => return throughput_child(),
         Ok("multinode") => return multinode_child(),
+        Ok("events") => return events_child(),
         _ => {}
     }
     let tmp = TempDir::new();
@@ -541,6 +545,7 @@ fn multinode(tmp: &TempDir) {
         }
     }
     let tcp = tcp_copy_100mb_gbps();
+    why_died_with_a_million_events(tmp);
     figure("floor_tcp_loopback_100mb_gbps", format!("{tcp:.2}"), "GB/s");
     if let (Some(rate), Some(nodes)) = (values.get("tasks_per_s"), values.get("nodes_used")) {
         figure("tasks_async_per_s_3_nodes", format!("{rate:.0}"), "tasks/s");
@@ -577,6 +582,74 @@ fn log_search_vs_rg(cli: &std::path::Path, dir: &std::path::Path) -> Option<(f64
         }
     }
     Some((ours, rg_here.then_some(rg)))
+}
+
+/// Panics: the task the why-died figure asks about.
+#[rayr::remote]
+fn fails_for_bench(x: u64) -> u64 {
+    if x > 0 {
+        panic!("bench failure {x}");
+    }
+    x
+}
+
+/// `rayr why-died` on a failed task of a session holding 1M events (170k tasks and their
+/// objects), once the head has indexed them all: median of 5 runs of the CLI.
+fn why_died_with_a_million_events(tmp: &TempDir) {
+    let Some(cli) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("rayr"))).filter(|c| c.exists()) else { return };
+    let dir = tmp.path.join("wd");
+    let _ = std::fs::create_dir_all(&dir);
+    let cli_run = |args: &[&str]| Command::new(&cli).args(args).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").stdout(Stdio::null()).stderr(Stdio::null()).status();
+    if !cli_run(&["start", "--head", "--port", "0", "--num-cpus", "2"]).is_ok_and(|s| s.success()) {
+        eprintln!("rayr-bench: why_died_1m_events_ms skipped: the cluster did not start");
+        return;
+    }
+    let out = Command::new(std::env::current_exe().unwrap()).env(MODE_VAR, "events").env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").stdin(Stdio::null()).output();
+    let stdout = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let task = stdout.lines().find_map(|l| l.strip_prefix("FAILED_TASK ")).map(String::from);
+    let status = || -> u64 {
+        let out = Command::new(&cli).args(["status", "--json"]).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").output();
+        let text = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+        let at = text.find("\"events_indexed\":").map(|i| i + "\"events_indexed\":".len());
+        at.and_then(|i| text[i..].trim_start().split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()).unwrap_or(0)
+    };
+    let indexed_at = Instant::now();
+    let mut indexed = 0;
+    while indexed < 1_000_000 && indexed_at.elapsed() < Duration::from_secs(300) {
+        indexed = status();
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    if let Some(task) = task.filter(|_| indexed >= 1_000_000) {
+        figure("events_indexed", indexed.to_string(), "events");
+        let mut times: Vec<f64> = (0..5)
+            .filter_map(|_| {
+                let t = Instant::now();
+                let ok = Command::new(&cli).args(["why-died", &task, "--json"]).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").output().ok()?.status.success();
+                ok.then(|| t.elapsed().as_secs_f64() * 1e3)
+            })
+            .collect();
+        times.sort_by(f64::total_cmp);
+        if let Some(ms) = times.get(times.len() / 2) {
+            figure("why_died_1m_events_ms", format!("{ms:.1}"), "ms");
+        }
+    } else {
+        eprintln!("rayr-bench: why_died_1m_events_ms skipped: {indexed} events indexed within 300 s");
+    }
+    let _ = cli_run(&["stop"]);
+}
+
+fn events_child() -> rayr::Result<()> {
+    rayr::init()?;
+    for _ in 0..17 {
+        let refs: Vec<ObjectRef<u64>> = (0..10_000).map(noop::remote).collect();
+        rayr::get_all(&refs)?;
+    }
+    let r = fails_for_bench::options().max_retries(0).remote(1);
+    let _ = rayr::get(&r);
+    // Its return object: why-died on it explains the task that should have made it.
+    println!("FAILED_TASK {}", r.id());
+    rayr::shutdown();
+    Ok(())
 }
 
 /// A line the log benchmark looks for, and how many times it is written in all.
