@@ -637,6 +637,11 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     let (ok, found, err) = search(&[&marker, "--task", &second[..12]]);
     assert!(ok, "{err}");
     assert!(found.contains("from the second task") && !found.contains(&format!("{marker} here")), "{found}");
+    // --actor: only the files of the worker hosting the actor.
+    let actor = stdout.lines().find_map(|l| l.strip_prefix("ACTOR ")).unwrap().to_string();
+    let (ok, found, err) = search(&[&marker, "--actor", &actor]);
+    assert!(ok, "{err}");
+    assert!(found.contains("from the actor") && !found.contains("from the second task"), "{found}");
     // The worker's id narrows it; a glob that excludes stdout finds nothing; -i folds case.
     let worker = std::path::Path::new(hits[0]["file"].as_str().unwrap()).file_name().unwrap().to_str().unwrap()["worker-".len()..]
         .split('-')

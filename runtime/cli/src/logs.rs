@@ -68,6 +68,9 @@ pub struct SearchArgs {
     /// unique prefix, or the short form tables print.
     #[arg(long, value_name = "ID")]
     pub task: Option<String>,
+    /// Only the files of the worker(s) that hosted an actor (every life of it).
+    #[arg(long, value_name = "ID", conflicts_with = "task")]
+    pub actor: Option<String>,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -249,7 +252,9 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
     query.compile().map_err(|e| anyhow!("{e}"))?;
     let (live, mut failed) = match nodes(a.address.clone(), a.node.as_deref()).await? {
         Ok(n) => n,
-        Err(_) if a.task.is_some() => bail!("--task needs the cluster running (its head knows where each attempt ran)"),
+        Err(_) if a.task.is_some() || a.actor.is_some() => {
+            bail!("--task and --actor need the cluster running (its head knows where each ran)")
+        }
         Err(offline) => return search_here(&a, offline),
     };
     // What to ask of which node: everything (per the filters), or each attempt's lines.
@@ -272,6 +277,32 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
                 None => match down.iter().find(|(n, _)| n.node_id == at.node) {
                     Some(d) => failed.push(d.clone()),
                     None => failed.push((NodeRow { node_id: at.node.clone(), ..Default::default() }, "the node that ran it is not in the cluster".into())),
+                },
+            }
+        }
+    }
+    if let Some(actor) = &a.actor {
+        let mut cluster = connect(a.address.clone()).await?;
+        asks.clear();
+        let down = std::mem::take(&mut failed);
+        let filter = crate::connect::EventFilter { id: Some(actor.clone()), kind: rayr_proto::EventKind::ActorCreated as i32, since_us: 0, follow: false };
+        let mut lives: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        cluster
+            .events(&filter, |e| {
+                lives.push((e.node_id.clone(), e.worker_id.clone()));
+                Ok(())
+            })
+            .await?;
+        if lives.is_empty() {
+            bail!("no actor {actor} was ever created: `rayr list actors` lists them");
+        }
+        lives.dedup();
+        for (node, worker) in lives {
+            match live.iter().find(|n| n.node_id == node) {
+                Some(n) => asks.push((n.clone(), LogSearchRequest { worker: hex(&worker), ..request(&a) })),
+                None => match down.iter().find(|(n, _)| n.node_id == node) {
+                    Some(d) => failed.push(d.clone()),
+                    None => failed.push((NodeRow { node_id: node.clone(), ..Default::default() }, "the node that hosted it is not in the cluster".into())),
                 },
             }
         }

@@ -47,6 +47,11 @@ impl Counter {
         rayr::put(vec![1u8; n]).unwrap()
     }
     /// The node hosting it.
+    /// Prints a line to its worker's stdout.
+    pub fn say(&self, line: String) -> u64 {
+        println!("{line}");
+        self.n
+    }
     pub fn node(&self) -> String {
         rayr::runtime_context().unwrap().node_id.to_string()
     }
@@ -808,6 +813,10 @@ fn main() -> rayr::Result<()> {
             let other = say::options().resource("far", 1.0).remote(vec![format!("{marker} from the second task")]);
             rayr::get(&other)?;
             println!("SAID_IDS {} {}", r.id(), other.id());
+            // An actor there says something too.
+            let talker = Counter::options().resource("far", 0.01).remote(0);
+            rayr::get(&talker.say(format!("{marker} from the actor")))?;
+            println!("ACTOR {}", talker.id());
         }
         // A task on the "far" node that prints for a few seconds.
         "ticker" => {
