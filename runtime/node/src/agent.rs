@@ -240,6 +240,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
             serving: HashMap::new(),
             deferred_frees: HashMap::new(),
             worker_logs: Vec::new(),
+            otlp: HashMap::new(),
         }),
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
@@ -435,6 +436,8 @@ struct State {
     deferred_frees: HashMap<u64, u64>,
     /// Every worker this agent started, with its pid: its log files (`rayr logs`).
     worker_logs: Vec<(Id, u32)>,
+    /// Jobs whose driver traces (OTLP): where their workers send spans too.
+    otlp: HashMap<Id, String>,
 }
 
 /// A submitter of another node (RegisterClient.remote): it only holds leases here.
@@ -741,6 +744,9 @@ impl Agent {
             reply.error = "register: worker_id and job_id must be 16 bytes".into();
             return reply;
         };
+        if !r.otlp_endpoint.is_empty() {
+            self.state.lock().otlp.insert(job, r.otlp_endpoint.clone());
+        }
         if r.remote {
             // A submitter of another node: it only leases here. Its job's workers here run
             // its binary, fetched by hash from its node if this one lacks it.
@@ -1136,6 +1142,9 @@ impl Agent {
             if let Some((lo, hi)) = self.cfg.worker_ports {
                 cmd.env(env::WORKER_PORTS, format!("{lo}-{hi}"));
             }
+        }
+        if let Some(endpoint) = st.otlp.get(&job) {
+            cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
         }
         cmd.env(env::WORKER_MODE, "1")
             .env(env::NODE_SOCKET, &self.socket_path)

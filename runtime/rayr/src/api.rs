@@ -104,6 +104,8 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
             Some(a) if a.creation => opts.max_concurrency,
             _ => 0,
         },
+        trace_id: Vec::new(),
+        parent_span_id: Vec::new(),
     };
     // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
     let events = core.event_batch();
@@ -130,7 +132,15 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         worker: None,
         last_event: submitted,
         seq: st.next_seq,
+        trace: None,
     };
+    if crate::trace::enabled() {
+        // A span from submit to result; the worker's execute span is its child.
+        let (ids, parent) = crate::trace::new_span();
+        pending.trace = Some(core::TaskTrace { ids, parent, start_ns: crate::trace::now_ns() });
+        spec.trace_id = ids.0.to_vec();
+        spec.parent_span_id = ids.1.to_vec();
+    }
     st.next_seq += 1;
     if let Some(h) = actor.as_ref().and_then(|a| a.keep_alive.as_ref()) {
         // The actor lives while its calls are pending, as an argument would.

@@ -70,6 +70,8 @@ fn worker_main() -> Result<(), String> {
         max_inline: cfg.max_inline_bytes,
         runs_tasks: true,
     };
+    // Before registering: a task may arrive the moment it has.
+    crate::trace::init("rayr-worker", vec![("rayr.worker_id", std::env::var(env::WORKER_ID).unwrap_or_default())]);
     let core = Core::connect(params).map_err(|e| e.to_string())?;
     core::install(core);
     // Tasks run on the threads that read them (Core::serve_peer). This thread only waits:
@@ -96,6 +98,7 @@ fn stop_cleanly_on_sigterm() {
         if let Some(core) = core::current() {
             core.drain_events_now();
         }
+        crate::trace::flush(std::time::Duration::from_secs(1));
         std::process::exit(0);
     });
 }
@@ -108,6 +111,14 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
     let task: Id = spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
     CURRENT_TASK.with(|c| c.set((Some(task), spec.attempt)));
     let began = rayr_logs::now_us();
+    // Tracing: this run is a child of its submitter's span, and the parent of what it submits.
+    let traced = (crate::trace::enabled() && spec.trace_id.len() == 16 && spec.parent_span_id.len() == 8).then(|| {
+        let trace: [u8; 16] = spec.trace_id.as_slice().try_into().unwrap();
+        let parent: [u8; 8] = spec.parent_span_id.as_slice().try_into().unwrap();
+        let span = crate::trace::random_span_id();
+        crate::trace::set_current(Some((trace, span)));
+        (trace, span, parent, crate::trace::now_ns())
+    });
     let started = core.emit(EventKind::TaskStarted, |e| {
         e.task(&spec.task_id).worker(&core.me).cause(&spec.scheduled_event);
         e.task_detail(|d| {
@@ -123,6 +134,24 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
         _ => (EventKind::TaskFinished, None),
     };
     let output = (detail_error.is_some() || rayr_logs::now_us() - began >= MEASURE_OUTPUT_AFTER_US).then(output_range).flatten();
+    if let Some((trace, span, parent, start_ns)) = traced {
+        crate::trace::set_current(None);
+        crate::trace::record(crate::trace::Finished {
+            name: "rayr.task.execute",
+            ids: (trace, span),
+            parent: Some(parent),
+            start_ns,
+            end_ns: crate::trace::now_ns(),
+            kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind::Consumer,
+            attrs: vec![
+                ("rayr.task_id", hex(&task)),
+                ("rayr.function", spec.function.clone()),
+                ("rayr.attempt", spec.attempt.to_string()),
+                ("rayr.worker_id", hex(&core.me)),
+            ],
+            error: detail_error.as_ref().map(|e| e.message.as_str()),
+        });
+    }
     *events = Some(core.event_batch());
     let finished_event = core.emit(kind, |ev| {
         ev.task(&spec.task_id).worker(&core.me).cause(&started);

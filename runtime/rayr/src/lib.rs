@@ -64,6 +64,7 @@ mod options;
 mod raw;
 mod registry;
 mod runtime;
+mod trace;
 
 pub use actor::kill;
 pub use api::{

@@ -68,6 +68,7 @@ pub fn init_with(cfg: Config) -> Result<()> {
             return Err(e);
         }
     };
+    crate::trace::init("rayr-driver", vec![("rayr.worker_id", rayr_logs::hex(&core.me)), ("rayr.node_id", rayr_logs::hex(&core.node))]);
     core::install(core);
     register_exit_hook();
     Ok(())
@@ -82,6 +83,8 @@ pub fn session_dir() -> Result<PathBuf> {
 /// and shm store are removed; its logs and event record stay in the session directory).
 pub fn shutdown() {
     let _guard = INIT_LOCK.lock();
+    // The spans of this process's last tasks go out before it does.
+    crate::trace::flush(Duration::from_secs(2));
     if let Some(core) = core::uninstall() {
         core.shutdown("rayr::shutdown()");
         drop_core_later(core);

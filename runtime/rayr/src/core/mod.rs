@@ -162,6 +162,15 @@ pub(crate) struct PendingTask {
     pub last_event: Id,
     /// Submission order here (an actor's calls retried after a restart keep it).
     pub seq: u64,
+    /// Its `rayr.task` span, when tracing is on: ids, parent, start.
+    pub trace: Option<TaskTrace>,
+}
+
+#[derive(Clone, Copy)]
+pub(crate) struct TaskTrace {
+    pub ids: ([u8; 16], [u8; 8]),
+    pub parent: Option<[u8; 8]>,
+    pub start_ns: u64,
 }
 
 struct Queue {
@@ -546,6 +555,7 @@ impl Core {
                 event_area: events.as_ref().map(|e| e.area_path().display().to_string()).unwrap_or_default(),
                 remote: false,
                 binary_node: Vec::new(),
+                otlp_endpoint: if p.is_driver { crate::trace::endpoint().unwrap_or_default() } else { String::new() },
             })),
         };
         let registered = (|| {
@@ -737,6 +747,7 @@ impl Core {
                 no_events: !self.record_events,
                 remote: true,
                 binary_node: self.node.to_vec(),
+                otlp_endpoint: crate::trace::endpoint().unwrap_or_default(),
                 ..Default::default()
             })),
         };

@@ -135,6 +135,18 @@ impl Core {
             });
             t.last_event = id;
             put(&mut t.spec.scheduled_event, &id);
+            if let Some(tr) = t.trace {
+                crate::trace::record(crate::trace::Finished {
+                    name: "rayr.task.schedule",
+                    ids: (tr.ids.0, crate::trace::random_span_id()),
+                    parent: Some(tr.ids.1),
+                    start_ns: tr.start_ns,
+                    end_ns: crate::trace::now_ns(),
+                    kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind::Internal,
+                    attrs: vec![("rayr.task_id", hex(&task)), ("rayr.worker_id", hex(&worker)), ("rayr.attempt", t.spec.attempt.to_string())],
+                    error: None,
+                });
+            }
             let buf = match batches.iter_mut().position(|(c, _)| Arc::ptr_eq(c, &conn)) {
                 Some(i) => &mut batches[i].1,
                 None => {
@@ -480,6 +492,22 @@ impl Core {
     /// A task is done for good: its return object gets `slot`, its arguments are released.
     pub fn finish_task_locked(self: &Arc<Self>, st: &mut State, task: Id, slot: Slot, cause: Option<Id>) {
         let Some(t) = st.tasks.remove(&task) else { return };
+        if let Some(tr) = t.trace {
+            let error = match &slot {
+                Slot::Failed(e) => Some(e.to_string()),
+                _ => None,
+            };
+            crate::trace::record(crate::trace::Finished {
+                name: "rayr.task",
+                ids: tr.ids,
+                parent: tr.parent,
+                start_ns: tr.start_ns,
+                end_ns: crate::trace::now_ns(),
+                kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind::Producer,
+                attrs: vec![("rayr.task_id", hex(&task)), ("rayr.function", t.spec.function.clone()), ("rayr.attempts", (t.spec.attempt + 1).to_string())],
+                error: error.as_deref(),
+            });
+        }
         if t.worker.is_none() {
             // Never pushed, so it may still wait in its queue (cancelled, or failed before
             // dispatch). Tasks that ran are not queued: no O(queue) scan on the hot path.
@@ -852,6 +880,7 @@ impl Core {
                 worker: None,
                 last_event: submitted,
                 seq: 0,
+                trace: None,
             },
         );
         // The result (where the new life lives) has no reader: freed when it arrives.
