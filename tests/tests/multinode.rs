@@ -88,6 +88,14 @@ fn a_killed_node_is_declared_dead_and_a_paused_one_exits_when_it_wakes() {
     let summary = why["summary"].as_str().unwrap();
     assert!(summary.contains("was declared dead by the head") && summary.contains("missed 5 heartbeats"), "{why}");
     assert!(why["advice"].as_str().unwrap().contains("stopped answering the head"), "{why}");
+    // The head logged it too (its tracing output is its log file), where `rayr logs` finds it.
+    let out = cluster.cli(&["logs", "search", "is dead: it missed", "--json"]);
+    let found = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        found.lines().any(|l| l.contains("head.log") && l.contains(&cluster.nodes[0].id) && l.contains("WARN")),
+        "{found}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A dead node never comes back: woken, it learns it was declared dead and exits.
     cluster.resume(1);
     let paused = &cluster.nodes[1];

@@ -448,6 +448,10 @@ fn wait_for_stop(set: &libc::sigset_t) -> i32 {
 /// The long-running process `start` launches: the head and its node agent, or (`--join`)
 /// a node agent that joins a cluster. Runs until SIGTERM/SIGINT, then stops cleanly.
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    // What the head and the node agent log goes to this process's stderr: the session's
+    // logs/head.log or logs/node-<id>.log (`rayr logs` searches them). RAYR_LOG filters.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
     let session = Session::open(&a.session);
     let resources: HashMap<String, f64> = serde_json::from_str(&a.resources_json)?;
     let cpus = resources.get("CPU").copied().unwrap_or(1.0);

@@ -48,6 +48,10 @@ fn env_id(name: &str) -> Result<Id, String> {
 }
 
 fn worker_main() -> Result<(), String> {
+    // rayr's own log lines in a worker go to its stderr log (warnings and up; RAYR_LOG
+    // filters). A driver's are its program's to route.
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RAYR_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(false).try_init();
     let prev = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         let message = match info.payload().downcast_ref::<&str>() {
