@@ -449,6 +449,11 @@ fn a_node_cut_off_by_a_partition_is_declared_dead_and_exits_when_its_window_ends
     assert_nothing_left(&cluster.session);
 }
 
+/// A path no file has yet (removed with the process's temp files).
+fn tmp_marker() -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("rayr-test-hold-{}-{}", std::process::id(), rayr_logs::hex(&rayr_logs::new_id())))
+}
+
 /// Runs `rayr stop` for the latest session under a `RAYR_TMPDIR` when dropped.
 struct StopSessionOnDrop(std::path::PathBuf);
 
@@ -562,25 +567,45 @@ fn a_node_on_another_host_joins_runs_the_job_and_its_events_reach_the_head() {
     let far_session = std::fs::canonicalize(there.path().join("session_latest")).expect("the node made a session of its own");
     assert_ne!(far_session, cluster.session);
     let hide_far = format!("mount -t tmpfs rayr-hidden '{}' && exec \"$0\" \"$@\"", there.path().display());
-    let out = run(
-        Command::new("unshare")
-            .args(["-m", "sh", "-c", &hide_far])
-            .arg(&driver)
-            .arg("other_host")
-            .env("RAYR_TMPDIR", cluster.tmp.path())
-            .env_remove("RAYR_ADDRESS"),
-        Duration::from_secs(90),
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(stdout.contains(&format!("FAR_TASKS ok {far}")), "{stdout}");
-    assert!(stdout.contains("OTHER_HOST_OBJECTS ok"), "{stdout}");
-    // It listens on the ports it was given and no others: its agent's, its metrics', its
-    // workers' within their range.
-    let listening = listening_ports("127.0.0.42");
-    assert!(agent_ports.iter().all(|p| listening.contains(p)), "{listening:?}");
-    assert!(listening.iter().any(|p| (31100..=31150).contains(p)), "a worker listens in 31100-31150: {listening:?}");
-    assert!(listening.iter().all(|p| agent_ports.contains(p) || (31100..=31150).contains(p)), "{listening:?}");
+    // The driver holds its job (its workers stay) until the ports are checked.
+    let hold = tmp_marker();
+    let mut child = Command::new("unshare")
+        .args(["-m", "sh", "-c", &hide_far])
+        .arg(&driver)
+        .arg("other_host")
+        .env("RAYR_TMPDIR", cluster.tmp.path())
+        .env("HOLD_UNTIL", &hold)
+        .env_remove("RAYR_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = String::new();
+    {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        while let Some(Ok(l)) = lines.next() {
+            stdout.push_str(&l);
+            stdout.push('\n');
+            if l.starts_with("OTHER_HOST_OBJECTS") {
+                break;
+            }
+        }
+        // It listens on the ports it was given and no others: its agent's, its metrics',
+        // its workers' within their range.
+        let listening = listening_ports("127.0.0.42");
+        std::fs::write(&hold, b"").unwrap();
+        for l in lines.map_while(Result::ok) {
+            stdout.push_str(&l);
+            stdout.push('\n');
+        }
+        assert!(child.wait().unwrap().success(), "{stdout}");
+        let _ = std::fs::remove_file(&hold);
+        assert!(stdout.contains(&format!("FAR_TASKS ok {far}")), "{stdout}");
+        assert!(stdout.contains("OTHER_HOST_OBJECTS ok"), "{stdout}");
+        assert!(agent_ports.iter().all(|p| listening.contains(p)), "{listening:?}");
+        assert!(listening.iter().any(|p| (31100..=31150).contains(p)), "a worker listens in 31100-31150: {listening:?}");
+        assert!(listening.iter().all(|p| agent_ports.contains(p) || (31100..=31150).contains(p)), "{listening:?}");
+    }
     // Its events are in its own session, and shipped to the head's record.
     assert!(far_session.join("events").join(format!("events-{far}.log")).exists());
     wait_for("the far node's events in the head's record", Duration::from_secs(10), || {

@@ -800,6 +800,12 @@ fn main() -> rayr::Result<()> {
             let (_, value) = rayr::get(&there)?;
             let ok = sum == (10_000_000u64 / 8).wrapping_mul(0x0101_0101_0101_0101) && value.len() == 10_000_000 && value.iter().all(|b| *b == 7);
             println!("OTHER_HOST_OBJECTS {}", if ok { "ok" } else { "wrong" });
+            // The job (and its workers) stays until the test has looked (HOLD_UNTIL: a file).
+            if let Ok(hold) = std::env::var("HOLD_UNTIL") {
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                wait_until("the test to let go", Duration::from_secs(60), || std::path::Path::new(&hold).exists());
+            }
         }
         // A task on the "far" node prints MARKER between two other lines.
         "log_marker" => {
