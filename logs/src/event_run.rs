@@ -312,12 +312,14 @@ impl TaskDetailWriter<'_> {
     }
     /// Where the worker's stdout and stderr stood before and after the task's output.
     #[inline]
-    pub fn output(&mut self, out: (u64, u64), err: (u64, u64)) -> &mut Self {
+    pub fn output(&mut self, out: (u64, u64), err: (u64, u64), gens: (u32, u32)) -> &mut Self {
         uint(11, out.0, self.out);
         uint(12, out.1, self.out);
         uint(13, err.0, self.out);
         uint(14, err.1, self.out);
         uint(15, 1, self.out);
+        uint(16, gens.0 as u64, self.out);
+        uint(17, gens.1 as u64, self.out);
         self
     }
 }

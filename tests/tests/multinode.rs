@@ -867,6 +867,39 @@ fn rayr_logs_follow_prints_lines_as_a_task_on_another_node_writes_them() {
 }
 
 #[test]
+fn worker_logs_rotate_by_size_and_search_covers_the_kept_ones() {
+    let cluster = TestCluster::start(
+        "1",
+        &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#, "--log-rotate-bytes", "100000", "--log-rotate-keep", "2"]],
+        100,
+    );
+    let out = run(
+        Command::new(SCENARIOS).arg("rotating_logs").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(90),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let rounds: Vec<String> = stdout.lines().find_map(|l| l.strip_prefix("ROUNDS ")).unwrap().split(' ').map(String::from).collect();
+    // Each round filled the file past 100 kB: rotated to .0, .1, .2; two kept.
+    let listed = String::from_utf8_lossy(&cluster.cli(&["logs", "list"]).stdout).to_string();
+    assert!(listed.contains(".out.1") && listed.contains(".out.2") && !listed.contains(".out.0"), "{listed}");
+    let search = |args: &[&str]| String::from_utf8_lossy(&cluster.cli(&[&["logs", "search"], args].concat()).stdout).to_string();
+    let found = search(&["ROUND-.-MARK"]);
+    assert!(!found.contains("ROUND-1-MARK") && found.contains("ROUND-2-MARK") && found.contains("ROUND-3-MARK"), "{found}");
+    assert!(found.contains(".out.1:") && found.contains(".out.2:"), "found in the rotated files: {found}");
+    // A task's own lines, in the generation they were written to.
+    let events = cluster.events();
+    let task_of = |object: &str| {
+        rayr_logs::hex(&events.iter().find(|e| kind(e) == EventKind::TaskSubmitted && rayr_logs::hex(&e.object_id) == object).expect("submitted").task_id)
+    };
+    let found = search(&["MARK", "--task", &task_of(&rounds[1])]);
+    assert!(found.contains("ROUND-2-MARK") && !found.contains("ROUND-3-MARK"), "{found}");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_elsewhere() {
     let cluster = TestCluster::start(
         "1",

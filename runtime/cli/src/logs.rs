@@ -169,8 +169,8 @@ fn output_of(e: &rayr_proto::Event) -> Option<&rayr_proto::TaskDetail> {
 
 fn ranges(d: &rayr_proto::TaskDetail) -> Vec<rayr_proto::ByteRange> {
     vec![
-        rayr_proto::ByteRange { stream: "out".into(), start: d.out_start, end: d.out_end },
-        rayr_proto::ByteRange { stream: "err".into(), start: d.err_start, end: d.err_end },
+        rayr_proto::ByteRange { stream: "out".into(), start: d.out_start, end: d.out_end, generation: d.out_gen },
+        rayr_proto::ByteRange { stream: "err".into(), start: d.err_start, end: d.err_end, generation: d.err_gen },
     ]
 }
 
@@ -219,9 +219,10 @@ async fn task_output(cluster: &mut Cluster, id: &str) -> anyhow::Result<Vec<Atte
                     // measured point before it to the end of its files.
                     let before = of_worker.iter().rev().find(|w| w.time_us <= started.time_us).and_then(output_of);
                     let (out, err) = before.map_or((0, 0), |d| (d.out_end, d.err_end));
+                    let (og, eg) = before.map_or((0, 0), |d| (d.out_gen, d.err_gen));
                     let r = vec![
-                        rayr_proto::ByteRange { stream: "out".into(), start: out, end: u64::MAX },
-                        rayr_proto::ByteRange { stream: "err".into(), start: err, end: u64::MAX },
+                        rayr_proto::ByteRange { stream: "out".into(), start: out, end: u64::MAX, generation: og },
+                        rayr_proto::ByteRange { stream: "err".into(), start: err, end: u64::MAX, generation: eg },
                     ];
                     (r, ended.is_some())
                 }

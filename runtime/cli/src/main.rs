@@ -105,6 +105,13 @@ struct StartArgs {
     /// `rayr status --metrics-urls` lists every node's).
     #[arg(long, default_value_t = 0)]
     metrics_export_port: u16,
+    /// Workers' stdout and stderr files rotate past this many bytes (`rayr logs` searches
+    /// the old ones too).
+    #[arg(long, default_value_t = 512 << 20)]
+    log_rotate_bytes: u64,
+    /// How many rotated files of each a worker keeps.
+    #[arg(long, default_value_t = 5)]
+    log_rotate_keep: u32,
     /// The dashboard's port (the dashboard arrives with its own issue).
     #[arg(long, default_value_t = 8265)]
     dashboard_port: u16,
@@ -161,6 +168,10 @@ struct ServeArgs {
     labels_json: String,
     #[arg(long, default_value_t = 0)]
     metrics_export_port: u16,
+    #[arg(long, default_value_t = 512 << 20)]
+    log_rotate_bytes: u64,
+    #[arg(long, default_value_t = 5)]
+    log_rotate_keep: u32,
     #[arg(long, default_value_t = 1000)]
     heartbeat_period_ms: u32,
     #[arg(long, default_value_t = 5)]
@@ -213,6 +224,9 @@ fn node_flags(a: &StartArgs) -> anyhow::Result<Vec<String>> {
         })?,
         None => HashMap::new(),
     };
+    if a.log_rotate_bytes < 4096 || a.log_rotate_keep == 0 {
+        bail!("--log-rotate-bytes must be at least 4096 and --log-rotate-keep at least 1");
+    }
     if let Some(k) = labels.keys().find(|k| k.is_empty()) {
         bail!("--labels: a label's name must not be empty ({k:?})");
     }
@@ -227,6 +241,10 @@ fn node_flags(a: &StartArgs) -> anyhow::Result<Vec<String>> {
         serde_json::to_string(&labels)?,
         "--metrics-export-port".into(),
         a.metrics_export_port.to_string(),
+        "--log-rotate-bytes".into(),
+        a.log_rotate_bytes.to_string(),
+        "--log-rotate-keep".into(),
+        a.log_rotate_keep.to_string(),
     ])
 }
 
@@ -461,6 +479,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     cfg.store_capacity = a.object_store_memory;
     cfg.store_prefault = cfg.store_prefault.min(a.object_store_memory);
     cfg.node_manager_port = a.node_manager_port;
+    cfg.log_rotate = Some((a.log_rotate_bytes, a.log_rotate_keep));
     cfg.worker_ports = (a.min_worker_port != 0).then_some((a.min_worker_port, a.max_worker_port));
     cfg.labels = serde_json::from_str(&a.labels_json)?;
     cfg.transfer_address = Some(std::net::SocketAddr::new(

@@ -61,6 +61,9 @@ pub struct NodeConfig {
     /// The agent's own log files (what `rayr start` writes its output to), searched with
     /// its workers' logs.
     pub own_logs: Vec<PathBuf>,
+    /// Workers' stdout/stderr files rotate past this many bytes, keeping this many old
+    /// ones (None: the workers' defaults, 512 MiB and 5).
+    pub log_rotate: Option<(u64, u32)>,
 }
 
 impl NodeConfig {
@@ -81,6 +84,7 @@ impl NodeConfig {
             worker_ports: None,
             labels: HashMap::new(),
             own_logs: Vec::new(),
+            log_rotate: None,
         }
     }
 }
@@ -1142,6 +1146,9 @@ impl Agent {
             if let Some((lo, hi)) = self.cfg.worker_ports {
                 cmd.env(env::WORKER_PORTS, format!("{lo}-{hi}"));
             }
+        }
+        if let Some((bytes, keep)) = self.cfg.log_rotate {
+            cmd.env(env::LOG_ROTATE_BYTES, bytes.to_string()).env(env::LOG_ROTATE_KEEP, keep.to_string());
         }
         if let Some(endpoint) = st.otlp.get(&job) {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);

@@ -14,6 +14,9 @@ pub mod env {
     pub const NODE_IP: &str = "RAYR_NODE_IP";
     /// The ports (`MIN-MAX`) its TCP listener may take.
     pub const WORKER_PORTS: &str = "RAYR_WORKER_PORTS";
+    /// Its stdout and stderr files rotate past this many bytes, keeping this many old ones.
+    pub const LOG_ROTATE_BYTES: &str = "RAYR_LOG_ROTATE_BYTES";
+    pub const LOG_ROTATE_KEEP: &str = "RAYR_LOG_ROTATE_KEEP";
     pub const WORKER_ID: &str = "RAYR_WORKER_ID";
     pub const JOB_ID: &str = "RAYR_JOB_ID";
     pub const SESSION_DIR: &str = "RAYR_SESSION_DIR";

@@ -64,6 +64,13 @@ fn worker_main() -> Result<(), String> {
         prev(info);
     }));
     stop_cleanly_on_sigterm();
+    if let (Ok(dir), Ok(w)) = (std::env::var(env::SESSION_DIR), std::env::var(env::WORKER_ID)) {
+        let max = std::env::var(env::LOG_ROTATE_BYTES).ok().and_then(|v| v.parse().ok()).unwrap_or(512 << 20);
+        let keep = std::env::var(env::LOG_ROTATE_KEEP).ok().and_then(|v| v.parse().ok()).unwrap_or(5u32).max(1);
+        let session = rayr_logs::Session::open(dir);
+        let pid = std::process::id();
+        rotate_logs(session.worker_log(&w, pid, "out"), session.worker_log(&w, pid, "err"), max, keep);
+    }
     let cfg = crate::Config::from_env().map_err(|e| e.to_string())?;
     let params = ConnectParams {
         node_socket: std::env::var_os(env::NODE_SOCKET).ok_or("RAYR_NODE_SOCKET is not set")?.into(),
@@ -161,8 +168,8 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
         ev.task(&spec.task_id).worker(&core.me).cause(&started);
         ev.task_detail(|d| {
             d.attempt(spec.attempt);
-            if let Some((out, err)) = output {
-                d.output(out, err);
+            if let Some(((out, err), gens)) = output {
+                d.output(out, err, gens);
             }
             if let Some(e) = &detail_error {
                 d.max_retries(spec.max_retries);
@@ -207,14 +214,64 @@ fn output_offsets() -> Option<(u64, u64)> {
     (out >= 0 && err >= 0).then_some((out as u64, err as u64))
 }
 
-/// The output since the last measurement: ((out start, end), (err start, end)).
-fn output_range() -> Option<((u64, u64), (u64, u64))> {
+/// The output since the last measurement: ((out start, end), (err start, end)), and the
+/// files' generations.
+fn output_range() -> Option<(((u64, u64), (u64, u64)), (u32, u32))> {
     use std::sync::atomic::Ordering::Relaxed;
+    // Not while the files rotate: offsets and generations go together.
+    let _still = ROTATION.lock();
     let (out, err) = output_offsets()?;
     let (s_out, s_err) = (OUTPUT_AT[0].swap(out, Relaxed), OUTPUT_AT[1].swap(err, Relaxed));
-    // The first measurement of this process: its logs start with this task.
-    let start = |s: u64| if s == u64::MAX { 0 } else { s };
-    Some(((start(s_out), out), (start(s_err), err)))
+    // The first measurement of this process (or of a new generation): from the start.
+    let start = |s: u64, end: u64| if s == u64::MAX || s > end { 0 } else { s };
+    let gens = (LOG_GEN[0].load(Relaxed), LOG_GEN[1].load(Relaxed));
+    Some((((start(s_out, out), out), (start(s_err, err), err)), gens))
+}
+
+/// The generation of this worker's stdout and stderr files (see `rotate_logs`).
+static LOG_GEN: [std::sync::atomic::AtomicU32; 2] = [std::sync::atomic::AtomicU32::new(0), std::sync::atomic::AtomicU32::new(0)];
+/// Held while the files rotate.
+static ROTATION: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
+
+/// Rotates this worker's stdout and stderr files by size, for as long as it runs: past
+/// `max` bytes the file becomes `<file>.<generation>` and a new one takes its place on the
+/// same descriptor (nothing is lost: writes before go to the old file, after to the new);
+/// only the `keep` newest old ones stay.
+fn rotate_logs(out: std::path::PathBuf, err: std::path::PathBuf, max: u64, keep: u32) {
+    let _ = std::thread::Builder::new().name("rayr-log-rotate".into()).spawn(move || {
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            for (i, (fd, path)) in [(1, &out), (2, &err)].into_iter().enumerate() {
+                // SAFETY: lseek on the process's own standard descriptor.
+                let size = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };
+                if size < 0 || (size as u64) < max {
+                    continue;
+                }
+                let _rotating = ROTATION.lock();
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                let _ = std::io::stderr().flush();
+                let generation = LOG_GEN[i].load(std::sync::atomic::Ordering::Relaxed);
+                let old = std::path::PathBuf::from(format!("{}.{generation}", path.display()));
+                let fresh = std::path::PathBuf::from(format!("{}.new", path.display()));
+                let Ok(new) = std::fs::OpenOptions::new().create(true).append(true).open(&fresh) else { continue };
+                if std::fs::rename(path, &old).is_err() {
+                    let _ = std::fs::remove_file(&fresh);
+                    continue;
+                }
+                let _ = std::fs::rename(&fresh, path);
+                // SAFETY: replacing our own stdout/stderr with the new file; `new` closes
+                // its own descriptor after.
+                unsafe { libc::dup2(std::os::fd::AsRawFd::as_raw_fd(&new), fd) };
+                LOG_GEN[i].store(generation + 1, std::sync::atomic::Ordering::Relaxed);
+                // What is written next starts the new file.
+                OUTPUT_AT[i].store(0, std::sync::atomic::Ordering::Relaxed);
+                if generation >= keep {
+                    let _ = std::fs::remove_file(format!("{}.{}", path.display(), generation - keep));
+                }
+            }
+        }
+    });
 }
 
 fn error(kind: &str, message: String) -> task_result::Outcome {

@@ -238,6 +238,16 @@ fn say(lines: Vec<String>) -> String {
     rayr::runtime_context().unwrap().node_id.to_string()
 }
 
+/// Prints `marker` then `n` lines of filler; long enough (over 20 µs) to be measured.
+#[rayr::remote]
+fn chatter(marker: String, n: usize) -> usize {
+    println!("{marker}");
+    for i in 0..n {
+        println!("filler line {i} of a task that talks a lot, to fill its log file");
+    }
+    n
+}
+
 /// Prints `tick i` every 50 ms, `n` times.
 #[rayr::remote]
 fn ticker(n: u32) -> u32 {
@@ -830,6 +840,23 @@ fn main() -> rayr::Result<()> {
             let r = ticker::options().resource("far", 1.0).remote(60);
             println!("TICKER {}", r.id());
             println!("TICKS {}", rayr::get(&r)?);
+        }
+        // Three rounds of output past the far node's rotation size: each round's file is
+        // rotated (the round waits for it) before the next.
+        "rotating_logs" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let logs = std::path::PathBuf::from(std::env::var("RAYR_TMPDIR").unwrap()).join("session_latest").join("logs");
+            let rotated = |g: u32| {
+                std::fs::read_dir(&logs).unwrap().filter_map(|e| e.ok()).any(|e| e.file_name().to_string_lossy().ends_with(&format!(".out.{g}")))
+            };
+            let mut ids = Vec::new();
+            for round in 1..=3u32 {
+                let r = chatter::options().resource("far", 1.0).remote(format!("ROUND-{round}-MARK"), 3_000);
+                rayr::get(&r)?;
+                ids.push(r.id().to_string());
+                wait_until("the round's output to rotate", Duration::from_secs(20), || rotated(round - 1));
+            }
+            println!("ROUNDS {}", ids.join(" "));
         }
         "copies_under_pressure" => {
             wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));

@@ -24,13 +24,24 @@ impl Agent {
         if worker_prefix.is_empty() {
             files.extend(self.cfg.own_logs.iter().map(|p| (p.clone(), None)));
         }
+        // Rotated generations (`<file>.<n>`) are searched too, oldest first.
+        let names: Vec<String> = std::fs::read_dir(self.cfg.session.logs_dir())
+            .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect())
+            .unwrap_or_default();
         for (w, pid) in workers {
             let whex = hex(&w);
             if !whex.starts_with(&worker_prefix.to_ascii_lowercase()) {
                 continue;
             }
             for ext in ["out", "err"] {
-                files.push((self.cfg.session.worker_log(&whex, pid, ext), Some((w, pid))));
+                let current = self.cfg.session.worker_log(&whex, pid, ext);
+                let base = current.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+                let mut rotated: Vec<u32> = names.iter().filter_map(|n| n.strip_prefix(&format!("{base}."))?.parse().ok()).collect();
+                rotated.sort();
+                for g in rotated {
+                    files.push((PathBuf::from(format!("{}.{g}", current.display())), Some((w, pid))));
+                }
+                files.push((current, Some((w, pid))));
             }
         }
         files.retain(|(p, _)| p.exists());
@@ -77,7 +88,10 @@ impl NodeLogs for Service {
                 if b.stream != "out" && b.stream != "err" {
                     return Err(Status::invalid_argument(format!("a range's stream is \"out\" or \"err\", not {:?}", b.stream)));
                 }
-                ranged.push((agent.cfg.session.worker_log(&hex(&w), pid, &b.stream), b.start, b.end));
+                // Generation g is `<file>.g` once rotated, else still the file itself.
+                let current = agent.cfg.session.worker_log(&hex(&w), pid, &b.stream);
+                let rotated = PathBuf::from(format!("{}.{}", current.display(), b.generation));
+                ranged.push((if rotated.exists() { rotated } else { current }, b.start, b.end));
             }
         }
         let files: Vec<PathBuf> = found.into_iter().map(|(p, _)| p).collect();
