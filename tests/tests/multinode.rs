@@ -900,6 +900,32 @@ fn worker_logs_rotate_by_size_and_search_covers_the_kept_ones() {
 }
 
 #[test]
+fn rayr_logs_search_since_and_until_cut_by_when_lines_were_written() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
+    let say = |marker: &str| {
+        let out = run(
+            Command::new(SCENARIOS).arg("say_and_settle").env("MARKER", marker).env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+            Duration::from_secs(60),
+        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    say("EARLY-MARK");
+    // A moment between the two lines (the second job's workers start after it).
+    let between = jiff::Timestamp::now().to_string();
+    say("LATE-MARK");
+    let search = |args: &[&str]| String::from_utf8_lossy(&cluster.cli(&[&["logs", "search", "MARK said"], args].concat()).stdout).to_string();
+    let all = search(&[]);
+    assert!(all.contains("EARLY-MARK") && all.contains("LATE-MARK"), "{all}");
+    let since = search(&["--since", &between]);
+    assert!(!since.contains("EARLY-MARK") && since.contains("LATE-MARK"), "since {between}: {since}");
+    let until = search(&["--until", &between]);
+    assert!(until.contains("EARLY-MARK") && !until.contains("LATE-MARK"), "until {between}: {until}");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn a_node_killed_mid_run_loses_nothing_its_tasks_rerun_and_its_actor_restarts_elsewhere() {
     let cluster = TestCluster::start(
         "1",

@@ -71,6 +71,13 @@ pub struct SearchArgs {
     /// Only the files of the worker(s) that hosted an actor (every life of it).
     #[arg(long, value_name = "ID", conflicts_with = "task")]
     pub actor: Option<String>,
+    /// Only lines written since T (to within a second): an RFC 3339 time, a local date and
+    /// time (2026-11-25 20:01), or a time ago (90s, 10m, 2h).
+    #[arg(long, value_name = "T", value_parser = crate::query::parse_since)]
+    pub since: Option<i64>,
+    /// Only lines written until T (same forms).
+    #[arg(long, value_name = "T", value_parser = crate::query::parse_since)]
+    pub until: Option<i64>,
     /// One JSON object per line.
     #[arg(long)]
     pub json: bool,
@@ -146,6 +153,8 @@ fn request(a: &SearchArgs) -> LogSearchRequest {
         glob: a.glob.clone().unwrap_or_default(),
         worker: a.worker.clone().unwrap_or_default(),
         ranges: Vec::new(),
+        since_us: a.since.unwrap_or(0),
+        until_us: a.until.unwrap_or(0),
     }
 }
 
@@ -357,6 +366,9 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
 /// No cluster runs: the files of its session on this host.
 fn search_here(a: &SearchArgs, offline: Cluster) -> anyhow::Result<()> {
     let Cluster::Offline(index) = offline else { unreachable!() };
+    if a.since.is_some() || a.until.is_some() {
+        bail!("--since and --until need the cluster running (its node agents cut each file by when it was written)");
+    }
     let session = index.session().ok_or_else(|| anyhow!("no session to search"))?;
     eprintln!("cluster not running; searching the log files of session {} on this host", session.dir.display());
     let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(session.logs_dir())?.filter_map(|e| e.ok().map(|e| e.path())).collect();

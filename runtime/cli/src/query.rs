@@ -161,7 +161,7 @@ fn parse_kind(s: &str) -> Result<EventKind, String> {
 }
 
 /// `--since`: unix microseconds from an absolute time or a time ago.
-fn parse_since(s: &str) -> Result<i64, String> {
+pub(crate) fn parse_since(s: &str) -> Result<i64, String> {
     let s = s.trim();
     if let Ok(ts) = s.parse::<jiff::Timestamp>() {
         return Ok(ts.as_microsecond());

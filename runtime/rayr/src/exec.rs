@@ -237,10 +237,39 @@ static ROTATION: parking_lot::Mutex<()> = parking_lot::Mutex::new(());
 /// `max` bytes the file becomes `<file>.<generation>` and a new one takes its place on the
 /// same descriptor (nothing is lost: writes before go to the old file, after to the new);
 /// only the `keep` newest old ones stay.
+///
+/// Every second it also appends where both files stand to `<worker log>.idx` (when that
+/// changed): a time → offset index `rayr logs search --since/--until` cuts files with.
 fn rotate_logs(out: std::path::PathBuf, err: std::path::PathBuf, max: u64, keep: u32) {
     let _ = std::thread::Builder::new().name("rayr-log-rotate".into()).spawn(move || {
+        let index_path = out.with_extension("idx");
+        let mut index = std::fs::OpenOptions::new().create(true).append(true).open(&index_path).ok();
+        let mut last = (u32::MAX, u64::MAX, u32::MAX, u64::MAX);
+        let mut first = true;
         loop {
-            std::thread::sleep(std::time::Duration::from_secs(1));
+            // The first record, at once: where the files stood when the worker started.
+            if !std::mem::take(&mut first) {
+                std::thread::sleep(std::time::Duration::from_secs(1));
+            }
+            {
+                let _still = ROTATION.lock();
+                // SAFETY: lseek on the process's own standard descriptors.
+                let (o, e) = unsafe { (libc::lseek(1, 0, libc::SEEK_END), libc::lseek(2, 0, libc::SEEK_END)) };
+                let now = (LOG_GEN[0].load(std::sync::atomic::Ordering::Relaxed), o as u64, LOG_GEN[1].load(std::sync::atomic::Ordering::Relaxed), e as u64);
+                if o >= 0 && e >= 0 && now != last
+                    && let Some(f) = index.as_mut()
+                {
+                    use std::io::Write;
+                    let mut rec = Vec::with_capacity(32);
+                    rec.extend_from_slice(&rayr_logs::now_us().to_le_bytes());
+                    rec.extend_from_slice(&now.0.to_le_bytes());
+                    rec.extend_from_slice(&now.1.to_le_bytes());
+                    rec.extend_from_slice(&now.2.to_le_bytes());
+                    rec.extend_from_slice(&now.3.to_le_bytes());
+                    let _ = f.write_all(&rec);
+                    last = now;
+                }
+            }
             for (i, (fd, path)) in [(1, &out), (2, &err)].into_iter().enumerate() {
                 // SAFETY: lseek on the process's own standard descriptor.
                 let size = unsafe { libc::lseek(fd, 0, libc::SEEK_END) };

@@ -49,6 +49,50 @@ impl Agent {
     }
 }
 
+/// The part of a worker's log file (`worker-…-<pid>.out`, `.err`, or a rotated `….<g>`)
+/// written between `since` and `until` (unix µs, 0: open), by the index the worker keeps
+/// (`….idx`: every second, where its files stood), to within a second and erring wide.
+fn window(path: &std::path::Path, since: i64, until: i64) -> Option<(u64, u64)> {
+    let name = path.file_name()?.to_str()?;
+    let size = std::fs::metadata(path).ok()?.len();
+    // Which stream and generation the file is.
+    let (base, generation) = match name.rsplit_once('.') {
+        Some((b, g)) if g.bytes().all(|c| c.is_ascii_digit()) => (b.to_string(), g.parse::<u32>().ok()),
+        _ => (name.to_string(), None),
+    };
+    let (stem, stream) = base.rsplit_once('.')?;
+    let stream = match stream {
+        "out" => 0,
+        "err" => 1,
+        _ => return Some((0, size)),
+    };
+    let index = std::fs::read(path.with_file_name(format!("{stem}.idx"))).unwrap_or_default();
+    let records: Vec<(i64, u32, u64)> = index
+        .chunks_exact(32)
+        .map(|r| {
+            let t = i64::from_le_bytes(r[0..8].try_into().unwrap());
+            let at = 8 + stream * 12;
+            (t, u32::from_le_bytes(r[at..at + 4].try_into().unwrap()), u64::from_le_bytes(r[at + 4..at + 12].try_into().unwrap()))
+        })
+        .collect();
+    // The current file's generation: one past the newest rotated one.
+    let generation = match generation {
+        Some(g) => g,
+        None => records.last().map_or(0, |r| r.1),
+    };
+    let start = match records.iter().rev().find(|r| since > 0 && r.0 <= since) {
+        Some(&(_, g, off)) if g == generation => off,
+        Some(&(_, g, _)) if g > generation => size,
+        _ => 0,
+    };
+    let end = match records.iter().find(|r| until > 0 && r.0 >= until) {
+        Some(&(_, g, off)) if g == generation => off,
+        Some(&(_, g, _)) if g < generation => 0,
+        _ => size,
+    };
+    Some((start.min(size), end.min(size)))
+}
+
 /// The gRPC face of the node's logs.
 pub(super) struct Service(pub(super) Weak<Agent>);
 
@@ -94,7 +138,31 @@ impl NodeLogs for Service {
                 ranged.push((if rotated.exists() { rotated } else { current }, b.start, b.end));
             }
         }
-        let files: Vec<PathBuf> = found.into_iter().map(|(p, _)| p).collect();
+        let (since, until) = (r.since_us, r.until_us);
+        let windowed = ranged.is_empty() && (since > 0 || until > 0);
+        let mut files: Vec<PathBuf> = Vec::new();
+        // With ranges asked for (a task's lines), only those.
+        let found = if ranged.is_empty() { found } else { Vec::new() };
+        for (path, w) in found {
+            match w {
+                // A worker's file: the part written in the window, by its index.
+                Some(_) if windowed => {
+                    if let Some((start, end)) = window(&path, since, until)
+                        && start < end
+                    {
+                        ranged.push((path, start, end));
+                    }
+                }
+                // The agent's own log: whole, if it was written to in the window.
+                None if windowed => {
+                    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                    if modified.is_some_and(|m| since == 0 || m.as_micros() as i64 >= since) {
+                        files.push(path);
+                    }
+                }
+                _ => files.push(path),
+            }
+        }
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::task::spawn_blocking(move || {
             let send = |hit: rayr_logsearch::Hit| {
@@ -102,11 +170,11 @@ impl NodeLogs for Service {
                 // The reader went away: stop searching.
                 tx.blocking_send(Ok(line)).is_ok()
             };
-            let skipped = if ranged.is_empty() {
-                rayr_logsearch::search(&matcher, &query, &files, send)
-            } else {
-                rayr_logsearch::search_ranges(&matcher, &query, &ranged, send)
-            };
+            let mut send = send;
+            let mut skipped = rayr_logsearch::search(&matcher, &query, &files, &mut send);
+            if !ranged.is_empty() {
+                skipped.extend(rayr_logsearch::search_ranges(&matcher, &query, &ranged, &mut send));
+            }
             for (file, why) in skipped {
                 let _ = tx.blocking_send(Ok(LogLine { file: file.display().to_string(), skipped: why, ..Default::default() }));
             }
