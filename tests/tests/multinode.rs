@@ -1008,6 +1008,12 @@ fn a_restarted_head_keeps_the_record_and_its_nodes_register_again() {
     let out = cluster.cli(&["events", "--kind", "node_joined", "--json"]);
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 4, "two admissions by each head");
+    // why-died answers from the restarted head, about what happened across the restart.
+    let out = cluster.cli(&["why-died", &old_head_node, "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let why: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(why["summary"].as_str().unwrap().contains("did not register again"), "{why}");
+    assert_eq!(why["chain"][0]["kind"], "node_died", "{why}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);
