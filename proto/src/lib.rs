@@ -273,6 +273,15 @@ pub mod frames {
         fds: Vec<std::os::fd::RawFd>,
     }
 
+    impl Drop for Accepting {
+        fn drop(&mut self) {
+            for fd in &self.fds {
+                // SAFETY: our own dups, closed once.
+                unsafe { libc::close(*fd) };
+            }
+        }
+    }
+
     impl Accepting {
         /// Wakes the accept loops (shutting the listening sockets down: no connection is
         /// needed, so a socket file removed meanwhile does not leave them blocked) and waits
@@ -286,6 +295,7 @@ pub mod frames {
 
         /// `stop` without waiting for the threads (they end on their own).
         pub fn wake(&self) {
+            // (Shutting a socket down reaches every descriptor of it: ours are dups.)
             for fd in &self.fds {
                 // SAFETY: the listeners are owned by the accepting threads, which close
                 // them only once they have ended, after seeing `stop()`.
@@ -303,8 +313,12 @@ pub mod frames {
         serve: impl Fn(Stream) + Send + Sync + 'static,
     ) -> io::Result<Accepting> {
         use std::os::fd::AsRawFd;
-        let mut fds = vec![unix.as_raw_fd()];
-        fds.extend(tcp.as_ref().map(|t| t.as_raw_fd()));
+        // Our own descriptors of the listening sockets: the accepting threads close theirs
+        // when they end, and a number they freed must never be shut down later.
+        // SAFETY: dup of descriptors this function owns.
+        let mut fds = vec![unsafe { libc::dup(unix.as_raw_fd()) }];
+        fds.extend(tcp.as_ref().map(|t| unsafe { libc::dup(t.as_raw_fd()) }));
+        fds.retain(|fd| *fd >= 0);
         let shared = std::sync::Arc::new((stop, serve));
         let mut threads = Vec::new();
         if let Some(tcp) = tcp {

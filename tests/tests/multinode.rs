@@ -790,15 +790,20 @@ fn every_node_serves_prometheus_metrics_that_move_when_tasks_run() {
     }
     assert_eq!(value(&before, "rayr_nodes", Some(("state", "alive"))), 2.0);
     assert!(value(&before, "rayr_node_object_store_capacity_bytes", None) > 0.0);
-    let finished_before = value(&before, "rayr_tasks", Some(("state", "finished")));
+    let finished_before = value(&before, "rayr_tasks", Some(("state", "FINISHED")));
     let started_before = value(&before, "rayr_node_workers_started_total", None);
     let run_out = run(Command::new(SCENARIOS).arg("far_tasks").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
     assert!(run_out.status.success(), "{}", String::from_utf8_lossy(&run_out.stderr));
     wait_for("the metrics to count the 20 tasks", Duration::from_secs(20), || {
         let now = scrape();
-        value(&now, "rayr_tasks", Some(("state", "finished"))) >= finished_before + 20.0
+        value(&now, "rayr_tasks", Some(("state", "FINISHED"))) >= finished_before + 20.0
             && value(&now, "rayr_node_workers_started_total", None) > started_before
     });
+    // Nothing is left running or waiting once they are done.
+    let now = scrape();
+    for state in ["SUBMITTED", "SCHEDULED", "RUNNING"] {
+        assert_eq!(value(&now, "rayr_tasks", Some(("state", state))), 0.0, "{state}");
+    }
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);
@@ -894,6 +899,10 @@ fn worker_logs_rotate_by_size_and_search_covers_the_kept_ones() {
     };
     let found = search(&["MARK", "--task", &task_of(&rounds[1])]);
     assert!(found.contains("ROUND-2-MARK") && !found.contains("ROUND-3-MARK"), "{found}");
+    // The first round's generation was deleted: said so, not answered with other lines.
+    let out = cluster.cli(&["logs", "search", "MARK", "--task", &task_of(&rounds[0])]);
+    let (found, err) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(found.is_empty() && err.contains("rotated out"), "{found}{err}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);
@@ -911,7 +920,12 @@ fn rayr_logs_search_since_and_until_cut_by_when_lines_were_written() {
     };
     say("EARLY-MARK");
     // A moment between the two lines (the second job's workers start after it).
-    let between = jiff::Timestamp::now().to_string();
+    let between = jiff::Timestamp::now();
+    // Windows are cut to within a second, erring wide: the second job starts clear of it.
+    wait_for("1.5 s past the moment", Duration::from_secs(5), || {
+        jiff::Timestamp::now().duration_since(between) > jiff::SignedDuration::from_millis(1500)
+    });
+    let between = between.to_string();
     say("LATE-MARK");
     let search = |args: &[&str]| String::from_utf8_lossy(&cluster.cli(&[&["logs", "search", "MARK said"], args].concat()).stdout).to_string();
     let all = search(&[]);

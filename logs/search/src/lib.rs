@@ -58,6 +58,15 @@ impl Query {
             .map_err(|e| format!("the pattern {:?} is not a valid regular expression: {e}", self.pattern))
     }
 
+    /// What is wrong with the query's glob, if anything (a length limit: it may come from
+    /// the network).
+    pub fn check_glob(&self) -> Result<(), String> {
+        match &self.glob {
+            Some(g) if g.len() > 256 => Err(format!("a glob is at most 256 characters, not {}", g.len())),
+            _ => Ok(()),
+        }
+    }
+
     /// Whether `file`'s name passes `glob`.
     pub fn wants(&self, file: &Path) -> bool {
         match &self.glob {
@@ -101,19 +110,16 @@ pub fn search_ranges(
     mut on: impl FnMut(Hit) -> bool,
 ) -> Vec<(PathBuf, String)> {
     use std::io::{BufRead, Read, Seek, SeekFrom};
-    const MAX_RANGE: u64 = 256 << 20;
     let mut skipped = Vec::new();
     for (file, start, end) in ranges.iter().filter(|(f, ..)| query.wants(f)) {
-        let (start, mut end) = (*start, (*end).max(*start));
-        if end - start > MAX_RANGE {
-            skipped.push((file.clone(), format!("the range is {} bytes: searched its first {MAX_RANGE}", end - start)));
-            end = start + MAX_RANGE;
-        }
-        let read = (|| -> io::Result<(u64, Vec<u8>)> {
+        let read = (|| -> io::Result<(u64, std::fs::File, u64)> {
             let mut f = std::fs::File::open(file)?;
+            // An open end (or one past the file) is the file's end.
+            let size = f.metadata()?.len();
+            let (start, end) = ((*start).min(size), (*end).clamp(*start, size));
             // Line numbers count from the file's start.
             let mut before = 0u64;
-            let mut prefix = io::BufReader::new((&mut f).take(start));
+            let mut prefix = io::BufReader::with_capacity(1 << 20, (&mut f).take(start));
             loop {
                 let buf = prefix.fill_buf()?;
                 if buf.is_empty() {
@@ -124,11 +130,9 @@ pub fn search_ranges(
                 prefix.consume(n);
             }
             f.seek(SeekFrom::Start(start))?;
-            let mut body = Vec::with_capacity((end - start) as usize);
-            f.take(end - start).read_to_end(&mut body)?;
-            Ok((before, body))
+            Ok((before, f, end - start))
         })();
-        let (before, body) = match read {
+        let (before, f, len) = match read {
             Ok(r) => r,
             Err(e) => {
                 skipped.push((file.clone(), format!("cannot read it: {e}")));
@@ -146,7 +150,8 @@ pub fn search_ranges(
             on(h)
         };
         let mut sink = Collect { file, on: &mut shifted, max: query.max_count, matches: 0, stop: false, binary: false };
-        if let Err(e) = searcher.search_slice(matcher, &body, &mut sink) {
+        // Streamed: a range is never held in memory whole.
+        if let Err(e) = searcher.search_reader(matcher, f.take(len), &mut sink) {
             skipped.push((file.clone(), format!("cannot search it: {e}")));
         } else if sink.binary {
             skipped.push((file.clone(), "binary data (a NUL byte): not searched past it".into()));
@@ -206,15 +211,28 @@ impl<F: FnMut(Hit) -> bool> Sink for Collect<'_, F> {
     }
 }
 
-/// `*` (any run) and `?` (any one byte) against a whole name.
+/// `*` (any run) and `?` (any one byte) against a whole name: the classic greedy matcher
+/// with one backtrack point, linear in practice and never recursive (a pattern comes from
+/// the network).
 fn wildcard(pattern: &[u8], name: &[u8]) -> bool {
-    match (pattern.first(), name.first()) {
-        (None, None) => true,
-        (Some(b'*'), _) => wildcard(&pattern[1..], name) || (!name.is_empty() && wildcard(pattern, &name[1..])),
-        (Some(b'?'), Some(_)) => wildcard(&pattern[1..], &name[1..]),
-        (Some(p), Some(n)) if p == n => wildcard(&pattern[1..], &name[1..]),
-        _ => false,
+    let (mut p, mut n) = (0, 0);
+    let mut star: Option<(usize, usize)> = None;
+    while n < name.len() {
+        if p < pattern.len() && (pattern[p] == b'?' || pattern[p] == name[n]) {
+            p += 1;
+            n += 1;
+        } else if p < pattern.len() && pattern[p] == b'*' {
+            star = Some((p, n));
+            p += 1;
+        } else if let Some((sp, sn)) = star {
+            p = sp + 1;
+            n = sn + 1;
+            star = Some((sp, sn + 1));
+        } else {
+            return false;
+        }
     }
+    pattern[p..].iter().all(|c| *c == b'*')
 }
 
 #[cfg(test)]
@@ -301,5 +319,12 @@ mod tests {
         assert!(e.contains("not a valid regular expression"), "{e}");
         assert!(wildcard(b"worker-*.err", b"worker-ab-12.err"));
         assert!(!wildcard(b"worker-?.err", b"worker-ab.err"));
+        assert!(wildcard(b"*", b"") && wildcard(b"a*b*c", b"aXXbYYc") && !wildcard(b"a*b", b"aXc"));
+        // Patterns from the network neither recurse nor blow up.
+        let name = b"worker-0123456789abcdef0123456789abcdef-12345.out";
+        assert!(!wildcard(("*?".repeat(20) + "Z").as_bytes(), name));
+        assert!(wildcard("*".repeat(1_000_000).as_bytes(), name));
+        let long = Query { glob: Some("*".repeat(300)), ..Default::default() };
+        assert!(long.check_glob().is_err());
     }
 }

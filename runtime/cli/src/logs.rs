@@ -141,7 +141,8 @@ async fn nodes(address: Option<String>, only: Option<&str>) -> anyhow::Result<Re
 
 async fn logs_client(address: &str) -> anyhow::Result<NodeLogsClient<tonic::transport::Channel>> {
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?.connect_timeout(Duration::from_secs(3));
-    Ok(NodeLogsClient::new(endpoint.connect().await?))
+    // Reads come in chunks up to 4 MiB, plus framing.
+    Ok(NodeLogsClient::new(endpoint.connect().await?).max_decoding_message_size(16 << 20))
 }
 
 fn request(a: &SearchArgs) -> LogSearchRequest {
@@ -257,6 +258,9 @@ fn print(node: &str, l: &LogLine, json: bool) {
 }
 
 async fn search(a: SearchArgs) -> anyhow::Result<()> {
+    if a.task.is_some() && (a.since.is_some() || a.until.is_some()) {
+        bail!("--task already names the lines to search (what the task wrote): leave --since and --until out");
+    }
     let query = rayr_logsearch::Query { pattern: a.pattern.clone(), ignore_case: a.ignore_case, ..Default::default() };
     // A bad pattern is said once, here, not by every node.
     query.compile().map_err(|e| anyhow!("{e}"))?;
@@ -371,7 +375,11 @@ fn search_here(a: &SearchArgs, offline: Cluster) -> anyhow::Result<()> {
     }
     let session = index.session().ok_or_else(|| anyhow!("no session to search"))?;
     eprintln!("cluster not running; searching the log files of session {} on this host", session.dir.display());
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(session.logs_dir())?.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    // Log files only: not the workers' time indexes (`.idx`) or a rotation's new file.
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(session.logs_dir())?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| !p.extension().is_some_and(|x| x == "idx" || x == "new"))
+        .collect();
     files.sort();
     if let Some(w) = &a.worker {
         files.retain(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("worker-{}", w.to_ascii_lowercase()))));
@@ -467,7 +475,8 @@ async fn resolve_files(target: &str, address: Option<String>) -> anyhow::Result<
                 files.iter().filter(|f| !f.worker_id.is_empty() && hex(&f.worker_id).starts_with(worker)).map(move |f| (n.clone(), name_of(&f.path), f.pid))
             })
             .collect();
-        // stdout before stderr.
+        // The current files only (not rotated generations), stdout before stderr.
+        found.retain(|f| f.1.ends_with(".out") || f.1.ends_with(".err"));
         found.sort_by(|a, b| b.1.ends_with(".out").cmp(&a.1.ends_with(".out")));
         found.into_iter().map(|(n, f, _)| (n, f)).collect()
     };
@@ -537,6 +546,11 @@ async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
                 Ok(r) => r.into_inner(),
                 Err(s) => bail!("node {} stopped answering for {name}: {}", &hex(&node.node_id)[..12], s.message()),
             };
+            if r.size < *offset {
+                // The file rotated: what follows starts the new one.
+                *offset = 0;
+                continue;
+            }
             if r.data.is_empty() {
                 continue;
             }

@@ -107,9 +107,12 @@ impl Record<'_> {
             Cluster::Offline(index) => index.session()?.clone(),
         };
         let worker = hex(&ended.worker_id);
-        let read = |ext: &str, start: u64, end: u64| -> Option<(Vec<String>, String)> {
+        let read = |ext: &str, start: u64, end: u64, generation: u32| -> Option<(Vec<String>, String)> {
             use std::io::{Read, Seek, SeekFrom};
-            let path = session.worker_log(&worker, pid, ext);
+            // The generation the offsets are in: rotated to `<file>.g` since, or current.
+            let current = session.worker_log(&worker, pid, ext);
+            let rotated = std::path::PathBuf::from(format!("{}.{generation}", current.display()));
+            let path = if rotated.exists() { rotated } else { current };
             let mut f = std::fs::File::open(&path).ok()?;
             f.seek(SeekFrom::Start(start)).ok()?;
             let mut bytes = Vec::new();
@@ -121,8 +124,8 @@ impl Record<'_> {
             let lines: Vec<String> = text.lines().map(String::from).collect();
             Some((lines[lines.len().saturating_sub(TASK_OUTPUT_LINES)..].to_vec(), path.display().to_string()))
         };
-        let (stdout, stdout_path) = read("out", t.out_start, t.out_end)?;
-        let (stderr, stderr_path) = read("err", t.err_start, t.err_end)?;
+        let (stdout, stdout_path) = read("out", t.out_start, t.out_end, t.out_gen)?;
+        let (stderr, stderr_path) = read("err", t.err_start, t.err_end, t.err_gen)?;
         Some(TaskOutput { stdout, stderr, stdout_path, stderr_path })
     }
 

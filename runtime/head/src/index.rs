@@ -94,6 +94,8 @@ pub struct EventIndex {
     /// (the head's metrics).
     counts: [std::sync::atomic::AtomicU64; 64],
     final_failures: std::sync::atomic::AtomicU64,
+    /// Tasks by the state of their row, counted as this process moves rows between states.
+    task_states: parking_lot::Mutex<HashMap<String, i64>>,
 }
 
 struct WriterState {
@@ -151,11 +153,24 @@ impl EventIndex {
             writer: Mutex::new(WriterState { last_durable: Instant::now(), dirty: false, origins: None }),
             counts: std::array::from_fn(|_| std::sync::atomic::AtomicU64::new(0)),
             final_failures: std::sync::atomic::AtomicU64::new(0),
+            task_states: Default::default(),
         })
     }
 
     /// How many events of each kind this process indexed, and how many task failures
     /// among them were final.
+    /// Tasks by state, among those whose rows this process indexed (see `task_states`).
+    pub fn task_states(&self) -> Vec<(String, u64)> {
+        let states = self.task_states.lock();
+        // Every state a task row can be in, at 0 until one is.
+        let mut v: Vec<(String, u64)> = ["SUBMITTED", "SCHEDULED", "RUNNING", "FINISHED", "FAILED"]
+            .iter()
+            .map(|s| (s.to_string(), states.get(*s).copied().unwrap_or(0).max(0) as u64))
+            .collect();
+        v.extend(states.iter().filter(|(k, _)| !v.iter().any(|(s, _)| s == *k)).map(|(k, n)| (k.clone(), (*n).max(0) as u64)).collect::<Vec<_>>());
+        v
+    }
+
     pub fn counts(&self) -> (Vec<(rayr_proto::EventKind, u64)>, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         let kinds = (0..self.counts.len())
@@ -317,7 +332,15 @@ impl EventIndex {
                     by_id.insert(id, seq)?;
                 }
                 by_kind.insert((ev.kind, seq), ())?;
-                views.apply(ev)?;
+                if let Some((old, new)) = views.apply(ev)?
+                    && old != new
+                {
+                    let mut states = self.task_states.lock();
+                    if !old.is_empty() {
+                        *states.entry(old).or_insert(0) -= 1;
+                    }
+                    *states.entry(new).or_insert(0) += 1;
+                }
             }
             txn.open_table(OFFSETS)?.insert(log, end)?;
         }
@@ -550,9 +573,16 @@ impl<'t> ViewTables<'t> {
         })
     }
 
-    fn apply(&mut self, ev: &Event) -> Result<(), HeadError> {
-        match views::target(ev) {
-            Target::Task(id) => update::<TaskRow>(&mut self.tasks, id, |row| views::apply_task(row, ev)),
+    /// Applies one event to its view row; for a task, returns its row's state before and
+    /// after.
+    fn apply(&mut self, ev: &Event) -> Result<Option<(String, String)>, HeadError> {
+        let mut states = None;
+        let r = match views::target(ev) {
+            Target::Task(id) => update::<TaskRow>(&mut self.tasks, id, |row| {
+                let before = row.state.clone();
+                views::apply_task(row, ev);
+                states = Some((before, row.state.clone()));
+            }),
             Target::Object(id) => {
                 let mut balance = self.borrows.get(id)?.map(|v| v.value()).unwrap_or(0);
                 let before = balance;
@@ -567,7 +597,8 @@ impl<'t> ViewTables<'t> {
             Target::Job(id) => update::<JobRow>(&mut self.jobs, id, |row| views::apply_job(row, ev)),
             Target::Actor(id) => update::<ActorRow>(&mut self.actors, id, |row| views::apply_actor(row, ev)),
             Target::None => Ok(()),
-        }
+        };
+        r.map(|()| states)
     }
 }
 

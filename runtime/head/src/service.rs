@@ -573,18 +573,12 @@ fn head_metrics(index: &EventIndex, membership: &Membership) -> String {
                 let _ = if labels.is_empty() { writeln!(out, "{name} {v}") } else { writeln!(out, "{name}{{{labels}}} {v}") };
             }
         };
-        let (submitted, started, finished, failed, retried) =
-            (count(K::TaskSubmitted), count(K::TaskStarted), count(K::TaskFinished), count(K::TaskFailed), count(K::TaskRetried));
+        let _ = (count(K::TaskSubmitted), final_failures);
         metric(
             "rayr_tasks",
             "gauge",
-            "Tasks by state, from the events the head indexed since it started: waiting (submitted or retried, not started), running, finished, failed (for good).",
-            vec![
-                ("state=\"waiting\"".into(), (submitted + retried).saturating_sub(started)),
-                ("state=\"running\"".into(), started.saturating_sub(finished + failed)),
-                ("state=\"finished\"".into(), finished),
-                ("state=\"failed\"".into(), final_failures),
-            ],
+            "Tasks by the state the record shows (SUBMITTED, SCHEDULED, RUNNING, FINISHED, FAILED), among the tasks whose events this head indexed since it started.",
+            index.task_states().into_iter().map(|(state, n)| (format!("state=\"{state}\""), n)).collect(),
         );
         metric(
             "rayr_events_indexed_total",

@@ -154,6 +154,7 @@ fn export_loop(endpoint: String, resource: Vec<KeyValue>, rx: crossbeam_channel:
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
     let mut client: Option<TraceServiceClient<tonic::transport::Channel>> = None;
     let mut batch: Vec<Span> = Vec::new();
+    let mut sent_at = std::time::Instant::now();
     loop {
         let (msg, closed) = match rx.recv_timeout(Duration::from_millis(200)) {
             Ok(m) => (Some(m), false),
@@ -175,7 +176,8 @@ fn export_loop(endpoint: String, resource: Vec<KeyValue>, rx: crossbeam_channel:
                         Err(_) => break,
                     }
                 }
-                if batch.len() < 512 && flushed.is_none() {
+                // Sent when full, asked for, or 200 ms after the last send.
+                if batch.len() < 512 && flushed.is_none() && sent_at.elapsed() < Duration::from_millis(200) {
                     continue;
                 }
             }
@@ -183,6 +185,7 @@ fn export_loop(endpoint: String, resource: Vec<KeyValue>, rx: crossbeam_channel:
             None => {}
         }
         if !batch.is_empty() {
+            sent_at = std::time::Instant::now();
             let request = ExportTraceServiceRequest {
                 resource_spans: vec![ResourceSpans {
                     resource: Some(Resource { attributes: resource.clone(), ..Default::default() }),

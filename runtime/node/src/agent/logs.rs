@@ -75,22 +75,43 @@ fn window(path: &std::path::Path, since: i64, until: i64) -> Option<(u64, u64)> 
             (t, u32::from_le_bytes(r[at..at + 4].try_into().unwrap()), u64::from_le_bytes(r[at + 4..at + 12].try_into().unwrap()))
         })
         .collect();
-    // The current file's generation: one past the newest rotated one.
+    // The current file's generation: one past the newest rotated one on disk.
     let generation = match generation {
         Some(g) => g,
-        None => records.last().map_or(0, |r| r.1),
+        None => rotated_generations(path).last().map_or(0, |g| g + 1),
     };
+    // Records are written only when a file grew, a second apart at most: bytes before a
+    // record's offset were written before its time.
+    const SLACK_US: i64 = 1_100_000;
     let start = match records.iter().rev().find(|r| since > 0 && r.0 <= since) {
         Some(&(_, g, off)) if g == generation => off,
         Some(&(_, g, _)) if g > generation => size,
         _ => 0,
     };
-    let end = match records.iter().find(|r| until > 0 && r.0 >= until) {
-        Some(&(_, g, off)) if g == generation => off,
-        Some(&(_, g, _)) if g < generation => 0,
-        _ => size,
+    // The last record no later than a second past `until`: what it covers was written by
+    // then, give or take that second.
+    let end = if until <= 0 {
+        size
+    } else {
+        match records.iter().rev().find(|r| r.0 <= until + SLACK_US) {
+            Some(&(_, g, off)) if g == generation => off,
+            Some(&(_, g, _)) if g > generation => size,
+            Some(_) => 0,
+            None => 0,
+        }
     };
     Some((start.min(size), end.min(size)))
+}
+
+/// The generations of `path` (a current worker log file) rotated and still on disk,
+/// oldest first.
+fn rotated_generations(path: &std::path::Path) -> Vec<u32> {
+    let (Some(dir), Some(base)) = (path.parent(), path.file_name().and_then(|n| n.to_str())) else { return Vec::new() };
+    let mut g: Vec<u32> = std::fs::read_dir(dir)
+        .map(|d| d.filter_map(|e| e.ok()?.file_name().into_string().ok()?.strip_prefix(&format!("{base}."))?.parse().ok()).collect())
+        .unwrap_or_default();
+    g.sort();
+    g
 }
 
 /// The gRPC face of the node's logs.
@@ -116,57 +137,86 @@ impl NodeLogs for Service {
         if !r.worker.is_empty() && !r.worker.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(Status::invalid_argument(format!("--worker {:?} is not a worker id (hex digits)", r.worker)));
         }
-        let found = agent.log_files(&r.worker);
-        let mut ranged = Vec::new();
-        if !r.ranges.is_empty() {
-            let mut workers: Vec<(Id, u32)> = found.iter().filter_map(|(_, w)| *w).collect();
-            workers.dedup();
-            let [(w, pid)] = workers[..] else {
-                return Err(Status::invalid_argument(format!(
-                    "searching parts of a worker's logs needs one worker: {:?} names {} of this node's",
-                    r.worker,
-                    workers.len()
-                )));
-            };
-            for b in &r.ranges {
-                if b.stream != "out" && b.stream != "err" {
-                    return Err(Status::invalid_argument(format!("a range's stream is \"out\" or \"err\", not {:?}", b.stream)));
-                }
-                // Generation g is `<file>.g` once rotated, else still the file itself.
-                let current = agent.cfg.session.worker_log(&hex(&w), pid, &b.stream);
-                let rotated = PathBuf::from(format!("{}.{}", current.display(), b.generation));
-                ranged.push((if rotated.exists() { rotated } else { current }, b.start, b.end));
-            }
-        }
-        let (since, until) = (r.since_us, r.until_us);
-        let windowed = ranged.is_empty() && (since > 0 || until > 0);
-        let mut files: Vec<PathBuf> = Vec::new();
-        // With ranges asked for (a task's lines), only those.
-        let found = if ranged.is_empty() { found } else { Vec::new() };
-        for (path, w) in found {
-            match w {
-                // A worker's file: the part written in the window, by its index.
-                Some(_) if windowed => {
-                    if let Some((start, end)) = window(&path, since, until)
-                        && start < end
-                    {
-                        ranged.push((path, start, end));
+        query.check_glob().map_err(Status::invalid_argument)?;
+        // Listing files and reading their indexes touch the disk: not on the async threads.
+        let prepared = tokio::task::spawn_blocking(move || -> Result<_, Status> {
+            let found = agent.log_files(&r.worker);
+            let mut ranged = Vec::new();
+            let mut gone: Vec<(String, String)> = Vec::new();
+            if !r.ranges.is_empty() {
+                let mut workers: Vec<(Id, u32)> = found.iter().filter_map(|(_, w)| *w).collect();
+                workers.dedup();
+                let [(w, pid)] = workers[..] else {
+                    return Err(Status::invalid_argument(format!(
+                        "searching parts of a worker's logs needs one worker: {:?} names {} of this node's",
+                        r.worker,
+                        workers.len()
+                    )));
+                };
+                for b in &r.ranges {
+                    if b.stream != "out" && b.stream != "err" {
+                        return Err(Status::invalid_argument(format!("a range's stream is \"out\" or \"err\", not {:?}", b.stream)));
+                    }
+                    // Generation g is `<file>.g` once rotated, the file itself while current, and
+                    // gone once older than the kept ones.
+                    let current = agent.cfg.session.worker_log(&hex(&w), pid, &b.stream);
+                    let kept = rotated_generations(&current);
+                    let now = kept.last().map_or(0, |g| g + 1);
+                    if b.generation == now {
+                        ranged.push((current, b.start, b.end));
+                    } else if kept.contains(&b.generation) {
+                        ranged.push((PathBuf::from(format!("{}.{}", current.display(), b.generation)), b.start, b.end));
+                    } else {
+                        gone.push((format!("{}.{}", current.display(), b.generation), "rotated out: older than the generations kept (--log-rotate-keep)".to_string()));
                     }
                 }
-                // The agent's own log: whole, if it was written to in the window.
-                None if windowed => {
-                    let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
-                    if modified.is_some_and(|m| since == 0 || m.as_micros() as i64 >= since) {
-                        files.push(path);
-                    }
-                }
-                _ => files.push(path),
             }
-        }
+            let (since, until) = (r.since_us, r.until_us);
+            let windowed = r.ranges.is_empty() && (since > 0 || until > 0);
+            let mut files: Vec<PathBuf> = Vec::new();
+            // With ranges asked for (a task's lines), only those.
+            let found = if r.ranges.is_empty() { found } else { Vec::new() };
+            for (path, w) in found {
+                match w {
+                    // A worker's file: the part written in the window, by its index.
+                    Some(_) if windowed => {
+                        if let Some((start, end)) = window(&path, since, until)
+                            && start < end
+                        {
+                            ranged.push((path, start, end));
+                        }
+                    }
+                    // The agent's own log: whole, if it was written to in the window.
+                    None if windowed => {
+                        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                        if modified.is_some_and(|m| since == 0 || m.as_micros() as i64 >= since) {
+                            files.push(path);
+                        }
+                    }
+                    _ => files.push(path),
+                }
+            }
+            Ok((files, ranged, gone))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))??;
+        let (files, ranged, gone) = prepared;
         let (tx, rx) = tokio::sync::mpsc::channel(256);
         tokio::task::spawn_blocking(move || {
             let send = |hit: rayr_logsearch::Hit| {
-                let line = LogLine { file: hit.file.display().to_string(), line: hit.line, text: hit.text, is_match: hit.is_match, skipped: String::new() };
+                // A line is sent whole up to 64 KiB: a single huge line must not break the
+                // stream's message limit.
+                let mut text = hit.text;
+                if text.len() > 64 << 10 {
+                    let mut cut = 64 << 10;
+                    while !text.is_char_boundary(cut) {
+                        cut -= 1;
+                    }
+                    let more = text.len() - cut;
+                    text.truncate(cut);
+                    text.push_str(&format!(" … ({more} more bytes)"));
+                }
+                let line = LogLine { file: hit.file.display().to_string(), line: hit.line, text, is_match: hit.is_match, skipped: String::new() };
                 // The reader went away: stop searching.
                 tx.blocking_send(Ok(line)).is_ok()
             };
@@ -175,8 +225,8 @@ impl NodeLogs for Service {
             if !ranged.is_empty() {
                 skipped.extend(rayr_logsearch::search_ranges(&matcher, &query, &ranged, &mut send));
             }
-            for (file, why) in skipped {
-                let _ = tx.blocking_send(Ok(LogLine { file: file.display().to_string(), skipped: why, ..Default::default() }));
+            for (file, why) in skipped.into_iter().map(|(f, w)| (f.display().to_string(), w)).chain(gone) {
+                let _ = tx.blocking_send(Ok(LogLine { file, skipped: why, ..Default::default() }));
             }
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
@@ -186,13 +236,16 @@ impl NodeLogs for Service {
         use std::io::{Read, Seek, SeekFrom};
         let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
         let r = request.into_inner();
-        // Only this node's own log files, by name: never a path the caller makes up.
-        let path = agent
-            .log_files("")
-            .into_iter()
-            .map(|(p, _)| p)
-            .find(|p| p.file_name().and_then(|n| n.to_str()) == Some(r.name.as_str()))
-            .ok_or_else(|| Status::not_found(format!("node {} has no log file named {:?}: `rayr logs list` shows them", hex(&agent.cfg.node_id), r.name)))?;
+        let name = r.name.clone();
+        // (Listing touches the disk: not on the async threads.)
+        let found = tokio::task::spawn_blocking(move || {
+            // Only this node's own log files, by name: never a path the caller makes up.
+            let path = agent.log_files("").into_iter().map(|(p, _)| p).find(|p| p.file_name().and_then(|n| n.to_str()) == Some(name.as_str()));
+            path.ok_or_else(|| Status::not_found(format!("node {} has no log file named {name:?}: `rayr logs list` shows them", hex(&agent.cfg.node_id))))
+        })
+        .await
+        .map_err(|e| Status::internal(e.to_string()))?;
+        let path = found?;
         let max = r.max_bytes.clamp(1, 4 << 20) as u64;
         let read = tokio::task::spawn_blocking(move || -> std::io::Result<LogReadReply> {
             let mut f = std::fs::File::open(&path)?;
@@ -210,7 +263,14 @@ impl NodeLogs for Service {
 
     async fn list(&self, _: Request<LogListRequest>) -> Result<Response<LogListReply>, Status> {
         let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
-        let files = agent
+        let files = tokio::task::spawn_blocking(move || list_files(&agent)).await.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(LogListReply { files }))
+    }
+}
+
+fn list_files(agent: &Agent) -> Vec<LogFile> {
+    {
+        agent
             .log_files("")
             .into_iter()
             .map(|(p, w)| {
@@ -228,8 +288,7 @@ impl NodeLogs for Service {
                     modified_us,
                 }
             })
-            .collect();
-        Ok(Response::new(LogListReply { files }))
+            .collect()
     }
 }
 
