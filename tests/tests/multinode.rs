@@ -670,6 +670,13 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     let (ok, found, err) = search(&[&marker, "--task", &second[..12]]);
     assert!(ok, "{err}");
     assert!(found.contains("from the second task") && !found.contains(&format!("{marker} here")), "{found}");
+    // Calls side by side on an actor: each one's lines, all of them, though the other
+    // call's output was measured in between.
+    let overlap: Vec<Vec<u8>> = stdout.lines().find_map(|l| l.strip_prefix("OVERLAP ")).unwrap().split(' ').map(|h| rayr_logs::parse_hex(h).unwrap()).collect();
+    let (ok, found, err) = search(&[&marker, "--task", &task_of(&overlap[0])]);
+    assert!(ok && found.contains("long-begins") && found.contains("long-ends"), "{found}{err}");
+    let (ok, found, err) = search(&[&marker, "--task", &task_of(&overlap[1])]);
+    assert!(ok && found.contains("short-said") && !found.contains("long-ends"), "{found}{err}");
     // --actor: only the files of the worker hosting the actor.
     let actor = stdout.lines().find_map(|l| l.strip_prefix("ACTOR ")).unwrap().to_string();
     let (ok, found, err) = search(&[&marker, "--actor", &actor]);

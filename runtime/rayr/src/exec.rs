@@ -122,6 +122,7 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
     let task: Id = spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
     CURRENT_TASK.with(|c| c.set((Some(task), spec.attempt)));
     let began = rayr_logs::now_us();
+    let output_from = output_mark();
     // Tracing: this run is a child of its submitter's span, and the parent of what it submits.
     let traced = (crate::trace::enabled() && spec.trace_id.len() == 16 && spec.parent_span_id.len() == 8).then(|| {
         let trace: [u8; 16] = spec.trace_id.as_slice().try_into().unwrap();
@@ -144,7 +145,7 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
         task_result::Outcome::Error(e) => (EventKind::TaskFailed, Some(e.clone())),
         _ => (EventKind::TaskFinished, None),
     };
-    let output = (detail_error.is_some() || rayr_logs::now_us() - began >= MEASURE_OUTPUT_AFTER_US).then(output_range).flatten();
+    let output = (detail_error.is_some() || rayr_logs::now_us() - began >= MEASURE_OUTPUT_AFTER_US).then(|| output_range(output_from)).flatten();
     if let Some((trace, span, parent, start_ns)) = traced {
         crate::trace::set_current(None);
         crate::trace::record(crate::trace::Finished {
@@ -214,18 +215,32 @@ fn output_offsets() -> Option<(u64, u64)> {
     (out >= 0 && err >= 0).then_some((out as u64, err as u64))
 }
 
-/// The output since the last measurement: ((out start, end), (err start, end)), and the
-/// files' generations.
-fn output_range() -> Option<(((u64, u64), (u64, u64)), (u32, u32))> {
+/// Where a task's output starts, no later than it does: the last measurement before the
+/// task began (four loads: every task takes one, measured or not), with its generations.
+/// Taken per task rather than read back at the end, so that calls running side by side on
+/// an actor's pool each get everything written while they ran, their own lines included.
+fn output_mark() -> ([u64; 2], [u32; 2]) {
+    use std::sync::atomic::Ordering::Relaxed;
+    ([OUTPUT_AT[0].load(Relaxed), OUTPUT_AT[1].load(Relaxed)], [LOG_GEN[0].load(Relaxed), LOG_GEN[1].load(Relaxed)])
+}
+
+/// The output from `from` (see `output_mark`) to now: ((out start, end), (err start, end)),
+/// and the files' generations.
+fn output_range(from: ([u64; 2], [u32; 2])) -> Option<(((u64, u64), (u64, u64)), (u32, u32))> {
     use std::sync::atomic::Ordering::Relaxed;
     // Not while the files rotate: offsets and generations go together.
     let _still = ROTATION.lock();
     let (out, err) = output_offsets()?;
-    let (s_out, s_err) = (OUTPUT_AT[0].swap(out, Relaxed), OUTPUT_AT[1].swap(err, Relaxed));
-    // The first measurement of this process (or of a new generation): from the start.
-    let start = |s: u64, end: u64| if s == u64::MAX || s > end { 0 } else { s };
-    let gens = (LOG_GEN[0].load(Relaxed), LOG_GEN[1].load(Relaxed));
-    Some((((start(s_out, out), out), (start(s_err, err), err)), gens))
+    OUTPUT_AT[0].store(out, Relaxed);
+    OUTPUT_AT[1].store(err, Relaxed);
+    let gens = [LOG_GEN[0].load(Relaxed), LOG_GEN[1].load(Relaxed)];
+    // Nothing measured yet in this process, or the file rotated since the mark (what was
+    // written before that is in the older generation): from the file's start.
+    let start = |i: usize, end: u64| {
+        let s = from.0[i];
+        if s == u64::MAX || s > end || from.1[i] != gens[i] { 0 } else { s }
+    };
+    Some((((start(0, out), out), (start(1, err), err)), (gens[0], gens[1])))
 }
 
 /// The generation of this worker's stdout and stderr files (see `rotate_logs`).

@@ -112,6 +112,37 @@ impl Gate {
     }
 }
 
+/// Two calls that print while overlapping: `long` begins, `short` runs and ends inside it,
+/// then `long` ends (with max_concurrency 2).
+#[rayr::actor]
+pub struct Overlap {
+    stage: std::sync::atomic::AtomicU32,
+}
+
+#[rayr::actor]
+#[allow(clippy::new_without_default)]
+impl Overlap {
+    pub fn new() -> Self {
+        Overlap { stage: Default::default() }
+    }
+    pub fn long(&self, marker: String) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        println!("{marker} long-begins");
+        self.stage.store(1, SeqCst);
+        wait_until("the short call to end", Duration::from_secs(20), || self.stage.load(SeqCst) == 2);
+        println!("{marker} long-ends");
+        true
+    }
+    pub fn short(&self, marker: String) -> bool {
+        use std::sync::atomic::Ordering::SeqCst;
+        wait_until("the long call to begin", Duration::from_secs(20), || self.stage.load(SeqCst) == 1);
+        std::thread::sleep(Duration::from_millis(20));
+        println!("{marker} short-said");
+        self.stage.store(2, SeqCst);
+        true
+    }
+}
+
 /// Built from a large value (in the store, passed by reference).
 #[rayr::actor]
 pub struct Blob {
@@ -833,6 +864,11 @@ fn main() -> rayr::Result<()> {
             let talker = Counter::options().resource("far", 0.01).remote(0);
             rayr::get(&talker.say(format!("{marker} from the actor")))?;
             println!("ACTOR {}", talker.id());
+            // Two calls running side by side on one actor, both printing.
+            let both = Overlap::options().resource("far", 0.01).max_concurrency(2).remote();
+            let (long, short) = (both.long(marker.clone()), both.short(marker.clone()));
+            assert!(rayr::get(&long)? && rayr::get(&short)?);
+            println!("OVERLAP {} {}", long.id(), short.id());
         }
         // A task on the "far" node that prints for a few seconds.
         "ticker" => {
