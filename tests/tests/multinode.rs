@@ -170,6 +170,38 @@ fn joining_with_bad_input_says_what_to_do() {
     let out = cluster.cli(&["start", "--address", &cluster.head_address, "--node-ip-address", "127.0.0.2", "--labels", "[1]"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("not a JSON object of strings"), "{err}");
+    // Options that would be ignored or would clash are refused, saying which.
+    let refused = |args: &[&str], says: &str| {
+        let out = cluster.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    };
+    let head = cluster.head_address.clone();
+    let join = |more: &[&'static str]| -> Vec<String> {
+        ["start", "--address", &head, "--node-ip-address", "127.0.0.2"].iter().chain(more).map(|s| s.to_string()).collect()
+    };
+    let refused_join = |more: &[&'static str], says: &str| refused(&join(more).iter().map(String::as_str).collect::<Vec<_>>(), says);
+    refused_join(&["--port", "7000"], "--port set(s) the head");
+    refused_join(&["--resources", r#"{"CPU": 4}"#], "give CPU with --num-cpus");
+    refused_join(&["--object-store-memory", "10"], "at least 16777216 bytes");
+    refused(&["start", "--address", &cluster.head_address, "--node-ip-address", "0.0.0.0"], "must be one of this host's own");
+    refused_join(&["--object-manager-port", "31000", "--metrics-export-port", "31000"], "are both 31000");
+    // A second head beside the running one would take `session_latest` from it.
+    let latest = std::fs::read_link(cluster.tmp.path().join("session_latest")).unwrap();
+    refused(&["start", "--head", "--port", "0"], "already running here");
+    assert_eq!(std::fs::read_link(cluster.tmp.path().join("session_latest")).unwrap(), latest);
+    drop(cluster);
+    // A start that fails leaves no session behind.
+    let tmp = tempfile::tempdir().unwrap();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    let out = run(
+        Command::new(rayr_cli()).args(["start", "--head", "--port", "0", "--metrics-export-port", &port]).env("RAYR_TMPDIR", tmp.path()),
+        Duration::from_secs(30),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--metrics-export-port"), "{err}");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing made under RAYR_TMPDIR");
 }
 
 #[test]
@@ -916,11 +948,46 @@ fn worker_logs_rotate_by_size_and_search_covers_the_kept_ones() {
 }
 
 #[test]
+fn a_spilled_tasks_worker_killed_on_another_node_is_retried_because_of_that_nodes_record_of_its_exit() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
+    let out = run(
+        Command::new(SCENARIOS).arg("retry_sigkill_far").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let object = hexid(stdout.lines().find_map(|l| l.strip_prefix("TASK_RETURN ")).unwrap());
+    let far = hexid(&cluster.nodes[0].id);
+    let mut events = Vec::new();
+    wait_for("the task's events", Duration::from_secs(10), || {
+        events = cluster.events();
+        events.iter().any(|e| kind(e) == EventKind::TaskFinished && events.iter().any(|s| s.task_id == e.task_id && s.object_id == object))
+    });
+    let task = events.iter().find(|e| kind(e) == EventKind::TaskSubmitted && e.object_id == object).unwrap().task_id.clone();
+    // The owner asked the node that leased the worker how it ended: the retry names its
+    // WORKER_EXITED there, with the signal.
+    let retry = events.iter().find(|e| e.task_id == task && kind(e) == EventKind::TaskRetried).expect("a retry");
+    let exit = events.iter().find(|e| e.id == retry.cause).unwrap_or_else(|| panic!("the retry's cause is recorded: {retry:?}"));
+    assert_eq!(kind(exit), EventKind::WorkerExited);
+    assert_eq!(exit.node_id, far, "the far node's record of its worker");
+    let Some(event::Detail::WorkerExit(x)) = &exit.detail else { panic!("{exit:?}") };
+    assert_eq!(x.signal, 9);
+    // And why-died of that worker lists the retry among what its death took down.
+    let out = cluster.cli(&["why-died", &rayr_logs::hex(&exit.worker_id), "--json"]);
+    let why: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let effects = why["effects"].as_array().unwrap();
+    assert!(effects.iter().any(|e| e["kind"] == "task_retried" && e["task_id"] == rayr_logs::hex(&task).as_str()), "{why}");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn rayr_logs_search_since_and_until_cut_by_when_lines_were_written() {
     let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
     let say = |marker: &str| {
         let out = run(
-            Command::new(SCENARIOS).arg("say_and_settle").env("MARKER", marker).env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+            Command::new(SCENARIOS).arg("say_far").env("MARKER", marker).env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
             Duration::from_secs(60),
         );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

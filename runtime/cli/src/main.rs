@@ -79,9 +79,9 @@ struct StartArgs {
     /// Join the cluster whose head is at HOST:PORT.
     #[arg(long)]
     address: Option<String>,
-    /// The head's gRPC port (0: any free port).
-    #[arg(long, default_value_t = 6380)]
-    port: u16,
+    /// Head: its gRPC port (0: any free port) [default: 6380].
+    #[arg(long)]
+    port: Option<u16>,
     /// The address this node binds and advertises.
     #[arg(long, default_value = "127.0.0.1")]
     node_ip_address: String,
@@ -129,15 +129,16 @@ struct StartArgs {
     /// Bytes of the shm object store.
     #[arg(long, default_value_t = 2 << 30)]
     object_store_memory: u64,
-    /// Head: how often nodes beat (milliseconds).
-    #[arg(long, default_value_t = 1000)]
-    heartbeat_period_ms: u32,
-    /// Head: a node silent for this many periods is declared dead.
-    #[arg(long, default_value_t = 5)]
-    missed_heartbeats: u32,
-    /// Joining node: how long the head may be unreachable before the node exits (seconds).
-    #[arg(long, default_value_t = 60)]
-    head_timeout_s: u64,
+    /// Head: how often nodes beat (milliseconds) [default: 1000].
+    #[arg(long)]
+    heartbeat_period_ms: Option<u32>,
+    /// Head: a node silent for this many periods is declared dead [default: 5].
+    #[arg(long)]
+    missed_heartbeats: Option<u32>,
+    /// Joining node: how long the head may be unreachable before the node exits (seconds)
+    /// [default: 60].
+    #[arg(long)]
+    head_timeout_s: Option<u64>,
     /// With --head: restart the head of this existing session (after its process died);
     /// its record stays, and its nodes register again (give the old --port so they find it).
     #[arg(long)]
@@ -193,6 +194,12 @@ struct ServeArgs {
 
 fn main() {
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve(_)) {
+        // A command piped into `head` ends quietly when the pipe closes, as grep does,
+        // instead of panicking on the failed write.
+        // SAFETY: restores the default disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     let result = match cli.command {
         Command::Start(a) => start(a),
@@ -214,6 +221,32 @@ fn main() {
 
 /// The node's ports and labels, checked, as `__serve` flags.
 fn node_flags(a: &StartArgs) -> anyhow::Result<Vec<String>> {
+    let ip: std::net::IpAddr = a
+        .node_ip_address
+        .parse()
+        .map_err(|e| anyhow!("--node-ip-address {} is not an IP address: {e}", a.node_ip_address))?;
+    if ip.is_unspecified() || ip.is_multicast() {
+        bail!("--node-ip-address {ip}: other nodes and drivers reach this node at that address, so it must be one of this host's own (e.g. 127.0.0.2 or the host's LAN address)");
+    }
+    if a.object_store_memory < MIN_OBJECT_STORE_MEMORY {
+        bail!("--object-store-memory {}: the object store needs at least {MIN_OBJECT_STORE_MEMORY} bytes (16 MiB)", a.object_store_memory);
+    }
+    // One port for one purpose: a clash would only show as "address in use" later.
+    let ports = [
+        ("--port", if a.head { a.port.unwrap_or(DEFAULT_HEAD_PORT) } else { 0 }),
+        ("--object-manager-port", a.object_manager_port),
+        ("--node-manager-port", a.node_manager_port),
+        ("--metrics-export-port", a.metrics_export_port),
+        ("--dashboard-port", if a.head { a.dashboard_port } else { 0 }),
+    ];
+    for (i, (f1, p1)) in ports.iter().enumerate() {
+        if let Some((f2, _)) = ports[i + 1..].iter().find(|(_, p2)| *p1 != 0 && p2 == p1) {
+            bail!("{f1} and {f2} are both {p1}: each needs a port of its own");
+        }
+        if *p1 != 0 && a.min_worker_port != 0 && (a.min_worker_port..=a.max_worker_port).contains(p1) {
+            bail!("{f1} {p1} lies in the workers' ports (--min-worker-port {} to --max-worker-port {}): give it one outside", a.min_worker_port, a.max_worker_port);
+        }
+    }
     let (lo, hi) = (a.min_worker_port, a.max_worker_port);
     if (lo == 0) != (hi == 0) || lo > hi {
         bail!("--min-worker-port {lo} and --max-worker-port {hi}: give both (MIN <= MAX), or neither for any free ports");
@@ -259,6 +292,17 @@ fn node_resources(a: &StartArgs) -> anyhow::Result<HashMap<String, f64>> {
         if !v.is_finite() || *v < 0.0 {
             bail!("--resources: {k} = {v} must be a non-negative number");
         }
+        if let Some(flag) = match k.as_str() {
+            "CPU" => Some("--num-cpus"),
+            "GPU" => Some("--num-gpus"),
+            "memory" => Some("--memory"),
+            _ => None,
+        } {
+            bail!("--resources: give {k} with {flag}, not in --resources (e.g. {flag} {v})");
+        }
+        if k.is_empty() {
+            bail!("--resources: a resource's name must not be empty");
+        }
     }
     let cpus = a.num_cpus.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as f64).unwrap_or(1.0));
     if !cpus.is_finite() || cpus < 0.0 {
@@ -266,32 +310,121 @@ fn node_resources(a: &StartArgs) -> anyhow::Result<HashMap<String, f64>> {
     }
     r.insert("CPU".into(), cpus);
     if let Some(g) = a.num_gpus {
+        if !g.is_finite() || g < 0.0 {
+            bail!("--num-gpus {g} must be a non-negative number");
+        }
         r.insert("GPU".into(), g);
     }
     if let Some(m) = a.memory {
+        if !m.is_finite() || m < 0.0 {
+            bail!("--memory {m} must be a non-negative number of bytes");
+        }
         r.insert("memory".into(), m);
     }
     Ok(r)
+}
+
+const DEFAULT_HEAD_PORT: u16 = 6380;
+/// The smallest object store a node may have.
+const MIN_OBJECT_STORE_MEMORY: u64 = 16 << 20;
+
+/// Undoes a session directory `rayr start` made, when the start fails: the directory goes,
+/// and `session_latest` points where it did before (at the cluster that may still run).
+struct NewSession {
+    dir: Option<PathBuf>,
+    tmpdir: PathBuf,
+    latest_before: Option<PathBuf>,
+}
+
+impl NewSession {
+    /// Makes a session under RAYR_TMPDIR, remembering what `session_latest` was.
+    fn create() -> anyhow::Result<(Session, NewSession)> {
+        let tmpdir = rayr_logs::tmpdir();
+        let latest_before = std::fs::read_link(tmpdir.join("session_latest")).ok();
+        let session = Session::create(&tmpdir).with_context(|| format!("creating a session directory under {} (RAYR_TMPDIR)", tmpdir.display()))?;
+        let tmpdir = session.dir.parent().map(Path::to_path_buf).unwrap_or(tmpdir);
+        Ok((session.clone(), NewSession { dir: Some(session.dir), tmpdir, latest_before }))
+    }
+
+    /// The start succeeded: keep it.
+    fn keep(mut self) {
+        self.dir = None;
+    }
+}
+
+impl Drop for NewSession {
+    fn drop(&mut self) {
+        let Some(dir) = self.dir.take() else { return };
+        let _ = std::fs::remove_dir_all(&dir);
+        let latest = self.tmpdir.join("session_latest");
+        match &self.latest_before {
+            Some(before) => {
+                let tmp = self.tmpdir.join(format!(".session_latest.{}", std::process::id()));
+                let _ = std::fs::remove_file(&tmp);
+                if std::os::unix::fs::symlink(before, &tmp).is_ok() {
+                    let _ = std::fs::rename(&tmp, &latest);
+                }
+            }
+            None => {
+                let _ = std::fs::remove_file(&latest);
+            }
+        }
+    }
 }
 
 /// Starts `rayr __serve` detached, then waits until its head answers.
 fn start(a: StartArgs) -> anyhow::Result<()> {
     match (&a.address, a.head) {
         (Some(_), true) => bail!("--head starts a new cluster and --address joins one: give one of them"),
-        (Some(addr), false) => return start_node(&a, addr),
+        (Some(addr), false) => {
+            let head_only: Vec<&str> = [
+                ("--port", a.port.is_some()),
+                ("--heartbeat-period-ms", a.heartbeat_period_ms.is_some()),
+                ("--missed-heartbeats", a.missed_heartbeats.is_some()),
+                ("--session", a.session.is_some()),
+            ]
+            .into_iter()
+            .filter_map(|(f, given)| given.then_some(f))
+            .collect();
+            if !head_only.is_empty() {
+                bail!("{} set(s) the head, not a joining node (which takes them from the head at {addr}): leave it out", head_only.join(", "));
+            }
+            return start_node(&a, addr);
+        }
         (None, false) => {
             bail!("say what to start: `rayr start --head` starts a new cluster on this host; `rayr start --address HEAD:PORT` joins one")
         }
         (None, true) => {}
     }
-    if a.heartbeat_period_ms == 0 || a.missed_heartbeats == 0 {
+    if a.head_timeout_s.is_some() {
+        bail!("--head-timeout-s is for a joining node (how long it waits for a lost head), not the head: leave it out");
+    }
+    let (heartbeat_period_ms, missed_heartbeats) = (a.heartbeat_period_ms.unwrap_or(1000), a.missed_heartbeats.unwrap_or(5));
+    if heartbeat_period_ms == 0 || missed_heartbeats == 0 {
         bail!("--heartbeat-period-ms and --missed-heartbeats must be at least 1");
     }
+    let port = a.port.unwrap_or(DEFAULT_HEAD_PORT);
     let resources = node_resources(&a)?;
-    if a.port != 0
-        && let Err(e) = std::net::TcpListener::bind((a.node_ip_address.as_str(), a.port)) {
-            bail!("cannot use {}:{} for the head: {e}; is another cluster running? pick another --port", a.node_ip_address, a.port);
+    let flags = node_flags(&a)?;
+    // One cluster per RAYR_TMPDIR: a second would take `session_latest`, and with it what
+    // `rayr stop`, `rayr status` and drivers find, from the running one.
+    if a.session.is_none()
+        && let Some(latest) = Session::latest(&rayr_logs::tmpdir())
+        && let Some(addr) = latest.head_address()
+        && head_answers(&addr)
+    {
+        bail!(
+            "a rayr cluster is already running here (session {}, head at {addr}): stop it with `rayr stop` first, join it with `rayr start --address {addr}`, or give a second cluster its own RAYR_TMPDIR",
+            latest.dir.display()
+        );
+    }
+    for (flag, p) in [("--port", port), ("--metrics-export-port", a.metrics_export_port)] {
+        if p != 0
+            && let Err(e) = std::net::TcpListener::bind((a.node_ip_address.as_str(), p))
+        {
+            bail!("cannot use {}:{p} ({flag}): {e}; is another cluster running? pick another {flag}", a.node_ip_address);
         }
+    }
     let resume = a.session.is_some();
     let session = match &a.session {
         Some(dir) => {
@@ -300,17 +433,20 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
                 bail!("--session {}: not a rayr session directory (it has no events/)", session.dir.display());
             }
             if let Some(addr) = session.head_address() {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-                if rt.block_on(connect::dial(&addr)).is_ok() {
+                if head_answers(&addr) {
                     bail!("the head of {} is running (at {addr}): nothing to restart", session.dir.display());
                 }
                 // The dead head's address: the new one writes its own when it answers.
                 let _ = std::fs::remove_file(session.head_address_file());
             }
-            session
+            (session, None)
         }
-        None => Session::create(&rayr_logs::tmpdir()).context("creating the session directory")?,
+        None => {
+            let (session, undo) = NewSession::create()?;
+            (session, Some(undo))
+        }
     };
+    let (session, undo) = session;
     let log = std::fs::OpenOptions::new().create(true).append(true).open(session.logs_dir().join("head.log"))?;
     let exe = std::env::current_exe()?;
     let mut cmd = std::process::Command::new(exe);
@@ -320,18 +456,18 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
         .arg("--resources-json")
         .arg(serde_json::to_string(&resources)?)
         .arg("--port")
-        .arg(a.port.to_string())
+        .arg(port.to_string())
         .arg("--node-ip-address")
         .arg(&a.node_ip_address)
         .arg("--object-store-memory")
         .arg(a.object_store_memory.to_string())
         .arg("--object-manager-port")
         .arg(a.object_manager_port.to_string())
-        .args(node_flags(&a)?)
+        .args(flags)
         .arg("--heartbeat-period-ms")
-        .arg(a.heartbeat_period_ms.to_string())
+        .arg(heartbeat_period_ms.to_string())
         .arg("--missed-heartbeats")
-        .arg(a.missed_heartbeats.to_string())
+        .arg(missed_heartbeats.to_string())
         .args(resume.then_some("--resume"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -341,6 +477,7 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Some(addr) = session.head_address() {
+            undo.map(NewSession::keep);
             println!("rayr head started (pid {}) at {addr}", child.id());
             println!("  session: {}", session.dir.display());
             println!("  drivers on this host join it with rayr::init(); others with RAYR_ADDRESS={addr}");
@@ -353,19 +490,26 @@ fn start(a: StartArgs) -> anyhow::Result<()> {
             bail!("the head process exited ({status}) before it was ready:\n{log}");
         }
         if Instant::now() > deadline {
-            bail!("the head did not come up within 20 s; see {}", session.logs_dir().join("head.log").display());
+            // Not left half-started: the session (with its log) goes only once it is gone.
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(session.logs_dir().join("head.log")).unwrap_or_default();
+            bail!("the head did not come up within 20 s; its log said:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+}
+
+/// Whether a rayr head answers at `addr` now.
+fn head_answers(addr: &str) -> bool {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().is_ok_and(|rt| rt.block_on(connect::dial(addr)).is_ok())
 }
 
 /// Starts a node agent that joins the cluster whose head is at `head` (`rayr start
 /// --address`), then waits until the head has admitted it.
 fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
     let resources = node_resources(a)?;
-    a.node_ip_address
-        .parse::<std::net::IpAddr>()
-        .map_err(|e| anyhow!("--node-ip-address {} is not an IP address: {e}", a.node_ip_address))?;
+    let flags = node_flags(a)?;
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let info = rt
         .block_on(async {
@@ -378,12 +522,12 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
     // one of its own (its sockets, logs, fetched binaries), which drivers and commands of
     // this host find, and ships its event log to the head.
     let other_host = head_session.head_address().is_none();
-    let session = if other_host {
-        let local = Session::create(&rayr_logs::tmpdir()).context("creating this host's session directory")?;
+    let (session, undo) = if other_host {
+        let (local, undo) = NewSession::create()?;
         std::fs::write(local.head_address_file(), head)?;
-        local
+        (local, Some(undo))
     } else {
-        head_session
+        (head_session, None)
     };
     let node_id = new_id();
     let node_hex = hex(&node_id);
@@ -407,9 +551,9 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
         .arg(a.object_store_memory.to_string())
         .arg("--object-manager-port")
         .arg(a.object_manager_port.to_string())
-        .args(node_flags(a)?)
+        .args(flags)
         .arg("--head-timeout-s")
-        .arg(a.head_timeout_s.to_string())
+        .arg(a.head_timeout_s.unwrap_or(60).to_string())
         .args(other_host.then_some("--ship-events"))
         .stdin(std::process::Stdio::null())
         .stdout(log.try_clone()?)
@@ -427,6 +571,7 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
             nodes.into_iter().find(|n| n.node_id == node_id && n.state == "ALIVE" && n.last_heartbeat_us > 0)
         });
         if joined.is_some() {
+            undo.map(NewSession::keep);
             println!("rayr node {node_hex} (pid {}) joined the cluster at {head} as {}", child.id(), a.node_ip_address);
             println!("  session: {}", session.dir.display());
             println!("  `rayr stop` on this host stops it (and every rayr process of the session here)");
@@ -437,7 +582,10 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
             bail!("the node agent exited ({status}) before it joined:\n{log}");
         }
         if Instant::now() > deadline {
-            bail!("the node agent did not join within 20 s; see {}", log_path.display());
+            let _ = child.kill();
+            let _ = child.wait();
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            bail!("the node agent did not join within 20 s; its log said:\n{log}");
         }
         std::thread::sleep(Duration::from_millis(20));
     }

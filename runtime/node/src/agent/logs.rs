@@ -54,7 +54,8 @@ impl Agent {
 /// (`….idx`: every second, where its files stood), to within a second and erring wide.
 fn window(path: &std::path::Path, since: i64, until: i64) -> Option<(u64, u64)> {
     let name = path.file_name()?.to_str()?;
-    let size = std::fs::metadata(path).ok()?.len();
+    let meta = std::fs::metadata(path).ok()?;
+    let size = meta.len();
     // Which stream and generation the file is.
     let (base, generation) = match name.rsplit_once('.') {
         Some((b, g)) if g.bytes().all(|c| c.is_ascii_digit()) => (b.to_string(), g.parse::<u32>().ok()),
@@ -67,7 +68,7 @@ fn window(path: &std::path::Path, since: i64, until: i64) -> Option<(u64, u64)> 
         _ => return Some((0, size)),
     };
     let index = std::fs::read(path.with_file_name(format!("{stem}.idx"))).unwrap_or_default();
-    let records: Vec<(i64, u32, u64)> = index
+    let mut records: Vec<(i64, u32, u64)> = index
         .chunks_exact(32)
         .map(|r| {
             let t = i64::from_le_bytes(r[0..8].try_into().unwrap());
@@ -80,6 +81,14 @@ fn window(path: &std::path::Path, since: i64, until: i64) -> Option<(u64, u64)> 
         Some(g) => g,
         None => rotated_generations(path).last().map_or(0, |g| g + 1),
     };
+    // The file's last write is a record too: the index is a second behind at most, and
+    // none is written after a worker's last second (it exited, or went quiet).
+    if let Ok(modified) = meta.modified()
+        && let Ok(t) = modified.duration_since(std::time::UNIX_EPOCH)
+    {
+        records.push((t.as_micros() as i64, generation, size));
+        records.sort_by_key(|r| r.0);
+    }
     // Records are written only when a file grew, a second apart at most: bytes before a
     // record's offset were written before its time.
     const SLACK_US: i64 = 1_100_000;

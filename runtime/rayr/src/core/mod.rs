@@ -387,7 +387,8 @@ impl NodeConn {
         let (tx, rx) = crossbeam_channel::bounded(1);
         self.waiters.lock().insert(req, tx);
         let lost = || Error::Connection("lost the connection to the node agent: is the cluster still running?".into());
-        if self.send(req, body).is_err() {
+        // (Closed before the waiter was in: nothing would answer or clear it.)
+        if self.closed.load(Ordering::Acquire) || self.send(req, body).is_err() {
             self.waiters.lock().remove(&req);
             return Err(lost());
         }
@@ -773,14 +774,26 @@ impl Core {
 
     fn read_remote_agent(self: Arc<Self>, conn: Arc<NodeConn>, mut reader: FrameReader<Stream>, socket: String) {
         while let Ok(Some(msg)) = reader.next::<NodeMessage>() {
-            if let Some(node_message::Body::Lease(reply)) = msg.body {
-                let key = self.state.lock().lease_requests.remove(&msg.req_id);
-                if let Some((key, lessor)) = key {
-                    self.lease_granted(key, reply, lessor);
+            match msg.body {
+                Some(node_message::Body::Lease(reply)) => {
+                    let key = self.state.lock().lease_requests.remove(&msg.req_id);
+                    if let Some((key, lessor)) = key {
+                        self.lease_granted(key, reply, lessor);
+                    }
+                }
+                // A reply to `conn.call` (how one of its workers ended). Leases are asked
+                // with this process's numbers, calls with the connection's: only non-lease
+                // replies are looked up here.
+                _ => {
+                    if let Some(tx) = conn.waiters.lock().remove(&msg.req_id) {
+                        let _ = tx.send(msg);
+                    }
                 }
             }
         }
         conn.closed.store(true, Ordering::Release);
+        // What waits on a reply from it is answered now: the node is gone.
+        conn.waiters.lock().clear();
         // That node is gone: what was asked of it is asked again (here, or elsewhere).
         let mut st = self.state.lock();
         if st.remote_agents.get(&socket).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
@@ -1024,10 +1037,16 @@ impl Core {
         }
     }
 
-    /// How a worker ended, from its node agent (waiting briefly for the reap).
+    /// How a worker of this node ended, from the node agent (waiting briefly for the reap).
     pub fn worker_exit(&self, worker: Id) -> (Option<Id>, String) {
+        self.worker_exit_from(worker, None)
+    }
+
+    /// How a worker ended, from the agent that leased it (`via`; None: this node's). Never
+    /// called on the thread that reads that agent's replies.
+    pub(crate) fn worker_exit_from(&self, worker: Id, via: Option<&NodeConn>) -> (Option<Id>, String) {
         let body = client_message::Body::WorkerExit(rayr_proto::WorkerExitQuery { worker_id: worker.to_vec(), wait_ms: 3000 });
-        match self.node_conn.call(body) {
+        match via.unwrap_or(&self.node_conn).call(body) {
             Ok(node_message::Body::WorkerExit(r)) if r.exited => {
                 let exit = r.exit.unwrap_or_default();
                 let pid = exit.pid;

@@ -348,8 +348,11 @@ impl Core {
         if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
             // It died between the grant and now, before its reader could know it was
             // leased: what was just pushed to it is retried like any lost worker's tasks.
+            // On another thread: this may be the thread that reads the lessor's replies,
+            // and finding out how the worker ended waits for one.
             drop(st);
-            self.worker_lost(worker);
+            let core = self.clone();
+            let _ = std::thread::Builder::new().name("rayr-worker-lost".into()).spawn(move || core.worker_lost(worker));
             return;
         }
         // (An actor has its one worker.)
@@ -616,7 +619,7 @@ impl Core {
     }
 
     pub(super) fn worker_lost(self: &Arc<Self>, worker: Id) {
-        let (tasks, actor): (Vec<Id>, Option<Id>) = {
+        let (tasks, actor, lessor): (Vec<Id>, Option<Id>, Option<Arc<super::NodeConn>>) = {
             let mut st = self.state.lock();
             let Some(l) = st.leased.remove(&worker) else { return };
             let mut actor = None;
@@ -624,12 +627,13 @@ impl Core {
                 q.workers.retain(|w| *w != worker);
                 actor = q.actor.as_ref().filter(|a| a.dead.is_none()).map(|a| a.id);
             }
-            (l.in_flight.into_keys().collect(), actor)
+            (l.in_flight.into_keys().collect(), actor, l.lessor)
         };
         if tasks.is_empty() && actor.is_none() {
             return;
         }
-        let (exit_event, detail) = self.worker_exit(worker);
+        // The node that leased the worker knows how it ended (another node's, when spilled).
+        let (exit_event, detail) = self.worker_exit_from(worker, lessor.as_deref());
         let mut st = self.state.lock();
         if let Some(actor) = actor {
             let why = format!("its worker {} died: {detail}", hex(&worker));
