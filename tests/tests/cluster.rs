@@ -391,6 +391,13 @@ fn an_actor_with_max_restarts_is_created_again_until_none_are_left() {
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let row = rows.as_array().unwrap().iter().find(|r| r["actor_id"] == s.get("ACTOR")).expect("its row");
     assert_eq!((row["state"].as_str(), row["restarts"].as_u64()), (Some("DEAD"), Some(3)), "{row}");
+    // The summary counts it among the dead of its class, with how it died.
+    let out = s.cli(&["summary", "actors", "--json"]);
+    let summary: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let class = summary["by_class"].as_array().unwrap().iter().find(|c| c["class"] == row["class"]).unwrap_or_else(|| panic!("{summary}"));
+    assert!(class["states"]["DEAD (worker_died)"].as_u64() >= Some(1), "{summary}");
+    let text = String::from_utf8_lossy(&s.cli(&["summary", "actors"]).stdout).to_string();
+    assert!(text.contains("DEAD (worker_died)") && text.contains(row["class"].as_str().unwrap()), "{text}");
     // why-died: the end, with the restarts used and left, down to the worker's SIGKILL.
     let why = s.why_died(s.get("ACTOR"));
     let summary = why["summary"].as_str().unwrap();
@@ -801,6 +808,9 @@ fn bad_input_gets_clear_errors() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows.as_array().unwrap().len(), 2, "the infeasible task and the failing one: {rows}");
+    let out = s.cli(&["list", "tasks", "--filter", "state=bogus"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("tasks are SUBMITTED, SCHEDULED, RUNNING, FINISHED, FAILED"), "{err}");
 
     // No cluster at all.
     let empty = tempfile::tempdir().unwrap();

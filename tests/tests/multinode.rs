@@ -723,7 +723,7 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     let (ok, found, _) = search(&[&marker, "--worker", &worker[..8]]);
     assert!(ok && found.contains(&format!("{marker} here")), "{found}");
     let (ok, found, err) = search(&[&marker, "--glob", "*.err"]);
-    assert!(ok && found.is_empty() && err.contains("no matches"), "{found}{err}");
+    assert!(!ok && found.is_empty() && err.contains("no matches"), "as grep, no match fails: {found}{err}");
     let (ok, found, _) = search(&[&marker.to_lowercase(), "-i"]);
     assert!(ok && found.contains(&format!("{marker} here")), "{found}");
     // tail: the last lines of the worker's stdout (by worker, by task, by file name).
@@ -753,8 +753,43 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     assert!(!ok, "an incomplete search fails");
     assert!(found.contains(&format!("{marker} here")), "what the others found is still shown: {found}");
     assert!(err.contains(&cluster.nodes[1].id[..12]) && err.contains("incomplete"), "{err}");
+    // Once the head has declared it dead, its files (in this host's session) are read here.
+    let dead = cluster.nodes[1].id.clone();
+    wait_for("the killed node declared dead", Duration::from_secs(10), || cluster.node_row(&dead)["state"] == "DEAD");
+    let (ok, found, err) = search(&[&marker]);
+    assert!(ok && found.contains(&format!("{marker} here")), "{found}{err}");
+    let (ok, found, err) = search(&["joining the cluster", "--node", &dead[..8]]);
+    assert!(ok && found.contains(&format!("node-{}", &dead[..16])), "the dead node's own log: {found}{err}");
+    // A task's lines by the id of the object it made.
+    let (ok, found, err) = search(&[&marker, "--task", &rayr_logs::hex(&ids[1])]);
+    assert!(ok && found.contains("from the second task") && !found.contains(&format!("{marker} here")), "{found}{err}");
+    // Filters that contradict each other, or name nothing, say so.
+    let (ok, _, err) = search(&[&marker, "--task", &first, "--worker", &worker[..8]]);
+    assert!(!ok && err.contains("leave --worker out"), "{err}");
+    let (ok, _, err) = search(&[&marker, "--worker", "zzz"]);
+    assert!(!ok && err.contains("not a worker id"), "{err}");
+    let (ok, _, err) = search(&[&marker, "--worker", "0000000000"]);
+    assert!(!ok && err.contains("no worker's id starts with"), "{err}");
+    let (ok, _, err) = search(&[&marker, "--task", &first, "--node", &dead[..8]]);
+    assert!(!ok && err.contains("not on the node --node names"), "{err}");
+    let (ok, _, err) = search(&[&marker, "-m", "0"]);
+    assert!(!ok && err.contains("at least 1"), "{err}");
+    let (ok, _, err) = search(&[&marker, "--since", "10m", "--until", "20m"]);
+    assert!(!ok && err.contains("--since must be before --until"), "{err}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
+    // With the cluster stopped, the record and this host's files still answer.
+    let (ok, found, err) = search(&[&marker, "--task", &first]);
+    assert!(ok && found.contains(&format!("{marker} here")) && !found.contains("from the second task"), "{found}{err}");
+    let (ok, found, err) = search(&[&marker, "--since", "10m"]);
+    assert!(ok && found.contains(&format!("{marker} here")), "{found}{err}");
+    let out = cluster.cli(&["logs", "list"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains(&worker[..12]), "{}", String::from_utf8_lossy(&out.stderr));
+    let (ok, text, err) = tail(&worker[..10]);
+    assert!(ok && text.contains("from the second task"), "{text}{err}");
+    let out = cluster.cli(&["logs", "follow", &worker[..10]]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("not running"), "{err}");
     assert_nothing_left(&cluster.session);
 }
 
@@ -877,6 +912,7 @@ fn rayr_logs_follow_prints_lines_as_a_task_on_another_node_writes_them() {
         .env("RAYR_TMPDIR", cluster.tmp.path())
         .env_remove("RAYR_ADDRESS")
         .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -899,12 +935,19 @@ fn rayr_logs_follow_prints_lines_as_a_task_on_another_node_writes_them() {
             ticks.push(n);
         }
     }
-    let _ = follow.kill();
-    let _ = follow.wait();
     assert!(ticks.len() >= 5, "follow printed {ticks:?}");
     assert!(ticks.windows(2).all(|w| w[1] == w[0] + 1), "in order, none missed: {ticks:?}");
     assert!(lines.map_while(Result::ok).any(|l| l.starts_with("TICKS 60")), "the task ran to its end");
     assert!(driver.wait().unwrap().success());
+    // The job ended, and its worker with it: follow says so and ends by itself.
+    let mut ended = None;
+    wait_for("follow to end after the worker exited", Duration::from_secs(20), || {
+        ended = follow.try_wait().unwrap();
+        ended.is_some()
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut follow.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(ended.unwrap().success() && err.contains("has exited") && err.contains("nothing more will be written"), "{err}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

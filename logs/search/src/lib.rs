@@ -1,10 +1,11 @@
 //! Searching log files with ripgrep's own searcher (`grep-searcher`, `grep-regex`).
 //!
 //! A node agent answers `rayr logs search` for the log files of its node with this; the
-//! CLI uses it directly on a session whose cluster is not running. It knows nothing about
-//! nodes or sessions: it gets a query and a list of files, and reports each match (and its
-//! context lines) as it is found, so results stream instead of arriving at the end. Files
-//! it cannot search (unreadable, binary) are reported, never silently skipped.
+//! CLI uses it directly on the files of nodes that are not running. [`search`] gets a query
+//! and a list of files, and reports each match (and its context lines) as it is found, so
+//! results stream instead of arriving at the end. Files it cannot search (unreadable,
+//! binary) are reported, never silently skipped. [`files`] says which files of a session
+//! (and which parts of them) are one node's, for a search by worker, by task or by time.
 //!
 //! ```no_run
 //! let q = rayr_logsearch::Query { pattern: "panicked".into(), context: 1, ..Default::default() };
@@ -16,6 +17,8 @@
 //! });
 //! assert!(skipped.is_empty());
 //! ```
+
+pub mod files;
 
 use std::io;
 use std::path::{Path, PathBuf};

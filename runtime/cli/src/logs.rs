@@ -2,19 +2,22 @@
 //!
 //! A search fans out to every live node agent (`NodeLogs.Search`), which searches its own
 //! files with ripgrep's searcher and streams hits back; they are printed as they come,
-//! each under its node. A node that cannot be searched (dead, unreachable) is named at the
-//! end with why, and the command then fails: partial results are never shown as whole.
-//! When no cluster runs, the session's files on this host are searched directly.
+//! each under its node. The files of a node that is not running (dead, or the whole
+//! cluster stopped) are read here when its session is on this host, with the same planning
+//! (`rayr_logsearch::files`). A node that cannot be searched (unreachable, its files on
+//! another host) is named at the end with why, and the command then fails: partial results
+//! are never shown as whole.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use rayr_logs::hex;
+use rayr_logs::{Id, Session, hex};
+use rayr_logsearch::files::{NodeFiles, Part};
 use rayr_proto::node_logs_client::NodeLogsClient;
-use rayr_proto::{LogLine, LogListRequest, LogSearchRequest, NodeRow};
+use rayr_proto::{LogFile, LogLine, LogListRequest, LogReadReply, LogSearchRequest, NodeRow, WorkerRow};
 
-use crate::connect::{Cluster, connect};
+use crate::connect::{Cluster, EventFilter, connect};
 
 #[derive(clap::Args)]
 pub struct LogsArgs {
@@ -105,18 +108,94 @@ pub async fn logs(args: LogsArgs) -> anyhow::Result<()> {
     }
 }
 
-/// The nodes to ask: the live ones with a logs service, and why the others cannot be.
-async fn nodes(address: Option<String>, only: Option<&str>) -> anyhow::Result<Result<(Vec<NodeRow>, Vec<(NodeRow, String)>), Cluster>> {
-    let cluster = connect(address).await?;
-    let mut client = match cluster {
-        Cluster::Live(c) => c,
-        offline => return Ok(Err(offline)),
+/// Where a node's files are read: its agent, or this host's copy of its session.
+#[derive(Clone)]
+enum Source {
+    Agent(String),
+    Here(NodeFiles),
+}
+
+impl Source {
+    async fn list(&self) -> Result<Vec<LogFile>, String> {
+        match self {
+            Source::Agent(address) => {
+                let mut c = logs_client(address).await.map_err(|e| format!("cannot reach it at {address}: {e}"))?;
+                c.list(LogListRequest {}).await.map(|r| r.into_inner().files).map_err(|s| s.message().to_string())
+            }
+            Source::Here(files) => {
+                let files = files.clone();
+                tokio::task::spawn_blocking(move || local_list(&files)).await.map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    async fn read(&self, name: &str, offset: u64, from_end: bool, max: u32) -> Result<LogReadReply, String> {
+        match self {
+            Source::Agent(address) => {
+                let mut c = logs_client(address).await.map_err(|e| format!("cannot reach it at {address}: {e}"))?;
+                let req = rayr_proto::LogReadRequest { name: name.to_string(), offset, from_end, max_bytes: max };
+                c.read(req).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+            }
+            Source::Here(files) => {
+                let (files, name) = (files.clone(), name.to_string());
+                tokio::task::spawn_blocking(move || local_read(&files, &name, offset, from_end, max)).await.map_err(|e| e.to_string())?
+            }
+        }
+    }
+}
+
+fn local_list(files: &NodeFiles) -> Vec<LogFile> {
+    files.described().into_iter().map(rayr_node::log_file).collect()
+}
+
+fn local_read(files: &NodeFiles, name: &str, offset: u64, from_end: bool, max: u32) -> Result<LogReadReply, String> {
+    files.read(name, offset, from_end, max).map(|(data, offset, size)| LogReadReply { data, offset, size }).map_err(|e| format!("{name}: {e}"))
+}
+
+/// A node of the cluster, and where its files can be read (or why they cannot).
+struct Node {
+    row: NodeRow,
+    source: Result<Source, String>,
+}
+
+impl Node {
+    /// The node's id (as lines are labelled; text output shows its first 12 digits).
+    fn label(&self) -> String {
+        hex(&self.row.node_id)
+    }
+    fn short(&self) -> String {
+        let h = self.label();
+        h[..12.min(h.len())].to_string()
+    }
+}
+
+/// The cluster's nodes as `rayr logs` sees them.
+struct Logs {
+    cluster: Cluster,
+    nodes: Vec<Node>,
+    running: bool,
+    workers: Vec<WorkerRow>,
+}
+
+/// Finds the cluster (running or its record) and where each node's files are read;
+/// `only`: just the node that id prefix names.
+async fn open(address: Option<String>, only: Option<&str>) -> anyhow::Result<Logs> {
+    let mut cluster = connect(address).await?;
+    let (rows, session, running) = match &mut cluster {
+        Cluster::Live(client) => {
+            let info = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner();
+            (info.nodes, Some(Session::open(&info.session_dir)), true)
+        }
+        Cluster::Offline(index) => (index.nodes()?, index.session().cloned(), false),
     };
-    let rows = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await.map_err(|s| anyhow!("{}", s.message()))?.into_inner().nodes;
+    let workers = cluster.list_all("workers", Vec::new()).await?.workers;
     let rows: Vec<NodeRow> = match only {
         None => rows,
         Some(p) => {
-            let p = p.to_ascii_lowercase();
+            let p = p.trim().to_ascii_lowercase();
+            if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                bail!("--node {p:?} is not a node id (hex digits): `rayr status` lists them");
+            }
             let chosen: Vec<NodeRow> = rows.into_iter().filter(|r| hex(&r.node_id).starts_with(&p)).collect();
             match chosen.len() {
                 0 => bail!("no node's id starts with {p:?}: `rayr status` lists them"),
@@ -125,18 +204,36 @@ async fn nodes(address: Option<String>, only: Option<&str>) -> anyhow::Result<Re
             }
         }
     };
-    let (mut live, mut out) = (Vec::new(), Vec::new());
-    for r in rows {
-        if r.state != "ALIVE" {
-            let why = format!("the node is dead ({}): its files stay on its host", r.reason);
-            out.push((r, why));
-        } else if r.grpc_address.is_empty() {
-            out.push((r, "the node serves no log search (an embedded node: search its session's files on its host)".into()));
+    // Without a live head to say which node is its own, the head's log goes with the
+    // first node started that has no log of its own (a joined node has node-<id>.log).
+    let own_log = |s: &Session, r: &NodeRow| s.logs_dir().join(format!("node-{}.log", &hex(&r.node_id)[..16.min(hex(&r.node_id).len())]));
+    let head_guess = session.as_ref().and_then(|s| {
+        rows.iter().filter(|r| !own_log(s, r).exists()).min_by_key(|r| r.started_us).map(|r| r.node_id.clone())
+    });
+    let mut nodes = Vec::new();
+    for row in rows {
+        let source = if running && row.state == "ALIVE" && !row.grpc_address.is_empty() {
+            Ok(Source::Agent(row.grpc_address.clone()))
         } else {
-            live.push(r);
-        }
+            let here = session.as_ref().map(|s| {
+                let mut own_logs = vec![own_log(s, &row)];
+                if row.is_head || (!running && head_guess.as_ref() == Some(&row.node_id)) {
+                    own_logs.push(s.logs_dir().join("head.log"));
+                }
+                let mine = workers.iter().filter(|w| w.node_id == row.node_id && !w.is_driver);
+                let workers: Vec<(Id, u32)> = mine.filter_map(|w| Some((<Id>::try_from(w.worker_id.as_slice()).ok()?, w.pid))).collect();
+                NodeFiles { session: s.clone(), own_logs, workers }
+            });
+            match here {
+                Some(files) if files.here() => Ok(Source::Here(files)),
+                _ if row.state == "DEAD" => Err(format!("the node is dead ({}): its files are on its host, not this one", row.reason)),
+                _ if !running => Err("the cluster is not running and the node's files are on its host, not this one".into()),
+                _ => Err("the node serves no log search (an embedded node whose session is on another host)".into()),
+            }
+        };
+        nodes.push(Node { row, source });
     }
-    Ok(Ok((live, out)))
+    Ok(Logs { cluster, nodes, running, workers })
 }
 
 async fn logs_client(address: &str) -> anyhow::Result<NodeLogsClient<tonic::transport::Channel>> {
@@ -166,6 +263,7 @@ struct Attempt {
     attempt: u32,
     node: Vec<u8>,
     worker: Vec<u8>,
+    pid: u32,
     ranges: Vec<rayr_proto::ByteRange>,
     shared: bool,
 }
@@ -184,24 +282,40 @@ fn ranges(d: &rayr_proto::TaskDetail) -> Vec<rayr_proto::ByteRange> {
     ]
 }
 
-/// The attempts of task `id` and where each wrote, from the event record.
-async fn task_output(cluster: &mut Cluster, id: &str) -> anyhow::Result<Vec<Attempt>> {
+/// The task `id` names: a task's id, or an object's (the task that made it).
+async fn task_of(cluster: &mut Cluster, flag: &str, id: &str) -> anyhow::Result<Vec<u8>> {
+    rayr_head::IdPattern::parse(id).map_err(|e| anyhow!("{flag} {id}: {e}"))?;
+    let mut task = None;
+    let filter = EventFilter { id: Some(id.to_string()), kind: 0, since_us: 0, follow: false };
+    cluster
+        .events(&filter, |e| {
+            if task.is_none() && !e.task_id.is_empty() {
+                task = Some(e.task_id.clone());
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| anyhow!("{flag} {id}: {e}"))?;
+    task.ok_or_else(|| anyhow!("{flag} {id}: no task (or object a task made) has that id: `rayr list tasks` lists them"))
+}
+
+/// The attempts of `task` and where each wrote, from the event record.
+async fn task_output(cluster: &mut Cluster, task: &[u8]) -> anyhow::Result<Vec<Attempt>> {
     use rayr_proto::EventKind as K;
     let mut events = Vec::new();
-    let filter = crate::connect::EventFilter { id: Some(id.to_string()), kind: 0, since_us: 0, follow: false };
-    cluster.events(&filter, |e| {
-        events.push(e.clone());
-        Ok(())
-    })
-    .await?;
+    let filter = EventFilter { id: Some(hex(task)), kind: 0, since_us: 0, follow: false };
+    cluster
+        .events(&filter, |e| {
+            events.push(e.clone());
+            Ok(())
+        })
+        .await?;
     let kind = |e: &rayr_proto::Event| K::try_from(e.kind).unwrap_or(K::Unspecified);
-    let task = events.iter().find(|e| kind(e) == K::TaskSubmitted || kind(e) == K::TaskStarted).map(|e| e.task_id.clone());
-    let Some(task) = task else { bail!("no task {id} in the record: `rayr list tasks` lists them") };
     let mut attempts = Vec::new();
     for started in events.iter().filter(|e| kind(e) == K::TaskStarted && e.task_id == task) {
-        let attempt = match &started.detail {
-            Some(rayr_proto::event::Detail::Task(d)) => d.attempt,
-            _ => 0,
+        let (attempt, pid) = match &started.detail {
+            Some(rayr_proto::event::Detail::Task(d)) => (d.attempt, if d.pid != 0 { d.pid } else { started.source_pid }),
+            _ => (0, started.source_pid),
         };
         let ended = events.iter().find(|e| {
             (kind(e) == K::TaskFinished || kind(e) == K::TaskFailed)
@@ -211,14 +325,15 @@ async fn task_output(cluster: &mut Cluster, id: &str) -> anyhow::Result<Vec<Atte
         });
         // The worker's own measured tasks around this one bound what it wrote.
         let mut of_worker = Vec::new();
-        let filter = crate::connect::EventFilter { id: Some(hex(&started.worker_id)), kind: 0, since_us: 0, follow: false };
-        cluster.events(&filter, |e| {
-            if (kind(e) == K::TaskFinished || kind(e) == K::TaskFailed) && output_of(e).is_some() {
-                of_worker.push(e.clone());
-            }
-            Ok(())
-        })
-        .await?;
+        let filter = EventFilter { id: Some(hex(&started.worker_id)), kind: 0, since_us: 0, follow: false };
+        cluster
+            .events(&filter, |e| {
+                if (kind(e) == K::TaskFinished || kind(e) == K::TaskFailed) && output_of(e).is_some() {
+                    of_worker.push(e.clone());
+                }
+                Ok(())
+            })
+            .await?;
         of_worker.sort_by_key(|e| e.time_us);
         let (ranges, shared) = match ended.and_then(|e| output_of(e).map(|d| (e, d))) {
             Some((_, d)) => (ranges(d), false),
@@ -238,10 +353,10 @@ async fn task_output(cluster: &mut Cluster, id: &str) -> anyhow::Result<Vec<Atte
                 }
             },
         };
-        attempts.push(Attempt { attempt, node: started.node_id.clone(), worker: started.worker_id.clone(), ranges, shared });
+        attempts.push(Attempt { attempt, node: started.node_id.clone(), worker: started.worker_id.clone(), pid, ranges, shared });
     }
     if attempts.is_empty() {
-        bail!("task {} has not started yet: it wrote nothing", hex(&task));
+        bail!("task {} has not started yet: it wrote nothing", hex(task));
     }
     Ok(attempts)
 }
@@ -257,91 +372,188 @@ fn print(node: &str, l: &LogLine, json: bool) {
     }
 }
 
+/// Searches files of this host as a node agent would, sending lines to `tx`.
+fn search_here(files: &NodeFiles, req: &LogSearchRequest, node: String, tx: tokio::sync::mpsc::Sender<(String, Result<LogLine, String>)>) {
+    let query = rayr_logsearch::Query {
+        pattern: req.pattern.clone(),
+        ignore_case: req.ignore_case,
+        context: req.context as usize,
+        max_count: req.max_count,
+        glob: Some(req.glob.clone()).filter(|g| !g.is_empty()),
+    };
+    let matcher = match query.compile() {
+        Ok(m) => m,
+        Err(e) => {
+            let _ = tx.blocking_send((node, Err(e)));
+            return;
+        }
+    };
+    let parts: Vec<Part> = req.ranges.iter().map(|b| Part { stream: b.stream.clone(), generation: b.generation, start: b.start, end: b.end }).collect();
+    let plan = match files.plan(&req.worker, &parts, req.since_us, req.until_us) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = tx.blocking_send((node, Err(e)));
+            return;
+        }
+    };
+    let mut send = |hit: rayr_logsearch::Hit| {
+        let line = LogLine { file: hit.file.display().to_string(), line: hit.line, text: hit.text, is_match: hit.is_match, skipped: String::new() };
+        tx.blocking_send((node.clone(), Ok(line))).is_ok()
+    };
+    let mut skipped = rayr_logsearch::search(&matcher, &query, &plan.files, &mut send);
+    skipped.extend(rayr_logsearch::search_ranges(&matcher, &query, &plan.ranges, &mut send));
+    for (file, why) in skipped.into_iter().map(|(f, w)| (f.display().to_string(), w)).chain(plan.gone) {
+        let _ = tx.blocking_send((node.clone(), Ok(LogLine { file, skipped: why, ..Default::default() })));
+    }
+}
+
 async fn search(a: SearchArgs) -> anyhow::Result<()> {
     if a.task.is_some() && (a.since.is_some() || a.until.is_some()) {
         bail!("--task already names the lines to search (what the task wrote): leave --since and --until out");
     }
-    let query = rayr_logsearch::Query { pattern: a.pattern.clone(), ignore_case: a.ignore_case, ..Default::default() };
+    if a.task.is_some() && a.worker.is_some() {
+        bail!("--task already names the worker (the one each attempt ran in): leave --worker out");
+    }
+    if a.max_count == Some(0) {
+        bail!("--max-count 0 would show nothing: give at least 1 (or leave it out for every match)");
+    }
+    if let (Some(since), Some(until)) = (a.since, a.until)
+        && since >= until
+    {
+        bail!("--since must be before --until (a time ago counts back from now: --since 20m --until 10m)");
+    }
+    let query = rayr_logsearch::Query { pattern: a.pattern.clone(), ignore_case: a.ignore_case, glob: a.glob.clone(), ..Default::default() };
     // A bad pattern is said once, here, not by every node.
     query.compile().map_err(|e| anyhow!("{e}"))?;
-    let (live, mut failed) = match nodes(a.address.clone(), a.node.as_deref()).await? {
-        Ok(n) => n,
-        Err(_) if a.task.is_some() || a.actor.is_some() => {
-            bail!("--task and --actor need the cluster running (its head knows where each ran)")
+    query.check_glob().map_err(|e| anyhow!("--glob: {e}"))?;
+    let mut logs = open(a.address.clone(), a.node.as_deref()).await?;
+    if !logs.running {
+        eprintln!("rayr: the cluster is not running: searching its nodes' files on this host");
+    }
+    if let Some(w) = &a.worker {
+        let w = w.trim().to_ascii_lowercase();
+        if w.is_empty() || !w.bytes().all(|b| b.is_ascii_hexdigit()) {
+            bail!("--worker {w:?} is not a worker id (hex digits): `rayr list workers` lists them");
         }
-        Err(offline) => return search_here(&a, offline),
-    };
+        let named: Vec<&WorkerRow> = logs.workers.iter().filter(|r| hex(&r.worker_id).starts_with(&w)).collect();
+        if named.is_empty() {
+            bail!("no worker's id starts with {w:?}: `rayr list workers` lists them");
+        }
+        if !named.iter().any(|r| logs.nodes.iter().any(|n| n.row.node_id == r.node_id)) {
+            bail!("worker {w} ran on node {}, not on the node --node names", &hex(&named[0].node_id)[..12]);
+        }
+    }
     // What to ask of which node: everything (per the filters), or each attempt's lines.
-    let mut asks: Vec<(NodeRow, LogSearchRequest)> = live.iter().map(|n| (n.clone(), request(&a))).collect();
+    let mut asks: Vec<(String, Source, LogSearchRequest)> = Vec::new();
+    let mut failed: Vec<(NodeRow, String)> = Vec::new();
+    let node_of = |logs: &Logs, id: &[u8]| logs.nodes.iter().position(|n| n.row.node_id == id);
     if let Some(task) = &a.task {
-        let mut cluster = connect(a.address.clone()).await?;
-        asks.clear();
-        // Only the nodes that ran it matter: those of them that cannot be searched.
-        let down = std::mem::take(&mut failed);
-        for at in task_output(&mut cluster, task).await? {
+        let task = task_of(&mut logs.cluster, "--task", task).await?;
+        let attempts = task_output(&mut logs.cluster, &task).await?;
+        let ran_on: Vec<String> = attempts.iter().map(|at| hex(&at.node)[..12].to_string()).collect();
+        let attempts: Vec<Attempt> = attempts.into_iter().filter(|at| a.node.is_none() || node_of(&logs, &at.node).is_some()).collect();
+        if attempts.is_empty() {
+            bail!("task {} ran on node {}, not on the node --node names", hex(&task), ran_on.join(", "));
+        }
+        for at in attempts {
             if at.shared {
                 eprintln!(
                     "rayr: attempt {} ran under 20 µs: its lines are searched with those of the worker's other short tasks around it",
                     at.attempt
                 );
             }
-            match live.iter().find(|n| n.node_id == at.node) {
-                Some(n) => asks.push((n.clone(), LogSearchRequest { worker: hex(&at.worker), ranges: at.ranges, ..request(&a) })),
-                None if failed.iter().any(|(n, _)| n.node_id == at.node) => {}
-                None => match down.iter().find(|(n, _)| n.node_id == at.node) {
-                    Some(d) => failed.push(d.clone()),
-                    None => failed.push((NodeRow { node_id: at.node.clone(), ..Default::default() }, "the node that ran it is not in the cluster".into())),
+            let req = LogSearchRequest { worker: hex(&at.worker), ranges: at.ranges, ..request(&a) };
+            match node_of(&logs, &at.node).map(|i| &logs.nodes[i]) {
+                Some(n) => match &n.source {
+                    Ok(Source::Here(files)) => {
+                        // The worker's files, even if its row was not indexed yet.
+                        let mut files = files.clone();
+                        if let Ok(w) = <Id>::try_from(at.worker.as_slice())
+                            && !files.workers.iter().any(|(x, _)| *x == w)
+                        {
+                            files.workers.push((w, at.pid));
+                        }
+                        asks.push((n.label(), Source::Here(files), req));
+                    }
+                    Ok(s) => asks.push((n.label(), s.clone(), req)),
+                    Err(why) if !failed.iter().any(|(r, _)| r.node_id == n.row.node_id) => failed.push((n.row.clone(), why.clone())),
+                    Err(_) => {}
                 },
+                None => failed.push((NodeRow { node_id: at.node.clone(), ..Default::default() }, "the node that ran it is not in the record".into())),
             }
         }
-    }
-    if let Some(actor) = &a.actor {
-        let mut cluster = connect(a.address.clone()).await?;
-        asks.clear();
-        let down = std::mem::take(&mut failed);
-        let filter = crate::connect::EventFilter { id: Some(actor.clone()), kind: rayr_proto::EventKind::ActorCreated as i32, since_us: 0, follow: false };
+    } else if let Some(actor) = &a.actor {
+        rayr_head::IdPattern::parse(actor).map_err(|e| anyhow!("--actor {actor}: {e}"))?;
+        let filter = EventFilter { id: Some(actor.clone()), kind: rayr_proto::EventKind::ActorCreated as i32, since_us: 0, follow: false };
         let mut lives: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
-        cluster
+        logs.cluster
             .events(&filter, |e| {
                 lives.push((e.node_id.clone(), e.worker_id.clone()));
                 Ok(())
             })
-            .await?;
+            .await
+            .map_err(|e| anyhow!("--actor {actor}: {e}"))?;
         if lives.is_empty() {
             bail!("no actor {actor} was ever created: `rayr list actors` lists them");
         }
         lives.dedup();
+        let all_lives = lives.len();
+        lives.retain(|(node, _)| a.node.is_none() || node_of(&logs, node).is_some());
+        if lives.is_empty() {
+            bail!("actor {actor} never ran on the node --node names (its {all_lives} worker(s) were elsewhere)");
+        }
         for (node, worker) in lives {
-            match live.iter().find(|n| n.node_id == node) {
-                Some(n) => asks.push((n.clone(), LogSearchRequest { worker: hex(&worker), ..request(&a) })),
-                None => match down.iter().find(|(n, _)| n.node_id == node) {
-                    Some(d) => failed.push(d.clone()),
-                    None => failed.push((NodeRow { node_id: node.clone(), ..Default::default() }, "the node that hosted it is not in the cluster".into())),
+            let req = LogSearchRequest { worker: hex(&worker), ..request(&a) };
+            match node_of(&logs, &node).map(|i| &logs.nodes[i]) {
+                Some(n) => match &n.source {
+                    Ok(s) => asks.push((n.label(), s.clone(), req)),
+                    Err(why) if !failed.iter().any(|(r, _)| r.node_id == n.row.node_id) => failed.push((n.row.clone(), why.clone())),
+                    Err(_) => {}
                 },
+                None => failed.push((NodeRow { node_id: node.clone(), ..Default::default() }, "the node that hosted it is not in the record".into())),
+            }
+        }
+    } else {
+        for n in &logs.nodes {
+            match &n.source {
+                Ok(s) => asks.push((n.label(), s.clone(), request(&a))),
+                Err(why) => failed.push((n.row.clone(), why.clone())),
             }
         }
     }
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(String, Result<LogLine, String>)>(1024);
-    for (node, req) in asks {
-        let (tx, node_hex, address) = (tx.clone(), hex(&node.node_id), node.grpc_address.clone());
-        tokio::spawn(async move {
-            let run = async {
-                let mut stream = logs_client(&address).await.map_err(|e| format!("cannot reach it at {address}: {e}"))?.search(req).await.map_err(|s| s.message().to_string())?.into_inner();
-                while let Some(line) = stream.message().await.map_err(|s| format!("its search broke off: {}", s.message()))? {
-                    if tx.send((node_hex.clone(), Ok(line))).await.is_err() {
-                        break;
+    for (node, source, req) in asks {
+        let tx = tx.clone();
+        match source {
+            Source::Agent(address) => {
+                tokio::spawn(async move {
+                    let run = async {
+                        let mut stream = logs_client(&address)
+                            .await
+                            .map_err(|e| format!("cannot reach it at {address}: {e}"))?
+                            .search(req)
+                            .await
+                            .map_err(|s| s.message().to_string())?
+                            .into_inner();
+                        while let Some(line) = stream.message().await.map_err(|s| format!("its search broke off: {}", s.message()))? {
+                            if tx.send((node.clone(), Ok(line))).await.is_err() {
+                                break;
+                            }
+                        }
+                        Ok::<(), String>(())
+                    };
+                    if let Err(why) = run.await {
+                        let _ = tx.send((node, Err(why))).await;
                     }
-                }
-                Ok::<(), String>(())
-            };
-            if let Err(why) = run.await {
-                let _ = tx.send((node_hex, Err(why))).await;
+                });
             }
-        });
+            Source::Here(files) => {
+                tokio::task::spawn_blocking(move || search_here(&files, &req, node, tx));
+            }
+        }
     }
     drop(tx);
     let (mut matches, mut skipped) = (0u64, Vec::new());
-    let by_id: HashMap<String, NodeRow> = live.into_iter().map(|n| (hex(&n.node_id), n)).collect();
     while let Some((node, got)) = rx.recv().await {
         match got {
             Ok(l) if !l.skipped.is_empty() => skipped.push((node, l.file, l.skipped)),
@@ -349,7 +561,10 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
                 matches += l.is_match as u64;
                 print(&node, &l, a.json);
             }
-            Err(why) => failed.push((by_id.get(&node).cloned().unwrap_or_default(), why)),
+            Err(why) => {
+                let row = logs.nodes.iter().find(|n| n.label() == node).map(|n| n.row.clone()).unwrap_or_default();
+                failed.push((row, why));
+            }
         }
     }
     for (node, file, why) in &skipped {
@@ -357,67 +572,26 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
     }
     if !failed.is_empty() {
         for (n, why) in &failed {
-            eprintln!("rayr: node {} ({}) was not searched: {why}", &hex(&n.node_id)[..12.min(hex(&n.node_id).len())], n.address);
+            let h = hex(&n.node_id);
+            eprintln!("rayr: node {} ({}) was not searched: {why}", &h[..12.min(h.len())], if n.address.is_empty() { "-" } else { &n.address });
         }
-        bail!("{matches} match(es) from the nodes that answered; {} node(s) could not be searched (above): the results are incomplete", failed.len());
+        bail!("{matches} match(es) from the nodes searched; {} node(s) could not be searched (above): the results are incomplete", failed.len());
     }
     if matches == 0 {
-        eprintln!("rayr: no matches");
-    }
-    Ok(())
-}
-
-/// No cluster runs: the files of its session on this host.
-fn search_here(a: &SearchArgs, offline: Cluster) -> anyhow::Result<()> {
-    let Cluster::Offline(index) = offline else { unreachable!() };
-    if a.since.is_some() || a.until.is_some() {
-        bail!("--since and --until need the cluster running (its node agents cut each file by when it was written)");
-    }
-    let session = index.session().ok_or_else(|| anyhow!("no session to search"))?;
-    eprintln!("cluster not running; searching the log files of session {} on this host", session.dir.display());
-    // Log files only: not the workers' time indexes (`.idx`) or a rotation's new file.
-    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(session.logs_dir())?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| !p.extension().is_some_and(|x| x == "idx" || x == "new"))
-        .collect();
-    files.sort();
-    if let Some(w) = &a.worker {
-        files.retain(|f| f.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&format!("worker-{}", w.to_ascii_lowercase()))));
-    }
-    let query = rayr_logsearch::Query {
-        pattern: a.pattern.clone(),
-        ignore_case: a.ignore_case,
-        context: a.context as usize,
-        max_count: a.max_count.unwrap_or(0),
-        glob: a.glob.clone(),
-    };
-    let matcher = query.compile().map_err(|e| anyhow!("{e}"))?;
-    let mut matches = 0u64;
-    let skipped = rayr_logsearch::search(&matcher, &query, &files, |hit| {
-        matches += hit.is_match as u64;
-        let line = LogLine { file: hit.file.display().to_string(), line: hit.line, text: hit.text, is_match: hit.is_match, skipped: String::new() };
-        print("this-host", &line, a.json);
-        true
-    });
-    for (file, why) in skipped {
-        eprintln!("rayr: {}: {why}", file.display());
-    }
-    if matches == 0 {
-        eprintln!("rayr: no matches");
+        // As grep: no match is a failure a script can test.
+        bail!("no matches");
     }
     Ok(())
 }
 
 async fn list(node: Option<String>, json: bool, address: Option<String>) -> anyhow::Result<()> {
-    let (live, failed) = match nodes(address, node.as_deref()).await? {
-        Ok(n) => n,
-        Err(_) => bail!("no cluster is running: the log files of the latest session are in its logs/ directory"),
-    };
-    for n in &live {
-        let node_hex = hex(&n.node_id);
-        let files = match logs_client(&n.grpc_address).await {
-            Ok(mut c) => c.list(LogListRequest {}).await.map(|r| r.into_inner().files).map_err(|s| s.message().to_string()),
-            Err(e) => Err(e.to_string()),
+    let logs = open(address, node.as_deref()).await?;
+    let mut failed = 0;
+    for n in &logs.nodes {
+        let node_hex = hex(&n.row.node_id);
+        let files = match &n.source {
+            Ok(s) => s.list().await,
+            Err(why) => Err(why.clone()),
         };
         match files {
             Ok(files) => {
@@ -429,123 +603,154 @@ async fn list(node: Option<String>, json: bool, address: Option<String>) -> anyh
                         );
                     } else {
                         let who = if f.worker_id.is_empty() { "node agent".to_string() } else { format!("worker {} (pid {})", &hex(&f.worker_id)[..12], f.pid) };
-                        println!("{}  {:>10}  {}  {who}", &node_hex[..12], f.size, f.path);
+                        println!("{}  {:>10}  {}  {who}", n.short(), f.size, f.path);
                     }
                 }
             }
-            Err(why) => eprintln!("rayr: node {} ({}) could not be listed: {why}", &node_hex[..12], n.address),
+            Err(why) => {
+                failed += 1;
+                eprintln!("rayr: node {} ({}) could not be listed: {why}", n.short(), n.row.address);
+            }
         }
     }
-    for (n, why) in &failed {
-        eprintln!("rayr: node {} ({}): {why}", &hex(&n.node_id)[..12], n.address);
+    if failed > 0 {
+        bail!("{failed} node(s) could not be listed (above): the list is incomplete");
     }
     Ok(())
 }
 
-/// The files `target` names: (node row, file name) pairs, found by asking every live node.
-async fn resolve_files(target: &str, address: Option<String>) -> anyhow::Result<Vec<(NodeRow, String)>> {
-    let (live, _) = match nodes(address.clone(), None).await? {
-        Ok(n) => n,
-        Err(_) => bail!("no cluster is running: the log files of the latest session are in its logs/ directory"),
-    };
-    let mut listed = Vec::new();
-    for n in &live {
-        if let Ok(mut c) = logs_client(&n.grpc_address).await
-            && let Ok(r) = c.list(LogListRequest {}).await
-        {
-            listed.push((n.clone(), r.into_inner().files));
+/// A file to show: its node, its name, and the worker that writes it (if a worker's).
+struct Shown {
+    node: usize,
+    name: String,
+    worker: Vec<u8>,
+}
+
+/// The files `target` names: a file by name, a worker's current stdout and stderr, or
+/// those of the worker of a task's (or its object's) latest attempt.
+async fn resolve_files(logs: &mut Logs, target: &str) -> anyhow::Result<Vec<Shown>> {
+    let mut listed: Vec<(usize, Vec<LogFile>)> = Vec::new();
+    let mut unlisted = Vec::new();
+    for (i, n) in logs.nodes.iter().enumerate() {
+        match &n.source {
+            Ok(s) => match s.list().await {
+                Ok(files) => listed.push((i, files)),
+                Err(why) => unlisted.push(format!("node {}: {why}", n.short())),
+            },
+            Err(why) => unlisted.push(format!("node {}: {why}", n.short())),
         }
     }
     let name_of = |p: &str| std::path::Path::new(p).file_name().map_or(p.to_string(), |n| n.to_string_lossy().into_owned());
+    let not_found = |what: String| {
+        if unlisted.is_empty() { anyhow!("{what}") } else { anyhow!("{what}; not searched: {}", unlisted.join("; ")) }
+    };
     // A file by name.
-    let by_name: Vec<(NodeRow, String)> = listed
+    let by_name: Vec<Shown> = listed
         .iter()
-        .flat_map(|(n, files)| files.iter().filter(|f| name_of(&f.path) == target).map(move |f| (n.clone(), name_of(&f.path))))
+        .flat_map(|(i, files)| files.iter().filter(|f| name_of(&f.path) == target).map(move |f| Shown { node: *i, name: name_of(&f.path), worker: f.worker_id.clone() }))
         .collect();
     if !by_name.is_empty() {
         return Ok(by_name);
     }
     if !target.bytes().all(|b| b.is_ascii_hexdigit()) || target.len() < 4 {
-        bail!("{target:?} is neither a log file's name (`rayr logs list`) nor an id (at least 4 hex digits)");
+        return Err(not_found(format!("{target:?} is neither a log file's name (`rayr logs list`) nor an id (at least 4 hex digits)")));
     }
-    let of_worker = |worker: &str| -> Vec<(NodeRow, String)> {
-        let mut found: Vec<(NodeRow, String, u32)> = listed
+    let of_worker = |worker: &str| -> Vec<Shown> {
+        let mut found: Vec<Shown> = listed
             .iter()
-            .flat_map(|(n, files)| {
-                files.iter().filter(|f| !f.worker_id.is_empty() && hex(&f.worker_id).starts_with(worker)).map(move |f| (n.clone(), name_of(&f.path), f.pid))
+            .flat_map(|(i, files)| {
+                files
+                    .iter()
+                    .filter(|f| !f.worker_id.is_empty() && hex(&f.worker_id).starts_with(worker))
+                    .map(move |f| Shown { node: *i, name: name_of(&f.path), worker: f.worker_id.clone() })
             })
             .collect();
         // The current files only (not rotated generations), stdout before stderr.
-        found.retain(|f| f.1.ends_with(".out") || f.1.ends_with(".err"));
-        found.sort_by(|a, b| b.1.ends_with(".out").cmp(&a.1.ends_with(".out")));
-        found.into_iter().map(|(n, f, _)| (n, f)).collect()
+        found.retain(|f| f.name.ends_with(".out") || f.name.ends_with(".err"));
+        found.sort_by(|a, b| b.name.ends_with(".out").cmp(&a.name.ends_with(".out")));
+        found
     };
     let target = target.to_ascii_lowercase();
     let found = of_worker(&target);
     if !found.is_empty() {
         return Ok(found);
     }
-    // A task: the worker of its latest attempt.
-    let mut cluster = connect(address).await?;
+    // A task (or the object it made): the worker of its latest attempt.
+    let task = task_of(&mut logs.cluster, "", &target)
+        .await
+        .map_err(|_| not_found(format!("no log file, worker, task or object matches {target:?}: `rayr logs list` shows the files")))?;
     let mut worker = None;
-    let filter = crate::connect::EventFilter { id: Some(target.clone()), kind: rayr_proto::EventKind::TaskStarted as i32, since_us: 0, follow: false };
-    cluster
+    let filter = EventFilter { id: Some(hex(&task)), kind: rayr_proto::EventKind::TaskStarted as i32, since_us: 0, follow: false };
+    logs.cluster
         .events(&filter, |e| {
             worker = Some(hex(&e.worker_id));
             Ok(())
         })
-        .await
-        .map_err(|_| anyhow!("no log file, worker or task matches {target:?}: `rayr logs list` shows the files"))?;
+        .await?;
     match worker {
         Some(w) => {
             let found = of_worker(&w);
             if found.is_empty() {
-                bail!("task {target} ran in worker {w}, whose node is not running or keeps no such files");
+                return Err(not_found(format!("task {} ran in worker {w}, whose files are not found", hex(&task))));
             }
             Ok(found)
         }
-        None => bail!("no log file, worker or task matches {target:?}: `rayr logs list` shows the files"),
+        None => bail!("task {} has not started yet: it wrote nothing", hex(&task)),
     }
 }
 
+/// How a worker ended, if it has (from the record).
+async fn worker_end(logs: &mut Logs, worker: &[u8]) -> Option<String> {
+    let filter = vec![rayr_proto::Filter { key: "worker_id".into(), value: hex(worker) }];
+    let rows = logs.cluster.list_all("workers", filter).await.ok()?.workers;
+    let row = rows.into_iter().find(|r| r.worker_id == worker && r.state == "DEAD")?;
+    Some(if row.signal != 0 {
+        format!("signal {}", row.signal)
+    } else if !row.detail.is_empty() {
+        row.detail
+    } else {
+        format!("exit code {}", row.exit_code)
+    })
+}
+
 async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
-    let files = resolve_files(&a.target, a.address.clone()).await?;
+    let mut logs = open(a.address.clone(), None).await?;
+    let files = resolve_files(&mut logs, &a.target).await?;
     let several = files.len() > 1;
     let mut at = Vec::new();
-    for (node, name) in &files {
-        let mut c = logs_client(&node.grpc_address).await?;
+    for f in &files {
+        let node = &logs.nodes[f.node];
+        let source = node.source.as_ref().map_err(|e| anyhow!("{e}"))?;
         // Enough bytes for the lines asked for, most of the time.
         let want = (a.lines as u64 * 200).clamp(4096, 4 << 20);
-        let r = c
-            .read(rayr_proto::LogReadRequest { name: name.clone(), offset: want, from_end: true, max_bytes: want as u32 })
-            .await
-            .map_err(|s| anyhow!("{}", s.message()))?
-            .into_inner();
+        let r = source.read(&f.name, want, true, want as u32).await.map_err(|e| anyhow!("{e}"))?;
         let text = String::from_utf8_lossy(&r.data);
         let mut lines: Vec<&str> = text.lines().collect();
         if r.offset > 0 && !lines.is_empty() {
             lines.remove(0); // likely cut
         }
         if several {
-            println!("==> {} on node {} <==", name, &hex(&node.node_id)[..12]);
+            println!("==> {} on node {} <==", f.name, node.short());
         }
         for l in &lines[lines.len().saturating_sub(a.lines)..] {
             println!("{l}");
         }
-        at.push((node.clone(), name.clone(), r.offset + r.data.len() as u64, c));
+        at.push((f, source.clone(), r.offset + r.data.len() as u64));
     }
     if !follow {
         return Ok(());
     }
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    if !logs.running {
+        bail!("the cluster is not running: nothing more will be written to {}", files.iter().map(|f| f.name.as_str()).collect::<Vec<_>>().join(", "));
+    }
     let mut partial: HashMap<String, Vec<u8>> = HashMap::new();
+    let mut last_check = std::time::Instant::now();
     loop {
-        for (node, name, offset, c) in at.iter_mut() {
-            let r = match c.read(rayr_proto::LogReadRequest { name: name.clone(), offset: *offset, from_end: false, max_bytes: 1 << 20 }).await {
-                Ok(r) => r.into_inner(),
-                Err(s) => bail!("node {} stopped answering for {name}: {}", &hex(&node.node_id)[..12], s.message()),
-            };
+        let mut quiet = true;
+        for (f, source, offset) in at.iter_mut() {
+            let r = source.read(&f.name, *offset, false, 1 << 20).await.map_err(|e| anyhow!("{} stopped answering: {e}", f.name))?;
             if r.size < *offset {
                 // The file rotated: what follows starts the new one.
                 *offset = 0;
@@ -554,20 +759,41 @@ async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
             if r.data.is_empty() {
                 continue;
             }
+            quiet = false;
             *offset = r.offset + r.data.len() as u64;
-            let buf = partial.entry(name.clone()).or_default();
+            let buf = partial.entry(f.name.clone()).or_default();
             buf.extend_from_slice(&r.data);
             // Whole lines only; a partial one waits for its end.
             if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
                 let done: Vec<u8> = buf.drain(..=end).collect();
                 for l in String::from_utf8_lossy(&done).lines() {
                     if several {
-                        println!("{name}: {l}");
+                        println!("{}: {l}", f.name);
                     } else {
                         println!("{l}");
                     }
                 }
                 let _ = std::io::stdout().flush();
+            }
+        }
+        // A worker that has exited writes nothing more: say so and stop following it,
+        // once what it wrote last has been shown.
+        if quiet && last_check.elapsed() >= Duration::from_secs(1) {
+            last_check = std::time::Instant::now();
+            let mut ended = Vec::new();
+            for (i, (f, ..)) in at.iter().enumerate() {
+                if !f.worker.is_empty()
+                    && let Some(how) = worker_end(&mut logs, &f.worker).await
+                {
+                    eprintln!("rayr: worker {} has exited ({how}): nothing more will be written to {}", &hex(&f.worker)[..12], f.name);
+                    ended.push(i);
+                }
+            }
+            for i in ended.into_iter().rev() {
+                at.remove(i);
+            }
+            if at.is_empty() {
+                return Ok(());
             }
         }
         tokio::time::sleep(Duration::from_millis(200)).await;

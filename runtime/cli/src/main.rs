@@ -769,6 +769,9 @@ fn session_processes(session: &Path) -> Vec<i32> {
 
 fn stop(session: Option<PathBuf>) -> anyhow::Result<()> {
     let session = match session {
+        Some(dir) if !dir.join("events").is_dir() => {
+            bail!("--session {}: not a rayr session directory (no events/ in it); `ls $RAYR_TMPDIR` shows the sessions", dir.display())
+        }
         Some(dir) => Session::open(dir),
         None => Session::latest(&rayr_logs::tmpdir()).ok_or_else(|| {
             anyhow!("no rayr session on this host ({} does not exist): nothing to stop", rayr_logs::tmpdir().join("session_latest").display())
@@ -819,6 +822,10 @@ fn stop(session: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_file(session.head_address_file());
+    if pids.is_empty() && workers.is_empty() {
+        println!("nothing of session {} was running (stopped before); removed {stores} shm store(s)", session.dir.display());
+        return Ok(());
+    }
     println!(
         "stopped session {}: {} rayr process(es), {} worker(s){}; removed {} shm store(s)",
         session.dir.display(),
@@ -837,15 +844,25 @@ async fn status(address: Option<String>, json: bool, metrics_urls: bool) -> anyh
             bail!("no cluster is running: metrics are served by running nodes only");
         };
         let nodes = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await?.into_inner().nodes;
+        let mut urls = Vec::new();
         for n in nodes.iter().filter(|n| n.state == "ALIVE") {
             if n.metrics_address.is_empty() {
                 eprintln!("rayr: node {} serves no metrics (an embedded node)", &hex(&n.node_id)[..12]);
             } else {
-                println!("http://{}/metrics", n.metrics_address);
+                urls.push((hex(&n.node_id), format!("http://{}/metrics", n.metrics_address)));
+            }
+        }
+        if json {
+            let rows: Vec<_> = urls.iter().map(|(node, url)| serde_json::json!({"node_id": node, "url": url})).collect();
+            println!("{}", serde_json::Value::Array(rows));
+        } else {
+            for (_, url) in urls {
+                println!("{url}");
             }
         }
         return Ok(());
     }
+    let now_us = rayr_logs::now_us();
     let (session, nodes, indexed, live) = match cluster {
         connect::Cluster::Live(mut client) => {
             let info = client.cluster_info(rayr_proto::ClusterInfoRequest::default()).await?.into_inner();
@@ -881,6 +898,11 @@ async fn status(address: Option<String>, json: bool, metrics_urls: bool) -> anyh
         };
         let free = if n.state == "ALIVE" && live { format!("  free {}", show(&n.available_resources)) } else { String::new() };
         let head = if n.is_head { "  (head)" } else { "" };
+        let beat = if live && n.state == "ALIVE" && n.last_heartbeat_us > 0 {
+            format!("  beat {:.1}s ago", (now_us - n.last_heartbeat_us).max(0) as f64 / 1e6)
+        } else {
+            String::new()
+        };
         let labels = if n.labels.is_empty() {
             String::new()
         } else {
@@ -889,7 +911,7 @@ async fn status(address: Option<String>, json: bool, metrics_urls: bool) -> anyh
             format!("  labels {}", v.join(","))
         };
         println!(
-            "  {}  {:<15} {:<6} {}{free}  store {} MiB{labels}{head}",
+            "  {}  {:<15} {:<6} {}{free}  store {} MiB{labels}{beat}{head}",
             &hex(&n.node_id)[..12],
             n.address,
             n.state,
@@ -898,6 +920,29 @@ async fn status(address: Option<String>, json: bool, metrics_urls: bool) -> anyh
         );
         if n.state == "DEAD" && !n.reason.is_empty() {
             println!("      {}", n.reason);
+        }
+    }
+    if !live {
+        // The head is gone, but its nodes may not be (it was killed): say what still runs
+        // and the two ways on.
+        let dir = PathBuf::from(&session);
+        let mut running: Vec<i32> = std::fs::read_to_string(dir.join("pids"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|p| process_alive(*p))
+            .collect();
+        running.extend(session_processes(&dir));
+        running.sort();
+        running.dedup();
+        if !running.is_empty() {
+            println!(
+                "\nthe head is not running, but {} process(es) of this session still run (node agents, workers: pids {}).\n  restart the head on this session (its nodes register again): rayr start --head --session {session} --port <its old port>\n  or end them all: rayr stop --session {session}",
+                running.len(),
+                running.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(" ")
+            );
+        } else {
+            println!("(as last recorded: states are those the record held when the cluster stopped)");
         }
     }
     Ok(())

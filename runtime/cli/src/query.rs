@@ -105,7 +105,7 @@ pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
     let out = match args.entity.as_str() {
         "tasks" => summarize_tasks(cluster.list_all("tasks", Vec::new()).await?.tasks, args.json),
         "objects" => summarize_objects(cluster.list_all("objects", Vec::new()).await?.objects, args.json),
-        _ => (if args.json { "{}\n" } else { "0 actors\n" }).to_string(),
+        _ => summarize_actors(cluster.list_all("actors", Vec::new()).await?.actors, args.json),
     };
     emit(&out)
 }
@@ -580,16 +580,6 @@ fn summarize_tasks(tasks: Vec<TaskRow>, as_json: bool) -> String {
     for t in &tasks {
         *by_function.entry(t.function.clone()).or_default().entry(t.state.clone()).or_default() += 1;
     }
-    if as_json {
-        let rows: Vec<Value> = by_function
-            .iter()
-            .map(|(f, states)| json!({"function": f, "states": states, "total": states.values().sum::<u64>()}))
-            .collect();
-        return format!("{}\n", json!({"total": tasks.len(), "by_function": rows}));
-    }
-    if tasks.is_empty() {
-        return "0 tasks\n".into();
-    }
     // Standard states first, then any others the head reports.
     let mut states: Vec<String> = TASK_STATES.iter().map(|s| s.to_string()).collect();
     for s in by_function.values().flat_map(|m| m.keys()) {
@@ -597,25 +587,54 @@ fn summarize_tasks(tasks: Vec<TaskRow>, as_json: bool) -> String {
             states.push(s.clone());
         }
     }
-    let mut headers = vec!["FUNCTION".to_string()];
+    counts_by(("function", "FUNCTION", "functions"), &by_function, &states, ("task", tasks.len()), as_json)
+}
+
+/// Actors by class: how many are alive and dead, and how the dead ones died.
+fn summarize_actors(actors: Vec<rayr_proto::ActorRow>, as_json: bool) -> String {
+    let mut by_class: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
+    for a in &actors {
+        let state = if a.state == "DEAD" && !a.death_cause.is_empty() { format!("DEAD ({})", a.death_cause) } else { a.state.clone() };
+        *by_class.entry(a.class.clone()).or_default().entry(state).or_default() += 1;
+    }
+    let mut states: Vec<String> = by_class.values().flat_map(|m| m.keys().cloned()).collect();
+    states.sort_by_key(|s| (s != "ALIVE", s.clone()));
+    states.dedup();
+    counts_by(("class", "CLASS", "classes"), &by_class, &states, ("actor", actors.len()), as_json)
+}
+
+/// A summary: per group (a function, a class), how many rows are in each state, as a
+/// table with a closing line or as JSON (`{"total", "by_<group>": [{<group>, states,
+/// total}]}`).
+fn counts_by(
+    (group, header, groups): (&str, &str, &str),
+    by: &BTreeMap<String, BTreeMap<String, u64>>,
+    states: &[String],
+    (noun, total): (&str, usize),
+    as_json: bool,
+) -> String {
+    if as_json {
+        let rows: Vec<Value> = by.iter().map(|(g, states)| json!({group: g, "states": states, "total": states.values().sum::<u64>()})).collect();
+        return format!("{}\n", json!({"total": total, format!("by_{group}"): rows}));
+    }
+    if total == 0 {
+        return format!("0 {noun}s\n");
+    }
+    let mut headers = vec![header.to_string()];
     headers.extend(states.iter().cloned());
     headers.push("TOTAL".into());
-    let rows: Vec<Vec<String>> = by_function
+    let rows: Vec<Vec<String>> = by
         .iter()
-        .map(|(f, counts)| {
-            let mut row = vec![if f.is_empty() { "-".into() } else { f.clone() }];
+        .map(|(g, counts)| {
+            let mut row = vec![if g.is_empty() { "-".into() } else { g.clone() }];
             row.extend(states.iter().map(|s| counts.get(s).copied().unwrap_or(0).to_string()));
             row.push(counts.values().sum::<u64>().to_string());
             row
         })
         .collect();
     let mut out = table(&headers, &rows);
-    out.push_str(&format!(
-        "{} in {} function{}\n",
-        count_line(tasks.len(), "task").trim_end(),
-        by_function.len(),
-        if by_function.len() == 1 { "" } else { "s" }
-    ));
+    let groups = if by.len() == 1 { group.to_string() } else { groups.to_string() };
+    out.push_str(&format!("{} in {} {groups}\n", count_line(total, noun).trim_end(), by.len()));
     out
 }
 

@@ -33,6 +33,8 @@ enum Field<'a> {
 trait Row: Message + Default + Sized {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]>;
     const KEYS: &'static [&'static str];
+    /// The values `state` takes.
+    const STATES: &'static [&'static str];
     fn field(&self, key: &str) -> Option<Field<'_>>;
     fn push(self, reply: &mut ListReply);
 }
@@ -41,6 +43,7 @@ impl Row for TaskRow {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = TASKS;
     const KEYS: &'static [&'static str] =
         &["task_id", "function", "state", "attempt", "worker_id", "node_id", "job_id", "owner", "error_type", "pid"];
+    const STATES: &'static [&'static str] = &["SUBMITTED", "SCHEDULED", "RUNNING", "FINISHED", "FAILED"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
         Some(match key {
             "task_id" => Field::Id(&self.task_id),
@@ -64,6 +67,7 @@ impl Row for TaskRow {
 impl Row for ObjectRow {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = OBJECTS;
     const KEYS: &'static [&'static str] = &["object_id", "owner", "state", "location", "task_id", "size", "borrowers"];
+    const STATES: &'static [&'static str] = &["ALIVE", "FREED", "LOST"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
         Some(match key {
             "object_id" => Field::Id(&self.object_id),
@@ -85,6 +89,7 @@ impl Row for WorkerRow {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = WORKERS;
     const KEYS: &'static [&'static str] =
         &["worker_id", "pid", "node_id", "job_id", "is_driver", "state", "exit_type", "exit_code", "signal"];
+    const STATES: &'static [&'static str] = &["ALIVE", "DEAD"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
         Some(match key {
             "worker_id" => Field::Id(&self.worker_id),
@@ -107,6 +112,7 @@ impl Row for WorkerRow {
 impl Row for NodeRow {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = NODES;
     const KEYS: &'static [&'static str] = &["node_id", "state", "address"];
+    const STATES: &'static [&'static str] = &["ALIVE", "DEAD"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
         Some(match key {
             "node_id" => Field::Id(&self.node_id),
@@ -123,6 +129,7 @@ impl Row for NodeRow {
 impl Row for JobRow {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = JOBS;
     const KEYS: &'static [&'static str] = &["job_id", "state", "pid"];
+    const STATES: &'static [&'static str] = &["RUNNING", "SUCCEEDED", "FAILED"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
         Some(match key {
             "job_id" => Field::Id(&self.job_id),
@@ -139,6 +146,7 @@ impl Row for JobRow {
 impl Row for ActorRow {
     const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = ACTORS;
     const KEYS: &'static [&'static str] = &["actor_id", "name", "class", "state", "lifetime", "worker_id", "pid", "node_id", "job_id", "death_cause"];
+    const STATES: &'static [&'static str] = &["ALIVE", "RESTARTING", "DEAD"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
         Some(match key {
             "actor_id" => Field::Id(&self.actor_id),
@@ -214,6 +222,9 @@ fn list_rows<R: Row>(txn: &ReadTransaction, req: &ListRequest, entity: &str) -> 
                 }
                 Some(Field::Bool(_)) if f.value.trim().parse::<bool>().is_err() => {
                     Err(HeadError::BadRequest(format!("filter {key}={}: expected true or false", f.value)))
+                }
+                Some(_) if key == "state" && !R::STATES.iter().any(|s| s.eq_ignore_ascii_case(f.value.trim())) => {
+                    Err(HeadError::BadRequest(format!("filter state={}: {entity} are {}", f.value, R::STATES.join(", "))))
                 }
                 Some(_) => Ok(Test { key, value: f.value.clone(), id: None }),
             }

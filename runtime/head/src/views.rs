@@ -134,8 +134,14 @@ pub(crate) fn apply_task(row: &mut TaskRow, ev: &Event) {
             fill(&mut row.node_id, &ev.node_id);
         }
         TaskStarted => {
-            fill(&mut row.worker_id, &ev.worker_id);
-            fill(&mut row.node_id, &ev.node_id);
+            // The worker itself says where the attempt runs; TASK_SCHEDULED was recorded
+            // by the submitter, on its own node (another one, when the lease spilled).
+            if !ev.worker_id.is_empty() {
+                row.worker_id = ev.worker_id.clone();
+            }
+            if !ev.node_id.is_empty() {
+                row.node_id = ev.node_id.clone();
+            }
             let pid = detail.map(|d| d.pid).filter(|p| *p != 0).unwrap_or(ev.source_pid);
             if row.pid == 0 {
                 row.pid = pid;
@@ -390,6 +396,24 @@ mod tests {
                 ..Default::default()
             })),
             ..Default::default()
+        }
+    }
+
+    /// A spilled task: scheduled by its submitter on one node, run on another. The row
+    /// names where it ran, whichever event is indexed first.
+    #[test]
+    fn a_task_row_names_the_node_it_ran_on_not_its_submitters() {
+        use EventKind::*;
+        let mut scheduled = task_event(TaskScheduled, 0, 2);
+        scheduled.node_id = vec![0xa; 16];
+        let mut started = task_event(TaskStarted, 0, 3);
+        started.node_id = vec![0xb; 16];
+        for order in [[&scheduled, &started], [&started, &scheduled]] {
+            let mut row = TaskRow::default();
+            for e in order {
+                apply_task(&mut row, e);
+            }
+            assert_eq!(row.node_id, vec![0xb; 16]);
         }
     }
 

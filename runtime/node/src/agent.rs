@@ -27,7 +27,7 @@ use crate::pool::{self, env};
 
 mod binaries;
 mod detached;
-mod logs;
+pub(crate) mod logs;
 mod metrics;
 mod placement;
 mod transfer;

@@ -29,4 +29,5 @@ mod agent;
 pub mod pool;
 pub mod resources;
 
+pub use agent::logs::log_file;
 pub use agent::{NodeConfig, NodeHandle, ResourceProbe, start_node};
