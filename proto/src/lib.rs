@@ -315,9 +315,12 @@ pub mod frames {
         use std::os::fd::AsRawFd;
         // Our own descriptors of the listening sockets: the accepting threads close theirs
         // when they end, and a number they freed must never be shut down later.
-        // SAFETY: dup of descriptors this function owns.
-        let mut fds = vec![unsafe { libc::dup(unix.as_raw_fd()) }];
-        fds.extend(tcp.as_ref().map(|t| unsafe { libc::dup(t.as_raw_fd()) }));
+        // Close-on-exec, as std makes its own: a worker (or a task's subprocess) must not
+        // inherit its parent's listeners and keep their ports open after they die.
+        // SAFETY: duplicating descriptors this function owns.
+        let dup = |fd: i32| unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 0) };
+        let mut fds = vec![dup(unix.as_raw_fd())];
+        fds.extend(tcp.as_ref().map(|t| dup(t.as_raw_fd())));
         fds.retain(|fd| *fd >= 0);
         let shared = std::sync::Arc::new((stop, serve));
         let mut threads = Vec::new();

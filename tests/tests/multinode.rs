@@ -191,17 +191,28 @@ fn joining_with_bad_input_says_what_to_do() {
     refused(&["start", "--head", "--port", "0"], "already running here");
     assert_eq!(std::fs::read_link(cluster.tmp.path().join("session_latest")).unwrap(), latest);
     drop(cluster);
-    // A start that fails leaves no session behind.
+    // A port taken is said before anything is made.
     let tmp = tempfile::tempdir().unwrap();
+    let rayr = |args: &[&str]| run(Command::new(rayr_cli()).args(args).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(30));
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let out = run(
-        Command::new(rayr_cli()).args(["start", "--head", "--port", "0", "--metrics-export-port", &port]).env("RAYR_TMPDIR", tmp.path()),
-        Duration::from_secs(30),
-    );
+    let out = rayr(&["start", "--head", "--port", "0", "--metrics-export-port", &port]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--metrics-export-port"), "{err}");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "nothing made under RAYR_TMPDIR");
+    // A head that fails once started (its node's port is taken) leaves no session behind,
+    // and `session_latest` names the session it named before (a stopped cluster's record).
+    let out = rayr(&["start", "--head", "--port", "0", "--num-cpus", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rayr(&["stop"]).status.success());
+    let before = std::fs::read_link(tmp.path().join("session_latest")).unwrap();
+    let out = rayr(&["start", "--head", "--port", "0", "--num-cpus", "1", "--node-manager-port", &port]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("exited") && err.contains(&port), "{err}");
+    assert_eq!(std::fs::read_link(tmp.path().join("session_latest")).unwrap(), before);
+    let sessions = std::fs::read_dir(tmp.path()).unwrap().filter(|e| e.as_ref().unwrap().file_name().to_string_lossy().starts_with("session_2")).count();
+    assert_eq!(sessions, 1, "only the stopped cluster's session");
+    drop(taken);
 }
 
 #[test]
@@ -768,8 +779,6 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     assert!(!ok && err.contains("leave --worker out"), "{err}");
     let (ok, _, err) = search(&[&marker, "--worker", "zzz"]);
     assert!(!ok && err.contains("not a worker id"), "{err}");
-    let (ok, _, err) = search(&[&marker, "--worker", "0000000000"]);
-    assert!(!ok && err.contains("no worker's id starts with"), "{err}");
     let (ok, _, err) = search(&[&marker, "--task", &first, "--node", &dead[..8]]);
     assert!(!ok && err.contains("not on the node --node names"), "{err}");
     let (ok, _, err) = search(&[&marker, "-m", "0"]);
@@ -781,6 +790,8 @@ fn rayr_logs_search_finds_a_line_a_task_printed_on_another_node_and_names_nodes_
     // With the cluster stopped, the record and this host's files still answer.
     let (ok, found, err) = search(&[&marker, "--task", &first]);
     assert!(ok && found.contains(&format!("{marker} here")) && !found.contains("from the second task"), "{found}{err}");
+    let (ok, _, err) = search(&[&marker, "--worker", "0000000000"]);
+    assert!(!ok && err.contains("no worker's id starts with"), "{err}");
     let (ok, found, err) = search(&[&marker, "--since", "10m"]);
     assert!(ok && found.contains(&format!("{marker} here")), "{found}{err}");
     let out = cluster.cli(&["logs", "list"]);

@@ -214,28 +214,24 @@ pub fn window(path: &std::path::Path, since: i64, until: i64) -> Option<(u64, u6
         && let Ok(t) = modified.duration_since(std::time::UNIX_EPOCH)
     {
         records.push((t.as_micros() as i64, generation, size));
-        records.sort_by_key(|r| r.0);
     }
-    // Records are written only when a file grew, a second apart at most: bytes before a
-    // record's offset were written before its time.
-    const SLACK_US: i64 = 1_100_000;
-    let start = match records.iter().rev().find(|r| since > 0 && r.0 <= since) {
-        Some(&(_, g, off)) if g == generation => off,
-        Some(&(_, g, _)) if g > generation => size,
+    // Each record says: bytes before its offset were written before its time (the worker
+    // reads the offset, then the clock). A record may say less than an earlier one knew
+    // (its thread paused between the two), so the furthest point known by a time is the
+    // largest (generation, offset) among the records up to it. Where that point falls in
+    // this file: nowhere yet (an older generation), its end (a newer one), or the offset.
+    let known_by = |t: i64| records.iter().filter(|r| r.0 <= t).map(|r| (r.1, r.2)).max();
+    let place = |at: Option<(u32, u64)>| match at {
+        Some((g, off)) if g == generation => off,
+        Some((g, _)) if g > generation => size,
         _ => 0,
     };
-    // The last record no later than a second past `until`: what it covers was written by
-    // then, give or take that second.
-    let end = if until <= 0 {
-        size
-    } else {
-        match records.iter().rev().find(|r| r.0 <= until + SLACK_US) {
-            Some(&(_, g, off)) if g == generation => off,
-            Some(&(_, g, _)) if g > generation => size,
-            Some(_) => 0,
-            None => 0,
-        }
-    };
+    // Since: after what was known written by then.
+    let start = if since > 0 { place(known_by(since)) } else { 0 };
+    // Until: what was known written by a second past it (records are a second apart at
+    // most when a file grows), erring wide by that second.
+    const SLACK_US: i64 = 1_100_000;
+    let end = if until > 0 { place(known_by(until + SLACK_US)) } else { size };
     Some((start.min(size), end.min(size)))
 }
 
@@ -292,6 +288,24 @@ mod tests {
         assert_eq!(window(&out, now_us() + 2_000_000, 0).map(|(s, e)| e - s), Some(0));
         // Until before the worker started: none of it.
         assert_eq!(window(&out, 0, start - 5_000_000), Some((0, 0)));
+    }
+
+    #[test]
+    fn a_record_that_says_less_than_an_earlier_one_knew_does_not_widen_the_window() {
+        // The worker read offset 0, paused, and only then read the clock: its record comes
+        // after the line's write, yet says 0. The file's last write knows better.
+        let t = now_us() - 10_000_000;
+        let (_dir, files) = worker("written before the record's clock\n", &[(t - 5_000_000, 0)]);
+        let out = files.list("").into_iter().find(|(p, _)| p.extension().is_some_and(|x| x == "out")).unwrap().0;
+        let size = std::fs::metadata(&out).unwrap().len();
+        let mtime = std::fs::metadata(&out).unwrap().modified().unwrap().duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as i64;
+        // A late record (after the write) that says offset 0.
+        let idx = out.with_extension("idx");
+        let mut b = std::fs::read(&idx).unwrap();
+        b.extend_from_slice(&(mtime + 5_000).to_le_bytes());
+        b.extend_from_slice(&[0u8; 24]);
+        std::fs::write(&idx, b).unwrap();
+        assert_eq!(window(&out, mtime + 10_000, 0).map(|(s, e)| e - s), Some(0), "since after the write: nothing ({size} bytes)");
     }
 
     #[test]

@@ -105,7 +105,8 @@ pub fn search(matcher: &RegexMatcher, query: &Query, files: &[PathBuf], mut on: 
 }
 
 /// Like [`search`], over byte ranges of files (`[start, end)`, e.g. what one task wrote):
-/// lines keep their numbers in the whole file. Ranges over 256 MiB are cut there (said).
+/// lines keep their numbers in the whole file. A range past a file's end (it was cut
+/// short) reads what is there.
 pub fn search_ranges(
     matcher: &RegexMatcher,
     query: &Query,
@@ -119,7 +120,8 @@ pub fn search_ranges(
             let mut f = std::fs::File::open(file)?;
             // An open end (or one past the file) is the file's end.
             let size = f.metadata()?.len();
-            let (start, end) = ((*start).min(size), (*end).clamp(*start, size));
+            let start = (*start).min(size);
+            let end = (*end).min(size).max(start);
             // Line numbers count from the file's start.
             let mut before = 0u64;
             let mut prefix = io::BufReader::with_capacity(1 << 20, (&mut f).take(start));
@@ -314,6 +316,14 @@ mod tests {
         });
         assert!(skipped.is_empty(), "{skipped:?}");
         assert_eq!(hits, [(3, "c x".to_string()), (4, "d x".to_string())]);
+        // A range past the file's end (it was cut short since) reads what is there.
+        let f = file(dir.path(), "worker-b.out", b"z x\n");
+        let mut hits = 0;
+        let skipped = search_ranges(&q.compile().unwrap(), &q, &[(f.clone(), 100, 200), (f, 2, 100)], |_| {
+            hits += 1;
+            true
+        });
+        assert!(skipped.is_empty() && hits == 1, "{skipped:?} {hits}");
     }
 
     #[test]

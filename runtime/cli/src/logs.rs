@@ -152,6 +152,12 @@ fn local_read(files: &NodeFiles, name: &str, offset: u64, from_end: bool, max: u
     files.read(name, offset, from_end, max).map(|(data, offset, size)| LogReadReply { data, offset, size }).map_err(|e| format!("{name}: {e}"))
 }
 
+/// The first 12 digits of an id, as tables show them.
+fn short(id: &[u8]) -> String {
+    let h = hex(id);
+    h[..12.min(h.len())].to_string()
+}
+
 /// A node of the cluster, and where its files can be read (or why they cannot).
 struct Node {
     row: NodeRow,
@@ -161,7 +167,7 @@ struct Node {
 impl Node {
     /// The node's id (as lines are labelled; text output shows its first 12 digits).
     fn label(&self) -> String {
-        hex(&self.row.node_id)
+        if self.row.node_id.is_empty() { "this-host".into() } else { hex(&self.row.node_id) }
     }
     fn short(&self) -> String {
         let h = self.label();
@@ -189,6 +195,45 @@ async fn open(address: Option<String>, only: Option<&str>) -> anyhow::Result<Log
         Cluster::Offline(index) => (index.nodes()?, index.session().cloned(), false),
     };
     let workers = cluster.list_all("workers", Vec::new()).await?.workers;
+    // Where node files may be on this host: the cluster's session, and this host's latest
+    // one (a node that joined from here keeps its own when the head is elsewhere).
+    let mut sessions: Vec<Session> = session.into_iter().chain(Session::latest(&rayr_logs::tmpdir())).filter(|s| s.logs_dir().is_dir()).collect();
+    sessions.dedup_by(|a, b| std::fs::canonicalize(&a.dir).ok() == std::fs::canonicalize(&b.dir).ok());
+    let own_log = |s: &Session, r: &NodeRow| {
+        let h = hex(&r.node_id);
+        s.logs_dir().join(format!("node-{}.log", &h[..16.min(h.len())]))
+    };
+    // Without a live head to say which node is its own, the head's log goes with the
+    // first node started that has no log of its own (a joined node has node-<id>.log).
+    let head_guess = sessions.first().and_then(|s| rows.iter().filter(|r| !own_log(s, r).exists()).min_by_key(|r| r.started_us).map(|r| r.node_id.clone()));
+    let files_of = |row: &NodeRow| -> Option<NodeFiles> {
+        sessions.iter().enumerate().find_map(|(i, s)| {
+            let mut own_logs = vec![own_log(s, row)];
+            if i == 0 && (row.is_head || (!running && head_guess.as_ref() == Some(&row.node_id))) {
+                own_logs.push(s.logs_dir().join("head.log"));
+            }
+            let mine = workers.iter().filter(|w| w.node_id == row.node_id && !w.is_driver);
+            let workers: Vec<(Id, u32)> = mine.filter_map(|w| Some((<Id>::try_from(w.worker_id.as_slice()).ok()?, w.pid))).collect();
+            let files = NodeFiles { session: s.clone(), own_logs, workers };
+            files.here().then_some(files)
+        })
+    };
+    // With the cluster stopped, files no node of the record claims (a worker whose start
+    // was never recorded, say) are still searched, as this host's.
+    let mut unclaimed = Vec::new();
+    if !running && only.is_none() {
+        let claimed: std::collections::HashSet<std::path::PathBuf> = rows.iter().filter_map(files_of).flat_map(|f| f.list("").into_iter().map(|(p, _)| p)).collect();
+        for s in &sessions {
+            let mut left: Vec<std::path::PathBuf> = std::fs::read_dir(s.logs_dir())
+                .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+                .unwrap_or_default();
+            left.retain(|p| p.is_file() && !p.extension().is_some_and(|x| x == "idx" || x == "new") && !claimed.contains(p));
+            left.sort();
+            if !left.is_empty() {
+                unclaimed.push(NodeFiles { session: s.clone(), own_logs: left, workers: Vec::new() });
+            }
+        }
+    }
     let rows: Vec<NodeRow> = match only {
         None => rows,
         Some(p) => {
@@ -204,35 +249,21 @@ async fn open(address: Option<String>, only: Option<&str>) -> anyhow::Result<Log
             }
         }
     };
-    // Without a live head to say which node is its own, the head's log goes with the
-    // first node started that has no log of its own (a joined node has node-<id>.log).
-    let own_log = |s: &Session, r: &NodeRow| s.logs_dir().join(format!("node-{}.log", &hex(&r.node_id)[..16.min(hex(&r.node_id).len())]));
-    let head_guess = session.as_ref().and_then(|s| {
-        rows.iter().filter(|r| !own_log(s, r).exists()).min_by_key(|r| r.started_us).map(|r| r.node_id.clone())
-    });
     let mut nodes = Vec::new();
     for row in rows {
         let source = if running && row.state == "ALIVE" && !row.grpc_address.is_empty() {
             Ok(Source::Agent(row.grpc_address.clone()))
         } else {
-            let here = session.as_ref().map(|s| {
-                let mut own_logs = vec![own_log(s, &row)];
-                if row.is_head || (!running && head_guess.as_ref() == Some(&row.node_id)) {
-                    own_logs.push(s.logs_dir().join("head.log"));
-                }
-                let mine = workers.iter().filter(|w| w.node_id == row.node_id && !w.is_driver);
-                let workers: Vec<(Id, u32)> = mine.filter_map(|w| Some((<Id>::try_from(w.worker_id.as_slice()).ok()?, w.pid))).collect();
-                NodeFiles { session: s.clone(), own_logs, workers }
-            });
-            match here {
-                Some(files) if files.here() => Ok(Source::Here(files)),
-                _ if row.state == "DEAD" => Err(format!("the node is dead ({}): its files are on its host, not this one", row.reason)),
-                _ if !running => Err("the cluster is not running and the node's files are on its host, not this one".into()),
-                _ => Err("the node serves no log search (an embedded node whose session is on another host)".into()),
+            match files_of(&row) {
+                Some(files) => Ok(Source::Here(files)),
+                None if row.state == "DEAD" => Err(format!("the node is dead ({}): its files are on its host, not this one", row.reason)),
+                None if !running => Err("the cluster is not running and the node's files are on its host, not this one".into()),
+                None => Err("the node serves no log search (an embedded node whose session is on another host)".into()),
             }
         };
         nodes.push(Node { row, source });
     }
+    nodes.extend(unclaimed.into_iter().map(|files| Node { row: NodeRow::default(), source: Ok(Source::Here(files)) }));
     Ok(Logs { cluster, nodes, running, workers })
 }
 
@@ -435,12 +466,14 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
         if w.is_empty() || !w.bytes().all(|b| b.is_ascii_hexdigit()) {
             bail!("--worker {w:?} is not a worker id (hex digits): `rayr list workers` lists them");
         }
+        // (A worker started a moment ago may not be in the record yet: a running cluster's
+        // agents are asked all the same.)
         let named: Vec<&WorkerRow> = logs.workers.iter().filter(|r| hex(&r.worker_id).starts_with(&w)).collect();
-        if named.is_empty() {
+        if named.is_empty() && !logs.running {
             bail!("no worker's id starts with {w:?}: `rayr list workers` lists them");
         }
-        if !named.iter().any(|r| logs.nodes.iter().any(|n| n.row.node_id == r.node_id)) {
-            bail!("worker {w} ran on node {}, not on the node --node names", &hex(&named[0].node_id)[..12]);
+        if !named.is_empty() && !named.iter().any(|r| logs.nodes.iter().any(|n| n.row.node_id == r.node_id)) {
+            bail!("worker {w} ran on node {}, not on the node --node names", short(&named[0].node_id));
         }
     }
     // What to ask of which node: everything (per the filters), or each attempt's lines.
@@ -450,7 +483,7 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
     if let Some(task) = &a.task {
         let task = task_of(&mut logs.cluster, "--task", task).await?;
         let attempts = task_output(&mut logs.cluster, &task).await?;
-        let ran_on: Vec<String> = attempts.iter().map(|at| hex(&at.node)[..12].to_string()).collect();
+        let ran_on: Vec<String> = attempts.iter().map(|at| short(&at.node)).collect();
         let attempts: Vec<Attempt> = attempts.into_iter().filter(|at| a.node.is_none() || node_of(&logs, &at.node).is_some()).collect();
         if attempts.is_empty() {
             bail!("task {} ran on node {}, not on the node --node names", hex(&task), ran_on.join(", "));
@@ -602,13 +635,14 @@ async fn list(node: Option<String>, json: bool, address: Option<String>) -> anyh
                             serde_json::json!({"node": node_hex, "path": f.path, "size": f.size, "worker": if f.worker_id.is_empty() { None } else { Some(hex(&f.worker_id)) }, "pid": f.pid, "modified_us": f.modified_us})
                         );
                     } else {
-                        let who = if f.worker_id.is_empty() { "node agent".to_string() } else { format!("worker {} (pid {})", &hex(&f.worker_id)[..12], f.pid) };
+                        let who = if f.worker_id.is_empty() { "node agent".to_string() } else { format!("worker {} (pid {})", short(&f.worker_id), f.pid) };
                         println!("{}  {:>10}  {}  {who}", n.short(), f.size, f.path);
                     }
                 }
             }
             Err(why) => {
-                failed += 1;
+                // A dead node elsewhere is only mentioned; one that should answer fails it.
+                failed += (n.row.state != "DEAD") as usize;
                 eprintln!("rayr: node {} ({}) could not be listed: {why}", n.short(), n.row.address);
             }
         }
@@ -750,34 +784,10 @@ async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
     loop {
         let mut quiet = true;
         for (f, source, offset) in at.iter_mut() {
-            let r = source.read(&f.name, *offset, false, 1 << 20).await.map_err(|e| anyhow!("{} stopped answering: {e}", f.name))?;
-            if r.size < *offset {
-                // The file rotated: what follows starts the new one.
-                *offset = 0;
-                continue;
-            }
-            if r.data.is_empty() {
-                continue;
-            }
-            quiet = false;
-            *offset = r.offset + r.data.len() as u64;
-            let buf = partial.entry(f.name.clone()).or_default();
-            buf.extend_from_slice(&r.data);
-            // Whole lines only; a partial one waits for its end.
-            if let Some(end) = buf.iter().rposition(|b| *b == b'\n') {
-                let done: Vec<u8> = buf.drain(..=end).collect();
-                for l in String::from_utf8_lossy(&done).lines() {
-                    if several {
-                        println!("{}: {l}", f.name);
-                    } else {
-                        println!("{l}");
-                    }
-                }
-                let _ = std::io::stdout().flush();
-            }
+            quiet &= !pump(f, source, offset, partial.entry(f.name.clone()).or_default(), several, false).await?;
         }
         // A worker that has exited writes nothing more: say so and stop following it,
-        // once what it wrote last has been shown.
+        // once what it wrote last (an unfinished last line too) has been shown.
         if quiet && last_check.elapsed() >= Duration::from_secs(1) {
             last_check = std::time::Instant::now();
             let mut ended = Vec::new();
@@ -785,12 +795,13 @@ async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
                 if !f.worker.is_empty()
                     && let Some(how) = worker_end(&mut logs, &f.worker).await
                 {
-                    eprintln!("rayr: worker {} has exited ({how}): nothing more will be written to {}", &hex(&f.worker)[..12], f.name);
-                    ended.push(i);
+                    ended.push((i, how));
                 }
             }
-            for i in ended.into_iter().rev() {
-                at.remove(i);
+            for (i, how) in ended.into_iter().rev() {
+                let (f, source, mut offset) = at.remove(i);
+                pump(f, &source, &mut offset, partial.entry(f.name.clone()).or_default(), several, true).await?;
+                eprintln!("rayr: worker {} has exited ({how}): nothing more will be written to {}", short(&f.worker), f.name);
             }
             if at.is_empty() {
                 return Ok(());
@@ -798,4 +809,39 @@ async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Prints what `f` gained since `offset`, whole lines only (`last`: everything, the
+/// unfinished line too: nothing more will come). Whether anything came.
+async fn pump(f: &Shown, source: &Source, offset: &mut u64, partial: &mut Vec<u8>, several: bool, last: bool) -> anyhow::Result<bool> {
+    use std::io::Write;
+    let mut got = false;
+    // (A bounded catch-up: a file that grows fast must not starve the others.)
+    for _ in 0..16 {
+        let r = source.read(&f.name, *offset, false, 1 << 20).await.map_err(|e| anyhow!("{} stopped answering: {e}", f.name))?;
+        if r.size < *offset {
+            // The file rotated: what follows starts the new one.
+            *offset = 0;
+            continue;
+        }
+        if r.data.is_empty() {
+            break;
+        }
+        got = true;
+        *offset = r.offset + r.data.len() as u64;
+        partial.extend_from_slice(&r.data);
+    }
+    let end = if last { Some(partial.len().saturating_sub(1)) } else { partial.iter().rposition(|b| *b == b'\n') };
+    if let Some(end) = end.filter(|_| !partial.is_empty()) {
+        let done: Vec<u8> = partial.drain(..=end).collect();
+        for l in String::from_utf8_lossy(&done).lines() {
+            if several {
+                println!("{}: {l}", f.name);
+            } else {
+                println!("{l}");
+            }
+        }
+        let _ = std::io::stdout().flush();
+    }
+    Ok(got)
 }

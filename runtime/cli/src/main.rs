@@ -237,7 +237,6 @@ fn node_flags(a: &StartArgs) -> anyhow::Result<Vec<String>> {
         ("--object-manager-port", a.object_manager_port),
         ("--node-manager-port", a.node_manager_port),
         ("--metrics-export-port", a.metrics_export_port),
-        ("--dashboard-port", if a.head { a.dashboard_port } else { 0 }),
     ];
     for (i, (f1, p1)) in ports.iter().enumerate() {
         if let Some((f2, _)) = ports[i + 1..].iter().find(|(_, p2)| *p1 != 0 && p2 == p1) {

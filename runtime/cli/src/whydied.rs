@@ -107,12 +107,21 @@ impl Record<'_> {
             Cluster::Offline(index) => index.session()?.clone(),
         };
         let worker = hex(&ended.worker_id);
+        let files = rayr_logsearch::files::NodeFiles {
+            session,
+            own_logs: Vec::new(),
+            workers: vec![(ended.worker_id.as_slice().try_into().ok()?, pid)],
+        };
         let read = |ext: &str, start: u64, end: u64, generation: u32| -> Option<(Vec<String>, String)> {
             use std::io::{Read, Seek, SeekFrom};
-            // The generation the offsets are in: rotated to `<file>.g` since, or current.
-            let current = session.worker_log(&worker, pid, ext);
-            let rotated = std::path::PathBuf::from(format!("{}.{generation}", current.display()));
-            let path = if rotated.exists() { rotated } else { current };
+            // The generation the offsets are in: rotated to `<file>.g` since, current, or
+            // rotated out (then not some other generation's lines).
+            let part = rayr_logsearch::files::Part { stream: ext.into(), generation, start, end };
+            let plan = files.plan(&worker, &[part], 0, 0).ok()?;
+            if let Some((file, why)) = plan.gone.first() {
+                return Some((Vec::new(), format!("{file} ({why})")));
+            }
+            let path = plan.ranges.first()?.0.clone();
             let mut f = std::fs::File::open(&path).ok()?;
             f.seek(SeekFrom::Start(start)).ok()?;
             let mut bytes = Vec::new();

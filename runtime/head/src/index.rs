@@ -94,8 +94,9 @@ pub struct EventIndex {
     /// (the head's metrics).
     counts: [std::sync::atomic::AtomicU64; 64],
     final_failures: std::sync::atomic::AtomicU64,
-    /// Tasks by the state of their row, counted as this process moves rows between states.
-    task_states: parking_lot::Mutex<HashMap<String, i64>>,
+    /// Tasks by the state of their row: counted from the view the first time they are
+    /// asked for (None until then), then moved with each committed change.
+    task_states: parking_lot::Mutex<Option<HashMap<String, i64>>>,
 }
 
 struct WriterState {
@@ -157,11 +158,22 @@ impl EventIndex {
         })
     }
 
-    /// How many events of each kind this process indexed, and how many task failures
-    /// among them were final.
-    /// Tasks by state, among those whose rows this process indexed (see `task_states`).
+    /// Tasks by the state of their row.
     pub fn task_states(&self) -> Vec<(String, u64)> {
-        let states = self.task_states.lock();
+        let mut seeded = self.task_states.lock();
+        if seeded.is_none() {
+            let mut counted: HashMap<String, i64> = HashMap::new();
+            let rows = self.db.begin_read().ok().and_then(|t| t.open_table(TASKS).ok());
+            for entry in rows.iter().flat_map(|t| t.iter().into_iter().flatten()) {
+                if let Ok((_, v)) = entry
+                    && let Ok(row) = TaskRow::decode(v.value())
+                {
+                    *counted.entry(row.state).or_insert(0) += 1;
+                }
+            }
+            *seeded = Some(counted);
+        }
+        let states = seeded.as_ref().expect("counted above");
         // Every state a task row can be in, at 0 until one is.
         let mut v: Vec<(String, u64)> = ["SUBMITTED", "SCHEDULED", "RUNNING", "FINISHED", "FAILED"]
             .iter()
@@ -171,6 +183,8 @@ impl EventIndex {
         v
     }
 
+    /// How many events of each kind this process indexed, and how many task failures
+    /// among them were final.
     pub fn counts(&self) -> (Vec<(rayr_proto::EventKind, u64)>, u64) {
         use std::sync::atomic::Ordering::Relaxed;
         let kinds = (0..self.counts.len())
@@ -317,6 +331,7 @@ impl EventIndex {
         let mut txn = self.db.begin_write()?;
         let durable = writer.last_durable.elapsed() >= DURABLE_EVERY;
         set_durability(&mut txn, durable)?;
+        let mut moved: HashMap<String, i64> = HashMap::new();
         {
             let mut events = txn.open_table(EVENTS)?;
             let mut by_id = txn.open_multimap_table(BY_ID)?;
@@ -335,16 +350,26 @@ impl EventIndex {
                 if let Some((old, new)) = views.apply(ev)?
                     && old != new
                 {
-                    let mut states = self.task_states.lock();
                     if !old.is_empty() {
-                        *states.entry(old).or_insert(0) -= 1;
+                        *moved.entry(old).or_insert(0) -= 1;
                     }
-                    *states.entry(new).or_insert(0) += 1;
+                    if !new.is_empty() {
+                        *moved.entry(new).or_insert(0) += 1;
+                    }
                 }
             }
             txn.open_table(OFFSETS)?.insert(log, end)?;
         }
+        // The counts move with the commit, never without it (nor twice, with a count
+        // being taken from the view meanwhile).
+        let mut states = self.task_states.lock();
         txn.commit()?;
+        if let Some(states) = states.as_mut() {
+            for (state, n) in moved {
+                *states.entry(state).or_insert(0) += n;
+            }
+        }
+        drop(states);
         if durable {
             writer.last_durable = Instant::now();
             writer.dirty = false;

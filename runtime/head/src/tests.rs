@@ -161,6 +161,30 @@ fn reopening_indexes_only_what_the_logs_gained() {
     }
 }
 
+/// Tasks by state (the head's `rayr_tasks` gauge) count what an earlier head indexed too,
+/// and move with what this one indexes.
+#[test]
+fn tasks_by_state_count_rows_an_earlier_head_indexed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let session = Session::create(tmp.path()).unwrap();
+    let events = thirty_tasks();
+    // An earlier head indexed the first ten tasks' submissions and starts only.
+    let started: Vec<Event> = events[..40].iter().filter(|e| e.kind != EventKind::TaskFinished as i32 && e.kind != EventKind::TaskFailed as i32).cloned().collect();
+    append(&session, "n1", &started);
+    EventIndex::open(&session).unwrap().catch_up(&session).unwrap();
+    let index = EventIndex::open(&session).unwrap();
+    let count = |index: &EventIndex, state: &str| index.task_states().into_iter().find(|(s, _)| s == state).map_or(0, |(_, n)| n);
+    assert_eq!(count(&index, "RUNNING"), 10);
+    // This head indexes their ends and twenty more tasks.
+    let ends: Vec<Event> = events[..40].iter().filter(|e| e.kind == EventKind::TaskFinished as i32 || e.kind == EventKind::TaskFailed as i32).cloned().collect();
+    append(&session, "n1", &ends);
+    append(&session, "n1", &events[40..]);
+    index.catch_up(&session).unwrap();
+    assert_eq!(count(&index, "RUNNING"), 0);
+    assert_eq!(count(&index, "FINISHED") + count(&index, "FAILED"), 30);
+    assert_eq!(count(&index, "FAILED"), 10);
+}
+
 #[test]
 fn a_second_opener_is_told_the_index_is_in_use() {
     let tmp = tempfile::tempdir().unwrap();
