@@ -849,6 +849,56 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
     let out = cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(status["running"], true);
+    // A driver whose main returns an error, and one killed while its task runs: both jobs
+    // fail, and the task that was running ends with its job (it would show RUNNING forever).
+    let out = run(Command::new(SCENARIOS).arg("main_err").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("MAIN-ERR"));
+    let mut killed = Command::new(SCENARIOS)
+        .arg("long_task")
+        .env("RAYR_TMPDIR", tmp.path())
+        .env_remove("RAYR_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let long = std::io::BufRead::lines(std::io::BufReader::new(killed.stdout.take().unwrap()))
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("LONG ").map(String::from))
+        .expect("LONG");
+    let task = |cli: &dyn Fn(&[&str]) -> Output| -> serde_json::Value {
+        let out = cli(&["list", "tasks", "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let events = cli(&["events", "--id", &long, "--kind", "task_submitted", "--json"]);
+        let submitted: serde_json::Value = serde_json::from_slice(String::from_utf8_lossy(&events.stdout).lines().next().unwrap_or("null").as_bytes()).unwrap();
+        rows.as_array().unwrap().iter().find(|r| r["task_id"] == submitted["task_id"]).cloned().unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while task(&cli)["state"] != "RUNNING" {
+        assert!(Instant::now() < deadline, "the long task did not start: {}", task(&cli));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    unsafe { libc::kill(killed.id() as i32, libc::SIGKILL) };
+    let _ = killed.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let row = task(&cli);
+        if row["state"] == "FAILED" {
+            assert_eq!(row["error_type"], "job_ended", "{row}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the killed driver's running task never ended: {row}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = cli(&["list", "jobs", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let states: Vec<&str> = jobs.as_array().unwrap().iter().map(|j| j["state"].as_str().unwrap()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "SUCCEEDED").count(), 2, "{jobs}");
+    assert_eq!(states.iter().filter(|s| **s == "FAILED").count(), 2, "the erring and the killed driver's: {jobs}");
+    // why-died of the task names the driver's end.
+    let why = cluster.cli(&["why-died", task(&cli)["task_id"].as_str().unwrap(), "--json"]);
+    let why: serde_json::Value = serde_json::from_slice(&why.stdout).unwrap();
+    let kinds: Vec<&str> = why["chain"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..3], ["task_failed", "job_finished", "worker_exited"], "{why}");
+    assert!(why["advice"].as_str().unwrap().contains("crashed or was killed before the task did"), "{why}");
     // The agent drains the workers' last events as they stop after each driver: wait.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

@@ -1037,6 +1037,52 @@ fn a_spilled_tasks_worker_killed_on_another_node_is_retried_because_of_that_node
 }
 
 #[test]
+fn events_a_worker_recorded_after_its_agent_last_drained_survive_the_agent_being_killed() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
+    let hold = cluster.tmp.path().join("let-go");
+    let mut driver = Command::new(SCENARIOS)
+        .arg("held_far_task")
+        .env("RAYR_TMPDIR", cluster.tmp.path())
+        .env("HOLD", &hold)
+        .env_remove("RAYR_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(driver.stdout.take().unwrap()));
+    let object = lines.by_ref().map_while(Result::ok).find_map(|l| l.strip_prefix("HELD ").map(String::from)).expect("HELD");
+    let started = std::path::PathBuf::from(format!("{}.started", hold.display()));
+    wait_for("the task to start", Duration::from_secs(20), || started.exists());
+    // The far agent stops draining; the task ends (its result goes straight to the driver,
+    // its TASK_FINISHED only into its worker's event area); then the agent is killed.
+    cluster.pause(0);
+    std::fs::write(&hold, b"").unwrap();
+    assert_eq!(lines.map_while(Result::ok).find_map(|l| l.strip_prefix("RESULT ").map(String::from)).as_deref(), Some("7"));
+    cluster.kill9(0);
+    let object = hexid(&object);
+    let task = || cluster.events().into_iter().find(|e| kind(e) == EventKind::TaskSubmitted && e.object_id == object).map(|e| e.task_id);
+    wait_for("the task's submission in the record", Duration::from_secs(10), || task().is_some());
+    let task = task().unwrap();
+    // The worker saved what its dead agent never drained: the task finished, on that node.
+    wait_for("the task's end in the record", Duration::from_secs(15), || {
+        cluster.events().iter().any(|e| kind(e) == EventKind::TaskFinished && e.task_id == task)
+    });
+    let saved: Vec<String> = std::fs::read_dir(cluster.session.join("events"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(&format!("events-{}-orphan-", cluster.nodes[0].id)))
+        .collect();
+    assert_eq!(saved.len(), 1, "the worker's own log of what it saved");
+    // The head indexes it as the far node's.
+    let out = cluster.cli(&["events", "--id", &rayr_logs::hex(&task), "--kind", "task_finished", "--json"]);
+    let finished: serde_json::Value = serde_json::from_slice(String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("null").as_bytes()).unwrap();
+    assert_eq!(finished["node_id"], cluster.nodes[0].id.as_str(), "{finished}");
+    let _ = driver.wait();
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn rayr_logs_search_since_and_until_cut_by_when_lines_were_written() {
     let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
     let say = |marker: &str| {

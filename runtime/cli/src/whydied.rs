@@ -723,6 +723,17 @@ fn advise(chain: &[Event], has_stderr: bool) -> Option<(String, usize)> {
                             "an argument could not be decoded ({error}): the caller and the workers must run the same build"
                         ),
                         "worker_start_failed" => format!("rayr could not start a worker for it: {error}"),
+                        "job_ended" => {
+                            let driver = chain[i + 1..].iter().find(|e| is(e, EventKind::WorkerExited)).and_then(exit).cloned().unwrap_or_default();
+                            let how = if driver.exit_type == rayr_proto::WorkerExitType::SystemError as i32 {
+                                format!("its driver (pid {}) crashed or was killed", driver.pid)
+                            } else {
+                                format!("its driver (pid {}) ended", driver.pid)
+                            };
+                            format!(
+                                "{how} before the task did, and the job's tasks ended with it: keep the driver running until it has what it waits for (rayr::get), or give work that must outlive it to a detached actor"
+                            )
+                        }
                         "store" => format!(
                             "its return value could not be stored ({error}): free objects, or start the node with more --object-store-memory"
                         ),

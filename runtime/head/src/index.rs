@@ -273,7 +273,8 @@ impl EventIndex {
     /// (its WORKER_STARTED, which its node agent records before the process records
     /// anything, in the same log).
     fn complete(&self, log: &str, batch: &mut [(u64, Event)], writer: &mut WriterState) -> Result<(), HeadError> {
-        let node = log.strip_prefix("events-").and_then(|n| n.strip_suffix(".log")).and_then(rayr_logs::parse_hex);
+        // (`events-<node>-orphan-<worker>.log`: what a worker saved when its agent died.)
+        let node = log.strip_prefix("events-").and_then(|n| n.split(['.', '-']).next()).and_then(rayr_logs::parse_hex);
         if writer.origins.is_none() {
             let mut origins = HashMap::new();
             let txn = self.db.begin_read()?;

@@ -97,7 +97,7 @@ impl Membership {
 
     /// A worker of a node declared dead (`died`: its NODE_DIED) went with it: nobody else
     /// can record its end (its node agent, which reaps it, is gone).
-    pub fn worker_lost_with_node(&self, worker: &rayr_proto::WorkerRow, died: &[u8]) {
+    pub fn worker_lost_with_node(&self, worker: &rayr_proto::WorkerRow, died: &[u8]) -> Vec<u8> {
         self.record(Event {
             kind: EventKind::WorkerExited as i32,
             worker_id: worker.worker_id.clone(),
@@ -109,6 +109,43 @@ impl Membership {
                 exit_code: -1,
                 pid: worker.pid,
                 detail: format!("its node {} was declared dead: its agent stopped answering, and what ran there is gone", hex(&worker.node_id)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        })
+    }
+
+    /// A job whose driver went with its node (`exited`: the driver's WORKER_EXITED): its
+    /// node agent, which records a job's end, is gone too.
+    pub fn job_lost_with_driver(&self, driver: &rayr_proto::WorkerRow, exited: &[u8]) {
+        self.record(Event {
+            kind: EventKind::JobFinished as i32,
+            job_id: driver.job_id.clone(),
+            worker_id: driver.worker_id.clone(),
+            node_id: driver.node_id.clone(),
+            cause: exited.to_vec(),
+            detail: Some(event::Detail::Job(rayr_proto::JobDetail { pid: driver.pid, exit_code: -1, ..Default::default() })),
+            ..Default::default()
+        });
+    }
+
+    /// A task still open when its job ended (`job_finished`: the JOB_FINISHED) that no
+    /// one else will end: its owner, the driver or a worker of the job, is gone, and the
+    /// job's workers were stopped with it.
+    pub fn task_ended_with_job(&self, task: &rayr_proto::TaskRow, job_finished: &[u8]) {
+        self.record(Event {
+            kind: EventKind::TaskFailed as i32,
+            task_id: task.task_id.clone(),
+            job_id: task.job_id.clone(),
+            worker_id: task.worker_id.clone(),
+            node_id: task.node_id.clone(),
+            cause: job_finished.to_vec(),
+            detail: Some(event::Detail::Task(rayr_proto::TaskDetail {
+                function: task.function.clone(),
+                attempt: task.attempt,
+                r#final: true,
+                error_type: "job_ended".into(),
+                error: format!("its job ended while it was {}: its driver exited, and the job's workers were stopped", task.state),
                 ..Default::default()
             })),
             ..Default::default()

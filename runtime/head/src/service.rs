@@ -290,6 +290,8 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
         let watch_stop = stop.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(membership.config().heartbeat_period / 2);
+            let swept: Arc<parking_lot::Mutex<std::collections::HashSet<Vec<u8>>>> = Default::default();
+            let mut last_sweep = std::time::Instant::now();
             loop {
                 tokio::select! {
                     _ = every.tick() => {}
@@ -299,6 +301,11 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
                 if !died.is_empty() {
                     let (membership, index, session) = (membership.clone(), index.clone(), session.clone());
                     let _ = tokio::task::spawn_blocking(move || workers_gone_with(&membership, &index, &session, &died)).await;
+                }
+                if last_sweep.elapsed() >= SWEEP_EVERY {
+                    last_sweep = std::time::Instant::now();
+                    let (membership, index, swept) = (membership.clone(), index.clone(), swept.clone());
+                    let _ = tokio::task::spawn_blocking(move || end_tasks_of_ended_jobs(&membership, &index, &mut swept.lock())).await;
                 }
             }
         });
@@ -315,6 +322,79 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
         }
     });
     rt.shutdown_background();
+}
+
+/// How often the head looks for tasks left open by jobs that ended.
+const SWEEP_EVERY: Duration = Duration::from_secs(2);
+/// How long after its job ended a task may still report its own end (its worker's last
+/// events drain as the job's workers stop) before the head ends it.
+const JOB_END_GRACE_US: i64 = 5_000_000;
+
+/// Whether the record shows job `job` running.
+fn job_running(index: &EventIndex, job: &[u8]) -> bool {
+    let req = ListRequest {
+        entity: "jobs".into(),
+        filters: vec![rayr_proto::Filter { key: "job_id".into(), value: rayr_logs::hex(job) }],
+        limit: 1,
+        ..Default::default()
+    };
+    index.list(&req).is_ok_and(|r| r.jobs.first().is_some_and(|j| j.finished_us == 0))
+}
+
+/// Ends (TASK_FAILED, job_ended, caused by the JOB_FINISHED) the tasks of jobs that ended
+/// a while ago which are still submitted, scheduled or running in the record: with their
+/// driver gone and the job's workers stopped, nothing else will. Each job is looked at
+/// once (`swept`), when it has ended for `JOB_END_GRACE_US`.
+fn end_tasks_of_ended_jobs(membership: &Membership, index: &EventIndex, swept: &mut std::collections::HashSet<Vec<u8>>) {
+    let now = rayr_logs::now_us();
+    let jobs = match index.list(&ListRequest { entity: "jobs".into(), limit: u32::MAX, ..Default::default() }) {
+        Ok(r) => r.jobs,
+        Err(e) => {
+            tracing::warn!("cannot list jobs to end their tasks: {e}");
+            return;
+        }
+    };
+    let ended: Vec<Vec<u8>> = jobs
+        .into_iter()
+        .filter(|j| j.finished_us > 0 && j.finished_us < now - JOB_END_GRACE_US && !swept.contains(&j.job_id))
+        .map(|j| j.job_id)
+        .collect();
+    if ended.is_empty() {
+        return;
+    }
+    // Only tasks whose owner is gone (a detached actor outlives its job and ends its own
+    // tasks) and whose worker, if one took it, is gone too (a worker spared by the job's
+    // end records its own).
+    let workers = match index.list(&ListRequest { entity: "workers".into(), limit: u32::MAX, ..Default::default() }) {
+        Ok(r) => r.workers,
+        Err(_) => return,
+    };
+    let alive: std::collections::HashSet<&[u8]> = workers.iter().filter(|w| w.state != "DEAD").map(|w| w.worker_id.as_slice()).collect();
+    let mut waiting = std::collections::HashSet::new();
+    for state in ["SUBMITTED", "SCHEDULED", "RUNNING"] {
+        let req = ListRequest {
+            entity: "tasks".into(),
+            filters: vec![rayr_proto::Filter { key: "state".into(), value: state.into() }],
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        let Ok(open) = index.list(&req) else { return };
+        for task in open.tasks.iter().filter(|t| ended.contains(&t.job_id)) {
+            if alive.contains(task.owner.as_slice()) || alive.contains(task.worker_id.as_slice()) {
+                // Looked at again next time (an exit not recorded yet), unless its owner
+                // lives on (a detached actor's).
+                if !alive.contains(task.owner.as_slice()) {
+                    waiting.insert(task.job_id.clone());
+                }
+                continue;
+            }
+            let finished = index.events(Some(&task.job_id), rayr_proto::EventKind::JobFinished as i32, 0, 0);
+            if let Some((_, job_finished)) = finished.ok().and_then(|v| v.into_iter().next()) {
+                membership.task_ended_with_job(task, &job_finished.id);
+            }
+        }
+    }
+    swept.extend(ended.into_iter().filter(|j| !waiting.contains(j)));
 }
 
 /// Records WORKER_EXITED, caused by the NODE_DIED, for every worker the record shows alive
@@ -337,7 +417,10 @@ fn workers_gone_with(membership: &Membership, index: &EventIndex, session: &Sess
         match index.list(&req) {
             Ok(rows) => {
                 for w in rows.workers {
-                    membership.worker_lost_with_node(&w, died_event);
+                    let exited = membership.worker_lost_with_node(&w, died_event);
+                    if w.is_driver && job_running(index, &w.job_id) {
+                        membership.job_lost_with_driver(&w, &exited);
+                    }
                 }
             }
             Err(e) => tracing::warn!("cannot list a dead node's workers: {e}"),

@@ -194,6 +194,11 @@ pub fn main(_attr: TokenStream, item: TokenStream) -> TokenStream {
         #vis #sig {
             ::rayr::__private::run_worker_if_requested();
             let __rayr_result: #ret = (move || #body)();
+            {
+                // An `Err` from main fails the job (autoref: any other return type succeeds).
+                use ::rayr::__private::{MainReturnedErr as _, MainReturnedOther as _};
+                ::rayr::__private::main_returned((&__rayr_result).__rayr_main_failed());
+            }
             ::rayr::shutdown();
             __rayr_result
         }

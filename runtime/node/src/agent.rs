@@ -536,7 +536,7 @@ impl Agent {
         let conn = Arc::new(Conn { stream: Mutex::new(write_half) });
         let mut reader = FrameReader::new(stream);
         let mut me: Option<Id> = None;
-        let mut said_goodbye: Option<String> = None;
+        let mut said_goodbye: Option<rayr_proto::Disconnect> = None;
         loop {
             let body = match reader.next_raw() {
                 Ok(Some(b)) => b,
@@ -665,7 +665,7 @@ impl Agent {
                     let reply = self.create_detached(job, c);
                     conn.reply(req, node_message::Body::Detached(reply));
                 }
-                client_message::Body::Disconnect(d) => said_goodbye = Some(d.reason),
+                client_message::Body::Disconnect(d) => said_goodbye = Some(d),
                 client_message::Body::UpdateAddress(address) => {
                     if let Some(w) = me
                         && let Some(c) = self.state.lock().clients.get_mut(&w)
@@ -1455,7 +1455,7 @@ impl Agent {
         }
     }
 
-    fn client_gone(self: &Arc<Self>, worker: Id, goodbye: Option<String>) {
+    fn client_gone(self: &Arc<Self>, worker: Id, goodbye: Option<rayr_proto::Disconnect>) {
         let mut st = self.state.lock();
         let Some(client) = st.clients.get(&worker) else { return };
         if !client.is_driver {
@@ -1483,16 +1483,24 @@ impl Agent {
         let mut e = self.event(EventKind::WorkerExited);
         e.worker_id = worker.to_vec();
         e.job_id = job.to_vec();
-        let (kind, detail) = match &goodbye {
-            Some(r) => (rayr_proto::WorkerExitType::IntendedUserExit, format!("driver disconnected: {r}")),
+        // The driver's exit code: what its main returned (it said), or unknown (-1): it did
+        // not say goodbye, so it crashed or was killed, and its job failed.
+        let (kind, detail, exit_code) = match &goodbye {
+            Some(d) if d.exit_code == 0 => (rayr_proto::WorkerExitType::IntendedUserExit, format!("driver disconnected: {}", d.reason), 0),
+            Some(d) => (
+                rayr_proto::WorkerExitType::IntendedUserExit,
+                format!("driver disconnected: {}; its main returned an error (exit code {})", d.reason, d.exit_code),
+                d.exit_code,
+            ),
             None => (
                 rayr_proto::WorkerExitType::SystemError,
                 "driver disconnected without shutting down: it crashed or was killed".to_string(),
+                -1,
             ),
         };
         e.detail = Some(event::Detail::WorkerExit(WorkerExit {
             exit_type: kind as i32,
-            exit_code: -1,
+            exit_code,
             detail,
             pid: client.pid,
             ..Default::default()
@@ -1502,7 +1510,7 @@ impl Agent {
         j.job_id = job.to_vec();
         j.worker_id = worker.to_vec();
         j.cause = e.id.clone();
-        j.detail = Some(event::Detail::Job(JobDetail { pid: client.pid, ..Default::default() }));
+        j.detail = Some(event::Detail::Job(JobDetail { pid: client.pid, exit_code, ..Default::default() }));
         self.record(&j);
     }
 

@@ -89,6 +89,7 @@ pub mod __private {
     pub use crate::actor::{ActorHandle, AsActorHandle, create_actor, get_named};
     pub use crate::api::{ArgValue, submit_task};
     pub use crate::exec::run_worker_if_requested;
+    pub use crate::runtime::{MainReturnedErr, MainReturnedOther, main_returned};
     pub use crate::option_builders;
     pub use crate::registry::{ActorClass, ActorMethod, ArgReader, IsSync, NotSync, RemoteFunction, Returned, SyncProbe};
     pub use inventory;

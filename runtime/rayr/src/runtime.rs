@@ -19,6 +19,37 @@ struct Embedded {
 
 static EMBEDDED: Mutex<Option<Embedded>> = Mutex::new(None);
 static INIT_LOCK: Mutex<()> = Mutex::new(());
+/// The driver's exit code as its `#[rayr::main]` returned (0 until it has), told to the
+/// node agent as the driver disconnects: the job's outcome.
+static MAIN_EXIT_CODE: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
+/// `#[rayr::main]` returned; `failed`: with an `Err`.
+pub fn main_returned(failed: bool) {
+    MAIN_EXIT_CODE.store(failed as i32, std::sync::atomic::Ordering::Relaxed);
+}
+
+pub(crate) fn main_exit_code() -> i32 {
+    MAIN_EXIT_CODE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether what `main` returned is an `Err` (see `#[rayr::main]`).
+pub trait MainReturnedErr {
+    fn __rayr_main_failed(&self) -> bool;
+}
+impl<T, E> MainReturnedErr for Result<T, E> {
+    fn __rayr_main_failed(&self) -> bool {
+        self.is_err()
+    }
+}
+/// The fallback of [`MainReturnedErr`]: any other return type.
+pub trait MainReturnedOther {
+    fn __rayr_main_failed(&self) -> bool;
+}
+impl<T> MainReturnedOther for &T {
+    fn __rayr_main_failed(&self) -> bool {
+        false
+    }
+}
 
 /// Marks a session whose cluster lives inside one driver: other drivers never join it.
 const EMBEDDED_MARKER: &str = "embedded";

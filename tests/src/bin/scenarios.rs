@@ -289,6 +289,14 @@ fn ticker(n: u32) -> u32 {
     n
 }
 
+/// Says it started (a file), then waits for the test's file to appear.
+#[rayr::remote]
+fn held(path: String) -> u32 {
+    std::fs::write(format!("{path}.started"), b"").unwrap();
+    wait_until("the test to let go", Duration::from_secs(60), || std::path::Path::new(&path).exists());
+    7
+}
+
 /// Where it ran, and the length of the value it was given.
 #[rayr::remote]
 fn node_and_len(v: (String, Vec<u8>)) -> (String, usize) {
@@ -1340,6 +1348,29 @@ fn main() -> rayr::Result<()> {
             let r = kill_self_once::options().resource("far", 1.0).remote(1);
             assert_eq!(rayr::get(&r)?, 101);
             println!("TASK_RETURN {}", r.id());
+        }
+        // A task on the far node that ends while the test holds that node's agent paused
+        // (HOLD: the file the task waits for; the test makes it).
+        "held_far_task" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let hold = std::env::var("HOLD").unwrap();
+            let r = held::options().resource("far", 1.0).remote(hold);
+            println!("HELD {}", r.id());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            println!("RESULT {}", rayr::get(&r)?);
+        }
+        // main returns an error: the job fails.
+        "main_err" => {
+            return Err(rayr::Error::Connection("MAIN-ERR on purpose".into()));
+        }
+        // A long task the test kills this driver during.
+        "long_task" => {
+            let r = ticker::remote(1200);
+            println!("LONG {}", r.id());
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            rayr::get(&r)?;
         }
         "no_retry_sigkill" => {
             let r = kill_self_once::options().max_retries(0).remote(1);

@@ -100,6 +100,15 @@ impl EventBuffer {
         self.area.path()
     }
 
+    /// Writes what the node agent has not drained yet to a log of its own at `path` (the
+    /// agent died: nothing else will; no other writer of this process may be running).
+    pub(super) fn save_to(&self, path: &std::path::Path, node: rayr_logs::Id) -> std::io::Result<()> {
+        let mut log = rayr_logs::EventLogWriter::open(path)?;
+        // As the agent drains it: the runs name their node.
+        let source = RunSource { node_id: node, ..self.source.clone() };
+        self.area.drain(&source, true, |slices| log.append_vectored(slices))
+    }
+
     /// Removes the area's name (the node agent does once it mapped it; this is for a
     /// registration that failed).
     pub(super) fn remove_name(&self) {

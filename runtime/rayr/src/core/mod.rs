@@ -478,6 +478,8 @@ pub(crate) struct Core {
     pub ready: Condvar,
     /// None when events are off.
     pub events: Option<EventBuffer>,
+    /// The process that started this one (a worker's node agent), as it was at start.
+    pub parent_pid: i32,
     pub record_events: bool,
     pub max_inline: usize,
     pub stopping: AtomicBool,
@@ -631,6 +633,8 @@ impl Core {
             }),
             ready: Condvar::new(),
             events,
+            // SAFETY: getppid has no preconditions.
+            parent_pid: unsafe { libc::getppid() },
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
@@ -722,10 +726,36 @@ impl Core {
         self.node_conn.closed.store(true, Ordering::Release);
         self.node_conn.waiters.lock().clear();
         if !self.is_driver && !self.stopping.load(Ordering::Acquire) {
-            // The node agent is gone: nothing can reach this worker any more.
+            // The node agent is gone: nothing can reach this worker any more. If it died
+            // (rather than closing the connection, after draining it), what this process
+            // recorded since its last drain would die with the area: saved beside the
+            // node's log instead (the head indexes it with the rest).
+            if self.parent_died()
+                && let Some(events) = &self.events
+            {
+                let session = rayr_logs::Session::open(&self.session_dir);
+                let path = session.events_dir().join(format!("events-{}-orphan-{}.log", hex(&self.node), &hex(&self.me)[..16]));
+                let _ = events.save_to(&path, self.node);
+            }
             std::process::exit(0);
         }
         self.fail_everything("the node agent went away");
+    }
+
+    /// Whether the process that started this one has died (this one was handed to init, or
+    /// a subreaper). Its sockets close before it is reaped: waits a moment for that.
+    fn parent_died(&self) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(500);
+        loop {
+            // SAFETY: getppid has no preconditions.
+            if unsafe { libc::getppid() } != self.parent_pid {
+                return true;
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// The node agent of another node (at `socket`), to lease from after a spillback:
@@ -1081,7 +1111,8 @@ impl Core {
         }
         self.drain_events_now();
         if self.is_driver {
-            let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string() }));
+            let exit_code = crate::runtime::main_exit_code();
+            let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string(), exit_code }));
         }
         let _ = self.node_conn.write.lock().shutdown(std::net::Shutdown::Both);
         // Wake our accept loops so they exit, then remove our socket.
