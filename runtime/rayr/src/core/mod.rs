@@ -850,7 +850,11 @@ impl Core {
         let mut st = self.state.lock();
         let tasks: Vec<Id> = st.tasks.keys().copied().collect();
         for t in tasks {
-            let err = Error::Connection(format!("task {} cannot complete: {why}", hex(&t)));
+            let err = Error::Connection(format!(
+                "task {} cannot complete: {why}; `rayr status` shows the cluster, and `rayr why-died {}` how the task ended once the head has recorded it",
+                hex(&t),
+                hex(&t)
+            ));
             self.finish_task_locked(&mut st, t, Slot::Failed(err), None);
         }
         // Lease requests in flight will never be answered.

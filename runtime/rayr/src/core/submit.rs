@@ -13,6 +13,10 @@ use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, TaskSpec, cli
 use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, Slot, State, put};
 use crate::error::Error;
 
+/// How long a lease request waits before it is asked again when the node it was spilled to
+/// cannot be reached.
+const SPILL_TARGET_GONE_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+
 impl Core {
     /// Every few milliseconds: send what waits, return leases idle for `LEASE_IDLE`.
     pub(super) fn tick(self: &Arc<Self>) {
@@ -249,10 +253,20 @@ impl Core {
             ..Default::default()
         };
         let Ok(agent) = agent else {
-            // Gone since the head heard of it: ask here again, to be queued here this time.
+            // Gone since the head heard of it: ask here again in a moment, once this
+            // node's view may have caught up (the head declares that node dead, or it
+            // answers again), to be placed anew; asking at once would only be sent back
+            // to it, and a demand only it could hold would fail as infeasible while its
+            // death is not yet known.
             let req = self.node_conn.next_req();
             st.lease_requests.insert(req, (key.clone(), None));
-            let _ = self.node_conn.send(req, client_message::Body::Lease(request(demand)));
+            drop(st);
+            let body = client_message::Body::Lease(rayr_proto::LeaseRequest { spilled: false, ..request(demand) });
+            let core = self.clone();
+            let _ = std::thread::Builder::new().name("rayr-respill".into()).spawn(move || {
+                std::thread::sleep(SPILL_TARGET_GONE_PAUSE);
+                let _ = core.node_conn.send(req, body);
+            });
             return;
         };
         let req = self.node_conn.next_req();
