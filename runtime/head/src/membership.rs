@@ -441,6 +441,13 @@ impl Membership {
             };
             let row = &mut rows[at];
             row.is_head = m.is_head;
+            // Membership knows a death (or a leaving) before the record is indexed that far.
+            if let Some(gone) = &m.gone
+                && row.state == "ALIVE"
+            {
+                row.state = "DEAD".into();
+                row.reason = gone.clone();
+            }
             if m.gone.is_none() {
                 row.available_resources = m.available.clone();
                 row.last_heartbeat_us = m.last_beat_us;

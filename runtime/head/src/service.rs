@@ -324,6 +324,9 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
     rt.shutdown_background();
 }
 
+/// How long `ClusterInfo` indexes before it answers.
+const CLUSTER_INFO_CATCH_UP: Duration = Duration::from_millis(300);
+
 /// How often the head looks for tasks left open by jobs that ended.
 const SWEEP_EVERY: Duration = Duration::from_secs(2);
 /// How long after its job ended a task may still report its own end (its worker's last
@@ -465,9 +468,11 @@ impl Head for HeadService {
         let session_dir = self.session.dir.display().to_string();
         let membership = self.membership.clone();
         let reply = blocking(move || {
-            // Answers include everything appended so far, not just what the
-            // low-priority indexer has reached.
-            index.catch_up(&session)?;
+            // Nodes' liveness comes from membership; the record is caught up for a
+            // moment at most, so that `rayr status` answers at once while the indexer has
+            // a backlog (a busy cluster), with what is indexed by then.
+            let began = std::time::Instant::now();
+            while index.catch_up_at_most(&session, 5_000)? >= 5_000 && began.elapsed() < CLUSTER_INFO_CATCH_UP {}
             let mut nodes = index.nodes()?;
             membership.annotate(&mut nodes);
             Ok(ClusterInfoReply { session_dir, nodes, events_indexed: index.events_indexed()?, head_pid: std::process::id() })
