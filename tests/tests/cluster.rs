@@ -826,6 +826,20 @@ fn bad_input_gets_clear_errors() {
 }
 
 #[test]
+fn a_full_object_store_is_its_own_error_naming_the_node_and_the_numbers() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = run(
+        Command::new(SCENARIOS).arg("store_full").env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS").env("RAYR_OBJECT_STORE_MEMORY", (32u64 << 20).to_string()),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let full = stdout.lines().find_map(|l| l.strip_prefix("STORE_FULL ")).expect("STORE_FULL");
+    assert!(full.contains("20000000 bytes requested") && full.contains("--object-store-memory") && full.contains("rayr memory"), "{full}");
+    assert!(stdout.contains("ROOM_AGAIN 3"), "{stdout}");
+}
+
+#[test]
 fn a_binary_without_rayr_main_is_reported_not_hung() {
     let tmp = tempfile::tempdir().unwrap();
     let out = run(Command::new(NOT_RAYR_MAIN).env("RAYR_TMPDIR", tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));

@@ -1393,12 +1393,12 @@ impl Agent {
 
     fn create_object(&self, c: rayr_proto::CreateObject) -> CreateObjectReply {
         let (Some(id), Some(owner)) = (id_of(&c.object_id), id_of(&c.owner)) else {
-            return CreateObjectReply { offset: 0, error: "create: ids must be 16 bytes".into() };
+            return CreateObjectReply { offset: 0, error: "create: ids must be 16 bytes".into(), ..Default::default() };
         };
         let mut st = self.state.lock();
         if let Some(old) = st.objects.get(&id) {
             if old.owner != owner {
-                return CreateObjectReply { offset: 0, error: format!("object {} already exists in the store", hex(&id)) };
+                return CreateObjectReply { offset: 0, error: format!("object {} already exists in the store", hex(&id)), ..Default::default() };
             }
             // A retried task storing its return value again (the worker that stored it first
             // died before reporting): the new value replaces the old.
@@ -1409,10 +1409,11 @@ impl Agent {
             Some(offset) => {
                 let owner_node = id_of(&c.owner_node).filter(|n| *n != self.cfg.node_id);
                 st.objects.insert(id, StoreObject { offset, size: c.size, owner, owner_node });
-                CreateObjectReply { offset, error: String::new() }
+                CreateObjectReply { offset, error: String::new(), store_full: false }
             }
             None => CreateObjectReply {
                 offset: 0,
+                store_full: true,
                 error: format!(
                     "the object store is full: {} bytes requested, {} of {} bytes in use; free refs you no longer need or start the node with a larger --object-store-memory",
                     c.size,

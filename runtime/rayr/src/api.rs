@@ -736,6 +736,10 @@ pub(crate) fn store_bytes_for(core: &Core, bytes: &[u8], format: u32, owner: Id,
     });
     let offset = match core.node_conn.call(body)? {
         node_message::Body::Created(c) if c.error.is_empty() => c.offset,
+        node_message::Body::Created(c) if c.store_full => {
+            let detail = c.error.strip_prefix("the object store is full: ").unwrap_or(&c.error).to_string();
+            return Err(Error::ObjectStoreFull { node: crate::NodeId(core.node), detail });
+        }
         node_message::Body::Created(c) => return Err(Error::Connection(c.error)),
         _ => return Err(Error::Connection("the node agent answered an object creation with something else".into())),
     };

@@ -46,6 +46,10 @@ pub enum Error {
     /// A rayr process could not be reached.
     #[error("{0}")]
     Connection(String),
+    /// The node's shared-memory object store has no room for a new value, even after
+    /// dropping cached copies of other nodes' objects.
+    #[error("the object store of node {node} is full: {detail}; `rayr memory` shows what it holds")]
+    ObjectStoreFull { node: NodeId, detail: String },
 }
 
 /// `Debug` shows the sentence a person needs (what `main` prints when it returns `Err`),
@@ -67,6 +71,7 @@ impl std::fmt::Debug for Error {
             Error::Cancelled => "Cancelled",
             Error::Serialization(_) => "Serialization",
             Error::Connection(_) => "Connection",
+            Error::ObjectStoreFull { .. } => "ObjectStoreFull",
         };
         write!(f, "{variant}: {self}")?;
         if let Error::TaskFailed { backtrace, .. } = self

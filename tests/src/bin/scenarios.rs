@@ -1360,6 +1360,18 @@ fn main() -> rayr::Result<()> {
             let _ = std::io::stdout().flush();
             println!("RESULT {}", rayr::get(&r)?);
         }
+        // Two 20 MB values held at once in a 32 MiB store (RAYR_OBJECT_STORE_MEMORY).
+        "store_full" => {
+            let first = rayr::put_slice(&vec![1u8; 20_000_000])?;
+            match rayr::put_slice(&vec![2u8; 20_000_000]) {
+                Err(e @ Error::ObjectStoreFull { .. }) => println!("STORE_FULL {e}"),
+                other => panic!("expected ObjectStoreFull, got {:?}", other.map(|r| r.id())),
+            }
+            drop(first);
+            // With the first freed, there is room again.
+            let again = rayr::put_slice(&vec![3u8; 20_000_000])?;
+            println!("ROOM_AGAIN {}", rayr::get_slice(&again)?[0]);
+        }
         // main returns an error: the job fails.
         "main_err" => {
             return Err(rayr::Error::Connection("MAIN-ERR on purpose".into()));
