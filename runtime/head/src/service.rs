@@ -357,11 +357,10 @@ fn end_tasks_of_ended_jobs(membership: &Membership, index: &EventIndex, swept: &
             return;
         }
     };
-    let ended: Vec<Vec<u8>> = jobs
-        .into_iter()
-        .filter(|j| j.finished_us > 0 && j.finished_us < now - JOB_END_GRACE_US && !swept.contains(&j.job_id))
-        .map(|j| j.job_id)
-        .collect();
+    let ended: Vec<&rayr_proto::JobRow> =
+        jobs.iter().filter(|j| j.finished_us > 0 && j.finished_us < now - JOB_END_GRACE_US && !swept.contains(&j.job_id)).collect();
+    let finished_at: std::collections::HashMap<Vec<u8>, i64> = ended.iter().map(|j| (j.job_id.clone(), j.finished_us)).collect();
+    let ended: Vec<Vec<u8>> = ended.into_iter().map(|j| j.job_id.clone()).collect();
     if ended.is_empty() {
         return;
     }
@@ -397,7 +396,10 @@ fn end_tasks_of_ended_jobs(membership: &Membership, index: &EventIndex, swept: &
             }
         }
     }
-    swept.extend(ended.into_iter().filter(|j| !waiting.contains(j)));
+    // A job waited on is looked at again for a minute at most (each look scans the tasks).
+    let now = rayr_logs::now_us();
+    let given_up = |j: &Vec<u8>| finished_at.get(j).is_some_and(|t| now - t > JOB_END_GRACE_US + 60_000_000);
+    swept.extend(ended.into_iter().filter(|j| !waiting.contains(j) || given_up(j)));
 }
 
 /// Records WORKER_EXITED, caused by the NODE_DIED, for every worker the record shows alive
