@@ -494,13 +494,36 @@ impl EventIndex {
         Ok(self.find_ids(pattern, MAX_ID_MATCHES)?.0)
     }
 
+    /// What `id` is (task, object, worker, …), as the first event naming it says.
+    fn role_of(&self, id: &[u8]) -> &'static str {
+        let q = EventQuery { id: Some(id.to_vec()), kind: 0, since_us: 0 };
+        let Ok(page) = self.events_page(&q, 0, 1) else { return "id" };
+        let Some((_, ev)) = page.events.first() else { return "id" };
+        [
+            (&ev.task_id, "task"),
+            (&ev.object_id, "object"),
+            (&ev.actor_id, "actor"),
+            (&ev.worker_id, "worker"),
+            (&ev.source_worker, "worker"),
+            (&ev.job_id, "job"),
+            (&ev.node_id, "node"),
+            (&ev.id, "event"),
+        ]
+        .into_iter()
+        .find(|(v, _)| v.as_slice() == id)
+        .map_or("id", |(_, role)| role)
+    }
+
     /// The one id `pattern` names; `UnknownId` or `AmbiguousId` (with the candidates) otherwise.
     pub fn resolve_unique(&self, pattern: &str) -> Result<Vec<u8>, HeadError> {
         let (mut ids, total) = self.find_ids(pattern, MAX_ID_MATCHES)?;
         match total {
             0 => Err(HeadError::UnknownId { pattern: pattern.trim().to_string() }),
             1 => Ok(ids.remove(0)),
-            _ => Err(HeadError::AmbiguousId { pattern: pattern.trim().to_string(), total, candidates: ids }),
+            _ => {
+                let kinds = ids.iter().map(|id| self.role_of(id)).collect();
+                Err(HeadError::AmbiguousId { pattern: pattern.trim().to_string(), total, candidates: ids, kinds })
+            }
         }
     }
 

@@ -88,16 +88,19 @@ pub enum HeadError {
     )]
     UnknownId { pattern: String },
 
-    #[error("{}", ambiguous(pattern, *total, candidates))]
-    AmbiguousId { pattern: String, total: usize, candidates: Vec<Vec<u8>> },
+    #[error("{}", ambiguous(pattern, *total, candidates, kinds))]
+    AmbiguousId { pattern: String, total: usize, candidates: Vec<Vec<u8>>, kinds: Vec<&'static str> },
 }
 
-fn ambiguous(pattern: &str, total: usize, candidates: &[Vec<u8>]) -> String {
+fn ambiguous(pattern: &str, total: usize, candidates: &[Vec<u8>], kinds: &[&str]) -> String {
     let which = if total > candidates.len() { format!("The first {} are:", candidates.len()) } else { "They are:".to_string() };
     let mut s = format!("`{pattern}` matches {total} ids; give more digits. {which}");
-    for c in candidates {
+    for (i, c) in candidates.iter().enumerate() {
         s.push_str("\n  ");
         s.push_str(&rayr_logs::hex(c));
+        if let Some(kind) = kinds.get(i) {
+            s.push_str(&format!("  ({kind})"));
+        }
     }
     s
 }

@@ -242,9 +242,13 @@ fn resolves_prefixes_and_short_forms() {
     }
     // All of process 0xd0's ids share 16 digits: a prefix that short is ambiguous.
     match index.resolve_unique("d0d0d0d0") {
-        Err(HeadError::AmbiguousId { total, candidates, .. }) => {
-            assert_eq!(total, 30);
+        Err(e @ HeadError::AmbiguousId { .. }) => {
+            let HeadError::AmbiguousId { total, candidates, kinds, .. } = &e else { unreachable!() };
+            assert_eq!(*total, 30);
             assert_eq!(candidates.len(), crate::MAX_ID_MATCHES);
+            // Each candidate says what it is: these are tasks.
+            assert!(kinds.iter().all(|k| *k == "task"), "{kinds:?}");
+            assert!(e.to_string().lines().skip(1).all(|l| l.ends_with("(task)")), "{e}");
         }
         other => panic!("{other:?}"),
     }
