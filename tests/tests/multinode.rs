@@ -80,13 +80,13 @@ fn a_killed_node_is_declared_dead_and_a_paused_one_exits_when_it_wakes() {
     for n in &cluster.nodes {
         wait_for(&format!("node {} declared dead", n.id), Duration::from_secs(10), || cluster.node_row(&n.id)["state"] == "DEAD");
         let reason = cluster.node_row(&n.id)["reason"].as_str().unwrap().to_string();
-        assert!(reason.contains("missed 5 heartbeats") && reason.contains("period 100 ms"), "{reason}");
+        assert!(reason.contains("missed 10 heartbeats") && reason.contains("period 100 ms"), "{reason}");
     }
     let out = cluster.cli(&["why-died", &cluster.nodes[0].id, "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let why: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let summary = why["summary"].as_str().unwrap();
-    assert!(summary.contains("was declared dead by the head") && summary.contains("missed 5 heartbeats"), "{why}");
+    assert!(summary.contains("was declared dead by the head") && summary.contains("missed 10 heartbeats"), "{why}");
     assert!(why["advice"].as_str().unwrap().contains("stopped answering the head"), "{why}");
     // The head logged it too (its tracing output is its log file), where `rayr logs` finds it.
     let out = cluster.cli(&["logs", "search", "is dead: it missed", "--json"]);
@@ -111,7 +111,7 @@ fn a_killed_node_is_declared_dead_and_a_paused_one_exits_when_it_wakes() {
     assert!(died.time_us < stopped.time_us);
     // The view keeps the first end: why it was lost.
     let reason = cluster.node_row(&paused.id)["reason"].as_str().unwrap().to_string();
-    assert!(reason.contains("missed 5 heartbeats"), "{reason}");
+    assert!(reason.contains("missed 10 heartbeats"), "{reason}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

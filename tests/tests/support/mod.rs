@@ -227,7 +227,8 @@ fn pid_in(line: &str) -> i32 {
 impl TestCluster {
     /// A head with `head_cpus` and one joined node per entry of `nodes` (extra `rayr start`
     /// flags, e.g. `["--num-cpus", "2"]`); nodes beat every `heartbeat_ms` and are dead
-    /// after 5 missed beats.
+    /// after 10 missed beats (a beat can be late by several periods on a loaded 2-core
+    /// machine: a node must not die of that while it joins).
     pub fn start(head_cpus: &str, nodes: &[&[&str]], heartbeat_ms: u32) -> TestCluster {
         Self::start_on(0, head_cpus, nodes, heartbeat_ms)
     }
@@ -245,7 +246,7 @@ impl TestCluster {
                 tmpdir: None,
             })
             .collect();
-        Self::start_spec(port, "127.0.0.1", head_cpus, &specs, heartbeat_ms, 5)
+        Self::start_spec(port, "127.0.0.1", head_cpus, &specs, heartbeat_ms, 10)
     }
 
     /// The general form: the head on `head_ip:port`, each node where its spec says (in a
