@@ -312,7 +312,7 @@ impl TaskDetailWriter<'_> {
     }
     /// Where the worker's stdout and stderr stood before and after the task's output.
     #[inline]
-    pub fn output(&mut self, out: (u64, u64), err: (u64, u64), gens: (u32, u32)) -> &mut Self {
+    pub fn output(&mut self, out: (u64, u64), err: (u64, u64), gens: (u32, u32), spans: (u32, u32)) -> &mut Self {
         uint(11, out.0, self.out);
         uint(12, out.1, self.out);
         uint(13, err.0, self.out);
@@ -320,6 +320,8 @@ impl TaskDetailWriter<'_> {
         uint(15, 1, self.out);
         uint(16, gens.0 as u64, self.out);
         uint(17, gens.1 as u64, self.out);
+        uint(18, spans.0 as u64, self.out);
+        uint(19, spans.1 as u64, self.out);
         self
     }
 }
@@ -518,7 +520,7 @@ mod tests {
         pack_event(&mut events, &src, &mut peers, 41, EventKind::TaskFailed as i32, 250, |w| {
             w.task(&task).cause(&event_id_from(40, src.salt)).worker(&src.source_worker).actor(&[0; 16]);
             w.task_detail(|d| {
-                d.error(&long_error).is_final(true).error_type("panic");
+                d.error(&long_error).is_final(true).error_type("panic").output((10, 20), (0, 5), (3, 1), (2, 0));
             });
         });
         let whole = Event { id: vec![5; 16], time_us: 999_000, kind: EventKind::WorkerExited as i32, ..Default::default() };
@@ -540,7 +542,14 @@ mod tests {
         assert_eq!(got[1].worker_id, src.source_worker.to_vec(), "the recorder's own id, packed to one byte");
         assert!(got[1].actor_id.is_empty(), "an all-zero id is no id");
         match &got[1].detail {
-            Some(event::Detail::Task(d)) => assert_eq!((d.error.len(), d.r#final), (300, true), "a detail over 127 bytes"),
+            Some(event::Detail::Task(d)) => {
+                assert_eq!((d.error.len(), d.r#final), (300, true), "a detail over 127 bytes");
+                assert_eq!(
+                    (d.out_start, d.out_end, d.err_start, d.err_end, d.output_measured, d.out_gen, d.err_gen, d.out_gen_span, d.err_gen_span),
+                    (10, 20, 0, 5, true, 3, 1, 2, 0),
+                    "the output's place, generations and spans"
+                );
+            }
             other => panic!("{other:?}"),
         }
         assert_eq!(got[2], Event { node_id: vec![1; 16], source_worker: vec![2; 16], source_pid: 77, job_id: vec![3; 16], ..whole });

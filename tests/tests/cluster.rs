@@ -874,10 +874,9 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let long = std::io::BufRead::lines(std::io::BufReader::new(killed.stdout.take().unwrap()))
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("LONG ").map(String::from))
-        .expect("LONG");
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(killed.stdout.take().unwrap()));
+    let kept = lines.by_ref().map_while(Result::ok).find_map(|l| l.strip_prefix("KEPT ").map(String::from)).expect("KEPT");
+    let long = lines.map_while(Result::ok).find_map(|l| l.strip_prefix("LONG ").map(String::from)).expect("LONG");
     let task = |cli: &dyn Fn(&[&str]) -> Output| -> serde_json::Value {
         let out = cli(&["list", "tasks", "--json"]);
         let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -913,6 +912,22 @@ fn rayr_start_runs_drivers_and_rayr_stop_leaves_nothing() {
     let kinds: Vec<&str> = why["chain"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
     assert_eq!(kinds[..3], ["task_failed", "job_finished", "worker_exited"], "{why}");
     assert!(why["advice"].as_str().unwrap().contains("crashed or was killed before the task did"), "{why}");
+    // What the killed driver owned (a value in its own memory) went with it: lost, because
+    // of its exit.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = cli(&["list", "objects", "--filter", &format!("object_id={kept}"), "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if rows[0]["state"] == "LOST" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dead driver's object stayed {rows}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let why = cluster.cli(&["why-died", &kept, "--json"]);
+    let why: serde_json::Value = serde_json::from_slice(&why.stdout).unwrap();
+    let kinds: Vec<&str> = why["chain"].as_array().unwrap().iter().map(|e| e["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds[..2], ["object_lost", "worker_exited"], "{why}");
     // The agent drains the workers' last events as they stop after each driver: wait.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

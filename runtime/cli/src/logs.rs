@@ -306,11 +306,25 @@ fn output_of(e: &rayr_proto::Event) -> Option<&rayr_proto::TaskDetail> {
     }
 }
 
+/// The parts of the worker's files a task's output is in: from its start offset in the
+/// generation it began in, through any generations the files rotated past while it ran, to
+/// its end offset in the last.
 fn ranges(d: &rayr_proto::TaskDetail) -> Vec<rayr_proto::ByteRange> {
-    vec![
-        rayr_proto::ByteRange { stream: "out".into(), start: d.out_start, end: d.out_end, generation: d.out_gen },
-        rayr_proto::ByteRange { stream: "err".into(), start: d.err_start, end: d.err_end, generation: d.err_gen },
-    ]
+    let mut parts = Vec::new();
+    for (stream, start, end, generation, span) in
+        [("out", d.out_start, d.out_end, d.out_gen, d.out_gen_span), ("err", d.err_start, d.err_end, d.err_gen, d.err_gen_span)]
+    {
+        let first = generation.saturating_sub(span);
+        for g in first..=generation {
+            parts.push(rayr_proto::ByteRange {
+                stream: stream.into(),
+                start: if g == first { start } else { 0 },
+                end: if g == generation { end } else { u64::MAX },
+                generation: g,
+            });
+        }
+    }
+    parts
 }
 
 /// The task `id` names: a task's id, or an object's (the task that made it).

@@ -133,8 +133,10 @@ impl Record<'_> {
             let lines: Vec<String> = text.lines().map(String::from).collect();
             Some((lines[lines.len().saturating_sub(TASK_OUTPUT_LINES)..].to_vec(), path.display().to_string()))
         };
-        let (stdout, stdout_path) = read("out", t.out_start, t.out_end, t.out_gen)?;
-        let (stderr, stderr_path) = read("err", t.err_start, t.err_end, t.err_gen)?;
+        // The last lines are what matter: from the generation the output ends in.
+        let from = |start: u64, span: u32| if span > 0 { 0 } else { start };
+        let (stdout, stdout_path) = read("out", from(t.out_start, t.out_gen_span), t.out_end, t.out_gen)?;
+        let (stderr, stderr_path) = read("err", from(t.err_start, t.err_gen_span), t.err_end, t.err_gen)?;
         Some(TaskOutput { stdout, stderr, stdout_path, stderr_path })
     }
 
@@ -615,8 +617,14 @@ async fn explain_actor(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<(
     };
     let d = actor(&died_ev).cloned().unwrap_or_default();
     // Restarts used and left (its owner records them in ACTOR_DIED).
+    // Restarts seen in the record (each life is an ACTOR_CREATED), for ends that do not
+    // count them (its owner or handles went: restarts do not apply).
+    let lives = created.len().saturating_sub(1) as u32;
     let restarts = match (d.restart, d.max_restarts) {
         (_, -1) => format!(" after {} restart(s) (max_restarts -1: it restarts for ever, so this end was not a crash)", d.restart),
+        (0, 0) if d.cause != "worker_died" && d.cause != "creation_failed" => {
+            if lives > 0 { format!(" after {lives} restart(s)") } else { String::new() }
+        }
         (0, 0) => " (max_restarts 0: it was never to restart)".to_string(),
         (used, max) if used as i32 >= max => format!(" after {used} restart(s) of max_restarts {max}: none left"),
         (used, max) => format!(" after {used} restart(s) of max_restarts {max} ({} left, not used: it did not crash)", max - used as i32),

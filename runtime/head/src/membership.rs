@@ -129,6 +129,25 @@ impl Membership {
         });
     }
 
+    /// An object the record shows alive whose owner (`exited`: its WORKER_EXITED, `how`
+    /// its detail) is gone: it went with the owner, lost if the owner died (`failed`),
+    /// freed if it ended on purpose.
+    pub fn object_ended_with_owner(&self, object: &rayr_proto::ObjectRow, exited: &[u8], how: &str, failed: bool) {
+        self.record(Event {
+            kind: if failed { EventKind::ObjectLost } else { EventKind::ObjectFreed } as i32,
+            object_id: object.object_id.clone(),
+            worker_id: object.owner.clone(),
+            cause: exited.to_vec(),
+            detail: Some(event::Detail::Object(rayr_proto::ObjectDetail {
+                size: object.size,
+                location: object.location.clone(),
+                reason: format!("its owner, worker {}, exited: {how}", hex(&object.owner)),
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+    }
+
     /// A task still open when its job ended (`job_finished`: the JOB_FINISHED) that no
     /// one else will end: its owner, the driver or a worker of the job, is gone, and the
     /// job's workers were stopped with it.

@@ -291,6 +291,7 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
         tokio::spawn(async move {
             let mut every = tokio::time::interval(membership.config().heartbeat_period / 2);
             let swept: Arc<parking_lot::Mutex<std::collections::HashSet<Vec<u8>>>> = Default::default();
+            let owners_swept: Arc<parking_lot::Mutex<std::collections::HashSet<Vec<u8>>>> = Default::default();
             let mut last_sweep = std::time::Instant::now();
             loop {
                 tokio::select! {
@@ -305,7 +306,12 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
                 if last_sweep.elapsed() >= SWEEP_EVERY {
                     last_sweep = std::time::Instant::now();
                     let (membership, index, swept) = (membership.clone(), index.clone(), swept.clone());
-                    let _ = tokio::task::spawn_blocking(move || end_tasks_of_ended_jobs(&membership, &index, &mut swept.lock())).await;
+                    let owners = owners_swept.clone();
+                    let _ = tokio::task::spawn_blocking(move || {
+                        end_tasks_of_ended_jobs(&membership, &index, &mut swept.lock());
+                        lose_objects_of_dead_owners(&membership, &index, &mut owners.lock());
+                    })
+                    .await;
                 }
             }
         });
@@ -360,10 +366,12 @@ fn end_tasks_of_ended_jobs(membership: &Membership, index: &EventIndex, swept: &
     let ended: Vec<&rayr_proto::JobRow> =
         jobs.iter().filter(|j| j.finished_us > 0 && j.finished_us < now - JOB_END_GRACE_US && !swept.contains(&j.job_id)).collect();
     let finished_at: std::collections::HashMap<Vec<u8>, i64> = ended.iter().map(|j| (j.job_id.clone(), j.finished_us)).collect();
-    let ended: Vec<Vec<u8>> = ended.into_iter().map(|j| j.job_id.clone()).collect();
+    let ended: std::collections::HashSet<Vec<u8>> = ended.into_iter().map(|j| j.job_id.clone()).collect();
     if ended.is_empty() {
         return;
     }
+    // Each job's JOB_FINISHED, looked up once (it is the cause of every task it ends).
+    let mut job_finished: std::collections::HashMap<Vec<u8>, Option<Vec<u8>>> = std::collections::HashMap::new();
     // Only tasks whose owner is gone (a detached actor outlives its job and ends its own
     // tasks) and whose worker, if one took it, is gone too (a worker spared by the job's
     // end records its own).
@@ -390,9 +398,12 @@ fn end_tasks_of_ended_jobs(membership: &Membership, index: &EventIndex, swept: &
                 }
                 continue;
             }
-            let finished = index.events(Some(&task.job_id), rayr_proto::EventKind::JobFinished as i32, 0, 0);
-            if let Some((_, job_finished)) = finished.ok().and_then(|v| v.into_iter().next()) {
-                membership.task_ended_with_job(task, &job_finished.id);
+            let cause = job_finished.entry(task.job_id.clone()).or_insert_with(|| {
+                let q = rayr_head_query(&task.job_id, rayr_proto::EventKind::JobFinished);
+                index.events_page(&q, 0, 1).ok().and_then(|p| p.events.into_iter().next()).map(|(_, e)| e.id)
+            });
+            if let Some(cause) = cause {
+                membership.task_ended_with_job(task, cause);
             }
         }
     }
@@ -400,6 +411,52 @@ fn end_tasks_of_ended_jobs(membership: &Membership, index: &EventIndex, swept: &
     let now = rayr_logs::now_us();
     let given_up = |j: &Vec<u8>| finished_at.get(j).is_some_and(|t| now - t > JOB_END_GRACE_US + 60_000_000);
     swept.extend(ended.into_iter().filter(|j| !waiting.contains(j) || given_up(j)));
+}
+
+/// Events naming `id` of one kind.
+fn rayr_head_query(id: &[u8], kind: rayr_proto::EventKind) -> crate::EventQuery {
+    crate::EventQuery { id: Some(id.to_vec()), kind: kind as i32, since_us: 0 }
+}
+
+/// Records OBJECT_LOST (caused by the owner's WORKER_EXITED) for objects the record still
+/// shows alive whose owner exited a while ago: an object lives in its owner (or in a
+/// store on its behalf), and nothing else records the end of those it held in its own
+/// memory. Each owner is looked at once (`swept`).
+fn lose_objects_of_dead_owners(membership: &Membership, index: &EventIndex, swept: &mut std::collections::HashSet<Vec<u8>>) {
+    let now = rayr_logs::now_us();
+    let Ok(workers) = index.list(&ListRequest { entity: "workers".into(), limit: u32::MAX, ..Default::default() }) else { return };
+    let gone: std::collections::HashSet<&[u8]> = workers
+        .workers
+        .iter()
+        .filter(|w| w.state == "DEAD" && w.exited_us > 0 && w.exited_us < now - JOB_END_GRACE_US && !swept.contains(&w.worker_id))
+        .map(|w| w.worker_id.as_slice())
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let req = ListRequest {
+        entity: "objects".into(),
+        filters: vec![rayr_proto::Filter { key: "state".into(), value: "ALIVE".into() }],
+        limit: u32::MAX,
+        ..Default::default()
+    };
+    let Ok(alive) = index.list(&req) else { return };
+    let mut exits: std::collections::HashMap<&[u8], Option<(Vec<u8>, String, bool)>> = std::collections::HashMap::new();
+    for object in alive.objects.iter().filter(|o| gone.contains(o.owner.as_slice())) {
+        let exit = exits.entry(object.owner.as_slice()).or_insert_with(|| {
+            let q = rayr_head_query(&object.owner, rayr_proto::EventKind::WorkerExited);
+            let e = index.events_page(&q, 0, 1).ok()?.events.into_iter().next()?.1;
+            let (detail, failed) = match &e.detail {
+                Some(rayr_proto::event::Detail::WorkerExit(x)) => (x.detail.clone(), x.exit_type == rayr_proto::WorkerExitType::SystemError as i32),
+                _ => (String::new(), true),
+            };
+            Some((e.id, detail, failed))
+        });
+        if let Some((cause, detail, failed)) = exit {
+            membership.object_ended_with_owner(object, cause, detail, *failed);
+        }
+    }
+    swept.extend(gone.into_iter().map(<[u8]>::to_vec));
 }
 
 /// Records WORKER_EXITED, caused by the NODE_DIED, for every worker the record shows alive

@@ -1612,6 +1612,30 @@ impl Agent {
         let mut e = self.event(EventKind::NodeStopped);
         e.detail = Some(event::Detail::Node(NodeDetail { reason: reason.to_string(), ..Default::default() }));
         self.record(&e);
+        // Drivers still attached are cut off from the cluster: their jobs end here (nobody
+        // else will record it), caused by the node's stop.
+        let drivers: Vec<(Id, Id, u32)> =
+            self.state.lock().clients.iter().filter(|(_, c)| c.is_driver).map(|(w, c)| (*w, c.job, c.pid)).collect();
+        for (worker, job, pid) in drivers {
+            let mut x = self.event(EventKind::WorkerExited);
+            x.worker_id = worker.to_vec();
+            x.job_id = job.to_vec();
+            x.cause = e.id.clone();
+            x.detail = Some(event::Detail::WorkerExit(WorkerExit {
+                exit_type: rayr_proto::WorkerExitType::IntendedSystemExit as i32,
+                exit_code: -1,
+                detail: format!("driver cut off: its node stopped ({reason}) while it ran; the process itself may still run"),
+                pid,
+                ..Default::default()
+            }));
+            self.record(&x);
+            let mut j = self.event(EventKind::JobFinished);
+            j.job_id = job.to_vec();
+            j.worker_id = worker.to_vec();
+            j.cause = x.id.clone();
+            j.detail = Some(event::Detail::Job(JobDetail { pid, exit_code: -1, ..Default::default() }));
+            self.record(&j);
+        }
     }
 }
 

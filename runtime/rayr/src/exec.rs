@@ -169,8 +169,8 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
         ev.task(&spec.task_id).worker(&core.me).cause(&started);
         ev.task_detail(|d| {
             d.attempt(spec.attempt);
-            if let Some(((out, err), gens)) = output {
-                d.output(out, err, gens);
+            if let Some(o) = &output {
+                d.output(o.out, o.err, o.gens, o.spans);
             }
             if let Some(e) = &detail_error {
                 d.max_retries(spec.max_retries);
@@ -224,9 +224,18 @@ fn output_mark() -> ([u64; 2], [u32; 2]) {
     ([OUTPUT_AT[0].load(Relaxed), OUTPUT_AT[1].load(Relaxed)], [LOG_GEN[0].load(Relaxed), LOG_GEN[1].load(Relaxed)])
 }
 
-/// The output from `from` (see `output_mark`) to now: ((out start, end), (err start, end)),
-/// and the files' generations.
-fn output_range(from: ([u64; 2], [u32; 2])) -> Option<(((u64, u64), (u64, u64)), (u32, u32))> {
+/// Where a task's output is in its worker's stdout and stderr files: (start, end) offsets,
+/// the generation each ends in, and how many rotations it spans (it starts in generation
+/// `gens - spans`).
+struct OutputRange {
+    out: (u64, u64),
+    err: (u64, u64),
+    gens: (u32, u32),
+    spans: (u32, u32),
+}
+
+/// The output from `from` (see `output_mark`) to now.
+fn output_range(from: ([u64; 2], [u32; 2])) -> Option<OutputRange> {
     use std::sync::atomic::Ordering::Relaxed;
     // Not while the files rotate: offsets and generations go together.
     let _still = ROTATION.lock();
@@ -234,13 +243,15 @@ fn output_range(from: ([u64; 2], [u32; 2])) -> Option<(((u64, u64), (u64, u64)),
     OUTPUT_AT[0].store(out, Relaxed);
     OUTPUT_AT[1].store(err, Relaxed);
     let gens = [LOG_GEN[0].load(Relaxed), LOG_GEN[1].load(Relaxed)];
-    // Nothing measured yet in this process, or the file rotated since the mark (what was
-    // written before that is in the older generation): from the file's start.
+    // The mark's offset, in the mark's generation (nothing measured yet in this process:
+    // from that file's start).
     let start = |i: usize, end: u64| {
-        let s = from.0[i];
-        if s == u64::MAX || s > end || from.1[i] != gens[i] { 0 } else { s }
+        let s = if from.0[i] == u64::MAX { 0 } else { from.0[i] };
+        let span = gens[i].saturating_sub(from.1[i]);
+        if span == 0 && s > end { (0, 0) } else { (s, span) }
     };
-    Some((((start(0, out), out), (start(1, err), err)), (gens[0], gens[1])))
+    let ((so, po), (se, pe)) = (start(0, out), start(1, err));
+    Some(OutputRange { out: (so, out), err: (se, err), gens: (gens[0], gens[1]), spans: (po, pe) })
 }
 
 /// The generation of this worker's stdout and stderr files (see `rotate_logs`).

@@ -1378,6 +1378,8 @@ fn main() -> rayr::Result<()> {
         }
         // A long task the test kills this driver during.
         "long_task" => {
+            let kept = rayr::put(vec![1u8; 100])?;
+            println!("KEPT {}", kept.id());
             let r = ticker::remote(1200);
             println!("LONG {}", r.id());
             use std::io::Write;

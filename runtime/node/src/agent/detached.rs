@@ -297,7 +297,15 @@ impl Agent {
         if let Some(c) = because {
             e.cause = c.to_vec();
         }
-        e.detail = Some(event::Detail::Actor(ActorDetail { cause: cause.into(), detail: detail.into(), ..Default::default() }));
+        let max_restarts = if d.restarts_left < 0 { -1 } else { d.restarts as i32 + d.restarts_left };
+        e.detail = Some(event::Detail::Actor(ActorDetail {
+            cause: cause.into(),
+            detail: detail.into(),
+            restart: d.restarts,
+            max_restarts,
+            detached: true,
+            ..Default::default()
+        }));
         self.record(&e);
         self.actor_names.lock().retain(|_, n| n.actor_id != actor);
         st.pending.retain(|p| !matches!(p.reply_to, LeaseFor::Detached(a) if a == actor));

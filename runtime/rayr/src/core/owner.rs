@@ -177,6 +177,7 @@ impl Core {
             return;
         }
         let why = "every handle to it was dropped";
+        let (restart, max_restarts) = (a.restarts, if a.restarts_left < 0 { -1 } else { a.restarts as i32 + a.restarts_left });
         a.dead = Some((why.into(), None));
         let kept = std::mem::take(&mut a.kept_args);
         if let Some(name) = a.name.take() {
@@ -190,7 +191,13 @@ impl Core {
         if let Some(c) = because {
             e.cause = c.to_vec();
         }
-        e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail { cause: "out_of_scope".into(), detail: why.into(), ..Default::default() }));
+        e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail {
+            cause: "out_of_scope".into(),
+            detail: why.into(),
+            restart,
+            max_restarts,
+            ..Default::default()
+        }));
         let died = self.record(e);
         if let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) {
             a.dead = Some((why.into(), Some(died)));
