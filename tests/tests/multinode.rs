@@ -1085,6 +1085,71 @@ fn events_a_worker_recorded_after_its_agent_last_drained_survive_the_agent_being
 }
 
 #[test]
+fn a_task_on_a_frozen_node_is_retried_elsewhere_once_the_node_is_declared_dead() {
+    let far = &["--num-cpus", "1", "--resources", r#"{"far": 1}"#][..];
+    let cluster = TestCluster::start("1", &[far, far], 100);
+    let hold = cluster.tmp.path().join("let-go");
+    let mut driver = Command::new(SCENARIOS)
+        .arg("held_far_task")
+        .env("RAYR_TMPDIR", cluster.tmp.path())
+        .env("HOLD", &hold)
+        .env_remove("RAYR_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let out = driver.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let object = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok()).find_map(|l| l.strip_prefix("HELD ").map(String::from)).expect("HELD");
+    // Which node runs it.
+    let mut node = String::new();
+    wait_for("the task to run on a node", Duration::from_secs(20), || {
+        let events = cluster.events();
+        let Some(task) = events.iter().find(|e| kind(e) == EventKind::TaskSubmitted && rayr_logs::hex(&e.object_id) == object).map(|e| e.task_id.clone()) else {
+            return false;
+        };
+        let out = cluster.cli(&["list", "tasks", "--filter", &format!("task_id={}", rayr_logs::hex(&task)), "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        node = rows[0]["node_id"].as_str().unwrap_or_default().to_string();
+        rows[0]["state"] == "RUNNING" && cluster.nodes.iter().any(|n| n.id == node)
+    });
+    // Freeze that node whole: its agent and its workers (their sockets stay open).
+    let agent = cluster.nodes.iter().find(|n| n.id == node).unwrap().pid;
+    let children: Vec<i32> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|pp| pp.parse::<i32>().ok()) == Some(agent)
+        })
+        .collect();
+    let frozen: Vec<i32> = std::iter::once(agent).chain(children).collect();
+    for &p in &frozen {
+        unsafe { libc::kill(p, libc::SIGSTOP) };
+    }
+    std::fs::write(&hold, b"").unwrap();
+    // Declared dead (10 missed 100 ms beats), the task runs again on the other node.
+    let result = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(20)).ok()).find(|l| l.starts_with("RESULT "));
+    for &p in &frozen {
+        unsafe { libc::kill(p, libc::SIGCONT) };
+    }
+    assert_eq!(result.as_deref(), Some("RESULT 7"), "the driver got its result while the node was frozen");
+    assert!(driver.wait().unwrap().success());
+    let events = cluster.events();
+    let died = events.iter().find(|e| kind(e) == EventKind::NodeDied && rayr_logs::hex(&e.node_id) == node).expect("NODE_DIED");
+    let task = events.iter().find(|e| kind(e) == EventKind::TaskSubmitted && rayr_logs::hex(&e.object_id) == object).unwrap().task_id.clone();
+    let retried = events.iter().find(|e| kind(e) == EventKind::TaskRetried && e.task_id == task).expect("TASK_RETRIED");
+    assert_eq!(retried.cause, died.id, "retried because its node died");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn rayr_logs_search_since_and_until_cut_by_when_lines_were_written() {
     let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
     let say = |marker: &str| {

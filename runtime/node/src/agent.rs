@@ -249,6 +249,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
         open_conns: std::sync::atomic::AtomicUsize::new(0),
+        client_conns: Mutex::new(Vec::new()),
         actor_names: Mutex::new(HashMap::new()),
         event_areas: Mutex::new(Vec::new()),
         draining: Mutex::new(()),
@@ -466,6 +467,8 @@ struct Agent {
     /// Client connections still being read. Shutdown waits for them (each drains its
     /// client's event area a last time as it closes).
     open_conns: std::sync::atomic::AtomicUsize,
+    /// Every client connection, to tell them what the head said unasked (a node gone).
+    client_conns: Mutex<Vec<std::sync::Weak<Conn>>>,
     /// Named actors: (namespace, name) → who holds the name (freed when the actor ends or
     /// its owner goes).
     actor_names: Mutex<HashMap<(String, String), rayr_proto::ActorName>>,
@@ -534,6 +537,11 @@ impl Agent {
         let mut local_client = false;
         let Ok(write_half) = stream.try_clone() else { return };
         let conn = Arc::new(Conn { stream: Mutex::new(write_half) });
+        {
+            let mut conns = self.client_conns.lock();
+            conns.retain(|c| c.strong_count() > 0);
+            conns.push(Arc::downgrade(&conn));
+        }
         let mut reader = FrameReader::new(stream);
         let mut me: Option<Id> = None;
         let mut said_goodbye: Option<rayr_proto::Disconnect> = None;

@@ -518,6 +518,20 @@ impl Agent {
             }
         }
         for (node, reason, died) in fresh {
+            // Its clients drop what they hold there now: a frozen or cut-off node's
+            // connections stay open, and would hold their tasks and calls for good.
+            let msg = rayr_proto::NodeMessage {
+                req_id: 0,
+                body: Some(rayr_proto::node_message::Body::NodeGone(rayr_proto::NodeGone {
+                    node_id: node.to_vec(),
+                    reason: reason.clone(),
+                    died_event: died.clone(),
+                })),
+            };
+            let conns: Vec<Arc<Conn>> = self.client_conns.lock().iter().filter_map(|c| c.upgrade()).collect();
+            for c in conns {
+                c.send(&msg);
+            }
             let mut st = self.state.lock();
             let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner_node == Some(node)).map(|(id, _)| *id).collect();
             let mut events = Vec::new();

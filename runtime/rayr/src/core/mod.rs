@@ -296,6 +296,8 @@ pub(crate) struct State {
     /// Values for remote readers, sent once the lock is released (a write may block; see
     /// `send_outbox`).
     pub outbox: Vec<(Arc<ServerConn>, PeerMessage)>,
+    /// Nodes the head declared gone: their NODE_DIED (empty if they left) and why.
+    pub gone_nodes: HashMap<Id, (Vec<u8>, String)>,
 }
 
 /// A connection this process opened to another core worker.
@@ -311,6 +313,13 @@ pub(crate) struct PeerConn {
 }
 
 impl PeerConn {
+    /// Ends the connection from this side: its reader sees it closed, as when the other
+    /// end dies (for an end that cannot say so: a frozen node's worker).
+    pub fn hang_up(&self) {
+        // SAFETY: shutting down a socket this connection owns; the fd stays open.
+        unsafe { libc::shutdown(self.raw_fd, libc::SHUT_RDWR) };
+    }
+
     pub fn send(&self, msg: &PeerMessage) -> io::Result<()> {
         let mut buf = Vec::with_capacity(128);
         encode_frame(msg, &mut buf);
@@ -364,6 +373,8 @@ pub(crate) struct NodeConn {
     next_req: AtomicU64,
     waiters: Mutex<HashMap<u64, Sender<NodeMessage>>>,
     pub closed: AtomicBool,
+    /// Another node's agent: which node (set when a spillback names it).
+    pub node: Mutex<Option<Id>>,
 }
 
 impl NodeConn {
@@ -613,6 +624,7 @@ impl Core {
                 next_req: AtomicU64::new(1),
                 waiters: Mutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                node: Mutex::new(None),
             },
             arena,
             state: Mutex::new(State {
@@ -630,6 +642,7 @@ impl Core {
                 remote_agents: HashMap::new(),
                 peers: HashMap::new(),
                 outbox: Vec::new(),
+                gone_nodes: HashMap::new(),
             }),
             ready: Condvar::new(),
             events,
@@ -699,6 +712,10 @@ impl Core {
                 Ok(Some(m)) => m,
                 _ => break,
             };
+            if let Some(node_message::Body::NodeGone(g)) = &msg.body {
+                self.node_gone(g);
+                continue;
+            }
             if let Some(node_message::Body::Lease(reply)) = &msg.body {
                 let key = self.state.lock().lease_requests.remove(&msg.req_id);
                 if let Some((key, lessor)) = key {
@@ -740,6 +757,31 @@ impl Core {
             std::process::exit(0);
         }
         self.fail_everything("the node agent went away");
+    }
+
+    /// The head declared node `g` gone: what this process holds there is dropped now (a
+    /// frozen or cut-off node keeps its sockets open). Its agent's connection closes, so
+    /// lease requests sent there are asked again; connections to workers leased there
+    /// close, so their tasks and calls are retried (or fail) as after any worker's death,
+    /// caused by the node's death.
+    fn node_gone(self: &Arc<Self>, g: &rayr_proto::NodeGone) {
+        let Ok(node) = <Id>::try_from(g.node_id.as_slice()) else { return };
+        let mut st = self.state.lock();
+        st.gone_nodes.insert(node, (g.died_event.clone(), g.reason.clone()));
+        let agents: Vec<Arc<NodeConn>> = st.remote_agents.values().filter(|c| *c.node.lock() == Some(node)).cloned().collect();
+        let peers: Vec<Arc<PeerConn>> = st
+            .leased
+            .values()
+            .filter(|l| l.lessor.as_ref().is_some_and(|c| agents.iter().any(|a| Arc::ptr_eq(a, c))))
+            .map(|l| l.conn.clone())
+            .collect();
+        drop(st);
+        for p in peers {
+            p.hang_up();
+        }
+        for a in agents {
+            let _ = a.write.lock().shutdown(std::net::Shutdown::Both);
+        }
     }
 
     /// Whether the process that started this one has died (this one was handed to init, or
@@ -795,7 +837,13 @@ impl Core {
             Some(node_message::Body::Registered(r)) => return Err(io::Error::other(r.error)),
             _ => return Err(io::Error::other("the node agent answered the registration with something else")),
         }
-        let conn = Arc::new(NodeConn { write: Mutex::new(stream), next_req: AtomicU64::new(0), waiters: Mutex::new(HashMap::new()), closed: AtomicBool::new(false) });
+        let conn = Arc::new(NodeConn {
+            write: Mutex::new(stream),
+            next_req: AtomicU64::new(0),
+            waiters: Mutex::new(HashMap::new()),
+            closed: AtomicBool::new(false),
+            node: Mutex::new(None),
+        });
         self.state.lock().remote_agents.insert(socket.to_string(), conn.clone());
         let (core, c, socket) = (self.clone(), conn.clone(), socket.to_string());
         std::thread::Builder::new().name("rayr-remote-node".into()).spawn(move || core.read_remote_agent(c, reader, socket))?;
@@ -1079,6 +1127,12 @@ impl Core {
     /// How a worker ended, from the agent that leased it (`via`; None: this node's). Never
     /// called on the thread that reads that agent's replies.
     pub(crate) fn worker_exit_from(&self, worker: Id, via: Option<&NodeConn>) -> (Option<Id>, String) {
+        // A worker of a node the head declared gone went with it (its agent may not answer).
+        if let Some(node) = via.and_then(|c| *c.node.lock())
+            && let Some((died, reason)) = self.state.lock().gone_nodes.get(&node).cloned()
+        {
+            return (died.as_slice().try_into().ok(), format!("its node {} was declared gone: {reason}", hex(&node)));
+        }
         let body = client_message::Body::WorkerExit(rayr_proto::WorkerExitQuery { worker_id: worker.to_vec(), wait_ms: 3000 });
         match via.unwrap_or(&self.node_conn).call(body) {
             Ok(node_message::Body::WorkerExit(r)) if r.exited => {

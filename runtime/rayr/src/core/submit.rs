@@ -234,6 +234,9 @@ impl Core {
     /// agent of that node, marked spilled (it grants or queues it there).
     fn lease_elsewhere(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply) {
         let agent = self.remote_agent(&reply.spill_to);
+        if let (Ok(a), Ok(node)) = (&agent, <Id>::try_from(reply.spill_node.as_slice())) {
+            *a.node.lock() = Some(node);
+        }
         let mut st = self.state.lock();
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(&task) = q.ready.front() else {
@@ -261,7 +264,7 @@ impl Core {
             let req = self.node_conn.next_req();
             st.lease_requests.insert(req, (key.clone(), None));
             drop(st);
-            let body = client_message::Body::Lease(rayr_proto::LeaseRequest { spilled: false, ..request(demand) });
+            let body = client_message::Body::Lease(rayr_proto::LeaseRequest { spilled: false, spillback_ok: true, ..request(demand) });
             let core = self.clone();
             let _ = std::thread::Builder::new().name("rayr-respill".into()).spawn(move || {
                 std::thread::sleep(SPILL_TARGET_GONE_PAUSE);
