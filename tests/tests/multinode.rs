@@ -1150,6 +1150,29 @@ fn a_task_on_a_frozen_node_is_retried_elsewhere_once_the_node_is_declared_dead()
 }
 
 #[test]
+fn actor_names_are_the_clusters_found_and_unique_from_every_node() {
+    let cluster = TestCluster::start(
+        "0",
+        &[&["--num-cpus", "2", "--resources", r#"{"a": 1}"#], &["--num-cpus", "2", "--resources", r#"{"b": 1}"#]],
+        100,
+    );
+    let out = run(
+        Command::new(SCENARIOS).arg("actor_named_across_nodes").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"),
+        Duration::from_secs(60),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = |k: &str| stdout.lines().find_map(|l| l.strip_prefix(&format!("{k} "))).unwrap_or_else(|| panic!("{k} in {stdout}")).to_string();
+    assert_eq!((line("FROM_A"), line("FROM_B")), ("8".to_string(), "9".to_string()), "found by name from both nodes");
+    let clash = line("CLASH_B");
+    assert!(clash.starts_with("refused") && clash.contains("the name web/hits is taken by actor") && clash.contains(&line("ACTOR")), "{clash}");
+    assert_eq!(line("OTHER_B"), "made 0");
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn rayr_logs_search_since_and_until_cut_by_when_lines_were_written() {
     let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
     let say = |marker: &str| {

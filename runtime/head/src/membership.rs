@@ -57,6 +57,9 @@ struct Member {
 pub struct Membership {
     cfg: MembershipConfig,
     nodes: Mutex<HashMap<Id, Member>>,
+    /// Named actors of the whole cluster: (namespace, name) → the actor, and the node of
+    /// the process that owns it (its names go when that node does).
+    names: Mutex<HashMap<(String, String), (rayr_proto::ActorName, Id)>>,
     log: Mutex<EventLogWriter>,
     /// The head's own id, the source of its events.
     head_id: Id,
@@ -73,7 +76,7 @@ impl Membership {
     pub fn open(session: &Session, cfg: MembershipConfig) -> std::io::Result<Arc<Membership>> {
         let head_id = new_id();
         let log = EventLogWriter::open(&session.event_log(&format!("head-{}", &hex(&head_id)[..16])))?;
-        Ok(Arc::new(Membership { cfg, nodes: Mutex::new(HashMap::new()), log: Mutex::new(log), head_id }))
+        Ok(Arc::new(Membership { cfg, nodes: Mutex::new(HashMap::new()), names: Mutex::new(HashMap::new()), log: Mutex::new(log), head_id }))
     }
 
     pub fn config(&self) -> MembershipConfig {
@@ -292,8 +295,54 @@ impl Membership {
     }
 
     /// The node leaves on purpose (it records NODE_STOPPED itself).
+    /// Claims, looks up or releases an actor's name for the whole cluster.
+    pub fn actor_names(&self, r: &rayr_proto::ActorNamesRequest) -> rayr_proto::ActorNameReply {
+        let reply = |actor: Option<rayr_proto::ActorName>, error: String| rayr_proto::ActorNameReply { actor, error };
+        let Some(a) = &r.actor else { return reply(None, "actor names: no actor given".into()) };
+        if a.name.is_empty() || a.name.len() > 1024 || a.namespace.len() > 1024 {
+            return reply(None, "an actor's name must be 1 to 1024 bytes, and its namespace at most 1024".into());
+        }
+        let key = (a.namespace.clone(), a.name.clone());
+        let mut names = self.names.lock();
+        match r.op.as_str() {
+            "claim" => {
+                let Ok(node) = <Id>::try_from(r.node_id.as_slice()) else { return reply(None, "claim: node_id must be 16 bytes".into()) };
+                if let Some((held, _)) = names.get(&key).filter(|(held, _)| held.actor_id != a.actor_id) {
+                    return reply(
+                        Some(held.clone()),
+                        format!(
+                            "the name {}/{} is taken by actor {} (names are unique in their namespace while the actor lives)",
+                            a.namespace,
+                            a.name,
+                            hex(&held.actor_id)
+                        ),
+                    );
+                }
+                names.insert(key, (a.clone(), node));
+                reply(Some(a.clone()), String::new())
+            }
+            "lookup" => match names.get(&key) {
+                Some((held, _)) => reply(Some(held.clone()), String::new()),
+                None => reply(None, format!("no actor named {}/{} is alive", a.namespace, a.name)),
+            },
+            "release" => {
+                if names.get(&key).is_some_and(|(held, _)| held.actor_id == a.actor_id) {
+                    names.remove(&key);
+                }
+                reply(None, String::new())
+            }
+            other => reply(None, format!("actor names: unknown op {other:?} (claim, lookup or release)")),
+        }
+    }
+
+    /// The names held by processes of a node that is gone are free again.
+    fn release_names_of(&self, node: &Id) {
+        self.names.lock().retain(|_, (_, n)| n != node);
+    }
+
     pub fn unregister(&self, r: &rayr_proto::UnregisterNodeRequest) {
         let Ok(node) = <Id>::try_from(r.node_id.as_slice()) else { return };
+        self.release_names_of(&node);
         if let Some(m) = self.nodes.lock().get_mut(&node)
             && m.gone.is_none()
         {
@@ -333,6 +382,7 @@ impl Membership {
         }
         let mut out = Vec::new();
         for (node, address, why, event) in died {
+            self.release_names_of(&node);
             tracing::warn!("node {} at {address} is dead: {why}", hex(&node));
             let id = self.record(Event {
                 id: event,

@@ -604,6 +604,10 @@ impl Head for HeadService {
         Ok(Response::new(self.membership.place_actor(&req.into_inner())))
     }
 
+    async fn actor_names(&self, req: Request<rayr_proto::ActorNamesRequest>) -> Result<Response<rayr_proto::ActorNameReply>, Status> {
+        Ok(Response::new(self.membership.actor_names(&req.into_inner())))
+    }
+
     async fn unregister_node(&self, req: Request<UnregisterNodeRequest>) -> Result<Response<UnregisterNodeReply>, Status> {
         self.membership.unregister(&req.into_inner());
         Ok(Response::new(UnregisterNodeReply {}))

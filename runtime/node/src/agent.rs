@@ -628,22 +628,43 @@ impl Agent {
                         .spawn(move || agent.worker_exit_query(&conn, req, q));
                 }
                 client_message::Body::NameActor(a) => {
-                    let reply = self.name_actor(a);
+                    let mut reply = self.name_actor(a.clone());
+                    // Unique across the cluster: the head has the last word.
+                    if reply.error.is_empty() {
+                        match self.head_names("claim", &a) {
+                            Some(Ok(h)) if !h.error.is_empty() => {
+                                self.actor_names.lock().remove(&(a.namespace.clone(), a.name.clone()));
+                                reply = h;
+                            }
+                            Some(Err(e)) => tracing::warn!("the name {}/{} is claimed on this node only: {e}", a.namespace, a.name),
+                            _ => {}
+                        }
+                    }
                     conn.reply(req, node_message::Body::ActorName(reply));
                 }
                 client_message::Body::LookupActor(a) => {
                     let found = self.actor_names.lock().get(&(a.namespace.clone(), a.name.clone())).cloned();
                     let reply = match found {
                         Some(actor) => rayr_proto::ActorNameReply { actor: Some(actor), error: String::new() },
-                        None => rayr_proto::ActorNameReply { actor: None, error: format!("no actor named {}/{} is alive", a.namespace, a.name) },
+                        // Named on another node: the head knows.
+                        None => match self.head_names("lookup", &a) {
+                            Some(Ok(h)) => h,
+                            Some(Err(e)) => rayr_proto::ActorNameReply {
+                                actor: None,
+                                error: format!("no actor named {}/{} is alive on this node, and the head could not be asked: {e}", a.namespace, a.name),
+                            },
+                            None => rayr_proto::ActorNameReply { actor: None, error: format!("no actor named {}/{} is alive", a.namespace, a.name) },
+                        },
                     };
                     conn.reply(req, node_message::Body::ActorName(reply));
                 }
                 client_message::Body::UnnameActor(a) => {
                     let mut names = self.actor_names.lock();
                     if names.get(&(a.namespace.clone(), a.name.clone())).is_some_and(|n| n.actor_id == a.actor_id) {
-                        names.remove(&(a.namespace, a.name));
+                        names.remove(&(a.namespace.clone(), a.name.clone()));
                     }
+                    drop(names);
+                    self.release_names_later(vec![a]);
                 }
                 client_message::Body::StoreStats(_) => {
                     let st = self.state.lock();
@@ -685,7 +706,15 @@ impl Agent {
         }
         if let Some(w) = me {
             // Its named actors end with it: their names are free again.
-            self.actor_names.lock().retain(|_, a| a.owner != w);
+            let mut freed = Vec::new();
+            self.actor_names.lock().retain(|_, a| {
+                let keep = a.owner != w;
+                if !keep {
+                    freed.push(a.clone());
+                }
+                keep
+            });
+            self.release_names_later(freed);
             // What it recorded up to its end goes to the log, even if it was killed.
             self.drain_events(Some(w));
             self.event_areas.lock().retain(|e| e.worker != w);

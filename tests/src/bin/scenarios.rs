@@ -331,6 +331,16 @@ fn find_named(namespace: String, name: String) -> u64 {
     rayr::get(&c.incr(1)).unwrap()
 }
 
+/// Creates an actor under a name (in namespace "web") and says what came of it.
+#[rayr::remote]
+fn claim_name(name: String) -> String {
+    let c = Counter::options().name(&name).namespace("web").remote(0);
+    match rayr::get(&c.get()) {
+        Ok(v) => format!("made {v}"),
+        Err(e) => format!("refused: {e}"),
+    }
+}
+
 /// Tries to kill an actor it was given (it did not create it).
 #[rayr::remote]
 fn kill_given(c: CounterHandle) -> String {
@@ -1113,6 +1123,21 @@ fn main() -> rayr::Result<()> {
                 std::thread::sleep(Duration::from_millis(10));
             }
             println!("NAME_FREED {freed}");
+        }
+        // A named actor made by this driver (on a node with no CPU for it), found and
+        // contested by tasks pinned to each of two other nodes ("a" and "b").
+        "actor_named_across_nodes" => {
+            wait_until("both nodes", Duration::from_secs(10), || {
+                let r = rayr::cluster_resources().unwrap();
+                r.contains_key("a") && r.contains_key("b")
+            });
+            let c = Counter::options().name("hits").namespace("web").remote(7);
+            println!("ACTOR {}", c.id());
+            let from = |res: &str| find_named::options().resource(res, 1.0).remote(String::from("web"), String::from("hits"));
+            println!("FROM_A {}", rayr::get(&from("a"))?);
+            println!("FROM_B {}", rayr::get(&from("b"))?);
+            println!("CLASH_B {}", rayr::get(&claim_name::options().resource("b", 1.0).remote(String::from("hits")))?);
+            println!("OTHER_B {}", rayr::get(&claim_name::options().resource("b", 1.0).remote(String::from("misses")))?);
         }
         "actor_concurrency" => {
             // More than the 32 calls a caller otherwise keeps in flight to one worker.

@@ -307,7 +307,15 @@ impl Agent {
             ..Default::default()
         }));
         self.record(&e);
-        self.actor_names.lock().retain(|_, n| n.actor_id != actor);
+        let mut freed = Vec::new();
+        self.actor_names.lock().retain(|_, n| {
+            let keep = n.actor_id != actor;
+            if !keep {
+                freed.push(n.clone());
+            }
+            keep
+        });
+        self.release_names_later(freed);
         st.pending.retain(|p| !matches!(p.reply_to, LeaseFor::Detached(a) if a == actor));
         if let Some(w) = worker {
             self.return_lease_locked(st, w, detail);

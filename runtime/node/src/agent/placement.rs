@@ -3,11 +3,14 @@
 //! nodes spread by the head's freshest view instead of each node's own (ACTOR_PLACED, with
 //! why, is recorded by the head). Without a head to ask (a lone node), or when it does not
 //! answer in time, the agent places the actor as it places tasks, and says so.
+//!
+//! Actor names are the cluster's too: claimed, looked up and released at the head
+//! (`Head.ActorNames`), so a name is unique across nodes and found from any of them.
 
 use std::time::Duration;
 
 use rayr_proto::head_client::HeadClient;
-use rayr_proto::{LeaseReply, PlaceActorRequest};
+use rayr_proto::{ActorName, ActorNameReply, ActorNamesRequest, LeaseReply, PlaceActorRequest};
 
 use super::{Agent, id_of};
 use crate::resources::Resources;
@@ -26,6 +29,41 @@ pub(super) enum Placement {
 }
 
 impl Agent {
+    /// Asks the head to `op` ("claim", "lookup", "release") an actor's name: None on a lone
+    /// node (its names are this agent's alone), an error when the head could not answer.
+    pub(super) fn head_names(&self, op: &str, actor: &ActorName) -> Option<Result<ActorNameReply, String>> {
+        let (Some(head), Some(transfer)) = (self.head_address.lock().clone(), self.transfer.get()) else {
+            return None;
+        };
+        let request = ActorNamesRequest { op: op.into(), actor: Some(actor.clone()), node_id: self.cfg.node_id.to_vec() };
+        Some(transfer.rt.block_on(async {
+            tokio::time::timeout(PLACE_TIMEOUT, async {
+                let channel = tonic::transport::Endpoint::from_shared(format!("http://{head}"))
+                    .map_err(|e| e.to_string())?
+                    .connect_timeout(PLACE_TIMEOUT)
+                    .connect()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                HeadClient::new(channel).actor_names(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+            })
+            .await
+            .map_err(|_| format!("the head at {head} did not answer within {} s", PLACE_TIMEOUT.as_secs()))?
+        }))
+    }
+
+    /// Releases names at the head off the caller's thread (it may hold the state lock).
+    pub(super) fn release_names_later(self: &std::sync::Arc<Self>, names: Vec<ActorName>) {
+        if names.is_empty() || self.head_address.lock().is_none() {
+            return;
+        }
+        let agent = self.clone();
+        let _ = std::thread::Builder::new().name("rayr-unname".into()).spawn(move || {
+            for n in &names {
+                let _ = agent.head_names("release", n);
+            }
+        });
+    }
+
     pub(super) fn place_actor(&self, demand: &Resources, actor: &[u8], task: &[u8]) -> Placement {
         let (Some(head), Some(transfer)) = (self.head_address.lock().clone(), self.transfer.get()) else {
             return Placement::Unknown("this node has no head to ask".into());
