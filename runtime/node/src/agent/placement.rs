@@ -18,6 +18,17 @@ use crate::resources::Resources;
 /// How long a lease waits for the head's answer before placing the actor itself.
 const PLACE_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// A client of the head at `head` (HOST:PORT).
+async fn head_client(head: &str) -> Result<HeadClient<tonic::transport::Channel>, String> {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{head}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(PLACE_TIMEOUT)
+        .connect()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(HeadClient::new(channel))
+}
+
 /// What the head decided for an actor's lease.
 pub(super) enum Placement {
     /// On this node: lease here.
@@ -38,13 +49,7 @@ impl Agent {
         let request = ActorNamesRequest { op: op.into(), actor: Some(actor.clone()), node_id: self.cfg.node_id.to_vec() };
         Some(transfer.rt.block_on(async {
             tokio::time::timeout(PLACE_TIMEOUT, async {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{head}"))
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(PLACE_TIMEOUT)
-                    .connect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                HeadClient::new(channel).actor_names(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+                head_client(&head).await?.actor_names(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
             })
             .await
             .map_err(|_| format!("the head at {head} did not answer within {} s", PLACE_TIMEOUT.as_secs()))?
@@ -76,13 +81,7 @@ impl Agent {
         };
         let asked = transfer.rt.block_on(async {
             tokio::time::timeout(PLACE_TIMEOUT, async {
-                let channel = tonic::transport::Endpoint::from_shared(format!("http://{head}"))
-                    .map_err(|e| e.to_string())?
-                    .connect_timeout(PLACE_TIMEOUT)
-                    .connect()
-                    .await
-                    .map_err(|e| e.to_string())?;
-                HeadClient::new(channel).place_actor(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
+                head_client(&head).await?.place_actor(request).await.map(|r| r.into_inner()).map_err(|s| s.message().to_string())
             })
             .await
             .map_err(|_| format!("no answer within {} s", PLACE_TIMEOUT.as_secs()))?
