@@ -300,6 +300,10 @@ pub(crate) struct State {
     pub gone_nodes: HashMap<Id, (Vec<u8>, String)>,
 }
 
+/// How long a loss on another node whose agent stopped answering waits for the head to
+/// declare that node dead (so that it names the node's death as its cause).
+const NODE_DEATH_WAIT: Duration = Duration::from_secs(10);
+
 /// A connection this process opened to another core worker.
 pub(crate) struct PeerConn {
     write: Mutex<Stream>,
@@ -768,6 +772,8 @@ impl Core {
         let Ok(node) = <Id>::try_from(g.node_id.as_slice()) else { return };
         let mut st = self.state.lock();
         st.gone_nodes.insert(node, (g.died_event.clone(), g.reason.clone()));
+        // Losses waiting to learn how a worker there ended (see `worker_exit_from`).
+        self.ready.notify_all();
         let agents: Vec<Arc<NodeConn>> = st.remote_agents.values().filter(|c| *c.node.lock() == Some(node)).cloned().collect();
         let peers: Vec<Arc<PeerConn>> = st
             .leased
@@ -1128,10 +1134,15 @@ impl Core {
     /// called on the thread that reads that agent's replies.
     pub(crate) fn worker_exit_from(&self, worker: Id, via: Option<&NodeConn>) -> (Option<Id>, String) {
         // A worker of a node the head declared gone went with it (its agent may not answer).
-        if let Some(node) = via.and_then(|c| *c.node.lock())
-            && let Some((died, reason)) = self.state.lock().gone_nodes.get(&node).cloned()
-        {
-            return (died.as_slice().try_into().ok(), format!("its node {} was declared gone: {reason}", hex(&node)));
+        let node = via.and_then(|c| *c.node.lock());
+        let gone = |st: &State| {
+            let node = node?;
+            st.gone_nodes.get(&node).map(|(died, reason)| {
+                (<Id>::try_from(died.as_slice()).ok(), format!("its node {} was declared gone: {reason}", hex(&node)))
+            })
+        };
+        if let Some(known) = gone(&self.state.lock()) {
+            return known;
         }
         let body = client_message::Body::WorkerExit(rayr_proto::WorkerExitQuery { worker_id: worker.to_vec(), wait_ms: 3000 });
         match via.unwrap_or(&self.node_conn).call(body) {
@@ -1140,7 +1151,23 @@ impl Core {
                 let pid = exit.pid;
                 (r.exit_event.as_slice().try_into().ok(), format!("pid {pid} {}", exit.detail))
             }
-            _ => (None, "the connection to it closed (its exit is not known to this node)".to_string()),
+            _ => {
+                // Another node's agent that cannot answer died with its node, most likely:
+                // the head says so within its heartbeat window; the loss then names it.
+                if node.is_some() {
+                    let deadline = Instant::now() + NODE_DEATH_WAIT;
+                    let mut st = self.state.lock();
+                    loop {
+                        if let Some(known) = gone(&st) {
+                            return known;
+                        }
+                        if self.ready.wait_until(&mut st, deadline).timed_out() {
+                            break;
+                        }
+                    }
+                }
+                (None, "the connection to it closed (its exit is not known to this node)".to_string())
+            }
         }
     }
 
