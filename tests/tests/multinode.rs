@@ -857,6 +857,37 @@ fn parse_prometheus(text: &str) -> Vec<(String, std::collections::BTreeMap<Strin
 }
 
 #[test]
+fn copies_of_a_killed_owners_objects_are_dropped_on_every_node() {
+    let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
+    let mut driver = Command::new(SCENARIOS)
+        .arg("copy_then_hold")
+        .env("RAYR_TMPDIR", cluster.tmp.path())
+        .env_remove("RAYR_ADDRESS")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let node = std::io::BufRead::lines(std::io::BufReader::new(driver.stdout.take().unwrap()))
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("COPIED_ON ").map(String::from))
+        .expect("COPIED_ON");
+    assert_eq!(node, cluster.nodes[0].id, "read on the far node");
+    let out = cluster.cli(&["status", "--metrics-urls", "--json"]);
+    let urls: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let far_url = urls.as_array().unwrap().iter().find(|u| u["node_id"] == node.as_str()).unwrap()["url"].as_str().unwrap().to_string();
+    let copies = || -> f64 {
+        parse_prometheus(&http_get(&far_url)).iter().filter(|(n, _, _)| n == "rayr_node_object_copies").map(|(_, _, v)| v).sum()
+    };
+    assert_eq!(copies(), 1.0, "the far node holds a copy");
+    unsafe { libc::kill(driver.id() as i32, libc::SIGKILL) };
+    let _ = driver.wait();
+    // Its owner's node tells the others; the copy goes.
+    wait_for("the copy dropped", Duration::from_secs(15), || copies() == 0.0);
+    let out = cluster.cli(&["stop"]);
+    assert!(out.status.success());
+    assert_nothing_left(&cluster.session);
+}
+
+#[test]
 fn every_node_serves_prometheus_metrics_that_move_when_tasks_run() {
     let cluster = TestCluster::start("1", &[&["--num-cpus", "1", "--resources", r#"{"far": 1}"#]], 100);
     let out = cluster.cli(&["status", "--metrics-urls"]);

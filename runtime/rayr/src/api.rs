@@ -474,7 +474,7 @@ fn pull_copy(
         c.1 += argument as u32;
         return Ok(c.0);
     }
-    let request = rayr_proto::PullObject { object_id: id.to_vec(), from_node: node.to_vec(), size, format };
+    let request = rayr_proto::PullObject { object_id: id.to_vec(), from_node: node.to_vec(), size, format, owner: owner.to_vec() };
     // No time limit but the reader's own: the agent fails a pull that stops making progress.
     let limit = deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let reply = match core.node_conn.call_within(client_message::Body::PullObject(request), limit).map_err(PullFailure::Failed)? {

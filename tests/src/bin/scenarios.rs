@@ -1397,6 +1397,18 @@ fn main() -> rayr::Result<()> {
             let again = rayr::put_slice(&vec![3u8; 20_000_000])?;
             println!("ROOM_AGAIN {}", rayr::get_slice(&again)?[0]);
         }
+        // A 30 MB value of this driver read on the far node (a copy there); then the driver
+        // waits to be killed.
+        "copy_then_hold" => {
+            wait_until("the far node", Duration::from_secs(10), || rayr::cluster_resources().unwrap().contains_key("far"));
+            let v = rayr::put_slice(&vec![1u8; 30_000_000])?;
+            let (node, _) = rayr::get(&sum_slice::options().resource("far", 1.0).remote(v.clone()))?;
+            println!("COPIED_ON {node}");
+            use std::io::Write;
+            let _ = std::io::stdout().flush();
+            std::thread::sleep(Duration::from_secs(120));
+            drop(v);
+        }
         // main returns an error: the job fails.
         "main_err" => {
             return Err(rayr::Error::Connection("MAIN-ERR on purpose".into()));

@@ -65,11 +65,14 @@ pub(super) struct Copy {
     pub last_used: Instant,
     /// The owner freed the object while a reader still pinned it: dropped when unpinned.
     pub freed: bool,
+    /// The object's owner (as the reader said): its end drops the copy.
+    pub owner: Option<Id>,
 }
 
 /// A pull in flight, and the readers waiting for it.
 pub(super) struct Pull {
     waiters: Vec<(Arc<Conn>, u64, Id)>,
+    owner: Option<Id>,
     /// The owner freed the object while it was being pulled: the copy is dropped once its
     /// readers are done.
     freed: bool,
@@ -217,7 +220,7 @@ impl Agent {
             drop(st);
             return failed(error);
         };
-        st.pulls.insert((id, from), Pull { waiters: vec![(conn.clone(), req, client)], freed: false });
+        st.pulls.insert((id, from), Pull { waiters: vec![(conn.clone(), req, client)], freed: false, owner: id_of(&p.owner) });
         drop(st);
         let agent = self.clone();
         let size = p.size;
@@ -336,7 +339,7 @@ impl Agent {
     #[allow(clippy::too_many_arguments)]
     fn pull_done(&self, id: Id, from: Id, from_ip: &str, offset: u64, size: u64, took: Duration, outcome: Result<(), PullError>) {
         let mut st = self.state.lock();
-        let (waiters, freed) = st.pulls.remove(&(id, from)).map(|p| (p.waiters, p.freed)).unwrap_or_default();
+        let (waiters, freed, owner) = st.pulls.remove(&(id, from)).map(|p| (p.waiters, p.freed, p.owner)).unwrap_or_default();
         match outcome {
             Ok(()) if st.copies.contains_key(&id) || (freed && waiters.is_empty()) => {
                 // Another pull (from another node) made the copy first, or nobody wants
@@ -362,7 +365,7 @@ impl Agent {
                 for w in &waiters {
                     *pins.entry(w.2).or_insert(0) += 1;
                 }
-                st.copies.insert(id, Copy { offset, size, pins, last_used: Instant::now(), freed });
+                st.copies.insert(id, Copy { offset, size, pins, last_used: Instant::now(), freed, owner });
                 self.counters.pulls.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 self.counters.pulled_bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                 drop(st);
@@ -583,6 +586,12 @@ impl Agent {
     /// processes of this node or of other nodes own.
     fn owners_gone(&self, node: Id, owners: &[Vec<u8>], reason: &str) {
         let owners: HashSet<Id> = owners.iter().filter_map(|b| id_of(b)).collect();
+        // Copies of their objects go too (pinned ones once their readers are done).
+        let copies: Vec<Vec<u8>> =
+            self.state.lock().copies.iter().filter(|(_, c)| c.owner.is_some_and(|o| owners.contains(&o))).map(|(id, _)| id.to_vec()).collect();
+        if !copies.is_empty() {
+            self.drop_copies(&copies, reason);
+        }
         let mut st = self.state.lock();
         let lost: Vec<Id> =
             st.objects.iter().filter(|(_, o)| o.owner_node == Some(node) && owners.contains(&o.owner)).map(|(id, _)| *id).collect();
