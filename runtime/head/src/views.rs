@@ -207,7 +207,11 @@ pub(crate) fn apply_object(row: &mut ObjectRow, balance: &mut i64, ev: &Event) {
         }
         ObjectFreed | ObjectLost => {
             let next = if kind == ObjectLost { "LOST" } else { "FREED" };
-            if object_rank(next) > object_rank(&row.state) {
+            // The first end is the object's end: a loss reported after it was freed (its
+            // owner's exit dropping a copy the free had not reached yet) changes nothing,
+            // whichever order the two are indexed in.
+            let ended = object_rank(&row.state) > 0;
+            if !ended || ev.time_us < row.ended_us || (ev.time_us == row.ended_us && object_rank(next) > object_rank(&row.state)) {
                 row.state = next.to_string();
                 row.reason = detail.map(|d| d.reason.clone()).unwrap_or_default();
                 row.ended_us = ev.time_us;
@@ -414,6 +418,30 @@ mod tests {
                 apply_task(&mut row, e);
             }
             assert_eq!(row.node_id, vec![0xb; 16]);
+        }
+    }
+
+    /// An object's first end is its end, whichever order its ends are indexed in.
+    #[test]
+    fn an_object_freed_before_a_late_loss_stays_freed_and_a_lost_one_stays_lost() {
+        let end = |kind: EventKind, t: i64| Event {
+            kind: kind as i32,
+            time_us: t,
+            object_id: vec![4; 16],
+            detail: Some(Detail::Object(rayr_proto::ObjectDetail { reason: format!("{kind:?}"), ..Default::default() })),
+            ..Default::default()
+        };
+        for (first, second, expected) in [
+            (end(EventKind::ObjectFreed, 10), end(EventKind::ObjectLost, 12), "FREED"),
+            (end(EventKind::ObjectLost, 5), end(EventKind::ObjectFreed, 9), "LOST"),
+        ] {
+            for order in [[&first, &second], [&second, &first]] {
+                let (mut row, mut balance) = (ObjectRow::default(), 0);
+                for e in order {
+                    apply_object(&mut row, &mut balance, e);
+                }
+                assert_eq!(row.state, expected);
+            }
         }
     }
 
