@@ -1292,6 +1292,11 @@ fn a_restarted_head_keeps_the_record_and_its_nodes_register_again() {
     let cluster = TestCluster::start_on(support::free_low_port(), "1", &[&["--num-cpus", "1"], &["--num-cpus", "1"]], 100);
     let port = cluster.head_address.rsplit(':').next().unwrap().to_string();
     let old_head_node = cluster.node_rows().into_iter().find(|r| r["address"] == "127.0.0.1").unwrap()["node_id"].as_str().unwrap().to_string();
+    // Detached actors held by the head's node agent (they outlive their driver).
+    let out = run(Command::new(SCENARIOS).arg("detached_create").env("RAYR_TMPDIR", cluster.tmp.path()).env_remove("RAYR_ADDRESS"), Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let keeper = stdout.lines().find_map(|l| l.strip_prefix("KEEPER ")).unwrap().to_string();
     // SAFETY: the head process this test started (its own node agent goes with it).
     unsafe { libc::kill(cluster.head_pid, libc::SIGKILL) };
     let session = cluster.session.display().to_string();
@@ -1328,6 +1333,15 @@ fn a_restarted_head_keeps_the_record_and_its_nodes_register_again() {
     let why: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert!(why["summary"].as_str().unwrap().contains("did not register again"), "{why}");
     assert_eq!(why["chain"][0]["kind"], "node_died", "{why}");
+    // The detached actors it held died with it: recorded so, by the new head.
+    wait_for("the held actor's end recorded", Duration::from_secs(10), || {
+        let out = cluster.cli(&["list", "actors", "--filter", &format!("actor_id={keeper}"), "--json"]);
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows[0]["state"] == "DEAD" && rows[0]["death_cause"] == "node_died"
+    });
+    let out = cluster.cli(&["why-died", &keeper, "--json"]);
+    let why: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(why["chain"].as_array().unwrap().iter().any(|e| e["kind"] == "node_died"), "{why}");
     let out = cluster.cli(&["stop"]);
     assert!(out.status.success());
     assert_nothing_left(&cluster.session);

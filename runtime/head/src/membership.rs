@@ -118,6 +118,27 @@ impl Membership {
         })
     }
 
+    /// A detached actor whose node (its holder's) was declared dead (`died`: its NODE_DIED).
+    pub fn actor_lost_with_node(&self, actor: &rayr_proto::ActorRow, died: &[u8]) {
+        self.record(Event {
+            kind: EventKind::ActorDied as i32,
+            actor_id: actor.actor_id.clone(),
+            worker_id: actor.worker_id.clone(),
+            job_id: actor.job_id.clone(),
+            node_id: actor.node_id.clone(),
+            cause: died.to_vec(),
+            detail: Some(event::Detail::Actor(rayr_proto::ActorDetail {
+                cause: "node_died".into(),
+                detail: format!("its node {} was declared dead, and the node agent that held it with it", hex(&actor.node_id)),
+                class: actor.class.clone(),
+                restart: actor.restarts,
+                detached: true,
+                ..Default::default()
+            })),
+            ..Default::default()
+        });
+    }
+
     /// A job whose driver went with its node (`exited`: the driver's WORKER_EXITED): its
     /// node agent, which records a job's end, is gone too.
     pub fn job_lost_with_driver(&self, driver: &rayr_proto::WorkerRow, exited: &[u8]) {

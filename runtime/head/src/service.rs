@@ -487,6 +487,22 @@ fn workers_gone_with(membership: &Membership, index: &EventIndex, session: &Sess
             }
             Err(e) => tracing::warn!("cannot list a dead node's workers: {e}"),
         }
+        // Detached actors there: their holder (that node's agent) is gone too, so nothing
+        // restarts them or records their end.
+        let req = ListRequest {
+            entity: "actors".into(),
+            filters: vec![
+                rayr_proto::Filter { key: "node_id".into(), value: rayr_logs::hex(node) },
+                rayr_proto::Filter { key: "lifetime".into(), value: "detached".into() },
+            ],
+            limit: u32::MAX,
+            ..Default::default()
+        };
+        if let Ok(rows) = index.list(&req) {
+            for a in rows.actors.iter().filter(|a| a.state != "DEAD") {
+                membership.actor_lost_with_node(a, died_event);
+            }
+        }
     }
 }
 
