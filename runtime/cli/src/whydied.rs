@@ -563,7 +563,9 @@ async fn explain_worker(rec: &mut Record<'_>, r: &mut Report) -> anyhow::Result<
     let starts = rec.of_kind(EventKind::WorkerStarted, &id, |e| e.worker_id.as_slice()).await?;
     let start = starts.last().and_then(start).cloned().unwrap_or_default();
     let who = if start.is_driver { "driver" } else { "worker" };
-    let Some(exit_ev) = exits.into_iter().max_by_key(|e| e.time_us) else {
+    // The first exit recorded: a node declared dead records its workers gone, and if it
+    // wakes, its agent records them again as it stops them; what followed named the first.
+    let Some(exit_ev) = exits.into_iter().min_by_key(|e| e.time_us) else {
         let started = starts.last().map(|e| format!(", started at {}", local_time(e.time_us))).unwrap_or_default();
         r.summary = if rec.live() {
             format!("{who} {} (pid {}{started}) has not exited", hex(&id), start.pid)
