@@ -361,64 +361,281 @@ impl ObjectDetailWriter<'_> {
 
 /// Appends the events of one run (the body of an `EventRun` frame), whole, to `out`.
 pub fn expand_run(body: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
-    let run = EventRun::decode(body).map_err(|e| format!("bad event run: {e}"))?;
-    let unpack = |id: &mut Vec<u8>, seq: u64| -> Result<(), String> {
-        // Packed forms are at most 13 bytes; a whole id is 16, whatever its first byte.
-        if id.len() >= 16 {
-            return Ok(());
+    let run = RunView::parse(body)?;
+    let start = out.len();
+    for e in run.events() {
+        match e.and_then(|e| e.to_event(&run)) {
+            Ok(e) => out.push(e),
+            Err(err) => {
+                out.truncate(start);
+                return Err(err);
+            }
         }
-        match id.as_slice() {
-            [] => {}
-            [SOURCE_ID] => id.clone_from(&run.source_worker),
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Reading runs in place
+//
+// The index reads every event once, at the runtime's own rate: it must not build an
+// `Event` (a dozen allocations) for each. `RunView` and `EventRef` read a run where it
+// lies, ids unpacked onto the stack and details left as bytes until someone asks. Whole
+// `Event`s (`EventRef::to_event`) are for readers that show events, not for the index.
+
+/// A run read in place: what its events share, and its packed events.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RunView<'a> {
+    pub node_id: &'a [u8],
+    pub source_worker: &'a [u8],
+    pub source_pid: u32,
+    pub job_id: &'a [u8],
+    pub salt: u64,
+    /// The first event's sequence number (without the event bit).
+    pub first_seq: u64,
+    pub base_time_us: i64,
+    pub count: u32,
+    peer_salts: &'a [u8],
+    events: &'a [u8],
+}
+
+impl<'a> RunView<'a> {
+    /// Reads a run's header; its events are read by [`RunView::events`].
+    pub fn parse(body: &'a [u8]) -> Result<RunView<'a>, String> {
+        let mut run = RunView::default();
+        let mut r = Wire(body);
+        while let Some((field, value)) = r.field().map_err(|e| format!("bad event run: {e}"))? {
+            match (field, value) {
+                (1, Value::Bytes(b)) => run.node_id = b,
+                (2, Value::Bytes(b)) => run.source_worker = b,
+                (3, Value::Varint(v)) => run.source_pid = v as u32,
+                (4, Value::Bytes(b)) => run.job_id = b,
+                (5, Value::Fixed64(v)) => run.salt = v,
+                (6, Value::Varint(v)) => run.first_seq = v & !EVENT_SEQ_BIT,
+                (7, Value::Varint(v)) => run.base_time_us = v as i64,
+                (8, Value::Bytes(b)) => run.events = b,
+                (9, Value::Varint(v)) => run.count = v as u32,
+                (10, Value::Bytes(b)) if b.len().is_multiple_of(8) => run.peer_salts = b,
+                (10, _) => return Err("bad event run: peer salts are not whole u64s".into()),
+                (1..=10, _) => return Err(format!("bad event run: field {field} has the wrong wire type")),
+                _ => {}
+            }
+        }
+        Ok(run)
+    }
+
+    /// The salt of the `i`-th peer a packed id names.
+    #[inline]
+    pub fn peer_salt(&self, i: usize) -> Option<u64> {
+        let b = self.peer_salts.get(i * 8..i * 8 + 8)?;
+        Some(u64::from_le_bytes(b.try_into().unwrap()))
+    }
+
+    /// The packed events' bytes (what a run costs to store).
+    pub fn events_len(&self) -> usize {
+        self.events.len()
+    }
+
+    /// The run's events, in order; an `Err` ends the run (what follows cannot be read).
+    pub fn events(&self) -> RunEvents<'a> {
+        RunEvents { run: *self, rest: self.events, time: self.base_time_us, seq: self.first_seq, failed: false }
+    }
+
+    fn unpack(&self, packed: &[u8], seq: u64) -> Result<Option<Id>, String> {
+        if let Ok(id) = <[u8; 16]>::try_from(packed) {
+            return Ok(Some(id));
+        }
+        Ok(match packed {
+            [] => None,
+            [SOURCE_ID] => <[u8; 16]>::try_from(self.source_worker).ok(),
             [tag @ (COUNTER | EVENT_BEFORE), rest @ ..] => {
-                let tag = *tag;
-                let mut rest: &[u8] = rest;
-                let v = prost::encoding::decode_varint(&mut rest).map_err(|e| format!("bad packed id: {e}"))?;
-                let counter = if tag == COUNTER { v } else { (seq | EVENT_SEQ_BIT).wrapping_sub(unzigzag(v) as u64) };
-                *id = id_of_counter(counter, run.salt).to_vec();
+                let v = Wire(rest).varint().map_err(|e| format!("bad packed id: {e}"))?;
+                let counter = if *tag == COUNTER { v } else { (seq | EVENT_SEQ_BIT).wrapping_sub(unzigzag(v) as u64) };
+                Some(id_of_counter(counter, self.salt))
             }
             [tag @ (PEER_COUNTER | PEER_EVENT), peer, rest @ ..] => {
-                let tag = *tag;
-                let salt = *run.peer_salts.get(*peer as usize).ok_or_else(|| format!("packed id names peer {peer} of {}", run.peer_salts.len()))?;
-                let mut rest: &[u8] = rest;
-                let v = prost::encoding::decode_varint(&mut rest).map_err(|e| format!("bad packed id: {e}"))?;
-                let counter = if tag == PEER_EVENT { v | EVENT_SEQ_BIT } else { v };
-                *id = id_of_counter(counter, salt).to_vec();
+                let salt = self.peer_salt(*peer as usize).ok_or_else(|| format!("packed id names peer {peer} of {}", self.peer_salts.len() / 8))?;
+                let v = Wire(rest).varint().map_err(|e| format!("bad packed id: {e}"))?;
+                let counter = if *tag == PEER_EVENT { v | EVENT_SEQ_BIT } else { v };
+                Some(id_of_counter(counter, salt))
             }
-            _ => {}
+            // Not a packed form and not 16 bytes: an id of another shape, which the record
+            // keeps (`to_event`) but cannot index.
+            _ => None,
+        })
+    }
+}
+
+/// The events of a run, read in place (see [`RunView::events`]).
+pub struct RunEvents<'a> {
+    run: RunView<'a>,
+    rest: &'a [u8],
+    time: i64,
+    seq: u64,
+    failed: bool,
+}
+
+impl<'a> Iterator for RunEvents<'a> {
+    type Item = Result<EventRef<'a>, String>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rest.is_empty() || self.failed {
+            return None;
         }
-        Ok(())
-    };
-    let mut rest = run.events.as_slice();
-    let mut time = run.base_time_us;
-    let mut seq = run.first_seq;
-    while !rest.is_empty() {
-        let len = prost::encoding::decode_varint(&mut rest).map_err(|e| format!("bad event length in a run: {e}"))? as usize;
-        if len > rest.len() {
-            return Err(format!("an event of {len} bytes overruns its run ({} left)", rest.len()));
+        let r = self.read_one();
+        self.failed = r.is_err();
+        Some(r)
+    }
+}
+
+impl<'a> RunEvents<'a> {
+    fn read_one(&mut self) -> Result<EventRef<'a>, String> {
+        let mut w = Wire(self.rest);
+        let len = w.varint().map_err(|e| format!("bad event length in a run: {e}"))? as usize;
+        if len > w.0.len() {
+            return Err(format!("an event of {len} bytes overruns its run ({} left)", w.0.len()));
         }
-        let mut e = Event::decode(&rest[..len]).map_err(|e| format!("bad event in a run: {e}"))?;
-        rest = &rest[len..];
-        if e.id.is_empty() {
-            e.id = event_id_from(seq, run.salt).to_vec();
+        let (bytes, rest) = w.0.split_at(len);
+        self.rest = rest;
+        let seq = self.seq;
+        self.seq = self.seq.wrapping_add(1);
+        let mut e = EventRef { bytes, seq, ..EventRef::default() };
+        let mut r = Wire(bytes);
+        let mut delta = 0i64;
+        let (mut id, mut cause, mut object, mut task, mut actor, mut worker) = (None, None, None, None, None, None);
+        while let Some((field, value)) = r.field().map_err(|e| format!("bad event in a run: {e}"))? {
+            match (field, value) {
+                (1, Value::Bytes(b)) => id = Some(b),
+                (2, Value::Varint(v)) => delta = v as i64,
+                (3, Value::Bytes(b)) => e.node_id = <[u8; 16]>::try_from(b).ok(),
+                (4, Value::Bytes(b)) => e.source_worker = <[u8; 16]>::try_from(b).ok(),
+                (5, Value::Varint(v)) => e.source_pid = v as u32,
+                (6, Value::Varint(v)) => e.kind = v as i32,
+                (7, Value::Bytes(b)) => cause = Some(b),
+                (8, Value::Bytes(b)) => object = Some(b),
+                (9, Value::Bytes(b)) => task = Some(b),
+                (10, Value::Bytes(b)) => actor = Some(b),
+                (11, Value::Bytes(b)) => worker = Some(b),
+                (12, Value::Bytes(b)) => e.job_id = <[u8; 16]>::try_from(b).ok(),
+                (20..=26, Value::Bytes(b)) => e.detail = Some(DetailRef { field: field as u8, bytes: b }),
+                (1..=12 | 20..=26, _) => return Err(format!("bad event in a run: field {field} has the wrong wire type")),
+                _ => {}
+            }
         }
-        time = time.wrapping_add(e.time_us);
-        e.time_us = time;
-        for id in [&mut e.cause, &mut e.object_id, &mut e.task_id, &mut e.actor_id, &mut e.worker_id] {
-            unpack(id, seq)?;
+        self.time = self.time.wrapping_add(delta);
+        e.time_us = self.time;
+        let run = &self.run;
+        match id {
+            Some(b) if !b.is_empty() => {
+                e.explicit_id = true;
+                e.id = <[u8; 16]>::try_from(b).ok();
+            }
+            _ => e.id = Some(event_id_from(seq, run.salt)),
         }
-        seq = seq.wrapping_add(1);
+        e.cause = run.unpack(cause.unwrap_or_default(), seq)?;
+        e.object_id = run.unpack(object.unwrap_or_default(), seq)?;
+        e.task_id = run.unpack(task.unwrap_or_default(), seq)?;
+        e.actor_id = run.unpack(actor.unwrap_or_default(), seq)?;
+        e.worker_id = run.unpack(worker.unwrap_or_default(), seq)?;
+        Ok(e)
+    }
+}
+
+/// One event of a run, read in place. Ids are unpacked (`None`: absent, or not 16 bytes);
+/// `node_id`, `source_worker`, `source_pid` and `job_id` are the event's own, set only where
+/// it differs from its run's (see [`RunView`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct EventRef<'a> {
+    /// Its id; `explicit_id` when the event names it (else it follows from the run).
+    pub id: Option<Id>,
+    pub explicit_id: bool,
+    /// Its sequence number in its process (without the event bit).
+    pub seq: u64,
+    pub time_us: i64,
+    pub kind: i32,
+    pub cause: Option<Id>,
+    pub object_id: Option<Id>,
+    pub task_id: Option<Id>,
+    pub actor_id: Option<Id>,
+    pub worker_id: Option<Id>,
+    pub node_id: Option<Id>,
+    pub source_worker: Option<Id>,
+    pub source_pid: u32,
+    pub job_id: Option<Id>,
+    pub detail: Option<DetailRef<'a>>,
+    /// The packed event.
+    bytes: &'a [u8],
+}
+
+/// An event's detail, not decoded yet: the `Event.detail` field it is, and its bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct DetailRef<'a> {
+    pub field: u8,
+    pub bytes: &'a [u8],
+}
+
+/// `Event.detail` field numbers.
+pub mod detail_field {
+    pub const TASK: u8 = 20;
+    pub const OBJECT: u8 = 21;
+    pub const WORKER_EXIT: u8 = 22;
+    pub const WORKER_START: u8 = 23;
+    pub const NODE: u8 = 24;
+    pub const JOB: u8 = 25;
+    pub const ACTOR: u8 = 26;
+}
+
+impl<'a> EventRef<'a> {
+    /// The event's `TaskDetail`, read in place.
+    pub fn task(&self) -> Option<TaskDetailRef<'a>> {
+        let d = self.detail.filter(|d| d.field == detail_field::TASK)?;
+        TaskDetailRef::parse(d.bytes).ok()
+    }
+
+    /// The event's `ObjectDetail`, read in place.
+    pub fn object(&self) -> Option<ObjectDetailRef<'a>> {
+        let d = self.detail.filter(|d| d.field == detail_field::OBJECT)?;
+        ObjectDetailRef::parse(d.bytes).ok()
+    }
+
+    /// The detail decoded whole (for the rare kinds whose detail the index reads whole).
+    pub fn detail(&self) -> Option<event::Detail> {
+        let d = self.detail?;
+        decode_detail(d).ok()
+    }
+
+    /// The whole `Event`, as `expand_run` gives it.
+    pub fn to_event(&self, run: &RunView<'_>) -> Result<Event, String> {
+        let id = |v: Option<Id>| v.map(|i| i.to_vec()).unwrap_or_default();
+        let mut e = Event::decode(self.bytes).map_err(|e| format!("bad event in a run: {e}"))?;
+        // Ids of another shape than 16 bytes stay as recorded.
+        let keep = |packed: &mut Vec<u8>, unpacked: Option<Id>| {
+            if let Some(u) = unpacked {
+                *packed = u.to_vec();
+            } else if packed.as_slice() == [SOURCE_ID] {
+                *packed = run.source_worker.to_vec();
+            }
+        };
+        if !self.explicit_id {
+            e.id = id(self.id);
+        }
+        e.time_us = self.time_us;
+        keep(&mut e.cause, self.cause);
+        keep(&mut e.object_id, self.object_id);
+        keep(&mut e.task_id, self.task_id);
+        keep(&mut e.actor_id, self.actor_id);
+        keep(&mut e.worker_id, self.worker_id);
         if e.node_id.is_empty() {
-            e.node_id.clone_from(&run.node_id);
+            e.node_id = run.node_id.to_vec();
         }
         if e.source_worker.is_empty() {
-            e.source_worker.clone_from(&run.source_worker);
+            e.source_worker = run.source_worker.to_vec();
         }
         if e.source_pid == 0 {
             e.source_pid = run.source_pid;
         }
         if e.job_id.is_empty() {
-            e.job_id.clone_from(&run.job_id);
+            e.job_id = run.job_id.to_vec();
         }
         if e.kind == EventKind::ObjectFreed as i32 {
             match &mut e.detail {
@@ -427,9 +644,151 @@ pub fn expand_run(body: &[u8], out: &mut Vec<Event>) -> Result<(), String> {
                 _ => {}
             }
         }
-        out.push(e);
+        Ok(e)
     }
-    Ok(())
+}
+
+fn decode_detail(d: DetailRef<'_>) -> Result<event::Detail, prost::DecodeError> {
+    use detail_field::*;
+    Ok(match d.field {
+        TASK => event::Detail::Task(rayr_proto::TaskDetail::decode(d.bytes)?),
+        OBJECT => event::Detail::Object(ObjectDetail::decode(d.bytes)?),
+        WORKER_EXIT => event::Detail::WorkerExit(rayr_proto::WorkerExit::decode(d.bytes)?),
+        WORKER_START => event::Detail::WorkerStart(rayr_proto::WorkerStart::decode(d.bytes)?),
+        NODE => event::Detail::Node(rayr_proto::NodeDetail::decode(d.bytes)?),
+        JOB => event::Detail::Job(rayr_proto::JobDetail::decode(d.bytes)?),
+        _ => event::Detail::Actor(rayr_proto::ActorDetail::decode(d.bytes)?),
+    })
+}
+
+/// The `TaskDetail` fields the index reads, in place.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TaskDetailRef<'a> {
+    pub function: &'a str,
+    pub attempt: u32,
+    pub max_retries: u32,
+    pub error: &'a str,
+    pub is_final: bool,
+    pub pid: u32,
+    pub error_type: &'a str,
+}
+
+impl<'a> TaskDetailRef<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<TaskDetailRef<'a>, String> {
+        let mut d = TaskDetailRef::default();
+        let mut r = Wire(bytes);
+        while let Some((field, value)) = r.field()? {
+            match (field, value) {
+                (1, Value::Bytes(b)) => d.function = utf8(b)?,
+                (2, Value::Varint(v)) => d.attempt = v as u32,
+                (3, Value::Varint(v)) => d.max_retries = v as u32,
+                (4, Value::Bytes(b)) => d.error = utf8(b)?,
+                (6, Value::Varint(v)) => d.is_final = v != 0,
+                (8, Value::Varint(v)) => d.pid = v as u32,
+                (9, Value::Bytes(b)) => d.error_type = utf8(b)?,
+                _ => {}
+            }
+        }
+        Ok(d)
+    }
+}
+
+/// The `ObjectDetail` fields the index reads, in place.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ObjectDetailRef<'a> {
+    pub size: u64,
+    pub location: &'a str,
+    pub peer: &'a [u8],
+    pub reason: &'a str,
+    pub peer_kind: &'a str,
+}
+
+impl<'a> ObjectDetailRef<'a> {
+    pub fn parse(bytes: &'a [u8]) -> Result<ObjectDetailRef<'a>, String> {
+        let mut d = ObjectDetailRef::default();
+        let mut r = Wire(bytes);
+        while let Some((field, value)) = r.field()? {
+            match (field, value) {
+                (1, Value::Varint(v)) => d.size = v,
+                (2, Value::Bytes(b)) => d.location = utf8(b)?,
+                (3, Value::Bytes(b)) => d.peer = b,
+                (4, Value::Bytes(b)) => d.reason = utf8(b)?,
+                (5, Value::Bytes(b)) => d.peer_kind = utf8(b)?,
+                _ => {}
+            }
+        }
+        Ok(d)
+    }
+}
+
+fn utf8(b: &[u8]) -> Result<&str, String> {
+    std::str::from_utf8(b).map_err(|_| "a text field is not UTF-8".to_string())
+}
+
+/// A protobuf field's value as the wire gives it.
+enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Fixed32,
+    Bytes(&'a [u8]),
+}
+
+/// A protobuf reader over a byte slice: every length is checked against what is left.
+struct Wire<'a>(&'a [u8]);
+
+impl<'a> Wire<'a> {
+    #[inline]
+    fn varint(&mut self) -> Result<u64, String> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let Some((&b, rest)) = self.0.split_first() else {
+                return Err("truncated varint".into());
+            };
+            self.0 = rest;
+            v |= ((b & 0x7f) as u64) << (7 * i);
+            if b < 0x80 {
+                return Ok(v);
+            }
+        }
+        Err("varint longer than 10 bytes".into())
+    }
+
+    #[inline]
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if n > self.0.len() {
+            return Err(format!("a field of {n} bytes overruns its message ({} left)", self.0.len()));
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+
+    /// The next field, or `None` at the end.
+    #[inline]
+    fn field(&mut self) -> Result<Option<(u32, Value<'a>)>, String> {
+        if self.0.is_empty() {
+            return Ok(None);
+        }
+        let key = self.varint()?;
+        let field = (key >> 3) as u32;
+        if field == 0 {
+            return Err("field number 0".into());
+        }
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => Value::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().unwrap())),
+            2 => {
+                let n = self.varint()?;
+                Value::Bytes(self.take(usize::try_from(n).map_err(|_| "length does not fit")?)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed32
+            }
+            w => return Err(format!("unsupported wire type {w}")),
+        };
+        Ok(Some((field, value)))
+    }
 }
 
 /// Writes the varint length of the bytes after `at` into the byte reserved there.
@@ -553,6 +912,57 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert_eq!(got[2], Event { node_id: vec![1; 16], source_worker: vec![2; 16], source_pid: 77, job_id: vec![3; 16], ..whole });
+    }
+
+    /// What the index reads in place is what readers get whole.
+    #[test]
+    fn events_read_in_place_agree_with_whole_events() {
+        let src = source();
+        let task = new_id();
+        let mut events = Vec::new();
+        let mut peers = PeerSalts::default();
+        let peer_task = id_of_counter(99, 0x5555);
+        pack_event(&mut events, &src, &mut peers, 40, EventKind::TaskSubmitted as i32, 1_000, |w| {
+            w.task(&task).object(&[9; 16]);
+            w.task_detail(|d| {
+                d.function("m::f").max_retries(3).attempt(2);
+            });
+        });
+        pack_event(&mut events, &src, &mut peers, 41, EventKind::TaskFailed as i32, 7, |w| {
+            w.task(&peer_task).cause(&event_id_from(40, src.salt)).worker(&src.source_worker);
+            w.task_detail(|d| {
+                d.error("boom").is_final(true).error_type("panic").pid(4);
+            });
+        });
+        pack_event(&mut events, &src, &mut peers, 42, EventKind::ObjectFreed as i32, 1, |w| {
+            w.object(&task);
+            w.object_detail(|d| {
+                d.size(12).location("shm").peer(&[3; 16]).peer_kind("borrower");
+            });
+        });
+        let whole = Event { id: vec![5; 16], time_us: 3, kind: EventKind::WorkerExited as i32, node_id: vec![8; 16], ..Default::default() };
+        pack_whole_event(&mut events, &whole, 3);
+        let wire = frame(&src, &peers, 40, 50, 4, &events);
+        let (body, _) = rayr_proto::split_frame(&wire).unwrap().unwrap();
+        let run = RunView::parse(body).unwrap();
+        assert_eq!((run.salt, run.first_seq, run.count, run.source_pid), (src.salt, 40, 4, 77));
+        let refs: Vec<EventRef<'_>> = run.events().map(Result::unwrap).collect();
+        let whole_events = expand_all(&wire);
+        assert_eq!(refs.len(), whole_events.len());
+        let v = |id: Option<Id>| id.map(|i| i.to_vec()).unwrap_or_default();
+        for (r, e) in refs.iter().zip(&whole_events) {
+            assert_eq!((v(r.id), r.time_us, r.kind), (e.id.clone(), e.time_us, e.kind));
+            assert_eq!((v(r.cause), v(r.task_id), v(r.object_id), v(r.worker_id)), (e.cause.clone(), e.task_id.clone(), e.object_id.clone(), e.worker_id.clone()));
+            assert_eq!(r.to_event(&run).unwrap(), *e);
+        }
+        let t = refs[0].task().unwrap();
+        assert_eq!((t.function, t.max_retries, t.attempt), ("m::f", 3, 2));
+        let t = refs[1].task().unwrap();
+        assert_eq!((t.error, t.is_final, t.error_type, t.pid), ("boom", true, "panic", 4));
+        let o = refs[2].object().unwrap();
+        assert_eq!((o.size, o.location, o.peer, o.peer_kind), (12, "shm", &[3u8; 16][..], "borrower"));
+        assert!(refs[3].explicit_id && refs[3].node_id == Some([8; 16]) && refs[3].source_worker.is_none());
+        assert!(refs[0].node_id.is_none(), "the run's node is the run's, not the event's");
     }
 
     #[test]

@@ -64,7 +64,7 @@ fn id_from(counter: u64, salt: u64) -> Id {
 
 /// Event sequence numbers have the top bit set and other ids' counters never reach it, so
 /// an event id never equals another id of the same process (the scatter is a bijection).
-pub(crate) const EVENT_SEQ_BIT: u64 = 1 << 63;
+pub const EVENT_SEQ_BIT: u64 = 1 << 63;
 
 static EVENT_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -94,6 +94,22 @@ pub fn counter_of(id: &Id, salt: u64) -> Option<u64> {
 #[inline]
 pub fn id_of_counter(counter: u64, salt: u64) -> Id {
     id_from(counter, salt)
+}
+
+/// An id as (the salt of the process that made it, its counter): the inverse of
+/// [`id_of_counter`]. Every 16-byte value is some process's id, so this never fails.
+#[inline]
+pub fn split_id(id: &Id) -> (u64, u64) {
+    let salt = u64::from_be_bytes(id[8..].try_into().unwrap());
+    let head = u64::from_be_bytes(id[..8].try_into().unwrap());
+    (salt, head.wrapping_mul(UNSCATTER).wrapping_sub(salt.rotate_left(17)))
+}
+
+/// The first 8 bytes of the id made from `counter` by the process with `salt`, as a
+/// number (what a hex prefix of the id is a prefix of), without making the id.
+#[inline]
+pub fn id_head(counter: u64, salt: u64) -> u64 {
+    counter.wrapping_add(salt.rotate_left(17)).wrapping_mul(SCATTER)
 }
 
 /// Whether a counter is an event's (see [`event_id_from`]).
@@ -299,6 +315,11 @@ mod tests {
             assert_eq!(id_of_counter(counter, salt), id);
         }
         assert_eq!(counter_of(&new_id(), salt ^ 1), None, "another process's id");
+        for id in [new_id(), [0xff; 16], [0; 16], event_id_from(9, 77)] {
+            let (s, c) = split_id(&id);
+            assert_eq!(id_of_counter(c, s), id);
+            assert_eq!(id_head(c, s).to_be_bytes(), id[..8]);
+        }
         assert!(is_event_counter(counter_of(&event_id_from(3, salt), salt).unwrap()));
     }
 

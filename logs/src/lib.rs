@@ -32,6 +32,6 @@ mod ids;
 mod session;
 
 pub use event_log::{EventLogReader, EventLogWriter, read_events};
-pub use event_run::{RunSource, encode_single_run_frame, expand_run};
-pub use ids::{Id, event_id_from, hex, new_id, now_us, parse_hex, process_salt};
+pub use event_run::{EventRef, RunSource, RunView, encode_single_run_frame, expand_run};
+pub use ids::{EVENT_SEQ_BIT, Id, event_id_from, hex, id_head, id_of_counter, is_event_counter, new_id, now_us, parse_hex, process_salt, split_id};
 pub use session::{Session, tmpdir};

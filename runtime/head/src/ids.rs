@@ -51,26 +51,41 @@ impl IdPattern {
     }
 
     pub fn matches(&self, id: &[u8]) -> bool {
-        let h = hex(id);
-        h.len() >= self.head.len() + self.tail.len() && h.starts_with(&self.head) && h.ends_with(&self.tail)
+        let digits = id.len() * 2;
+        let nibble = |i: usize| {
+            let b = id[i / 2];
+            if i % 2 == 0 { b >> 4 } else { b & 15 }
+        };
+        let hexval = |c: u8| (c as char).to_digit(16).unwrap_or(16) as u8;
+        digits >= self.head.len() + self.tail.len()
+            && self.head.bytes().enumerate().all(|(i, c)| nibble(i) == hexval(c))
+            && self.tail.bytes().rev().enumerate().all(|(i, c)| nibble(digits - 1 - i) == hexval(c))
     }
 
-    /// The smallest byte string any matching id can be: where a sorted scan starts.
-    pub(crate) fn lower_bound(&self) -> Vec<u8> {
-        let even = self.head.len() / 2 * 2;
-        let mut bytes = rayr_logs::parse_hex(&self.head[..even]).unwrap_or_default();
-        if even < self.head.len() {
-            let nibble = u8::from_str_radix(&self.head[even..], 16).unwrap_or(0);
-            bytes.push(nibble << 4);
+    /// What the first 8 bytes of a matching 16-byte id must be, as (value, mask): a quick
+    /// test before [`matches`](Self::matches) when scanning many ids.
+    pub(crate) fn head_bits(&self) -> (u64, u64) {
+        let mut value = 0u64;
+        let mut mask = 0u64;
+        for (i, c) in self.head.bytes().take(16).enumerate() {
+            let shift = 60 - 4 * i as u32;
+            value |= ((c as char).to_digit(16).unwrap_or(0) as u64) << shift;
+            mask |= 0xf << shift;
         }
-        bytes
+        (value, mask)
     }
 
-    /// Whether `id`, met in sorted order, is already past every id this pattern can match.
-    pub(crate) fn is_past(&self, id: &[u8]) -> bool {
-        let h = hex(id);
-        let n = self.head.len().min(h.len());
-        h[..n] > self.head[..n]
+    /// What the last 8 bytes (the maker's salt) of a matching 16-byte id must be, as
+    /// (value, mask).
+    pub(crate) fn tail_bits(&self) -> (u64, u64) {
+        let mut value = 0u64;
+        let mut mask = 0u64;
+        for (i, c) in self.tail.bytes().rev().take(16).enumerate() {
+            let shift = 4 * i as u32;
+            value |= ((c as char).to_digit(16).unwrap_or(0) as u64) << shift;
+            mask |= 0xf << shift;
+        }
+        (value, mask)
     }
 
     /// The pattern as a person wrote it, normalized.
@@ -98,11 +113,17 @@ mod tests {
     }
 
     #[test]
-    fn bounds_for_odd_prefixes() {
-        let p = IdPattern::parse("abc").unwrap();
-        assert_eq!(p.lower_bound(), vec![0xab, 0xc0]);
-        assert!(!p.is_past(&[0xab, 0xcf, 0xff]));
-        assert!(p.is_past(&[0xab, 0xd0]));
-        assert!(!p.is_past(&[0xab, 0xb0]));
+    fn quick_bits_agree_with_matching() {
+        let id: Vec<u8> = (1..=16).collect();
+        for pat in ["01020", "0102030405060708090a", "01…0f10", "..10", "0102...0e0f10"] {
+            let p = IdPattern::parse(pat).unwrap();
+            let head = u64::from_be_bytes(id[..8].try_into().unwrap());
+            let tail = u64::from_be_bytes(id[8..].try_into().unwrap());
+            let ((hv, hm), (tv, tm)) = (p.head_bits(), p.tail_bits());
+            assert!(p.matches(&id) && head & hm == hv && tail & tm == tv, "{pat}");
+        }
+        let p = IdPattern::parse("01030").unwrap();
+        assert!(!p.matches(&id));
+        assert!(!IdPattern::parse("0102030405060708090a0b0c0d0e0f1011").unwrap().matches(&id), "longer than the id");
     }
 }

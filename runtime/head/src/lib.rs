@@ -2,10 +2,11 @@
 //! gRPC service that answers `rayr list`, `rayr events` and (later) the dashboard.
 //!
 //! What it owns:
-//! - [`EventIndex`]: every event of the session's `events/*.log` files in a redb database
-//!   (`session.head_db()`), findable by every id it names and by kind, plus the views
-//!   (tasks, objects, workers, nodes, jobs) that say where each entity stands. The index
-//!   is rebuilt from the logs, never the other way round: the logs are the record.
+//! - [`EventIndex`]: every event of the session's `events/*.log` files findable by every id
+//!   it names, by kind and by time, plus the views (tasks, objects, workers, nodes, jobs,
+//!   actors) that say where each entity stands and live counts of them, kept in
+//!   `<session>/index/` at the rate the runtime records (see `index`'s module doc). The
+//!   index is rebuilt from the logs, never the other way round: the logs are the record.
 //! - [`start_head`]: the indexer thread that tails the logs, and the `Head` gRPC server.
 //! - [`Membership`]: which node agents are in the cluster, their heartbeats, and the
 //!   declaration of a silent node's death (NODE_JOINED, NODE_DIED).
@@ -42,7 +43,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 pub use ids::{IdPattern, short_id};
-pub use index::{EventIndex, EventQuery, EventsPage, MAX_ID_MATCHES};
+pub use index::{EventIndex, EventQuery, EventsPage, MAX_ID_MATCHES, RecentFailure, Summary, SummaryGroup};
 pub use query::{DEFAULT_PAGE, ENTITIES};
 pub use membership::{Membership, MembershipConfig};
 pub use service::{HeadHandle, ID_PATTERN_METADATA, start_head, start_head_with};
@@ -59,14 +60,11 @@ pub enum HeadError {
     )]
     Locked { path: PathBuf },
 
-    #[error("cannot open the event index {}: {source}; if the file is damaged, delete it and it will be rebuilt from the event logs", path.display())]
-    Open { path: PathBuf, source: redb::Error },
-
-    #[error("event index: {0}")]
-    Store(#[from] redb::Error),
+    #[error("cannot open the event index {}: {source}; if it is damaged, delete the directory and it will be rebuilt from the event logs", path.display())]
+    Open { path: PathBuf, source: std::io::Error },
 
     #[error(
-        "event index holds a record that does not decode ({0}); delete head.redb in the session directory to rebuild it from the event logs"
+        "the event index holds a record that does not decode ({0}); delete the session's index directory to rebuild it from the event logs"
     )]
     Corrupt(#[from] prost::DecodeError),
 
@@ -104,24 +102,6 @@ fn ambiguous(pattern: &str, total: usize, candidates: &[Vec<u8>], kinds: &[&str]
     }
     s
 }
-
-macro_rules! redb_errors {
-    ($($t:ty),*) => {$(
-        impl From<$t> for HeadError {
-            fn from(e: $t) -> HeadError {
-                HeadError::Store(e.into())
-            }
-        }
-    )*};
-}
-redb_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError,
-    redb::SetDurabilityError
-);
 
 #[cfg(test)]
 mod tests;

@@ -6,12 +6,11 @@
 //! - `function`: the full path (`quickstart::square`) or its last segments (`square`);
 //! - numbers (`pid`, `attempt`, …) and `is_driver`: equal.
 
-use rayr_proto::{ActorRow, JobRow, ListReply, ListRequest, Message, NodeRow, ObjectRow, TaskRow, WorkerRow};
-use redb::{ReadTransaction, ReadableTable, TableDefinition};
+use rayr_proto::{ActorRow, JobRow, NodeRow, WorkerRow};
 
 use crate::HeadError;
 use crate::ids::IdPattern;
-use crate::index::{ACTORS, JOBS, NODES, OBJECTS, TASKS, WORKERS};
+use crate::index::rows::{Ids, Names, ObjectRec, TaskRec};
 
 /// Rows per page when a request says `limit: 0`.
 pub const DEFAULT_PAGE: u32 = 1000;
@@ -20,7 +19,7 @@ pub const DEFAULT_PAGE: u32 = 1000;
 pub const ENTITIES: &[&str] = &["tasks", "objects", "workers", "nodes", "jobs", "actors"];
 
 /// One field of a row, typed by how a filter value is compared with it.
-enum Field<'a> {
+pub(crate) enum Field<'a> {
     Id(&'a [u8]),
     /// Compared whole, ignoring case.
     Word(&'a str),
@@ -29,64 +28,85 @@ enum Field<'a> {
     Bool(bool),
 }
 
-/// A row type of a view: its table, its filterable fields, and where it goes in a reply.
-trait Row: Message + Default + Sized {
-    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]>;
+/// A row of a view as filters see it: its filterable fields.
+pub(crate) trait Row {
     const KEYS: &'static [&'static str];
     /// The values `state` takes.
     const STATES: &'static [&'static str];
     fn field(&self, key: &str) -> Option<Field<'_>>;
-    fn push(self, reply: &mut ListReply);
+    /// A row with every field empty, to learn a key's type from.
+    fn probe(key: &str) -> Option<Field<'static>>;
 }
 
-impl Row for TaskRow {
-    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = TASKS;
+/// A task row read from the index, with the dictionaries its numbers are in.
+pub(crate) struct TaskView<'a> {
+    pub id: rayr_logs::Id,
+    pub rec: TaskRec,
+    pub names: &'a Names,
+    pub ids: &'a Ids,
+}
+
+/// An object row read from the index, with the dictionaries its numbers are in.
+pub(crate) struct ObjectView<'a> {
+    pub id: rayr_logs::Id,
+    pub rec: ObjectRec,
+    pub names: &'a Names,
+    pub ids: &'a Ids,
+}
+
+impl Row for TaskView<'_> {
     const KEYS: &'static [&'static str] =
         &["task_id", "function", "state", "attempt", "worker_id", "node_id", "job_id", "owner", "error_type", "pid"];
     const STATES: &'static [&'static str] = &["SUBMITTED", "SCHEDULED", "RUNNING", "FINISHED", "FAILED"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
+        let r = &self.rec;
         Some(match key {
-            "task_id" => Field::Id(&self.task_id),
-            "function" => Field::Function(&self.function),
-            "state" => Field::Word(&self.state),
-            "attempt" => Field::Number(self.attempt.into()),
-            "worker_id" => Field::Id(&self.worker_id),
-            "node_id" => Field::Id(&self.node_id),
-            "job_id" => Field::Id(&self.job_id),
-            "owner" => Field::Id(&self.owner),
-            "error_type" => Field::Word(&self.error_type),
-            "pid" => Field::Number(self.pid.into()),
+            "task_id" => Field::Id(&self.id),
+            "function" => Field::Function(self.names.get(r.function)),
+            "state" => Field::Word(r.state.name()),
+            "attempt" => Field::Number(r.attempt.into()),
+            "worker_id" => Field::Id(self.ids.get(r.worker)),
+            "node_id" => Field::Id(self.ids.get(r.node)),
+            "job_id" => Field::Id(self.ids.get(r.job)),
+            "owner" => Field::Id(self.ids.get(r.owner)),
+            "error_type" => Field::Word(self.names.get(r.error_type)),
+            "pid" => Field::Number(r.pid.into()),
             _ => return None,
         })
     }
-    fn push(self, reply: &mut ListReply) {
-        reply.tasks.push(self);
+    fn probe(key: &str) -> Option<Field<'static>> {
+        static NAMES: std::sync::LazyLock<Names> = std::sync::LazyLock::new(Names::default);
+        static IDS: std::sync::LazyLock<Ids> = std::sync::LazyLock::new(Ids::default);
+        let v = TaskView { id: [0; 16], rec: TaskRec::default(), names: &NAMES, ids: &IDS };
+        v.field(key).map(Field::kind)
     }
 }
 
-impl Row for ObjectRow {
-    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = OBJECTS;
+impl Row for ObjectView<'_> {
     const KEYS: &'static [&'static str] = &["object_id", "owner", "state", "location", "task_id", "size", "borrowers"];
     const STATES: &'static [&'static str] = &["ALIVE", "FREED", "LOST"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
+        let r = &self.rec;
         Some(match key {
-            "object_id" => Field::Id(&self.object_id),
-            "owner" => Field::Id(&self.owner),
-            "state" => Field::Word(&self.state),
-            "location" => Field::Word(&self.location),
-            "task_id" => Field::Id(&self.task_id),
-            "size" => Field::Number(self.size.into()),
-            "borrowers" => Field::Number(self.borrowers.into()),
+            "object_id" => Field::Id(&self.id),
+            "owner" => Field::Id(self.ids.get(r.owner)),
+            "state" => Field::Word(r.state.name()),
+            "location" => Field::Word(self.names.get(r.location)),
+            "task_id" => Field::Id(r.task.as_ref().map_or(&[][..], |t| &t[..])),
+            "size" => Field::Number(r.size.into()),
+            "borrowers" => Field::Number(r.borrowers().into()),
             _ => return None,
         })
     }
-    fn push(self, reply: &mut ListReply) {
-        reply.objects.push(self);
+    fn probe(key: &str) -> Option<Field<'static>> {
+        static NAMES: std::sync::LazyLock<Names> = std::sync::LazyLock::new(Names::default);
+        static IDS: std::sync::LazyLock<Ids> = std::sync::LazyLock::new(Ids::default);
+        let v = ObjectView { id: [0; 16], rec: ObjectRec::default(), names: &NAMES, ids: &IDS };
+        v.field(key).map(Field::kind)
     }
 }
 
 impl Row for WorkerRow {
-    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = WORKERS;
     const KEYS: &'static [&'static str] =
         &["worker_id", "pid", "node_id", "job_id", "is_driver", "state", "exit_type", "exit_code", "signal"];
     const STATES: &'static [&'static str] = &["ALIVE", "DEAD"];
@@ -104,13 +124,12 @@ impl Row for WorkerRow {
             _ => return None,
         })
     }
-    fn push(self, reply: &mut ListReply) {
-        reply.workers.push(self);
+    fn probe(key: &str) -> Option<Field<'static>> {
+        Self::default().field(key).map(Field::kind)
     }
 }
 
 impl Row for NodeRow {
-    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = NODES;
     const KEYS: &'static [&'static str] = &["node_id", "state", "address"];
     const STATES: &'static [&'static str] = &["ALIVE", "DEAD"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
@@ -121,13 +140,12 @@ impl Row for NodeRow {
             _ => return None,
         })
     }
-    fn push(self, reply: &mut ListReply) {
-        reply.nodes.push(self);
+    fn probe(key: &str) -> Option<Field<'static>> {
+        Self::default().field(key).map(Field::kind)
     }
 }
 
 impl Row for JobRow {
-    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = JOBS;
     const KEYS: &'static [&'static str] = &["job_id", "state", "pid"];
     const STATES: &'static [&'static str] = &["RUNNING", "SUCCEEDED", "FAILED"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
@@ -138,13 +156,12 @@ impl Row for JobRow {
             _ => return None,
         })
     }
-    fn push(self, reply: &mut ListReply) {
-        reply.jobs.push(self);
+    fn probe(key: &str) -> Option<Field<'static>> {
+        Self::default().field(key).map(Field::kind)
     }
 }
 
 impl Row for ActorRow {
-    const TABLE: TableDefinition<'static, &'static [u8], &'static [u8]> = ACTORS;
     const KEYS: &'static [&'static str] = &["actor_id", "name", "class", "state", "lifetime", "worker_id", "pid", "node_id", "job_id", "death_cause"];
     const STATES: &'static [&'static str] = &["ALIVE", "RESTARTING", "DEAD"];
     fn field(&self, key: &str) -> Option<Field<'_>> {
@@ -162,8 +179,21 @@ impl Row for ActorRow {
             _ => return None,
         })
     }
-    fn push(self, reply: &mut ListReply) {
-        reply.actors.push(self);
+    fn probe(key: &str) -> Option<Field<'static>> {
+        Self::default().field(key).map(Field::kind)
+    }
+}
+
+impl Field<'_> {
+    /// The same kind of field, empty: what a filter key's type is.
+    fn kind(self) -> Field<'static> {
+        match self {
+            Field::Id(_) => Field::Id(&[]),
+            Field::Word(_) => Field::Word(""),
+            Field::Function(_) => Field::Function(""),
+            Field::Number(_) => Field::Number(0),
+            Field::Bool(_) => Field::Bool(false),
+        }
     }
 }
 
@@ -187,26 +217,20 @@ impl Test {
     }
 }
 
-pub(crate) fn list(txn: &ReadTransaction, req: &ListRequest) -> Result<ListReply, HeadError> {
-    match req.entity.trim().to_ascii_lowercase().as_str() {
-        "tasks" | "task" => list_rows::<TaskRow>(txn, req, "tasks"),
-        "objects" | "object" => list_rows::<ObjectRow>(txn, req, "objects"),
-        "workers" | "worker" => list_rows::<WorkerRow>(txn, req, "workers"),
-        "nodes" | "node" => list_rows::<NodeRow>(txn, req, "nodes"),
-        "jobs" | "job" => list_rows::<JobRow>(txn, req, "jobs"),
-        "actors" | "actor" => list_rows::<ActorRow>(txn, req, "actors"),
-        other => Err(HeadError::BadRequest(format!("cannot list `{other}`: the head keeps {}", ENTITIES.join(", ")))),
-    }
-}
-
-fn list_rows<R: Row>(txn: &ReadTransaction, req: &ListRequest, entity: &str) -> Result<ListReply, HeadError> {
+/// The rows of `rows` that match the request's filters: each of the requested page is
+/// handed to `page`; returns how many match in all.
+pub(crate) fn select<R: Row>(
+    rows: impl Iterator<Item = Result<R, HeadError>>,
+    req: &rayr_proto::ListRequest,
+    entity: &str,
+    mut page: impl FnMut(R),
+) -> Result<u64, HeadError> {
     let tests = req
         .filters
         .iter()
         .map(|f| {
             let key = f.key.trim().to_ascii_lowercase();
-            let probe = R::default();
-            match probe.field(&key) {
+            match R::probe(&key) {
                 None => Err(HeadError::BadRequest(format!(
                     "unknown filter key `{}` for {entity}; valid keys: {}",
                     f.key,
@@ -232,20 +256,16 @@ fn list_rows<R: Row>(txn: &ReadTransaction, req: &ListRequest, entity: &str) -> 
         .collect::<Result<Vec<_>, _>>()?;
 
     let limit = if req.limit == 0 { DEFAULT_PAGE } else { req.limit } as u64;
-    let mut reply = ListReply::default();
-    let table = txn.open_table(R::TABLE)?;
     let mut matched = 0u64;
-    for entry in table.iter()? {
-        let (_, v) = entry?;
-        let row = R::decode(v.value())?;
+    for row in rows {
+        let row = row?;
         if !tests.iter().all(|t| row.field(&t.key).is_some_and(|f| t.matches(f))) {
             continue;
         }
         if matched >= req.offset && matched < req.offset.saturating_add(limit) {
-            row.push(&mut reply);
+            page(row);
         }
         matched += 1;
     }
-    reply.total = matched;
-    Ok(reply)
+    Ok(matched)
 }

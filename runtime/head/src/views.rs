@@ -14,86 +14,128 @@
 //!
 //! Conventions the emitters follow: task events carry a `TaskDetail` with the attempt they
 //! concern; TASK_RETRIED's `attempt` is the number of the attempt about to run (≥ 1).
+//!
+//! Events come as [`Ev`]: read in place from the log (`rayr_logs::EventRef`), with what the
+//! record leaves out filled in (the node of the log it is in, its process's job and pid).
+//! Task and object rows are the compact `index::rows` kinds (there is one per task); the
+//! rest are the `rayr_proto` rows themselves.
 
+use rayr_logs::Id;
+use rayr_logs::event_run::{EventRef, FREED_BY_RELEASE, ObjectDetailRef, TaskDetailRef};
 use rayr_proto::event::Detail;
-use rayr_proto::{ActorRow, Event, EventKind, JobRow, NodeRow, ObjectRow, TaskRow, WorkerExitType, WorkerRow};
+use rayr_proto::{ActorRow, EventKind, JobRow, NodeRow, WorkerExitType, WorkerRow};
+
+use crate::index::rows::{Ids, Names, ObjectRec, ObjectState, Reason, TaskRec, TaskState};
+
+/// An event as the views see it: read in place, with the node, job, source and pid the
+/// record leaves to its run or its process filled in.
+#[derive(Clone, Copy)]
+pub(crate) struct Ev<'a> {
+    pub kind: EventKind,
+    pub time_us: i64,
+    pub task_id: Option<Id>,
+    pub object_id: Option<Id>,
+    pub actor_id: Option<Id>,
+    pub worker_id: Option<Id>,
+    pub node_id: Option<Id>,
+    pub job_id: Option<Id>,
+    pub source_worker: Option<Id>,
+    pub source_pid: u32,
+    pub raw: EventRef<'a>,
+}
+
+impl<'a> Ev<'a> {
+    /// An event with nothing filled in: what a whole event (one that names everything
+    /// itself, as the node agent's do) is.
+    #[cfg(test)]
+    pub(crate) fn whole(raw: EventRef<'a>) -> Ev<'a> {
+        Ev {
+            kind: EventKind::try_from(raw.kind).unwrap_or(EventKind::Unspecified),
+            time_us: raw.time_us,
+            task_id: raw.task_id,
+            object_id: raw.object_id,
+            actor_id: raw.actor_id,
+            worker_id: raw.worker_id,
+            node_id: raw.node_id,
+            job_id: raw.job_id,
+            source_worker: raw.source_worker,
+            source_pid: raw.source_pid,
+            raw,
+        }
+    }
+
+    fn task(&self) -> Option<TaskDetailRef<'a>> {
+        self.raw.task()
+    }
+    fn object(&self) -> Option<ObjectDetailRef<'a>> {
+        self.raw.object()
+    }
+}
 
 /// Which view an event updates, and the key of its row.
-pub(crate) enum Target<'a> {
-    Task(&'a [u8]),
-    Object(&'a [u8]),
-    Worker(&'a [u8]),
-    Node(&'a [u8]),
-    Job(&'a [u8]),
-    Actor(&'a [u8]),
+pub(crate) enum Target {
+    Task(Id),
+    Object(Id),
+    Worker(Id),
+    Node(Id),
+    Job(Id),
+    Actor(Id),
     None,
 }
 
-pub(crate) fn target(ev: &Event) -> Target<'_> {
+pub(crate) fn target(ev: &Ev<'_>) -> Target {
     use EventKind::*;
-    let nonempty = |id: &[u8]| !id.is_empty();
-    match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
-        TaskSubmitted | TaskScheduled | TaskStarted | TaskFinished | TaskFailed | TaskRetried
-            if nonempty(&ev.task_id) =>
-        {
-            Target::Task(&ev.task_id)
+    match ev.kind {
+        TaskSubmitted | TaskScheduled | TaskStarted | TaskFinished | TaskFailed | TaskRetried => {
+            ev.task_id.map_or(Target::None, Target::Task)
         }
-        ObjectCreated | ObjectBorrowed | ObjectReleased | ObjectFreed | ObjectLost if nonempty(&ev.object_id) => {
-            Target::Object(&ev.object_id)
+        ObjectCreated | ObjectBorrowed | ObjectReleased | ObjectFreed | ObjectLost => {
+            ev.object_id.map_or(Target::None, Target::Object)
         }
-        WorkerStarted | WorkerExited => {
-            // A process recording its own start may leave worker_id empty.
-            let id = if nonempty(&ev.worker_id) { &ev.worker_id } else { &ev.source_worker };
-            if nonempty(id) { Target::Worker(id) } else { Target::None }
-        }
-        NodeStarted | NodeStopped | NodeDied | NodeJoined if nonempty(&ev.node_id) => Target::Node(&ev.node_id),
-        JobStarted | JobFinished if nonempty(&ev.job_id) => Target::Job(&ev.job_id),
-        ActorCreated | ActorDied | ActorRestarted if nonempty(&ev.actor_id) => Target::Actor(&ev.actor_id),
+        // A process recording its own start may leave worker_id empty.
+        WorkerStarted | WorkerExited => ev.worker_id.or(ev.source_worker).map_or(Target::None, Target::Worker),
+        NodeStarted | NodeStopped | NodeDied | NodeJoined => ev.node_id.map_or(Target::None, Target::Node),
+        JobStarted | JobFinished => ev.job_id.map_or(Target::None, Target::Job),
+        ActorCreated | ActorDied | ActorRestarted => ev.actor_id.map_or(Target::None, Target::Actor),
         _ => Target::None,
     }
 }
 
-fn fill(slot: &mut Vec<u8>, value: &[u8]) {
-    if slot.is_empty() && !value.is_empty() {
-        *slot = value.to_vec();
+fn fill(slot: &mut Vec<u8>, value: Option<Id>) {
+    if slot.is_empty()
+        && let Some(v) = value
+    {
+        *slot = v.to_vec();
     }
 }
 
-fn task_rank(state: &str) -> Option<u8> {
-    match state {
-        "SUBMITTED" => Some(0),
-        "SCHEDULED" => Some(1),
-        "RUNNING" => Some(2),
-        "FINISHED" | "FAILED" => Some(3),
-        _ => None,
+fn fill_ix(slot: &mut u32, value: Option<Id>, ids: &mut Ids) {
+    if *slot == 0 && value.is_some() {
+        *slot = ids.intern_opt(value);
     }
 }
 
-pub(crate) fn apply_task(row: &mut TaskRow, ev: &Event) {
+pub(crate) fn apply_task(row: &mut TaskRec, ev: &Ev<'_>, names: &mut Names, ids: &mut Ids) {
     use EventKind::*;
-    let kind = EventKind::try_from(ev.kind).unwrap_or(Unspecified);
-    let detail = match &ev.detail {
-        Some(Detail::Task(d)) => Some(d),
-        _ => None,
-    };
-    fill(&mut row.task_id, &ev.task_id);
+    let kind = ev.kind;
+    let detail = ev.task();
 
     // Facts of the task itself, the same for every attempt.
-    if let Some(d) = detail
-        && row.function.is_empty()
+    if let Some(d) = &detail
+        && row.function == 0
     {
-        row.function = d.function.clone();
+        row.function = names.intern(d.function);
     }
-    fill(&mut row.job_id, &ev.job_id);
+    fill_ix(&mut row.job, ev.job_id, ids);
     if kind == TaskSubmitted {
-        fill(&mut row.owner, &ev.source_worker);
+        fill_ix(&mut row.owner, ev.source_worker, ids);
         if row.submitted_us == 0 || ev.time_us < row.submitted_us {
             row.submitted_us = ev.time_us;
         }
     }
 
     // Which attempt this event is about. Without a detail it can only mean the current one.
-    let attempt = match (kind, detail) {
+    let attempt = match (kind, &detail) {
         (TaskRetried, Some(d)) if d.attempt > 0 => d.attempt,
         (TaskRetried, _) => row.attempt + 1,
         (_, Some(d)) => d.attempt,
@@ -105,42 +147,42 @@ pub(crate) fn apply_task(row: &mut TaskRow, ev: &Event) {
     if attempt > row.attempt {
         // A new attempt: what the row said about the last one no longer holds.
         row.attempt = attempt;
-        row.state.clear();
-        row.worker_id.clear();
-        row.node_id.clear();
+        row.state = TaskState::None;
+        row.worker = 0;
+        row.node = 0;
         row.pid = 0;
-        row.error.clear();
-        row.error_type.clear();
+        row.error = None;
+        row.error_type = 0;
         row.finished_us = 0;
     }
 
     let next = match kind {
-        TaskSubmitted | TaskRetried => Some("SUBMITTED"),
-        TaskScheduled => Some("SCHEDULED"),
-        TaskStarted => Some("RUNNING"),
-        TaskFinished => Some("FINISHED"),
-        TaskFailed if detail.is_some_and(|d| d.r#final) => Some("FAILED"),
+        TaskSubmitted | TaskRetried => Some(TaskState::Submitted),
+        TaskScheduled => Some(TaskState::Scheduled),
+        TaskStarted => Some(TaskState::Running),
+        TaskFinished => Some(TaskState::Finished),
+        TaskFailed if detail.is_some_and(|d| d.is_final) => Some(TaskState::Failed),
         _ => None, // a failure that will be retried leaves the state to the retry
     };
     if let Some(next) = next
-        && task_rank(&row.state).is_none_or(|now| task_rank(next).unwrap() > now)
+        && row.state.rank().is_none_or(|now| next.rank().unwrap() > now)
     {
-        row.state = next.to_string();
+        row.state = next;
     }
 
     match kind {
         TaskScheduled => {
-            fill(&mut row.worker_id, &ev.worker_id);
-            fill(&mut row.node_id, &ev.node_id);
+            fill_ix(&mut row.worker, ev.worker_id, ids);
+            fill_ix(&mut row.node, ev.node_id, ids);
         }
         TaskStarted => {
             // The worker itself says where the attempt runs; TASK_SCHEDULED was recorded
             // by the submitter, on its own node (another one, when the lease spilled).
-            if !ev.worker_id.is_empty() {
-                row.worker_id = ev.worker_id.clone();
+            if ev.worker_id.is_some() {
+                row.worker = ids.intern_opt(ev.worker_id);
             }
-            if !ev.node_id.is_empty() {
-                row.node_id = ev.node_id.clone();
+            if ev.node_id.is_some() {
+                row.node = ids.intern_opt(ev.node_id);
             }
             let pid = detail.map(|d| d.pid).filter(|p| *p != 0).unwrap_or(ev.source_pid);
             if row.pid == 0 {
@@ -149,89 +191,88 @@ pub(crate) fn apply_task(row: &mut TaskRow, ev: &Event) {
         }
         TaskFinished => row.finished_us = ev.time_us,
         TaskFailed => {
-            if let Some(d) = detail {
-                row.error = d.error.clone();
-                row.error_type = d.error_type.clone();
-                if d.r#final {
+            if let Some(d) = &detail {
+                row.error = (!d.error.is_empty()).then(|| d.error.into());
+                row.error_type = names.intern(d.error_type);
+                if d.is_final {
                     row.finished_us = ev.time_us;
                 }
             }
-            fill(&mut row.worker_id, &ev.worker_id);
+            fill_ix(&mut row.worker, ev.worker_id, ids);
         }
         _ => {}
     }
-    if row.state.is_empty() {
-        row.state = "SUBMITTED".to_string();
+    if row.state == TaskState::None {
+        row.state = TaskState::Submitted;
     }
 }
 
-fn object_rank(state: &str) -> u8 {
-    match state {
-        "LOST" => 2,
-        "FREED" => 1,
-        _ => 0,
-    }
-}
-
-/// `balance` is the object's running borrow balance (+1 per borrow, -1 per release).
-pub(crate) fn apply_object(row: &mut ObjectRow, balance: &mut i64, ev: &Event) {
+/// Applies one event to an object's row (its borrow balance included).
+pub(crate) fn apply_object(row: &mut ObjectRec, ev: &Ev<'_>, names: &mut Names, ids: &mut Ids) {
     use EventKind::*;
-    let kind = EventKind::try_from(ev.kind).unwrap_or(Unspecified);
-    let detail = match &ev.detail {
-        Some(Detail::Object(d)) => Some(d),
-        _ => None,
-    };
-    fill(&mut row.object_id, &ev.object_id);
-    fill(&mut row.task_id, &ev.task_id);
+    let kind = ev.kind;
+    let detail = ev.object();
+    if row.task.is_none() {
+        row.task = ev.task_id;
+    }
     match kind {
         ObjectCreated => {
             // The owner is the process that created it (event.worker_id by contract).
-            let owner = if ev.worker_id.is_empty() { &ev.source_worker } else { &ev.worker_id };
-            fill(&mut row.owner, owner);
-            if let Some(d) = detail {
+            fill_ix(&mut row.owner, ev.worker_id.or(ev.source_worker), ids);
+            if let Some(d) = &detail {
                 row.size = d.size;
-                row.location = d.location.clone();
+                row.location = names.intern(d.location);
             }
             // Made again after it was lost with a node (its task re-ran): alive again.
-            if row.state == "LOST" && ev.time_us >= row.ended_us {
-                row.state = "ALIVE".to_string();
-                row.reason.clear();
+            if row.state == ObjectState::Lost && ev.time_us >= row.ended_us {
+                row.state = ObjectState::Alive;
+                row.reason = Reason::None;
                 row.ended_us = 0;
             }
             row.created_us = ev.time_us;
         }
         // Task-argument pins are the owner's own bookkeeping, not other holders.
         ObjectBorrowed | ObjectReleased if detail.is_none_or(|d| d.peer_kind != "task_argument") => {
-            *balance += if kind == ObjectBorrowed { 1 } else { -1 };
-            row.borrowers = (*balance).clamp(0, u32::MAX as i64) as u32;
+            row.balance += if kind == ObjectBorrowed { 1 } else { -1 };
         }
         ObjectFreed | ObjectLost => {
-            let next = if kind == ObjectLost { "LOST" } else { "FREED" };
+            let next = if kind == ObjectLost { ObjectState::Lost } else { ObjectState::Freed };
             // The first end is the object's end: a loss reported after it was freed (its
             // owner's exit dropping a copy the free had not reached yet) changes nothing,
             // whichever order the two are indexed in.
-            let ended = object_rank(&row.state) > 0;
-            if !ended || ev.time_us < row.ended_us || (ev.time_us == row.ended_us && object_rank(next) > object_rank(&row.state)) {
-                row.state = next.to_string();
-                row.reason = detail.map(|d| d.reason.clone()).unwrap_or_default();
+            let ended = row.state.rank() > 0;
+            if !ended || ev.time_us < row.ended_us || (ev.time_us == row.ended_us && next.rank() > row.state.rank()) {
+                row.state = next;
+                // A packed OBJECT_FREED without a reason was freed by release (see
+                // rayr_logs::event_run::FREED_BY_RELEASE).
+                let reason = detail.map(|d| d.reason).unwrap_or_default();
+                row.reason = if reason.is_empty() && kind == ObjectFreed && ev.raw.detail.is_none_or(|d| d.field == rayr_logs::event_run::detail_field::OBJECT) {
+                    Reason::of(FREED_BY_RELEASE)
+                } else {
+                    Reason::of(reason)
+                };
                 row.ended_us = ev.time_us;
             }
         }
         _ => {}
     }
-    if row.state.is_empty() {
-        row.state = "ALIVE".to_string();
+    if row.state == ObjectState::None {
+        row.state = ObjectState::Alive;
     }
 }
 
-pub(crate) fn apply_worker(row: &mut WorkerRow, id: &[u8], ev: &Event) {
+fn detail(ev: &Ev<'_>) -> Option<Detail> {
+    ev.raw.detail()
+}
+
+pub(crate) fn apply_worker(row: &mut WorkerRow, id: &Id, ev: &Ev<'_>) {
     use EventKind::*;
-    fill(&mut row.worker_id, id);
-    fill(&mut row.node_id, &ev.node_id);
-    fill(&mut row.job_id, &ev.job_id);
-    match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
+    fill(&mut row.worker_id, Some(*id));
+    fill(&mut row.node_id, ev.node_id);
+    fill(&mut row.job_id, ev.job_id);
+    match ev.kind {
         WorkerStarted => {
-            if let Some(Detail::WorkerStart(s)) = &ev.detail {
+            if let Some(Detail::WorkerStart(s)) = detail(ev) {
                 row.pid = s.pid;
                 row.is_driver = s.is_driver;
             }
@@ -246,7 +287,7 @@ pub(crate) fn apply_worker(row: &mut WorkerRow, id: &[u8], ev: &Event) {
         WorkerExited => {
             row.state = "DEAD".to_string();
             row.exited_us = ev.time_us;
-            if let Some(Detail::WorkerExit(x)) = &ev.detail {
+            if let Some(Detail::WorkerExit(x)) = detail(ev) {
                 let exit_type = WorkerExitType::try_from(x.exit_type).unwrap_or(WorkerExitType::WorkerExitUnspecified);
                 row.exit_type = exit_type.as_str_name().to_string();
                 row.exit_code = x.exit_code;
@@ -262,26 +303,26 @@ pub(crate) fn apply_worker(row: &mut WorkerRow, id: &[u8], ev: &Event) {
     }
 }
 
-pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
+pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Ev<'_>) {
     use EventKind::*;
-    fill(&mut row.actor_id, &ev.actor_id);
-    fill(&mut row.job_id, &ev.job_id);
-    let detail = match &ev.detail {
+    fill(&mut row.actor_id, ev.actor_id);
+    fill(&mut row.job_id, ev.job_id);
+    let detail = match detail(ev) {
         Some(Detail::Actor(a)) => Some(a),
         _ => None,
     };
-    let restart = detail.map_or(0, |a| a.restart);
-    match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
+    let restart = detail.as_ref().map_or(0, |a| a.restart);
+    match ev.kind {
         ActorCreated if restart >= row.life || row.created_us == 0 => {
             // The latest life's worker (a late event of an earlier life changes nothing).
             row.life = restart;
-            row.worker_id = ev.worker_id.clone();
-            row.node_id = ev.node_id.clone();
+            row.worker_id = ev.worker_id.map(|w| w.to_vec()).unwrap_or_default();
+            row.node_id = ev.node_id.map(|w| w.to_vec()).unwrap_or_default();
             row.created_us = ev.time_us;
             if let Some(a) = detail {
-                row.class = a.class.clone();
+                row.class = a.class;
                 row.pid = a.pid;
-                row.name = a.name.clone();
+                row.name = a.name;
                 if a.detached {
                     row.lifetime = "detached".into();
                 }
@@ -291,13 +332,13 @@ pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
             row.state = "DEAD".to_string();
             row.died_us = ev.time_us;
             if let Some(a) = detail {
-                row.death_cause = a.cause.clone();
-                row.detail = a.detail.clone();
+                row.death_cause = a.cause;
+                row.detail = a.detail;
             }
         }
         ActorRestarted => {
             if let Some(a) = detail {
-                row.detail = a.detail.clone();
+                row.detail = a.detail;
             }
         }
         _ => {}
@@ -309,14 +350,14 @@ pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Event) {
     }
 }
 
-pub(crate) fn apply_node(row: &mut NodeRow, ev: &Event) {
+pub(crate) fn apply_node(row: &mut NodeRow, ev: &Ev<'_>) {
     use EventKind::*;
-    fill(&mut row.node_id, &ev.node_id);
-    let detail = match &ev.detail {
+    fill(&mut row.node_id, ev.node_id);
+    let detail = match detail(ev) {
         Some(Detail::Node(d)) => Some(d),
         _ => None,
     };
-    if let Some(d) = detail {
+    if let Some(d) = &detail {
         if row.address.is_empty() {
             row.address = d.address.clone();
         }
@@ -330,7 +371,7 @@ pub(crate) fn apply_node(row: &mut NodeRow, ev: &Event) {
             row.labels = d.labels.clone();
         }
     }
-    match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
+    match ev.kind {
         NodeStarted => {
             row.started_us = ev.time_us;
             if row.state.is_empty() {
@@ -342,21 +383,21 @@ pub(crate) fn apply_node(row: &mut NodeRow, ev: &Event) {
         NodeStopped | NodeDied if row.stopped_us == 0 || ev.time_us < row.stopped_us => {
             row.state = "DEAD".to_string();
             row.stopped_us = ev.time_us;
-            row.reason = detail.map(|d| d.reason.clone()).unwrap_or_default();
+            row.reason = detail.map(|d| d.reason).unwrap_or_default();
         }
         NodeJoined if row.state.is_empty() => row.state = "ALIVE".to_string(),
         _ => {}
     }
 }
 
-pub(crate) fn apply_job(row: &mut JobRow, ev: &Event) {
+pub(crate) fn apply_job(row: &mut JobRow, ev: &Ev<'_>) {
     use EventKind::*;
-    fill(&mut row.job_id, &ev.job_id);
-    let detail = match &ev.detail {
+    fill(&mut row.job_id, ev.job_id);
+    let detail = match detail(ev) {
         Some(Detail::Job(d)) => Some(d),
         _ => None,
     };
-    if let Some(d) = detail {
+    if let Some(d) = &detail {
         if row.binary.is_empty() {
             row.binary = d.binary.clone();
         }
@@ -364,7 +405,7 @@ pub(crate) fn apply_job(row: &mut JobRow, ev: &Event) {
             row.pid = d.pid;
         }
     }
-    match EventKind::try_from(ev.kind).unwrap_or(Unspecified) {
+    match ev.kind {
         JobStarted => {
             row.started_us = ev.time_us;
             if row.state.is_empty() {
@@ -383,7 +424,43 @@ pub(crate) fn apply_job(row: &mut JobRow, ev: &Event) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rayr_proto::TaskDetail;
+    use rayr_proto::{Event, ObjectRow, TaskDetail, TaskRow};
+
+    /// Reads a whole `Event` (as a test writes it) the way the index reads the log.
+    fn with_ev<R>(e: &Event, f: impl FnOnce(&Ev<'_>) -> R) -> R {
+        let mut wire = Vec::new();
+        rayr_logs::encode_single_run_frame(e, &mut wire);
+        let (body, _) = rayr_proto::split_frame(&wire).unwrap().unwrap();
+        let run = rayr_logs::RunView::parse(body).unwrap();
+        let raw = run.events().next().unwrap().unwrap();
+        f(&Ev::whole(raw))
+    }
+
+    /// The task row `events` give, applied in this order.
+    fn task_row<'a>(events: impl IntoIterator<Item = &'a Event>) -> TaskRow {
+        let (mut row, mut names, mut ids) = (TaskRec::default(), Names::default(), Ids::default());
+        let mut id = [0; 16];
+        for e in events {
+            id = e.task_id.as_slice().try_into().unwrap();
+            with_ev(e, |ev| apply_task(&mut row, ev, &mut names, &mut ids));
+        }
+        row.to_proto(&id, &names, &ids)
+    }
+
+    /// The object row `events` give, applied in this order.
+    fn object_row<'a>(events: impl IntoIterator<Item = &'a Event>) -> ObjectRow {
+        let (mut row, mut names, mut ids) = (ObjectRec::default(), Names::default(), Ids::default());
+        let mut id = [0; 16];
+        for e in events {
+            id = e.object_id.as_slice().try_into().unwrap();
+            with_ev(e, |ev| apply_object(&mut row, ev, &mut names, &mut ids));
+        }
+        row.to_proto(&id, &names, &ids)
+    }
+
+    fn actor(row: &mut ActorRow, e: &Event) {
+        with_ev(e, |ev| apply_actor(row, ev));
+    }
 
     fn task_event(kind: EventKind, attempt: u32, t: i64) -> Event {
         Event {
@@ -413,10 +490,7 @@ mod tests {
         let mut started = task_event(TaskStarted, 0, 3);
         started.node_id = vec![0xb; 16];
         for order in [[&scheduled, &started], [&started, &scheduled]] {
-            let mut row = TaskRow::default();
-            for e in order {
-                apply_task(&mut row, e);
-            }
+            let row = task_row(order);
             assert_eq!(row.node_id, vec![0xb; 16]);
         }
     }
@@ -436,10 +510,7 @@ mod tests {
             (end(EventKind::ObjectLost, 5), end(EventKind::ObjectFreed, 9), "LOST"),
         ] {
             for order in [[&first, &second], [&second, &first]] {
-                let (mut row, mut balance) = (ObjectRow::default(), 0);
-                for e in order {
-                    apply_object(&mut row, &mut balance, e);
-                }
+                let row = object_row(order);
                 assert_eq!(row.state, expected);
             }
         }
@@ -459,10 +530,7 @@ mod tests {
             task_event(TaskStarted, 1, 7),
             task_event(TaskFailed, 1, 8),
         ];
-        let mut expected = TaskRow::default();
-        for e in &events {
-            apply_task(&mut expected, e);
-        }
+        let expected = task_row(&events);
         assert_eq!(expected.state, "FAILED");
         assert_eq!(expected.attempt, 1);
         assert_eq!(expected.error, "boom 1");
@@ -477,10 +545,7 @@ mod tests {
             v.rotate_left(3);
             v
         }] {
-            let mut row = TaskRow::default();
-            for e in &order {
-                apply_task(&mut row, e);
-            }
+            let row = task_row(&order);
             assert_eq!(row, expected);
         }
     }
@@ -502,22 +567,21 @@ mod tests {
             })),
             ..Default::default()
         };
-        let mut row = ObjectRow::default();
-        let mut balance = 0;
         // Release arrives before the borrow, the free before the creation.
-        apply_object(&mut row, &mut balance, &ev(EventKind::ObjectReleased, ""));
-        assert_eq!(row.borrowers, 0);
-        apply_object(&mut row, &mut balance, &ev(EventKind::ObjectBorrowed, ""));
-        apply_object(&mut row, &mut balance, &ev(EventKind::ObjectBorrowed, ""));
-        assert_eq!(row.borrowers, 1);
-        apply_object(&mut row, &mut balance, &ev(EventKind::ObjectFreed, "out of scope"));
-        apply_object(&mut row, &mut balance, &ev(EventKind::ObjectCreated, ""));
+        let mut seen = vec![ev(EventKind::ObjectReleased, "")];
+        assert_eq!(object_row(&seen).borrowers, 0);
+        seen.push(ev(EventKind::ObjectBorrowed, ""));
+        seen.push(ev(EventKind::ObjectBorrowed, ""));
+        assert_eq!(object_row(&seen).borrowers, 1);
+        seen.push(ev(EventKind::ObjectFreed, "out of scope"));
+        seen.push(ev(EventKind::ObjectCreated, ""));
+        let row = object_row(&seen);
         assert_eq!(row.state, "FREED");
         assert_eq!(row.reason, "out of scope");
         assert_eq!(row.owner, vec![2; 16]);
         assert_eq!(row.size, 5);
-        apply_object(&mut row, &mut balance, &ev(EventKind::ObjectLost, "owner died"));
-        assert_eq!(row.state, "LOST");
+        seen.push(ev(EventKind::ObjectLost, "owner died"));
+        assert_eq!(object_row(&seen).state, "LOST");
     }
 
     #[test]
@@ -532,8 +596,8 @@ mod tests {
             ..Default::default()
         };
         let mut row = ActorRow::default();
-        apply_actor(&mut row, &ev(EventKind::ActorDied, ActorDetail { cause: "killed".into(), detail: "by rayr::kill".into(), ..Default::default() }));
-        apply_actor(&mut row, &ev(EventKind::ActorCreated, ActorDetail { class: "m::Counter".into(), pid: 7, ..Default::default() }));
+        actor(&mut row, &ev(EventKind::ActorDied, ActorDetail { cause: "killed".into(), detail: "by rayr::kill".into(), ..Default::default() }));
+        actor(&mut row, &ev(EventKind::ActorCreated, ActorDetail { class: "m::Counter".into(), pid: 7, ..Default::default() }));
         assert_eq!((row.state.as_str(), row.death_cause.as_str(), row.class.as_str(), row.pid), ("DEAD", "killed", "m::Counter", 7));
         assert_eq!(row.worker_id, vec![4; 16]);
     }
@@ -550,12 +614,12 @@ mod tests {
             ..Default::default()
         };
         let mut row = ActorRow::default();
-        apply_actor(&mut row, &ev(EventKind::ActorRestarted, 1, 0));
+        actor(&mut row, &ev(EventKind::ActorRestarted, 1, 0));
         assert_eq!((row.state.as_str(), row.restarts), ("RESTARTING", 1));
-        apply_actor(&mut row, &ev(EventKind::ActorCreated, 1, 22));
-        apply_actor(&mut row, &ev(EventKind::ActorCreated, 0, 11)); // the first life, late
+        actor(&mut row, &ev(EventKind::ActorCreated, 1, 22));
+        actor(&mut row, &ev(EventKind::ActorCreated, 0, 11)); // the first life, late
         assert_eq!((row.state.as_str(), row.restarts, row.pid), ("ALIVE", 1, 22));
-        apply_actor(&mut row, &ev(EventKind::ActorRestarted, 2, 0));
+        actor(&mut row, &ev(EventKind::ActorRestarted, 2, 0));
         assert_eq!((row.state.as_str(), row.restarts), ("RESTARTING", 2));
     }
 }
