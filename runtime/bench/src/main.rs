@@ -93,6 +93,9 @@ use std::time::{Duration, Instant};
 
 use rayr::prelude::*;
 
+mod index;
+mod record;
+
 /// Selects what a child run of this binary does.
 const MODE_VAR: &str = "RAYR_BENCH_MODE";
 /// The echo child's socket path.
@@ -151,6 +154,10 @@ fn main() -> rayr::Result<()> {
         _ => {}
     }
     let tmp = TempDir::new();
+    if std::env::var("RAYR_BENCH_ONLY").as_deref() == Ok("index") {
+        index::synthetic(&tmp.path);
+        return Ok(());
+    }
     let result = run_all(&tmp);
     rayr::shutdown();
     drop(tmp);
@@ -306,6 +313,7 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
 
     actors()?;
     multinode(tmp);
+    index::synthetic(&tmp.path);
     Ok(())
 }
 

@@ -41,6 +41,9 @@ pub(crate) struct Ev<'a> {
     pub job_id: Option<Id>,
     pub source_worker: Option<Id>,
     pub source_pid: u32,
+    /// The event's task or object detail, read once.
+    pub task: Option<TaskDetailRef<'a>>,
+    pub object: Option<ObjectDetailRef<'a>>,
     pub raw: EventRef<'a>,
 }
 
@@ -60,16 +63,12 @@ impl<'a> Ev<'a> {
             job_id: raw.job_id,
             source_worker: raw.source_worker,
             source_pid: raw.source_pid,
+            task: raw.task(),
+            object: raw.object(),
             raw,
         }
     }
 
-    fn task(&self) -> Option<TaskDetailRef<'a>> {
-        self.raw.task()
-    }
-    fn object(&self) -> Option<ObjectDetailRef<'a>> {
-        self.raw.object()
-    }
 }
 
 /// Which view an event updates, and the key of its row.
@@ -118,7 +117,7 @@ fn fill_ix(slot: &mut u32, value: Option<Id>, ids: &mut Ids) {
 pub(crate) fn apply_task(row: &mut TaskRec, ev: &Ev<'_>, names: &mut Names, ids: &mut Ids) {
     use EventKind::*;
     let kind = ev.kind;
-    let detail = ev.task();
+    let detail = ev.task;
 
     // Facts of the task itself, the same for every attempt.
     if let Some(d) = &detail
@@ -211,7 +210,7 @@ pub(crate) fn apply_task(row: &mut TaskRec, ev: &Ev<'_>, names: &mut Names, ids:
 pub(crate) fn apply_object(row: &mut ObjectRec, ev: &Ev<'_>, names: &mut Names, ids: &mut Ids) {
     use EventKind::*;
     let kind = ev.kind;
-    let detail = ev.object();
+    let detail = ev.object;
     if row.task.is_none() {
         row.task = ev.task_id;
     }

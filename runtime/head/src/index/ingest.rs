@@ -113,11 +113,12 @@ impl Inner {
             let mut at = 0usize;
             let mut st = self.state.write();
             let skipped_before = writer.skipped_runs;
+            let mut scratch = Scratch::default();
             while indexed < limit {
                 match rayr_proto::split_frame(&writer.buf[at..]) {
                     Ok(Some((body, used))) => {
                         let body_at = offset + at as u64 + 4;
-                        match st.ingest_run(self, log, body_at, body) {
+                        match st.ingest_run(self, log, body_at, body, &mut scratch) {
                             Some(n) => indexed += n as u64,
                             None => writer.skipped_runs += 1,
                         }
@@ -163,15 +164,20 @@ fn read_at(file: &std::fs::File, buf: &mut [u8], offset: u64) -> std::io::Result
 impl State {
     /// Indexes one run (its frame body at `offset` in log `log`); `None` when it does not
     /// decode (then nothing of it is indexed).
-    fn ingest_run(&mut self, inner: &Inner, log: u32, offset: u64, body: &[u8]) -> Option<usize> {
+    fn ingest_run<'b>(&mut self, inner: &Inner, log: u32, offset: u64, body: &'b [u8], scratch: &mut Scratch<'b>) -> Option<usize> {
         let run = RunView::parse(body).ok()?;
         // A run is indexed whole or not at all, as readers expand it.
-        let events: Vec<EventRef<'_>> = run.events().collect::<Result<_, _>>().ok()?;
+        let events = &mut scratch.events;
+        events.clear();
+        for e in run.events() {
+            events.push(e.ok()?);
+        }
         if events.is_empty() {
             return Some(0);
         }
         let attrs = RunAttrs::of(&run, &self.logs[log as usize]);
         let run_no = self.runs.len() as u32;
+        let (events, seen) = (&scratch.events, &mut scratch.seen);
         let mut rec = RunRec {
             log,
             offset,
@@ -189,6 +195,7 @@ impl State {
             explicit: 0,
         };
         let shared = [attrs.source, attrs.node, attrs.job];
+        seen.clear();
         for e in events.iter() {
             rec.kinds |= kind_bit(e.kind);
             rec.min_time = rec.min_time.min(e.time_us);
@@ -202,14 +209,16 @@ impl State {
                 inner.final_failures.fetch_add(1, Ordering::Relaxed);
             }
 
-            // Postings: every id the event names except those its run shares.
+            let task = e.task();
+            let object = e.object();
+            // Postings: every id the event names except those its run shares, once per run.
             let mut post = |id: Option<Id>| {
                 if let Some(id) = id
                     && !shared.contains(&Some(id))
                 {
-                    let runs = self.mem.postings.entry(Key::of(&id)).or_default();
-                    if runs.last() != Some(&run_no) {
-                        runs.push(run_no);
+                    let key = Key::of(&id);
+                    if seen.insert(key, false) {
+                        self.mem.postings.entry(key).or_default().push(run_no);
                     }
                 }
             };
@@ -226,13 +235,13 @@ impl State {
             if !eff.job_from_origin {
                 post(eff.job);
             }
-            if let Some(peer) = e.object().and_then(|d| <Id>::try_from(d.peer).ok()) {
+            if let Some(peer) = object.and_then(|d| <Id>::try_from(d.peer).ok()) {
                 post(Some(peer));
             }
             if let Some(cause) = e.cause {
-                let runs = self.mem.causes.entry(Key::of(&cause).cause_bucket()).or_default();
-                if runs.last() != Some(&run_no) {
-                    runs.push(run_no);
+                let bucket = Key::of(&cause).cause_bucket();
+                if seen.insert(bucket, true) {
+                    self.mem.causes.entry(bucket).or_default().push(run_no);
                 }
             }
 
@@ -247,6 +256,8 @@ impl State {
                 job_id: eff.job,
                 source_worker: eff.source,
                 source_pid: eff.pid,
+                task,
+                object,
                 raw: *e,
             };
             if kind == EventKind::WorkerStarted
@@ -349,4 +360,48 @@ fn row_mut<'m, R: Default>(
         }
         R::default()
     })
+}
+
+/// What indexing a run needs besides the state, kept across the runs of a window.
+#[derive(Default)]
+struct Scratch<'b> {
+    events: Vec<EventRef<'b>>,
+    seen: SeenInRun,
+}
+
+/// The keys posted for the current run: an id named by many events of a run (a worker, a
+/// cause bucket, a task's successive events) costs one hash-map update, not one per event.
+/// Direct-mapped, so a collision only costs a redundant (and harmless) update.
+struct SeenInRun {
+    slots: Box<[(Key, u32)]>,
+    generation: u32,
+}
+
+impl Default for SeenInRun {
+    fn default() -> Self {
+        SeenInRun { slots: vec![(Key::default(), 0); 1024].into_boxed_slice(), generation: 0 }
+    }
+}
+
+impl SeenInRun {
+    fn clear(&mut self) {
+        self.generation = self.generation.wrapping_add(2);
+        if self.generation == 0 {
+            self.slots.fill((Key::default(), u32::MAX));
+        }
+    }
+
+    /// Whether `key` (of the postings, or of the causes when `cause`) was not seen yet in
+    /// this run; marks it seen.
+    #[inline]
+    fn insert(&mut self, key: Key, cause: bool) -> bool {
+        let tag = self.generation | cause as u32;
+        let h = (key.counter ^ key.salt.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let slot = &mut self.slots[(h >> 54) as usize];
+        if *slot == (key, tag) {
+            return false;
+        }
+        *slot = (key, tag);
+        true
+    }
 }

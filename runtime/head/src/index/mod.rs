@@ -69,7 +69,7 @@ pub use read::{Summary, SummaryGroup};
 /// Most candidates `resolve_prefix` returns (and an ambiguity error lists).
 pub const MAX_ID_MATCHES: usize = 20;
 /// Rows in the memtable (tasks and objects) that make it be written out as a segment.
-const FLUSH_ROWS: usize = 256 * 1024;
+const FLUSH_ROWS: usize = 128 * 1024;
 /// Longest the memtable holds news before it is written out (what a crash costs to redo).
 const FLUSH_EVERY: Duration = Duration::from_secs(2);
 /// Bytes read from a log at a time.
@@ -158,8 +158,44 @@ pub(crate) struct LogPos {
 pub(crate) struct Memtable {
     pub tasks: FxHashMap<Key, TaskRec>,
     pub objects: FxHashMap<Key, ObjectRec>,
-    pub postings: FxHashMap<Key, Vec<u32>>,
-    pub causes: FxHashMap<Key, Vec<u32>>,
+    pub postings: FxHashMap<Key, PostingList>,
+    pub causes: FxHashMap<Key, PostingList>,
+}
+
+/// The runs of one key in the memtable: nearly every id is named by at most three runs
+/// (a task: its submitter's two, its worker's one), held without an allocation.
+#[derive(Default, Clone, Debug)]
+pub(crate) struct PostingList {
+    inline: [u32; 3],
+    len: u32,
+    more: Vec<u32>,
+}
+
+impl PostingList {
+    #[inline]
+    pub(crate) fn push(&mut self, run: u32) {
+        if self.last() == Some(run) {
+            return;
+        }
+        if (self.len as usize) < self.inline.len() {
+            self.inline[self.len as usize] = run;
+        } else {
+            self.more.push(run);
+        }
+        self.len += 1;
+    }
+
+    fn last(&self) -> Option<u32> {
+        match self.len {
+            0 => None,
+            n if n as usize <= self.inline.len() => Some(self.inline[n as usize - 1]),
+            _ => self.more.last().copied(),
+        }
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.inline[..(self.len as usize).min(3)].iter().chain(&self.more).copied()
+    }
 }
 
 impl Memtable {
@@ -592,6 +628,14 @@ impl EventIndex {
         Ok(self.inner.state.read().logs.iter().map(|l| (l.name.clone(), l.offset)).collect())
     }
 
+    /// Waits until no merge of segments is running (for figures and tests).
+    pub fn settle(&self) {
+        let h = self.inner.compactor.lock().take();
+        if let Some(h) = h {
+            let _ = h.join();
+        }
+    }
+
     /// What the index takes on disk (bytes), for figures and `rayr status`.
     pub fn disk_bytes(&self) -> u64 {
         let Some(dir) = &self.inner.dir else { return 0 };
@@ -774,28 +818,30 @@ fn raise_high<'k>(high: &mut FxHashMap<(u64, u64), u64>, keys: impl Iterator<Ite
 
 /// Writes the memtable's tables, each sorted.
 fn write_memtable<W: std::io::Write>(mem: &Memtable, w: &mut SegmentWriter<W>) -> std::io::Result<()> {
+    fn sorted<V>(map: &FxHashMap<Key, V>) -> Vec<(Key, &V)> {
+        let mut v: Vec<(Key, &V)> = map.iter().map(|(k, v)| (*k, v)).collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        v
+    }
     let mut value = Vec::new();
-    let mut keys: Vec<Key> = mem.tasks.keys().copied().collect();
-    keys.sort_unstable();
-    for k in &keys {
+    for (k, row) in sorted(&mem.tasks) {
         value.clear();
-        mem.tasks[k].encode(&mut value);
-        w.add(Table::Tasks, *k, &value)?;
+        row.encode(&mut value);
+        w.add(Table::Tasks, k, &value)?;
     }
-    keys = mem.objects.keys().copied().collect();
-    keys.sort_unstable();
-    for k in &keys {
+    for (k, row) in sorted(&mem.objects) {
         value.clear();
-        mem.objects[k].encode(&mut value);
-        w.add(Table::Objects, *k, &value)?;
+        row.encode(&mut value);
+        w.add(Table::Objects, k, &value)?;
     }
+    let mut runs = Vec::new();
     for (table, map) in [(Table::Postings, &mem.postings), (Table::Causes, &mem.causes)] {
-        keys = map.keys().copied().collect();
-        keys.sort_unstable();
-        for k in &keys {
+        for (k, list) in sorted(map) {
+            runs.clear();
+            runs.extend(list.iter());
             value.clear();
-            encode_runs(&map[k], &mut value);
-            w.add(table, *k, &value)?;
+            encode_runs(&runs, &mut value);
+            w.add(table, k, &value)?;
         }
     }
     Ok(())

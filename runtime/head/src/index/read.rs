@@ -245,7 +245,7 @@ impl State {
         }
         let mem = if table == Table::Postings { &self.mem.postings } else { &self.mem.causes };
         if let Some(runs) = mem.get(&key) {
-            out.extend_from_slice(runs);
+            out.extend(runs.iter());
         }
         Ok(())
     }
