@@ -5,9 +5,13 @@
 //! ```text
 //! $RAYR_TMPDIR (default /tmp/rayr)/
 //!   session_latest -> session_<date>_<pid>/
-//!   session_…/  logs/  events/  sockets/  spilled_objects/
+//!   session_…/  logs/  events/  spilled_objects/
+//!               sockets -> /tmp/rayr-sockets-<uid>/<key>/
 //! ```
 //!
+//! (Unix sockets live in a short per-user directory that the session links to, so that
+//! `RAYR_TMPDIR` may be of any length: a socket path must fit in 108 bytes. `session.rs`
+//! says how that directory is kept owner-only, found from either side and cleaned up),
 //! and the event log format: `events/events-<node>.log` is a sequence of frames, each a
 //! u32 little-endian length followed by one encoded `rayr_proto::EventRun`: events of one
 //! process, packed (see [`event_run`]); readers get whole `Event`s. Processes pack their
@@ -16,7 +20,8 @@
 //! readers and cut off when the log is next opened for writing, so a killed process never
 //! leaves a log that later appends would corrupt.
 //!
-//! It does not know about sockets or the index built from the log.
+//! It decides where sockets live, not what goes over them; it knows nothing of the index
+//! built from the log.
 //!
 //! ```no_run
 //! let session = rayr_logs::Session::create(&rayr_logs::tmpdir()).unwrap();

@@ -23,6 +23,12 @@ struct Scenario {
     stdout: String,
 }
 
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        rayr_logs::Session::open(&self.session).remove_socket_dir(); // goes with its RAYR_TMPDIR
+    }
+}
+
 impl Scenario {
     fn events(&self) -> Vec<Event> {
         let mut all = Vec::new();
@@ -104,6 +110,7 @@ impl StartedCluster {
 impl Drop for StartedCluster {
     fn drop(&mut self) {
         let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.session).output();
+        rayr_logs::Session::open(&self.session).remove_socket_dir(); // goes with its RAYR_TMPDIR
     }
 }
 

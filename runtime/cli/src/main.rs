@@ -354,6 +354,7 @@ impl NewSession {
 impl Drop for NewSession {
     fn drop(&mut self) {
         let Some(dir) = self.dir.take() else { return };
+        Session::open(&dir).remove_socket_dir();
         let _ = std::fs::remove_dir_all(&dir);
         let latest = self.tmpdir.join("session_latest");
         match &self.latest_before {

@@ -190,6 +190,7 @@ impl ResourceProbe {
 /// Starts the agent: creates the store, binds the socket, records NODE_STARTED.
 pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     let node_hex = hex(&cfg.node_id);
+    cfg.session.prepare_sockets()?; // a resumed session's may have gone (rayr_logs::Session)
     let socket_path = cfg.session.node_socket(&node_hex);
     remove_stale_stores();
     let store_path = PathBuf::from(format!("/dev/shm/rayr-{}-{}", std::process::id(), &node_hex[..12]));

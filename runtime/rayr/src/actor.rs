@@ -283,13 +283,13 @@ pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()>
 }
 
 /// `Error::ForeignActor` when the handle's owner is not of this cluster: every process of
-/// a cluster listens under its session's `sockets/`.
+/// a cluster listens in its session's socket directory.
 fn foreign(core: &core::Core, h: &ActorHandle) -> Option<Error> {
     let owner = std::path::Path::new(&h.info.handle.owner_address);
-    if owner.starts_with(core.session_dir.join("sockets")) {
+    if owner.starts_with(rayr_logs::Session::open(&core.session_dir).sockets_dir()) {
         return None;
     }
-    let cluster = owner.parent().and_then(|s| s.parent()).map_or_else(|| h.info.handle.owner_address.clone(), |s| format!("session {}", s.display()));
+    let cluster = rayr_logs::Session::of_socket(owner).map_or_else(|| h.info.handle.owner_address.clone(), |s| format!("session {}", s.dir.display()));
     Some(Error::ForeignActor { actor: ActorId(h.id), cluster })
 }
 

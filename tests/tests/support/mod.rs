@@ -360,5 +360,8 @@ impl Drop for TestCluster {
             unsafe { libc::kill(*pid, libc::SIGCONT) };
         }
         let _ = Command::new(rayr_cli()).arg("stop").arg("--session").arg(&self.session).output();
+        // The session goes with its RAYR_TMPDIR: its socket directory goes now, not at the
+        // next sweep.
+        rayr_logs::Session::open(&self.session).remove_socket_dir();
     }
 }

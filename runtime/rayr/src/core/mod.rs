@@ -530,7 +530,7 @@ impl Core {
             Error::Connection(format!("cannot {what} ({}): {e}; is the cluster running?", p.node_socket.display()))
         };
         let stream = Stream::Unix(UnixStream::connect(&p.node_socket).map_err(|e| conn_err("reach the node agent", e))?);
-        let session_dir = p.node_socket.parent().and_then(|s| s.parent()).map(PathBuf::from).unwrap_or_default();
+        let session_dir = rayr_logs::Session::of_socket(&p.node_socket).map(|s| s.dir).unwrap_or_default();
         let address = rayr_logs::Session::open(&session_dir).worker_socket(&hex(&p.worker_id));
         let _ = std::fs::remove_file(&address);
         let listener = UnixListener::bind(&address).map_err(|e| conn_err("open this process's socket", e))?;
