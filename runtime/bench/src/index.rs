@@ -75,3 +75,84 @@ pub(crate) fn synthetic(tmp: &Path) {
     assert_eq!(index.resolve_unique(&short).expect("resolve"), id);
     figure("index_resolve_short_id_ms", format!("{:.1}", t.elapsed().as_secs_f64() * 1e3), "ms");
 }
+
+/// A child with an embedded cluster running trivial tasks as fast as it can for a few
+/// seconds, while a thread asks its head for the live task counts (`Summary`, live: no
+/// catching up first) every 20 ms. A sample that counts F finished tasks of the load,
+/// taken at time t, trails the cluster by t minus the time the driver had F results.
+/// Prints the lag's median and maximum over the steady part of the load (after its first
+/// half second), and the load's rate.
+pub(crate) fn lag_child() -> rayr::Result<()> {
+    use rayr::ObjectRef;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    rayr::init()?;
+    let session = rayr_logs::Session::latest(&rayr_logs::tmpdir()).expect("the embedded cluster's session");
+    let addr = session.head_address().expect("the embedded head's address");
+    let warm: Vec<ObjectRef<u64>> = (0..2_000).map(crate::noop::remote).collect();
+    rayr::get_all(&warm)?;
+    drop(warm);
+    let stop = Arc::new(AtomicBool::new(false));
+    let finished = |reply: &rayr_proto::SummaryReply| -> u64 { reply.groups.iter().filter_map(|g| g.states.get("FINISHED")).sum() };
+    let (samples_tx, samples_rx) = std::sync::mpsc::channel::<(Instant, u64)>();
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            rt.block_on(async move {
+                let mut client = rayr_proto::head_client::HeadClient::connect(format!("http://{addr}")).await.expect("connect to the head");
+                while !stop.load(Ordering::Acquire) {
+                    let t = Instant::now();
+                    let req = rayr_proto::SummaryRequest { entity: "tasks".into(), live: true };
+                    if let Ok(r) = client.summary(req).await {
+                        let _ = samples_tx.send((t, finished(r.get_ref())));
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                }
+            });
+        })
+    };
+    // The warmup's tasks counted before the load starts.
+    let mut base = 0;
+    let deadline = Instant::now() + std::time::Duration::from_secs(20);
+    while base < 2_000 && Instant::now() < deadline {
+        if let Ok((_, f)) = samples_rx.recv_timeout(std::time::Duration::from_secs(1)) {
+            base = f;
+        }
+    }
+    let t0 = Instant::now();
+    let mut done = vec![(t0, 0u64)];
+    while t0.elapsed() < std::time::Duration::from_secs(6) {
+        let refs: Vec<ObjectRef<u64>> = (0..10_000).map(crate::noop::remote).collect();
+        rayr::get_all(&refs)?;
+        done.push((Instant::now(), done.last().unwrap().1 + 10_000));
+    }
+    let end = Instant::now();
+    stop.store(true, Ordering::Release);
+    let _ = sampler.join();
+    let mut lags: Vec<f64> = Vec::new();
+    for (t, f) in samples_rx.try_iter() {
+        if t < t0 + std::time::Duration::from_millis(500) || t > end {
+            continue;
+        }
+        let want = f.saturating_sub(base);
+        let i = done.partition_point(|(_, n)| *n < want).min(done.len() - 1);
+        let at = if i == 0 {
+            done[0].0
+        } else {
+            // Results came in steadily within a chunk: where in it the want-th was.
+            let ((ta, na), (tb, nb)) = (done[i - 1], done[i]);
+            let part = (want - na) as f64 / (nb - na).max(1) as f64;
+            ta + (tb - ta).mul_f64(part.clamp(0.0, 1.0))
+        };
+        lags.push(t.saturating_duration_since(at).as_secs_f64() * 1e3);
+    }
+    lags.sort_by(f64::total_cmp);
+    if let (Some(mid), Some(max)) = (lags.get(lags.len() / 2), lags.last()) {
+        println!("lag_ms_p50 {mid:.1}");
+        println!("lag_ms_max {max:.1}");
+    }
+    println!("lag_load_tasks_per_s {:.0}", done.last().unwrap().1 as f64 / (end - t0).as_secs_f64());
+    rayr::shutdown();
+    Ok(())
+}

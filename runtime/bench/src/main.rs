@@ -151,11 +151,12 @@ fn main() -> rayr::Result<()> {
         Ok("throughput") => return throughput_child(),
         Ok("multinode") => return multinode_child(),
         Ok("events") => return events_child(),
+        Ok("lag") => return index::lag_child(),
         _ => {}
     }
     let tmp = TempDir::new();
     if std::env::var("RAYR_BENCH_ONLY").as_deref() == Ok("index") {
-        index::synthetic(&tmp.path);
+        index_figures(&tmp);
         return Ok(());
     }
     let result = run_all(&tmp);
@@ -313,8 +314,19 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
 
     actors()?;
     multinode(tmp);
-    index::synthetic(&tmp.path);
+    index_figures(tmp);
     Ok(())
+}
+
+/// The event index's figures: on a synthetic record, and live under load.
+fn index_figures(tmp: &TempDir) {
+    index::synthetic(&tmp.path);
+    let runs: Vec<HashMap<String, f64>> = (0..3).filter_map(|i| child_run(tmp, &format!("lag{i}"), "lag", &[])).collect();
+    let med = |key: &str| median_of(runs.iter().filter_map(|r| r.get(key).copied()).collect());
+    let show = |v: Option<f64>| v.map_or("FAILED".to_string(), |v| format!("{v:.1}"));
+    figure("live_view_lag_ms_under_load", show(med("lag_ms_p50")), "ms");
+    figure("live_view_lag_ms_under_load_max", show(med("lag_ms_max")), "ms");
+    figure("live_view_load_tasks_per_s", show(med("lag_load_tasks_per_s")), "tasks/s");
 }
 
 /// Actor calls, 1:1 sync and async and n:n async, and the creation rate.

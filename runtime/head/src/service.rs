@@ -1,16 +1,17 @@
 //! The head's gRPC service (`rayr_proto::head_server::Head`) and the threads behind it.
 //!
 //! `start_head` runs two threads: the indexer, which tails the session's event logs into the
-//! `EventIndex` at the lowest CPU priority (it must never slow the tasks it records), and
-//! the gRPC server on its own small tokio runtime. Queries run on tokio's blocking pool
-//! because redb reads are synchronous.
+//! `EventIndex` as they grow (at a lower CPU priority than the tasks it records, so that it
+//! yields to them, but never starved: the live views trail the cluster by milliseconds),
+//! and the gRPC server on its own small tokio runtime. Queries run on tokio's blocking
+//! pool because index reads are synchronous.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rayr_logs::Session;
 use rayr_proto::head_server::{Head, HeadServer};
@@ -184,70 +185,20 @@ pub fn start_head_with(session: Session, bind: SocketAddr, membership: Membershi
     Ok(handle)
 }
 
-/// Events the background indexer takes per step.
-const INDEX_CHUNK: u64 = 4096;
-/// Event logs growing faster than this (bytes/s, about 6k events/s) mean the cluster is
-/// busy: the background indexer waits until they have been quiet for `QUIET_FOR`.
-const BUSY_BYTES_PER_S: u64 = 1 << 20;
-const BUSY_BACKOFF: Duration = Duration::from_millis(200);
-const QUIET_FOR: Duration = Duration::from_secs(1);
-
-/// Measures how fast the session's event logs grow.
-struct BusyGauge<'a> {
-    session: &'a Session,
-    last_bytes: u64,
-    last_at: Instant,
-    last_busy: Option<Instant>,
-}
-
-impl<'a> BusyGauge<'a> {
-    fn new(session: &'a Session) -> Self {
-        // Count the start as busy: a cluster that has just started is about to run work.
-        let now = Instant::now();
-        BusyGauge { session, last_bytes: Self::bytes(session), last_at: now, last_busy: Some(now) }
-    }
-
-    fn bytes(session: &Session) -> u64 {
-        session.event_logs().unwrap_or_default().iter().filter_map(|p| std::fs::metadata(p).ok()).map(|m| m.len()).sum()
-    }
-
-    /// Whether the logs grew fast recently (within `QUIET_FOR`).
-    fn logs_growing_fast(&mut self) -> bool {
-        let now = Instant::now();
-        let elapsed = now - self.last_at;
-        if elapsed >= Duration::from_millis(20) {
-            let bytes = Self::bytes(self.session);
-            let rate = bytes.saturating_sub(self.last_bytes) as f64 / elapsed.as_secs_f64();
-            self.last_bytes = bytes;
-            self.last_at = now;
-            if rate > BUSY_BYTES_PER_S as f64 {
-                self.last_busy = Some(now);
-            }
-        }
-        self.last_busy.is_some_and(|t| now - t < QUIET_FOR)
-    }
-}
+/// The indexer thread's nice value.
+const INDEXER_NICE: libc::c_int = 10;
+/// Events the background indexer takes per step (it checks `stop` between steps).
+const INDEX_CHUNK: u64 = 256 * 1024;
 
 fn run_indexer(index: &EventIndex, session: &Session, stop: &AtomicBool) {
-    // Only idle CPU for this thread: indexing can always wait for real work (tasks), and
-    // queries catch up themselves when they need to.
-    // SAFETY: plain syscalls on the calling thread's own id.
+    // Below the tasks it records when the CPU is contended, but never starved: the live
+    // views must trail the cluster by well under a second even under full load.
+    // SAFETY: a plain syscall on the calling thread's own id.
     unsafe {
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) != 0 {
-            libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19);
-        }
+        libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, INDEXER_NICE);
     }
     let mut last_error = String::new();
-    let mut busy = BusyGauge::new(session);
     while !stop.load(Ordering::Acquire) {
-        if busy.logs_growing_fast() {
-            // The node is busy running tasks: indexing now would take CPU from them (it
-            // costs more per event than recording does). Queries catch up on demand; the
-            // backlog is indexed once the rush is over.
-            std::thread::park_timeout(BUSY_BACKOFF);
-            continue;
-        }
         match index.catch_up_at_most(session, INDEX_CHUNK) {
             Ok(n) if n >= INDEX_CHUNK => {
                 // More is waiting: continue at once, checking `stop` between chunks.
@@ -329,6 +280,9 @@ fn run_server(listener: std::net::TcpListener, service: HeadService, stop: watch
     });
     rt.shutdown_background();
 }
+
+/// Final failures a summary of tasks lists.
+const RECENT_FAILURES_SHOWN: usize = 20;
 
 /// How long `ClusterInfo` indexes before it answers.
 const CLUSTER_INFO_CATCH_UP: Duration = Duration::from_millis(300);
@@ -639,6 +593,45 @@ impl Head for HeadService {
                     index.catch_up(&session)?;
                 }
                 index.list(&req)
+            })
+            .await?,
+        ))
+    }
+
+    async fn summary(&self, req: Request<rayr_proto::SummaryRequest>) -> Result<Response<rayr_proto::SummaryReply>, Status> {
+        let (index, session) = (self.index.clone(), self.session.clone());
+        let req = req.into_inner();
+        Ok(Response::new(
+            blocking(move || {
+                if !req.live {
+                    index.catch_up(&session)?;
+                }
+                let s = index.summary(&req.entity)?;
+                let is_tasks = matches!(req.entity.trim().to_ascii_lowercase().as_str(), "tasks" | "task");
+                let recent = if is_tasks { index.recent_failures(RECENT_FAILURES_SHOWN) } else { Vec::new() };
+                Ok(rayr_proto::SummaryReply {
+                    total: s.total,
+                    groups: s
+                        .groups
+                        .into_iter()
+                        .map(|g| rayr_proto::SummaryGroup {
+                            group: g.group,
+                            states: g.states.into_iter().collect(),
+                            bytes: g.bytes.into_iter().collect(),
+                        })
+                        .collect(),
+                    events_indexed: index.events_indexed()?,
+                    recent_failures: recent
+                        .into_iter()
+                        .map(|f| rayr_proto::RecentFailure {
+                            time_us: f.time_us,
+                            task_id: f.task_id,
+                            function: f.function,
+                            error_type: f.error_type,
+                            error: f.error,
+                        })
+                        .collect(),
+                })
             })
             .await?,
         ))
