@@ -15,7 +15,8 @@ use rayr_proto::event::Detail;
 
 use super::keys::{FxHashMap, Key};
 use super::manifest::Failure;
-use super::rows::{ObjectRec, ObjectState, TaskRec, TaskState};
+use super::rows::{ObjectRec, ObjectState, Pages, TaskRec, TaskState};
+use super::ranges::RunRanges;
 use super::runs::{RunRec, kind_bit};
 use super::table::{SegmentRef, Table};
 use super::{Inner, LogPos, READ_WINDOW, RECENT_FAILURES, State, Writer};
@@ -177,7 +178,7 @@ impl State {
         }
         let attrs = RunAttrs::of(&run, &self.logs[log as usize]);
         let run_no = self.runs.len() as u32;
-        let (events, seen) = (&scratch.events, &mut scratch.seen);
+        let (events, ranges) = (&scratch.events, &mut scratch.ranges);
         let mut rec = RunRec {
             log,
             offset,
@@ -195,7 +196,7 @@ impl State {
             explicit: 0,
         };
         let shared = [attrs.source, attrs.node, attrs.job];
-        seen.clear();
+        ranges.clear();
         for e in events.iter() {
             rec.kinds |= kind_bit(e.kind);
             rec.min_time = rec.min_time.min(e.time_us);
@@ -211,38 +212,34 @@ impl State {
 
             let task = e.task();
             let object = e.object();
-            // Postings: every id the event names except those its run shares, once per run.
-            let mut post = |id: Option<Id>| {
+            // Every id the event names except those its run shares: as a range of its
+            // block (or, past the blocks a run keeps, posted whole).
+            let mut note = |id: Option<Id>| {
                 if let Some(id) = id
                     && !shared.contains(&Some(id))
                 {
                     let key = Key::of(&id);
-                    if seen.insert(key, false) {
+                    if !ranges.note(key) {
                         self.mem.postings.entry(key).or_default().push(run_no);
                     }
                 }
             };
             if e.explicit_id {
                 rec.explicit += 1;
-                post(e.id);
+                note(e.id);
             }
-            post(e.object_id);
-            post(e.task_id);
-            post(e.actor_id);
-            post(e.worker_id);
-            post(e.node_id);
-            post(e.source_worker);
+            note(e.cause);
+            note(e.object_id);
+            note(e.task_id);
+            note(e.actor_id);
+            note(e.worker_id);
+            note(e.node_id);
+            note(e.source_worker);
             if !eff.job_from_origin {
-                post(eff.job);
+                note(eff.job);
             }
             if let Some(peer) = object.and_then(|d| <Id>::try_from(d.peer).ok()) {
-                post(Some(peer));
-            }
-            if let Some(cause) = e.cause {
-                let bucket = Key::of(&cause).cause_bucket();
-                if seen.insert(bucket, true) {
-                    self.mem.causes.entry(bucket).or_default().push(run_no);
-                }
+                note(Some(peer));
             }
 
             let ev = Ev {
@@ -272,6 +269,7 @@ impl State {
             }
             self.apply(&ev);
         }
+        self.ranges.add(run_no, ranges);
         self.runs.push(rec);
         self.events += events.len() as u64;
         self.dirty = true;
@@ -330,14 +328,14 @@ impl State {
 /// The memtable's row for `key`, read back from the segments first when it may be in one
 /// (see the module doc of `index`: rows are changed whole, never merged from pieces).
 fn row_mut<'m, R: Default>(
-    mem: &'m mut FxHashMap<Key, R>,
+    mem: &'m mut Pages<R>,
     segments: &[SegmentRef],
     high: &FxHashMap<(u64, u64), u64>,
     table: Table,
     key: Key,
     decode: fn(&[u8]) -> Option<R>,
 ) -> &'m mut R {
-    mem.entry(key).or_insert_with(|| {
+    mem.entry(key, || {
         let maybe_flushed = high.get(&key.block()).is_some_and(|max| key.counter <= *max);
         if !maybe_flushed {
             return R::default();
@@ -366,42 +364,5 @@ fn row_mut<'m, R: Default>(
 #[derive(Default)]
 struct Scratch<'b> {
     events: Vec<EventRef<'b>>,
-    seen: SeenInRun,
-}
-
-/// The keys posted for the current run: an id named by many events of a run (a worker, a
-/// cause bucket, a task's successive events) costs one hash-map update, not one per event.
-/// Direct-mapped, so a collision only costs a redundant (and harmless) update.
-struct SeenInRun {
-    slots: Box<[(Key, u32)]>,
-    generation: u32,
-}
-
-impl Default for SeenInRun {
-    fn default() -> Self {
-        SeenInRun { slots: vec![(Key::default(), 0); 1024].into_boxed_slice(), generation: 0 }
-    }
-}
-
-impl SeenInRun {
-    fn clear(&mut self) {
-        self.generation = self.generation.wrapping_add(2);
-        if self.generation == 0 {
-            self.slots.fill((Key::default(), u32::MAX));
-        }
-    }
-
-    /// Whether `key` (of the postings, or of the causes when `cause`) was not seen yet in
-    /// this run; marks it seen.
-    #[inline]
-    fn insert(&mut self, key: Key, cause: bool) -> bool {
-        let tag = self.generation | cause as u32;
-        let h = (key.counter ^ key.salt.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-        let slot = &mut self.slots[(h >> 54) as usize];
-        if *slot == (key, tag) {
-            return false;
-        }
-        *slot = (key, tag);
-        true
-    }
+    ranges: RunRanges,
 }

@@ -24,13 +24,6 @@ impl Key {
         rayr_logs::id_of_counter(self.counter, self.salt)
     }
 
-    /// The key of the bucket of event ids this event id falls in: the cause table is kept
-    /// per bucket of `1 << CAUSE_BUCKET_BITS` consecutive events of one process, not per event.
-    #[inline]
-    pub(crate) fn cause_bucket(self) -> Key {
-        Key { salt: self.salt, counter: self.counter >> CAUSE_BUCKET_BITS }
-    }
-
     /// Which block of counters (a thread's allotment) the key is in.
     #[inline]
     pub(crate) fn block(self) -> (u64, u64) {
@@ -38,8 +31,6 @@ impl Key {
     }
 }
 
-/// Events per cause bucket.
-pub(crate) const CAUSE_BUCKET_BITS: u32 = 10;
 /// Counters are handed to a process's threads in blocks of this many (rayr_logs::ids):
 /// within one, ids are made in counter order.
 pub(crate) const COUNTER_BLOCK_BITS: u32 = 16;

@@ -24,6 +24,8 @@ pub(crate) struct Manifest {
     pub next_segment: u64,
     /// Committed records of the `runs` file, and the events in them.
     pub runs: u64,
+    /// Committed entries of the `ranges` file.
+    pub ranges: u64,
     pub events: u64,
     /// Event logs by the number runs name them with: file name and bytes indexed.
     pub logs: Vec<(String, u64)>,

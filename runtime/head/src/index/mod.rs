@@ -7,19 +7,21 @@
 //! | file | what it holds |
 //! | --- | --- |
 //! | `runs` | one fixed-size record per indexed run of events ([`runs`]): its log, offset and length, its process, node and job, time range and kinds |
-//! | `seg-<n>` | immutable sorted tables ([`table`]): task rows, object rows, id → runs (postings), event-id bucket → runs holding their effects (causes) |
+//! | `ranges` | per run, per block of ids it names, the lowest and highest counter named ([`ranges`]): how a run is found from an id |
+//! | `seg-<n>` | immutable sorted tables ([`table`]): task rows, object rows, and ids posted one by one (a run naming ids of too many blocks) |
 //! | `manifest` | which segments and how many runs make the index, how far each log is indexed, the dictionaries, the small views (workers, nodes, jobs, actors) and the live counts ([`manifest`]) |
 //! | `lock` | held by the one process that has the index open |
 //!
 //! **Why it keeps up.** The unit of indexing is the run (a batch of one process's events,
 //! see `rayr_logs::event_run`), not the event: events are read in place (no allocation
-//! per event), an event's own id is never stored (it follows from its run's process and
-//! first sequence number, so `runs` finds it), ids every event of a run shares (its
-//! process, node, job) are found through the run directory, and other ids are posted once
-//! per run. New rows and postings go to an in-memory table (the memtable) that is written
-//! out sorted as a segment every few hundred thousand rows, and segments are merged in
-//! the background (size-tiered). No write is a random B-tree insert; indexing costs the
-//! same per event at ten million tasks as at ten thousand.
+//! per event); an event's own id is never stored (it follows from its run's process and
+//! first sequence number, so `runs` finds it); ids every event of a run shares (its
+//! process, node, job) are found through the run directory; and the other ids a run names
+//! are kept as a few counter ranges per run ([`ranges`]), not one entry per id. Rows go
+//! to an in-memory table (the memtable), kept in pages of a process's consecutive counters
+//! and written out as a sorted segment every hundred thousand rows or so; segments are
+//! merged in the background (size-tiered). No write is a random B-tree insert; indexing
+//! costs the same per event at ten million tasks as at ten thousand.
 //!
 //! **Reading.** `events` reads the runs a query is pointed to from the logs and keeps the
 //! events that match; `list` merges the memtable and the segments in key order (newest row
@@ -41,6 +43,7 @@
 mod ingest;
 mod keys;
 mod manifest;
+mod ranges;
 mod read;
 pub(crate) mod rows;
 mod runs;
@@ -60,7 +63,8 @@ use rayr_proto::{ActorRow, Event, JobRow, ListReply, ListRequest, Message, NodeR
 use crate::HeadError;
 use keys::{FxHashMap, Key};
 use manifest::{Failure, Manifest};
-use rows::{Ids, Names, ObjectRec, TaskRec, TaskState};
+use ranges::Ranges;
+use rows::{Ids, Names, ObjectRec, Pages, TaskRec, TaskState};
 use runs::Runs;
 use table::{Segment, SegmentRef, SegmentWriter, Table};
 
@@ -156,14 +160,13 @@ pub(crate) struct LogPos {
 /// The memtable: what was indexed since the last segment was written.
 #[derive(Default)]
 pub(crate) struct Memtable {
-    pub tasks: FxHashMap<Key, TaskRec>,
-    pub objects: FxHashMap<Key, ObjectRec>,
+    pub tasks: Pages<TaskRec>,
+    pub objects: Pages<ObjectRec>,
+    /// Ids posted one by one: those of runs naming more blocks than `ranges` keeps.
     pub postings: FxHashMap<Key, PostingList>,
-    pub causes: FxHashMap<Key, PostingList>,
 }
 
-/// The runs of one key in the memtable: nearly every id is named by at most three runs
-/// (a task: its submitter's two, its worker's one), held without an allocation.
+/// The runs of one key in the memtable, the first three held without an allocation.
 #[derive(Default, Clone, Debug)]
 pub(crate) struct PostingList {
     inline: [u32; 3],
@@ -200,10 +203,12 @@ impl PostingList {
 
 impl Memtable {
     fn is_empty(&self) -> bool {
-        self.tasks.is_empty() && self.objects.is_empty() && self.postings.is_empty() && self.causes.is_empty()
+        self.tasks.is_empty() && self.objects.is_empty() && self.postings.is_empty()
     }
+    /// What the memtable holds, in rows (a page counts whole: ids that are not a process's
+    /// consecutive counters make the memtable go out sooner, never grow without bound).
     fn rows(&self) -> usize {
-        self.tasks.len() + self.objects.len()
+        self.tasks.slots() + self.objects.slots() + self.postings.len()
     }
 }
 
@@ -212,6 +217,8 @@ pub(crate) struct State {
     pub segments: Vec<SegmentRef>,
     pub next_segment: u64,
     pub runs: Runs,
+    /// Which ids each run names.
+    pub ranges: Ranges,
     /// Events indexed (the last event's ordinal).
     pub events: u64,
     pub logs: Vec<LogPos>,
@@ -242,6 +249,7 @@ impl State {
             segments: Vec::new(),
             next_segment: 1,
             runs: Runs::default(),
+            ranges: Ranges::default(),
             events: 0,
             logs: Vec::new(),
             names: Names::default(),
@@ -270,6 +278,7 @@ impl State {
         }
         st.next_segment = m.next_segment;
         st.runs = Runs::load(&dir.join("runs"), m.runs).map_err(|e| e.to_string())?;
+        st.ranges = Ranges::load(&dir.join("ranges"), m.ranges).map_err(|e| e.to_string())?;
         if st.runs.all().last().map_or(0, |r| r.end_event() - 1) != m.events {
             return Err(format!("the runs hold a different number of events than the manifest's {}", m.events));
         }
@@ -331,6 +340,7 @@ impl State {
             segments: self.segments.iter().map(|s| s.name.clone()).collect(),
             next_segment: self.next_segment,
             runs: self.runs.len() as u64,
+            ranges: self.ranges.len(),
             events: self.events,
             logs: self.logs.iter().map(|l| (l.name.clone(), l.offset)).collect(),
             names: self.names.to_list(),
@@ -448,7 +458,7 @@ impl EventIndex {
         for entry in std::fs::read_dir(dir)? {
             let name = entry?.file_name().to_string_lossy().into_owned();
             let named = st.segments.iter().any(|s| s.name == name);
-            let stray = (name.starts_with("seg-") && (all || !named)) || (all && name == "runs") || name.ends_with(".tmp");
+            let stray = (name.starts_with("seg-") && (all || !named)) || (all && (name == "runs" || name == "ranges")) || name.ends_with(".tmp");
             if stray {
                 std::fs::remove_file(dir.join(&name))?;
             }
@@ -673,14 +683,15 @@ impl Inner {
             let seg = self.write_segment(&name, |w| write_memtable(&st.mem, w))?;
             st.next_segment += 1;
             let State { mem, task_high, object_high, .. } = &mut *st;
-            raise_high(task_high, mem.tasks.keys());
-            raise_high(object_high, mem.objects.keys());
+            raise_high(task_high, mem.tasks.sorted().into_iter().map(|(k, _)| k));
+            raise_high(object_high, mem.objects.sorted().into_iter().map(|(k, _)| k));
             st.segments.push(Arc::new(seg));
             st.mem = Memtable::default();
         }
         if let Some(dir) = &self.dir {
             let io = |e: std::io::Error| HeadError::Io { path: dir.clone(), source: e };
             st.runs.save(&dir.join("runs")).map_err(io)?;
+            st.ranges.save(&dir.join("ranges")).map_err(io)?;
             st.manifest().write(&dir.join("manifest")).map_err(io)?;
         }
         st.dirty = false;
@@ -809,7 +820,7 @@ impl std::io::Write for Sink {
 }
 
 /// Raises the per-block high-water marks to cover `keys`.
-fn raise_high<'k>(high: &mut FxHashMap<(u64, u64), u64>, keys: impl Iterator<Item = &'k Key>) {
+fn raise_high(high: &mut FxHashMap<(u64, u64), u64>, keys: impl Iterator<Item = Key>) {
     for k in keys {
         let slot = high.entry(k.block()).or_insert(k.counter);
         *slot = (*slot).max(k.counter);
@@ -818,31 +829,26 @@ fn raise_high<'k>(high: &mut FxHashMap<(u64, u64), u64>, keys: impl Iterator<Ite
 
 /// Writes the memtable's tables, each sorted.
 fn write_memtable<W: std::io::Write>(mem: &Memtable, w: &mut SegmentWriter<W>) -> std::io::Result<()> {
-    fn sorted<V>(map: &FxHashMap<Key, V>) -> Vec<(Key, &V)> {
-        let mut v: Vec<(Key, &V)> = map.iter().map(|(k, v)| (*k, v)).collect();
-        v.sort_unstable_by_key(|(k, _)| *k);
-        v
-    }
     let mut value = Vec::new();
-    for (k, row) in sorted(&mem.tasks) {
+    for (k, row) in mem.tasks.sorted() {
         value.clear();
         row.encode(&mut value);
         w.add(Table::Tasks, k, &value)?;
     }
-    for (k, row) in sorted(&mem.objects) {
+    for (k, row) in mem.objects.sorted() {
         value.clear();
         row.encode(&mut value);
         w.add(Table::Objects, k, &value)?;
     }
+    let mut postings: Vec<(&Key, &PostingList)> = mem.postings.iter().collect();
+    postings.sort_unstable_by_key(|(k, _)| **k);
     let mut runs = Vec::new();
-    for (table, map) in [(Table::Postings, &mem.postings), (Table::Causes, &mem.causes)] {
-        for (k, list) in sorted(map) {
-            runs.clear();
-            runs.extend(list.iter());
-            value.clear();
-            encode_runs(&runs, &mut value);
-            w.add(table, k, &value)?;
-        }
+    for (k, list) in postings {
+        runs.clear();
+        runs.extend(list.iter());
+        value.clear();
+        encode_runs(&runs, &mut value);
+        w.add(Table::Postings, *k, &value)?;
     }
     Ok(())
 }

@@ -11,7 +11,7 @@ use rayr_proto::{ActorRow, Event, JobRow, ListReply, ListRequest, NodeRow, Worke
 
 use super::ingest::{Effective, RunAttrs, effective};
 use super::keys::{FxHashSet, Key};
-use super::rows::{ObjectRec, ObjectState, TaskRec};
+use super::rows::{ObjectRec, ObjectState, Pages, TaskRec};
 use super::runs::RunRec;
 use super::table::Table;
 use super::{EventQuery, EventsPage, Inner, State, decode_runs};
@@ -94,15 +94,13 @@ fn corrupt(e: std::io::Error) -> HeadError {
 
 /// Every row of a row table (tasks or objects), in key order: the memtable's, else the
 /// newest segment's.
-fn rows<'s, R: Clone>(
+fn rows<'s, R: Clone + Default>(
     st: &'s State,
     table: Table,
-    mem: &'s super::keys::FxHashMap<Key, R>,
+    mem: &'s Pages<R>,
     decode: fn(&[u8]) -> Option<R>,
 ) -> impl Iterator<Item = Result<(Key, R), HeadError>> + 's {
-    let mut from_mem: Vec<(Key, &R)> = mem.iter().map(|(k, r)| (*k, r)).collect();
-    from_mem.sort_unstable_by_key(|(k, _)| *k);
-    let mut from_mem = from_mem.into_iter().peekable();
+    let mut from_mem = mem.sorted().into_iter().peekable();
     let mut merged = Merge::new(st.segments.iter().map(|s| s.iter(table)).collect());
     let mut next_seg = None;
     let mut failed = false;
@@ -236,15 +234,14 @@ pub(crate) fn summary(st: &State, entity: &str) -> Result<Summary, HeadError> {
 }
 
 impl State {
-    /// The runs of `table` (postings or causes) for `key`, oldest first, duplicates out.
-    fn postings(&self, table: Table, key: Key, out: &mut Vec<u32>) -> Result<(), HeadError> {
+    /// The runs posted for `key` one by one, oldest first.
+    fn postings(&self, key: Key, out: &mut Vec<u32>) -> Result<(), HeadError> {
         for seg in &self.segments {
-            if let Some(v) = seg.get(table, key).map_err(corrupt)? {
+            if let Some(v) = seg.get(Table::Postings, key).map_err(corrupt)? {
                 decode_runs(v, out).ok_or_else(|| HeadError::Server("event index postings do not decode".into()))?;
             }
         }
-        let mem = if table == Table::Postings { &self.mem.postings } else { &self.mem.causes };
-        if let Some(runs) = mem.get(&key) {
+        if let Some(runs) = self.mem.postings.get(&key) {
             out.extend(runs.iter());
         }
         Ok(())
@@ -254,9 +251,10 @@ impl State {
     fn runs_naming(&self, id: &Id) -> Result<Vec<u32>, HeadError> {
         let key = Key::of(id);
         let mut runs = Vec::new();
-        self.postings(Table::Postings, key, &mut runs)?;
-        // The events it caused, if it is an event.
-        self.postings(Table::Causes, key.cause_bucket(), &mut runs)?;
+        // Runs whose ranges cover it (naming it in any field, its effects' `cause`
+        // included), and those that posted it whole.
+        self.ranges.runs_covering(key, &mut runs);
+        self.postings(key, &mut runs)?;
         // The event itself, found through its process's runs.
         if is_event_counter(key.counter)
             && let Some(r) = self.runs.of_event(key.salt, key.counter & !EVENT_SEQ_BIT)
@@ -376,46 +374,58 @@ impl Inner {
                 found.insert(id);
             }
         };
-        // Ids events name: the postings (every named id a run does not share) …
+        // Ids with a row (tasks, objects) or posted whole …
         let mut check_key = |k: Key| {
             if quick(id_head(k.counter, k.salt), k.salt) {
                 consider(k.id());
             }
         };
+        for (k, _) in st.mem.tasks.sorted() {
+            check_key(k);
+        }
+        for (k, _) in st.mem.objects.sorted() {
+            check_key(k);
+        }
         for k in st.mem.postings.keys() {
             check_key(*k);
         }
         for seg in &st.segments {
-            for e in seg.iter(Table::Postings) {
-                check_key(e.map_err(corrupt)?.0);
+            for table in [Table::Tasks, Table::Objects, Table::Postings] {
+                for e in seg.iter(table) {
+                    check_key(e.map_err(corrupt)?.0);
+                }
             }
         }
-        // … the ids runs share (processes, nodes, jobs) …
+        // … those of the small views, and the ids runs share (processes, nodes, jobs) …
+        for k in st.workers.keys().chain(st.nodes.keys()).chain(st.jobs.keys()).chain(st.actors.keys()) {
+            check_key(*k);
+        }
         for (_, id) in st.ids.iter() {
             consider(*id);
         }
-        // … and every event's own id, which follows from its run (unless it names its own,
-        // which is posted).
+        // … and every event's own id: the one that follows from its run, or the one it
+        // names itself.
         let mut buf = Vec::new();
         for r in st.runs.all() {
-            if r.salt & tm != tv || r.explicit == r.count {
+            if r.explicit > 0 {
+                self.run_body(&st, r, &mut buf)?;
+                let run = RunView::parse(&buf).map_err(|e| HeadError::Server(format!("an indexed run does not decode: {e}")))?;
+                for (i, e) in run.events().enumerate() {
+                    let e = e.map_err(|e| HeadError::Server(format!("an indexed run does not decode: {e}")))?;
+                    let id = if e.explicit_id { e.id } else { Some(Key { salt: r.salt, counter: (r.first_seq + i as u64) | EVENT_SEQ_BIT }.id()) };
+                    if let Some(id) = id {
+                        consider(id);
+                    }
+                }
+                continue;
+            }
+            if r.salt & tm != tv {
                 continue;
             }
             for i in 0..r.count as u64 {
                 let counter = (r.first_seq + i) | EVENT_SEQ_BIT;
-                if !quick(id_head(counter, r.salt), r.salt) {
-                    continue;
-                }
-                let id = Key { salt: r.salt, counter }.id();
-                if r.explicit == 0 {
-                    consider(id);
-                } else if pat.matches(&id) {
-                    // Some events of the run name their own ids: is this one derived?
-                    self.run_body(&st, r, &mut buf)?;
-                    let run = RunView::parse(&buf).map_err(|e| HeadError::Server(format!("an indexed run does not decode: {e}")))?;
-                    if run.events().nth(i as usize).and_then(Result::ok).is_some_and(|e| !e.explicit_id) {
-                        consider(id);
-                    }
+                if quick(id_head(counter, r.salt), r.salt) {
+                    consider(Key { salt: r.salt, counter }.id());
                 }
             }
         }

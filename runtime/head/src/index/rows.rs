@@ -461,3 +461,120 @@ mod tests {
         }
     }
 }
+
+/// Rows of the memtable, kept in pages of consecutive counters of one process.
+///
+/// A process makes ids in counter order, so the rows a run of events touches lie in a
+/// few pages: finding a row is a look at the last page used, or one small hash-map lookup,
+/// never a miss into a big hash table. Pages come out of `sorted` in key order.
+pub(crate) struct Pages<R> {
+    index: FxHashMap<(u64, u64), u32>,
+    pages: Vec<Page<R>>,
+    last: Option<((u64, u64), u32)>,
+    rows: usize,
+}
+
+struct Page<R> {
+    key: (u64, u64),
+    present: u64,
+    rows: Vec<R>,
+}
+
+/// Counters per page.
+const PAGE_BITS: u32 = 6;
+const PAGE: usize = 1 << PAGE_BITS;
+
+impl<R> Default for Pages<R> {
+    fn default() -> Self {
+        Pages { index: FxHashMap::default(), pages: Vec::new(), last: None, rows: 0 }
+    }
+}
+
+impl<R: Default> Pages<R> {
+    #[inline]
+    fn split(key: Key) -> ((u64, u64), usize) {
+        ((key.salt, key.counter >> PAGE_BITS), (key.counter as usize) & (PAGE - 1))
+    }
+
+    /// The row of `key`, made with `init` if there is none.
+    #[inline]
+    pub(crate) fn entry(&mut self, key: Key, init: impl FnOnce() -> R) -> &mut R {
+        let (pk, slot) = Self::split(key);
+        let p = match self.last {
+            Some((k, p)) if k == pk => p,
+            _ => {
+                let next = self.pages.len() as u32;
+                let p = *self.index.entry(pk).or_insert(next);
+                if p == next {
+                    self.pages.push(Page { key: pk, present: 0, rows: (0..PAGE).map(|_| R::default()).collect() });
+                }
+                self.last = Some((pk, p));
+                p
+            }
+        };
+        let page = &mut self.pages[p as usize];
+        if page.present & (1 << slot) == 0 {
+            page.present |= 1 << slot;
+            page.rows[slot] = init();
+            self.rows += 1;
+        }
+        &mut page.rows[slot]
+    }
+
+    #[cfg(test)]
+    pub(crate) fn get(&self, key: Key) -> Option<&R> {
+        let (pk, slot) = Self::split(key);
+        let page = &self.pages[*self.index.get(&pk)? as usize];
+        (page.present & (1 << slot) != 0).then(|| &page.rows[slot])
+    }
+
+    /// Rows held.
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
+        self.rows
+    }
+
+    /// Room taken, in rows (a page holds `PAGE` whether full or not).
+    pub(crate) fn slots(&self) -> usize {
+        self.pages.len() * PAGE
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.rows == 0
+    }
+
+    /// Every row with its key, in key order.
+    pub(crate) fn sorted(&self) -> Vec<(Key, &R)> {
+        let mut order: Vec<&Page<R>> = self.pages.iter().collect();
+        order.sort_unstable_by_key(|p| p.key);
+        let mut out = Vec::with_capacity(self.rows);
+        for p in order {
+            for slot in 0..PAGE {
+                if p.present & (1 << slot) != 0 {
+                    out.push((Key { salt: p.key.0, counter: p.key.1 << PAGE_BITS | slot as u64 }, &p.rows[slot]));
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod page_tests {
+    use super::*;
+
+    #[test]
+    fn pages_hold_rows_by_key_and_give_them_back_in_order() {
+        let mut pages: Pages<u32> = Pages::default();
+        let keys = [Key { salt: 2, counter: 5 }, Key { salt: 1, counter: 700 }, Key { salt: 1, counter: 3 }, Key { salt: 2, counter: 64 }];
+        for (i, k) in keys.iter().enumerate() {
+            *pages.entry(*k, || 100) += i as u32;
+        }
+        *pages.entry(keys[0], || unreachable!("it is there")) += 10;
+        assert_eq!(pages.len(), 4);
+        assert_eq!(pages.get(keys[0]), Some(&110));
+        assert_eq!(pages.get(Key { salt: 2, counter: 6 }), None);
+        let sorted: Vec<(Key, u32)> = pages.sorted().into_iter().map(|(k, v)| (k, *v)).collect();
+        assert_eq!(sorted, vec![(keys[2], 102), (keys[1], 101), (keys[0], 110), (keys[3], 103)]);
+    }
+}

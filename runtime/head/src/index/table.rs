@@ -1,7 +1,7 @@
 //! Segments: immutable files of sorted `(key, value)` tables, the index's on-disk form.
 //!
 //! A flush writes the memtable as one segment; compaction merges adjacent segments into
-//! one. A segment holds four tables (see [`Table`]), each a sequence of blocks of about
+//! one. A segment holds three tables (see [`Table`]), each a sequence of blocks of about
 //! [`BLOCK_BYTES`], and an index of each block's first key at the end:
 //!
 //! ```text
@@ -38,13 +38,12 @@ pub(crate) enum Table {
     Tasks = 0,
     /// Object rows (`rows::ObjectRec`), newest wins.
     Objects = 1,
-    /// Id → the runs whose events name it; a key's runs are the union over segments.
+    /// Id → the runs whose events name it, for ids a run could not keep as a range (see
+    /// `ranges`); a key's runs are the union over segments.
     Postings = 2,
-    /// A bucket of event ids → the runs holding events caused by one of them (union).
-    Causes = 3,
 }
 
-pub(crate) const TABLES: [Table; 4] = [Table::Tasks, Table::Objects, Table::Postings, Table::Causes];
+pub(crate) const TABLES: [Table; 3] = [Table::Tasks, Table::Objects, Table::Postings];
 
 impl Table {
     /// Whether a key's value in a newer segment replaces an older one's (rows), rather
@@ -88,7 +87,7 @@ pub(crate) struct Segment {
     /// Its file's name in the index directory ("" for one held in memory).
     pub name: String,
     bytes: Bytes,
-    tables: [TableIndex; 4],
+    tables: [TableIndex; 3],
 }
 
 pub(crate) type SegmentRef = Arc<Segment>;
@@ -128,7 +127,7 @@ impl Segment {
             return Err(bad("index checksum mismatch"));
         }
         let mut r = Reader(index);
-        let mut tables: [TableIndex; 4] = Default::default();
+        let mut tables: [TableIndex; 3] = Default::default();
         for t in &mut tables {
             t.entries = r.u64().ok_or_else(|| bad("index truncated"))?;
             let n = r.u32().ok_or_else(|| bad("index truncated"))? as usize;
@@ -238,7 +237,7 @@ pub(crate) struct SegmentWriter<W: Write> {
     out: W,
     at: u64,
     table: usize,
-    tables: [TableIndex; 4],
+    tables: [TableIndex; 3],
     block: Vec<u8>,
     block_first: Option<Key>,
     last: Option<Key>,
