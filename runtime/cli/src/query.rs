@@ -827,6 +827,15 @@ mod tests {
     }
 
     #[test]
+    fn rayr_list_takes_every_view_the_head_keeps() {
+        let mut ours: Vec<&str> = Entity::ALL.iter().map(|e| e.view()).collect();
+        let mut heads: Vec<&str> = rayr_head::ENTITIES.to_vec();
+        ours.sort();
+        heads.sort();
+        assert_eq!(ours, heads);
+    }
+
+    #[test]
     fn summaries_count_by_function_and_state() {
         let t = |f: &str, s: &str| TaskRow { function: f.into(), state: s.into(), ..Default::default() };
         let out = summarize_tasks(vec![t("a::f", "FINISHED"), t("a::f", "FAILED"), t("a::g", "FINISHED")], false);
