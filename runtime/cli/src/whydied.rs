@@ -74,7 +74,7 @@ impl Record for Cluster {
         matches!(self, Cluster::Live(_))
     }
 
-    async fn resolve(&mut self, pattern: &str) -> Result<Resolved, RecordError> {
+    async fn resolve(&mut self, pattern: &str, first: usize) -> Result<Resolved, RecordError> {
         IdPattern::parse(pattern)?;
         match self {
             Cluster::Live(client) => {
@@ -97,12 +97,12 @@ impl Record for Cluster {
                     .ok_or_else(|| {
                         format!("the rayr head did not say which id `{pattern}` names; is it an older version?")
                     })?;
-                // The events that follow are the explainer's to ask for, as it needs them.
-                drop(reply);
-                Ok(Resolved::Id(id))
+                // The head streams the events naming it after its answer.
+                let first = take(reply.into_inner(), first).await?;
+                Ok(Resolved::Id { id, first })
             }
             Cluster::Offline(index) => match index.resolve_unique(pattern) {
-                Ok(id) => Ok(Resolved::Id(id)),
+                Ok(id) => Ok(Resolved::Id { first: self.query(Some(&id), 0, first).await?, id }),
                 Err(e @ HeadError::UnknownId { .. }) => Ok(Resolved::Unknown(e.to_string())),
                 Err(e) => Err(e.into()),
             },

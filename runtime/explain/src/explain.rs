@@ -69,14 +69,14 @@ type Result<T> = std::result::Result<T, ExplainError>;
 
 /// Finds what ended the thing `pattern` names, and why.
 pub async fn explain<R: Record>(record: &mut R, pattern: &str) -> Result<Report> {
-    let id = match record.resolve(pattern).await? {
-        Resolved::Id(id) => id,
+    let (id, first) = match record.resolve(pattern, FIRST_EVENTS).await? {
+        Resolved::Id { id, first } => (id, first),
         Resolved::Unknown(message) => {
             return Err(ExplainError::UnknownId { pattern: pattern.trim().to_string(), message });
         }
     };
     let mut rec = Reader { record, seen: HashMap::new() };
-    let first = rec.naming(&id, FIRST_EVENTS).await?;
+    rec.remember(&first);
     let role = Role::of(&id, &first);
     let mut r = Report::new(id.clone(), role);
     match role {

@@ -17,10 +17,10 @@ use crate::event::task;
 pub type RecordError = Box<dyn std::error::Error + Send + Sync>;
 
 /// What a pattern someone typed names.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Resolved {
-    /// The one id it names.
-    Id(Vec<u8>),
+    /// The one id it names, and the first events naming it (as many as were asked for).
+    Id { id: Vec<u8>, first: Vec<Event> },
     /// No id in the record matches it: the record's message saying so.
     Unknown(String),
 }
@@ -46,9 +46,10 @@ pub trait Record: Send {
     /// Whether the cluster is running: then what has not ended yet may still.
     fn live(&self) -> bool;
 
-    /// The id `pattern` names: a full id, a unique prefix, or the short form tables print.
-    /// `Err` for a pattern that is not an id, or names several (the message lists them).
-    fn resolve(&mut self, pattern: &str) -> impl Future<Output = Result<Resolved, RecordError>> + Send;
+    /// The id `pattern` names (a full id, a unique prefix, or the short form tables print)
+    /// and up to `first` events naming it: one question, as a head answers it in one round
+    /// trip. `Err` for a pattern that is not an id, or names several (the message lists them).
+    fn resolve(&mut self, pattern: &str, first: usize) -> impl Future<Output = Result<Resolved, RecordError>> + Send;
 
     /// Up to `limit` events naming `id` in any role (its own id, a cause, a task, …).
     fn events_naming(

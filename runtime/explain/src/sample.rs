@@ -275,7 +275,7 @@ impl Record for Memory {
         self.live
     }
 
-    async fn resolve(&mut self, pattern: &str) -> Result<Resolved, RecordError> {
+    async fn resolve(&mut self, pattern: &str, first: usize) -> Result<Resolved, RecordError> {
         let p = pattern.trim().to_ascii_lowercase();
         if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("`{pattern}` is not an id").into());
@@ -285,7 +285,10 @@ impl Record for Memory {
         ids.dedup();
         match ids.as_slice() {
             [] => Ok(Resolved::Unknown(format!("no id in this session matches `{p}`"))),
-            [one] => Ok(Resolved::Id(one.to_vec())),
+            [one] => {
+                let id = one.to_vec();
+                Ok(Resolved::Id { first: self.events_naming(&id, first).await?, id })
+            }
             many => Err(format!("`{p}` matches {} ids; give more digits", many.len()).into()),
         }
     }
