@@ -57,7 +57,7 @@ pub(crate) async fn explain(cluster: &mut Cluster, pattern: &str) -> anyhow::Res
     match rayr_explain::explain(cluster, pattern).await {
         Ok(report) => Ok(report),
         Err(ExplainError::UnknownId { pattern, message }) => Err(unknown_id(cluster, &pattern, message).await),
-        Err(ExplainError::Record(e)) => Err(anyhow!(e)),
+        Err(ExplainError::Record(e)) => Err(anyhow::Error::from_boxed(e)),
     }
 }
 
