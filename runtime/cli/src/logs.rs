@@ -12,7 +12,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail};
-use rayr_logs::{Id, Session, hex};
+use rayr_head::short_id;
+use rayr_logs::{Id, Session, hex, parse_hex};
 use rayr_logsearch::files::{NodeFiles, Part};
 use rayr_proto::node_logs_client::NodeLogsClient;
 use rayr_proto::{LogFile, LogLine, LogListRequest, LogReadReply, LogSearchRequest, NodeRow, WorkerRow};
@@ -152,10 +153,10 @@ fn local_read(files: &NodeFiles, name: &str, offset: u64, from_end: bool, max: u
     files.read(name, offset, from_end, max).map(|(data, offset, size)| LogReadReply { data, offset, size }).map_err(|e| format!("{name}: {e}"))
 }
 
-/// The first 12 digits of an id, as tables show them.
-fn short(id: &[u8]) -> String {
-    let h = hex(id);
-    h[..12.min(h.len())].to_string()
+/// A node's label (see [`Node::label`]) as lines of output show it: a short id.
+/// Errors and warnings name nodes and workers in full, so that they can be pasted.
+fn short_label(label: &str) -> String {
+    parse_hex(label).map_or_else(|| label.to_string(), |id| short_id(&id))
 }
 
 /// A node of the cluster, and where its files can be read (or why they cannot).
@@ -165,13 +166,12 @@ struct Node {
 }
 
 impl Node {
-    /// The node's id (as lines are labelled; text output shows its first 12 digits).
+    /// The node's id in full (as lines are labelled; text output shows its short form).
     fn label(&self) -> String {
         if self.row.node_id.is_empty() { "this-host".into() } else { hex(&self.row.node_id) }
     }
     fn short(&self) -> String {
-        let h = self.label();
-        h[..12.min(h.len())].to_string()
+        short_label(&self.label())
     }
 }
 
@@ -413,7 +413,7 @@ fn print(node: &str, l: &LogLine, json: bool) {
         let file = std::path::Path::new(&l.file).file_name().map_or(l.file.clone(), |n| n.to_string_lossy().into_owned());
         // grep's convention: ':' after a match's line number, '-' after a context line's.
         let sep = if l.is_match { ':' } else { '-' };
-        println!("{}  {file}{sep}{}{sep} {}", &node[..node.len().min(12)], l.line, l.text);
+        println!("{}  {file}{sep}{}{sep} {}", short_label(node), l.line, l.text);
     }
 }
 
@@ -487,7 +487,7 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
             bail!("no worker's id starts with {w:?}: `rayr list workers` lists them");
         }
         if !named.is_empty() && !named.iter().any(|r| logs.nodes.iter().any(|n| n.row.node_id == r.node_id)) {
-            bail!("worker {w} ran on node {}, not on the node --node names", short(&named[0].node_id));
+            bail!("worker {w} ran on node {}, not on the node --node names", hex(&named[0].node_id));
         }
     }
     // What to ask of which node: everything (per the filters), or each attempt's lines.
@@ -497,7 +497,7 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
     if let Some(task) = &a.task {
         let task = task_of(&mut logs.cluster, "--task", task).await?;
         let attempts = task_output(&mut logs.cluster, &task).await?;
-        let ran_on: Vec<String> = attempts.iter().map(|at| short(&at.node)).collect();
+        let ran_on: Vec<String> = attempts.iter().map(|at| hex(&at.node)).collect();
         let attempts: Vec<Attempt> = attempts.into_iter().filter(|at| a.node.is_none() || node_of(&logs, &at.node).is_some()).collect();
         if attempts.is_empty() {
             bail!("task {} ran on node {}, not on the node --node names", hex(&task), ran_on.join(", "));
@@ -615,12 +615,12 @@ async fn search(a: SearchArgs) -> anyhow::Result<()> {
         }
     }
     for (node, file, why) in &skipped {
-        eprintln!("rayr: node {}: {file}: {why}", &node[..12.min(node.len())]);
+        eprintln!("rayr: node {node}: {file}: {why}");
     }
     if !failed.is_empty() {
         for (n, why) in &failed {
             let h = hex(&n.node_id);
-            eprintln!("rayr: node {} ({}) was not searched: {why}", &h[..12.min(h.len())], if n.address.is_empty() { "-" } else { &n.address });
+            eprintln!("rayr: node {h} ({}) was not searched: {why}", if n.address.is_empty() { "-" } else { &n.address });
         }
         bail!("{matches} match(es) from the nodes searched; {} node(s) could not be searched (above): the results are incomplete", failed.len());
     }
@@ -649,7 +649,7 @@ async fn list(node: Option<String>, json: bool, address: Option<String>) -> anyh
                             serde_json::json!({"node": node_hex, "path": f.path, "size": f.size, "worker": if f.worker_id.is_empty() { None } else { Some(hex(&f.worker_id)) }, "pid": f.pid, "modified_us": f.modified_us})
                         );
                     } else {
-                        let who = if f.worker_id.is_empty() { "node agent".to_string() } else { format!("worker {} (pid {})", short(&f.worker_id), f.pid) };
+                        let who = if f.worker_id.is_empty() { "node agent".to_string() } else { format!("worker {} (pid {})", short_id(&f.worker_id), f.pid) };
                         println!("{}  {:>10}  {}  {who}", n.short(), f.size, f.path);
                     }
                 }
@@ -657,7 +657,7 @@ async fn list(node: Option<String>, json: bool, address: Option<String>) -> anyh
             Err(why) => {
                 // A dead node elsewhere is only mentioned; one that should answer fails it.
                 failed += (n.row.state != "DEAD") as usize;
-                eprintln!("rayr: node {} ({}) could not be listed: {why}", n.short(), n.row.address);
+                eprintln!("rayr: node {} ({}) could not be listed: {why}", n.label(), n.row.address);
             }
         }
     }
@@ -683,9 +683,9 @@ async fn resolve_files(logs: &mut Logs, target: &str) -> anyhow::Result<Vec<Show
         match &n.source {
             Ok(s) => match s.list().await {
                 Ok(files) => listed.push((i, files)),
-                Err(why) => unlisted.push(format!("node {}: {why}", n.short())),
+                Err(why) => unlisted.push(format!("node {}: {why}", n.label())),
             },
-            Err(why) => unlisted.push(format!("node {}: {why}", n.short())),
+            Err(why) => unlisted.push(format!("node {}: {why}", n.label())),
         }
     }
     let name_of = |p: &str| std::path::Path::new(p).file_name().map_or(p.to_string(), |n| n.to_string_lossy().into_owned());
@@ -815,7 +815,7 @@ async fn tail(a: TailArgs, follow: bool) -> anyhow::Result<()> {
             for (i, how) in ended.into_iter().rev() {
                 let (f, source, mut offset) = at.remove(i);
                 pump(f, &source, &mut offset, partial.entry(f.name.clone()).or_default(), several, true).await?;
-                eprintln!("rayr: worker {} has exited ({how}): nothing more will be written to {}", short(&f.worker), f.name);
+                eprintln!("rayr: worker {} has exited ({how}): nothing more will be written to {}", hex(&f.worker), f.name);
             }
             if at.is_empty() {
                 return Ok(());

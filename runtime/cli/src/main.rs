@@ -847,7 +847,7 @@ async fn status(address: Option<String>, json: bool, metrics_urls: bool) -> anyh
         let mut urls = Vec::new();
         for n in nodes.iter().filter(|n| n.state == "ALIVE") {
             if n.metrics_address.is_empty() {
-                eprintln!("rayr: node {} serves no metrics (an embedded node)", &hex(&n.node_id)[..12]);
+                eprintln!("rayr: node {} serves no metrics (an embedded node)", hex(&n.node_id));
             } else {
                 urls.push((hex(&n.node_id), format!("http://{}/metrics", n.metrics_address)));
             }
@@ -912,7 +912,7 @@ async fn status(address: Option<String>, json: bool, metrics_urls: bool) -> anyh
         };
         println!(
             "  {}  {:<15} {:<6} {}{free}  store {} MiB{labels}{beat}{head}",
-            &hex(&n.node_id)[..12],
+            rayr_head::short_id(&n.node_id),
             n.address,
             n.state,
             show(&n.resources),

@@ -5,19 +5,24 @@
 //! index (`rayr_head`), reached through [`connect`](crate::connect), live or from a
 //! stopped session's record; nothing is re-derived here except summary counts.
 //!
-//! Each row and event detail is described once, as a list of named [`V`] values; the
-//! table, `--detail` and `--json` renderings are all read off that list, so a field added
-//! there shows up everywhere.
+//! Each row and event detail is described once, as a list of named values
+//! ([`rayr_explain::Value`]; an event's in [`rayr_explain::event`], which the dashboard
+//! reads too); the table, `--detail`, event lines and `--json` renderings are all read off
+//! that list, so a field added there shows up everywhere. `rayr why-died` draws the steps
+//! of its chains with the same [`event_line`].
 
 use std::collections::{BTreeMap, HashSet};
 use std::io::Write;
 
 use anyhow::anyhow;
 use clap::Args;
+use clap::builder::PossibleValuesParser;
+use rayr_explain::event::{self, kind_name};
+use rayr_explain::words::{first_line, full_ids, human_bytes, local_time};
+use rayr_explain::{Entity, EventJson, Value as V};
 use rayr_head::short_id;
-use rayr_logs::hex;
-use rayr_proto::event::Detail;
-use rayr_proto::{ActorRow, Event, EventKind, Filter, JobRow, NodeRow, ObjectRow, TaskRow, WorkerExitType, WorkerRow};
+use rayr_logs::{hex, parse_hex};
+use rayr_proto::{ActorRow, Event, EventKind, Filter, JobRow, NodeRow, ObjectRow, TaskRow, WorkerRow};
 use serde_json::{Map, Value, json};
 
 use crate::connect::{EventFilter, connect};
@@ -28,7 +33,7 @@ pub(crate) const ADDRESS_HELP: &str = "The head's HOST:PORT [default: $RAYR_ADDR
 #[derive(Args, Debug, Clone)]
 pub struct ListArgs {
     /// What to list.
-    #[arg(value_parser = ["tasks", "actors", "objects", "workers", "nodes", "jobs"])]
+    #[arg(value_parser = PossibleValuesParser::new(Entity::ALL.map(Entity::view)))]
     pub entity: String,
     /// Only rows whose KEY is VALUE; repeat to require several. Ids match by prefix or by
     /// the short form tables print; `function` by full path or last segments; states in any case.
@@ -88,14 +93,14 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
     let mut cluster = connect(args.address.clone()).await?;
     let filters = args.filters.iter().map(|(k, v)| Filter { key: k.clone(), value: v.clone() }).collect();
     let reply = cluster.list_all(&args.entity, filters).await?;
-    let out = match args.entity.as_str() {
-        "tasks" => render(reply.tasks, &args),
-        "objects" => render(reply.objects, &args),
-        "workers" => render(reply.workers, &args),
-        "nodes" => render(reply.nodes, &args),
-        "jobs" => render(reply.jobs, &args),
-        "actors" => render(reply.actors, &args),
-        other => return Err(anyhow!("cannot list `{other}`")), // clap allows only the above
+    let out = match Entity::of_view(&args.entity) {
+        Some(Entity::Task) => render(reply.tasks, &args),
+        Some(Entity::Object) => render(reply.objects, &args),
+        Some(Entity::Actor) => render(reply.actors, &args),
+        Some(Entity::Worker) => render(reply.workers, &args),
+        Some(Entity::Job) => render(reply.jobs, &args),
+        Some(Entity::Node) => render(reply.nodes, &args),
+        None => return Err(anyhow!("cannot list `{}`", args.entity)), // clap allows only the views
     };
     emit(&out)
 }
@@ -122,7 +127,7 @@ pub async fn events(args: EventsArgs) -> anyhow::Result<()> {
     cluster
         .events(&filter, |ev| {
             count += 1;
-            let line = if args.json { event_json(ev).to_string() } else { event_line(ev) };
+            let line = if args.json { event_json(ev).to_string() } else { event_line(ev, &EVENTS) };
             emit(&format!("{line}\n"))
         })
         .await?;
@@ -206,64 +211,21 @@ fn parse_ago(s: &str) -> Option<i64> {
 // ---------------------------------------------------------------------------------------
 // Values and their renderings
 
-/// One field of a row or event detail, typed by how it is shown.
-enum V {
-    Id(Vec<u8>),
-    Text(String),
-    Num(i64),
-    /// A process id; 0 means not known (yet).
-    Pid(u32),
-    Flag(bool),
-    /// A byte count: a number in JSON, `1.5 MiB` for people.
-    Bytes(u64),
-    /// Unix microseconds: a number in JSON, local time for people; 0 means unset.
-    Time(i64),
-    Lines(Vec<String>),
-    Map(BTreeMap<String, f64>),
-    Labels(BTreeMap<String, String>),
+/// How a field's value reads for people (its JSON form is the value's own, see
+/// [`rayr_explain::Value`]).
+trait ForPeople {
+    /// `short` abbreviates ids (also inside text) and keeps only a text's first line.
+    fn text(&self, short: bool) -> String;
 }
 
-impl V {
-    fn json(&self) -> Value {
-        match self {
-            V::Id(id) if id.is_empty() => Value::Null,
-            V::Id(id) => json!(hex(id)),
-            V::Text(s) => json!(s),
-            V::Num(n) => json!(n),
-            V::Pid(p) => json!(p),
-            V::Flag(b) => json!(b),
-            V::Bytes(n) => json!(n),
-            V::Time(t) => json!(t),
-            V::Lines(l) => json!(l),
-            V::Map(m) => json!(m),
-            V::Labels(m) => json!(m),
-        }
-    }
-
-    /// Whether there is nothing worth showing in a compact line.
-    fn is_empty(&self) -> bool {
-        match self {
-            V::Id(id) => id.is_empty(),
-            V::Text(s) => s.is_empty(),
-            V::Num(n) => *n == 0,
-            V::Pid(p) => *p == 0,
-            V::Flag(b) => !b,
-            V::Bytes(n) => *n == 0,
-            V::Time(t) => *t == 0,
-            V::Lines(l) => l.is_empty(),
-            V::Map(m) => m.is_empty(),
-            V::Labels(m) => m.is_empty(),
-        }
-    }
-
-    /// For people: `short` abbreviates ids and keeps only an error's first line.
+impl ForPeople for V {
     fn text(&self, short: bool) -> String {
         match self {
             V::Id(id) if id.is_empty() => "-".into(),
             V::Id(id) if short => short_id(id),
             V::Id(id) => hex(id),
             V::Text(s) if s.is_empty() => "-".into(),
-            V::Text(s) if short => s.lines().next().unwrap_or_default().to_string(),
+            V::Text(s) if short => shorten_ids(first_line(s)),
             V::Text(s) => s.clone(),
             V::Num(n) => n.to_string(),
             V::Pid(0) => "-".into(),
@@ -272,6 +234,8 @@ impl V {
             V::Bytes(n) => human_bytes(*n),
             V::Time(0) => "-".into(),
             V::Time(t) => local_time(*t),
+            V::Signal(0) => "-".into(),
+            V::Signal(s) => format!("{s} ({})", rayr_explain::signal::name(*s)),
             V::Lines(l) if short => format!("{} lines", l.len()),
             V::Lines(l) => l.iter().map(|line| format!("\n    {line}")).collect(),
             V::Map(m) if m.is_empty() => "-".into(),
@@ -282,32 +246,29 @@ impl V {
     }
 }
 
-pub(crate) fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[unit]) }
-}
-
-/// Local wall-clock time with milliseconds, as people read logs.
-pub(crate) fn local_time(us: i64) -> String {
-    match jiff::Timestamp::from_microsecond(us) {
-        Ok(ts) => ts.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%Y-%m-%d %H:%M:%S%.3f").to_string(),
-        Err(_) => us.to_string(),
-    }
-}
-
 fn to_object(fields: &[(&'static str, V)]) -> Value {
-    Value::Object(fields.iter().map(|(k, v)| (k.to_string(), v.json())).collect::<Map<_, _>>())
+    Value::Object(fields.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<Map<_, _>>())
 }
 
 /// Cuts a table cell to `max` characters.
 pub(crate) fn clip(s: String, max: usize) -> String {
     if s.chars().count() <= max { s } else { s.chars().take(max - 1).chain(['…']).collect() }
+}
+
+/// `text` with every full id in it replaced by its short form.
+pub(crate) fn shorten_ids(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for ids in full_ids(text) {
+        out.push_str(&text[at..ids.start]);
+        match parse_hex(&text[ids.clone()]) {
+            Some(id) => out.push_str(&short_id(&id)),
+            None => out.push_str(&text[ids.clone()]),
+        }
+        at = ids.end;
+    }
+    out.push_str(&text[at..]);
+    out
 }
 
 // ---------------------------------------------------------------------------------------
@@ -664,157 +625,66 @@ fn summarize_objects(objects: Vec<ObjectRow>, as_json: bool) -> String {
 // ---------------------------------------------------------------------------------------
 // Events
 
-pub(crate) fn kind_name(kind: i32) -> String {
-    EventKind::try_from(kind).map(|k| k.cli_name()).unwrap_or_else(|_| format!("kind_{kind}"))
+/// How an event line is laid out: `rayr events` ([`EVENTS`]) names everything at a local
+/// date and time; a step of a why-died chain shows the time of day and leaves out what the
+/// report already says.
+pub(crate) struct LineStyle<'a> {
+    /// Only the time of day (the steps of one chain are seconds apart, not days).
+    pub clock: bool,
+    /// An id not to repeat: the one a report is about.
+    pub subject: &'a [u8],
+    /// Name the job, the recording process and the cause (a chain's order says the cause).
+    pub context: bool,
 }
 
-/// The ids an event names, in the order a reader looks for them.
-fn event_ids(ev: &Event) -> Vec<(&'static str, &[u8])> {
-    vec![
-        ("task", &ev.task_id),
-        ("object", &ev.object_id),
-        ("actor", &ev.actor_id),
-        ("worker", &ev.worker_id),
-        ("job", &ev.job_id),
-        ("node", &ev.node_id),
-        ("source", &ev.source_worker),
-    ]
-}
+pub(crate) const EVENTS: LineStyle<'static> = LineStyle { clock: false, subject: &[], context: true };
 
-/// The detail's type name and every one of its fields.
-fn detail_fields(d: &Detail) -> (&'static str, Vec<(&'static str, V)>) {
-    match d {
-        Detail::Task(t) => {
-            let mut fields = vec![
-                ("function", V::Text(t.function.clone())),
-                ("attempt", V::Num(t.attempt.into())),
-                ("max_retries", V::Num(t.max_retries.into())),
-                ("final", V::Flag(t.r#final)),
-                ("error_type", V::Text(t.error_type.clone())),
-                ("error", V::Text(t.error.clone())),
-                ("reason", V::Text(t.reason.clone())),
-                ("spilled_to", V::Text(t.spilled_to.clone())),
-                ("pid", V::Pid(t.pid)),
-                ("backtrace", V::Text(t.backtrace.clone())),
-            ];
-            if t.output_measured {
-                // Where its output is in the worker's logs (`rayr logs search --task`).
-                fields.extend([
-                    ("out_start", V::Num(t.out_start as i64)),
-                    ("out_end", V::Num(t.out_end as i64)),
-                    ("err_start", V::Num(t.err_start as i64)),
-                    ("err_end", V::Num(t.err_end as i64)),
-                ]);
-            }
-            ("task", fields)
-        }
-        Detail::Object(o) => (
-            "object",
-            vec![
-                ("size", V::Bytes(o.size)),
-                ("location", V::Text(o.location.clone())),
-                ("peer", V::Id(o.peer.clone())),
-                ("peer_kind", V::Text(o.peer_kind.clone())),
-                ("reason", V::Text(o.reason.clone())),
-                ("copy_node", V::Id(o.copy_node.clone())),
-            ],
-        ),
-        Detail::WorkerExit(x) => (
-            "worker_exit",
-            vec![
-                (
-                    "exit_type",
-                    V::Text(
-                        WorkerExitType::try_from(x.exit_type)
-                            .map(|t| t.as_str_name().to_string())
-                            .unwrap_or_else(|_| x.exit_type.to_string()),
-                    ),
-                ),
-                ("exit_code", V::Num(x.exit_code.into())),
-                ("signal", V::Num(x.signal.into())),
-                ("detail", V::Text(x.detail.clone())),
-                ("peak_rss_bytes", V::Bytes(x.peak_rss_bytes)),
-                ("pid", V::Pid(x.pid)),
-                ("stderr_path", V::Text(x.stderr_path.clone())),
-                ("stderr_tail", V::Lines(x.stderr_tail.clone())),
-            ],
-        ),
-        Detail::WorkerStart(s) => (
-            "worker_start",
-            vec![
-                ("pid", V::Pid(s.pid)),
-                ("is_driver", V::Flag(s.is_driver)),
-                ("binary", V::Text(s.binary.clone())),
-                ("stdout_path", V::Text(s.stdout_path.clone())),
-                ("stderr_path", V::Text(s.stderr_path.clone())),
-            ],
-        ),
-        Detail::Node(n) => (
-            "node",
-            vec![
-                ("address", V::Text(n.address.clone())),
-                ("reason", V::Text(n.reason.clone())),
-                ("resources", V::Map(n.resources.iter().map(|(k, v)| (k.clone(), *v)).collect())),
-                ("store_capacity", V::Bytes(n.store_capacity)),
-            ],
-        ),
-        Detail::Job(j) => (
-            "job",
-            vec![
-                ("binary", V::Text(j.binary.clone())),
-                ("pid", V::Pid(j.pid)),
-                ("exit_code", V::Num(j.exit_code.into())),
-            ],
-        ),
-        Detail::Actor(a) => (
-            "actor",
-            vec![
-                ("name", V::Text(a.name.clone())),
-                ("class", V::Text(a.class.clone())),
-                ("cause", V::Text(a.cause.clone())),
-                ("detail", V::Text(a.detail.clone())),
-                ("pid", V::Pid(a.pid)),
-                ("restart", V::Num(a.restart.into())),
-                ("max_restarts", V::Num(a.max_restarts.into())),
-                ("detached", V::Flag(a.detached)),
-            ],
-        ),
-    }
-}
-
-/// Fields too long for one line; `--json` and `rayr why-died` show them.
-const LONG_FIELDS: [&str; 4] = ["backtrace", "stderr_tail", "stdout_path", "stderr_path"];
-
-/// `2026-11-25 20:01:02.123  task_failed  task=d0d0d0…000007 worker=…  cause=…  error_type=panic error="boom"`
-fn event_line(ev: &Event) -> String {
-    let mut parts = vec![local_time(ev.time_us), format!("{:<14}", kind_name(ev.kind))];
-    for (name, id) in event_ids(ev) {
+/// `2026-11-25 20:01:02.123  task_failed  task=d0d0d0…000007  worker=…  cause=…  attempt=1  final  error_type=panic  error="boom"`:
+/// the ids the event names, then its detail's fields, numbers before text (a line cut
+/// short loses words, not numbers); empty fields and those too long for a line are left out.
+pub(crate) fn event_line(ev: &Event, style: &LineStyle) -> String {
+    let time = if style.clock { clock(ev.time_us) } else { local_time(ev.time_us) };
+    let mut parts = vec![time, format!("{:<14}", kind_name(ev.kind))];
+    for (name, id) in event::ids(ev) {
         // The recording process is usually the worker the event names; say it only when not.
-        if id.is_empty() || (name == "source" && id == ev.worker_id.as_slice()) {
+        let context = name == "job" || name == "source";
+        if id.is_empty()
+            || id == style.subject
+            || (context && !style.context)
+            || (name == "source" && id == ev.worker_id.as_slice())
+        {
             continue;
         }
         parts.push(format!("{name}={}", short_id(id)));
     }
-    if !ev.cause.is_empty() {
+    if style.context && !ev.cause.is_empty() {
         parts.push(format!("cause={}", short_id(&ev.cause)));
     }
     if let Some(d) = &ev.detail {
-        for (k, v) in detail_fields(d).1 {
-            if v.is_empty() || LONG_FIELDS.contains(&k) {
-                continue;
-            }
-            let text = match &v {
-                V::Flag(true) => {
-                    parts.push(k.to_string());
-                    continue;
-                }
-                V::Text(_) => quote(&clip(v.text(true), 120)),
-                _ => v.text(true),
-            };
-            parts.push(format!("{k}={text}"));
+        let (texts, numbers): (Vec<_>, Vec<_>) = event::detail_fields(d)
+            .1
+            .into_iter()
+            .filter(|(k, v)| !v.is_empty() && !event::LONG_FIELDS.contains(k))
+            .partition(|(_, v)| matches!(v, V::Text(_)));
+        for (k, v) in numbers.into_iter().chain(texts) {
+            // A size's unit says it is bytes.
+            let label = k.strip_suffix("_bytes").unwrap_or(k);
+            parts.push(match &v {
+                V::Flag(_) => label.to_string(),
+                V::Text(_) => format!("{label}={}", quote(&clip(v.text(true), 120))),
+                _ => format!("{label}={}", v.text(true)),
+            });
         }
     }
     parts.join("  ")
+}
+
+/// Local time of day with milliseconds.
+pub(crate) fn clock(us: i64) -> String {
+    match jiff::Timestamp::from_microsecond(us) {
+        Ok(ts) => ts.to_zoned_datetime(jiff::tz::TimeZone::system()).strftime("%H:%M:%S%.3f").to_string(),
+        Err(_) => us.to_string(),
+    }
 }
 
 /// Quotes text that would not read as one word.
@@ -828,34 +698,14 @@ pub(crate) fn quote(s: &str) -> String {
 
 /// Every field of an event, ids in full hex, its detail under `detail` with its `type`.
 pub(crate) fn event_json(ev: &Event) -> Value {
-    let time = jiff::Timestamp::from_microsecond(ev.time_us).map(|t| t.to_string()).unwrap_or_default();
-    let mut obj = json!({
-        "id": V::Id(ev.id.clone()).json(),
-        "time_us": ev.time_us,
-        "time": time,
-        "kind": kind_name(ev.kind),
-        "cause": V::Id(ev.cause.clone()).json(),
-        "source_pid": ev.source_pid,
-    });
-    let map = obj.as_object_mut().expect("an object");
-    for (name, id) in event_ids(ev) {
-        let key = if name == "source" { "source_worker".to_string() } else { format!("{name}_id") };
-        map.insert(key, V::Id(id.to_vec()).json());
-    }
-    let detail = ev.detail.as_ref().map(|d| {
-        let (ty, fields) = detail_fields(d);
-        let mut o = to_object(&fields);
-        o.as_object_mut().expect("an object").insert("type".into(), json!(ty));
-        o
-    });
-    map.insert("detail".into(), detail.unwrap_or(Value::Null));
-    obj
+    serde_json::to_value(EventJson(ev)).expect("an event is plain data")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use rayr_proto::TaskDetail;
+    use rayr_proto::event::Detail;
 
     #[test]
     fn parses_times_ago_and_absolute() {
@@ -902,9 +752,9 @@ mod tests {
     }
 
     #[test]
-    fn event_line_is_compact_and_json_is_complete() {
+    fn event_line_is_compact() {
         let ev = failed_event();
-        let line = event_line(&ev);
+        let line = event_line(&ev, &EVENTS);
         assert!(line.contains("task_failed"), "{line}");
         assert!(line.contains("task=010203…0e0f10"), "{line}");
         assert!(line.contains("cause=040404…040404"), "{line}");
@@ -912,15 +762,32 @@ mod tests {
         assert!(line.contains(" final"), "{line}");
         assert!(!line.contains("source="), "{line}");
         assert!(!line.contains("backtrace") && !line.contains("second line"), "{line}");
+        assert_eq!(event_json(&ev)["detail"]["backtrace"], "0: main", "--json has it all");
+    }
 
-        let j = event_json(&ev);
-        assert_eq!(j["kind"], "task_failed");
-        assert_eq!(j["task_id"], hex(&ev.task_id));
-        assert_eq!(j["object_id"], Value::Null);
-        assert_eq!(j["time"], "2026-01-01T00:00:00Z");
-        assert_eq!(j["detail"]["type"], "task");
-        assert_eq!(j["detail"]["backtrace"], "0: main");
-        assert_eq!(j["detail"]["final"], true);
+    #[test]
+    fn event_lines_read_numbers_first_and_ids_short() {
+        let ev = Event {
+            kind: EventKind::WorkerExited as i32,
+            worker_id: vec![2; 16],
+            job_id: vec![5; 16],
+            detail: Some(Detail::WorkerExit(rayr_proto::WorkerExit {
+                signal: 9,
+                detail: format!("killed: worker {} {}", hex(&[2; 16]), "and more words ".repeat(10)),
+                peak_rss_bytes: 50 << 20,
+                pid: 102,
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let line = event_line(&ev, &EVENTS);
+        assert!(line.contains("signal=9 (SIGKILL)") && line.contains("peak_rss=50.0 MiB"), "{line}");
+        assert!(line.find("pid=102") < line.find("detail="), "numbers before text: {line}");
+        assert!(line.contains("detail=\"killed: worker 020202…020202 and"), "ids in text are short: {line}");
+        assert!(line.contains("job=050505…050505"), "{line}");
+        let step = event_line(&ev, &LineStyle { clock: true, subject: &[2; 16], context: false });
+        assert!(!step.contains("worker=") && !step.contains("job="), "{step}");
+        assert_eq!(step.split("  ").next().unwrap().len(), "20:01:02.123".len(), "the time of day: {step}");
     }
 
     #[test]
@@ -957,6 +824,15 @@ mod tests {
         assert_eq!(j[1]["task_id"], hex(&[2; 16]));
         assert_eq!(j[1]["worker_id"], Value::Null);
         assert_eq!(render(Vec::<TaskRow>::new(), &args(false, false)), "0 tasks\n");
+    }
+
+    #[test]
+    fn rayr_list_takes_every_view_the_head_keeps() {
+        let mut ours: Vec<&str> = Entity::ALL.iter().map(|e| e.view()).collect();
+        let mut heads: Vec<&str> = rayr_head::ENTITIES.to_vec();
+        ours.sort();
+        heads.sort();
+        assert_eq!(ours, heads);
     }
 
     #[test]

@@ -11,6 +11,9 @@
 //!   ids starting with HEAD and ending with TAIL.
 //!
 //! Both sides live here so that what the tables print is always something the queries take.
+//! [`short_id`] is the only short form: `rayr list`, `rayr events`, `rayr why-died`,
+//! `rayr logs` and `rayr status` all print it. (Errors and warnings name ids in full, so
+//! that they can be pasted.)
 
 use rayr_logs::hex;
 

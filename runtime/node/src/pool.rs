@@ -3,6 +3,7 @@
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
+use rayr_explain::signal::Signal;
 use rayr_proto::{WorkerExit, WorkerExitType};
 
 /// Environment variables a worker process is started with. `#[rayr::main]` checks
@@ -39,41 +40,11 @@ pub fn describe_exit(status: libc::c_int, intended: Option<&str>, by_user: bool)
             "exited with code 0 while rayr still counted on it (std::process::exit in user code?)".to_string(),
         ),
         (None, 0, code) => (WorkerExitType::UserError, format!("exited with code {code}")),
-        (None, sig, _) => (WorkerExitType::SystemError, signal_detail(sig)),
+        (None, sig, _) => (WorkerExitType::SystemError, Signal::of(sig).map(Signal::exit_detail).unwrap_or_default()),
     };
     exit.exit_type = kind as i32;
     exit.detail = detail;
     exit
-}
-
-fn signal_detail(sig: i32) -> String {
-    let name = signal_name(sig);
-    match sig {
-        libc::SIGKILL => format!(
-            "killed by signal {sig} ({name}), which rayr did not send: another process or the kernel OOM killer did (check `dmesg`)"
-        ),
-        libc::SIGSEGV | libc::SIGBUS => format!("crashed with signal {sig} ({name}): invalid memory access (unsafe code or a native library)"),
-        libc::SIGABRT => format!("aborted with signal {sig} ({name}): a panic with panic=abort, or abort() in native code"),
-        _ => format!("killed by signal {sig} ({name}), which rayr did not send"),
-    }
-}
-
-pub fn signal_name(sig: i32) -> &'static str {
-    match sig {
-        libc::SIGHUP => "SIGHUP",
-        libc::SIGINT => "SIGINT",
-        libc::SIGQUIT => "SIGQUIT",
-        libc::SIGILL => "SIGILL",
-        libc::SIGTRAP => "SIGTRAP",
-        libc::SIGABRT => "SIGABRT",
-        libc::SIGBUS => "SIGBUS",
-        libc::SIGFPE => "SIGFPE",
-        libc::SIGKILL => "SIGKILL",
-        libc::SIGSEGV => "SIGSEGV",
-        libc::SIGPIPE => "SIGPIPE",
-        libc::SIGTERM => "SIGTERM",
-        _ => "signal",
-    }
 }
 
 /// The last `lines` lines of a file (at most 64 KiB are read).
