@@ -138,6 +138,17 @@ impl Ranges {
         Ok(ranges)
     }
 
+    /// Calls `f` with every key some range covers (each once per range covering it).
+    pub(crate) fn for_each_counter(&self, mut f: impl FnMut(Key)) {
+        for (&(salt, block), list) in &self.by_block {
+            for r in list {
+                for off in r.lo..=r.hi {
+                    f(Key { salt, counter: block << COUNTER_BLOCK_BITS | off as u64 });
+                }
+            }
+        }
+    }
+
     /// Appends the runs whose ranges cover `key` to `out`.
     pub(crate) fn runs_covering(&self, key: Key, out: &mut Vec<u32>) {
         let block = (key.salt, key.counter >> COUNTER_BLOCK_BITS);

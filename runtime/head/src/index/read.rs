@@ -361,6 +361,24 @@ impl Inner {
         Ok(page)
     }
 
+    /// Whether any event names `id`.
+    fn named_anywhere(&self, st: &State, id: &Id) -> Result<bool, HeadError> {
+        let mut buf = Vec::new();
+        for n in st.runs_naming(id)? {
+            let rec = *st.runs.get(n).expect("a run number from the directory");
+            self.run_body(st, &rec, &mut buf)?;
+            let run = RunView::parse(&buf).map_err(|e| HeadError::Server(format!("an indexed run does not decode: {e}")))?;
+            let attrs = RunAttrs::of(&run, &st.logs[rec.log as usize]);
+            for e in run.events() {
+                let e = e.map_err(|e| HeadError::Server(format!("an indexed run does not decode: {e}")))?;
+                if names(&e, &effective(&e, &attrs, st), id) {
+                    return Ok(true);
+                }
+            }
+        }
+        Ok(false)
+    }
+
     /// Up to `max` ids matching `pattern` (in id order) and how many match in all.
     pub(super) fn find_ids(&self, pattern: &str, max: usize) -> Result<(Vec<Vec<u8>>, usize), HeadError> {
         let pat = IdPattern::parse(pattern).map_err(HeadError::BadRequest)?;
@@ -426,6 +444,25 @@ impl Inner {
                 let counter = (r.first_seq + i) | EVENT_SEQ_BIT;
                 if quick(id_head(counter, r.salt), r.salt) {
                     consider(Key { salt: r.salt, counter }.id());
+                }
+            }
+        }
+        if found.is_empty() {
+            // Ids only mentioned (a task's return value before it exists, a cause whose
+            // event is missing): the counters the runs' ranges cover, each checked against
+            // the events of the runs covering it. Only when nothing else matches: it reads
+            // every range.
+            let mut candidates = Vec::new();
+            st.ranges.for_each_counter(|key| {
+                if key.salt & tm == tv && quick(id_head(key.counter, key.salt), key.salt) && pat.matches(&key.id()) {
+                    candidates.push(key.id());
+                }
+            });
+            candidates.sort_unstable();
+            candidates.dedup();
+            for id in candidates {
+                if self.named_anywhere(&st, &id)? {
+                    found.insert(id);
                 }
             }
         }
