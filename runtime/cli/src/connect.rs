@@ -154,6 +154,17 @@ pub struct EventFilter {
 }
 
 impl Cluster {
+    /// Rows of a view counted by group and state (the head keeps the counts).
+    pub async fn summary(&mut self, entity: &str) -> anyhow::Result<rayr_proto::SummaryReply> {
+        match self {
+            Cluster::Live(client) => {
+                let req = rayr_proto::SummaryRequest { entity: entity.to_string(), live: false };
+                Ok(client.summary(req).await.map_err(status_error)?.into_inner())
+            }
+            Cluster::Offline(index) => Ok(index.summary(entity)?.to_proto()),
+        }
+    }
+
     /// One page of a view.
     pub async fn list_page(&mut self, req: ListRequest) -> anyhow::Result<ListReply> {
         match self {

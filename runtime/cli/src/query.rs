@@ -107,10 +107,11 @@ pub async fn list(args: ListArgs) -> anyhow::Result<()> {
 
 pub async fn summary(args: SummaryArgs) -> anyhow::Result<()> {
     let mut cluster = connect(args.address.clone()).await?;
+    let summary = cluster.summary(&args.entity).await?;
     let out = match args.entity.as_str() {
-        "tasks" => summarize_tasks(cluster.list_all("tasks", Vec::new()).await?.tasks, args.json),
-        "objects" => summarize_objects(cluster.list_all("objects", Vec::new()).await?.objects, args.json),
-        _ => summarize_actors(cluster.list_all("actors", Vec::new()).await?.actors, args.json),
+        "tasks" => summarize_tasks(&summary, args.json),
+        "objects" => summarize_objects(&summary, args.json),
+        _ => summarize_actors(&summary, args.json),
     };
     emit(&out)
 }
@@ -536,11 +537,13 @@ fn table(headers: &[String], rows: &[Vec<String>]) -> String {
 
 const TASK_STATES: [&str; 5] = ["SUBMITTED", "SCHEDULED", "RUNNING", "FINISHED", "FAILED"];
 
-fn summarize_tasks(tasks: Vec<TaskRow>, as_json: bool) -> String {
-    let mut by_function: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for t in &tasks {
-        *by_function.entry(t.function.clone()).or_default().entry(t.state.clone()).or_default() += 1;
-    }
+/// Groups of a summary as the tables show them.
+fn groups(summary: &rayr_proto::SummaryReply) -> BTreeMap<String, BTreeMap<String, u64>> {
+    summary.groups.iter().map(|g| (g.group.clone(), g.states.iter().map(|(k, v)| (k.clone(), *v)).collect())).collect()
+}
+
+fn summarize_tasks(summary: &rayr_proto::SummaryReply, as_json: bool) -> String {
+    let by_function = groups(summary);
     // Standard states first, then any others the head reports.
     let mut states: Vec<String> = TASK_STATES.iter().map(|s| s.to_string()).collect();
     for s in by_function.values().flat_map(|m| m.keys()) {
@@ -548,20 +551,16 @@ fn summarize_tasks(tasks: Vec<TaskRow>, as_json: bool) -> String {
             states.push(s.clone());
         }
     }
-    counts_by(("function", "FUNCTION", "functions"), &by_function, &states, ("task", tasks.len()), as_json)
+    counts_by(("function", "FUNCTION", "functions"), &by_function, &states, ("task", summary.total as usize), as_json)
 }
 
 /// Actors by class: how many are alive and dead, and how the dead ones died.
-fn summarize_actors(actors: Vec<rayr_proto::ActorRow>, as_json: bool) -> String {
-    let mut by_class: BTreeMap<String, BTreeMap<String, u64>> = BTreeMap::new();
-    for a in &actors {
-        let state = if a.state == "DEAD" && !a.death_cause.is_empty() { format!("DEAD ({})", a.death_cause) } else { a.state.clone() };
-        *by_class.entry(a.class.clone()).or_default().entry(state).or_default() += 1;
-    }
+fn summarize_actors(summary: &rayr_proto::SummaryReply, as_json: bool) -> String {
+    let by_class = groups(summary);
     let mut states: Vec<String> = by_class.values().flat_map(|m| m.keys().cloned()).collect();
     states.sort_by_key(|s| (s != "ALIVE", s.clone()));
     states.dedup();
-    counts_by(("class", "CLASS", "classes"), &by_class, &states, ("actor", actors.len()), as_json)
+    counts_by(("class", "CLASS", "classes"), &by_class, &states, ("actor", summary.total as usize), as_json)
 }
 
 /// A summary: per group (a function, a class), how many rows are in each state, as a
@@ -599,26 +598,29 @@ fn counts_by(
     out
 }
 
-fn summarize_objects(objects: Vec<ObjectRow>, as_json: bool) -> String {
+fn summarize_objects(summary: &rayr_proto::SummaryReply, as_json: bool) -> String {
     let mut by_state: BTreeMap<String, (u64, u64)> = BTreeMap::new();
-    for o in &objects {
-        let e = by_state.entry(o.state.clone()).or_default();
-        e.0 += 1;
-        e.1 += o.size;
+    for g in &summary.groups {
+        for (state, n) in &g.states {
+            let e = by_state.entry(state.clone()).or_default();
+            e.0 += n;
+            e.1 += g.bytes.get(state).copied().unwrap_or(0);
+        }
     }
+    let total = summary.total as usize;
     if as_json {
         let states: Map<String, Value> =
             by_state.iter().map(|(s, (n, b))| (s.clone(), json!({"count": n, "bytes": b}))).collect();
-        return format!("{}\n", json!({"total": objects.len(), "by_state": states}));
+        return format!("{}\n", json!({"total": total, "by_state": states}));
     }
-    if objects.is_empty() {
+    if total == 0 {
         return "0 objects\n".into();
     }
     let headers = vec!["STATE".to_string(), "COUNT".into(), "SIZE".into()];
     let rows: Vec<Vec<String>> =
         by_state.iter().map(|(s, (n, b))| vec![s.clone(), n.to_string(), human_bytes(*b)]).collect();
     let mut out = table(&headers, &rows);
-    out.push_str(&count_line(objects.len(), "object"));
+    out.push_str(&count_line(total, "object"));
     out
 }
 
@@ -837,11 +839,25 @@ mod tests {
 
     #[test]
     fn summaries_count_by_function_and_state() {
-        let t = |f: &str, s: &str| TaskRow { function: f.into(), state: s.into(), ..Default::default() };
-        let out = summarize_tasks(vec![t("a::f", "FINISHED"), t("a::f", "FAILED"), t("a::g", "FINISHED")], false);
+        // What the head answers for these tasks (function, state).
+        let summary = |tasks: &[(&str, &str)]| {
+            let mut reply = rayr_proto::SummaryReply { total: tasks.len() as u64, ..Default::default() };
+            for (f, s) in tasks {
+                let i = match reply.groups.iter().position(|g| g.group == *f) {
+                    Some(i) => i,
+                    None => {
+                        reply.groups.push(rayr_proto::SummaryGroup { group: f.to_string(), ..Default::default() });
+                        reply.groups.len() - 1
+                    }
+                };
+                *reply.groups[i].states.entry(s.to_string()).or_default() += 1;
+            }
+            reply
+        };
+        let out = summarize_tasks(&summary(&[("a::f", "FINISHED"), ("a::f", "FAILED"), ("a::g", "FINISHED")]), false);
         assert!(out.lines().nth(1).unwrap().starts_with("a::f"), "{out}");
         assert!(out.ends_with("3 tasks in 2 functions\n"), "{out}");
-        let j: Value = serde_json::from_str(&summarize_tasks(vec![t("a::f", "FAILED")], true)).unwrap();
+        let j: Value = serde_json::from_str(&summarize_tasks(&summary(&[("a::f", "FAILED")]), true)).unwrap();
         assert_eq!(j["by_function"][0]["states"]["FAILED"], 1);
     }
 }

@@ -606,22 +606,11 @@ impl Head for HeadService {
                 if !req.live {
                     index.catch_up(&session)?;
                 }
-                let s = index.summary(&req.entity)?;
+                let mut reply = index.summary(&req.entity)?.to_proto();
                 let is_tasks = matches!(req.entity.trim().to_ascii_lowercase().as_str(), "tasks" | "task");
                 let recent = if is_tasks { index.recent_failures(RECENT_FAILURES_SHOWN) } else { Vec::new() };
-                Ok(rayr_proto::SummaryReply {
-                    total: s.total,
-                    groups: s
-                        .groups
-                        .into_iter()
-                        .map(|g| rayr_proto::SummaryGroup {
-                            group: g.group,
-                            states: g.states.into_iter().collect(),
-                            bytes: g.bytes.into_iter().collect(),
-                        })
-                        .collect(),
-                    events_indexed: index.events_indexed()?,
-                    recent_failures: recent
+                reply.events_indexed = index.events_indexed()?;
+                reply.recent_failures = recent
                         .into_iter()
                         .map(|f| rayr_proto::RecentFailure {
                             time_us: f.time_us,
@@ -630,8 +619,8 @@ impl Head for HeadService {
                             error_type: f.error_type,
                             error: f.error,
                         })
-                        .collect(),
-                })
+                        .collect();
+                Ok(reply)
             })
             .await?,
         ))

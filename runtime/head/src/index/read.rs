@@ -192,6 +192,25 @@ pub struct SummaryGroup {
     pub bytes: BTreeMap<String, u64>,
 }
 
+impl Summary {
+    /// As the head's `Summary` reply carries it (without the recent failures).
+    pub fn to_proto(&self) -> rayr_proto::SummaryReply {
+        rayr_proto::SummaryReply {
+            total: self.total,
+            groups: self
+                .groups
+                .iter()
+                .map(|g| rayr_proto::SummaryGroup {
+                    group: g.group.clone(),
+                    states: g.states.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                    bytes: g.bytes.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+                })
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
 pub(crate) fn summary(st: &State, entity: &str) -> Result<Summary, HeadError> {
     let mut by: BTreeMap<String, SummaryGroup> = BTreeMap::new();
     let mut total = 0u64;
@@ -224,7 +243,9 @@ pub(crate) fn summary(st: &State, entity: &str) -> Result<Summary, HeadError> {
         "actors" | "actor" => {
             for a in st.actors.values() {
                 let g = by.entry(a.class.clone()).or_insert_with(|| SummaryGroup { group: a.class.clone(), ..Default::default() });
-                *g.states.entry(a.state.clone()).or_insert(0) += 1;
+                // How the dead ones died.
+                let state = if a.state == "DEAD" && !a.death_cause.is_empty() { format!("DEAD ({})", a.death_cause) } else { a.state.clone() };
+                *g.states.entry(state).or_insert(0) += 1;
                 total += 1;
             }
         }
