@@ -156,3 +156,59 @@ pub(crate) fn lag_child() -> rayr::Result<()> {
     rayr::shutdown();
     Ok(())
 }
+
+/// A job of a million trivial tasks (an embedded cluster in a child), then, the moment its
+/// driver has exited, `rayr summary tasks` and `rayr why-died` of one of its results as a
+/// user types them: the CLI from its start, reading the session's index.
+pub(crate) fn first_query_after_job(tmp: &Path) {
+    use std::process::{Command, Stdio};
+    let Some(cli) = std::env::current_exe().ok().and_then(|e| Some(e.parent()?.join("rayr"))).filter(|c| c.exists()) else {
+        return eprintln!("rayr-bench: first_query_after_1m_tasks_ms skipped: the rayr CLI is not beside this binary");
+    };
+    let dir = tmp.join("fq");
+    let _ = std::fs::create_dir_all(&dir);
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(crate::MODE_VAR, "million")
+        .env("RAYR_TMPDIR", &dir)
+        .env_remove("RAYR_ADDRESS")
+        .stdin(Stdio::null())
+        .output();
+    let stdout = out.map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let value = |key: &str| stdout.lines().find_map(|l| l.strip_prefix(key)).map(|v| v.trim().to_string());
+    let (Some(tasks), Some(object)) = (value("tasks "), value("object ")) else {
+        let _ = std::fs::remove_dir_all(&dir);
+        return eprintln!("rayr-bench: first_query_after_1m_tasks_ms skipped: the job failed:\n{stdout}");
+    };
+    let timed = |args: &[&str]| -> Option<(f64, String)> {
+        let t = Instant::now();
+        let out = Command::new(&cli).args(args).env("RAYR_TMPDIR", &dir).env_remove("RAYR_ADDRESS").stdin(Stdio::null()).output().ok()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        out.status.success().then(|| (ms, String::from_utf8_lossy(&out.stdout).to_string()))
+    };
+    match timed(&["summary", "tasks", "--json"]) {
+        Some((ms, json)) if json.contains(&format!("\"total\":{tasks}")) => figure("first_query_after_1m_tasks_ms", format!("{ms:.0}"), "ms"),
+        other => eprintln!("rayr-bench: first_query_after_1m_tasks_ms: the summary did not count {tasks} tasks: {other:?}"),
+    }
+    match timed(&["why-died", &object, "--json"]) {
+        Some((ms, _)) => figure("why_died_after_1m_tasks_ms", format!("{ms:.0}"), "ms"),
+        None => eprintln!("rayr-bench: why_died_after_1m_tasks_ms: rayr why-died failed"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The job `first_query_after_job` queries: 1M trivial tasks, 10k at a time.
+pub(crate) fn million_child() -> rayr::Result<()> {
+    rayr::init()?;
+    let mut first = None;
+    let mut n = 0u64;
+    while n < 1_000_000 {
+        let refs: Vec<rayr::ObjectRef<u64>> = (0..10_000).map(crate::noop::remote).collect();
+        rayr::get_all(&refs)?;
+        first.get_or_insert_with(|| refs[0].id());
+        n += refs.len() as u64;
+    }
+    println!("tasks {n}");
+    println!("object {}", first.expect("a round ran"));
+    rayr::shutdown();
+    Ok(())
+}

@@ -152,6 +152,7 @@ fn main() -> rayr::Result<()> {
         Ok("multinode") => return multinode_child(),
         Ok("events") => return events_child(),
         Ok("lag") => return index::lag_child(),
+        Ok("million") => return index::million_child(),
         _ => {}
     }
     let tmp = TempDir::new();
@@ -321,6 +322,7 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
 /// The event index's figures: on a synthetic record, and live under load.
 fn index_figures(tmp: &TempDir) {
     index::synthetic(&tmp.path);
+    index::first_query_after_job(&tmp.path);
     let runs: Vec<HashMap<String, f64>> = (0..3).filter_map(|i| child_run(tmp, &format!("lag{i}"), "lag", &[])).collect();
     let med = |key: &str| median_of(runs.iter().filter_map(|r| r.get(key).copied()).collect());
     let show = |v: Option<f64>| v.map_or("FAILED".to_string(), |v| format!("{v:.1}"));
