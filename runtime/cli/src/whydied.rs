@@ -19,7 +19,7 @@ use rayr_explain::record::{Record, RecordError, Resolved};
 use rayr_explain::report::user_frames;
 use rayr_explain::words::first_line;
 use rayr_explain::{Entity, ExplainError, Report};
-use rayr_head::{HeadError, ID_PATTERN_METADATA, IdPattern, short_id};
+use rayr_head::{ID_PATTERN_METADATA, IdPattern, short_id};
 use rayr_logs::{Session, hex, parse_hex};
 use rayr_proto::{Event, EventKind, EventsRequest, Filter, ListRequest};
 
@@ -101,11 +101,7 @@ impl Record for Cluster {
                 let first = take(reply.into_inner(), first).await?;
                 Ok(Resolved::Id { id, first })
             }
-            Cluster::Offline(index) => match index.resolve_unique(pattern) {
-                Ok(id) => Ok(Resolved::Id { first: self.query(Some(&id), 0, first).await?, id }),
-                Err(e @ HeadError::UnknownId { .. }) => Ok(Resolved::Unknown(e.to_string())),
-                Err(e) => Err(e.into()),
-            },
+            Cluster::Offline(index) => (&*index).resolve(pattern, first).await,
         }
     }
 
@@ -137,20 +133,7 @@ impl Cluster {
                     EventsRequest { id: id.map(<[u8]>::to_vec).unwrap_or_default(), kind, since_us: 0, follow: false };
                 take(client.events(req).await.map_err(head_error)?.into_inner(), limit).await
             }
-            Cluster::Offline(index) => {
-                let q = rayr_head::EventQuery { id: id.map(<[u8]>::to_vec), kind, since_us: 0 };
-                let mut out = Vec::new();
-                let mut after = 0;
-                while out.len() < limit {
-                    let page = index.events_page(&q, after, limit - out.len())?;
-                    after = page.next_after;
-                    out.extend(page.events.into_iter().map(|(_, e)| e));
-                    if !page.more {
-                        break;
-                    }
-                }
-                Ok(out)
-            }
+            Cluster::Offline(index) => Ok(index.first_events(id, kind, limit)?),
         }
     }
 }

@@ -613,24 +613,30 @@ impl EventIndex {
         }
     }
 
-    /// What `id` is (task, object, worker, …), as the first event naming it says.
+    /// What `id` is (task, object, worker, …), as the events naming it say.
     fn role_of(&self, id: &[u8]) -> &'static str {
         let q = EventQuery { id: Some(id.to_vec()), kind: 0, since_us: 0 };
-        let Ok(page) = self.events_page(&q, 0, 1) else { return "id" };
-        let Some((_, ev)) = page.events.first() else { return "id" };
-        [
-            (&ev.task_id, "task"),
-            (&ev.object_id, "object"),
-            (&ev.actor_id, "actor"),
-            (&ev.worker_id, "worker"),
-            (&ev.source_worker, "worker"),
-            (&ev.job_id, "job"),
-            (&ev.node_id, "node"),
-            (&ev.id, "event"),
-        ]
-        .into_iter()
-        .find(|(v, _)| v.as_slice() == id)
-        .map_or("id", |(_, role)| role)
+        let events: Vec<Event> = self.events_page(&q, 0, 64).map(|p| p.events.into_iter().map(|(_, e)| e).collect()).unwrap_or_default();
+        if events.is_empty() {
+            return "id";
+        }
+        rayr_explain::Role::of(id, &events).noun()
+    }
+
+    /// Up to `limit` events naming `id` (`None`: any) of `kind` (0: any), from the first.
+    pub fn first_events(&self, id: Option<&[u8]>, kind: i32, limit: usize) -> Result<Vec<Event>, HeadError> {
+        let q = EventQuery { id: id.map(<[u8]>::to_vec), kind, since_us: 0 };
+        let mut out = Vec::new();
+        let mut after = 0;
+        while out.len() < limit {
+            let page = self.events_page(&q, after, limit - out.len())?;
+            after = page.next_after;
+            out.extend(page.events.into_iter().map(|(_, e)| e));
+            if !page.more {
+                break;
+            }
+        }
+        Ok(out)
     }
 
     /// The log offsets indexed so far, by log file name (for tests and `rayr status`).
@@ -921,4 +927,32 @@ fn merge_segments<W: std::io::Write>(inputs: &[SegmentRef], w: &mut SegmentWrite
         }
     }
     Ok(())
+}
+
+/// The index as the explainer reads it (`rayr why-died` offline, and the head itself for
+/// the views that show why something ended).
+impl rayr_explain::Record for &EventIndex {
+    fn live(&self) -> bool {
+        false
+    }
+
+    async fn resolve(&mut self, pattern: &str, first: usize) -> Result<rayr_explain::Resolved, rayr_explain::RecordError> {
+        match self.resolve_unique(pattern) {
+            Ok(id) => Ok(rayr_explain::Resolved::Id { first: self.first_events(Some(&id), 0, first)?, id }),
+            Err(e @ HeadError::UnknownId { .. }) => Ok(rayr_explain::Resolved::Unknown(e.to_string())),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn events_naming(&mut self, id: &[u8], limit: usize) -> Result<Vec<Event>, rayr_explain::RecordError> {
+        Ok(self.first_events(Some(id), 0, limit)?)
+    }
+
+    async fn events_of_kind(&mut self, kind: rayr_proto::EventKind, limit: usize) -> Result<Vec<Event>, rayr_explain::RecordError> {
+        Ok(self.first_events(None, kind as i32, limit)?)
+    }
+
+    async fn session(&mut self) -> Option<Session> {
+        EventIndex::session(self).cloned()
+    }
 }
