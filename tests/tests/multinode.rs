@@ -1121,8 +1121,17 @@ fn events_a_worker_recorded_after_its_agent_last_drained_survive_the_agent_being
 
 #[test]
 fn a_task_on_a_frozen_node_is_retried_elsewhere_once_the_node_is_declared_dead() {
-    let far = &["--num-cpus", "1", "--resources", r#"{"far": 1}"#][..];
-    let cluster = TestCluster::start("1", &[far, far], 100);
+    // The node left running must not be declared dead beside the frozen one when the
+    // machine is loaded (other tests run beside this one): 30 missed 100 ms beats.
+    let far = || NodeSpec {
+        ip: String::new(),
+        netns: None,
+        hide: Vec::new(),
+        flags: ["--num-cpus", "1", "--resources", r#"{"far": 1}"#].map(String::from).to_vec(),
+        tmpdir: None,
+    };
+    let nodes = [NodeSpec { ip: "127.0.0.2".into(), ..far() }, NodeSpec { ip: "127.0.0.3".into(), ..far() }];
+    let cluster = TestCluster::start_spec(0, "127.0.0.1", "1", &nodes, 100, 30);
     let hold = cluster.tmp.path().join("let-go");
     let mut driver = Command::new(SCENARIOS)
         .arg("held_far_task")
@@ -1167,12 +1176,15 @@ fn a_task_on_a_frozen_node_is_retried_elsewhere_once_the_node_is_declared_dead()
         unsafe { libc::kill(p, libc::SIGSTOP) };
     }
     std::fs::write(&hold, b"").unwrap();
-    // Declared dead (10 missed 100 ms beats), the task runs again on the other node.
-    let result = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(20)).ok()).find(|l| l.starts_with("RESULT "));
+    // Declared dead (30 missed 100 ms beats), the task runs again on the other node.
+    let result = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok()).find(|l| l.starts_with("RESULT "));
     for &p in &frozen {
         unsafe { libc::kill(p, libc::SIGCONT) };
     }
-    assert_eq!(result.as_deref(), Some("RESULT 7"), "the driver got its result while the node was frozen");
+    let deaths = || -> Vec<String> {
+        cluster.events().iter().filter(|e| kind(e) == EventKind::NodeDied).map(|e| format!("{} {:?}", rayr_logs::hex(&e.node_id), e.detail)).collect()
+    };
+    assert_eq!(result.as_deref(), Some("RESULT 7"), "the driver got its result while node {node} was frozen; nodes died: {:?}", deaths());
     assert!(driver.wait().unwrap().success());
     let events = cluster.events();
     let died = events.iter().find(|e| kind(e) == EventKind::NodeDied && rayr_logs::hex(&e.node_id) == node).expect("NODE_DIED");
