@@ -306,8 +306,14 @@ impl TaskDetailWriter<'_> {
         self
     }
     #[inline]
-    pub fn error_type(&mut self, v: &str) -> &mut Self {
-        bytes(9, v.as_bytes(), self.out);
+    pub fn error_type(&mut self, v: rayr_proto::TaskErrorKind) -> &mut Self {
+        uint(20, v as i32 as u64, self.out);
+        self
+    }
+    /// The argument whose failure failed this task (DEPENDENCY_FAILED).
+    #[inline]
+    pub fn failed_argument(&mut self, v: &[u8]) -> &mut Self {
+        bytes(21, v, self.out);
         self
     }
     /// Where the worker's stdout and stderr stood before and after the task's output.
@@ -353,8 +359,13 @@ impl ObjectDetailWriter<'_> {
         self
     }
     #[inline]
-    pub fn peer_kind(&mut self, v: &str) -> &mut Self {
-        bytes(5, v.as_bytes(), self.out);
+    pub fn peer_kind(&mut self, v: rayr_proto::PeerKind) -> &mut Self {
+        uint(7, v as i32 as u64, self.out);
+        self
+    }
+    #[inline]
+    pub fn end(&mut self, v: rayr_proto::ObjectEndReason) -> &mut Self {
+        uint(8, v as i32 as u64, self.out);
         self
     }
 }
@@ -639,8 +650,17 @@ impl<'a> EventRef<'a> {
         }
         if e.kind == EventKind::ObjectFreed as i32 {
             match &mut e.detail {
-                Some(event::Detail::Object(d)) if d.reason.is_empty() => d.reason = FREED_BY_RELEASE.into(),
-                None => e.detail = Some(event::Detail::Object(ObjectDetail { reason: FREED_BY_RELEASE.into(), ..Default::default() })),
+                Some(event::Detail::Object(d)) if d.reason.is_empty() => {
+                    d.reason = FREED_BY_RELEASE.into();
+                    d.end = rayr_proto::ObjectEndReason::Released as i32;
+                }
+                None => {
+                    e.detail = Some(event::Detail::Object(ObjectDetail {
+                        reason: FREED_BY_RELEASE.into(),
+                        end: rayr_proto::ObjectEndReason::Released as i32,
+                        ..Default::default()
+                    }))
+                }
                 _ => {}
             }
         }
@@ -670,7 +690,7 @@ pub struct TaskDetailRef<'a> {
     pub error: &'a str,
     pub is_final: bool,
     pub pid: u32,
-    pub error_type: &'a str,
+    pub error_type: rayr_proto::TaskErrorKind,
 }
 
 impl<'a> TaskDetailRef<'a> {
@@ -685,7 +705,7 @@ impl<'a> TaskDetailRef<'a> {
                 (4, Value::Bytes(b)) => d.error = utf8(b)?,
                 (6, Value::Varint(v)) => d.is_final = v != 0,
                 (8, Value::Varint(v)) => d.pid = v as u32,
-                (9, Value::Bytes(b)) => d.error_type = utf8(b)?,
+                (20, Value::Varint(v)) => d.error_type = enum_value(v),
                 _ => {}
             }
         }
@@ -700,7 +720,7 @@ pub struct ObjectDetailRef<'a> {
     pub location: &'a str,
     pub peer: &'a [u8],
     pub reason: &'a str,
-    pub peer_kind: &'a str,
+    pub peer_kind: rayr_proto::PeerKind,
 }
 
 impl<'a> ObjectDetailRef<'a> {
@@ -713,12 +733,17 @@ impl<'a> ObjectDetailRef<'a> {
                 (2, Value::Bytes(b)) => d.location = utf8(b)?,
                 (3, Value::Bytes(b)) => d.peer = b,
                 (4, Value::Bytes(b)) => d.reason = utf8(b)?,
-                (5, Value::Bytes(b)) => d.peer_kind = utf8(b)?,
+                (7, Value::Varint(v)) => d.peer_kind = enum_value(v),
                 _ => {}
             }
         }
         Ok(d)
     }
+}
+
+/// An enum field's value; one this version does not know reads as unspecified.
+fn enum_value<E: TryFrom<i32> + Default>(v: u64) -> E {
+    i32::try_from(v).ok().and_then(|v| E::try_from(v).ok()).unwrap_or_default()
 }
 
 fn utf8(b: &[u8]) -> Result<&str, String> {
@@ -879,7 +904,7 @@ mod tests {
         pack_event(&mut events, &src, &mut peers, 41, EventKind::TaskFailed as i32, 250, |w| {
             w.task(&task).cause(&event_id_from(40, src.salt)).worker(&src.source_worker).actor(&[0; 16]);
             w.task_detail(|d| {
-                d.error(&long_error).is_final(true).error_type("panic").output((10, 20), (0, 5), (3, 1), (2, 0));
+                d.error(&long_error).is_final(true).error_type(rayr_proto::TaskErrorKind::Panic).output((10, 20), (0, 5), (3, 1), (2, 0));
             });
         });
         let whole = Event { id: vec![5; 16], time_us: 999_000, kind: EventKind::WorkerExited as i32, ..Default::default() };
@@ -931,13 +956,13 @@ mod tests {
         pack_event(&mut events, &src, &mut peers, 41, EventKind::TaskFailed as i32, 7, |w| {
             w.task(&peer_task).cause(&event_id_from(40, src.salt)).worker(&src.source_worker);
             w.task_detail(|d| {
-                d.error("boom").is_final(true).error_type("panic").pid(4);
+                d.error("boom").is_final(true).error_type(rayr_proto::TaskErrorKind::Panic).pid(4);
             });
         });
         pack_event(&mut events, &src, &mut peers, 42, EventKind::ObjectFreed as i32, 1, |w| {
             w.object(&task);
             w.object_detail(|d| {
-                d.size(12).location("shm").peer(&[3; 16]).peer_kind("borrower");
+                d.size(12).location("shm").peer(&[3; 16]).peer_kind(rayr_proto::PeerKind::Borrower);
             });
         });
         let whole = Event { id: vec![5; 16], time_us: 3, kind: EventKind::WorkerExited as i32, node_id: vec![8; 16], ..Default::default() };
@@ -958,9 +983,9 @@ mod tests {
         let t = refs[0].task().unwrap();
         assert_eq!((t.function, t.max_retries, t.attempt), ("m::f", 3, 2));
         let t = refs[1].task().unwrap();
-        assert_eq!((t.error, t.is_final, t.error_type, t.pid), ("boom", true, "panic", 4));
+        assert_eq!((t.error, t.is_final, t.error_type, t.pid), ("boom", true, rayr_proto::TaskErrorKind::Panic, 4));
         let o = refs[2].object().unwrap();
-        assert_eq!((o.size, o.location, o.peer, o.peer_kind), (12, "shm", &[3u8; 16][..], "borrower"));
+        assert_eq!((o.size, o.location, o.peer, o.peer_kind), (12, "shm", &[3u8; 16][..], rayr_proto::PeerKind::Borrower));
         assert!(refs[3].explicit_id && refs[3].node_id == Some([8; 16]) && refs[3].source_worker.is_none());
         assert!(refs[0].node_id.is_none(), "the run's node is the run's, not the event's");
     }

@@ -48,6 +48,99 @@ impl EventKind {
     }
 }
 
+/// Gives a cause enum its word: the name rows, JSON and the command line show
+/// (`TASK_ERROR_KIND_PANIC` → `panic`; "" when unspecified), without allocating.
+macro_rules! words {
+    ($($ty:ident { $($variant:ident => $word:literal),* $(,)? })*) => {$(
+        impl $ty {
+            /// The value's name in rows, JSON and on the command line ("" when unspecified).
+            pub fn word(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $word,)*
+                }
+            }
+            /// The value named `word` (any case).
+            pub fn from_word(word: &str) -> Option<Self> {
+                [$($ty::$variant),*].into_iter().find(|v| !v.word().is_empty() && v.word().eq_ignore_ascii_case(word))
+            }
+        }
+    )*};
+}
+
+words! {
+    TaskErrorKind {
+        Unspecified => "",
+        Panic => "panic",
+        Application => "application",
+        Infeasible => "infeasible",
+        WorkerDied => "worker_died",
+        DependencyFailed => "dependency_failed",
+        BadArgument => "bad_argument",
+        WorkerStartFailed => "worker_start_failed",
+        JobEnded => "job_ended",
+        Store => "store",
+        ActorDied => "actor_died",
+        CreationRefused => "creation_refused",
+        OutOfMemory => "out_of_memory",
+        NodeGone => "node_gone",
+        Cancelled => "cancelled",
+    }
+    WorkerExitReason {
+        Unspecified => "",
+        Signal => "signal",
+        ProcessExit => "process_exit",
+        JobEnded => "job_ended",
+        ActorEnded => "actor_ended",
+        KilledByUser => "killed_by_user",
+        NodeStopping => "node_stopping",
+        DriverShutdown => "driver_shutdown",
+        DriverDisconnected => "driver_disconnected",
+        DriverCutOff => "driver_cut_off",
+        NodeDied => "node_died",
+        OutOfMemory => "out_of_memory",
+    }
+    ActorDeathCause {
+        Unspecified => "",
+        OutOfScope => "out_of_scope",
+        CreationFailed => "creation_failed",
+        WorkerDied => "worker_died",
+        OwnerDied => "owner_died",
+        Killed => "killed",
+        NodeStopped => "node_stopped",
+        NodeDied => "node_died",
+    }
+    ObjectEndReason {
+        Unspecified => "",
+        Released => "released",
+        FreedByOwner => "freed_by_owner",
+        StoreFull => "store_full",
+        OwnerDied => "owner_died",
+        OwnerNodeGone => "owner_node_gone",
+        NodeDied => "node_died",
+        Unreadable => "unreadable",
+        SpillLost => "spill_lost",
+    }
+    PeerKind {
+        Unspecified => "",
+        Borrower => "borrower",
+        TaskArgument => "task_argument",
+    }
+    NodeEndReason {
+        Unspecified => "",
+        AskedToStop => "asked_to_stop",
+        LostHead => "lost_head",
+        RefusedByHead => "refused_by_head",
+        MissedHeartbeats => "missed_heartbeats",
+        NotReregistered => "not_reregistered",
+    }
+    PauseReason {
+        Unspecified => "",
+        Breakpoint => "breakpoint",
+        PostMortem => "post_mortem",
+        Editor => "editor",
+    }
+}
+
 /// Blocking frame I/O over any byte stream (Unix sockets on the hot path).
 pub mod frames {
     use std::io::{self, Read, Write};
@@ -388,5 +481,37 @@ mod tests {
             }
             assert!(r.next::<EventRun>().unwrap().is_none(), "clean end");
         }
+    }
+}
+
+#[cfg(test)]
+mod words_tests {
+    use super::*;
+
+    /// Each word is the schema's name without the enum's prefix, so the record, the CLI
+    /// and the schema never disagree.
+    fn check<E: Copy + TryFrom<i32>>(prefix: &str, word: impl Fn(E) -> &'static str, name: impl Fn(&E) -> &'static str) {
+        let mut seen = 0;
+        for i in 0..256 {
+            let Ok(v) = E::try_from(i) else { continue };
+            seen += 1;
+            let expected = name(&v).strip_prefix(prefix).unwrap().to_ascii_lowercase();
+            let expected = if expected == "unspecified" { String::new() } else { expected };
+            assert_eq!(word(v), expected, "{}", name(&v));
+        }
+        assert!(seen > 2, "{prefix}: no values");
+    }
+
+    #[test]
+    fn words_are_the_schemas_names() {
+        check("TASK_ERROR_KIND_", TaskErrorKind::word, TaskErrorKind::as_str_name);
+        check("WORKER_EXIT_REASON_", WorkerExitReason::word, WorkerExitReason::as_str_name);
+        check("ACTOR_DEATH_CAUSE_", ActorDeathCause::word, ActorDeathCause::as_str_name);
+        check("OBJECT_END_REASON_", ObjectEndReason::word, ObjectEndReason::as_str_name);
+        check("PEER_KIND_", PeerKind::word, PeerKind::as_str_name);
+        check("NODE_END_REASON_", NodeEndReason::word, NodeEndReason::as_str_name);
+        check("PAUSE_REASON_", PauseReason::word, PauseReason::as_str_name);
+        assert_eq!(TaskErrorKind::from_word("PANIC"), Some(TaskErrorKind::Panic));
+        assert_eq!(TaskErrorKind::from_word(""), None);
     }
 }

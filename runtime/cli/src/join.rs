@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use rayr_logs::{Id, hex};
 use rayr_proto::heartbeat_reply::Standing;
-use rayr_proto::{HeartbeatRequest, RegisterNodeRequest, UnregisterNodeRequest};
+use rayr_proto::{HeartbeatRequest, NodeEndReason, RegisterNodeRequest, UnregisterNodeRequest};
 
 /// What the node tells the head about itself.
 pub struct Joining {
@@ -35,7 +35,7 @@ pub struct Joining {
 
 /// Why the membership loop ended (the node then stops, recording this as NODE_STOPPED's
 /// reason).
-pub type Ending = Arc<Mutex<Option<String>>>;
+pub type Ending = Arc<Mutex<Option<(NodeEndReason, String)>>>;
 
 /// Runs until the node must go; then stores why in `ending` and asks this process to stop
 /// (SIGTERM to itself, which the main thread waits for). `available`: what the node has
@@ -43,27 +43,27 @@ pub type Ending = Arc<Mutex<Option<String>>>;
 pub fn run(j: Joining, node: rayr_node::ResourceProbe, ending: Ending) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
-        Err(e) => return leave(&ending, format!("cannot start the membership loop: {e}")),
+        Err(e) => return leave(&ending, (NodeEndReason::Unspecified, format!("cannot start the membership loop: {e}"))),
     };
     let why = rt.block_on(membership(&j, &node));
-    eprintln!("rayr node {}: {why}", hex(&j.node_id));
+    eprintln!("rayr node {}: {}", hex(&j.node_id), why.1);
     leave(&ending, why);
 }
 
-fn leave(ending: &Ending, why: String) {
+fn leave(ending: &Ending, why: (NodeEndReason, String)) {
     ending.lock().get_or_insert(why);
     // SAFETY: signalling this process; the main thread waits for SIGTERM.
     unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
 }
 
-async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
+async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> (NodeEndReason, String) {
     let mut last_contact = Instant::now();
     'register: loop {
         let mut client = match crate::connect::dial(&j.head).await {
             Ok(c) => c,
             Err(e) => {
                 if last_contact.elapsed() > j.head_timeout {
-                    return format!("lost the head at {} for {} s ({e}): exiting, as configured", j.head, j.head_timeout.as_secs());
+                    return (NodeEndReason::LostHead, format!("lost the head at {} for {} s ({e}): exiting, as configured", j.head, j.head_timeout.as_secs()));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
@@ -84,14 +84,14 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
             Ok(r) => r.into_inner(),
             Err(s) => {
                 if last_contact.elapsed() > j.head_timeout {
-                    return format!("the head at {} refused every registration for {} s ({}): exiting", j.head, j.head_timeout.as_secs(), s.message());
+                    return (NodeEndReason::RefusedByHead, format!("the head at {} refused every registration for {} s ({}): exiting", j.head, j.head_timeout.as_secs(), s.message()));
                 }
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
         };
         if !reply.error.is_empty() {
-            return format!("the head refused this node: {}", reply.error);
+            return (NodeEndReason::RefusedByHead, format!("the head refused this node: {}", reply.error));
         }
         node.set_cluster(reply.cluster);
         last_contact = Instant::now();
@@ -112,12 +112,12 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> String {
                             node.set_cluster(r.cluster);
                         }
                         Standing::Unknown => continue 'register,
-                        Standing::Dead => return format!("the head declared this node dead ({}): exiting", r.detail),
+                        Standing::Dead => return (NodeEndReason::RefusedByHead, format!("the head declared this node dead ({}): exiting", r.detail)),
                     }
                 }
                 // Unreachable for now: keep the workers running and keep trying.
                 _ if last_contact.elapsed() <= j.head_timeout => {}
-                _ => return format!("lost the head at {} for {} s: exiting, as configured", j.head, j.head_timeout.as_secs()),
+                _ => return (NodeEndReason::LostHead, format!("lost the head at {} for {} s: exiting, as configured", j.head, j.head_timeout.as_secs())),
             }
         }
     }

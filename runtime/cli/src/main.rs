@@ -682,16 +682,16 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         }
         eprintln!("rayr node {} joining the cluster at {head}", hex(&node_id));
         let sig = wait_for_stop(&set);
-        let reason = match ending.lock().take() {
+        let (end, reason) = match ending.lock().take() {
             Some(why) => why,
             None => {
                 let why = format!("asked to stop (signal {sig}): it left the cluster on purpose");
                 join::unregister(head, node_id, &why);
-                why
+                (rayr_proto::NodeEndReason::AskedToStop, why)
             }
         };
         eprintln!("rayr node stopping: {reason}");
-        node.shutdown_because(&reason);
+        node.shutdown_because(end, &reason);
         if let Some(shipper) = shipper {
             // What it recorded last (its NODE_STOPPED) reaches the head too, if it can.
             shipper.finish(Duration::from_secs(3));
@@ -739,7 +739,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     eprintln!("rayr head serving at {} with node {}", head.address(), hex(&node_id));
     let sig = wait_for_stop(&set);
     eprintln!("rayr head stopping (signal {sig})");
-    node.shutdown_because(&format!("asked to stop (signal {sig}): the head's node left the cluster on purpose"));
+    node.shutdown_because(
+        rayr_proto::NodeEndReason::AskedToStop,
+        &format!("asked to stop (signal {sig}): the head's node left the cluster on purpose"),
+    );
     head.shutdown();
     Ok(())
 }

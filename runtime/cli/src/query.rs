@@ -744,7 +744,7 @@ mod tests {
             detail: Some(Detail::Task(TaskDetail {
                 function: "demo::square".into(),
                 error: "panicked at 'boom'\nsecond line".into(),
-                error_type: "panic".into(),
+                error_type: rayr_proto::TaskErrorKind::Panic as i32,
                 r#final: true,
                 backtrace: "0: main".into(),
                 ..Default::default()

@@ -39,13 +39,13 @@ impl Cause {
 impl TaskError {
     pub fn advice(&self) -> String {
         match self {
-            TaskError::Panic { message, backtrace } => {
+            TaskError::Panic { error, backtrace } => {
                 let next = if *backtrace {
                     "see the backtrace above"
                 } else {
                     "run with RUST_BACKTRACE=1 to record a backtrace"
                 };
-                format!("the task panicked: {message}; {next}")
+                format!("the task {error}; {next}")
             }
             TaskError::Application { error } => {
                 format!(
@@ -83,7 +83,20 @@ impl TaskError {
             TaskError::Store { error } => format!(
                 "its return value could not be stored ({error}): free objects, or start the node with more --object-store-memory"
             ),
-            TaskError::Other { error_type, error } => format!("the task failed ({error_type}): {error}"),
+            TaskError::ActorDied { error } => format!(
+                "the actor it was sent to died ({error}): `rayr why-died` on the actor says why; give it max_restarts to outlive crashes"
+            ),
+            TaskError::CreationRefused { error } => format!(
+                "the actor could not be created ({error}): choose another name, or reach the live actor with get_named"
+            ),
+            TaskError::OutOfMemory { error } => format!(
+                "the memory monitor killed its worker because the node ran out of memory ({error}): use less memory per task, or declare `memory` so fewer run at once"
+            ),
+            TaskError::NodeGone { error } => format!(
+                "its submitter's node agent was gone ({error}): restart the cluster (`rayr start`) and submit again"
+            ),
+            TaskError::Cancelled => "nothing failed: it was cancelled with rayr::cancel".into(),
+            TaskError::Unrecorded { error } => format!("the task failed: {error}"),
         }
     }
 }
@@ -141,8 +154,8 @@ mod tests {
         let exit = |x: ExitCause| Cause::WorkerExit(x);
         let error = || "boom".to_string();
         vec![
-            (task(TaskError::Panic { message: "boom".into(), backtrace: false }), "RUST_BACKTRACE=1"),
-            (task(TaskError::Panic { message: "boom".into(), backtrace: true }), "see the backtrace above"),
+            (task(TaskError::Panic { error: "panicked: boom".into(), backtrace: false }), "the task panicked: boom; run with RUST_BACKTRACE=1"),
+            (task(TaskError::Panic { error: "panicked: boom".into(), backtrace: true }), "see the backtrace above"),
             (task(TaskError::Application { error: error() }), ".retry_exceptions(true)"),
             (task(TaskError::Infeasible), "add a node with those resources"),
             (task(TaskError::WorkerLost { error: error() }), "recorded no exit for it (boom)"),
@@ -164,10 +177,12 @@ mod tests {
                 "its driver (pid 7) ended",
             ),
             (task(TaskError::Store { error: error() }), "--object-store-memory"),
-            (
-                task(TaskError::Other { error_type: "new_kind".into(), error: error() }),
-                "the task failed (new_kind): boom",
-            ),
+            (task(TaskError::ActorDied { error: error() }), "max_restarts"),
+            (task(TaskError::CreationRefused { error: error() }), "get_named"),
+            (task(TaskError::OutOfMemory { error: error() }), "declare `memory`"),
+            (task(TaskError::NodeGone { error: error() }), "submit again"),
+            (task(TaskError::Cancelled), "cancelled with rayr::cancel"),
+            (task(TaskError::Unrecorded { error: error() }), "the task failed: boom"),
             (exit(ExitCause::OutOfMemory { peak_rss_bytes: 3 << 30 }), "peak RSS 3.0 GiB"),
             (exit(ExitCause::StoppedByRayr { detail: "idle".into() }), "rayr stopped it on purpose (idle)"),
             (exit(ExitCause::DriverExited { detail: "bye".into() }), "the driver exited normally (bye)"),
@@ -200,5 +215,50 @@ mod tests {
         assert_eq!(Cause::WorkerExit(ExitCause::Unexplained).advice(true), None);
         let quiet = Cause::WorkerExit(ExitCause::ProcessExit { exit_code: 3 }).advice(false).unwrap();
         assert!(!quiet.contains("stderr"), "no pointer to a stderr not shown: {quiet}");
+    }
+
+    /// Every value of every recorded cause enum, read from an event as the deciders write
+    /// it, has advice (or, for ends that explain nothing, leads to none by design).
+    #[test]
+    fn every_recorded_cause_value_has_advice() {
+        use rayr_proto::event::Detail;
+        use rayr_proto::{
+            ActorDeathCause, Event, EventKind, NodeDetail, NodeEndReason, ObjectDetail, ObjectEndReason, TaskDetail,
+            TaskErrorKind, WorkerExitReason,
+        };
+
+        use crate::cause::{actor_end_is_a_crash, root_cause};
+
+        fn advice_of(ev: Event) -> String {
+            let (cause, _) = root_cause(&[ev]).expect("a cause");
+            cause.advice(false).unwrap_or_default()
+        }
+        let all = |n: i32| 0..=n;
+        for k in all(64).filter_map(|i| TaskErrorKind::try_from(i).ok()) {
+            let t = TaskDetail { error_type: k as i32, error: "boom".into(), r#final: true, ..Default::default() };
+            let ev = Event { kind: EventKind::TaskFailed as i32, detail: Some(Detail::Task(t)), ..Default::default() };
+            assert!(!advice_of(ev).is_empty(), "{k:?}");
+        }
+        for r in all(64).filter_map(|i| WorkerExitReason::try_from(i).ok()) {
+            for (exit_type, signal) in [(WorkerExitType::SystemError, 9), (WorkerExitType::IntendedSystemExit, 0), (WorkerExitType::UserError, 0)] {
+                let x = WorkerExit { reason: r as i32, exit_type: exit_type as i32, signal, ..Default::default() };
+                let ev = Event { kind: EventKind::WorkerExited as i32, detail: Some(Detail::WorkerExit(x)), ..Default::default() };
+                assert!(!advice_of(ev).is_empty(), "{r:?} {exit_type:?}");
+            }
+        }
+        for end in all(64).filter_map(|i| ObjectEndReason::try_from(i).ok()) {
+            let o = ObjectDetail { end: end as i32, reason: "gone".into(), ..Default::default() };
+            let ev = Event { kind: EventKind::ObjectLost as i32, detail: Some(Detail::Object(o)), ..Default::default() };
+            assert!(!advice_of(ev).is_empty(), "{end:?}");
+        }
+        for end in all(64).filter_map(|i| NodeEndReason::try_from(i).ok()) {
+            let n = NodeDetail { end: end as i32, reason: "why".into(), ..Default::default() };
+            let ev = Event { kind: EventKind::NodeStopped as i32, detail: Some(Detail::Node(n)), ..Default::default() };
+            let advice = advice_of(ev);
+            assert_eq!(advice.starts_with("nothing failed"), end == NodeEndReason::AskedToStop, "{end:?}: {advice}");
+        }
+        let crashes: Vec<ActorDeathCause> =
+            all(64).filter_map(|i| ActorDeathCause::try_from(i).ok()).filter(|c| actor_end_is_a_crash(*c)).collect();
+        assert_eq!(crashes, [ActorDeathCause::CreationFailed, ActorDeathCause::WorkerDied]);
     }
 }

@@ -4,16 +4,19 @@
 //! end, classified as a [`Cause`]; [`Cause::advice`](crate::advice) turns that value into
 //! one line of advice with an exhaustive `match`.
 //!
-//! Several causes are still recorded as text (error types, reasons, exit details) by the
-//! crates that decide them. Each place that reads such text is one function here, marked
-//! *Reads text*: when the record carries typed causes (enums in `proto/schemas/events.proto`),
-//! those functions become matches on the enums and nothing else changes.
+//! Every cause is read from the enums the deciding code records (`TaskErrorKind`,
+//! `WorkerExitReason`, `ActorDeathCause`, `ObjectEndReason`, `NodeEndReason` in
+//! `proto/schemas/events.proto`), never from the words beside them: the matches below are
+//! exhaustive, so a value added to the schema does not compile until it is classified.
 
-use rayr_proto::{Event, EventKind, TaskDetail, WorkerExit, WorkerExitType};
+use rayr_proto::{
+    ActorDeathCause, Event, EventKind, NodeDetail, NodeEndReason, ObjectDetail, ObjectEndReason, TaskDetail, TaskErrorKind,
+    WorkerExit, WorkerExitReason, WorkerExitType,
+};
 
 use crate::event::{exit, is, kind_of, node, object, task};
 use crate::signal::Signal;
-use crate::words::{first_id, first_line};
+use crate::words::first_line;
 
 /// The event that explains an end, classified.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,9 +40,10 @@ pub enum Cause {
 /// Why a task attempt failed (TaskDetail `error_type`), with what the advice quotes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum TaskError {
-    /// `message`: the panic's message; `backtrace`: whether one was recorded.
+    /// `error`: what the worker recorded (`panicked: <message> (at <file:line>)`);
+    /// `backtrace`: whether one was recorded.
     Panic {
-        message: String,
+        error: String,
         backtrace: bool,
     },
     /// The task returned `Err`.
@@ -71,9 +75,26 @@ pub enum TaskError {
     Store {
         error: String,
     },
-    /// An error type this version does not know (`error_type` may be empty).
-    Other {
-        error_type: String,
+    /// The actor it was sent to died.
+    ActorDied {
+        error: String,
+    },
+    /// An actor's creation was refused (its name is taken).
+    CreationRefused {
+        error: String,
+    },
+    /// The memory monitor killed its worker, and the record holds no exit for that worker.
+    OutOfMemory {
+        error: String,
+    },
+    /// Its submitter's node agent was gone: no worker could be leased for it.
+    NodeGone {
+        error: String,
+    },
+    /// `rayr::cancel` stopped it.
+    Cancelled,
+    /// The record does not say why (written by a version that recorded no kind).
+    Unrecorded {
         error: String,
     },
 }
@@ -132,12 +153,12 @@ pub fn root_cause(chain: &[Event]) -> Option<(Cause, usize)> {
             },
             EventKind::WorkerExited => Cause::WorkerExit(ExitCause::read(exit(ev).unwrap_or(&WorkerExit::default()))),
             EventKind::ObjectLost => {
-                Cause::ObjectLost(ObjectLoss::read(object(ev).map(|o| o.reason.as_str()).unwrap_or_default(), below))
+                Cause::ObjectLost(ObjectLoss::read(object(ev).unwrap_or(&ObjectDetail::default()), below))
             }
             EventKind::ObjectFreed => Cause::ObjectFreed,
             EventKind::NodeDied => Cause::NodeDied,
             EventKind::NodeStopped => {
-                Cause::NodeStopped(NodeEnd::read(node(ev).map(|n| n.reason.as_str()).unwrap_or_default()))
+                Cause::NodeStopped(NodeEnd::read(node(ev).unwrap_or(&NodeDetail::default())))
             }
             EventKind::TaskFinished => return None,
             _ => continue,
@@ -148,26 +169,25 @@ pub fn root_cause(chain: &[Event]) -> Option<(Cause, usize)> {
 }
 
 impl TaskError {
-    /// *Reads text*: the `error_type` string, a panic's message after `panicked: `, and the
-    /// failed argument's id inside the error. `below`: the chain under this failure.
-    /// `None` when its worker died and that worker's exit is further down the chain.
+    /// `below`: the chain under this failure. `None` when its worker died and that
+    /// worker's exit is further down the chain (it explains more).
     pub fn read(t: &TaskDetail, below: &[Event]) -> Option<TaskError> {
         let error = first_line(&t.error).to_string();
-        Some(match t.error_type.as_str() {
-            "panic" => TaskError::Panic {
-                message: error.strip_prefix("panicked: ").unwrap_or(&error).to_string(),
-                backtrace: !t.backtrace.trim().is_empty(),
+        let exit_below = below.iter().any(|e| is(e, EventKind::WorkerExited));
+        Some(match t.error_type() {
+            TaskErrorKind::Panic => TaskError::Panic { error, backtrace: !t.backtrace.trim().is_empty() },
+            TaskErrorKind::Application => TaskError::Application { error },
+            TaskErrorKind::Infeasible => TaskError::Infeasible,
+            TaskErrorKind::WorkerDied | TaskErrorKind::OutOfMemory | TaskErrorKind::Unspecified if exit_below => return None,
+            TaskErrorKind::WorkerDied => TaskError::WorkerLost { error },
+            TaskErrorKind::OutOfMemory => TaskError::OutOfMemory { error },
+            TaskErrorKind::DependencyFailed => TaskError::DependencyFailed {
+                dependency: (!t.failed_argument.is_empty()).then(|| rayr_logs::hex(&t.failed_argument)),
+                error,
             },
-            "application" => TaskError::Application { error },
-            "infeasible" => TaskError::Infeasible,
-            "worker_died" | "" if below.iter().any(|e| is(e, EventKind::WorkerExited)) => return None,
-            "worker_died" => TaskError::WorkerLost { error },
-            "dependency_failed" => {
-                TaskError::DependencyFailed { dependency: first_id(&t.error).map(String::from), error }
-            }
-            "bad_argument" => TaskError::BadArgument { error },
-            "worker_start_failed" => TaskError::WorkerStartFailed { error },
-            "job_ended" => TaskError::JobEnded {
+            TaskErrorKind::BadArgument => TaskError::BadArgument { error },
+            TaskErrorKind::WorkerStartFailed => TaskError::WorkerStartFailed { error },
+            TaskErrorKind::JobEnded => TaskError::JobEnded {
                 driver: below
                     .iter()
                     .find(|e| is(e, EventKind::WorkerExited))
@@ -175,72 +195,103 @@ impl TaskError {
                     .cloned()
                     .unwrap_or_default(),
             },
-            "store" => TaskError::Store { error },
-            other => TaskError::Other { error_type: other.to_string(), error },
+            TaskErrorKind::Store => TaskError::Store { error },
+            TaskErrorKind::ActorDied => TaskError::ActorDied { error },
+            TaskErrorKind::CreationRefused => TaskError::CreationRefused { error },
+            TaskErrorKind::NodeGone => TaskError::NodeGone { error },
+            TaskErrorKind::Cancelled => TaskError::Cancelled,
+            TaskErrorKind::Unspecified => TaskError::Unrecorded { error },
         })
     }
 }
 
 impl ExitCause {
-    /// *Reads text*: whether `detail` is a driver's goodbye (`driver disconnected…`) or a
-    /// driver's end at all (`driver…`).
     pub fn read(x: &WorkerExit) -> ExitCause {
         let kind = WorkerExitType::try_from(x.exit_type).unwrap_or(WorkerExitType::WorkerExitUnspecified);
-        match (kind, Signal::of(x.signal)) {
-            (WorkerExitType::NodeOutOfMemory, _) => ExitCause::OutOfMemory { peak_rss_bytes: x.peak_rss_bytes },
-            (WorkerExitType::IntendedSystemExit, _) => ExitCause::StoppedByRayr { detail: x.detail.clone() },
-            (WorkerExitType::IntendedUserExit, _) if is_driver_goodbye(x) => {
-                ExitCause::DriverExited { detail: x.detail.clone() }
+        match (kind, x.reason(), Signal::of(x.signal)) {
+            (WorkerExitType::NodeOutOfMemory, _, _) | (_, WorkerExitReason::OutOfMemory, _) => {
+                ExitCause::OutOfMemory { peak_rss_bytes: x.peak_rss_bytes }
             }
-            (_, Some(signal)) => ExitCause::Signal { signal, peak_rss_bytes: x.peak_rss_bytes },
-            (WorkerExitType::UserError | WorkerExitType::IntendedUserExit, None) => {
+            (WorkerExitType::IntendedSystemExit, _, _) => ExitCause::StoppedByRayr { detail: x.detail.clone() },
+            (_, WorkerExitReason::DriverShutdown, _) => ExitCause::DriverExited { detail: x.detail.clone() },
+            (_, _, Some(signal)) => ExitCause::Signal { signal, peak_rss_bytes: x.peak_rss_bytes },
+            (WorkerExitType::UserError | WorkerExitType::IntendedUserExit, _, None) => {
                 ExitCause::ProcessExit { exit_code: x.exit_code }
             }
-            (WorkerExitType::SystemError, None) if x.detail.starts_with("driver") => ExitCause::DriverCrashed,
+            (_, WorkerExitReason::DriverDisconnected, None) => ExitCause::DriverCrashed,
             _ => ExitCause::Unexplained,
         }
     }
 }
 
-/// *Reads text*: whether a recorded exit is a driver disconnecting from its node (said
-/// goodbye or not), which the node agent writes as `driver disconnected…`.
-pub fn is_driver_goodbye(x: &WorkerExit) -> bool {
-    x.detail.starts_with("driver disconnected")
+/// Whether a recorded exit is a driver's (disconnected from its node, said goodbye or
+/// not, or cut off by its node's stop).
+pub fn is_driver_exit(x: &WorkerExit) -> bool {
+    match x.reason() {
+        WorkerExitReason::DriverShutdown | WorkerExitReason::DriverDisconnected | WorkerExitReason::DriverCutOff => true,
+        WorkerExitReason::Unspecified
+        | WorkerExitReason::Signal
+        | WorkerExitReason::ProcessExit
+        | WorkerExitReason::JobEnded
+        | WorkerExitReason::ActorEnded
+        | WorkerExitReason::KilledByUser
+        | WorkerExitReason::NodeStopping
+        | WorkerExitReason::NodeDied
+        | WorkerExitReason::OutOfMemory => false,
+    }
 }
 
 impl ObjectLoss {
-    /// *Reads text*: the loss `reason` naming an `owner`, or a node `which is gone`.
     /// `below`: the chain under the loss (an owner's exit, a node's death).
-    pub fn read(reason: &str, below: &[Event]) -> ObjectLoss {
+    pub fn read(o: &ObjectDetail, below: &[Event]) -> ObjectLoss {
         let owner_exit = below.iter().find_map(exit);
-        if reason.contains("owner") || owner_exit.is_some() {
-            return ObjectLoss::OwnerDied {
-                owner_killed: owner_exit.is_some_and(|x| Signal::of(x.signal) == Some(Signal::Kill)),
-            };
+        let node_died = below.iter().any(|e| is(e, EventKind::NodeDied));
+        let owner_died = ObjectLoss::OwnerDied {
+            owner_killed: owner_exit.is_some_and(|x| Signal::of(x.signal) == Some(Signal::Kill)),
+        };
+        match o.end() {
+            ObjectEndReason::OwnerDied | ObjectEndReason::OwnerNodeGone => owner_died,
+            ObjectEndReason::NodeDied => ObjectLoss::NodeDied,
+            // The chain may still show why.
+            ObjectEndReason::Unspecified
+            | ObjectEndReason::Released
+            | ObjectEndReason::FreedByOwner
+            | ObjectEndReason::StoreFull
+            | ObjectEndReason::Unreadable
+            | ObjectEndReason::SpillLost => match () {
+                _ if owner_exit.is_some() => owner_died,
+                _ if node_died => ObjectLoss::NodeDied,
+                _ => ObjectLoss::Other { reason: o.reason.clone() },
+            },
         }
-        if below.iter().any(|e| is(e, EventKind::NodeDied)) || reason.contains("which is gone") {
-            return ObjectLoss::NodeDied;
-        }
-        ObjectLoss::Other { reason: reason.to_string() }
     }
 }
 
 impl NodeEnd {
-    /// *Reads text*: a stop `reason` saying it was `asked to stop`.
-    pub fn read(reason: &str) -> NodeEnd {
-        if reason.contains("asked to stop") {
-            NodeEnd::OnRequest
-        } else {
-            NodeEnd::Other { reason: reason.to_string() }
+    pub fn read(n: &NodeDetail) -> NodeEnd {
+        match n.end() {
+            NodeEndReason::AskedToStop => NodeEnd::OnRequest,
+            NodeEndReason::Unspecified
+            | NodeEndReason::LostHead
+            | NodeEndReason::RefusedByHead
+            | NodeEndReason::MissedHeartbeats
+            | NodeEndReason::NotReregistered => NodeEnd::Other { reason: n.reason.clone() },
         }
     }
 }
 
-/// *Reads text*: whether an actor's death `cause` (ActorDetail `cause`) is a crash that
-/// restarts count against (`worker_died`, `creation_failed`), rather than an end restarts
-/// do not apply to (its owner or its handles went).
-pub fn actor_end_is_a_crash(cause: &str) -> bool {
-    cause == "worker_died" || cause == "creation_failed"
+/// Whether an actor's death is a crash that restarts count against, rather than an end
+/// restarts do not apply to (its owner or its handles went, it was killed, its node went).
+pub fn actor_end_is_a_crash(cause: ActorDeathCause) -> bool {
+    match cause {
+        ActorDeathCause::WorkerDied | ActorDeathCause::CreationFailed => true,
+        ActorDeathCause::Unspecified
+        | ActorDeathCause::OutOfScope
+        | ActorDeathCause::OwnerDied
+        | ActorDeathCause::Killed
+        | ActorDeathCause::NodeStopped
+        | ActorDeathCause::NodeDied => false,
+    }
 }
 
 #[cfg(test)]
@@ -254,8 +305,8 @@ mod tests {
         Event { kind: kind as i32, detail: Some(detail), ..Default::default() }
     }
 
-    fn failed(error_type: &str, error: &str) -> Event {
-        let t = TaskDetail { error_type: error_type.into(), error: error.into(), r#final: true, ..Default::default() };
+    fn failed(error_type: TaskErrorKind, error: &str) -> Event {
+        let t = TaskDetail { error_type: error_type as i32, error: error.into(), r#final: true, ..Default::default() };
         event(EventKind::TaskFailed, Detail::Task(t))
     }
 
@@ -266,7 +317,7 @@ mod tests {
 
     #[test]
     fn a_task_that_lost_its_worker_is_explained_by_the_workers_exit() {
-        let chain = [failed("worker_died", "worker x died"), exited(9)];
+        let chain = [failed(TaskErrorKind::WorkerDied, "worker x died"), exited(9)];
         assert_eq!(
             root_cause(&chain),
             Some((Cause::WorkerExit(ExitCause::Signal { signal: Signal::Kill, peak_rss_bytes: 0 }), 1))
@@ -279,7 +330,10 @@ mod tests {
     #[test]
     fn a_failed_argument_names_the_id_to_ask_about_next() {
         let dep = "0123456789abcdef0123456789abcdef";
-        let chain = [failed("dependency_failed", &format!("argument {dep} failed: boom"))];
+        let mut chain = [failed(TaskErrorKind::DependencyFailed, "argument failed: boom")];
+        if let Some(Detail::Task(t)) = &mut chain[0].detail {
+            t.failed_argument = (0..16).map(|i| u8::from_str_radix(&dep[2 * i..2 * i + 2], 16).unwrap()).collect();
+        }
         match root_cause(&chain) {
             Some((Cause::Task(TaskError::DependencyFailed { dependency, .. }), 0)) => {
                 assert_eq!(dependency.as_deref(), Some(dep))
@@ -290,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_driver_that_ended_first_is_named_with_its_exit() {
-        let chain = [failed("job_ended", "the job ended"), exited(0)];
+        let chain = [failed(TaskErrorKind::JobEnded, "the job ended"), exited(0)];
         match root_cause(&chain) {
             Some((Cause::Task(TaskError::JobEnded { driver }), 0)) => assert_eq!(driver.pid, 5),
             other => panic!("{other:?}"),
@@ -298,36 +352,39 @@ mod tests {
     }
 
     #[test]
-    fn losses_and_stops_are_read_from_their_reasons() {
-        let lost = |reason: &str| {
-            event(EventKind::ObjectLost, Detail::Object(ObjectDetail { reason: reason.into(), ..Default::default() }))
+    fn losses_and_stops_are_read_from_their_ends() {
+        let lost = |end: ObjectEndReason, reason: &str| {
+            let o = ObjectDetail { end: end as i32, reason: reason.into(), ..Default::default() };
+            event(EventKind::ObjectLost, Detail::Object(o))
         };
         assert_eq!(
-            root_cause(&[lost("its owner, worker x, died")]),
+            root_cause(&[lost(ObjectEndReason::OwnerDied, "its owner, worker x, died")]),
             Some((Cause::ObjectLost(ObjectLoss::OwnerDied { owner_killed: false }), 0))
         );
+        // The words do not matter: the end does, and the chain below it.
         assert_eq!(
-            root_cause(&[lost("died with it"), exited(9)]),
+            root_cause(&[lost(ObjectEndReason::Unspecified, "died with it"), exited(9)]),
             Some((Cause::ObjectLost(ObjectLoss::OwnerDied { owner_killed: true }), 0))
         );
         assert_eq!(
-            root_cause(&[lost("its only copy was in the store of node x, which is gone: y")]),
+            root_cause(&[lost(ObjectEndReason::NodeDied, "x")]),
             Some((Cause::ObjectLost(ObjectLoss::NodeDied), 0))
         );
         assert_eq!(
-            root_cause(&[lost("spilled file missing")]),
-            Some((Cause::ObjectLost(ObjectLoss::Other { reason: "spilled file missing".into() }), 0))
+            root_cause(&[lost(ObjectEndReason::SpillLost, "its owner's spilled file is missing")]),
+            Some((Cause::ObjectLost(ObjectLoss::Other { reason: "its owner's spilled file is missing".into() }), 0))
         );
-        let stopped = |reason: &str| {
-            event(EventKind::NodeStopped, Detail::Node(NodeDetail { reason: reason.into(), ..Default::default() }))
+        let stopped = |end: NodeEndReason, reason: &str| {
+            let n = NodeDetail { end: end as i32, reason: reason.into(), ..Default::default() };
+            event(EventKind::NodeStopped, Detail::Node(n))
         };
         assert_eq!(
-            root_cause(&[stopped("asked to stop (signal 15)")]),
+            root_cause(&[stopped(NodeEndReason::AskedToStop, "signal 15")]),
             Some((Cause::NodeStopped(NodeEnd::OnRequest), 0))
         );
         assert_eq!(
-            root_cause(&[stopped("disk full")]),
-            Some((Cause::NodeStopped(NodeEnd::Other { reason: "disk full".into() }), 0))
+            root_cause(&[stopped(NodeEndReason::LostHead, "asked to stop, it says, but it lost its head")]),
+            Some((Cause::NodeStopped(NodeEnd::Other { reason: "asked to stop, it says, but it lost its head".into() }), 0))
         );
     }
 
@@ -340,24 +397,31 @@ mod tests {
 
     #[test]
     fn driver_exits_are_told_apart() {
-        let exit = |kind: WorkerExitType, detail: &str| WorkerExit {
+        let exit = |kind: WorkerExitType, reason: WorkerExitReason| WorkerExit {
             exit_type: kind as i32,
-            detail: detail.into(),
+            reason: reason as i32,
+            detail: "anything".into(),
             ..Default::default()
         };
         assert_eq!(
-            ExitCause::read(&exit(WorkerExitType::IntendedUserExit, "driver disconnected: done")),
-            ExitCause::DriverExited { detail: "driver disconnected: done".into() }
+            ExitCause::read(&exit(WorkerExitType::IntendedUserExit, WorkerExitReason::DriverShutdown)),
+            ExitCause::DriverExited { detail: "anything".into() }
         );
         assert_eq!(
-            ExitCause::read(&exit(WorkerExitType::SystemError, "driver disconnected without shutting down")),
+            ExitCause::read(&exit(WorkerExitType::SystemError, WorkerExitReason::DriverDisconnected)),
             ExitCause::DriverCrashed
         );
         assert_eq!(
-            ExitCause::read(&exit(WorkerExitType::IntendedUserExit, "exited with code 0")),
+            ExitCause::read(&exit(WorkerExitType::IntendedUserExit, WorkerExitReason::ProcessExit)),
             ExitCause::ProcessExit { exit_code: 0 }
         );
-        assert_eq!(ExitCause::read(&exit(WorkerExitType::SystemError, "")), ExitCause::Unexplained);
-        assert!(is_driver_goodbye(&exit(WorkerExitType::SystemError, "driver disconnected without shutting down")));
+        assert_eq!(
+            ExitCause::read(&exit(WorkerExitType::SystemError, WorkerExitReason::OutOfMemory)),
+            ExitCause::OutOfMemory { peak_rss_bytes: 0 }
+        );
+        assert_eq!(ExitCause::read(&exit(WorkerExitType::SystemError, WorkerExitReason::Unspecified)), ExitCause::Unexplained);
+        assert!(is_driver_exit(&exit(WorkerExitType::SystemError, WorkerExitReason::DriverDisconnected)));
+        assert!(is_driver_exit(&exit(WorkerExitType::IntendedSystemExit, WorkerExitReason::DriverCutOff)));
+        assert!(!is_driver_exit(&exit(WorkerExitType::IntendedSystemExit, WorkerExitReason::NodeStopping)));
     }
 }

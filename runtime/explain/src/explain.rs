@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use rayr_logs::hex;
 use rayr_proto::{Event, EventKind, WorkerExitType};
 
-use crate::cause::{Cause, actor_end_is_a_crash, is_driver_goodbye, root_cause};
+use crate::cause::{Cause, actor_end_is_a_crash, is_driver_exit, root_cause};
 use crate::entity::{Entity, Role};
 use crate::event::{actor, exit, is, job, kind_name, kind_of, node, object, start, task};
 use crate::record::{Record, RecordError, Resolved};
@@ -206,7 +206,8 @@ async fn explain_task<R: Record>(rec: &mut Reader<'_, R>, r: &mut Report, task_i
     let finished = events.iter().rev().find(|e| is(e, EventKind::TaskFinished));
     if let Some(failed) = failed {
         let t = task(failed).expect("a task event");
-        let what = if t.error_type.is_empty() { String::new() } else { format!("{}: ", t.error_type) };
+        let kind = t.error_type().word();
+        let what = if kind.is_empty() { String::new() } else { format!("{kind}: ") };
         r.summary = format!(
             "{name} failed for good at {}{retried} (attempt {}, max_retries {}): {what}{}",
             local_time(failed.time_us),
@@ -358,7 +359,7 @@ async fn explain_worker<R: Record>(rec: &mut Reader<'_, R>, r: &mut Report) -> R
         WorkerExitType::try_from(x.exit_type),
         Ok(WorkerExitType::IntendedSystemExit | WorkerExitType::IntendedUserExit)
     );
-    let who = if start.is_driver || is_driver_goodbye(&x) { "driver" } else { who };
+    let who = if start.is_driver || is_driver_exit(&x) { "driver" } else { who };
     r.summary = format!(
         "{who} {} (pid {}) {} at {}: {}",
         hex(&id),
@@ -407,7 +408,7 @@ async fn explain_actor<R: Record>(rec: &mut Reader<'_, R>, r: &mut Report) -> Re
             " after {} restart(s) (max_restarts -1: it restarts for ever, so this end was not a crash)",
             d.restart
         ),
-        (0, 0) if !actor_end_is_a_crash(&d.cause) => {
+        (0, 0) if !actor_end_is_a_crash(d.cause()) => {
             if lives > 0 {
                 format!(" after {lives} restart(s)")
             } else {
@@ -425,7 +426,7 @@ async fn explain_actor<R: Record>(rec: &mut Reader<'_, R>, r: &mut Report) -> Re
         "actor {} ({class}){worker} ended at {}{restarts} ({}): {}",
         hex(&id),
         local_time(died_ev.time_us),
-        d.cause,
+        d.cause().word(),
         d.detail
     );
     r.effects = rec.effects(&died_ev.id).await?;

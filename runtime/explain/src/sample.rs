@@ -98,6 +98,7 @@ fn sigkill(pid: u32, stderr_lines: usize) -> Option<Detail> {
         stderr_tail: (1..=stderr_lines).map(|i| format!("stderr line {i} of pid {pid}")).collect(),
         pid,
         stderr_path: format!("/tmp/rayr/logs/worker-{pid}.err"),
+        reason: rayr_proto::WorkerExitReason::Signal as i32,
     }))
 }
 
@@ -143,7 +144,7 @@ pub fn record() -> Vec<Event> {
             task_detail(1, |t| {
                 t.function = "demo::kill_self".into();
                 t.r#final = true;
-                t.error_type = "worker_died".into();
+                t.error_type = rayr_proto::TaskErrorKind::WorkerDied as i32;
                 t.error = format!("worker {} died: {}; no retries left", hex(&w2()), died(102));
             }),
             |e| on_task(e, Some(w2())),
@@ -170,6 +171,7 @@ pub fn record() -> Vec<Event> {
                 size: 1 << 20,
                 location: "shm".into(),
                 reason: format!("its owner, worker {}, died: killed by signal 9 (SIGKILL)", hex(&w3())),
+                end: rayr_proto::ObjectEndReason::OwnerDied as i32,
                 ..Default::default()
             })),
             |e| {
@@ -184,6 +186,7 @@ pub fn record() -> Vec<Event> {
             22,
             Some(Detail::Object(ObjectDetail {
                 reason: format!("its owner, worker {}, died: pid 103 killed by signal 9 (SIGKILL)", hex(&w3())),
+                end: rayr_proto::ObjectEndReason::OwnerDied as i32,
                 ..Default::default()
             })),
             |e| {
@@ -200,7 +203,7 @@ pub fn record() -> Vec<Event> {
             EventKind::TaskFailed,
             30,
             task_detail(0, |t| {
-                t.error_type = "panic".into();
+                t.error_type = rayr_proto::TaskErrorKind::Panic as i32;
                 t.error = "panicked: flaky (at src/main.rs:9:5)".into();
             }),
             |e| e.task_id = flaky(),
@@ -222,7 +225,7 @@ pub fn record() -> Vec<Event> {
             40,
             task_detail(0, |t| {
                 t.r#final = true;
-                t.error_type = "panic".into();
+                t.error_type = rayr_proto::TaskErrorKind::Panic as i32;
                 t.error = "panicked: boom (at src/main.rs:3:5)".into();
                 t.backtrace = "   0: std::panicking::begin_panic\n             at /rustc/x/library/std/src/panicking.rs:1\n   1: demo::boom\n             at ./src/main.rs:3:5\n   2: rayr::exec::run_task\n             at ./runtime/rayr/src/exec.rs:1:1".into();
             }),
@@ -234,6 +237,7 @@ pub fn record() -> Vec<Event> {
             0,
             Some(Detail::Object(ObjectDetail {
                 reason: "its owner dropped the last reference".into(),
+                end: rayr_proto::ObjectEndReason::Released as i32,
                 ..Default::default()
             })),
             |e| e.object_id = freed(),

@@ -53,11 +53,6 @@ pub fn full_ids(text: &str) -> Vec<Range<usize>> {
     out
 }
 
-/// The first full id written in `text`.
-pub fn first_id(text: &str) -> Option<&str> {
-    full_ids(text).into_iter().next().map(|r| &text[r])
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,7 +60,6 @@ mod tests {
     #[test]
     fn ids_in_prose_are_found_as_whole_words_only() {
         let full = "d1d1d1d1d1d1d1d10000000000000064";
-        assert_eq!(first_id(&format!("argument {full} failed")), Some(full));
         assert_eq!(full_ids(&format!("task {full} died")), vec![5..37]);
         assert!(full_ids(&format!("x{full}")).is_empty());
         assert!(full_ids(&format!("{full}0")).is_empty());

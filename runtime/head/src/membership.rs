@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rayr_logs::{EventLogWriter, Id, Session, hex, new_id, now_us};
-use rayr_proto::{Event, EventKind, NodeDetail, NodeRow, event};
+use rayr_proto::{Event, EventKind, NodeDetail, NodeEndReason, NodeRow, event};
 
 /// How a head watches its nodes (`rayr start --head --heartbeat-period-ms … --missed-heartbeats …`).
 #[derive(Clone, Copy, Debug)]
@@ -109,6 +109,7 @@ impl Membership {
             cause: died.to_vec(),
             detail: Some(event::Detail::WorkerExit(rayr_proto::WorkerExit {
                 exit_type: rayr_proto::WorkerExitType::SystemError as i32,
+                reason: rayr_proto::WorkerExitReason::NodeDied as i32,
                 exit_code: -1,
                 pid: worker.pid,
                 detail: format!("its node {} was declared dead: its agent stopped answering, and what ran there is gone", hex(&worker.node_id)),
@@ -128,7 +129,7 @@ impl Membership {
             node_id: actor.node_id.clone(),
             cause: died.to_vec(),
             detail: Some(event::Detail::Actor(rayr_proto::ActorDetail {
-                cause: "node_died".into(),
+                cause: rayr_proto::ActorDeathCause::NodeDied as i32,
                 detail: format!("its node {} was declared dead, and the node agent that held it with it", hex(&actor.node_id)),
                 class: actor.class.clone(),
                 restart: actor.restarts,
@@ -166,6 +167,7 @@ impl Membership {
                 size: object.size,
                 location: object.location.clone(),
                 reason: format!("its owner, worker {}, exited: {how}", hex(&object.owner)),
+                end: rayr_proto::ObjectEndReason::OwnerDied as i32,
                 ..Default::default()
             })),
             ..Default::default()
@@ -187,7 +189,7 @@ impl Membership {
                 function: task.function.clone(),
                 attempt: task.attempt,
                 r#final: true,
-                error_type: "job_ended".into(),
+                error_type: rayr_proto::TaskErrorKind::JobEnded as i32,
                 error: format!("its job ended while it was {}: its driver exited, and the job's workers were stopped", task.state),
                 ..Default::default()
             })),
@@ -271,6 +273,7 @@ impl Membership {
                 resources: r.resources.clone(),
                 store_capacity: 0,
                 labels: r.labels.clone(),
+                end: 0,
             })),
             ..Default::default()
         });
@@ -382,34 +385,34 @@ impl Membership {
             for (id, m) in nodes.iter_mut().filter(|(_, m)| !m.is_head && m.gone.is_none()) {
                 let silent = now - m.last_beat;
                 if silent > limit {
-                    let why = if m.confirmed {
-                        format!(
+                    let (end, why) = if m.confirmed {
+                        (NodeEndReason::MissedHeartbeats, format!(
                             "it missed {} heartbeats: none for {} ms (period {} ms)",
                             self.cfg.missed_heartbeats,
                             silent.as_millis(),
                             self.cfg.heartbeat_period.as_millis()
-                        )
+                        ))
                     } else {
-                        format!("it did not register again within {} ms of the head's restart", silent.as_millis())
+                        (NodeEndReason::NotReregistered, format!("it did not register again within {} ms of the head's restart", silent.as_millis()))
                     };
                     // Its NODE_DIED id is known before anyone can see it gone, so every
                     // loss caused by its death can name it.
                     let event = new_id().to_vec();
                     m.gone = Some(why.clone());
                     m.died_event = event.clone();
-                    died.push((*id, m.address.clone(), why, event));
+                    died.push((*id, m.address.clone(), end, why, event));
                 }
             }
         }
         let mut out = Vec::new();
-        for (node, address, why, event) in died {
+        for (node, address, end, why, event) in died {
             self.release_names_of(&node);
             tracing::warn!("node {} at {address} is dead: {why}", hex(&node));
             let id = self.record(Event {
                 id: event,
                 kind: EventKind::NodeDied as i32,
                 node_id: node.to_vec(),
-                detail: Some(event::Detail::Node(NodeDetail { address, reason: why, ..Default::default() })),
+                detail: Some(event::Detail::Node(NodeDetail { address, reason: why, end: end as i32, ..Default::default() })),
                 ..Default::default()
             });
             out.push((node, id));

@@ -29,7 +29,7 @@ fn task_life(task: u64, function: &str, fail: bool, t0: i64) -> Vec<Event> {
             function: function.into(),
             r#final: fail,
             error: if kind == EventKind::TaskFailed { "panicked at 'boom'".into() } else { String::new() },
-            error_type: if kind == EventKind::TaskFailed { "panic".into() } else { String::new() },
+            error_type: if kind == EventKind::TaskFailed { rayr_proto::TaskErrorKind::Panic as i32 } else { 0 },
             pid: 4000 + task as u32,
             ..Default::default()
         })),

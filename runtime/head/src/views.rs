@@ -192,7 +192,7 @@ pub(crate) fn apply_task(row: &mut TaskRec, ev: &Ev<'_>, names: &mut Names, ids:
         TaskFailed => {
             if let Some(d) = &detail {
                 row.error = (!d.error.is_empty()).then(|| d.error.into());
-                row.error_type = names.intern(d.error_type);
+                row.error_type = names.intern(d.error_type.word());
                 if d.is_final {
                     row.finished_us = ev.time_us;
                 }
@@ -231,7 +231,7 @@ pub(crate) fn apply_object(row: &mut ObjectRec, ev: &Ev<'_>, names: &mut Names, 
             row.created_us = ev.time_us;
         }
         // Task-argument pins are the owner's own bookkeeping, not other holders.
-        ObjectBorrowed | ObjectReleased if detail.is_none_or(|d| d.peer_kind != "task_argument") => {
+        ObjectBorrowed | ObjectReleased if detail.is_none_or(|d| d.peer_kind != rayr_proto::PeerKind::TaskArgument) => {
             row.balance += if kind == ObjectBorrowed { 1 } else { -1 };
         }
         ObjectFreed | ObjectLost => {
@@ -331,7 +331,7 @@ pub(crate) fn apply_actor(row: &mut ActorRow, ev: &Ev<'_>) {
             row.state = "DEAD".to_string();
             row.died_us = ev.time_us;
             if let Some(a) = detail {
-                row.death_cause = a.cause;
+                row.death_cause = a.cause().word().to_string();
                 row.detail = a.detail;
             }
         }
@@ -561,7 +561,7 @@ mod tests {
                 size: 5,
                 location: "inline".into(),
                 reason: reason.into(),
-                peer_kind: "borrower".into(),
+                peer_kind: rayr_proto::PeerKind::Borrower as i32,
                 ..Default::default()
             })),
             ..Default::default()
@@ -595,7 +595,7 @@ mod tests {
             ..Default::default()
         };
         let mut row = ActorRow::default();
-        actor(&mut row, &ev(EventKind::ActorDied, ActorDetail { cause: "killed".into(), detail: "by rayr::kill".into(), ..Default::default() }));
+        actor(&mut row, &ev(EventKind::ActorDied, ActorDetail { cause: rayr_proto::ActorDeathCause::Killed as i32, detail: "by rayr::kill".into(), ..Default::default() }));
         actor(&mut row, &ev(EventKind::ActorCreated, ActorDetail { class: "m::Counter".into(), pid: 7, ..Default::default() }));
         assert_eq!((row.state.as_str(), row.death_cause.as_str(), row.class.as_str(), row.pid), ("DEAD", "killed", "m::Counter", 7));
         assert_eq!(row.worker_id, vec![4; 16]);

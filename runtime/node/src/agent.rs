@@ -17,8 +17,8 @@ use rayr_logs::event_area::EventArea;
 use rayr_logs::{EventLogWriter, Id, Session, hex, new_id, now_us};
 use rayr_proto::frames::FrameReader;
 use rayr_proto::{
-    ClientMessage, CreateObjectReply, Event, EventKind, JobDetail, LeaseReply, NodeDetail, NodeMessage,
-    ObjectDetail, RegisterReply, StoreStatsReply, WorkerExit, WorkerExitReply, WorkerStart, client_message,
+    ActorDeathCause, ClientMessage, CreateObjectReply, Event, EventKind, JobDetail, LeaseReply, NodeDetail,
+    NodeEndReason, NodeMessage, ObjectDetail, ObjectEndReason, RegisterReply, WorkerExitReason, StoreStatsReply, WorkerExit, WorkerExitReply, WorkerStart, client_message,
     encode_frame, event, node_message,
 };
 use rayr_store::{Allocator, Arena};
@@ -131,12 +131,12 @@ impl NodeHandle {
     /// Stops every worker (SIGTERM, then SIGKILL after 2 s), records NODE_STOPPED, and
     /// removes the socket and the shm file.
     pub fn shutdown(self) {
-        self.shutdown_because("the node agent was asked to stop");
+        self.shutdown_because(NodeEndReason::AskedToStop, "the node agent was asked to stop");
     }
 
-    /// `shutdown`, with why (NODE_STOPPED's reason).
-    pub fn shutdown_because(mut self, reason: &str) {
-        self.agent.shutdown(reason);
+    /// `shutdown`, with why (NODE_STOPPED's `end`, and `reason` in words).
+    pub fn shutdown_because(mut self, end: NodeEndReason, reason: &str) {
+        self.agent.shutdown(end, reason);
         // Threads still holding the agent keep the mapping; the file goes now.
         let _ = std::fs::remove_file(self.agent.arena.path());
         // Wake the accept loops so they see the flag.
@@ -294,6 +294,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
     start.detail = Some(event::Detail::Node(NodeDetail {
         address: agent.cfg.ip_address.clone(),
         reason: String::new(),
+        end: 0,
         resources: agent.cfg.resources.clone(),
         store_capacity: agent.cfg.store_capacity,
         labels: agent.cfg.labels.clone(),
@@ -394,7 +395,7 @@ struct Spawned {
     registered: bool,
     /// Set when rayr itself stops the worker: the reason recorded in its exit event, and
     /// whether the user asked for it.
-    intended_exit: Option<String>,
+    intended_exit: Option<(WorkerExitReason, String)>,
     by_user: bool,
     start_event: Id,
 }
@@ -1149,7 +1150,7 @@ impl Agent {
         for job in ended {
             for w in st.idle.remove(&job).unwrap_or_default() {
                 if let Some(sp) = st.spawned.get_mut(&w) {
-                    sp.intended_exit = Some("its job ended, and no lease needs it".into());
+                    sp.intended_exit = Some((WorkerExitReason::JobEnded, "its job ended, and no lease needs it".into()));
                     // SAFETY: signalling a child we started.
                     unsafe { libc::kill(sp.pid as i32, libc::SIGTERM) };
                 }
@@ -1264,7 +1265,7 @@ impl Agent {
         let Some(sp) = st.spawned.remove(&worker) else { return };
         // A worker killed by a signal cannot remove its own socket.
         let _ = std::fs::remove_file(self.cfg.session.worker_socket(&hex(&worker)));
-        let mut exit = pool::describe_exit(status, sp.intended_exit.as_deref(), sp.by_user);
+        let mut exit = pool::describe_exit(status, sp.intended_exit.as_ref().map(|(r, why)| (*r, why.as_str())), sp.by_user);
         exit.peak_rss_bytes = peak_rss;
         exit.pid = sp.pid;
         let kind = rayr_proto::WorkerExitType::try_from(exit.exit_type).map_or("UNSPECIFIED", |k| k.as_str_name());
@@ -1324,6 +1325,7 @@ impl Agent {
                 size: obj.size,
                 location: "shm".into(),
                 reason: format!("its owner, worker {}, died: {}", hex(&worker), exit.detail),
+                end: ObjectEndReason::OwnerDied as i32,
                 ..Default::default()
             }));
             self.record(&l);
@@ -1356,7 +1358,7 @@ impl Agent {
                 e.actor_id = actor.to_vec();
                 e.worker_id = w.to_vec();
                 let detail = format!("its owner {} exited", hex(&dead));
-                e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: "owner_died".into(), detail, ..Default::default() }));
+                e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: ActorDeathCause::OwnerDied as i32, detail, ..Default::default() }));
                 self.record(&e);
             }
             self.return_lease_locked(st, w, "its owner exited");
@@ -1397,7 +1399,8 @@ impl Agent {
         }
         if dedicated {
             if let Some(sp) = st.spawned.get_mut(&worker) {
-                sp.intended_exit = Some(format!("the actor it hosted ended: {why}"));
+                let reason = if sp.by_user { WorkerExitReason::KilledByUser } else { WorkerExitReason::ActorEnded };
+                sp.intended_exit = Some((reason, format!("the actor it hosted ended: {why}")));
                 // A killed actor stops at once, mid-call if need be (as Ray's kill does).
                 let signal = if sp.by_user { libc::SIGKILL } else { libc::SIGTERM };
                 // SAFETY: signalling a child we started.
@@ -1453,7 +1456,8 @@ impl Agent {
                 offset: 0,
                 store_full: true,
                 error: format!(
-                    "the object store is full: {} bytes requested, {} of {} bytes in use; free refs you no longer need or start the node with a larger --object-store-memory",
+                    // `store_full` says what happened; this says how full it is and what to do.
+                    "{} bytes requested, {} of {} bytes in use; free refs you no longer need or start the node with a larger --object-store-memory",
                     c.size,
                     st.alloc.used(),
                     st.alloc.capacity()
@@ -1524,21 +1528,29 @@ impl Agent {
         e.job_id = job.to_vec();
         // The driver's exit code: what its main returned (it said), or unknown (-1): it did
         // not say goodbye, so it crashed or was killed, and its job failed.
-        let (kind, detail, exit_code) = match &goodbye {
-            Some(d) if d.exit_code == 0 => (rayr_proto::WorkerExitType::IntendedUserExit, format!("driver disconnected: {}", d.reason), 0),
+        let (kind, reason, detail, exit_code) = match &goodbye {
+            Some(d) if d.exit_code == 0 => (
+                rayr_proto::WorkerExitType::IntendedUserExit,
+                WorkerExitReason::DriverShutdown,
+                format!("driver disconnected: {}", d.reason),
+                0,
+            ),
             Some(d) => (
                 rayr_proto::WorkerExitType::IntendedUserExit,
+                WorkerExitReason::DriverShutdown,
                 format!("driver disconnected: {}; its main returned an error (exit code {})", d.reason, d.exit_code),
                 d.exit_code,
             ),
             None => (
                 rayr_proto::WorkerExitType::SystemError,
+                WorkerExitReason::DriverDisconnected,
                 "driver disconnected without shutting down: it crashed or was killed".to_string(),
                 -1,
             ),
         };
         e.detail = Some(event::Detail::WorkerExit(WorkerExit {
             exit_type: kind as i32,
+            reason: reason as i32,
             exit_code,
             detail,
             pid: client.pid,
@@ -1579,7 +1591,7 @@ impl Agent {
         }
         st.idle.remove(&job);
         for (_, sp) in st.spawned.iter_mut().filter(|(w, s)| s.job == job && !spared.contains(*w)) {
-            sp.intended_exit = Some(reason.clone());
+            sp.intended_exit = Some((WorkerExitReason::JobEnded, reason.clone()));
             to_kill.push(sp.pid);
         }
         st.pending.retain(|p| p.job != job || matches!(p.reply_to, LeaseFor::Detached(_)) || p.requester.is_some_and(|r| spared.contains(&r)));
@@ -1606,7 +1618,7 @@ impl Agent {
         }
     }
 
-    fn shutdown(self: &Arc<Self>, reason: &str) {
+    fn shutdown(self: &Arc<Self>, end: NodeEndReason, reason: &str) {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -1616,7 +1628,7 @@ impl Agent {
             st.spawned
                 .values_mut()
                 .map(|s| {
-                    s.intended_exit = Some(format!("node shutting down: {reason}"));
+                    s.intended_exit = Some((WorkerExitReason::NodeStopping, format!("node shutting down: {reason}")));
                     s.pid
                 })
                 .collect()
@@ -1648,7 +1660,7 @@ impl Agent {
         }
         self.drain_events(None);
         let mut e = self.event(EventKind::NodeStopped);
-        e.detail = Some(event::Detail::Node(NodeDetail { reason: reason.to_string(), ..Default::default() }));
+        e.detail = Some(event::Detail::Node(NodeDetail { reason: reason.to_string(), end: end as i32, ..Default::default() }));
         self.record(&e);
         // Drivers still attached are cut off from the cluster: their jobs end here (nobody
         // else will record it), caused by the node's stop.
@@ -1661,6 +1673,7 @@ impl Agent {
             x.cause = e.id.clone();
             x.detail = Some(event::Detail::WorkerExit(WorkerExit {
                 exit_type: rayr_proto::WorkerExitType::IntendedSystemExit as i32,
+                reason: WorkerExitReason::DriverCutOff as i32,
                 exit_code: -1,
                 detail: format!("driver cut off: its node stopped ({reason}) while it ran; the process itself may still run"),
                 pid,

@@ -4,7 +4,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use rayr_explain::signal::Signal;
-use rayr_proto::{WorkerExit, WorkerExitType};
+use rayr_proto::{WorkerExit, WorkerExitReason, WorkerExitType};
 
 /// Environment variables a worker process is started with. `#[rayr::main]` checks
 /// [`WORKER_MODE`] before anything else in `main` runs.
@@ -25,24 +25,30 @@ pub mod env {
 
 /// How a worker ended, from its wait status and, when rayr stopped it on purpose, why
 /// (`by_user`: because the user asked, as with `rayr::kill`).
-pub fn describe_exit(status: libc::c_int, intended: Option<&str>, by_user: bool) -> WorkerExit {
+pub fn describe_exit(status: libc::c_int, intended: Option<(WorkerExitReason, &str)>, by_user: bool) -> WorkerExit {
     let mut exit = WorkerExit { exit_code: -1, ..Default::default() };
     if libc::WIFSIGNALED(status) {
         exit.signal = libc::WTERMSIG(status);
     } else if libc::WIFEXITED(status) {
         exit.exit_code = libc::WEXITSTATUS(status);
     }
-    let (kind, detail) = match (intended, exit.signal, exit.exit_code) {
-        (Some(reason), _, _) if by_user => (WorkerExitType::IntendedUserExit, reason.to_string()),
-        (Some(reason), _, _) => (WorkerExitType::IntendedSystemExit, reason.to_string()),
+    let (kind, reason, detail) = match (intended, exit.signal, exit.exit_code) {
+        (Some((reason, why)), _, _) if by_user => (WorkerExitType::IntendedUserExit, reason, why.to_string()),
+        (Some((reason, why)), _, _) => (WorkerExitType::IntendedSystemExit, reason, why.to_string()),
         (None, 0, 0) => (
             WorkerExitType::IntendedUserExit,
+            WorkerExitReason::ProcessExit,
             "exited with code 0 while rayr still counted on it (std::process::exit in user code?)".to_string(),
         ),
-        (None, 0, code) => (WorkerExitType::UserError, format!("exited with code {code}")),
-        (None, sig, _) => (WorkerExitType::SystemError, Signal::of(sig).map(Signal::exit_detail).unwrap_or_default()),
+        (None, 0, code) => (WorkerExitType::UserError, WorkerExitReason::ProcessExit, format!("exited with code {code}")),
+        (None, sig, _) => (
+            WorkerExitType::SystemError,
+            WorkerExitReason::Signal,
+            Signal::of(sig).map(Signal::exit_detail).unwrap_or_default(),
+        ),
     };
     exit.exit_type = kind as i32;
+    exit.reason = reason as i32;
     exit.detail = detail;
     exit
 }
@@ -80,14 +86,16 @@ mod tests {
         let e = describe_exit(wait_status("kill -9 $$"), None, false);
         assert_eq!(e.signal, 9);
         assert_eq!(e.exit_type, WorkerExitType::SystemError as i32);
+        assert_eq!(e.reason(), WorkerExitReason::Signal);
         assert!(e.detail.contains("SIGKILL") && e.detail.contains("dmesg"), "{}", e.detail);
 
         let e = describe_exit(wait_status("exit 3"), None, false);
         assert_eq!((e.exit_code, e.signal), (3, 0));
         assert_eq!(e.exit_type, WorkerExitType::UserError as i32);
 
-        let e = describe_exit(wait_status("kill -15 $$"), Some("node shutting down"), false);
+        let e = describe_exit(wait_status("kill -15 $$"), Some((WorkerExitReason::NodeStopping, "node shutting down")), false);
         assert_eq!(e.exit_type, WorkerExitType::IntendedSystemExit as i32);
+        assert_eq!(e.reason(), WorkerExitReason::NodeStopping);
         assert_eq!(e.detail, "node shutting down");
     }
 

@@ -175,7 +175,7 @@ fn create_detached(id: Id, class: &'static str, args: Vec<ArgValue>, opts: &Task
             function: class.to_string(),
             error: why.clone(),
             r#final: true,
-            error_type: "creation_refused".into(),
+            error_type: rayr_proto::TaskErrorKind::CreationRefused as i32,
             ..Default::default()
         }));
         core.record(f);
@@ -273,7 +273,7 @@ pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()>
         Some(rayr_proto::peer_message::Body::Killed(r)) if r.error.is_empty() => {
             if no_restart {
                 // Ended: later calls from here fail at once, saying so.
-                core.actor_dead_here(h.id, "killed", "killed by rayr::kill");
+                core.actor_dead_here(h.id, rayr_proto::ActorDeathCause::Killed, "killed by rayr::kill");
             }
             Ok(())
         }

@@ -255,7 +255,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
     let actor_call = !pending.spec.actor_id.is_empty();
     st.tasks.insert(task, pending);
     if let Some((err, msg)) = failure {
-        core.fail_task_final_locked(&mut st, task, err, "bad_argument", &msg, None);
+        core.fail_task_final_locked(&mut st, task, err, rayr_proto::TaskErrorKind::BadArgument, &msg, None);
     } else if ready || actor_call {
         core.enqueue_locked(&mut st, task);
     }
@@ -396,7 +396,8 @@ fn fetch_for(core: &Arc<Core>, id: Id, owner: Id, address: &str, timeout: Option
                     let mut e = core.event(EventKind::ObjectLost);
                     e.object_id = id.to_vec();
                     e.worker_id = owner.to_vec();
-                    e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason, ..Default::default() }));
+                    let end = rayr_proto::ObjectEndReason::Unreadable as i32;
+                    e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason, end, ..Default::default() }));
                     core.record(e);
                     core.drain_events_now();
                     return Err(Error::ObjectLost { object: crate::ObjectId(id) });
@@ -598,7 +599,8 @@ fn owner_died(core: &Arc<Core>, id: Id, owner: Id) -> Error {
         e.cause = c.to_vec();
     }
     let reason = format!("its owner, worker {}, died: {detail}", hex(&owner));
-    e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.clone(), ..Default::default() }));
+    let end = rayr_proto::ObjectEndReason::OwnerDied as i32;
+    e.detail = Some(event::Detail::Object(ObjectDetail { reason: reason.clone(), end, ..Default::default() }));
     core.record(e);
     core.drain_events_now();
     Error::OwnerDied { object: crate::ObjectId(id), owner: format!("worker {} died: {detail}", WorkerId(owner)) }
@@ -737,8 +739,7 @@ pub(crate) fn store_bytes_for(core: &Core, bytes: &[u8], format: u32, owner: Id,
     let offset = match core.node_conn.call(body)? {
         node_message::Body::Created(c) if c.error.is_empty() => c.offset,
         node_message::Body::Created(c) if c.store_full => {
-            let detail = c.error.strip_prefix("the object store is full: ").unwrap_or(&c.error).to_string();
-            return Err(Error::ObjectStoreFull { node: crate::NodeId(core.node), detail });
+            return Err(Error::ObjectStoreFull { node: crate::NodeId(core.node), detail: c.error });
         }
         node_message::Body::Created(c) => return Err(Error::Connection(c.error)),
         _ => return Err(Error::Connection("the node agent answered an object creation with something else".into())),
@@ -795,7 +796,7 @@ pub fn cancel<T>(r: &ObjectRef<T>) -> Result<bool> {
     let mut st = core.state.lock();
     let task = st.tasks.iter().find(|(_, t)| t.spec.return_id == r.handle.id && t.worker.is_none()).map(|(id, _)| *id);
     let Some(task) = task else { return Ok(false) };
-    core.fail_task_final_locked(&mut st, task, Error::Cancelled, "cancelled", "cancelled by rayr::cancel", None);
+    core.fail_task_final_locked(&mut st, task, Error::Cancelled, rayr_proto::TaskErrorKind::Cancelled, "cancelled by rayr::cancel", None);
     drop(st);
     core.send_outbox();
     core.ready.notify_all();

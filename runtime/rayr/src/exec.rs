@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rayr_logs::{Id, hex};
 use rayr_node::pool::env;
-use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskResult, peer_message, task_arg, task_result};
+use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskErrorKind, TaskResult, peer_message, task_arg, task_result};
 
 use crate::api::{Fetched, store_bytes_for};
 use crate::codec;
@@ -174,9 +174,9 @@ pub(crate) fn run_task<'c>(core: &'c Arc<Core>, spec: rayr_proto::TaskSpec, even
             }
             if let Some(e) = &detail_error {
                 d.max_retries(spec.max_retries);
-                let retried = spec.retry_exceptions && e.kind != "bad_argument" && spec.attempt < spec.max_retries;
+                let retried = spec.retry_exceptions && e.kind() != TaskErrorKind::BadArgument && spec.attempt < spec.max_retries;
                 let error = if e.location.is_empty() { e.message.clone() } else { format!("{} (at {})", e.message, e.location) };
-                d.function(&spec.function).is_final(!retried).error(&error).backtrace(&e.backtrace).error_type(&e.kind);
+                d.function(&spec.function).is_final(!retried).error(&error).backtrace(&e.backtrace).error_type(e.kind()).failed_argument(&e.failed_argument);
             }
         });
     });
@@ -329,8 +329,8 @@ fn rotate_logs(out: std::path::PathBuf, err: std::path::PathBuf, max: u64, keep:
     });
 }
 
-fn error(kind: &str, message: String) -> task_result::Outcome {
-    task_result::Outcome::Error(TaskError { message, kind: kind.into(), ..Default::default() })
+fn error(kind: TaskErrorKind, message: String) -> task_result::Outcome {
+    task_result::Outcome::Error(TaskError { message, kind: kind as i32, ..Default::default() })
 }
 
 /// What a pushed task runs.
@@ -403,7 +403,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     let not_here = |what: &str| {
         let binary = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
         error(
-            "bad_argument",
+            TaskErrorKind::BadArgument,
             format!("{what} {} is not registered in {binary}: is the worker built from the same source as the driver?", spec.function),
         )
     };
@@ -435,7 +435,11 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
                     fetched.push(f);
                     done.ids.push(id);
                 }
-                Err(e) => return error("dependency_failed", format!("argument {} could not be read: {e}", hex(&id))),
+                Err(e) => {
+                    let message = format!("argument {} could not be read: {e}", hex(&id));
+                    let kind = TaskErrorKind::DependencyFailed as i32;
+                    return task_result::Outcome::Error(TaskError { message, kind, failed_argument: id.to_vec(), ..Default::default() });
+                }
             }
         }
     }
@@ -451,9 +455,9 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
                 Some(Fetched::Shm { offset, size, format }) => {
                     ArgBytes { bytes: Cow::Borrowed(unsafe { core.arena.bytes(*offset, *size) }), format: *format }
                 }
-                _ => return error("bad_argument", "internal: missing fetched argument".into()),
+                _ => return error(TaskErrorKind::BadArgument, "internal: missing fetched argument".into()),
             },
-            None => return error("bad_argument", "a task argument is empty".into()),
+            None => return error(TaskErrorKind::BadArgument, "a task argument is empty".into()),
         };
         args.push(arg);
     }
@@ -522,17 +526,23 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
                     node: core.node.to_vec(),
                 }),
                 Ok(_) => unreachable!("store_bytes_for returns a shm slot"),
-                Err(e) => error("store", format!("the return value could not be stored: {e}")),
+                Err(e) => error(TaskErrorKind::Store, format!("the return value could not be stored: {e}")),
             }
         }
-        Ok(Returned::ApplicationError(message)) => error("application", message),
-        Ok(Returned::BadArgument(message)) => error("bad_argument", message),
+        Ok(Returned::ApplicationError(message)) => error(TaskErrorKind::Application, message),
+        Ok(Returned::BadArgument(message)) => error(TaskErrorKind::BadArgument, message),
         Err(payload) => {
             let (message, location, backtrace) = LAST_PANIC.with(|p| p.borrow_mut().take()).unwrap_or_else(|| {
                 let m = payload.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| payload.downcast_ref::<String>().cloned());
                 (m.unwrap_or_else(|| "panic".into()), String::new(), String::new())
             });
-            task_result::Outcome::Error(TaskError { message: format!("panicked: {message}"), backtrace, kind: "panic".into(), location })
+            task_result::Outcome::Error(TaskError {
+                message: format!("panicked: {message}"),
+                backtrace,
+                kind: TaskErrorKind::Panic as i32,
+                location,
+                failed_argument: Vec::new(),
+            })
         }
     }
 }

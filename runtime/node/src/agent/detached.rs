@@ -22,6 +22,7 @@ use std::sync::atomic::Ordering;
 use rayr_logs::{Id, hex, new_id};
 use rayr_proto::frames::FrameReader;
 use rayr_proto::{
+    ActorDeathCause, TaskErrorKind,
     ActorDetail, ActorLocation, EventKind, PeerMessage, TaskDetail, TaskSpec, encode_frame, event, peer_message, task_arg,
     task_result,
 };
@@ -201,7 +202,7 @@ impl Agent {
             Some(task_result::Outcome::Error(err)) => {
                 let detail = format!("its constructor failed: {}", err.message);
                 let because = id_of(&r.finished_event);
-                self.end_detached(&mut st, actor, "creation_failed", &detail, because);
+                self.end_detached(&mut st, actor, ActorDeathCause::CreationFailed, &detail, because);
             }
             Some(task_result::Outcome::Shm(loc)) => {
                 // Its address is tiny and comes inline; a value in the store is not used.
@@ -224,7 +225,7 @@ impl Agent {
         let why = format!("its worker {} died: {detail}", hex(&worker));
         if self.stopping.load(Ordering::Acquire) || d.restarts_left == 0 {
             // (ACTOR_DIED names the worker; its lease ended with it.)
-            self.end_detached(st, actor, "worker_died", &why, Some(exit_event));
+            self.end_detached(st, actor, ActorDeathCause::WorkerDied, &why, Some(exit_event));
             return;
         }
         d.worker = None;
@@ -237,7 +238,7 @@ impl Agent {
         e.job_id = d.job.to_vec();
         e.worker_id = worker.to_vec();
         e.cause = exit_event.to_vec();
-        e.detail = Some(event::Detail::Actor(ActorDetail { cause: "worker_died".into(), detail: why, restart: d.restarts, ..Default::default() }));
+        e.detail = Some(event::Detail::Actor(ActorDetail { cause: ActorDeathCause::WorkerDied as i32, detail: why, restart: d.restarts, ..Default::default() }));
         self.record(&e);
         // The constructor runs again as a new task on a new worker.
         d.creation.task_id = new_id().to_vec();
@@ -259,14 +260,14 @@ impl Agent {
     /// No worker could be started for it (`why`): its creation failed.
     pub(super) fn detached_unstartable(self: &Arc<Self>, st: &mut State, actor: Id, why: &str) {
         let detail = format!("no worker could be started for it: {why}");
-        self.end_detached(st, actor, "creation_failed", &detail, None);
+        self.end_detached(st, actor, ActorDeathCause::CreationFailed, &detail, None);
     }
 
     /// The actor ends (`cause`, `detail`, caused by `because`): ACTOR_DIED, its name is
     /// free, a lease waiting for it goes, and its worker is stopped.
-    fn end_detached(self: &Arc<Self>, st: &mut State, actor: Id, cause: &str, detail: &str, because: Option<Id>) {
+    fn end_detached(self: &Arc<Self>, st: &mut State, actor: Id, cause: ActorDeathCause, detail: &str, because: Option<Id>) {
         let Some(d) = st.detached.get_mut(&actor).filter(|d| d.live()) else { return };
-        d.dead = Some(format!("{detail} ({cause})"));
+        d.dead = Some(format!("{detail} ({})", cause.word()));
         d.alive_at = None;
         let worker = d.worker.take();
         // Nothing re-runs the constructor now: its arguments go.
@@ -283,7 +284,7 @@ impl Agent {
                 attempt: d.creation.attempt,
                 error: format!("the actor ended first: {detail}"),
                 r#final: true,
-                error_type: "actor_died".into(),
+                error_type: TaskErrorKind::ActorDied as i32,
                 ..Default::default()
             }));
             self.record(&f);
@@ -299,7 +300,7 @@ impl Agent {
         }
         let max_restarts = if d.restarts_left < 0 { -1 } else { d.restarts as i32 + d.restarts_left };
         e.detail = Some(event::Detail::Actor(ActorDetail {
-            cause: cause.into(),
+            cause: cause as i32,
             detail: detail.into(),
             restart: d.restarts,
             max_restarts,
@@ -341,13 +342,13 @@ impl Agent {
         }
         if !no_restart && restarts_left != 0 {
             if let Some(sp) = worker.and_then(|w| st.spawned.get_mut(&w)) {
-                sp.intended_exit = Some("killed by rayr::kill (the actor restarts)".into());
+                sp.intended_exit = Some((rayr_proto::WorkerExitReason::KilledByUser, "killed by rayr::kill (the actor restarts)".into()));
                 // SAFETY: signalling a child we started; its reaper restarts the actor.
                 unsafe { libc::kill(sp.pid as i32, libc::SIGKILL) };
             }
             return Ok(());
         }
-        self.end_detached(&mut st, actor, "killed", "killed by rayr::kill", None);
+        self.end_detached(&mut st, actor, ActorDeathCause::Killed, "killed by rayr::kill", None);
         drop(st);
         Ok(())
     }
@@ -362,7 +363,7 @@ impl Agent {
                 // Its worker is stopped with every other: not stopped twice here.
                 d.worker = None;
             }
-            self.end_detached(&mut st, actor, "node_stopped", &format!("its node agent stopped: {reason}"), None);
+            self.end_detached(&mut st, actor, ActorDeathCause::NodeStopped, &format!("its node agent stopped: {reason}"), None);
         }
     }
 
@@ -415,7 +416,7 @@ impl Agent {
                     // Not a worker: the task fails instead of waiting for ever.
                     let err = rayr_proto::TaskError {
                         message: "a node agent runs no tasks (a push reached its peer socket)".into(),
-                        kind: "bad_argument".into(),
+                        kind: TaskErrorKind::BadArgument as i32,
                         ..Default::default()
                     };
                     let r = rayr_proto::TaskResult { task_id: spec.task_id, attempt: spec.attempt, outcome: Some(task_result::Outcome::Error(err)), ..Default::default() };

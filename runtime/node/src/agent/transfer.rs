@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 use rayr_logs::{Id, hex};
 use rayr_proto::object_transfer_client::ObjectTransferClient;
 use rayr_proto::object_transfer_server::{ObjectTransfer, ObjectTransferServer};
-use rayr_proto::{EventKind, ObjectChunk, ObjectDetail, PullReply, event, node_message};
+use rayr_proto::{EventKind, ObjectChunk, ObjectDetail, ObjectEndReason, PullReply, event, node_message};
 use tonic::{Request, Response, Status};
 
 use super::{Agent, Conn, State, id_of};
@@ -159,14 +159,14 @@ impl Agent {
                 st.alloc.used(),
                 st.alloc.capacity()
             );
-            self.record_copy_dropped(victim, c.size, reason);
+            self.record_copy_dropped(victim, c.size, ObjectEndReason::StoreFull, reason);
         }
     }
 
-    fn record_copy_dropped(&self, id: Id, size: u64, reason: String) {
+    fn record_copy_dropped(&self, id: Id, size: u64, end: ObjectEndReason, reason: String) {
         let mut e = self.event(EventKind::ObjectEvicted);
         e.object_id = id.to_vec();
-        e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason, ..Default::default() }));
+        e.detail = Some(event::Detail::Object(ObjectDetail { size, location: "shm".into(), reason, end: end as i32, ..Default::default() }));
         self.record(&e);
     }
 
@@ -433,7 +433,7 @@ impl Agent {
         }
         drop(st);
         for (id, size) in dropped {
-            self.record_copy_dropped(id, size, FREED_BY_OWNER.into());
+            self.record_copy_dropped(id, size, ObjectEndReason::FreedByOwner, FREED_BY_OWNER.into());
         }
     }
 
@@ -461,7 +461,7 @@ impl Agent {
         let mut others = Vec::new();
         for node in &f.nodes {
             if *node == me {
-                self.drop_copies(std::slice::from_ref(&f.object_id), FREED_BY_OWNER);
+                self.drop_copies(std::slice::from_ref(&f.object_id), ObjectEndReason::FreedByOwner, FREED_BY_OWNER);
             } else if let Some(n) = self.cluster.lock().iter().find(|n| n.node_id == *node && !n.transfer_address.is_empty()) {
                 others.push(n.transfer_address.clone());
             }
@@ -479,7 +479,7 @@ impl Agent {
         }
     }
 
-    fn drop_copies(&self, ids: &[Vec<u8>], reason: &str) {
+    fn drop_copies(&self, ids: &[Vec<u8>], end: ObjectEndReason, reason: &str) {
         let mut st = self.state.lock();
         let mut dropped = Vec::new();
         for id in ids.iter().filter_map(|b| id_of(b)) {
@@ -503,7 +503,7 @@ impl Agent {
         }
         drop(st);
         for (id, size) in dropped {
-            self.record_copy_dropped(id, size, reason.to_string());
+            self.record_copy_dropped(id, size, end, reason.to_string());
         }
     }
     /// The head's list of departed nodes: objects here owned on a node that just left are
@@ -549,6 +549,7 @@ impl Agent {
                     size: o.size,
                     location: "shm".into(),
                     reason: format!("its owner's node {} is gone ({reason}): nobody can read or free it any more", hex(&node)),
+                    end: ObjectEndReason::OwnerNodeGone as i32,
                     ..Default::default()
                 }));
                 events.push(e);
@@ -590,7 +591,7 @@ impl Agent {
         let copies: Vec<Vec<u8>> =
             self.state.lock().copies.iter().filter(|(_, c)| c.owner.is_some_and(|o| owners.contains(&o))).map(|(id, _)| id.to_vec()).collect();
         if !copies.is_empty() {
-            self.drop_copies(&copies, reason);
+            self.drop_copies(&copies, ObjectEndReason::OwnerDied, reason);
         }
         let mut st = self.state.lock();
         let lost: Vec<Id> =
@@ -602,7 +603,13 @@ impl Agent {
             let mut e = self.event(EventKind::ObjectLost);
             e.object_id = id.to_vec();
             e.worker_id = o.owner.to_vec();
-            e.detail = Some(event::Detail::Object(ObjectDetail { size: o.size, location: "shm".into(), reason: reason.to_string(), ..Default::default() }));
+            e.detail = Some(event::Detail::Object(ObjectDetail {
+                size: o.size,
+                location: "shm".into(),
+                reason: reason.to_string(),
+                end: ObjectEndReason::OwnerDied as i32,
+                ..Default::default()
+            }));
             events.push(e);
         }
         drop(st);
@@ -704,7 +711,7 @@ impl ObjectTransfer for Service {
         let agent = self.0.upgrade().ok_or_else(|| Status::unavailable("the node agent is stopping"))?;
         let r = request.into_inner();
         let reason = if r.reason.is_empty() { FREED_BY_OWNER.to_string() } else { r.reason };
-        agent.drop_copies(&r.object_ids, &reason);
+        agent.drop_copies(&r.object_ids, ObjectEndReason::FreedByOwner, &reason);
         Ok(Response::new(rayr_proto::FreeReply {}))
     }
 

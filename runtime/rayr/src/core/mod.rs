@@ -1181,7 +1181,7 @@ impl Core {
             let actors: Vec<Id> = st.queues.values().filter_map(|q| q.actor.as_ref().filter(|a| a.owned && a.dead.is_none()).map(|a| a.id)).collect();
             let detail = format!("its owner {} shut down: {reason}", hex(&self.me));
             for actor in actors {
-                self.end_actor_locked(&mut st, actor, submit::ActorEnd { cause: "owner_died", detail: &detail, because: None, kill: false }, Vec::new());
+                self.end_actor_locked(&mut st, actor, submit::ActorEnd { cause: rayr_proto::ActorDeathCause::OwnerDied, detail: &detail, because: None, kill: false }, Vec::new());
             }
             let workers: Vec<Id> = st.leased.keys().copied().collect();
             for w in workers {

@@ -150,7 +150,7 @@ impl Core {
                 e.object(&id).worker(&self.me).cause(&o.created_event);
                 if reason != FREED_BY_RELEASE {
                     e.object_detail(|d| {
-                        d.reason(reason);
+                        d.reason(reason).end(rayr_proto::ObjectEndReason::Released);
                     });
                 }
             }));
@@ -192,7 +192,7 @@ impl Core {
             e.cause = c.to_vec();
         }
         e.detail = Some(rayr_proto::event::Detail::Actor(rayr_proto::ActorDetail {
-            cause: "out_of_scope".into(),
+            cause: rayr_proto::ActorDeathCause::OutOfScope as i32,
             detail: why.into(),
             restart,
             max_restarts,
@@ -262,6 +262,7 @@ impl Core {
             location: "shm".into(),
             copy_node: node.to_vec(),
             reason: format!("its only copy was in the store of node {}, which is gone: {reason}{what}", hex(&node)),
+            end: rayr_proto::ObjectEndReason::NodeDied as i32,
             ..Default::default()
         }));
         let lost_event = self.record(lost);
@@ -327,7 +328,7 @@ impl Core {
         }
         e.detail = Some(event::Detail::Object(ObjectDetail {
             peer: borrower.to_vec(),
-            peer_kind: "borrower".into(),
+            peer_kind: rayr_proto::PeerKind::Borrower as i32,
             reason: reason.into(),
             ..Default::default()
         }));

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::LEASE_IDLE;
 
 use rayr_logs::{Id, hex};
-use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, TaskSpec, client_message, event};
+use rayr_proto::{ActorDeathCause, EventKind, ObjectLocation, TaskDetail, TaskError, TaskErrorKind, TaskSpec, client_message, event};
 
 use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, Slot, State, put};
 use crate::error::Error;
@@ -71,7 +71,7 @@ impl Core {
         if let Some((why, died)) = q.actor.as_ref().and_then(|a| a.dead.clone()) {
             let actor = q.actor.as_ref().unwrap().id;
             let err = Error::ActorDied { actor: crate::ActorId(actor), cause: why.clone() };
-            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {why}", hex(&actor)), died);
+            self.fail_task_final_locked(st, task, err, TaskErrorKind::ActorDied, &format!("actor {} died: {why}", hex(&actor)), died);
             return;
         }
         if !(q.actor.is_some() && q.ready.contains(&task)) {
@@ -207,7 +207,7 @@ impl Core {
             }).unwrap_or_default();
             for t in tasks {
                 let why = "the node agent is gone: no worker can be leased (is the cluster still running?)";
-                self.fail_task_final_locked(st, t, Error::Connection(why.into()), "node_gone", why, None);
+                self.fail_task_final_locked(st, t, Error::Connection(why.into()), TaskErrorKind::NodeGone, why, None);
             }
         }
     }
@@ -293,7 +293,7 @@ impl Core {
             if let Some(actor) = actor {
                 // No worker will host it: the actor is dead before it began.
                 let detail = format!("no worker could be leased for it: {}", reply.error);
-                self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: &detail, because: None, kill: false }, Vec::new());
+                self.end_actor_locked(&mut st, actor, ActorEnd { cause: ActorDeathCause::CreationFailed, detail: &detail, because: None, kill: false }, Vec::new());
             }
             let tasks: Vec<Id> = st.queues.get_mut(&key).map(|q| {
                 q.leases_requested = 0;
@@ -305,7 +305,7 @@ impl Core {
                 } else {
                     Error::Connection(reply.error.clone())
                 };
-                let error_type = if reply.infeasible { "infeasible" } else { "worker_start_failed" };
+                let error_type = if reply.infeasible { TaskErrorKind::Infeasible } else { TaskErrorKind::WorkerStartFailed };
                 self.fail_task_final_locked(&mut st, t, err, error_type, &reply.error, None);
             }
             drop(st);
@@ -432,7 +432,7 @@ impl Core {
                     let detail = format!("its constructor failed: {}", err.message);
                     if let Some(actor) = creation.and_then(|a| <Id>::try_from(a.as_slice()).ok()) {
                         // No state to call: the calls queued behind the creation fail.
-                        let end = ActorEnd { cause: "creation_failed", detail: &detail, because: finished_event, kill: false };
+                        let end = ActorEnd { cause: ActorDeathCause::CreationFailed, detail: &detail, because: finished_event, kill: false };
                         self.end_actor_locked(st, actor, end, Vec::new());
                     }
                     self.task_error_locked(st, task, err, finished_event);
@@ -444,9 +444,9 @@ impl Core {
 
     pub(super) fn task_error_locked(self: &Arc<Self>, st: &mut State, task: Id, err: TaskError, cause: Option<Id>) {
         let Some(t) = st.tasks.get_mut(&task) else { return };
-        let retry = t.retry_exceptions && err.kind != "bad_argument" && t.spec.attempt < t.spec.max_retries;
+        let retry = t.retry_exceptions && err.kind() != TaskErrorKind::BadArgument && t.spec.attempt < t.spec.max_retries;
         if retry {
-            let reason = format!("{} in attempt {}: {}", err.kind, t.spec.attempt, err.message);
+            let reason = format!("{} in attempt {}: {}", err.kind().word(), t.spec.attempt, err.message);
             self.retry_locked(st, task, reason, cause);
             return;
         }
@@ -483,10 +483,17 @@ impl Core {
         st: &mut State,
         task: Id,
         err: Error,
-        error_type: &str,
+        error_type: TaskErrorKind,
         message: &str,
         cause: Option<Id>,
     ) {
+        let why = TaskDetail { error_type: error_type as i32, error: message.to_string(), ..Default::default() };
+        self.fail_task_final_as_locked(st, task, err, why, cause);
+    }
+
+    /// `fail_task_final_locked`, with the failure's detail as given (`why`: its kind,
+    /// error and what it names; the task's function, attempt and retries are filled in).
+    fn fail_task_final_as_locked(self: &Arc<Self>, st: &mut State, task: Id, err: Error, why: TaskDetail, cause: Option<Id>) {
         let mut failed = None;
         if let Some(t) = st.tasks.get(&task) {
             let mut e = self.event(EventKind::TaskFailed);
@@ -499,10 +506,8 @@ impl Core {
                 function: t.spec.function.clone(),
                 attempt: t.spec.attempt,
                 max_retries: t.spec.max_retries,
-                error: message.to_string(),
                 r#final: true,
-                error_type: error_type.to_string(),
-                ..Default::default()
+                ..why
             }));
             failed = Some(self.record(e));
         }
@@ -553,7 +558,7 @@ impl Core {
             // reported its constructor's failure.)
             let text = e.to_string();
             let detail = format!("its creation failed: {}", text.split("; run `rayr why-died").next().unwrap_or(&text));
-            self.end_actor_locked(st, actor, ActorEnd { cause: "creation_failed", detail: &detail, because: cause, kill: false }, Vec::new());
+            self.end_actor_locked(st, actor, ActorEnd { cause: ActorDeathCause::CreationFailed, detail: &detail, because: cause, kill: false }, Vec::new());
         }
         let mut args = (t.owned_args, t.borrowed_args);
         if t.spec.actor_creation
@@ -624,8 +629,13 @@ impl Core {
             false
         });
         if let Some(e) = failed {
-            let msg = format!("argument {} failed: {e}", hex(&dep));
-            self.fail_task_final_locked(st, task, e, "dependency_failed", &msg, None);
+            let why = TaskDetail {
+                error_type: TaskErrorKind::DependencyFailed as i32,
+                error: format!("argument {} failed: {e}", hex(&dep)),
+                failed_argument: dep.to_vec(),
+                ..Default::default()
+            };
+            self.fail_task_final_as_locked(st, task, e, why, None);
             return;
         }
         // Queued once: a task that takes the same pending ref twice is told twice, and
@@ -691,7 +701,7 @@ impl Core {
                         again.push((t.seq, task));
                     } else {
                         let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
-                        self.fail_task_final_locked(&mut st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), exit_event);
+                        self.fail_task_final_locked(&mut st, task, err, TaskErrorKind::ActorDied, &format!("actor {} {cause}", hex(&actor)), exit_event);
                     }
                 }
                 again.sort_unstable();
@@ -719,7 +729,7 @@ impl Core {
                 return;
             }
             // Its state died with its worker: every call, pending or to come, fails.
-            self.end_actor_locked(&mut st, actor, ActorEnd { cause: "worker_died", detail: &why, because: exit_event, kill: false }, tasks);
+            self.end_actor_locked(&mut st, actor, ActorEnd { cause: ActorDeathCause::WorkerDied, detail: &why, because: exit_event, kill: false }, tasks);
             drop(st);
             self.send_outbox();
             self.ready.notify_all();
@@ -733,7 +743,7 @@ impl Core {
             } else {
                 let err = Error::WorkerDied { worker: crate::WorkerId(worker), exit: detail.clone() };
                 let msg = format!("worker {} died: {detail}; no retries left", hex(&worker));
-                self.fail_task_final_locked(&mut st, task, err, "worker_died", &msg, exit_event);
+                self.fail_task_final_locked(&mut st, task, err, TaskErrorKind::WorkerDied, &msg, exit_event);
             }
         }
         drop(st);
@@ -759,7 +769,7 @@ impl Core {
             let actor = a.id;
             for task in in_flight {
                 let err = Error::ActorDied { actor: crate::ActorId(actor), cause: why.clone() };
-                self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {why}", hex(&actor)), died);
+                self.fail_task_final_locked(st, task, err, TaskErrorKind::ActorDied, &format!("actor {} died: {why}", hex(&actor)), died);
             }
             return;
         }
@@ -795,7 +805,7 @@ impl Core {
                 e.cause = c.to_vec();
             }
             e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail {
-                cause: cause.into(),
+                cause: cause as i32,
                 detail: detail.into(),
                 restart: restarts,
                 max_restarts,
@@ -810,7 +820,7 @@ impl Core {
         }
         for task in tasks {
             let err = Error::ActorDied { actor: crate::ActorId(actor), cause: detail.to_string() };
-            self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {detail}", hex(&actor)), died);
+            self.fail_task_final_locked(st, task, err, TaskErrorKind::ActorDied, &format!("actor {} died: {detail}", hex(&actor)), died);
         }
         // No restart will need its constructor's arguments now.
         self.release_args_locked(st, kept);
@@ -842,7 +852,7 @@ impl Core {
         if let Some(c) = exit_event {
             e.cause = c.to_vec();
         }
-        e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: "worker_died".into(), detail: why.into(), restart, ..Default::default() }));
+        e.detail = Some(event::Detail::Actor(rayr_proto::ActorDetail { cause: ActorDeathCause::WorkerDied as i32, detail: why.into(), restart, ..Default::default() }));
         let restarted = self.record(e);
         let cause = format!("{why} while running this call (the actor restarts: restart {restart})");
         // Calls that were running: run again on the new life, in their order, while they
@@ -867,7 +877,7 @@ impl Core {
                 again.push((t.seq, task));
             } else {
                 let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
-                self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} {cause}", hex(&actor)), Some(restarted));
+                self.fail_task_final_locked(st, task, err, TaskErrorKind::ActorDied, &format!("actor {} {cause}", hex(&actor)), Some(restarted));
             }
         }
         again.sort_unstable();
@@ -962,7 +972,7 @@ impl Core {
                 actor: Some(ActorQueue::new(actor, true, true)),
             },
         );
-        self.end_actor_locked(&mut st, actor, ActorEnd { cause: "creation_failed", detail: why, because: None, kill: false }, Vec::new());
+        self.end_actor_locked(&mut st, actor, ActorEnd { cause: ActorDeathCause::CreationFailed, detail: why, because: None, kill: false }, Vec::new());
     }
 
     /// `rayr::kill`: the actor's worker is stopped at once and every call fails with
@@ -983,7 +993,7 @@ impl Core {
             return Ok(());
         }
         let why = "killed by rayr::kill";
-        self.end_actor_locked(&mut st, actor, ActorEnd { cause: "killed", detail: why, because: None, kill: true }, Vec::new());
+        self.end_actor_locked(&mut st, actor, ActorEnd { cause: ActorDeathCause::Killed, detail: why, because: None, kill: true }, Vec::new());
         drop(st);
         self.send_outbox();
         self.ready.notify_all();
@@ -1021,11 +1031,11 @@ impl Core {
                 a.locating = false;
             }
             if let Err(why) = result {
-                core.actor_dead_here(actor, "dead", &why);
+                core.actor_dead_here(actor, ActorDeathCause::Unspecified, &why);
             }
         });
         if started.is_err() {
-            self.actor_dead_here(actor, "dead", "no thread could be started to find it");
+            self.actor_dead_here(actor, ActorDeathCause::Unspecified, "no thread could be started to find it");
         }
     }
 
@@ -1153,9 +1163,9 @@ impl Core {
         }
     }
 
-    /// The actor is dead (`cause`, `why`), as a borrower learned or as its creator decided
+    /// The actor is dead (`cause`, unspecified where only its owner knows; `why`), as a borrower learned or as its creator decided
     /// (its name was taken): later calls from here fail at once.
-    pub(crate) fn actor_dead_here(self: &Arc<Self>, actor: Id, cause: &str, why: &str) {
+    pub(crate) fn actor_dead_here(self: &Arc<Self>, actor: Id, cause: ActorDeathCause, why: &str) {
         let key = crate::api::actor_key(&actor);
         let mut st = self.state.lock();
         st.queues.entry(key).or_insert_with(|| Queue {
@@ -1192,7 +1202,7 @@ pub(crate) struct FoundActor {
 /// How an actor ended (see `end_actor_locked`): the cause recorded in ACTOR_DIED, what its
 /// calls' errors say, the event that caused it, and whether its worker is stopped at once.
 pub(super) struct ActorEnd<'a> {
-    pub cause: &'a str,
+    pub cause: ActorDeathCause,
     pub detail: &'a str,
     pub because: Option<Id>,
     pub kill: bool,
