@@ -1,6 +1,6 @@
 //! Where a rayr session keeps its files, and the append-only event log.
 //!
-//! This crate owns the on-disk layout of a session (see ARCHITECTURE.md):
+//! This crate owns the on-disk layout of a session (the repository's ARCHITECTURE.md has it whole):
 //!
 //! ```text
 //! $RAYR_TMPDIR (default /tmp/rayr)/

@@ -326,10 +326,6 @@ impl Session {
     pub fn worker_log(&self, worker_hex: &str, pid: u32, ext: &str) -> PathBuf {
         self.logs_dir().join(format!("worker-{worker_hex}-{pid}.{ext}"))
     }
-    /// The head's embedded store.
-    pub fn head_db(&self) -> PathBuf {
-        self.dir.join("head.redb")
-    }
     /// Holds `HOST:PORT` of the head's gRPC service while it runs.
     pub fn head_address_file(&self) -> PathBuf {
         self.dir.join("head_address")

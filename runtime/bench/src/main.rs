@@ -76,6 +76,20 @@
 //!   - `why_died_1m_events_ms`: `rayr why-died --json` (the CLI, from its start) on a failed
 //!     task of a `rayr start` cluster whose record holds 1M events (170k tasks; the head has
 //!     indexed them all: `events_indexed`), median of 5.
+//! - The event index (`index.rs`; alone with `RAYR_BENCH_ONLY=index`):
+//!   - on a synthetic record written as the runtime writes it (six events per task, runs
+//!     of 1024 tasks, two processes; `RAYR_BENCH_INDEX_TASKS`, default 10M tasks):
+//!     `index_events_per_s` / `index_tasks_per_s` over the whole, `_first_tenth` and
+//!     `_last_tenth` (flat cost as the record grows), `index_bytes_per_task` (the `index/`
+//!     directory over the tasks), `index_reopen_and_summary_ms`,
+//!     `index_list_and_task_events_ms` and `index_resolve_prefix_ms`;
+//!   - `first_query_after_1m_tasks_ms` and `why_died_after_1m_tasks_ms`: a child runs a
+//!     job of 1M trivial tasks on an embedded cluster and exits; the CLI's first
+//!     `rayr summary tasks --json` (which indexes the whole record) and then `why-died`,
+//!     timed from the CLI's start;
+//!   - `live_view_lag_ms_under_load` (`_max`): a child submits at full rate while a thread
+//!     asks its embedded head for the task counts; the lag is how far the counts trail
+//!     the tasks the driver knows finished, median of 3 children.
 //!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
 //! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a

@@ -880,7 +880,7 @@ impl Agent {
                 ..Default::default()
             }));
             self.record(&w);
-            // Start workers ahead of demand: a cold start costs ~0.6 ms (PERFORMANCE.md).
+            // Start workers ahead of demand: a cold start costs ~0.6 ms (ARCHITECTURE.md, "Costs").
             let cpus = self.cfg.resources.get("CPU").copied().unwrap_or(1.0).ceil().max(1.0) as usize;
             let mut st = self.state.lock();
             for _ in 0..cpus {

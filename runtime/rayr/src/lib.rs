@@ -49,8 +49,9 @@
 //! What lives where: [`core`](crate) (private) is the core worker inside every driver and
 //! worker process: ownership, the submitter, the peer server, the event buffer. `exec` is
 //! worker mode. The node agent (`rayr-node`) and the head (`rayr-head`) are separate crates;
-//! an embedded `init()` starts both inside the driver process. The public surface is
-//! exactly `shared/design/API.md`.
+//! an embedded `init()` starts both inside the driver process. The public surface (what
+//! this file exports) is a contract: programs outside this repository compile against it,
+//! so a name or a shape in it changes only with every user's consent.
 
 mod actor;
 mod api;

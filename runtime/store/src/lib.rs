@@ -1,8 +1,8 @@
 //! The node's shared-memory object store.
 //!
 //! One file under `/dev/shm` is mapped once by the node agent at start and by every driver
-//! and worker when it connects; objects are ranges inside it. This is the design
-//! PERFORMANCE.md calls for: fresh shm pages cost 6× a warm memcpy to write and 5 ms per
+//! and worker when it connects; objects are ranges inside it. Measured here (see
+//! ARCHITECTURE.md, "Costs"): fresh shm pages cost 6× a warm memcpy to write and 5 ms per
 //! 100 MB to free, so the arena is faulted in once and never handed back, and freed ranges
 //! are reused lowest-address first so hot pages stay hot.
 //!
