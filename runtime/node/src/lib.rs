@@ -26,6 +26,7 @@
 //! ```
 
 mod agent;
+pub mod ledger;
 pub mod pool;
 pub mod resources;
 

@@ -148,7 +148,7 @@ impl Agent {
     fn lease_for_detached(self: &Arc<Self>, st: &mut State, actor: Id) {
         let Some(d) = st.detached.get(&actor) else { return };
         let (demand, job) = (d.demand.clone(), d.job);
-        st.pending.push_back(PendingLease { reply_to: LeaseFor::Detached(actor), demand, job, requester: None, dedicated: true, actor: Some(actor) });
+        st.leases.enqueue(PendingLease { reply_to: LeaseFor::Detached(actor), demand, job, requester: None, dedicated: true, actor: Some(actor) });
         self.grant_pending(st);
     }
 
@@ -316,7 +316,7 @@ impl Agent {
             keep
         });
         self.release_names_later(freed);
-        st.pending.retain(|p| !matches!(p.reply_to, LeaseFor::Detached(a) if a == actor));
+        st.leases.retain(|_, reply_to, _| !matches!(reply_to, LeaseFor::Detached(a) if *a == actor));
         if let Some(w) = worker {
             self.return_lease_locked(st, w, detail);
         }
