@@ -6,7 +6,6 @@
 //! message that says what was wrong and what to do.
 
 mod connect;
-mod join;
 mod logs;
 mod query;
 mod whydied;
@@ -659,8 +658,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(session.pids_file())?;
     writeln!(pids, "{}", std::process::id())?;
     if let Some(head) = &a.join {
-        let ending: join::Ending = Default::default();
-        let joining = join::Joining {
+        let joining = rayr_node::membership::Joining {
             head: head.clone(),
             node_id,
             address: a.node_ip_address.clone(),
@@ -672,30 +670,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             metrics_address: metrics_address.clone(),
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
-        let (probe, end) = (node.resource_probe(), ending.clone());
-        probe.set_head_address(head);
-        std::thread::Builder::new().name("rayr-membership".into()).spawn(move || join::run(joining, probe, end))?;
-        let shipper = a.ship_events.then(|| join::EventShipper::start(head, node_id, session.event_log(&hex(&node_id))));
+        let joined = rayr_node::membership::join(&node, joining, a.ship_events).context("joining the cluster")?;
         if a.ship_events {
             // Drivers of this host attach to this node.
             std::fs::write(session.head_node_file(), node.socket_path().display().to_string())?;
         }
         eprintln!("rayr node {} joining the cluster at {head}", hex(&node_id));
         let sig = wait_for_stop(&set);
-        let reason = match ending.lock().take() {
-            Some(why) => why,
-            None => {
-                let why = format!("asked to stop (signal {sig}): it left the cluster on purpose");
-                join::unregister(head, node_id, &why);
-                why
-            }
-        };
-        eprintln!("rayr node stopping: {reason}");
-        node.shutdown_because(&reason);
-        if let Some(shipper) = shipper {
-            // What it recorded last (its NODE_STOPPED) reaches the head too, if it can.
-            shipper.finish(Duration::from_secs(3));
-        }
+        joined.leave(node, &format!("asked to stop (signal {sig}): it left the cluster on purpose"));
         return Ok(());
     }
     let bind: std::net::SocketAddr = format!("{}:{}", a.node_ip_address, a.port)
@@ -724,16 +706,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let head_metrics = head.metrics_source();
         metrics_sources.lock().push(Box::new(move || head_metrics()));
     }
-    let (membership, probe) = (head.membership().clone(), node.resource_probe());
-    probe.set_head_address(&head.address().to_string());
-    let period = watch.heartbeat_period;
-    std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
-        loop {
-            membership.head_node_available(&node_id, probe.available());
-            probe.set_gone(membership.gone());
-            probe.set_cluster(membership.view());
-            std::thread::sleep(period);
-        }
+    let membership = head.membership().clone();
+    rayr_node::membership::follow_in_process(&node, &head.address().to_string(), watch.heartbeat_period, move |available| {
+        membership.head_node_available(&node_id, available);
+        (membership.gone(), membership.view())
     })?;
     std::fs::write(session.head_node_file(), node.socket_path().display().to_string())?;
     eprintln!("rayr head serving at {} with node {}", head.address(), hex(&node_id));

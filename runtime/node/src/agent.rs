@@ -119,6 +119,10 @@ impl NodeHandle {
     pub fn transfer_address(&self) -> Option<&str> {
         self.agent.transfer.get().map(|t| t.address.as_str())
     }
+    /// The node's event log (what a node on another host than the head ships to it).
+    pub fn event_log(&self) -> PathBuf {
+        self.agent.cfg.session.event_log(&hex(&self.agent.cfg.node_id))
+    }
     /// Bytes of the store in use by live objects.
     pub fn store_used(&self) -> u64 {
         self.agent.state.lock().alloc.used()

@@ -27,6 +27,7 @@
 
 mod agent;
 pub mod ledger;
+pub mod membership;
 pub mod pool;
 pub mod resources;
 

@@ -4,7 +4,6 @@
 //! `cargo test -p rayr-node --release --test lease_queue -- --ignored --nocapture`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Instant;
 
