@@ -20,6 +20,7 @@ use anyhow::{Context, anyhow, bail};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
 use rayr_logs::{Session, hex, new_id};
 
 #[derive(Parser)]
@@ -591,23 +592,24 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
 }
 
 /// Blocks SIGTERM and SIGINT in every thread started after; `wait_for_stop` takes them.
-fn block_stop_signals() -> libc::sigset_t {
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: plain signal-mask calls.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+fn block_stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    let _ = set.thread_block();
     set
 }
 
-fn wait_for_stop(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: waits for one of the blocked signals.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
+/// The number of the stop signal taken (0 if waiting failed).
+fn wait_for_stop(set: &SigSet) -> i32 {
+    set.wait().map_or(0, |sig| sig as i32)
+}
+
+/// Sends `sig` to `pid`, never to a process group or every process (pid 0 or negative).
+fn send_signal(pid: i32, sig: Signal) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 /// The long-running process `start` launches: the head and its node agent, or (`--join`)
@@ -764,7 +766,7 @@ fn stop(session: Option<PathBuf>) -> anyhow::Result<()> {
     pids.retain(|p| process_alive(*p));
     let workers = session_processes(&session.dir);
     for &pid in &pids {
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        send_signal(pid, Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| process_alive(*p)) && Instant::now() < deadline {
@@ -773,7 +775,7 @@ fn stop(session: Option<PathBuf>) -> anyhow::Result<()> {
     // Whatever is left (a wedged head, workers whose agent was SIGKILLed) is killed.
     let mut killed = 0;
     for pid in pids.iter().chain(workers.iter()).copied().filter(|p| process_alive(*p)) {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        send_signal(pid, Signal::SIGKILL);
         killed += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -24,6 +24,7 @@ use rayr_proto::{
 use rayr_store::{Allocator, Arena};
 
 use crate::pool::{self, env};
+use nix::sys::signal::Signal;
 
 mod binaries;
 mod detached;
@@ -330,9 +331,7 @@ fn remove_stale_stores() {
             continue;
         };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
+        if !pool::process_exists(pid) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -1086,8 +1085,7 @@ impl Agent {
             for w in st.idle.remove(&job).unwrap_or_default() {
                 if let Some(sp) = st.spawned.get_mut(&w) {
                     sp.intended_exit = Some("its job ended, and no lease needs it".into());
-                    // SAFETY: signalling a child we started.
-                    unsafe { libc::kill(sp.pid as i32, libc::SIGTERM) };
+                    pool::send_signal(sp.pid, Signal::SIGTERM);
                 }
             }
         }
@@ -1324,9 +1322,8 @@ impl Agent {
             if let Some(sp) = st.spawned.get_mut(&worker) {
                 sp.intended_exit = Some(format!("the actor it hosted ended: {why}"));
                 // A killed actor stops at once, mid-call if need be (as Ray's kill does).
-                let signal = if sp.by_user { libc::SIGKILL } else { libc::SIGTERM };
-                // SAFETY: signalling a child we started.
-                unsafe { libc::kill(sp.pid as i32, signal) };
+                let signal = if sp.by_user { Signal::SIGKILL } else { Signal::SIGTERM };
+                pool::send_signal(sp.pid, signal);
             }
             return;
         }
@@ -1436,8 +1433,7 @@ impl Agent {
         self.release_leases_of(&mut st, worker);
         drop(st);
         for pid in to_kill {
-            // SAFETY: sending a signal to a child we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            pool::send_signal(pid, Signal::SIGTERM);
         }
         let mut e = self.event(EventKind::WorkerExited);
         e.worker_id = worker.to_vec();
@@ -1521,8 +1517,7 @@ impl Agent {
         self.grant_pending(&mut st);
         drop(st);
         for pid in to_kill {
-            // SAFETY: sending a signal to a child we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            pool::send_signal(pid, Signal::SIGTERM);
         }
     }
 
@@ -1542,8 +1537,7 @@ impl Agent {
                 .collect()
         };
         for &pid in &pids {
-            // SAFETY: signalling children we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            pool::send_signal(pid, Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.state.lock();
@@ -1553,7 +1547,7 @@ impl Agent {
         let stragglers: Vec<u32> = st.spawned.values().map(|s| s.pid).collect();
         drop(st);
         for pid in stragglers {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            pool::send_signal(pid, Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.state.lock();

@@ -342,8 +342,8 @@ impl Agent {
         if !no_restart && restarts_left != 0 {
             if let Some(sp) = worker.and_then(|w| st.spawned.get_mut(&w)) {
                 sp.intended_exit = Some("killed by rayr::kill (the actor restarts)".into());
-                // SAFETY: signalling a child we started; its reaper restarts the actor.
-                unsafe { libc::kill(sp.pid as i32, libc::SIGKILL) };
+                // Its reaper restarts the actor.
+                crate::pool::send_signal(sp.pid, nix::sys::signal::Signal::SIGKILL);
             }
             return Ok(());
         }
