@@ -1175,6 +1175,8 @@ fn a_task_on_a_frozen_node_is_retried_elsewhere_once_the_node_is_declared_dead()
     for &p in &frozen {
         unsafe { libc::kill(p, libc::SIGSTOP) };
     }
+    // Stopped for certain before the task is let go (a signal lands asynchronously).
+    wait_for("the node's processes to stop", Duration::from_secs(10), || frozen.iter().all(|p| support::all_threads_stopped(*p)));
     std::fs::write(&hold, b"").unwrap();
     // Declared dead (30 missed 100 ms beats), the task runs again on the other node.
     let result = std::iter::from_fn(|| rx.recv_timeout(Duration::from_secs(30)).ok()).find(|l| l.starts_with("RESULT "));

@@ -6,7 +6,6 @@
 //! message that says what was wrong and what to do.
 
 mod connect;
-mod join;
 mod logs;
 mod query;
 mod whydied;
@@ -21,6 +20,7 @@ use anyhow::{Context, anyhow, bail};
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand};
+use nix::sys::signal::{SigSet, Signal};
 use rayr_logs::{Session, hex, new_id};
 
 #[derive(Parser)]
@@ -592,23 +592,24 @@ fn start_node(a: &StartArgs, head: &str) -> anyhow::Result<()> {
 }
 
 /// Blocks SIGTERM and SIGINT in every thread started after; `wait_for_stop` takes them.
-fn block_stop_signals() -> libc::sigset_t {
-    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: plain signal-mask calls.
-    unsafe {
-        libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGTERM);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
+fn block_stop_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGTERM);
+    set.add(Signal::SIGINT);
+    let _ = set.thread_block();
     set
 }
 
-fn wait_for_stop(set: &libc::sigset_t) -> i32 {
-    let mut sig = 0;
-    // SAFETY: waits for one of the blocked signals.
-    unsafe { libc::sigwait(set, &mut sig) };
-    sig
+/// The number of the stop signal taken (0 if waiting failed).
+fn wait_for_stop(set: &SigSet) -> i32 {
+    set.wait().map_or(0, |sig| sig as i32)
+}
+
+/// Sends `sig` to `pid`, never to a process group or every process (pid 0 or negative).
+fn send_signal(pid: i32, sig: Signal) {
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
 }
 
 /// The long-running process `start` launches: the head and its node agent, or (`--join`)
@@ -659,8 +660,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let mut pids = std::fs::OpenOptions::new().create(true).append(true).open(session.pids_file())?;
     writeln!(pids, "{}", std::process::id())?;
     if let Some(head) = &a.join {
-        let ending: join::Ending = Default::default();
-        let joining = join::Joining {
+        let joining = rayr_node::membership::Joining {
             head: head.clone(),
             node_id,
             address: a.node_ip_address.clone(),
@@ -672,30 +672,14 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             metrics_address: metrics_address.clone(),
             head_timeout: Duration::from_secs(a.head_timeout_s),
         };
-        let (probe, end) = (node.resource_probe(), ending.clone());
-        probe.set_head_address(head);
-        std::thread::Builder::new().name("rayr-membership".into()).spawn(move || join::run(joining, probe, end))?;
-        let shipper = a.ship_events.then(|| join::EventShipper::start(head, node_id, session.event_log(&hex(&node_id))));
+        let joined = rayr_node::membership::join(&node, joining, a.ship_events).context("joining the cluster")?;
         if a.ship_events {
             // Drivers of this host attach to this node.
             std::fs::write(session.head_node_file(), node.socket_path().display().to_string())?;
         }
         eprintln!("rayr node {} joining the cluster at {head}", hex(&node_id));
         let sig = wait_for_stop(&set);
-        let (end, reason) = match ending.lock().take() {
-            Some(why) => why,
-            None => {
-                let why = format!("asked to stop (signal {sig}): it left the cluster on purpose");
-                join::unregister(head, node_id, &why);
-                (rayr_proto::NodeEndReason::AskedToStop, why)
-            }
-        };
-        eprintln!("rayr node stopping: {reason}");
-        node.shutdown_because(end, &reason);
-        if let Some(shipper) = shipper {
-            // What it recorded last (its NODE_STOPPED) reaches the head too, if it can.
-            shipper.finish(Duration::from_secs(3));
-        }
+        joined.leave(node, &format!("asked to stop (signal {sig}): it left the cluster on purpose"));
         return Ok(());
     }
     let bind: std::net::SocketAddr = format!("{}:{}", a.node_ip_address, a.port)
@@ -724,16 +708,10 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         let head_metrics = head.metrics_source();
         metrics_sources.lock().push(Box::new(move || head_metrics()));
     }
-    let (membership, probe) = (head.membership().clone(), node.resource_probe());
-    probe.set_head_address(&head.address().to_string());
-    let period = watch.heartbeat_period;
-    std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
-        loop {
-            membership.head_node_available(&node_id, probe.available());
-            probe.set_gone(membership.gone());
-            probe.set_cluster(membership.view());
-            std::thread::sleep(period);
-        }
+    let membership = head.membership().clone();
+    rayr_node::membership::follow_in_process(&node, &head.address().to_string(), watch.heartbeat_period, move |available| {
+        membership.head_node_available(&node_id, available);
+        (membership.gone(), membership.view())
     })?;
     std::fs::write(session.head_node_file(), node.socket_path().display().to_string())?;
     eprintln!("rayr head serving at {} with node {}", head.address(), hex(&node_id));
@@ -791,7 +769,7 @@ fn stop(session: Option<PathBuf>) -> anyhow::Result<()> {
     pids.retain(|p| process_alive(*p));
     let workers = session_processes(&session.dir);
     for &pid in &pids {
-        unsafe { libc::kill(pid, libc::SIGTERM) };
+        send_signal(pid, Signal::SIGTERM);
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     while pids.iter().any(|p| process_alive(*p)) && Instant::now() < deadline {
@@ -800,7 +778,7 @@ fn stop(session: Option<PathBuf>) -> anyhow::Result<()> {
     // Whatever is left (a wedged head, workers whose agent was SIGKILLed) is killed.
     let mut killed = 0;
     for pid in pids.iter().chain(workers.iter()).copied().filter(|p| process_alive(*p)) {
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        send_signal(pid, Signal::SIGKILL);
         killed += 1;
     }
     let deadline = Instant::now() + Duration::from_secs(5);

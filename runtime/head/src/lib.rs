@@ -10,6 +10,9 @@
 //! - [`start_head`]: the indexer thread that tails the logs, and the `Head` gRPC server.
 //! - [`Membership`]: which node agents are in the cluster, their heartbeats, and the
 //!   declaration of a silent node's death (NODE_JOINED, NODE_DIED).
+//! - the clean-up sweeps (`sweeps.rs`): what nothing else records once a node, a job's
+//!   driver or an object's owner is gone (workers lost with a dead node, tasks of ended
+//!   jobs, objects of dead owners), run beside the gRPC service.
 //!
 //! What it must not touch: processes (starting, signalling or reaping workers is the node
 //! agent's), worker sockets, and the event logs themselves (it only reads them). The views
@@ -37,6 +40,7 @@ mod index;
 mod membership;
 mod query;
 mod service;
+mod sweeps;
 mod views;
 
 use std::net::SocketAddr;

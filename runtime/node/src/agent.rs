@@ -1,6 +1,6 @@
 //! The agent's services wired together: socket server, leases, worker pool, store, events.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::io;
 use std::os::unix::net::{UnixListener, UnixStream};
 
@@ -24,6 +24,7 @@ use rayr_proto::{
 use rayr_store::{Allocator, Arena};
 
 use crate::pool::{self, env};
+use nix::sys::signal::Signal;
 
 mod binaries;
 mod detached;
@@ -31,6 +32,7 @@ pub(crate) mod logs;
 mod metrics;
 mod placement;
 mod transfer;
+use crate::ledger::{self, Decision, Ledger, Request};
 use crate::resources::{self, Resources};
 
 /// What a node agent is started with. Every field is a `rayr start` flag.
@@ -118,6 +120,10 @@ impl NodeHandle {
     pub fn transfer_address(&self) -> Option<&str> {
         self.agent.transfer.get().map(|t| t.address.as_str())
     }
+    /// The node's event log (what a node on another host than the head ships to it).
+    pub fn event_log(&self) -> PathBuf {
+        self.agent.cfg.session.event_log(&hex(&self.agent.cfg.node_id))
+    }
     /// Bytes of the store in use by live objects.
     pub fn store_used(&self) -> u64 {
         self.agent.state.lock().alloc.used()
@@ -162,7 +168,7 @@ pub struct ResourceProbe(Arc<Agent>);
 impl ResourceProbe {
     /// Resources not held by any lease.
     pub fn available(&self) -> Resources {
-        self.0.state.lock().available.iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect()
+        self.0.state.lock().leases.available().iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect()
     }
 
     /// The cluster's live nodes, as the head last said (this node among them).
@@ -229,8 +235,7 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
             clients: HashMap::new(),
             jobs: HashMap::new(),
             silent_jobs: std::collections::HashSet::new(),
-            available: cfg.resources.clone(),
-            pending: VecDeque::new(),
+            leases: Ledger::new(cfg.resources.clone()),
             idle: HashMap::new(),
             spawned: HashMap::new(),
             exits: HashMap::new(),
@@ -327,9 +332,7 @@ fn remove_stale_stores() {
             continue;
         };
         let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<i32>().ok()) else { continue };
-        // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0 || io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
-        if !alive {
+        if !pool::process_exists(pid) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
@@ -377,16 +380,8 @@ enum LeaseFor {
     Detached(Id),
 }
 
-struct PendingLease {
-    reply_to: LeaseFor,
-    demand: Resources,
-    job: Id,
-    /// The client asking (dropped from the queue when it dies).
-    requester: Option<Id>,
-    /// For an actor (which one): the worker is stopped when the lease ends.
-    dedicated: bool,
-    actor: Option<Id>,
-}
+/// A lease request as the ledger queues it.
+type PendingLease = Request<LeaseFor>;
 
 struct Spawned {
     job: Id,
@@ -419,8 +414,8 @@ struct State {
     jobs: HashMap<Id, PathBuf>,
     /// Jobs whose driver records no events (their workers are started the same way).
     silent_jobs: std::collections::HashSet<Id>,
-    available: Resources,
-    pending: VecDeque<PendingLease>,
+    /// Free resources and queued lease requests, and what is granted from them.
+    leases: Ledger<LeaseFor>,
     idle: HashMap<Id, Vec<Id>>,
     spawned: HashMap<Id, Spawned>,
     exits: HashMap<Id, ExitRecord>,
@@ -670,7 +665,7 @@ impl Agent {
                 }
                 client_message::Body::StoreStats(_) => {
                     let st = self.state.lock();
-                    let available: Resources = st.available.iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect();
+                    let available: Resources = st.leases.available().iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect();
                     let mut reply = StoreStatsReply {
                         used_bytes: st.alloc.used(),
                         capacity_bytes: st.alloc.capacity(),
@@ -919,14 +914,14 @@ impl Agent {
                 }
                 placement::Placement::Here => {
                     let mut st = self.state.lock();
-                    st.pending.push_back(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: true, actor: id_of(&l.actor_id) });
+                    st.leases.enqueue(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: true, actor: id_of(&l.actor_id) });
                     self.grant_pending(&mut st);
                     return;
                 }
                 placement::Placement::Unknown(why) => tracing::debug!("actor placed by its node: {why}"),
             }
         }
-        if !resources::fits(&demand, &self.cfg.resources) {
+        if !self.state.lock().leases.feasible(&demand) {
             if spill_ok && let Some(reply) = self.spill(&demand, &l.task_id, "this node can never hold it", false) {
                 conn.reply(req_id, node_message::Body::Lease(reply));
                 return;
@@ -947,15 +942,15 @@ impl Agent {
         let mut st = self.state.lock();
         // Not grantable now (its resources are taken, or others wait before it) and another
         // node has them free: it goes there (spillback), as Ray's raylets do.
-        if spill_ok && (!st.pending.is_empty() || !resources::fits(&demand, &st.available)) {
-            let why = format!("this node has {} free and {} lease(s) waiting", resources::describe(&st.available), st.pending.len());
+        if spill_ok && st.leases.would_wait(&demand) {
+            let why = format!("this node has {} free and {} lease(s) waiting", resources::describe(st.leases.available()), st.leases.queued());
             if let Some(reply) = self.spill(&demand, &l.task_id, &why, true) {
                 drop(st);
                 conn.reply(req_id, node_message::Body::Lease(reply));
                 return;
             }
         }
-        st.pending.push_back(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: l.dedicated, actor: id_of(&l.actor_id) });
+        st.leases.enqueue(PendingLease { reply_to: LeaseFor::Client(conn.clone(), req_id), demand, job, requester, dedicated: l.dedicated, actor: id_of(&l.actor_id) });
         self.grant_pending(&mut st);
     }
 
@@ -966,20 +961,7 @@ impl Agent {
         let me = self.cfg.node_id.to_vec();
         let target = {
             let mut cluster = self.cluster.lock();
-            let cpu = |n: &rayr_proto::NodeView| n.available.get("CPU").copied().unwrap_or(0.0);
-            let other = |n: &rayr_proto::NodeView| n.node_id != me && !n.agent_socket.is_empty();
-            let has_free = cluster.iter().any(|n| other(n) && resources::fits(demand, &n.available));
-            if !has_free && free_now {
-                return None;
-            }
-            let eligible = |n: &rayr_proto::NodeView| {
-                other(n) && if has_free { resources::fits(demand, &n.available) } else { resources::fits(demand, &n.total) }
-            };
-            let most = cluster.iter().filter(|n| eligible(n)).map(cpu).max_by(f64::total_cmp)?;
-            // Among the nodes with the most CPU free, any one: spills from many nodes at
-            // once spread instead of all picking the same.
-            let ties: Vec<usize> = (0..cluster.len()).filter(|&i| eligible(&cluster[i]) && cpu(&cluster[i]) >= most - 1e-9).collect();
-            let pick = ties[new_id()[0] as usize % ties.len()];
+            let pick = ledger::spill_target(&cluster, &me, demand, free_now, new_id()[0] as usize)?;
             let best = &mut cluster[pick];
             let chosen = best.clone();
             // Counted as taken until that node's next heartbeat says otherwise, so the next
@@ -1004,7 +986,8 @@ impl Agent {
     fn spill_to_node(&self, demand: &Resources, task: &[u8], node: Id, bytes: u64) -> Option<LeaseReply> {
         let target = {
             let mut cluster = self.cluster.lock();
-            let n = cluster.iter_mut().find(|n| n.node_id == node && !n.agent_socket.is_empty() && resources::fits(demand, &n.available))?;
+            let at = ledger::node_with_free(&cluster, &node, demand)?;
+            let n = &mut cluster[at];
             let chosen = n.clone();
             resources::subtract(&mut n.available, demand);
             chosen
@@ -1034,103 +1017,55 @@ impl Agent {
         let me = self.cfg.node_id.to_vec();
         let cluster = self.cluster.lock();
         let others: Vec<&rayr_proto::NodeView> = cluster.iter().filter(|n| n.node_id != me).collect();
-        if let Some(n) = others.iter().find(|n| resources::fits(demand, &n.total)) {
-            return format!(
-                "{what} needs {} but this node ({}) has {}; node {} at {} has it (this request was sent here from another node's out-of-date view: submit it again)",
-                resources::describe(demand),
-                self.cfg.ip_address,
-                resources::describe(&self.cfg.resources),
-                hex(&n.node_id),
-                n.address
-            );
-        }
-        // The node that comes closest: most demanded resources met, then most of them.
-        let closeness = |total: &Resources| {
-            let met = demand.iter().filter(|(k, v)| total.get(*k).copied().unwrap_or(0.0) >= **v).count();
-            let share: f64 = demand.iter().map(|(k, v)| (total.get(k).copied().unwrap_or(0.0) / v.max(1e-9)).min(1.0)).sum();
-            (met, share)
-        };
-        let mut largest = (self.cfg.ip_address.clone(), self.cfg.resources.clone());
-        for n in &others {
-            let (a, b) = (closeness(&n.total), closeness(&largest.1));
-            if a.0 > b.0 || (a.0 == b.0 && a.1 > b.1) {
-                largest = (n.address.clone(), n.total.clone());
-            }
-        }
-        format!(
-            "{what} needs {} but the largest node ({} of {}) has {}; no node can ever run it",
-            resources::describe(demand),
-            largest.0,
-            others.len() + 1,
-            resources::describe(&largest.1)
-        )
+        ledger::infeasible_reason(what, demand, &self.cfg.ip_address, &self.cfg.resources, &others)
     }
 
     /// Grants queued leases in order while resources and workers allow; starts workers for
     /// the ones that only lack a process.
     fn grant_pending(self: &Arc<Self>, st: &mut State) {
-        // (job, for an actor) → leases waiting for a process.
-        let mut waiting_for_worker: HashMap<(Id, bool), usize> = HashMap::new();
-        let mut i = 0;
-        while i < st.pending.len() {
-            let p = &st.pending[i];
-            if let Some(err) = st.start_failures.get(&p.job) {
-                let p = st.pending.remove(i).unwrap();
-                let error = err.clone();
-                match p.reply_to {
-                    LeaseFor::Client(conn, req) => conn.reply(req, node_message::Body::Lease(LeaseReply { error, ..Default::default() })),
-                    LeaseFor::Detached(actor) => self.detached_unstartable(st, actor, &error),
-                }
-                continue;
+        // Carrying out a pass's decisions can free resources (an unstartable detached actor
+        // gives its lease back): passes repeat until one decides nothing. Each costs the
+        // number of request classes, not of requests (see `ledger`).
+        let waiting_for_worker = loop {
+            let State { leases, start_failures, idle, clients, spawned, .. } = &mut *st;
+            let pass = leases.grant(|job| start_failures.get(job).cloned(), |job, dedicated| take_idle(idle, clients, spawned, *job, dedicated));
+            if pass.decisions.is_empty() {
+                break pass.lacking_workers;
             }
-            if !resources::fits(&p.demand, &st.available) {
-                i += 1;
-                continue;
-            }
-            let job = p.job;
-            let dedicated = p.dedicated;
-            // (Never one being stopped: its job ended, say.)
-            let stopping = |spawned: &HashMap<Id, Spawned>, w: &Id| spawned.get(w).is_some_and(|sp| sp.intended_exit.is_some());
-            let worker = if dedicated {
-                // Only a worker that never served anyone: it owns nothing.
-                let (clients, spawned) = (&st.clients, &st.spawned);
-                let idle = st.idle.entry(job).or_default();
-                idle.iter().position(|w| clients.get(w).is_some_and(|c| !c.served) && !stopping(spawned, w)).map(|at| idle.remove(at))
-            } else {
-                loop {
-                    match st.idle.get_mut(&job).and_then(|v| v.pop()) {
-                        Some(w) if st.clients.contains_key(&w) && !stopping(&st.spawned, &w) => break Some(w),
-                        Some(_) => continue, // exited or stopping while idle
-                        None => break None,
+            for decision in pass.decisions {
+                match decision {
+                    Decision::Failed { request, error } => match request.reply_to {
+                        LeaseFor::Client(conn, req) => conn.reply(req, node_message::Body::Lease(LeaseReply { error, ..Default::default() })),
+                        LeaseFor::Detached(actor) => self.detached_unstartable(st, actor, &error),
+                    },
+                    Decision::Granted { request, worker } => {
+                        let Some(client) = st.clients.get_mut(&worker) else {
+                            // (`take_idle` gives only registered clients; none leaves meanwhile.)
+                            st.leases.release(&request.demand, false);
+                            st.leases.enqueue(request);
+                            continue;
+                        };
+                        client.lease = Some(request.demand);
+                        client.lease_holder = request.requester;
+                        client.dedicated = request.dedicated;
+                        client.actor = request.actor;
+                        client.served = true;
+                        // A "blocked" left from before this lease would give back CPU it never took.
+                        client.blocked = false;
+                        let reply = LeaseReply {
+                            worker_id: worker.to_vec(),
+                            address: client.address.clone(),
+                            pid: client.pid,
+                            ..Default::default()
+                        };
+                        match request.reply_to {
+                            LeaseFor::Client(conn, req) => conn.reply(req, node_message::Body::Lease(reply)),
+                            LeaseFor::Detached(actor) => self.detached_granted(st, actor, worker, reply.address),
+                        }
                     }
                 }
-            };
-            let Some(worker) = worker else {
-                *waiting_for_worker.entry((job, dedicated)).or_default() += 1;
-                i += 1;
-                continue;
-            };
-            let p = st.pending.remove(i).unwrap();
-            resources::subtract(&mut st.available, &p.demand);
-            let client = st.clients.get_mut(&worker).unwrap();
-            client.lease = Some(p.demand);
-            client.lease_holder = p.requester;
-            client.dedicated = p.dedicated;
-            client.actor = p.actor;
-            client.served = true;
-            // A "blocked" left from before this lease would give back CPU it never took.
-            client.blocked = false;
-            let reply = LeaseReply {
-                worker_id: worker.to_vec(),
-                address: client.address.clone(),
-                pid: client.pid,
-                ..Default::default()
-            };
-            match p.reply_to {
-                LeaseFor::Client(conn, req) => conn.reply(req, node_message::Body::Lease(reply)),
-                LeaseFor::Detached(actor) => self.detached_granted(st, actor, worker, reply.address),
             }
-        }
+        };
         let mut starting: HashMap<Id, usize> = HashMap::new();
         for s in st.spawned.values().filter(|s| !s.registered) {
             *starting.entry(s.job).or_default() += 1;
@@ -1151,8 +1086,7 @@ impl Agent {
             for w in st.idle.remove(&job).unwrap_or_default() {
                 if let Some(sp) = st.spawned.get_mut(&w) {
                     sp.intended_exit = Some((WorkerExitReason::JobEnded, "its job ended, and no lease needs it".into()));
-                    // SAFETY: signalling a child we started.
-                    unsafe { libc::kill(sp.pid as i32, libc::SIGTERM) };
+                    pool::send_signal(sp.pid, Signal::SIGTERM);
                 }
             }
         }
@@ -1302,15 +1236,10 @@ impl Agent {
             && st.clients.get(&worker).is_some_and(|c| !c.is_driver && !c.dedicated);
         let hosted = st.clients.get(&worker).and_then(|c| c.actor);
         if let Some(client) = st.clients.remove(&worker)
-            && let Some(held) = client.lease {
-                if client.blocked {
-                    let mut rest = held.clone();
-                    rest.remove("CPU");
-                    resources::add(&mut st.available, &rest);
-                } else {
-                    resources::add(&mut st.available, &held);
-                }
-            }
+            && let Some(held) = client.lease
+        {
+            st.leases.release(&held, client.blocked);
+        }
         self.release_leases_of(&mut st, worker);
         // Objects in the store owned by the dead process are lost with it.
         let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
@@ -1349,7 +1278,7 @@ impl Agent {
 
     /// A client died: the leases it held come back and its queued requests go.
     fn release_leases_of(self: &Arc<Self>, st: &mut State, dead: Id) {
-        st.pending.retain(|p| p.requester != Some(dead));
+        st.leases.retain(|_, _, requester| requester != Some(dead));
         let held: Vec<Id> = st.clients.iter().filter(|(_, c)| c.lease.is_some() && c.lease_holder == Some(dead)).map(|(w, _)| *w).collect();
         for w in held {
             // An actor whose owner died dies with it; nobody else will say so.
@@ -1390,21 +1319,14 @@ impl Agent {
         client.actor = None;
         let job = client.job;
         client.lease_holder = None;
-        if blocked {
-            let mut rest = held.clone();
-            rest.remove("CPU");
-            resources::add(&mut st.available, &rest);
-        } else {
-            resources::add(&mut st.available, &held);
-        }
+        st.leases.release(&held, blocked);
         if dedicated {
             if let Some(sp) = st.spawned.get_mut(&worker) {
                 let reason = if sp.by_user { WorkerExitReason::KilledByUser } else { WorkerExitReason::ActorEnded };
                 sp.intended_exit = Some((reason, format!("the actor it hosted ended: {why}")));
                 // A killed actor stops at once, mid-call if need be (as Ray's kill does).
-                let signal = if sp.by_user { libc::SIGKILL } else { libc::SIGTERM };
-                // SAFETY: signalling a child we started.
-                unsafe { libc::kill(sp.pid as i32, signal) };
+                let signal = if sp.by_user { Signal::SIGKILL } else { Signal::SIGTERM };
+                pool::send_signal(sp.pid, signal);
             }
             return;
         }
@@ -1421,14 +1343,9 @@ impl Agent {
         }
         client.blocked = blocked;
         let cpu = client.lease.as_ref().and_then(|l| l.get("CPU")).copied().unwrap_or(0.0);
-        if cpu > 0.0 {
-            let delta: Resources = [("CPU".to_string(), cpu)].into();
-            if blocked {
-                resources::add(&mut st.available, &delta);
-                self.grant_pending(&mut st);
-            } else {
-                resources::subtract(&mut st.available, &delta);
-            }
+        st.leases.set_blocked(cpu, blocked);
+        if blocked && cpu > 0.0 {
+            self.grant_pending(&mut st);
         }
     }
 
@@ -1520,8 +1437,7 @@ impl Agent {
         self.release_leases_of(&mut st, worker);
         drop(st);
         for pid in to_kill {
-            // SAFETY: sending a signal to a child we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            pool::send_signal(pid, Signal::SIGTERM);
         }
         let mut e = self.event(EventKind::WorkerExited);
         e.worker_id = worker.to_vec();
@@ -1594,7 +1510,7 @@ impl Agent {
             sp.intended_exit = Some((WorkerExitReason::JobEnded, reason.clone()));
             to_kill.push(sp.pid);
         }
-        st.pending.retain(|p| p.job != job || matches!(p.reply_to, LeaseFor::Detached(_)) || p.requester.is_some_and(|r| spared.contains(&r)));
+        st.leases.retain(|j, reply_to, requester| *j != job || matches!(reply_to, LeaseFor::Detached(_)) || requester.is_some_and(|r| spared.contains(&r)));
         to_kill
     }
 
@@ -1613,8 +1529,7 @@ impl Agent {
         self.grant_pending(&mut st);
         drop(st);
         for pid in to_kill {
-            // SAFETY: sending a signal to a child we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            pool::send_signal(pid, Signal::SIGTERM);
         }
     }
 
@@ -1634,8 +1549,7 @@ impl Agent {
                 .collect()
         };
         for &pid in &pids {
-            // SAFETY: signalling children we started.
-            unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+            pool::send_signal(pid, Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.state.lock();
@@ -1645,7 +1559,7 @@ impl Agent {
         let stragglers: Vec<u32> = st.spawned.values().map(|s| s.pid).collect();
         drop(st);
         for pid in stragglers {
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            pool::send_signal(pid, Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.state.lock();
@@ -1688,6 +1602,24 @@ impl Agent {
             self.record(&j);
         }
     }
+}
+
+/// An idle worker of `job` for a lease, taken from the pool: for an actor (`dedicated`),
+/// only one that never served anyone (it owns nothing). Never one being stopped (its job
+/// ended, say), nor one that exited while idle.
+fn take_idle(idle: &mut HashMap<Id, Vec<Id>>, clients: &HashMap<Id, Client>, spawned: &HashMap<Id, Spawned>, job: Id, dedicated: bool) -> Option<Id> {
+    let stopping = |w: &Id| spawned.get(w).is_some_and(|sp| sp.intended_exit.is_some());
+    let idle = idle.get_mut(&job)?;
+    if dedicated {
+        let at = idle.iter().position(|w| clients.get(w).is_some_and(|c| !c.served) && !stopping(w))?;
+        return Some(idle.remove(at));
+    }
+    while let Some(w) = idle.pop() {
+        if clients.contains_key(&w) && !stopping(&w) {
+            return Some(w);
+        }
+    }
+    None
 }
 
 fn exit_reply(rec: Option<&ExitRecord>) -> WorkerExitReply {

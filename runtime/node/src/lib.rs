@@ -26,6 +26,8 @@
 //! ```
 
 mod agent;
+pub mod ledger;
+pub mod membership;
 pub mod pool;
 pub mod resources;
 

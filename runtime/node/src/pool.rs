@@ -23,6 +23,25 @@ pub mod env {
     pub const SESSION_DIR: &str = "RAYR_SESSION_DIR";
 }
 
+/// Sends `sig` to process `pid` (a worker this agent started). One already gone is no
+/// error: its reaper reports its end.
+pub(crate) fn send_signal(pid: u32, sig: nix::sys::signal::Signal) {
+    // Never 0 or a negative number: those name process groups, or every process.
+    let Ok(pid) = i32::try_from(pid) else { return };
+    if pid > 0 {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+    }
+}
+
+/// Whether process `pid` exists (no signal is sent). Not a positive pid: assumed to, so
+/// that nothing is removed on its account.
+pub(crate) fn process_exists(pid: i32) -> bool {
+    if pid <= 0 {
+        return true;
+    }
+    matches!(nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None), Ok(()) | Err(nix::errno::Errno::EPERM))
+}
+
 /// How a worker ended, from its wait status and, when rayr stopped it on purpose, why
 /// (`by_user`: because the user asked, as with `rayr::kill`).
 pub fn describe_exit(status: libc::c_int, intended: Option<(WorkerExitReason, &str)>, by_user: bool) -> WorkerExit {

@@ -339,9 +339,14 @@ impl TestCluster {
         unsafe { libc::kill(self.nodes[node].pid, libc::SIGKILL) };
     }
 
+    /// Freezes node `node`'s agent (SIGSTOP) and returns once every one of its threads is
+    /// stopped: the signal takes effect asynchronously, and on a loaded machine a thread
+    /// (the event drain, say) may otherwise run on for a moment after `kill` returns.
     pub fn pause(&self, node: usize) {
-        unsafe { libc::kill(self.nodes[node].pid, libc::SIGSTOP) };
-        self.paused.borrow_mut().push(self.nodes[node].pid);
+        let pid = self.nodes[node].pid;
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        self.paused.borrow_mut().push(pid);
+        wait_for("every thread of the paused agent to stop", Duration::from_secs(10), || all_threads_stopped(pid));
     }
 
     pub fn resume(&self, node: usize) {
@@ -364,4 +369,13 @@ impl Drop for TestCluster {
         // next sweep.
         rayr_logs::Session::open(&self.session).remove_socket_dir();
     }
+}
+
+/// Whether every thread of `pid` is stopped (state `T` or `t` in its `stat`).
+pub fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|t| {
+        let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+        matches!(stat.rsplit(')').next().and_then(|r| r.split_whitespace().next()), Some("T" | "t"))
+    })
 }

@@ -149,7 +149,7 @@ impl Agent {
     fn lease_for_detached(self: &Arc<Self>, st: &mut State, actor: Id) {
         let Some(d) = st.detached.get(&actor) else { return };
         let (demand, job) = (d.demand.clone(), d.job);
-        st.pending.push_back(PendingLease { reply_to: LeaseFor::Detached(actor), demand, job, requester: None, dedicated: true, actor: Some(actor) });
+        st.leases.enqueue(PendingLease { reply_to: LeaseFor::Detached(actor), demand, job, requester: None, dedicated: true, actor: Some(actor) });
         self.grant_pending(st);
     }
 
@@ -317,7 +317,7 @@ impl Agent {
             keep
         });
         self.release_names_later(freed);
-        st.pending.retain(|p| !matches!(p.reply_to, LeaseFor::Detached(a) if a == actor));
+        st.leases.retain(|_, reply_to, _| !matches!(reply_to, LeaseFor::Detached(a) if *a == actor));
         if let Some(w) = worker {
             self.return_lease_locked(st, w, detail);
         }
@@ -343,8 +343,8 @@ impl Agent {
         if !no_restart && restarts_left != 0 {
             if let Some(sp) = worker.and_then(|w| st.spawned.get_mut(&w)) {
                 sp.intended_exit = Some((rayr_proto::WorkerExitReason::KilledByUser, "killed by rayr::kill (the actor restarts)".into()));
-                // SAFETY: signalling a child we started; its reaper restarts the actor.
-                unsafe { libc::kill(sp.pid as i32, libc::SIGKILL) };
+                // Its reaper restarts the actor.
+                crate::pool::send_signal(sp.pid, nix::sys::signal::Signal::SIGKILL);
             }
             return Ok(());
         }

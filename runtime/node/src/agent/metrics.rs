@@ -65,8 +65,8 @@ impl Agent {
         let worker_pids: Vec<u32> = st.spawned.values().map(|s| s.pid).collect();
         let (used, capacity, objects) = (st.alloc.used(), st.alloc.capacity(), st.objects.len());
         let (copies, copy_bytes) = (st.copies.len(), st.copies.values().map(|c| c.size).sum::<u64>());
-        let pending = st.pending.len();
-        let available = st.available.clone();
+        let pending = st.leases.queued();
+        let available = st.leases.available().clone();
         drop(st);
         let mut out = String::new();
         let c = &self.counters;

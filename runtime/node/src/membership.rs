@@ -1,23 +1,43 @@
-//! A node agent's membership in a cluster whose head runs elsewhere (`rayr start
-//! --address`): it registers with the head, beats every period with what it has free, and
-//! decides when it must go.
+//! A node's membership in its cluster: how the agent tells the head about itself and
+//! learns the cluster from it. `rayr start` wires every node through here, one of two ways
+//! by where the head runs:
 //!
-//! The head being unreachable is not the node's death: its workers keep running and it
-//! keeps trying, for `head_timeout`; after that it exits saying so. A head that answers
-//! "unknown" (it restarted) gets a new registration; one that answers "dead" (it declared
-//! this node dead after missed beats) is obeyed: the node exits, since what it held has
-//! been declared lost.
+//! - **joined** ([`join`], `rayr start --address`): the head runs elsewhere. The node
+//!   registers with it, beats every period with what it has free, ships its event log to
+//!   it (`Head.AppendEvents`) when the head does not share its disk, and decides when it
+//!   must go. The head being unreachable is not the node's death: its workers keep running
+//!   and it keeps trying, for `head_timeout`; after that it exits saying so. A head that
+//!   answers "unknown" (it restarted) gets a new registration; one that answers "dead" (it
+//!   declared this node dead after missed beats) is obeyed: the node exits, since what it
+//!   held has been declared lost. Leaving on purpose unregisters ([`Joined::leave`]).
+//! - **the head's own node** ([`follow_in_process`], `rayr start --head`): the head's
+//!   membership is in this process; the node needs no heartbeat, and each period it tells
+//!   the head what it has free and takes the head's view of the cluster and of the nodes
+//!   gone, in process.
+//!
+//! (An embedded cluster, `rayr::init()` without a cluster, is one lone node: it has no
+//! membership to keep.)
 
 use std::collections::HashMap;
+use std::io;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use rayr_logs::{Id, hex};
+use rayr_proto::head_client::HeadClient;
 use rayr_proto::heartbeat_reply::Standing;
-use rayr_proto::{HeartbeatRequest, NodeEndReason, RegisterNodeRequest, UnregisterNodeRequest};
+use rayr_proto::{GoneNode, HeartbeatRequest, NodeEndReason, NodeView, RegisterNodeRequest, UnregisterNodeRequest};
+use tonic::transport::{Channel, Endpoint};
 
-/// What the node tells the head about itself.
+use crate::resources::Resources;
+use crate::{NodeHandle, ResourceProbe};
+
+/// How long to wait for a head to answer before deciding it is not there.
+const DIAL_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// What a joining node tells the head about itself.
 pub struct Joining {
     pub head: String,
     pub node_id: Id,
@@ -35,12 +55,83 @@ pub struct Joining {
 
 /// Why the membership loop ended (the node then stops, recording this as NODE_STOPPED's
 /// reason).
-pub type Ending = Arc<Mutex<Option<(NodeEndReason, String)>>>;
+type Ending = Arc<Mutex<Option<(NodeEndReason, String)>>>;
 
-/// Runs until the node must go; then stores why in `ending` and asks this process to stop
-/// (SIGTERM to itself, which the main thread waits for). `available`: what the node has
-/// free now.
-pub fn run(j: Joining, node: rayr_node::ResourceProbe, ending: Ending) {
+/// A node joined to a head elsewhere (see [`join`]).
+pub struct Joined {
+    head: String,
+    node_id: Id,
+    ending: Ending,
+    shipper: Option<EventShipper>,
+}
+
+/// Joins the cluster whose head is at `j.head`: starts the membership thread and, with
+/// `ship_events`, the event shipper. When the membership decides the node must go, it
+/// says why in its log and asks this process to stop (SIGTERM to itself: the process
+/// waits for it, and then calls [`Joined::leave`]).
+pub fn join(node: &NodeHandle, j: Joining, ship_events: bool) -> io::Result<Joined> {
+    let (head, node_id) = (j.head.clone(), j.node_id);
+    let ending: Ending = Default::default();
+    let (probe, end) = (node.resource_probe(), ending.clone());
+    probe.set_head_address(&head);
+    std::thread::Builder::new().name("rayr-membership".into()).spawn(move || run(j, probe, end))?;
+    let shipper = match ship_events {
+        true => Some(EventShipper::start(&head, node_id, node.event_log())?),
+        false => None,
+    };
+    Ok(Joined { head, node_id, ending, shipper })
+}
+
+impl Joined {
+    /// The node leaves the cluster: for why the membership decided it must go, or else
+    /// because it was asked to (`asked`: then it unregisters, best effort). The node stops
+    /// (NODE_STOPPED, with that reason), and what it recorded last is shipped to the head
+    /// when it can be (for 3 s at most). Returns the reason.
+    pub fn leave(self, node: NodeHandle, asked: &str) -> String {
+        let decided = self.ending.lock().take();
+        let (end, reason) = match decided {
+            Some(why) => why,
+            None => {
+                unregister(&self.head, self.node_id, asked);
+                (NodeEndReason::AskedToStop, asked.to_string())
+            }
+        };
+        eprintln!("rayr node stopping: {reason}");
+        node.shutdown_because(end, &reason);
+        if let Some(shipper) = self.shipper {
+            // What it recorded last (its NODE_STOPPED) reaches the head too, if it can.
+            shipper.finish(Duration::from_secs(3));
+        }
+        reason
+    }
+}
+
+/// The head's own node, whose head (at `head_address`) runs in this process: every
+/// `period`, `beat` tells the head's membership what the node has free and returns the
+/// nodes gone and the live ones, as the head sees them, which the node takes.
+pub fn follow_in_process(
+    node: &NodeHandle,
+    head_address: &str,
+    period: Duration,
+    mut beat: impl FnMut(Resources) -> (Vec<GoneNode>, Vec<NodeView>) + Send + 'static,
+) -> io::Result<()> {
+    let probe = node.resource_probe();
+    probe.set_head_address(head_address);
+    std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
+        loop {
+            let (gone, view) = beat(probe.available());
+            // Gone first: a node leaving the view is in the gone list by then.
+            probe.set_gone(gone);
+            probe.set_cluster(view);
+            std::thread::sleep(period);
+        }
+    })?;
+    Ok(())
+}
+
+/// The membership thread: runs until the node must go; then stores why in `ending` and
+/// asks this process to stop.
+fn run(j: Joining, node: ResourceProbe, ending: Ending) {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return leave(&ending, (NodeEndReason::Unspecified, format!("cannot start the membership loop: {e}"))),
@@ -52,14 +143,48 @@ pub fn run(j: Joining, node: rayr_node::ResourceProbe, ending: Ending) {
 
 fn leave(ending: &Ending, why: (NodeEndReason, String)) {
     ending.lock().get_or_insert(why);
-    // SAFETY: signalling this process; the main thread waits for SIGTERM.
-    unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
+    // To the process, not this thread (which does not take it): the main thread waits for
+    // SIGTERM.
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::this(), nix::sys::signal::Signal::SIGTERM);
 }
 
-async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> (NodeEndReason, String) {
+/// Connects and checks that a head answers there (a stale address may now be someone
+/// else's port).
+async fn dial(addr: &str) -> Result<HeadClient<Channel>, String> {
+    let uri = if addr.contains("://") { addr.to_string() } else { format!("http://{addr}") };
+    let endpoint = Endpoint::from_shared(uri).map_err(|e| format!("`{addr}` is not an address of the form HOST:PORT ({e})"))?;
+    let channel = tokio::time::timeout(DIAL_TIMEOUT, endpoint.connect_timeout(DIAL_TIMEOUT).connect())
+        .await
+        .map_err(|_| format!("no answer within {DIAL_TIMEOUT:?}"))?
+        .map_err(|e| error_chain(&e))?;
+    // A cluster view of many nodes may pass tonic's 4 MiB default.
+    let mut client = HeadClient::new(channel).max_decoding_message_size(256 << 20);
+    tokio::time::timeout(DIAL_TIMEOUT * 2, client.cluster_info(rayr_proto::ClusterInfoRequest { quick: true }))
+        .await
+        .map_err(|_| format!("something listens there but did not answer as a rayr head within {:?}", DIAL_TIMEOUT * 2))?
+        .map_err(|s| format!("something listens there but is not a rayr head ({})", s.message()))?;
+    Ok(client)
+}
+
+/// An error and its sources, on one line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut source = e.source();
+    while let Some(inner) = source {
+        let more = inner.to_string();
+        if !s.contains(&more) {
+            s.push_str(": ");
+            s.push_str(&more);
+        }
+        source = inner.source();
+    }
+    s
+}
+
+async fn membership(j: &Joining, node: &ResourceProbe) -> (NodeEndReason, String) {
     let mut last_contact = Instant::now();
     'register: loop {
-        let mut client = match crate::connect::dial(&j.head).await {
+        let mut client = match dial(&j.head).await {
             Ok(c) => c,
             Err(e) => {
                 if last_contact.elapsed() > j.head_timeout {
@@ -124,10 +249,10 @@ async fn membership(j: &Joining, node: &rayr_node::ResourceProbe) -> (NodeEndRea
 }
 
 /// Tells the head the node leaves on purpose (best effort: the head may be gone).
-pub fn unregister(head: &str, node: Id, reason: &str) {
+fn unregister(head: &str, node: Id, reason: &str) {
     let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
     rt.block_on(async {
-        let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(2), crate::connect::dial(head)).await else { return };
+        let Ok(Ok(mut client)) = tokio::time::timeout(Duration::from_secs(2), dial(head)).await else { return };
         let req = UnregisterNodeRequest { node_id: node.to_vec(), reason: reason.to_string() };
         let _ = tokio::time::timeout(Duration::from_secs(2), client.unregister_node(req)).await;
     });
@@ -136,28 +261,27 @@ pub fn unregister(head: &str, node: Id, reason: &str) {
 /// Ships a node's event log to the head (`Head.AppendEvents`), for a node on another host
 /// than the head: every 50 ms, what was appended since, cut at the last whole frame. The
 /// head's copy says where to go on (after a head restart, or a lost reply).
-pub struct EventShipper {
-    stop: Arc<std::sync::atomic::AtomicBool>,
+struct EventShipper {
+    stop: Arc<AtomicBool>,
     thread: std::thread::JoinHandle<()>,
 }
 
 impl EventShipper {
-    pub fn start(head: &str, node: Id, log: std::path::PathBuf) -> EventShipper {
-        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    fn start(head: &str, node: Id, log: std::path::PathBuf) -> io::Result<EventShipper> {
+        let stop = Arc::new(AtomicBool::new(false));
         let (head, flag) = (head.to_string(), stop.clone());
         let thread = std::thread::Builder::new()
             .name("rayr-ship-events".into())
             .spawn(move || {
                 let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
                 rt.block_on(ship(&head, node, &log, &flag));
-            })
-            .expect("a thread to ship events");
-        EventShipper { stop, thread }
+            })?;
+        Ok(EventShipper { stop, thread })
     }
 
     /// Ships what is left (waiting up to `limit`), then stops.
-    pub fn finish(self, limit: Duration) {
-        self.stop.store(true, std::sync::atomic::Ordering::Release);
+    fn finish(self, limit: Duration) {
+        self.stop.store(true, Ordering::Release);
         let deadline = Instant::now() + limit;
         while !self.thread.is_finished() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(10));
@@ -165,14 +289,14 @@ impl EventShipper {
     }
 }
 
-async fn ship(head: &str, node: Id, log: &std::path::Path, stop: &std::sync::atomic::AtomicBool) {
+async fn ship(head: &str, node: Id, log: &std::path::Path, stop: &AtomicBool) {
     let mut client = None;
     // Where the head's copy ends: asked for (with nothing to write) after each (re)connect.
     let mut offset: Option<u64> = None;
     loop {
-        let stopping = stop.load(std::sync::atomic::Ordering::Acquire);
+        let stopping = stop.load(Ordering::Acquire);
         if client.is_none() {
-            client = crate::connect::dial(head).await.ok();
+            client = dial(head).await.ok();
             offset = None;
         }
         let mut shipped_some = false;
