@@ -1,0 +1,114 @@
+//! The actor names service: the named actors of this node, (namespace, name) → who holds
+//! the name, freed when the actor ends or its owner goes. Names are the cluster's: on a
+//! node with a head, a claim, a lookup that misses here and a release go to the head too
+//! (`placement::head_names`), which has the last word. The table has its own lock, taken
+//! under the state lock when a detached actor ends, never the other way round (see the
+//! lock order in `agent.rs`).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rayr_logs::{Id, hex};
+use rayr_proto::{ActorName, ActorNameReply};
+
+use super::Agent;
+
+/// The names held on this node.
+#[derive(Default)]
+pub(super) struct ActorNames(Mutex<HashMap<(String, String), ActorName>>);
+
+impl ActorNames {
+    /// Claims a name for an actor: refused while another live actor holds it.
+    fn claim(&self, a: ActorName) -> ActorNameReply {
+        if a.name.is_empty() {
+            return ActorNameReply { actor: None, error: "an actor's name must not be empty".into() };
+        }
+        let mut names = self.0.lock();
+        let key = (a.namespace.clone(), a.name.clone());
+        if let Some(held) = names.get(&key) {
+            return ActorNameReply {
+                actor: Some(held.clone()),
+                error: format!(
+                    "the name {}/{} is taken by actor {} (names are unique in their namespace while the actor lives)",
+                    a.namespace,
+                    a.name,
+                    hex(&held.actor_id)
+                ),
+            };
+        }
+        names.insert(key, a.clone());
+        ActorNameReply { actor: Some(a), error: String::new() }
+    }
+
+    /// Frees the names that `drop` picks; returns them (to release at the head too).
+    fn release_where(&self, mut drop: impl FnMut(&ActorName) -> bool) -> Vec<ActorName> {
+        let mut freed = Vec::new();
+        self.0.lock().retain(|_, a| {
+            let keep = !drop(a);
+            if !keep {
+                freed.push(a.clone());
+            }
+            keep
+        });
+        freed
+    }
+}
+
+impl Agent {
+    /// `NameActor`: claims the name here, then at the head (unique across the cluster).
+    pub(super) fn name_actor(&self, a: ActorName) -> ActorNameReply {
+        let mut reply = self.actor_names.claim(a.clone());
+        if reply.error.is_empty() {
+            match self.head_names("claim", &a) {
+                Some(Ok(h)) if !h.error.is_empty() => {
+                    self.actor_names.0.lock().remove(&(a.namespace.clone(), a.name.clone()));
+                    reply = h;
+                }
+                Some(Err(e)) => tracing::warn!("the name {}/{} is claimed on this node only: {e}", a.namespace, a.name),
+                _ => {}
+            }
+        }
+        reply
+    }
+
+    /// `LookupActor`: named here, or (named on another node) at the head.
+    pub(super) fn lookup_actor(&self, a: &ActorName) -> ActorNameReply {
+        let found = self.actor_names.0.lock().get(&(a.namespace.clone(), a.name.clone())).cloned();
+        match found {
+            Some(actor) => ActorNameReply { actor: Some(actor), error: String::new() },
+            None => match self.head_names("lookup", a) {
+                Some(Ok(h)) => h,
+                Some(Err(e)) => ActorNameReply {
+                    actor: None,
+                    error: format!("no actor named {}/{} is alive on this node, and the head could not be asked: {e}", a.namespace, a.name),
+                },
+                None => ActorNameReply { actor: None, error: format!("no actor named {}/{} is alive", a.namespace, a.name) },
+            },
+        }
+    }
+
+    /// `UnnameActor`: the name is free again, if that actor still holds it.
+    pub(super) fn unname_actor(self: &Arc<Self>, a: ActorName) {
+        {
+            let mut names = self.actor_names.0.lock();
+            let key = (a.namespace.clone(), a.name.clone());
+            if names.get(&key).is_some_and(|n| n.actor_id == a.actor_id) {
+                names.remove(&key);
+            }
+        }
+        self.release_names_later(vec![a]);
+    }
+
+    /// The named actors owned by `owner` end with it: their names are free again.
+    pub(super) fn release_names_of_owner(self: &Arc<Self>, owner: Id) {
+        let freed = self.actor_names.release_where(|a| a.owner == owner);
+        self.release_names_later(freed);
+    }
+
+    /// Actor `actor` ended: its name is free again.
+    pub(super) fn release_name_of_actor(self: &Arc<Self>, actor: Id) {
+        let freed = self.actor_names.release_where(|a| a.actor_id == actor);
+        self.release_names_later(freed);
+    }
+}
