@@ -58,7 +58,8 @@ impl Agent {
 
     /// Releases names at the head off the caller's thread (it may hold the state lock).
     pub(super) fn release_names_later(self: &std::sync::Arc<Self>, names: Vec<ActorName>) {
-        if names.is_empty() || self.head_address.lock().is_none() {
+        // (Only a networked node asks the head: see `head_names`.)
+        if names.is_empty() || self.head_address.lock().is_none() || self.transfer.get().is_none() {
             return;
         }
         let agent = self.clone();
