@@ -811,7 +811,8 @@ impl Agent {
                 placement::Placement::Unknown(why) => tracing::debug!("actor placed by its node: {why}"),
             }
         }
-        if !self.state.lock().leases.feasible(&demand) {
+        // (The node's total never changes: no need for the state lock.)
+        if !ledger::feasible(&demand, &self.cfg.resources) {
             if spill_ok && let Some(reply) = self.spill(&demand, &l.task_id, "this node can never hold it", false) {
                 conn.reply(req_id, node_message::Body::Lease(reply));
                 return;

@@ -129,7 +129,7 @@ impl<T> Ledger<T> {
 
     /// Whether this node could ever hold `demand` (when not, the lease is infeasible here).
     pub fn feasible(&self, demand: &Resources) -> bool {
-        resources::fits(demand, &self.total)
+        feasible(demand, &self.total)
     }
 
     /// Whether a lease for `demand` would wait here: its resources are taken, or others
@@ -311,6 +311,12 @@ fn times_fits(demand: &Resources, available: &Resources) -> usize {
         })
         .min()
         .unwrap_or(usize::MAX)
+}
+
+/// Whether a node with `total` resources could ever hold `demand` ([`Ledger::feasible`],
+/// for a caller that knows the total without the ledger's lock).
+pub fn feasible(demand: &Resources, total: &Resources) -> bool {
+    resources::fits(demand, total)
 }
 
 /// Where a lease that would wait here goes: among the other nodes (not `me`, with an

@@ -112,3 +112,29 @@ impl Agent {
         self.release_names_later(freed);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(ns: &str, n: &str, actor: u8, owner: u8) -> ActorName {
+        ActorName { namespace: ns.into(), name: n.into(), actor_id: vec![actor; 16], owner: vec![owner; 16], ..Default::default() }
+    }
+
+    #[test]
+    fn a_name_is_held_by_one_live_actor_per_namespace() {
+        let names = ActorNames::default();
+        assert!(names.claim(name("ns", "a", 1, 9)).error.is_empty());
+        let taken = names.claim(name("ns", "a", 2, 9));
+        assert!(taken.error.contains("is taken by actor 0101"), "{}", taken.error);
+        assert_eq!(taken.actor.unwrap().actor_id, vec![1; 16]);
+        assert!(names.claim(name("other", "a", 2, 9)).error.is_empty());
+        assert!(!names.claim(name("ns", "", 3, 9)).error.is_empty());
+        // Its owner goes: both its names are free again; another owner's stays.
+        assert!(names.claim(name("ns", "b", 4, 8)).error.is_empty());
+        let freed = names.release_where(|a| a.owner == [9u8; 16]);
+        assert_eq!(freed.len(), 2);
+        assert!(names.claim(name("ns", "a", 5, 8)).error.is_empty());
+        assert!(!names.claim(name("ns", "b", 6, 8)).error.is_empty());
+    }
+}

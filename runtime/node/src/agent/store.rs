@@ -80,3 +80,41 @@ impl Store {
         freed
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(offset: u64, size: u64, owner: u8) -> StoreObject {
+        StoreObject { offset, size, owner: [owner; 16], owner_node: None }
+    }
+
+    #[test]
+    fn a_range_being_streamed_is_freed_when_its_last_stream_ends() {
+        let mut store = Store::new(Allocator::new(1 << 20));
+        let at = store.alloc.allocate(4096).unwrap();
+        let used = store.alloc.used();
+        *store.serving.entry(at).or_insert(0) += 2;
+        store.free_range(at, 4096);
+        assert_eq!(store.alloc.used(), used, "freed while two streams read it");
+        store.end_serving(at);
+        assert_eq!(store.alloc.used(), used, "one stream still reads it");
+        store.end_serving(at);
+        assert_eq!(store.alloc.used(), 0);
+        assert!(store.serving.is_empty() && store.deferred_frees.is_empty());
+    }
+
+    #[test]
+    fn an_owners_objects_go_with_it_and_no_others() {
+        let mut store = Store::new(Allocator::new(1 << 20));
+        for (id, owner) in [(1u8, 7u8), (2, 8), (3, 7)] {
+            let at = store.alloc.allocate(100).unwrap();
+            store.objects.insert([id; 16], object(at, 100, owner));
+        }
+        let mut freed = store.free_owned_by([7; 16]);
+        freed.sort();
+        assert_eq!(freed, vec![([1; 16], 100), ([3; 16], 100)]);
+        assert_eq!(store.objects.keys().collect::<Vec<_>>(), vec![&[2u8; 16]]);
+        assert!(store.free_owned_by([7; 16]).is_empty());
+    }
+}
