@@ -16,7 +16,32 @@ use super::Agent;
 
 /// The names held on this node.
 #[derive(Default)]
-pub(super) struct ActorNames(Mutex<HashMap<(String, String), ActorName>>);
+pub(super) struct ActorNames(Mutex<HashMap<(String, String), ActorName>>, Releasing);
+
+/// Names freed here whose release the head has not confirmed yet: (namespace, name,
+/// actor). A lookup the head answers with one of them meanwhile is answered "not found":
+/// the actor has ended (the head's copy trails by one round trip).
+#[derive(Default)]
+struct Releasing(Mutex<HashMap<(String, String, Vec<u8>), usize>>);
+
+impl Releasing {
+    fn add(&self, n: &ActorName) {
+        *self.0.lock().entry((n.namespace.clone(), n.name.clone(), n.actor_id.clone())).or_insert(0) += 1;
+    }
+    fn done(&self, n: &ActorName) {
+        let mut r = self.0.lock();
+        let key = (n.namespace.clone(), n.name.clone(), n.actor_id.clone());
+        if let Some(count) = r.get_mut(&key) {
+            *count -= 1;
+            if *count == 0 {
+                r.remove(&key);
+            }
+        }
+    }
+    fn contains(&self, n: &ActorName) -> bool {
+        self.0.lock().contains_key(&(n.namespace.clone(), n.name.clone(), n.actor_id.clone()))
+    }
+}
 
 impl ActorNames {
     /// Claims a name for an actor: refused while another live actor holds it.
@@ -78,6 +103,9 @@ impl Agent {
         match found {
             Some(actor) => ActorNameReply { actor: Some(actor), error: String::new() },
             None => match self.head_names("lookup", a) {
+                Some(Ok(h)) if h.actor.as_ref().is_some_and(|held| self.actor_names.1.contains(held)) => {
+                    ActorNameReply { actor: None, error: format!("no actor named {}/{} is alive", a.namespace, a.name) }
+                }
                 Some(Ok(h)) => h,
                 Some(Err(e)) => ActorNameReply {
                     actor: None,
@@ -98,6 +126,33 @@ impl Agent {
             }
         }
         self.release_names_later(vec![a]);
+    }
+
+    /// Releases names at the head off the caller's thread (it may hold the state lock).
+    /// Until the head has them, a lookup here does not take its word for them.
+    pub(super) fn release_names_later(self: &Arc<Self>, names: Vec<ActorName>) {
+        // (Only a networked node asks the head: see `head_names`.)
+        if names.is_empty() || self.head_address.lock().is_none() || self.transfer.get().is_none() {
+            return;
+        }
+        for n in &names {
+            self.actor_names.1.add(n);
+        }
+        let agent = self.clone();
+        let spawned = std::thread::Builder::new().name("rayr-unname".into()).spawn({
+            let names = names.clone();
+            move || {
+                for n in &names {
+                    let _ = agent.head_names("release", n);
+                    agent.actor_names.1.done(n);
+                }
+            }
+        });
+        if spawned.is_err() {
+            for n in &names {
+                self.actor_names.1.done(n);
+            }
+        }
     }
 
     /// The named actors owned by `owner` end with it: their names are free again.
@@ -136,5 +191,20 @@ mod tests {
         assert_eq!(freed.len(), 2);
         assert!(names.claim(name("ns", "a", 5, 8)).error.is_empty());
         assert!(!names.claim(name("ns", "b", 6, 8)).error.is_empty());
+    }
+
+    #[test]
+    fn a_release_in_flight_masks_that_actor_only_until_the_head_has_it() {
+        let r = Releasing::default();
+        let (old, new) = (name("ns", "a", 1, 9), name("ns", "a", 2, 9));
+        r.add(&old);
+        r.add(&old);
+        assert!(r.contains(&old) && !r.contains(&new), "a new holder of the name is not masked");
+        r.done(&old);
+        assert!(r.contains(&old), "one release is still in flight");
+        r.done(&old);
+        assert!(!r.contains(&old));
+        r.done(&old);
+        assert!(r.0.lock().is_empty());
     }
 }
