@@ -1170,7 +1170,7 @@ impl Agent {
 
     /// A client died: the leases it held come back and its queued requests go.
     fn release_leases_of(self: &Arc<Self>, st: &mut State, dead: Id) {
-        st.leases.retain(|_, _, requester| requester != Some(dead));
+        st.leases.drop_requester(dead);
         let held: Vec<Id> = st.pool.clients.iter().filter(|(_, c)| c.lease.is_some() && c.lease_holder == Some(dead)).map(|(w, _)| *w).collect();
         for w in held {
             // An actor whose owner died dies with it; nobody else will say so.
