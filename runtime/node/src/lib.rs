@@ -27,8 +27,18 @@
 //! does not run user code. It knows tasks only as far as leases, spills and detached actors
 //! need: the owner of a task (its submitter) tracks its state and retries.
 //!
-//! Inside, the agent is a few services with their own state behind a thin dispatcher, and
-//! a documented lock order: see the `agent` module (`src/agent.rs`).
+//! Inside, the agent is a few services with their own state behind a thin dispatcher
+//! (`src/agent.rs` and `src/agent/`): the worker pool, the lease ledger, the detached
+//! actors, the store objects and the actor names. Their locks are taken in this order,
+//! never the other way round (the `agent` module says why):
+//!
+//! 1. the state lock: worker pool, lease ledger and detached actors (a grant decides over
+//!    all three at once);
+//! 2. the store lock: objects, copies, pulls and streamed ranges;
+//! 3. the actor names;
+//! 4. short-lived views and tables (cluster view, gone nodes, head address, client
+//!    connections, counters, binaries), each released before any other is taken;
+//! 5. the event log: the drain lock, the event areas, then the log itself.
 //!
 //! ```no_run
 //! let session = rayr_logs::Session::create(&rayr_logs::tmpdir()).unwrap();

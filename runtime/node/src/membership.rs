@@ -72,10 +72,7 @@ pub fn join(node: &NodeHandle, j: Joining, ship_events: bool) -> io::Result<Join
     let (probe, end) = (node.resource_probe(), ending.clone());
     probe.set_head_address(&head);
     std::thread::Builder::new().name("rayr-membership".into()).spawn(move || run(j, probe, end))?;
-    let shipper = match ship_events {
-        true => Some(EventShipper::start(&head, node_id, node.event_log())?),
-        false => None,
-    };
+    let shipper = if ship_events { Some(EventShipper::start(&head, node_id, node.event_log())?) } else { None };
     Ok(Joined { head, node_id, ending, shipper })
 }
 

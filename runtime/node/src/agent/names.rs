@@ -22,7 +22,10 @@ pub(super) struct ActorNames(Mutex<HashMap<(String, String), ActorName>>, Releas
 /// actor). A lookup the head answers with one of them meanwhile is answered "not found":
 /// the actor has ended (the head's copy trails by one round trip).
 #[derive(Default)]
-struct Releasing(Mutex<HashMap<(String, String, Vec<u8>), usize>>);
+struct Releasing(Mutex<HashMap<NameOf, usize>>);
+
+/// (namespace, name, actor id).
+type NameOf = (String, String, Vec<u8>);
 
 impl Releasing {
     fn add(&self, n: &ActorName) {
