@@ -709,7 +709,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         metrics_sources.lock().push(Box::new(move || head_metrics()));
     }
     let membership = head.membership().clone();
-    rayr_node::membership::follow_in_process(&node, &head.address().to_string(), watch.heartbeat_period, move |available| {
+    let following = rayr_node::membership::follow_in_process(&node, &head.address().to_string(), watch.heartbeat_period, move |available| {
         membership.head_node_available(&node_id, available);
         (membership.gone(), membership.view())
     })?;
@@ -717,6 +717,7 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     eprintln!("rayr head serving at {} with node {}", head.address(), hex(&node_id));
     let sig = wait_for_stop(&set);
     eprintln!("rayr head stopping (signal {sig})");
+    following.stop();
     node.shutdown_because(
         rayr_proto::NodeEndReason::AskedToStop,
         &format!("asked to stop (signal {sig}): the head's node left the cluster on purpose"),

@@ -1,4 +1,35 @@
-//! The agent's services wired together: socket server, leases, worker pool, store, events.
+//! The node agent: its services, and the thin dispatcher that serves them on its sockets.
+//!
+//! Each client connection is read on a thread of its own (`serve_conn`), which decodes a
+//! `ClientMessage` and hands it to the service that owns it:
+//!
+//! - the **worker pool** (`workers`: clients, processes started and reaped, idle workers by
+//!   job, the jobs' binaries), with `spawn_worker` / `worker_exited` here;
+//! - the **lease ledger** (`crate::ledger`: free resources and queued requests; pure
+//!   decisions, carried out by `grant_pending` here), with spillback to other nodes;
+//! - the **detached actors** the agent holds and restarts (`detached`);
+//! - the **store objects** (`store`: the arena's ranges, primaries and copies) and their
+//!   transfers between nodes (`transfer`);
+//! - the **actor names** (`names`), unique across the cluster through the head (`placement`);
+//! - the **event log**: clients' event areas drained into `events/events-<node>.log`.
+//!
+//! # Lock order
+//!
+//! A thread holding one of these locks takes only locks below it, never one above:
+//!
+//! 1. `state`: the worker pool, the lease ledger and the detached actors, under one lock
+//!    because a grant decides over all three at once (an idle worker of the job, the
+//!    resources, the actor it hosts). `exited` (a condvar) waits on it.
+//! 2. `store`: the store's objects, copies, pulls and streamed ranges. Taken under `state`
+//!    when a process's end frees what it owned; the transfer code takes it alone.
+//! 3. `actor_names`: taken under `state` when a detached actor ends.
+//! 4. the views and tables each taken for a moment and released before any other:
+//!    `cluster`, `gone`, `head_address`, `client_conns`, `counters.exits`, the
+//!    `binaries` tables, a transfer's `channels`.
+//! 5. `draining`, then `event_areas`, then `events` (the log itself, last: an event is
+//!    recorded under any of the above).
+//!
+//! `Conn::stream` (a client's write half) is a leaf too: replies are written under `state`.
 
 use std::collections::HashMap;
 use std::io;
@@ -24,14 +55,19 @@ use rayr_proto::{
 use rayr_store::{Allocator, Arena};
 
 use crate::pool::{self, env};
+use store::{Store, StoreObject};
+use workers::{Client, ExitRecord, Pool, RemoteClient, Spawned};
 use nix::sys::signal::Signal;
 
 mod binaries;
 mod detached;
 pub(crate) mod logs;
 mod metrics;
+mod names;
 mod placement;
+mod store;
 mod transfer;
+mod workers;
 use crate::ledger::{self, Decision, Ledger, Request};
 use crate::resources::{self, Resources};
 
@@ -126,7 +162,7 @@ impl NodeHandle {
     }
     /// Bytes of the store in use by live objects.
     pub fn store_used(&self) -> u64 {
-        self.agent.state.lock().alloc.used()
+        self.agent.store.lock().alloc.used()
     }
 
     /// What the node has free now, readable from another thread (a heartbeat).
@@ -231,32 +267,13 @@ pub fn start_node(cfg: NodeConfig) -> io::Result<NodeHandle> {
         peer_socket_path,
         arena,
         events: Mutex::new(events),
-        state: Mutex::new(State {
-            clients: HashMap::new(),
-            jobs: HashMap::new(),
-            silent_jobs: std::collections::HashSet::new(),
-            leases: Ledger::new(cfg.resources.clone()),
-            idle: HashMap::new(),
-            spawned: HashMap::new(),
-            exits: HashMap::new(),
-            exit_waiters: HashMap::new(),
-            objects: HashMap::new(),
-            alloc,
-            start_failures: HashMap::new(),
-            detached: HashMap::new(),
-            remote_clients: HashMap::new(),
-            copies: HashMap::new(),
-            pulls: HashMap::new(),
-            serving: HashMap::new(),
-            deferred_frees: HashMap::new(),
-            worker_logs: Vec::new(),
-            otlp: HashMap::new(),
-        }),
+        state: Mutex::new(State { pool: Pool::default(), leases: Ledger::new(cfg.resources.clone()), detached: HashMap::new() }),
+        store: Mutex::new(Store::new(alloc)),
         exited: Condvar::new(),
         stopping: AtomicBool::new(false),
         open_conns: std::sync::atomic::AtomicUsize::new(0),
         client_conns: Mutex::new(Vec::new()),
-        actor_names: Mutex::new(HashMap::new()),
+        actor_names: Default::default(),
         event_areas: Mutex::new(Vec::new()),
         draining: Mutex::new(()),
         cluster: Mutex::new(Vec::new()),
@@ -354,24 +371,6 @@ impl Conn {
     }
 }
 
-struct Client {
-    pid: u32,
-    is_driver: bool,
-    job: Id,
-    address: String,
-    /// Resources held by the current lease, if leased.
-    lease: Option<Resources>,
-    /// Who holds that lease: when the holder dies, the lease comes back.
-    lease_holder: Option<Id>,
-    /// The lease hosts an actor (that one): when it ends, the worker is stopped, not pooled.
-    dedicated: bool,
-    actor: Option<Id>,
-    /// It has served a lease: it may own objects or actors, so it never hosts an actor
-    /// (stopping it with the actor would take those along).
-    served: bool,
-    blocked: bool,
-}
-
 /// Who a granted lease goes to.
 enum LeaseFor {
     /// A client's request, answered on its connection.
@@ -383,70 +382,16 @@ enum LeaseFor {
 /// A lease request as the ledger queues it.
 type PendingLease = Request<LeaseFor>;
 
-struct Spawned {
-    job: Id,
-    pid: u32,
-    stderr_path: PathBuf,
-    registered: bool,
-    /// Set when rayr itself stops the worker: the reason recorded in its exit event, and
-    /// whether the user asked for it.
-    intended_exit: Option<(WorkerExitReason, String)>,
-    by_user: bool,
-    start_event: Id,
-}
-
-struct ExitRecord {
-    event_id: Id,
-    exit: WorkerExit,
-}
-
-struct StoreObject {
-    offset: u64,
-    size: u64,
-    owner: Id,
-    /// The owner's node when it is another one: the object goes if that node does.
-    owner_node: Option<Id>,
-}
-
+/// What the state lock guards: the worker pool, the lease ledger and the detached actors,
+/// one lock because a grant decides over all three at once (see the lock order above).
 struct State {
-    clients: HashMap<Id, Client>,
-    /// job → the binary its workers run.
-    jobs: HashMap<Id, PathBuf>,
-    /// Jobs whose driver records no events (their workers are started the same way).
-    silent_jobs: std::collections::HashSet<Id>,
+    pool: Pool,
     /// Free resources and queued lease requests, and what is granted from them.
     leases: Ledger<LeaseFor>,
-    idle: HashMap<Id, Vec<Id>>,
-    spawned: HashMap<Id, Spawned>,
-    exits: HashMap<Id, ExitRecord>,
-    exit_waiters: HashMap<Id, Vec<(Arc<Conn>, u64)>>,
-    objects: HashMap<Id, StoreObject>,
-    alloc: Allocator,
-    /// A start failure per job ("binary is not a rayr program"), reported to leases.
-    start_failures: HashMap<Id, String>,
     /// Detached actors held here, ended ones included (their death is what a locate says).
     detached: HashMap<Id, detached::DetachedActor>,
-    /// Submitters of other nodes holding or asking for leases here.
-    remote_clients: HashMap<Id, RemoteClient>,
-    /// Copies of other nodes' objects (see `transfer`).
-    copies: HashMap<Id, transfer::Copy>,
-    /// Pulls in flight, by object and source node.
-    pulls: HashMap<(Id, Id), transfer::Pull>,
-    /// Ranges being streamed to other nodes (offset → streams), and those freed meanwhile
-    /// (offset → size), returned to the allocator when their last stream ends.
-    serving: HashMap<u64, u32>,
-    deferred_frees: HashMap<u64, u64>,
-    /// Every worker this agent started, with its pid: its log files (`rayr logs`).
-    worker_logs: Vec<(Id, u32)>,
-    /// Jobs whose driver traces (OTLP): where their workers send spans too.
-    otlp: HashMap<Id, String>,
 }
 
-/// A submitter of another node (RegisterClient.remote): it only holds leases here.
-struct RemoteClient {
-    job: Id,
-    is_driver: bool,
-}
 
 
 struct Agent {
@@ -459,6 +404,8 @@ struct Agent {
     arena: Arena,
     events: Mutex<EventLogWriter>,
     state: Mutex<State>,
+    /// The store's objects and copies (see `store`).
+    store: Mutex<Store>,
     exited: Condvar,
     stopping: AtomicBool,
     /// Client connections still being read. Shutdown waits for them (each drains its
@@ -468,7 +415,7 @@ struct Agent {
     client_conns: Mutex<Vec<std::sync::Weak<Conn>>>,
     /// Named actors: (namespace, name) → who holds the name (freed when the actor ends or
     /// its owner goes).
-    actor_names: Mutex<HashMap<(String, String), rayr_proto::ActorName>>,
+    actor_names: names::ActorNames,
     /// Every client's event area, drained into the log by the drain thread.
     event_areas: Mutex<Vec<EventAreaEntry>>,
     /// One drain at a time (an area has one reader).
@@ -562,19 +509,8 @@ impl Agent {
             let req = msg.req_id;
             match body {
                 client_message::Body::Register(r) => {
-                    let worker = id_of(&r.worker_id);
-                    let remote = r.remote;
-                    let reply = if over_tcp && !remote {
-                        // Only submitters of other nodes come over the network: a process of
-                        // this node (which names binaries to run and files to remove)
-                        // registers over the Unix socket.
-                        RegisterReply { error: "register: only submitters of other nodes (remote) may register over TCP".into(), ..Default::default() }
-                    } else if over_tcp && id_of(&r.binary_node).is_none_or(|n| n == self.cfg.node_id) {
-                        // Its binary is then fetched by hash from that node, never taken by path.
-                        RegisterReply { error: "register: a submitter of another node must name its own node (binary_node)".into(), ..Default::default() }
-                    } else {
-                        self.register(r)
-                    };
+                    let (worker, remote) = (id_of(&r.worker_id), r.remote);
+                    let reply = self.register_over(over_tcp, r);
                     if reply.error.is_empty() {
                         me = worker;
                         local_client = !remote;
@@ -587,18 +523,8 @@ impl Agent {
                         self.return_lease(w, (!r.kill.is_empty()).then_some(r.kill.as_str()));
                     }
                 }
-                client_message::Body::CreateObject(c) => {
-                    let reply = self.create_object(c);
-                    conn.reply(req, node_message::Body::Created(reply));
-                }
-                client_message::Body::FreeObjects(f) => {
-                    let mut st = self.state.lock();
-                    for o in f.object_ids.iter().filter_map(|b| id_of(b)) {
-                        if let Some(obj) = st.objects.remove(&o) {
-                            st.free_range(obj.offset, obj.size);
-                        }
-                    }
-                }
+                client_message::Body::CreateObject(c) => conn.reply(req, node_message::Body::Created(self.create_object(c))),
+                client_message::Body::FreeObjects(f) => self.free_objects(&f.object_ids),
                 client_message::Body::PullObject(p) => self.pull_object(&conn, req, me, p),
                 client_message::Body::ReleaseCopies(r) => {
                     if let Some(w) = me {
@@ -624,94 +550,25 @@ impl Agent {
                         .name("rayr-exit-query".into())
                         .spawn(move || agent.worker_exit_query(&conn, req, q));
                 }
-                client_message::Body::NameActor(a) => {
-                    let mut reply = self.name_actor(a.clone());
-                    // Unique across the cluster: the head has the last word.
-                    if reply.error.is_empty() {
-                        match self.head_names("claim", &a) {
-                            Some(Ok(h)) if !h.error.is_empty() => {
-                                self.actor_names.lock().remove(&(a.namespace.clone(), a.name.clone()));
-                                reply = h;
-                            }
-                            Some(Err(e)) => tracing::warn!("the name {}/{} is claimed on this node only: {e}", a.namespace, a.name),
-                            _ => {}
-                        }
-                    }
-                    conn.reply(req, node_message::Body::ActorName(reply));
-                }
-                client_message::Body::LookupActor(a) => {
-                    let found = self.actor_names.lock().get(&(a.namespace.clone(), a.name.clone())).cloned();
-                    let reply = match found {
-                        Some(actor) => rayr_proto::ActorNameReply { actor: Some(actor), error: String::new() },
-                        // Named on another node: the head knows.
-                        None => match self.head_names("lookup", &a) {
-                            Some(Ok(h)) => h,
-                            Some(Err(e)) => rayr_proto::ActorNameReply {
-                                actor: None,
-                                error: format!("no actor named {}/{} is alive on this node, and the head could not be asked: {e}", a.namespace, a.name),
-                            },
-                            None => rayr_proto::ActorNameReply { actor: None, error: format!("no actor named {}/{} is alive", a.namespace, a.name) },
-                        },
-                    };
-                    conn.reply(req, node_message::Body::ActorName(reply));
-                }
-                client_message::Body::UnnameActor(a) => {
-                    let mut names = self.actor_names.lock();
-                    if names.get(&(a.namespace.clone(), a.name.clone())).is_some_and(|n| n.actor_id == a.actor_id) {
-                        names.remove(&(a.namespace.clone(), a.name.clone()));
-                    }
-                    drop(names);
-                    self.release_names_later(vec![a]);
-                }
-                client_message::Body::StoreStats(_) => {
-                    let st = self.state.lock();
-                    let available: Resources = st.leases.available().iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect();
-                    let mut reply = StoreStatsReply {
-                        used_bytes: st.alloc.used(),
-                        capacity_bytes: st.alloc.capacity(),
-                        objects: st.objects.len() as u64,
-                        copies: st.copies.len() as u64,
-                        copy_bytes: st.copies.values().map(|c| c.size).sum(),
-                        pinned_copies: st.copies.values().filter(|c| !c.pins.is_empty()).count() as u64,
-                        cluster_total: self.cfg.resources.clone(),
-                        cluster_available: available.clone(),
-                        available_resources: available,
-                        total_resources: self.cfg.resources.clone(),
-                    };
-                    drop(st);
-                    let me = self.cfg.node_id.to_vec();
-                    for n in self.cluster.lock().iter().filter(|n| n.node_id != me) {
-                        resources::add(&mut reply.cluster_total, &n.total);
-                        resources::add(&mut reply.cluster_available, &n.available);
-                    }
-                    conn.reply(req, node_message::Body::StoreStats(reply));
-                }
+                client_message::Body::NameActor(a) => conn.reply(req, node_message::Body::ActorName(self.name_actor(a))),
+                client_message::Body::LookupActor(a) => conn.reply(req, node_message::Body::ActorName(self.lookup_actor(&a))),
+                client_message::Body::UnnameActor(a) => self.unname_actor(a),
+                client_message::Body::StoreStats(_) => conn.reply(req, node_message::Body::StoreStats(self.store_stats())),
                 client_message::Body::CreateDetached(c) => {
-                    let job = me.and_then(|w| self.state.lock().clients.get(&w).map(|c| c.job));
-                    let reply = self.create_detached(job, c);
-                    conn.reply(req, node_message::Body::Detached(reply));
+                    let job = me.and_then(|w| self.state.lock().pool.clients.get(&w).map(|c| c.job));
+                    conn.reply(req, node_message::Body::Detached(self.create_detached(job, c)));
                 }
                 client_message::Body::Disconnect(d) => said_goodbye = Some(d),
                 client_message::Body::UpdateAddress(address) => {
-                    if let Some(w) = me
-                        && let Some(c) = self.state.lock().clients.get_mut(&w)
-                    {
-                        c.address = address;
+                    if let Some(w) = me {
+                        self.update_address(w, address);
                     }
                 }
             }
         }
         if let Some(w) = me {
             // Its named actors end with it: their names are free again.
-            let mut freed = Vec::new();
-            self.actor_names.lock().retain(|_, a| {
-                let keep = a.owner != w;
-                if !keep {
-                    freed.push(a.clone());
-                }
-                keep
-            });
-            self.release_names_later(freed);
+            self.release_names_of_owner(w);
             // What it recorded up to its end goes to the log, even if it was killed.
             self.drain_events(Some(w));
             self.event_areas.lock().retain(|e| e.worker != w);
@@ -724,28 +581,6 @@ impl Agent {
             self.client_gone(w, said_goodbye);
             self.remote_client_gone(w);
         }
-    }
-
-    /// Claims a name for an actor: refused while another live actor holds it.
-    fn name_actor(&self, a: rayr_proto::ActorName) -> rayr_proto::ActorNameReply {
-        if a.name.is_empty() {
-            return rayr_proto::ActorNameReply { actor: None, error: "an actor's name must not be empty".into() };
-        }
-        let mut names = self.actor_names.lock();
-        let key = (a.namespace.clone(), a.name.clone());
-        if let Some(held) = names.get(&key) {
-            return rayr_proto::ActorNameReply {
-                actor: Some(held.clone()),
-                error: format!(
-                    "the name {}/{} is taken by actor {} (names are unique in their namespace while the actor lives)",
-                    a.namespace,
-                    a.name,
-                    hex(&held.actor_id)
-                ),
-            };
-        }
-        names.insert(key, a.clone());
-        rayr_proto::ActorNameReply { actor: Some(a), error: String::new() }
     }
 
     /// Moves what clients packed into their event areas into the log: all of them, or the
@@ -767,6 +602,62 @@ impl Agent {
         }
     }
 
+    /// `Register`, on a connection over TCP (`over_tcp`) or the Unix socket.
+    fn register_over(self: &Arc<Self>, over_tcp: bool, r: rayr_proto::RegisterClient) -> RegisterReply {
+        if over_tcp && !r.remote {
+            // Only submitters of other nodes come over the network: a process of this node
+            // (which names binaries to run and files to remove) registers over the Unix socket.
+            return RegisterReply { error: "register: only submitters of other nodes (remote) may register over TCP".into(), ..Default::default() };
+        }
+        if over_tcp && id_of(&r.binary_node).is_none_or(|n| n == self.cfg.node_id) {
+            // Its binary is then fetched by hash from that node, never taken by path.
+            return RegisterReply { error: "register: a submitter of another node must name its own node (binary_node)".into(), ..Default::default() };
+        }
+        self.register(r)
+    }
+
+    /// `UpdateAddress`: where client `w` listens now.
+    fn update_address(&self, w: Id, address: String) {
+        if let Some(c) = self.state.lock().pool.clients.get_mut(&w) {
+            c.address = address;
+        }
+    }
+
+    /// `StoreStats`: the store's use, and the resources of this node and of the cluster.
+    fn store_stats(&self) -> StoreStatsReply {
+        let available: Resources = self.state.lock().leases.available().iter().map(|(k, v)| (k.clone(), v.max(0.0))).collect();
+        let st = self.store.lock();
+        let mut reply = StoreStatsReply {
+            used_bytes: st.alloc.used(),
+            capacity_bytes: st.alloc.capacity(),
+            objects: st.objects.len() as u64,
+            copies: st.copies.len() as u64,
+            copy_bytes: st.copies.values().map(|c| c.size).sum(),
+            pinned_copies: st.copies.values().filter(|c| !c.pins.is_empty()).count() as u64,
+            cluster_total: self.cfg.resources.clone(),
+            cluster_available: available.clone(),
+            available_resources: available,
+            total_resources: self.cfg.resources.clone(),
+        };
+        drop(st);
+        let me = self.cfg.node_id.to_vec();
+        for n in self.cluster.lock().iter().filter(|n| n.node_id != me) {
+            resources::add(&mut reply.cluster_total, &n.total);
+            resources::add(&mut reply.cluster_available, &n.available);
+        }
+        reply
+    }
+
+    /// `FreeObjects`: their owner freed them.
+    fn free_objects(&self, ids: &[Vec<u8>]) {
+        let mut st = self.store.lock();
+        for o in ids.iter().filter_map(|b| id_of(b)) {
+            if let Some(obj) = st.objects.remove(&o) {
+                st.free_range(obj.offset, obj.size);
+            }
+        }
+    }
+
     fn register(self: &Arc<Self>, r: rayr_proto::RegisterClient) -> RegisterReply {
         let mut reply = RegisterReply {
             node_id: self.cfg.node_id.to_vec(),
@@ -783,12 +674,12 @@ impl Agent {
             return reply;
         };
         if !r.otlp_endpoint.is_empty() {
-            self.state.lock().otlp.insert(job, r.otlp_endpoint.clone());
+            self.state.lock().pool.otlp.insert(job, r.otlp_endpoint.clone());
         }
         if r.remote {
             // A submitter of another node: it only leases here. Its job's workers here run
             // its binary, fetched by hash from its node if this one lacks it.
-            let known = self.state.lock().jobs.contains_key(&job);
+            let known = self.state.lock().pool.jobs.contains_key(&job);
             if !known {
                 let binary = match self.resolve_binary(job, &r.binary, &r.binary_node) {
                     Ok(b) => b,
@@ -798,12 +689,12 @@ impl Agent {
                     }
                 };
                 let mut st = self.state.lock();
-                st.jobs.entry(job).or_insert(binary);
+                st.pool.jobs.entry(job).or_insert(binary);
                 if r.no_events {
-                    st.silent_jobs.insert(job);
+                    st.pool.silent_jobs.insert(job);
                 }
             }
-            self.state.lock().remote_clients.insert(worker, RemoteClient { job, is_driver: r.is_driver });
+            self.state.lock().pool.remote_clients.insert(worker, RemoteClient { job, is_driver: r.is_driver });
             return reply;
         }
         if !r.event_area.is_empty() {
@@ -838,7 +729,7 @@ impl Agent {
             }
         }
         let mut st = self.state.lock();
-        st.clients.insert(
+        st.pool.clients.insert(
             worker,
             Client {
                 pid: r.pid,
@@ -854,9 +745,9 @@ impl Agent {
             },
         );
         if r.is_driver {
-            st.jobs.insert(job, PathBuf::from(&r.binary));
+            st.pool.jobs.insert(job, PathBuf::from(&r.binary));
             if r.no_events {
-                st.silent_jobs.insert(job);
+                st.pool.silent_jobs.insert(job);
             }
             drop(st);
             let mut e = self.event(EventKind::JobStarted);
@@ -882,7 +773,7 @@ impl Agent {
                 self.spawn_worker(&mut st, job, false, None);
             }
         } else {
-            let stopping = match st.spawned.get_mut(&worker) {
+            let stopping = match st.pool.spawned.get_mut(&worker) {
                 Some(sp) => {
                     sp.registered = true;
                     sp.intended_exit.is_some()
@@ -891,7 +782,7 @@ impl Agent {
             };
             // (One being stopped, its job having ended, is not leased again.)
             if !stopping {
-                st.idle.entry(job).or_default().push(worker);
+                st.pool.idle.entry(job).or_default().push(worker);
             }
             self.grant_pending(&mut st);
         }
@@ -921,7 +812,8 @@ impl Agent {
                 placement::Placement::Unknown(why) => tracing::debug!("actor placed by its node: {why}"),
             }
         }
-        if !self.state.lock().leases.feasible(&demand) {
+        // (The node's total never changes: no need for the state lock.)
+        if !ledger::feasible(&demand, &self.cfg.resources) {
             if spill_ok && let Some(reply) = self.spill(&demand, &l.task_id, "this node can never hold it", false) {
                 conn.reply(req_id, node_message::Body::Lease(reply));
                 return;
@@ -1027,8 +919,12 @@ impl Agent {
         // gives its lease back): passes repeat until one decides nothing. Each costs the
         // number of request classes, not of requests (see `ledger`).
         let waiting_for_worker = loop {
-            let State { leases, start_failures, idle, clients, spawned, .. } = &mut *st;
-            let pass = leases.grant(|job| start_failures.get(job).cloned(), |job, dedicated| take_idle(idle, clients, spawned, *job, dedicated));
+            let State { leases, pool, .. } = &mut *st;
+            let Pool { start_failures, idle, clients, spawned, .. } = pool;
+            let pass = leases.grant(
+                |job| start_failures.get(job).cloned(),
+                |job, dedicated| workers::take_idle(idle, clients, spawned, *job, dedicated),
+            );
             if pass.decisions.is_empty() {
                 break pass.lacking_workers;
             }
@@ -1039,7 +935,7 @@ impl Agent {
                         LeaseFor::Detached(actor) => self.detached_unstartable(st, actor, &error),
                     },
                     Decision::Granted { request, worker } => {
-                        let Some(client) = st.clients.get_mut(&worker) else {
+                        let Some(client) = st.pool.clients.get_mut(&worker) else {
                             // (`take_idle` gives only registered clients; none leaves meanwhile.)
                             st.leases.release(&request.demand, false);
                             st.leases.enqueue(request);
@@ -1067,7 +963,7 @@ impl Agent {
             }
         };
         let mut starting: HashMap<Id, usize> = HashMap::new();
-        for s in st.spawned.values().filter(|s| !s.registered) {
+        for s in st.pool.spawned.values().filter(|s| !s.registered) {
             *starting.entry(s.job).or_default() += 1;
         }
         for ((job, for_actor), want) in waiting_for_worker {
@@ -1081,10 +977,10 @@ impl Agent {
         }
         // A job whose driver is gone (its detached actors, or what they lease, live on)
         // keeps no idle workers: one is started when such a lease needs it.
-        let ended: Vec<Id> = st.idle.keys().filter(|j| !st.jobs.contains_key(*j)).copied().collect();
+        let ended: Vec<Id> = st.pool.idle.keys().filter(|j| !st.pool.jobs.contains_key(*j)).copied().collect();
         for job in ended {
-            for w in st.idle.remove(&job).unwrap_or_default() {
-                if let Some(sp) = st.spawned.get_mut(&w) {
+            for w in st.pool.idle.remove(&job).unwrap_or_default() {
+                if let Some(sp) = st.pool.spawned.get_mut(&w) {
                     sp.intended_exit = Some((WorkerExitReason::JobEnded, "its job ended, and no lease needs it".into()));
                     pool::send_signal(sp.pid, Signal::SIGTERM);
                 }
@@ -1097,12 +993,12 @@ impl Agent {
     /// task workers does not hold back (each actor is a process of its own for its life);
     /// `because`: the event that made it needed (a worker's death it replaces).
     fn spawn_worker(self: &Arc<Self>, st: &mut State, job: Id, for_actor: bool, because: Option<Id>) -> bool {
-        let hosting_actors = st.clients.values().filter(|c| c.dedicated).count();
-        if self.stopping.load(Ordering::Acquire) || (!for_actor && st.spawned.len() >= self.cfg.max_workers + hosting_actors) {
+        let hosting_actors = st.pool.clients.values().filter(|c| c.dedicated).count();
+        if self.stopping.load(Ordering::Acquire) || (!for_actor && st.pool.spawned.len() >= self.cfg.max_workers + hosting_actors) {
             return false;
         }
         // A detached actor's job may have ended: its binary is kept with the actor.
-        let binary = st.jobs.get(&job).or_else(|| st.detached.values().find(|d| d.job == job && d.live()).map(|d| &d.binary)).cloned();
+        let binary = st.pool.jobs.get(&job).or_else(|| st.detached.values().find(|d| d.job == job && d.live()).map(|d| &d.binary)).cloned();
         let Some(binary) = binary else { return false };
         let worker = new_id();
         let whex = hex(&worker);
@@ -1123,7 +1019,7 @@ impl Agent {
         if let Some((bytes, keep)) = self.cfg.log_rotate {
             cmd.env(env::LOG_ROTATE_BYTES, bytes.to_string()).env(env::LOG_ROTATE_KEEP, keep.to_string());
         }
-        if let Some(endpoint) = st.otlp.get(&job) {
+        if let Some(endpoint) = st.pool.otlp.get(&job) {
             cmd.env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint);
         }
         cmd.env(env::WORKER_MODE, "1")
@@ -1131,7 +1027,7 @@ impl Agent {
             .env(env::WORKER_ID, &whex)
             .env(env::JOB_ID, hex(&job))
             .env(env::SESSION_DIR, &session.dir)
-            .env("RAYR_RECORD_EVENTS", if st.silent_jobs.contains(&job) { "0" } else { "1" })
+            .env("RAYR_RECORD_EVENTS", if st.pool.silent_jobs.contains(&job) { "0" } else { "1" })
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err)
@@ -1142,12 +1038,12 @@ impl Agent {
             Ok(c) => c,
             Err(e) => {
                 let msg = format!("cannot start worker binary {}: {e}", binary.display());
-                st.start_failures.insert(job, msg);
+                st.pool.start_failures.insert(job, msg);
                 return false;
             }
         };
         let pid = child.id();
-        st.worker_logs.push((worker, pid));
+        st.pool.worker_logs.push((worker, pid));
         self.counters.workers_started.fetch_add(1, Ordering::Relaxed);
         let out_path = session.worker_log(&whex, pid, "out");
         let err_path = session.worker_log(&whex, pid, "err");
@@ -1168,7 +1064,7 @@ impl Agent {
         }));
         self.record(&e);
         let start_event = id_of(&e.id).unwrap();
-        st.spawned.insert(
+        st.pool.spawned.insert(
             worker,
             Spawned { job, pid, stderr_path: err_path, registered: false, intended_exit: None, by_user: false, start_event },
         );
@@ -1196,7 +1092,7 @@ impl Agent {
 
     fn worker_exited(self: &Arc<Self>, worker: Id, status: libc::c_int, peak_rss: u64) {
         let mut st = self.state.lock();
-        let Some(sp) = st.spawned.remove(&worker) else { return };
+        let Some(sp) = st.pool.spawned.remove(&worker) else { return };
         // A worker killed by a signal cannot remove its own socket.
         let _ = std::fs::remove_file(self.cfg.session.worker_socket(&hex(&worker)));
         let mut exit = pool::describe_exit(status, sp.intended_exit.as_ref().map(|(r, why)| (*r, why.as_str())), sp.by_user);
@@ -1206,16 +1102,16 @@ impl Agent {
         *self.counters.exits.lock().entry(kind.to_string()).or_insert(0) += 1;
         exit.stderr_tail = pool::tail_lines(&sp.stderr_path, 20);
         exit.stderr_path = sp.stderr_path.display().to_string();
-        if !sp.registered && sp.intended_exit.is_none() && !st.spawned.values().any(|s| s.job == sp.job && s.registered) {
-            let binary = st.jobs.get(&sp.job).map(|b| b.display().to_string()).unwrap_or_default();
+        if !sp.registered && sp.intended_exit.is_none() && !st.pool.spawned.values().any(|s| s.job == sp.job && s.registered) {
+            let binary = st.pool.jobs.get(&sp.job).map(|b| b.display().to_string()).unwrap_or_default();
             let failure = format!(
                 "worker process {} of {binary} exited before connecting ({}): is `main` annotated with #[rayr::main]? See {}",
                 sp.pid,
                 exit.detail,
                 sp.stderr_path.display()
             );
-            if !st.clients.values().any(|c| !c.is_driver && c.job == sp.job) {
-                st.start_failures.insert(sp.job, failure);
+            if !st.pool.clients.values().any(|c| !c.is_driver && c.job == sp.job) {
+                st.pool.start_failures.insert(sp.job, failure);
             }
         }
         let mut e = self.event(EventKind::WorkerExited);
@@ -1232,26 +1128,24 @@ impl Agent {
         // replaced while its job runs, so the pool keeps its size.
         let replace = sp.registered
             && sp.intended_exit.is_none()
-            && st.jobs.contains_key(&sp.job)
-            && st.clients.get(&worker).is_some_and(|c| !c.is_driver && !c.dedicated);
-        let hosted = st.clients.get(&worker).and_then(|c| c.actor);
-        if let Some(client) = st.clients.remove(&worker)
+            && st.pool.jobs.contains_key(&sp.job)
+            && st.pool.clients.get(&worker).is_some_and(|c| !c.is_driver && !c.dedicated);
+        let hosted = st.pool.clients.get(&worker).and_then(|c| c.actor);
+        if let Some(client) = st.pool.clients.remove(&worker)
             && let Some(held) = client.lease
         {
             st.leases.release(&held, client.blocked);
         }
         self.release_leases_of(&mut st, worker);
         // Objects in the store owned by the dead process are lost with it.
-        let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
-        for id in lost {
-            let obj = st.objects.remove(&id).unwrap();
-            st.free_range(obj.offset, obj.size);
+        let lost = self.store.lock().free_owned_by(worker);
+        for (id, size) in lost {
             let mut l = self.event(EventKind::ObjectLost);
             l.object_id = id.to_vec();
             l.worker_id = worker.to_vec();
             l.cause = exit_event.to_vec();
             l.detail = Some(event::Detail::Object(ObjectDetail {
-                size: obj.size,
+                size,
                 location: "shm".into(),
                 reason: format!("its owner, worker {}, died: {}", hex(&worker), exit.detail),
                 end: ObjectEndReason::OwnerDied as i32,
@@ -1259,10 +1153,10 @@ impl Agent {
             }));
             self.record(&l);
         }
-        st.exits.insert(worker, ExitRecord { event_id: exit_event, exit: exit.clone() });
-        if let Some(waiters) = st.exit_waiters.remove(&worker) {
+        st.pool.exits.insert(worker, ExitRecord { event_id: exit_event, exit: exit.clone() });
+        if let Some(waiters) = st.pool.exit_waiters.remove(&worker) {
             for (conn, req) in waiters {
-                conn.reply(req, node_message::Body::WorkerExit(exit_reply(st.exits.get(&worker))));
+                conn.reply(req, node_message::Body::WorkerExit(exit_reply(st.pool.exits.get(&worker))));
             }
         }
         if replace {
@@ -1278,11 +1172,11 @@ impl Agent {
 
     /// A client died: the leases it held come back and its queued requests go.
     fn release_leases_of(self: &Arc<Self>, st: &mut State, dead: Id) {
-        st.leases.retain(|_, _, requester| requester != Some(dead));
-        let held: Vec<Id> = st.clients.iter().filter(|(_, c)| c.lease.is_some() && c.lease_holder == Some(dead)).map(|(w, _)| *w).collect();
+        st.leases.drop_requester(dead);
+        let held: Vec<Id> = st.pool.clients.iter().filter(|(_, c)| c.lease.is_some() && c.lease_holder == Some(dead)).map(|(w, _)| *w).collect();
         for w in held {
             // An actor whose owner died dies with it; nobody else will say so.
-            if let Some(actor) = st.clients.get(&w).filter(|c| c.dedicated).and_then(|c| c.actor) {
+            if let Some(actor) = st.pool.clients.get(&w).filter(|c| c.dedicated).and_then(|c| c.actor) {
                 let mut e = self.event(EventKind::ActorDied);
                 e.actor_id = actor.to_vec();
                 e.worker_id = w.to_vec();
@@ -1299,7 +1193,7 @@ impl Agent {
         let mut st = self.state.lock();
         match kill {
             Some(why) => {
-                if let Some(sp) = st.spawned.get_mut(&worker) {
+                if let Some(sp) = st.pool.spawned.get_mut(&worker) {
                     sp.by_user = true;
                 }
                 self.return_lease_locked(&mut st, worker, why)
@@ -1312,7 +1206,7 @@ impl Agent {
     /// A lease ends: its resources come back, and its worker goes back to the pool or,
     /// when it hosted an actor (`why` the lease ended), is stopped.
     fn return_lease_locked(self: &Arc<Self>, st: &mut State, worker: Id, why: &str) {
-        let Some(client) = st.clients.get_mut(&worker) else { return };
+        let Some(client) = st.pool.clients.get_mut(&worker) else { return };
         let Some(held) = client.lease.take() else { return };
         let blocked = std::mem::take(&mut client.blocked);
         let dedicated = std::mem::take(&mut client.dedicated);
@@ -1321,7 +1215,7 @@ impl Agent {
         client.lease_holder = None;
         st.leases.release(&held, blocked);
         if dedicated {
-            if let Some(sp) = st.spawned.get_mut(&worker) {
+            if let Some(sp) = st.pool.spawned.get_mut(&worker) {
                 let reason = if sp.by_user { WorkerExitReason::KilledByUser } else { WorkerExitReason::ActorEnded };
                 sp.intended_exit = Some((reason, format!("the actor it hosted ended: {why}")));
                 // A killed actor stops at once, mid-call if need be (as Ray's kill does).
@@ -1330,14 +1224,14 @@ impl Agent {
             }
             return;
         }
-        st.idle.entry(job).or_default().push(worker);
+        st.pool.idle.entry(job).or_default().push(worker);
     }
 
     /// A worker blocked in `get` gives its CPU back so the tasks it waits for can run;
     /// when it resumes it takes the CPU again even if that oversubscribes (as Ray does).
     fn set_blocked(self: &Arc<Self>, worker: Id, blocked: bool) {
         let mut st = self.state.lock();
-        let Some(client) = st.clients.get_mut(&worker) else { return };
+        let Some(client) = st.pool.clients.get_mut(&worker) else { return };
         if client.blocked == blocked {
             return;
         }
@@ -1353,7 +1247,7 @@ impl Agent {
         let (Some(id), Some(owner)) = (id_of(&c.object_id), id_of(&c.owner)) else {
             return CreateObjectReply { offset: 0, error: "create: ids must be 16 bytes".into(), ..Default::default() };
         };
-        let mut st = self.state.lock();
+        let mut st = self.store.lock();
         if let Some(old) = st.objects.get(&id) {
             if old.owner != owner {
                 return CreateObjectReply { offset: 0, error: format!("object {} already exists in the store", hex(&id)), ..Default::default() };
@@ -1389,25 +1283,25 @@ impl Agent {
             return;
         };
         let mut st = self.state.lock();
-        if st.exits.contains_key(&w) || !st.spawned.contains_key(&w) {
-            let reply = exit_reply(st.exits.get(&w));
+        if st.pool.exits.contains_key(&w) || !st.pool.spawned.contains_key(&w) {
+            let reply = exit_reply(st.pool.exits.get(&w));
             drop(st);
             conn.reply(req, node_message::Body::WorkerExit(reply));
             return;
         }
         // The process is still being reaped (its socket closed first): answer when it is,
         // or after the deadline with what is known.
-        st.exit_waiters.entry(w).or_default().push((conn.clone(), req));
+        st.pool.exit_waiters.entry(w).or_default().push((conn.clone(), req));
         drop(st);
         let agent_conn = conn.clone();
         let wait = Duration::from_millis(q.wait_ms.max(1) as u64);
         let deadline = Instant::now() + wait;
         let mut st = self.state.lock();
-        while !st.exits.contains_key(&w) && Instant::now() < deadline {
+        while !st.pool.exits.contains_key(&w) && Instant::now() < deadline {
             self.exited.wait_until(&mut st, deadline);
         }
-        if !st.exits.contains_key(&w) {
-            if let Some(waiters) = st.exit_waiters.get_mut(&w) {
+        if !st.pool.exits.contains_key(&w) {
+            if let Some(waiters) = st.pool.exit_waiters.get_mut(&w) {
                 waiters.retain(|(c, r)| !(Arc::ptr_eq(c, &agent_conn) && *r == req));
             }
             drop(st);
@@ -1417,23 +1311,19 @@ impl Agent {
 
     fn client_gone(self: &Arc<Self>, worker: Id, goodbye: Option<rayr_proto::Disconnect>) {
         let mut st = self.state.lock();
-        let Some(client) = st.clients.get(&worker) else { return };
+        let Some(client) = st.pool.clients.get(&worker) else { return };
         if !client.is_driver {
             // A worker's end is recorded by its reaper, which has the exit status.
             return;
         }
-        let client = st.clients.remove(&worker).unwrap();
+        let client = st.pool.clients.remove(&worker).unwrap();
         if goodbye.is_none() {
             // A crashed driver leaves its socket behind.
             let _ = std::fs::remove_file(rayr_proto::frames::split_address(&client.address).0);
         }
         let job = client.job;
         let to_kill = self.end_job_locked(&mut st, job, &format!("its job's driver (pid {}) disconnected", client.pid));
-        let freed: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner == worker).map(|(id, _)| *id).collect();
-        for id in &freed {
-            let obj = st.objects.remove(id).unwrap();
-            st.free_range(obj.offset, obj.size);
-        }
+        self.store.lock().free_owned_by(worker);
         self.release_leases_of(&mut st, worker);
         drop(st);
         for pid in to_kill {
@@ -1485,17 +1375,17 @@ impl Agent {
     /// job's workers are stopped (their pids returned, to signal off the lock) except those
     /// hosting detached actors and what they lease; its queued leases go.
     fn end_job_locked(&self, st: &mut State, job: Id, reason: &str) -> Vec<u32> {
-        st.jobs.remove(&job);
-        st.silent_jobs.remove(&job);
+        st.pool.jobs.remove(&job);
+        st.pool.silent_jobs.remove(&job);
         let reason = reason.to_string();
         let mut to_kill = Vec::new();
         // Workers hosting detached actors outlive the job, and so do the workers they lease
         // (tasks they run, actors they made), and those that those lease; idle ones are no
         // longer leased to anyone.
-        let mut spared: std::collections::HashSet<Id> = st.spawned.keys().filter(|w| Self::hosts_detached(st, w)).copied().collect();
+        let mut spared: std::collections::HashSet<Id> = st.pool.spawned.keys().filter(|w| Self::hosts_detached(st, w)).copied().collect();
         loop {
             let more: Vec<Id> = st
-                .clients
+                .pool.clients
                 .iter()
                 .filter(|(w, c)| !spared.contains(*w) && c.lease.is_some() && c.lease_holder.is_some_and(|h| spared.contains(&h)))
                 .map(|(w, _)| *w)
@@ -1505,8 +1395,8 @@ impl Agent {
             }
             spared.extend(more);
         }
-        st.idle.remove(&job);
-        for (_, sp) in st.spawned.iter_mut().filter(|(w, s)| s.job == job && !spared.contains(*w)) {
+        st.pool.idle.remove(&job);
+        for (_, sp) in st.pool.spawned.iter_mut().filter(|(w, s)| s.job == job && !spared.contains(*w)) {
             sp.intended_exit = Some((WorkerExitReason::JobEnded, reason.clone()));
             to_kill.push(sp.pid);
         }
@@ -1518,11 +1408,11 @@ impl Agent {
     /// was its job's driver, the job ends here too.
     fn remote_client_gone(self: &Arc<Self>, client: Id) {
         let mut st = self.state.lock();
-        let Some(gone) = st.remote_clients.remove(&client) else { return };
+        let Some(gone) = st.pool.remote_clients.remove(&client) else { return };
         self.release_leases_of(&mut st, client);
         let mut to_kill = Vec::new();
-        let driver_left = gone.is_driver && !st.remote_clients.values().any(|c| c.job == gone.job && c.is_driver);
-        let local_driver = st.clients.values().any(|c| c.is_driver && c.job == gone.job);
+        let driver_left = gone.is_driver && !st.pool.remote_clients.values().any(|c| c.job == gone.job && c.is_driver);
+        let local_driver = st.pool.clients.values().any(|c| c.is_driver && c.job == gone.job);
         if driver_left && !local_driver {
             to_kill = self.end_job_locked(&mut st, gone.job, "its job's driver, on another node, disconnected");
         }
@@ -1540,7 +1430,7 @@ impl Agent {
         self.end_detached_actors(reason);
         let pids: Vec<u32> = {
             let mut st = self.state.lock();
-            st.spawned
+            st.pool.spawned
                 .values_mut()
                 .map(|s| {
                     s.intended_exit = Some((WorkerExitReason::NodeStopping, format!("node shutting down: {reason}")));
@@ -1553,17 +1443,17 @@ impl Agent {
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.state.lock();
-        while !st.spawned.is_empty() && Instant::now() < deadline {
+        while !st.pool.spawned.is_empty() && Instant::now() < deadline {
             self.exited.wait_until(&mut st, deadline);
         }
-        let stragglers: Vec<u32> = st.spawned.values().map(|s| s.pid).collect();
+        let stragglers: Vec<u32> = st.pool.spawned.values().map(|s| s.pid).collect();
         drop(st);
         for pid in stragglers {
             pool::send_signal(pid, Signal::SIGKILL);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         let mut st = self.state.lock();
-        while !st.spawned.is_empty() && Instant::now() < deadline {
+        while !st.pool.spawned.is_empty() && Instant::now() < deadline {
             self.exited.wait_until(&mut st, deadline);
         }
         drop(st);
@@ -1579,7 +1469,7 @@ impl Agent {
         // Drivers still attached are cut off from the cluster: their jobs end here (nobody
         // else will record it), caused by the node's stop.
         let drivers: Vec<(Id, Id, u32)> =
-            self.state.lock().clients.iter().filter(|(_, c)| c.is_driver).map(|(w, c)| (*w, c.job, c.pid)).collect();
+            self.state.lock().pool.clients.iter().filter(|(_, c)| c.is_driver).map(|(w, c)| (*w, c.job, c.pid)).collect();
         for (worker, job, pid) in drivers {
             let mut x = self.event(EventKind::WorkerExited);
             x.worker_id = worker.to_vec();
@@ -1602,24 +1492,6 @@ impl Agent {
             self.record(&j);
         }
     }
-}
-
-/// An idle worker of `job` for a lease, taken from the pool: for an actor (`dedicated`),
-/// only one that never served anyone (it owns nothing). Never one being stopped (its job
-/// ended, say), nor one that exited while idle.
-fn take_idle(idle: &mut HashMap<Id, Vec<Id>>, clients: &HashMap<Id, Client>, spawned: &HashMap<Id, Spawned>, job: Id, dedicated: bool) -> Option<Id> {
-    let stopping = |w: &Id| spawned.get(w).is_some_and(|sp| sp.intended_exit.is_some());
-    let idle = idle.get_mut(&job)?;
-    if dedicated {
-        let at = idle.iter().position(|w| clients.get(w).is_some_and(|c| !c.served) && !stopping(w))?;
-        return Some(idle.remove(at));
-    }
-    while let Some(w) = idle.pop() {
-        if clients.contains_key(&w) && !stopping(&w) {
-            return Some(w);
-        }
-    }
-    None
 }
 
 fn exit_reply(rec: Option<&ExitRecord>) -> WorkerExitReply {

@@ -94,6 +94,9 @@ pub struct Ledger<T> {
     heads: BTreeMap<u64, usize>,
     next_seq: u64,
     queued: usize,
+    /// Requests queued per requester: a client's death (every worker's exit) skips the
+    /// queue when it asked for none.
+    by_requester: HashMap<Id, usize>,
 }
 
 impl<T> Ledger<T> {
@@ -108,6 +111,7 @@ impl<T> Ledger<T> {
             heads: BTreeMap::new(),
             next_seq: 0,
             queued: 0,
+            by_requester: HashMap::new(),
         }
     }
 
@@ -129,7 +133,7 @@ impl<T> Ledger<T> {
 
     /// Whether this node could ever hold `demand` (when not, the lease is infeasible here).
     pub fn feasible(&self, demand: &Resources) -> bool {
-        resources::fits(demand, &self.total)
+        feasible(demand, &self.total)
     }
 
     /// Whether a lease for `demand` would wait here: its resources are taken, or others
@@ -167,6 +171,9 @@ impl<T> Ledger<T> {
         }
         class.queue.push_back(Queued { seq, reply_to: r.reply_to, requester: r.requester, actor: r.actor });
         self.queued += 1;
+        if let Some(who) = r.requester {
+            *self.by_requester.entry(who).or_default() += 1;
+        }
     }
 
     /// Keeps only the queued requests for which `keep(job, reply_to, requester)` holds
@@ -178,7 +185,14 @@ impl<T> Ledger<T> {
             let Some(old_head) = class.queue.front().map(|q| q.seq) else { continue };
             let job = class.key.job;
             let before = class.queue.len();
-            class.queue.retain(|q| keep(&job, &q.reply_to, q.requester));
+            let by_requester = &mut self.by_requester;
+            class.queue.retain(|q| {
+                let kept = keep(&job, &q.reply_to, q.requester);
+                if !kept {
+                    uncount(by_requester, q.requester);
+                }
+                kept
+            });
             self.queued -= before - class.queue.len();
             let new_head = class.queue.front().map(|q| q.seq);
             if new_head != Some(old_head) {
@@ -190,6 +204,14 @@ impl<T> Ledger<T> {
                     None => self.drop_class(slot),
                 }
             }
+        }
+    }
+
+    /// Drops the queued requests of `requester` (it died): a look-up when it has none, a
+    /// walk of the queue when it has some.
+    pub fn drop_requester(&mut self, requester: Id) {
+        if self.by_requester.contains_key(&requester) {
+            self.retain(|_, _, r| r != Some(requester));
         }
     }
 
@@ -225,6 +247,7 @@ impl<T> Ledger<T> {
                 self.queued -= class.queue.len();
                 pass.examined += class.queue.len() - 1;
                 for q in class.queue {
+                    uncount(&mut self.by_requester, q.requester);
                     let request = request_of(q, &class.demand, job, dedicated);
                     pass.decisions.push(Decision::Failed { request, error: error.clone() });
                 }
@@ -239,6 +262,7 @@ impl<T> Ledger<T> {
                 continue;
             };
             let q = class.queue.pop_front().expect("a head's class has requests");
+            uncount(&mut self.by_requester, q.requester);
             let request = request_of(q, &class.demand, job, dedicated);
             resources::subtract(&mut self.available, &class.demand);
             self.queued -= 1;
@@ -290,6 +314,16 @@ impl<T> Ledger<T> {
     }
 }
 
+fn uncount(by_requester: &mut HashMap<Id, usize>, requester: Option<Id>) {
+    let Some(who) = requester else { return };
+    if let Some(n) = by_requester.get_mut(&who) {
+        *n -= 1;
+        if *n == 0 {
+            by_requester.remove(&who);
+        }
+    }
+}
+
 fn class_key<T>(r: &Request<T>) -> ClassKey {
     let mut demand: Vec<(String, u64)> = r.demand.iter().filter(|(_, v)| **v > EPS).map(|(k, v)| (k.clone(), v.to_bits())).collect();
     demand.sort();
@@ -311,6 +345,12 @@ fn times_fits(demand: &Resources, available: &Resources) -> usize {
         })
         .min()
         .unwrap_or(usize::MAX)
+}
+
+/// Whether a node with `total` resources could ever hold `demand` ([`Ledger::feasible`],
+/// for a caller that knows the total without the ledger's lock).
+pub fn feasible(demand: &Resources, total: &Resources) -> bool {
+    resources::fits(demand, total)
 }
 
 /// Where a lease that would wait here goes: among the other nodes (not `me`, with an
@@ -513,7 +553,9 @@ mod tests {
         for t in 0..5 {
             l.enqueue(req(t, 1, &[("CPU", 1.0)]));
         }
-        l.retain(|_, _, requester| requester != Some([0; 16]) && requester != Some([3; 16]));
+        l.drop_requester([0; 16]);
+        l.drop_requester([3; 16]);
+        l.drop_requester([9; 16]); // asked for nothing
         assert_eq!(l.queued(), 3);
         let mut workers = HashMap::from([(job(1), vec![60])]);
         let pass = l.grant(|_| None, pool(&mut workers));
@@ -521,7 +563,7 @@ mod tests {
         // A job ends: all its requests go, and the ledger is empty again.
         l.retain(|j, _, _| *j != job(1));
         assert_eq!(l.queued(), 0);
-        assert!(l.heads.is_empty() && l.by_key.is_empty());
+        assert!(l.heads.is_empty() && l.by_key.is_empty() && l.by_requester.is_empty());
     }
 
     #[test]
@@ -608,5 +650,6 @@ mod tests {
         assert_eq!(done, N);
         assert!(most_examined <= 4, "a pass looked at {most_examined} requests");
         assert_eq!(l.available()["CPU"], 4.0);
+        assert!(l.by_requester.is_empty(), "requesters counted for requests no longer queued");
     }
 }

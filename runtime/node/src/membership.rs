@@ -10,13 +10,10 @@
 //!   answers "unknown" (it restarted) gets a new registration; one that answers "dead" (it
 //!   declared this node dead after missed beats) is obeyed: the node exits, since what it
 //!   held has been declared lost. Leaving on purpose unregisters ([`Joined::leave`]).
-//! - **the head's own node** ([`follow_in_process`], `rayr start --head`): the head's
-//!   membership is in this process; the node needs no heartbeat, and each period it tells
-//!   the head what it has free and takes the head's view of the cluster and of the nodes
-//!   gone, in process.
-//!
-//! (An embedded cluster, `rayr::init()` without a cluster, is one lone node: it has no
-//! membership to keep.)
+//! - **the head's own node** ([`follow_in_process`], `rayr start --head`, and the embedded
+//!   cluster of `rayr::init()` without one): the head's membership is in this process; the
+//!   node needs no heartbeat, and each period it tells the head what it has free and takes
+//!   the head's view of the cluster and of the nodes gone, in process.
 
 use std::collections::HashMap;
 use std::io;
@@ -75,10 +72,7 @@ pub fn join(node: &NodeHandle, j: Joining, ship_events: bool) -> io::Result<Join
     let (probe, end) = (node.resource_probe(), ending.clone());
     probe.set_head_address(&head);
     std::thread::Builder::new().name("rayr-membership".into()).spawn(move || run(j, probe, end))?;
-    let shipper = match ship_events {
-        true => Some(EventShipper::start(&head, node_id, node.event_log())?),
-        false => None,
-    };
+    let shipper = if ship_events { Some(EventShipper::start(&head, node_id, node.event_log())?) } else { None };
     Ok(Joined { head, node_id, ending, shipper })
 }
 
@@ -108,25 +102,55 @@ impl Joined {
 
 /// The head's own node, whose head (at `head_address`) runs in this process: every
 /// `period`, `beat` tells the head's membership what the node has free and returns the
-/// nodes gone and the live ones, as the head sees them, which the node takes.
+/// nodes gone and the live ones, as the head sees them, which the node takes. Until
+/// [`Following::stop`] (or the handle is dropped).
 pub fn follow_in_process(
     node: &NodeHandle,
     head_address: &str,
     period: Duration,
     mut beat: impl FnMut(Resources) -> (Vec<GoneNode>, Vec<NodeView>) + Send + 'static,
-) -> io::Result<()> {
+) -> io::Result<Following> {
     let probe = node.resource_probe();
     probe.set_head_address(head_address);
-    std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
-        loop {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopping = stop.clone();
+    let thread = std::thread::Builder::new().name("rayr-head-node".into()).spawn(move || {
+        while !stopping.load(Ordering::Acquire) {
             let (gone, view) = beat(probe.available());
             // Gone first: a node leaving the view is in the gone list by then.
             probe.set_gone(gone);
             probe.set_cluster(view);
-            std::thread::sleep(period);
+            std::thread::park_timeout(period);
         }
     })?;
-    Ok(())
+    Ok(Following { stop, thread: Some(thread) })
+}
+
+/// The head's own node following its membership (see [`follow_in_process`]).
+pub struct Following {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Following {
+    /// Stops following (before the node or the head stops, in a process that goes on).
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
 
 /// The membership thread: runs until the node must go; then stores why in `ending` and

@@ -7,7 +7,7 @@ use rayr_explain::signal::Signal;
 use rayr_proto::{WorkerExit, WorkerExitReason, WorkerExitType};
 
 /// Environment variables a worker process is started with. `#[rayr::main]` checks
-/// [`WORKER_MODE`] before anything else in `main` runs.
+/// [`WORKER_MODE`](env::WORKER_MODE) before anything else in `main` runs.
 pub mod env {
     pub const WORKER_MODE: &str = "RAYR_WORKER_MODE";
     pub const NODE_SOCKET: &str = "RAYR_NODE_SOCKET";

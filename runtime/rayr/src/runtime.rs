@@ -13,6 +13,8 @@ use crate::options::Config;
 
 /// The head and node agent of an embedded cluster, owned by this driver.
 struct Embedded {
+    /// The node following its head's membership, as the head's node of `rayr start` does.
+    following: rayr_node::membership::Following,
     node: rayr_node::NodeHandle,
     head: rayr_head::HeadHandle,
 }
@@ -125,6 +127,7 @@ pub fn shutdown() {
 
 fn stop_embedded() {
     if let Some(e) = EMBEDDED.lock().take() {
+        e.following.stop();
         e.node.shutdown();
         e.head.shutdown();
     }
@@ -162,6 +165,7 @@ fn start_embedded(cfg: &Config, tmpdir: &Path) -> Result<PathBuf> {
         node_cfg.store_capacity = m;
         node_cfg.store_prefault = node_cfg.store_prefault.min(m);
     }
+    let (address, resources) = (node_cfg.ip_address.clone(), node_cfg.resources.clone());
     let node = rayr_node::start_node(node_cfg).map_err(|e| io("start the embedded node agent", e))?;
     let socket = node.socket_path().to_path_buf();
     let head = match rayr_head::start_head(session, "127.0.0.1:0".parse().unwrap()) {
@@ -171,7 +175,23 @@ fn start_embedded(cfg: &Config, tmpdir: &Path) -> Result<PathBuf> {
             return Err(Error::Connection(format!("cannot start the embedded head: {e}")));
         }
     };
-    *EMBEDDED.lock() = Some(Embedded { node, head });
+    // The head's node, wired as `rayr start --head` wires it (rayr_node::membership).
+    let membership = head.membership().clone();
+    let node_id = node.node_id();
+    membership.add_head_node(node_id, &address, node.client_address(), "", "", resources);
+    let period = membership.config().heartbeat_period;
+    let following = match rayr_node::membership::follow_in_process(&node, &head.address().to_string(), period, move |available| {
+        membership.head_node_available(&node_id, available);
+        (membership.gone(), membership.view())
+    }) {
+        Ok(f) => f,
+        Err(e) => {
+            node.shutdown();
+            head.shutdown();
+            return Err(io("start the embedded node's membership thread", e));
+        }
+    };
+    *EMBEDDED.lock() = Some(Embedded { following, node, head });
     Ok(socket)
 }
 

@@ -72,10 +72,10 @@ impl Agent {
         let path = {
             let st = self.state.lock();
             // The running driver's own image, when it is here.
-            let driver = st.clients.values().find(|c| c.is_driver && c.job == job).map(|c| PathBuf::from(format!("/proc/{}/exe", c.pid)));
+            let driver = st.pool.clients.values().find(|c| c.is_driver && c.job == job).map(|c| PathBuf::from(format!("/proc/{}/exe", c.pid)));
             driver
                 .filter(|p| p.exists())
-                .or_else(|| st.jobs.get(&job).cloned())
+                .or_else(|| st.pool.jobs.get(&job).cloned())
                 .or_else(|| st.detached.values().find(|d| d.job == job).map(|d| d.binary.clone()))
         };
         let path = path.ok_or_else(|| Status::not_found(format!("job {} has no binary on node {}", hex(&job), hex(&self.cfg.node_id))))?;

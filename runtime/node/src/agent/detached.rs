@@ -98,7 +98,7 @@ impl Agent {
             let why = self.not_here("the actor", &c.resources);
             return refuse(reply, why);
         }
-        let Some(binary) = self.state.lock().jobs.get(&job).cloned() else {
+        let Some(binary) = self.state.lock().pool.jobs.get(&job).cloned() else {
             return refuse(reply, "create a detached actor: the job has ended".into());
         };
         // Checked, named and entered under one lock: nothing sees the name before the actor.
@@ -206,10 +206,11 @@ impl Agent {
             }
             Some(task_result::Outcome::Shm(loc)) => {
                 // Its address is tiny and comes inline; a value in the store is not used.
-                if let Some(o) = id_of(&loc.object_id)
-                    && let Some(obj) = st.objects.remove(&o)
-                {
-                    st.free_range(obj.offset, obj.size);
+                if let Some(o) = id_of(&loc.object_id) {
+                    let mut store = self.store.lock();
+                    if let Some(obj) = store.objects.remove(&o) {
+                        store.free_range(obj.offset, obj.size);
+                    }
                 }
                 st.detached.get_mut(&actor).unwrap().alive_at = Some(address);
             }
@@ -308,15 +309,7 @@ impl Agent {
             ..Default::default()
         }));
         self.record(&e);
-        let mut freed = Vec::new();
-        self.actor_names.lock().retain(|_, n| {
-            let keep = n.actor_id != actor;
-            if !keep {
-                freed.push(n.clone());
-            }
-            keep
-        });
-        self.release_names_later(freed);
+        self.release_name_of_actor(actor);
         st.leases.retain(|_, reply_to, _| !matches!(reply_to, LeaseFor::Detached(a) if *a == actor));
         if let Some(w) = worker {
             self.return_lease_locked(st, w, detail);
@@ -336,12 +329,12 @@ impl Agent {
         }
         let (worker, restarts_left) = (d.worker, d.restarts_left);
         if let Some(w) = worker
-            && let Some(sp) = st.spawned.get_mut(&w)
+            && let Some(sp) = st.pool.spawned.get_mut(&w)
         {
             sp.by_user = true;
         }
         if !no_restart && restarts_left != 0 {
-            if let Some(sp) = worker.and_then(|w| st.spawned.get_mut(&w)) {
+            if let Some(sp) = worker.and_then(|w| st.pool.spawned.get_mut(&w)) {
                 sp.intended_exit = Some((rayr_proto::WorkerExitReason::KilledByUser, "killed by rayr::kill (the actor restarts)".into()));
                 // Its reaper restarts the actor.
                 crate::pool::send_signal(sp.pid, nix::sys::signal::Signal::SIGKILL);
@@ -369,7 +362,7 @@ impl Agent {
 
     /// Whether `worker` hosts a live detached actor (it outlives its job's driver).
     pub(super) fn hosts_detached(st: &State, worker: &Id) -> bool {
-        st.clients.get(worker).and_then(|c| c.actor).is_some_and(|a| st.detached.get(&a).is_some_and(|d| d.live()))
+        st.pool.clients.get(worker).and_then(|c| c.actor).is_some_and(|a| st.detached.get(&a).is_some_and(|d| d.live()))
     }
 
     // ---- the agent's peer socket ----

@@ -20,7 +20,7 @@ impl Agent {
         rayr_logsearch::files::NodeFiles {
             session: self.cfg.session.clone(),
             own_logs: self.cfg.own_logs.clone(),
-            workers: self.state.lock().worker_logs.clone(),
+            workers: self.state.lock().pool.worker_logs.clone(),
         }
     }
 }

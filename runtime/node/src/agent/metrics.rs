@@ -58,16 +58,18 @@ impl Agent {
         let node = format!("node=\"{}\"", rayr_logs::hex(&self.cfg.node_id));
         let with = |extra: &str| if extra.is_empty() { node.clone() } else { format!("{node},{extra}") };
         let st = self.state.lock();
-        let leased = st.clients.values().filter(|c| !c.is_driver && c.lease.is_some()).count();
-        let workers = st.clients.values().filter(|c| !c.is_driver).count();
-        let starting = st.spawned.values().filter(|s| !s.registered).count();
-        let drivers = st.clients.values().filter(|c| c.is_driver).count();
-        let worker_pids: Vec<u32> = st.spawned.values().map(|s| s.pid).collect();
-        let (used, capacity, objects) = (st.alloc.used(), st.alloc.capacity(), st.objects.len());
-        let (copies, copy_bytes) = (st.copies.len(), st.copies.values().map(|c| c.size).sum::<u64>());
+        let leased = st.pool.clients.values().filter(|c| !c.is_driver && c.lease.is_some()).count();
+        let workers = st.pool.clients.values().filter(|c| !c.is_driver).count();
+        let starting = st.pool.spawned.values().filter(|s| !s.registered).count();
+        let drivers = st.pool.clients.values().filter(|c| c.is_driver).count();
+        let worker_pids: Vec<u32> = st.pool.spawned.values().map(|s| s.pid).collect();
         let pending = st.leases.queued();
         let available = st.leases.available().clone();
         drop(st);
+        let store = self.store.lock();
+        let (used, capacity, objects) = (store.alloc.used(), store.alloc.capacity(), store.objects.len());
+        let (copies, copy_bytes) = (store.copies.len(), store.copies.values().map(|c| c.size).sum::<u64>());
+        drop(store);
         let mut out = String::new();
         let c = &self.counters;
         metric(&mut out, "rayr_node_workers", "gauge", "Worker processes of this node, by state.", &[

@@ -56,19 +56,6 @@ impl Agent {
         }))
     }
 
-    /// Releases names at the head off the caller's thread (it may hold the state lock).
-    pub(super) fn release_names_later(self: &std::sync::Arc<Self>, names: Vec<ActorName>) {
-        if names.is_empty() || self.head_address.lock().is_none() {
-            return;
-        }
-        let agent = self.clone();
-        let _ = std::thread::Builder::new().name("rayr-unname".into()).spawn(move || {
-            for n in &names {
-                let _ = agent.head_names("release", n);
-            }
-        });
-    }
-
     pub(super) fn place_actor(&self, demand: &Resources, actor: &[u8], task: &[u8]) -> Placement {
         let (Some(head), Some(transfer)) = (self.head_address.lock().clone(), self.transfer.get()) else {
             return Placement::Unknown("this node has no head to ask".into());

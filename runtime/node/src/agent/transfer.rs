@@ -13,7 +13,7 @@
 //! store needs room (OBJECT_EVICTED); primaries never are.
 //!
 //! A range being streamed to another node is not reused until the stream ends: freeing it
-//! meanwhile only marks it (`State::free_range`).
+//! meanwhile only marks it (`Store::free_range`).
 
 use std::collections::{HashMap, HashSet};
 use std::pin::Pin;
@@ -27,7 +27,8 @@ use rayr_proto::object_transfer_server::{ObjectTransfer, ObjectTransferServer};
 use rayr_proto::{EventKind, ObjectChunk, ObjectDetail, ObjectEndReason, PullReply, event, node_message};
 use tonic::{Request, Response, Status};
 
-use super::{Agent, Conn, State, id_of};
+use super::store::Store;
+use super::{Agent, Conn, id_of};
 
 /// Bytes per chunk on the wire: big enough that per-message costs vanish against the copy,
 /// small enough that a chunk is written to the store while the next one is in flight.
@@ -114,33 +115,10 @@ pub(super) fn start(agent: &Arc<Agent>, address: &str) -> std::io::Result<tokio:
     Ok(rt)
 }
 
-impl State {
-    /// Returns a range to the allocator, unless a transfer is reading it: then when that ends.
-    pub(super) fn free_range(&mut self, offset: u64, size: u64) {
-        if self.serving.contains_key(&offset) {
-            self.deferred_frees.insert(offset, size);
-        } else {
-            self.alloc.free(offset, size);
-        }
-    }
-
-    fn end_serving(&mut self, offset: u64) {
-        if let Some(n) = self.serving.get_mut(&offset) {
-            *n -= 1;
-            if *n == 0 {
-                self.serving.remove(&offset);
-                if let Some(size) = self.deferred_frees.remove(&offset) {
-                    self.alloc.free(offset, size);
-                }
-            }
-        }
-    }
-}
-
 impl Agent {
     /// Allocates `size` bytes, evicting unpinned copies (least recently used first) when
     /// the store is full. `for_what` is recorded with each eviction.
-    pub(super) fn allocate_evicting(&self, st: &mut State, size: u64, for_what: &str) -> Option<u64> {
+    pub(super) fn allocate_evicting(&self, st: &mut Store, size: u64, for_what: &str) -> Option<u64> {
         loop {
             if let Some(offset) = st.alloc.allocate(size) {
                 return Some(offset);
@@ -179,7 +157,7 @@ impl Agent {
         let (Some(id), Some(from)) = (id_of(&p.object_id), id_of(&p.from_node)) else {
             return failed("pull: object and node ids must be 16 bytes".into());
         };
-        let mut st = self.state.lock();
+        let mut st = self.store.lock();
         if let Some(c) = st.copies.get_mut(&id) {
             *c.pins.entry(client).or_insert(0) += 1;
             c.last_used = Instant::now();
@@ -338,7 +316,7 @@ impl Agent {
 
     #[allow(clippy::too_many_arguments)]
     fn pull_done(&self, id: Id, from: Id, from_ip: &str, offset: u64, size: u64, took: Duration, outcome: Result<(), PullError>) {
-        let mut st = self.state.lock();
+        let mut st = self.store.lock();
         let (waiters, freed, owner) = st.pulls.remove(&(id, from)).map(|p| (p.waiters, p.freed, p.owner)).unwrap_or_default();
         match outcome {
             Ok(()) if st.copies.contains_key(&id) || (freed && waiters.is_empty()) => {
@@ -414,7 +392,7 @@ impl Agent {
 
     /// `client` no longer reads these copies (they stay cached until freed or evicted).
     pub(super) fn release_copies(&self, client: Id, ids: &[Vec<u8>]) {
-        let mut st = self.state.lock();
+        let mut st = self.store.lock();
         let mut dropped = Vec::new();
         for id in ids.iter().filter_map(|b| id_of(b)) {
             let Some(c) = st.copies.get_mut(&id) else { continue };
@@ -439,7 +417,7 @@ impl Agent {
 
     /// A client is gone: whatever it pinned is unpinned.
     pub(super) fn unpin_copies_of(&self, client: Id) {
-        let mut st = self.state.lock();
+        let mut st = self.store.lock();
         // Pulls it waits for pin nothing for it when they end.
         for p in st.pulls.values_mut() {
             p.waiters.retain(|w| w.2 != client);
@@ -480,7 +458,7 @@ impl Agent {
     }
 
     fn drop_copies(&self, ids: &[Vec<u8>], end: ObjectEndReason, reason: &str) {
-        let mut st = self.state.lock();
+        let mut st = self.store.lock();
         let mut dropped = Vec::new();
         for id in ids.iter().filter_map(|b| id_of(b)) {
             // A primary made here for an owner on another node (its owner recorded the free).
@@ -535,7 +513,7 @@ impl Agent {
             for c in conns {
                 c.send(&msg);
             }
-            let mut st = self.state.lock();
+            let mut st = self.store.lock();
             let lost: Vec<Id> = st.objects.iter().filter(|(_, o)| o.owner_node == Some(node)).map(|(id, _)| *id).collect();
             let mut events = Vec::new();
             for id in lost {
@@ -589,11 +567,11 @@ impl Agent {
         let owners: HashSet<Id> = owners.iter().filter_map(|b| id_of(b)).collect();
         // Copies of their objects go too (pinned ones once their readers are done).
         let copies: Vec<Vec<u8>> =
-            self.state.lock().copies.iter().filter(|(_, c)| c.owner.is_some_and(|o| owners.contains(&o))).map(|(id, _)| id.to_vec()).collect();
+            self.store.lock().copies.iter().filter(|(_, c)| c.owner.is_some_and(|o| owners.contains(&o))).map(|(id, _)| id.to_vec()).collect();
         if !copies.is_empty() {
             self.drop_copies(&copies, ObjectEndReason::OwnerDied, reason);
         }
-        let mut st = self.state.lock();
+        let mut st = self.store.lock();
         let lost: Vec<Id> =
             st.objects.iter().filter(|(_, o)| o.owner_node == Some(node) && owners.contains(&o.owner)).map(|(id, _)| *id).collect();
         let mut events = Vec::new();
@@ -633,7 +611,7 @@ unsafe impl Send for StoreSlice {}
 
 impl StoreSlice {
     fn new(agent: Arc<Agent>, object_offset: u64, at: u64, len: u64) -> StoreSlice {
-        *agent.state.lock().serving.entry(object_offset).or_insert(0) += 1;
+        *agent.store.lock().serving.entry(object_offset).or_insert(0) += 1;
         // SAFETY: within the object, which is sealed and (being served) not freed.
         let bytes = unsafe { agent.arena.bytes(object_offset + at, len) };
         StoreSlice { ptr: bytes.as_ptr(), len: bytes.len(), agent, object_offset }
@@ -649,7 +627,7 @@ impl AsRef<[u8]> for StoreSlice {
 
 impl Drop for StoreSlice {
     fn drop(&mut self) {
-        self.agent.state.lock().end_serving(self.object_offset);
+        self.agent.store.lock().end_serving(self.object_offset);
     }
 }
 
@@ -668,7 +646,7 @@ impl ObjectTransfer for Service {
         let r = request.into_inner();
         let id = id_of(&r.object_id).ok_or_else(|| Status::invalid_argument("pull: an object id is 16 bytes"))?;
         let (offset, size) = {
-            let mut st = agent.state.lock();
+            let mut st = agent.store.lock();
             let found = match st.objects.get(&id) {
                 Some(o) => Some((o.offset, o.size)),
                 None => st.copies.get_mut(&id).map(|c| {
@@ -702,7 +680,7 @@ impl ObjectTransfer for Service {
                     break;
                 }
             }
-            agent.state.lock().end_serving(offset);
+            agent.store.lock().end_serving(offset);
         });
         Ok(Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))))
     }
