@@ -45,12 +45,6 @@ impl<T> IntoArg<T> for ObjectRef<T> {
     }
 }
 
-fn key_of(opts: &TaskOptions) -> String {
-    let mut parts: Vec<String> = opts.resources.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    parts.sort();
-    parts.join(",")
-}
-
 /// Submits a task (generated code calls this). Never blocks on the task; problems with
 /// the arguments become the task's error, seen at `get`.
 pub fn submit_task<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOptions) -> ObjectRef<R> {
@@ -67,26 +61,20 @@ pub(crate) struct ActorTask {
     pub return_id: Option<Id>,
 }
 
-/// The queue an actor's tasks go through: its one worker.
-pub(crate) fn actor_key(actor: &Id) -> String {
-    format!("actor:{}", hex(actor))
-}
-
 pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &TaskOptions, actor: Option<ActorTask>) -> ObjectRef<R> {
     let Some(core) = core::current() else {
         // `get` on this ref reports that rayr is not initialized.
-        return ObjectRef::from_handle(Arc::new(RefHandle { id: new_id(), owner: [0; 16], owner_address: String::new() }));
+        return ObjectRef::from_handle(Arc::new(RefHandle { id: new_id(), owner: [0; 16], owner_address: "".into() }));
     };
     let task = new_id();
     let ret = actor.as_ref().and_then(|a| a.return_id).unwrap_or_else(new_id);
     let mut spec = TaskSpec {
         task_id: task.to_vec(),
-        job_id: core.job.to_vec(),
         function: function.to_string(),
         attempt: 0,
         args: Vec::with_capacity(args.len()),
-        owner: core.me.to_vec(),
-        owner_address: core.address.clone(),
+        // The job, owner, owner address and owner node are added to each push (see
+        // `Core::push_tail`): not stored with every pending task.
         scheduled_event: Vec::new(),
         // An actor's task runs where its state is: it is not retried on another worker.
         max_retries: if actor.is_some() { 0 } else { opts.max_retries },
@@ -99,13 +87,16 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
             _ => String::new(),
         },
         actor_detached: false,
-        owner_node: core.node.to_vec(),
         actor_max_concurrency: match &actor {
             Some(a) if a.creation => opts.max_concurrency,
             _ => 0,
         },
         trace_id: Vec::new(),
         parent_span_id: Vec::new(),
+        job_id: Vec::new(),
+        owner: Vec::new(),
+        owner_address: String::new(),
+        owner_node: Vec::new(),
     };
     // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
     let events = core.event_batch();
@@ -119,15 +110,19 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         });
     });
 
+    // Exact sizes: a pending task's lists are kept as long as it waits (a queue may hold
+    // a million), and a Vec grown by pushes reserves room for four.
+    let refs = args.iter().filter(|a| matches!(a, ArgValue::Ref(_))).count();
     let mut st = core.state.lock();
     core.own(&mut st, ret, Slot::Pending);
+    let (shape, demand) = st.shape(&opts.resources);
     let mut pending = PendingTask {
         spec: TaskSpec::default(),
         deps: Vec::new(),
-        owned_args: Vec::new(),
+        owned_args: Vec::with_capacity(refs + actor.as_ref().map_or(0, |a| a.keep_alive.is_some() as usize)),
         borrowed_args: Vec::new(),
-        key: actor.as_ref().map_or_else(|| key_of(opts), |a| actor_key(&a.actor)),
-        demand: opts.resources.clone(),
+        key: actor.as_ref().map_or(shape, |a| core::QueueKey::Actor(a.actor)),
+        demand,
         retry_exceptions: opts.retry_exceptions && actor.is_none(),
         worker: None,
         last_event: submitted,
@@ -137,7 +132,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
     if crate::trace::enabled() {
         // A span from submit to result; the worker's execute span is its child.
         let (ids, parent) = crate::trace::new_span();
-        pending.trace = Some(core::TaskTrace { ids, parent, start_ns: crate::trace::now_ns() });
+        pending.trace = Some(Box::new(core::TaskTrace { ids, parent, start_ns: crate::trace::now_ns() }));
         spec.trace_id = ids.0.to_vec();
         spec.parent_span_id = ids.1.to_vec();
     }
@@ -207,8 +202,11 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
                         o.submitted += 1;
                         match &o.slot {
                             Slot::Pending => {
-                                o.dependents.push(task);
+                                if pending.deps.capacity() == 0 {
+                                    pending.deps.reserve_exact(refs);
+                                }
                                 pending.deps.push((i, h.id));
+                                st.waits.wait(h.id, task);
                                 task_arg::Arg::InlineValue(Vec::new())
                             }
                             Slot::Inline(b, _) => task_arg::Arg::InlineValue(b.to_vec()),
@@ -240,11 +238,11 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
             }
             ArgValue::Ref(h) => {
                 pending.borrowed_args.push(h.id);
-                st.borrowed.entry(h.id).or_insert((0, h.owner, h.owner_address.clone())).0 += 1;
+                st.borrowed.entry(h.id).or_insert_with(|| (0, h.owner, h.owner_address.to_string())).0 += 1;
                 task_arg::Arg::ByRef(rayr_proto::ObjectRefArg {
                     object_id: h.id.to_vec(),
                     owner: h.owner.to_vec(),
-                    owner_address: h.owner_address.clone(),
+                    owner_address: h.owner_address.to_string(),
                 })
             }
         };
@@ -253,7 +251,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
     pending.spec = spec;
     let ready = pending.deps.is_empty();
     let actor_call = !pending.spec.actor_id.is_empty();
-    st.tasks.insert(task, pending);
+    st.tasks.insert(task, Box::new(pending));
     if let Some((err, msg)) = failure {
         core.fail_task_final_locked(&mut st, task, err, "bad_argument", &msg, None);
     } else if ready || actor_call {
@@ -698,8 +696,10 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
             .filter(|n| core.pin_locked(&mut st, n.id, n.owner))
             .map(|n| crate::object_ref::NestedRef { id: n.id, owner: n.owner })
             .collect();
-        if let Some(o) = st.owned.get_mut(&id) {
-            o.contains = pinned;
+        if let Some(o) = st.owned.get_mut(&id)
+            && !pinned.is_empty()
+        {
+            o.more_mut().contains = pinned;
         }
         // `nested` (handles: dropping one may lock `state`) goes after the lock.
         drop(st);

@@ -20,7 +20,8 @@ use crate::ids::ObjectId;
 pub struct RefHandle {
     pub(crate) id: Id,
     pub(crate) owner: Id,
-    pub(crate) owner_address: String,
+    /// Shared: every handle to an object of one owner points at one copy.
+    pub(crate) owner_address: Arc<str>,
 }
 
 impl Drop for RefHandle {
@@ -118,7 +119,7 @@ impl<T> Serialize for ObjectRef<T> {
         WireRef {
             id: self.handle.id,
             owner: self.handle.owner,
-            owner_address: self.handle.owner_address.clone(),
+            owner_address: self.handle.owner_address.to_string(),
             location,
             node: core::current().map_or([0; 16], |c| c.node),
             token: !captured,
@@ -135,7 +136,7 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
                 let location = w.location.filter(|_| w.node == core.node);
                 core.adopt(w.id, w.owner, w.owner_address, location, w.token)
             }
-            None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address }),
+            None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address.into() }),
         };
         Ok(ObjectRef::from_handle(handle))
     }
@@ -212,12 +213,13 @@ impl core::Core {
                 }
             }
         }
+        let owner_address = if owner == self.me { self.handle_address.clone() } else { owner_address.into() };
         Arc::new(RefHandle { id, owner, owner_address })
     }
 
     /// A new handle for an object this process owns (already counted in `local_refs`).
     pub(crate) fn owned_handle(&self, id: Id) -> Arc<RefHandle> {
-        Arc::new(RefHandle { id, owner: self.me, owner_address: self.address.clone() })
+        Arc::new(RefHandle { id, owner: self.me, owner_address: self.handle_address.clone() })
     }
 
     /// Whether the value of an owned object is available (or failed) without waiting.

@@ -10,7 +10,7 @@ use super::LEASE_IDLE;
 use rayr_logs::{Id, hex};
 use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, TaskSpec, client_message, event};
 
-use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, Slot, State, put};
+use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, QueueKey, Slot, State, put};
 use crate::error::Error;
 
 /// How long a lease request waits before it is asked again when the node it was spilled to
@@ -80,7 +80,7 @@ impl Core {
         self.dispatch_locked(st, &key);
     }
 
-    pub(super) fn dispatch_locked(self: &Arc<Self>, st: &mut State, key: &str) {
+    pub(super) fn dispatch_locked(self: &Arc<Self>, st: &mut State, key: &QueueKey) {
         let events = self.event_batch();
         let mut batches: Vec<(Arc<PeerConn>, Vec<u8>)> = Vec::new();
         loop {
@@ -89,7 +89,7 @@ impl Core {
             if q.actor.is_some() && st.tasks.get(&task).is_some_and(|t| !t.deps.is_empty()) {
                 break; // the next call waits for its arguments, and the ones after it too
             }
-            let push_len = st.tasks.get(&task).map_or(0, |t| rayr_proto::Message::encoded_len(&t.spec) + 16);
+            let push_len = st.tasks.get(&task).map_or(0, |t| rayr_proto::Message::encoded_len(&t.spec) + self.push_tail.len() + 16);
             // The least loaded leased worker with room (an idle one takes any size).
             let best = q
                 .workers
@@ -111,7 +111,7 @@ impl Core {
                 };
                 if may_lease && q.leases_requested == 0 {
                     q.leases_requested += 1;
-                    let demand = q.demand.clone();
+                    let demand = (*q.demand).clone();
                     self.request_lease(st, key, demand, task);
                 }
                 break;
@@ -139,7 +139,7 @@ impl Core {
             });
             t.last_event = id;
             put(&mut t.spec.scheduled_event, &id);
-            if let Some(tr) = t.trace {
+            if let Some(tr) = t.trace.as_deref() {
                 crate::trace::record(crate::trace::Finished {
                     name: "rayr.task.schedule",
                     ids: (tr.ids.0, crate::trace::random_span_id()),
@@ -168,9 +168,9 @@ impl Core {
                         a.arg = Some(rayr_proto::task_arg::Arg::ByRef(r));
                     }
                 }
-                encode_push_frame(&spec, buf);
+                encode_push_frame(&spec, &self.push_tail, buf);
             } else {
-                encode_push_frame(&t.spec, buf);
+                encode_push_frame(&t.spec, &self.push_tail, buf);
             }
         }
         drop(events);
@@ -180,9 +180,9 @@ impl Core {
         }
     }
 
-    pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
+    pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &QueueKey, demand: HashMap<String, f64>, task: Id) {
         let req = self.node_conn.next_req();
-        st.lease_requests.insert(req, (key.to_string(), None));
+        st.lease_requests.insert(req, (key.clone(), None));
         let actor = st.queues.get(key).and_then(|q| q.actor.as_ref()).map(|a| a.id.to_vec());
         let (preferred_node, preferred_bytes) = self.where_arguments_are(st, task);
         let body = client_message::Body::Lease(rayr_proto::LeaseRequest {
@@ -232,7 +232,7 @@ impl Core {
 
     /// The node agent said where to lease instead (spillback): the request goes to the
     /// agent of that node, marked spilled (it grants or queues it there).
-    fn lease_elsewhere(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply) {
+    fn lease_elsewhere(self: &Arc<Self>, key: QueueKey, reply: rayr_proto::LeaseReply) {
         let agent = self.remote_agent(&reply.spill_to);
         if let (Ok(a), Ok(node)) = (&agent, <Id>::try_from(reply.spill_node.as_slice())) {
             *a.node.lock() = Some(node);
@@ -243,7 +243,7 @@ impl Core {
             q.leases_requested = 0; // nothing left to run there
             return;
         };
-        let demand = q.demand.clone();
+        let demand = (*q.demand).clone();
         // An actor's lease stays dedicated to it, wherever it is granted.
         let actor = q.actor.as_ref().map(|a| a.id.to_vec());
         let request = |demand| rayr_proto::LeaseRequest {
@@ -281,7 +281,7 @@ impl Core {
         }
     }
 
-    pub(super) fn lease_granted(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply, lessor: Option<Arc<super::NodeConn>>) {
+    pub(super) fn lease_granted(self: &Arc<Self>, key: QueueKey, reply: rayr_proto::LeaseReply, lessor: Option<Arc<super::NodeConn>>) {
         if !reply.spill_to.is_empty() {
             self.lease_elsewhere(key, reply);
             return;
@@ -379,7 +379,7 @@ impl Core {
             let q = st.queues.get_mut(&key).unwrap();
             if q.leases_requested == 0 {
                 q.leases_requested = 1;
-                let demand = q.demand.clone();
+                let demand = (*q.demand).clone();
                 let first = q.ready[0];
                 self.request_lease(&mut st, &key, demand, first);
             }
@@ -512,7 +512,7 @@ impl Core {
     /// A task is done for good: its return object gets `slot`, its arguments are released.
     pub fn finish_task_locked(self: &Arc<Self>, st: &mut State, task: Id, slot: Slot, cause: Option<Id>) {
         let Some(t) = st.tasks.remove(&task) else { return };
-        if let Some(tr) = t.trace {
+        if let Some(tr) = t.trace.as_deref() {
             let error = match &slot {
                 Slot::Failed(e) => Some(e.to_string()),
                 _ => None,
@@ -576,7 +576,7 @@ impl Core {
         self.object_created(st, ret, slot, Some(task), cause);
         if keep && st.owned.contains_key(&ret) {
             let (owned_args, borrowed_args) = args;
-            st.lineage.insert(ret, PendingTask { owned_args, borrowed_args, worker: None, ..t });
+            st.lineage.insert(ret, Box::new(PendingTask { owned_args, borrowed_args, worker: None, ..*t }));
         } else {
             self.release_args_locked(st, args);
         }
@@ -654,13 +654,13 @@ impl Core {
         let mut st = self.state.lock();
         if let Some(actor) = actor {
             let why = format!("its worker {} died: {detail}", hex(&worker));
-            let owned = st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).is_some_and(|a| a.owned);
+            let owned = st.queues.get(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_ref()).is_some_and(|a| a.owned);
             if !owned {
                 // Only its owner knows whether it restarts. The calls that were running run
                 // again on the next life while they have retries (max_task_retries, as the
                 // owner said), the others fail; what is queued waits while this process asks
                 // the owner where the actor is now (or learns that it is dead).
-                let key = crate::api::actor_key(&actor);
+                let key = QueueKey::Actor(actor);
                 let (retries, owner_address) = match st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) {
                     Some(a) => {
                         a.lost_worker = Some(worker);
@@ -750,7 +750,7 @@ impl Core {
     /// `in_flight`: calls that were on its worker when that was found gone.
     pub(super) fn end_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, end: ActorEnd<'_>, in_flight: Vec<Id>) {
         let ActorEnd { cause, detail, because, kill } = end;
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(a) = q.actor.as_mut() else { return };
         if let Some((why, died)) = a.dead.clone() {
@@ -821,7 +821,7 @@ impl Core {
     /// worker fail, queued and later ones go to the new one. False: no restart (none left,
     /// not the owner, or nothing to re-run).
     fn restart_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, why: &str, exit_event: Option<Id>, in_flight: &[Id]) -> bool {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) else { return false };
         // (Arguments by reference are still there: the actor keeps them while it may restart.)
         if !a.owned || a.dead.is_some() || a.restarts_left == 0 || a.creation.is_none() {
@@ -888,21 +888,22 @@ impl Core {
                 d.function(&spec.function).attempt(restart);
             });
         });
+        let demand = st.queues[&key].demand.clone();
         st.tasks.insert(
             task,
-            PendingTask {
+            Box::new(PendingTask {
                 spec,
                 deps: Vec::new(),
                 owned_args: Vec::new(),
                 borrowed_args: Vec::new(),
                 key: key.clone(),
-                demand: st.queues[&key].demand.clone(),
+                demand,
                 retry_exceptions: false,
                 worker: None,
                 last_event: submitted,
                 seq: 0,
                 trace: None,
-            },
+            }),
         );
         // The result (where the new life lives) has no reader: freed when it arrives.
         if let Some(o) = st.owned.get_mut(&ret) {
@@ -920,8 +921,8 @@ impl Core {
         a.restarts_left = opts.max_restarts;
         a.max_task_retries = opts.max_task_retries;
         a.max_concurrency = opts.max_concurrency.max(1);
-        let q = Queue { demand: opts.resources.clone(), ready: VecDeque::new(), leases_requested: 0, workers: Vec::new(), actor: Some(a) };
-        self.state.lock().queues.insert(crate::api::actor_key(&actor), q);
+        let q = Queue { demand: Arc::new(opts.resources.clone()), ready: VecDeque::new(), leases_requested: 0, workers: Vec::new(), actor: Some(a) };
+        self.state.lock().queues.insert(QueueKey::Actor(actor), q);
     }
 
     /// An actor was just submitted: `info` (its creation's result, which its handles hold)
@@ -933,7 +934,7 @@ impl Core {
     /// The actor now holds `name` with the node (freed when it ends).
     pub(crate) fn actor_named(&self, actor: Id, name: rayr_proto::ActorName) {
         let mut st = self.state.lock();
-        let dead = match st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+        let dead = match st.queues.get_mut(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_mut()) {
             Some(a) if a.dead.is_none() => {
                 a.name = Some(name.clone());
                 false
@@ -950,12 +951,12 @@ impl Core {
     /// An actor that could not even be submitted (`why`): its queue is dead from the start,
     /// so calls fail with ActorDied; ACTOR_DIED creation_failed is recorded.
     pub(crate) fn actor_never_created(self: &Arc<Self>, actor: Id, why: &str) {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         st.queues.insert(
             key,
             Queue {
-                demand: HashMap::new(),
+                demand: Arc::default(),
                 ready: VecDeque::new(),
                 leases_requested: 0,
                 workers: Vec::new(),
@@ -969,7 +970,7 @@ impl Core {
     /// `ActorDied`. Only its creator holds its worker's lease, so only it can, for now.
     pub(crate) fn kill_actor(self: &Arc<Self>, actor: Id, no_restart: bool) -> crate::Result<()> {
         let mut st = self.state.lock();
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let Some(q) = st.queues.get(&key).filter(|q| q.actor.as_ref().is_some_and(|a| a.owned)) else {
             return Err(Error::Connection(format!("actor {} was not created by this process: only its creator can kill it (for now)", hex(&actor))));
         };
@@ -997,10 +998,10 @@ impl Core {
     /// is created or restarted, however long that takes — and sends the queued calls there,
     /// or fails them with why it is dead. Calls meanwhile queue, in order; none blocks.
     pub(crate) fn start_locating(self: &Arc<Self>, actor: Id, owner_address: &str) {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         let q = st.queues.entry(key).or_insert_with(|| Queue {
-            demand: HashMap::new(),
+            demand: Arc::default(),
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
@@ -1017,7 +1018,7 @@ impl Core {
         let (core, owner_address) = (self.clone(), owner_address.to_string());
         let started = std::thread::Builder::new().name("rayr-actor-locate".into()).spawn(move || {
             let result = core.locate_and_attach(actor, &owner_address);
-            if let Some(a) = core.state.lock().queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+            if let Some(a) = core.state.lock().queues.get_mut(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_mut()) {
                 a.locating = false;
             }
             if let Err(why) = result {
@@ -1035,7 +1036,7 @@ impl Core {
         for _ in 0..20 {
             let avoid = {
                 let st = self.state.lock();
-                st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).and_then(|a| a.lost_worker)
+                st.queues.get(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_ref()).and_then(|a| a.lost_worker)
             };
             let found = self.find_actor(actor, owner_address, avoid)?;
             match self.attach_actor(actor, owner_address, &found) {
@@ -1043,7 +1044,7 @@ impl Core {
                 // Died between the owner's answer and our connect: ask again.
                 Err(_) => {
                     let mut st = self.state.lock();
-                    if let Some(a) = st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+                    if let Some(a) = st.queues.get_mut(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_mut()) {
                         a.lost_worker = Some(found.info.worker);
                     }
                 }
@@ -1056,10 +1057,10 @@ impl Core {
         let info = &found.info;
         let conn = self.peer(&info.address)?;
         *conn.worker.lock() = Some(info.worker);
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
-            demand: HashMap::new(),
+            demand: Arc::default(),
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
@@ -1106,7 +1107,7 @@ impl Core {
             return out;
         };
         let st = self.state.lock();
-        match st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref().map(|a| (q, a))) {
+        match st.queues.get(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_ref().map(|a| (q, a))) {
             None => out.dead = format!("its owner {} does not know it (it ended, or never began)", hex(&self.me)),
             Some((_, a)) if a.dead.is_some() => out.dead = a.dead.as_ref().unwrap().0.clone(),
             Some((q, a)) => match &a.location {
@@ -1156,10 +1157,10 @@ impl Core {
     /// The actor is dead (`cause`, `why`), as a borrower learned or as its creator decided
     /// (its name was taken): later calls from here fail at once.
     pub(crate) fn actor_dead_here(self: &Arc<Self>, actor: Id, cause: &str, why: &str) {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         st.queues.entry(key).or_insert_with(|| Queue {
-            demand: HashMap::new(),
+            demand: Arc::default(),
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
@@ -1176,7 +1177,7 @@ impl Core {
     pub(crate) fn actor_reachable(&self, actor: &Id) -> bool {
         let st = self.state.lock();
         st.queues
-            .get(&crate::api::actor_key(actor))
+            .get(&QueueKey::Actor(*actor))
             .and_then(|q| q.actor.as_ref().map(|a| a.owned || a.dead.is_some() || !q.workers.is_empty()))
             .unwrap_or(false)
     }
@@ -1198,13 +1199,27 @@ pub(super) struct ActorEnd<'a> {
     pub kill: bool,
 }
 
-/// Appends `PeerMessage { push: spec }` as a frame without cloning the spec.
-pub(super) fn encode_push_frame(spec: &TaskSpec, buf: &mut Vec<u8>) {
+/// Appends `PeerMessage { push: spec }` as a frame without cloning the spec, with `tail`
+/// (see [`push_tail`]) after the spec's own fields: a protobuf message may carry its fields
+/// in any order, so the receiver decodes one whole `TaskSpec`.
+pub(super) fn encode_push_frame(spec: &TaskSpec, tail: &[u8], buf: &mut Vec<u8>) {
     use rayr_proto::Message;
-    let spec_len = spec.encoded_len();
+    let spec_len = spec.encoded_len() + tail.len();
     let body_len = 1 + prost::encoding::encoded_len_varint(spec_len as u64) + spec_len;
     buf.extend_from_slice(&(body_len as u32).to_le_bytes());
     prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
     prost::encoding::encode_varint(spec_len as u64, buf);
     spec.encode_raw(buf);
+    buf.extend_from_slice(tail);
+}
+
+/// The `TaskSpec` fields every task submitted by one process shares, encoded: its job,
+/// itself as owner, its address and its node. Pending tasks leave them empty (they would
+/// be ~200 bytes of copies per task) and each push appends these.
+pub(super) fn push_tail(job: Id, owner: Id, address: &str, node: Id) -> Vec<u8> {
+    use rayr_proto::Message;
+    let shared = TaskSpec { job_id: job.to_vec(), owner: owner.to_vec(), owner_address: address.to_string(), owner_node: node.to_vec(), ..Default::default() };
+    let mut tail = Vec::with_capacity(shared.encoded_len());
+    shared.encode_raw(&mut tail);
+    tail
 }
