@@ -383,10 +383,18 @@ fn queued_child() -> rayr::Result<()> {
     let mut marks = Vec::with_capacity(11);
     let t0 = Instant::now();
     marks.push(Duration::ZERO);
+    // The longest single submit, and which: a stall shows here.
+    let (mut longest, mut longest_at) = (Duration::ZERO, 0);
+    let mut last = t0.elapsed();
     for i in 0..n {
         refs.push(noop::remote(&blocker));
+        let now = t0.elapsed();
+        if now - last > longest {
+            (longest, longest_at) = (now - last, i);
+        }
+        last = now;
         if (i + 1) % tenth == 0 {
-            marks.push(t0.elapsed());
+            marks.push(now);
         }
     }
     let rss1 = rss_bytes();
@@ -396,6 +404,8 @@ fn queued_child() -> rayr::Result<()> {
     println!("last_tenth_per_s {:.1}", rates[9]);
     println!("last_over_first_tenth {:.3}", rates[9] / rates[0]);
     println!("submit_per_s {:.1}", n as f64 / marks[10].as_secs_f64());
+    println!("longest_submit_us {:.1}", longest.as_secs_f64() * 1e6);
+    println!("longest_submit_at {longest_at}");
     for (i, r) in rates.iter().enumerate() {
         println!("tenth_{i}_per_s {r:.1}");
     }

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rayr_logs::{Id, hex, new_id};
-use rayr_proto::{EventKind, ObjectDetail, TaskArg, TaskSpec, client_message, event, node_message, peer_message, task_arg};
+use rayr_proto::{EventKind, ObjectDetail, TaskArg, client_message, event, node_message, peer_message, task_arg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -68,36 +68,25 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
     };
     let task = new_id();
     let ret = actor.as_ref().and_then(|a| a.return_id).unwrap_or_else(new_id);
-    let mut spec = TaskSpec {
-        task_id: task.to_vec(),
-        function: function.to_string(),
-        attempt: 0,
-        args: Vec::with_capacity(args.len()),
-        // The job, owner, owner address and owner node are added to each push (see
-        // `Core::push_tail`): not stored with every pending task.
-        scheduled_event: Vec::new(),
-        // An actor's task runs where its state is: it is not retried on another worker.
-        max_retries: if actor.is_some() { 0 } else { opts.max_retries },
-        return_id: ret.to_vec(),
-        retry_exceptions: opts.retry_exceptions && actor.is_none(),
-        actor_id: actor.as_ref().map(|a| a.actor.to_vec()).unwrap_or_default(),
-        actor_creation: actor.as_ref().is_some_and(|a| a.creation),
-        actor_name: match (&actor, &opts.name) {
-            (Some(a), Some(name)) if a.creation => format!("{}/{name}", opts.namespace.as_deref().unwrap_or_default()),
-            _ => String::new(),
-        },
-        actor_detached: false,
-        actor_max_concurrency: match &actor {
-            Some(a) if a.creation => opts.max_concurrency,
-            _ => 0,
-        },
-        trace_id: Vec::new(),
-        parent_span_id: Vec::new(),
-        job_id: Vec::new(),
-        owner: Vec::new(),
-        owner_address: String::new(),
-        owner_node: Vec::new(),
-    };
+    // The job, owner, owner address and owner node are added to each push (see
+    // `core::spec`): not stored with every pending task.
+    let mut spec = core::PendingSpec::new(task, ret, function);
+    spec.args.reserve_exact(args.len());
+    // An actor's task runs where its state is: it is not retried on another worker.
+    spec.max_retries = if actor.is_some() { 0 } else { opts.max_retries };
+    spec.retry_exceptions = opts.retry_exceptions && actor.is_none();
+    spec.actor_id = actor.as_ref().map(|a| a.actor);
+    spec.actor_creation = actor.as_ref().is_some_and(|a| a.creation);
+    if let (Some(a), Some(name)) = (&actor, &opts.name)
+        && a.creation
+    {
+        spec.actor_name = Some(format!("{}/{name}", opts.namespace.as_deref().unwrap_or_default()).into());
+    }
+    if let Some(a) = &actor
+        && a.creation
+    {
+        spec.actor_max_concurrency = opts.max_concurrency;
+    }
     // TASK_SUBMITTED and, when a worker is free, TASK_SCHEDULED: one batch of events.
     let events = core.event_batch();
     let submitted = core.emit(EventKind::TaskSubmitted, |e| {
@@ -117,13 +106,12 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
     core.own(&mut st, ret, Slot::Pending);
     let (shape, demand) = st.shape(&opts.resources);
     let mut pending = PendingTask {
-        spec: TaskSpec::default(),
+        spec: core::PendingSpec::new(task, ret, function),
         deps: Vec::new(),
         owned_args: Vec::with_capacity(refs + actor.as_ref().map_or(0, |a| a.keep_alive.is_some() as usize)),
         borrowed_args: Vec::new(),
         key: actor.as_ref().map_or(shape, |a| core::QueueKey::Actor(a.actor)),
         demand,
-        retry_exceptions: opts.retry_exceptions && actor.is_none(),
         worker: None,
         last_event: submitted,
         seq: st.next_seq,
@@ -133,8 +121,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         // A span from submit to result; the worker's execute span is its child.
         let (ids, parent) = crate::trace::new_span();
         pending.trace = Some(Box::new(core::TaskTrace { ids, parent, start_ns: crate::trace::now_ns() }));
-        spec.trace_id = ids.0.to_vec();
-        spec.parent_span_id = ids.1.to_vec();
+        spec.trace = Some(Box::new((ids.0, ids.1)));
     }
     st.next_seq += 1;
     if let Some(h) = actor.as_ref().and_then(|a| a.keep_alive.as_ref()) {
@@ -250,7 +237,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
     }
     pending.spec = spec;
     let ready = pending.deps.is_empty();
-    let actor_call = !pending.spec.actor_id.is_empty();
+    let actor_call = pending.spec.actor_id.is_some();
     st.tasks.insert(task, Box::new(pending));
     if let Some((err, msg)) = failure {
         core.fail_task_final_locked(&mut st, task, err, "bad_argument", &msg, None);
@@ -793,7 +780,7 @@ pub fn get_slice<P: bytemuck::Pod>(r: &ObjectRef<Vec<P>>) -> Result<SliceGuard<P
 pub fn cancel<T>(r: &ObjectRef<T>) -> Result<bool> {
     let core = core::require()?;
     let mut st = core.state.lock();
-    let task = st.tasks.iter().find(|(_, t)| t.spec.return_id == r.handle.id && t.worker.is_none()).map(|(id, _)| *id);
+    let task = st.tasks.iter().find(|(_, t)| t.spec.return_id == r.handle.id && t.worker.is_none()).map(|(id, _)| id);
     let Some(task) = task else { return Ok(false) };
     core.fail_task_final_locked(&mut st, task, Error::Cancelled, "cancelled", "cancelled by rayr::cancel", None);
     drop(st);

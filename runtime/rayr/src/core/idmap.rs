@@ -1,17 +1,15 @@
 //! [`IdMap`]: the map of this process's own tasks and objects, which may hold millions
-//! (a driver with a million tasks queued behind one dependency) and must not stall while
-//! it grows.
+//! (a driver with a million tasks queued behind one dependency) and must not slow down or
+//! stall while it grows.
 //!
-//! A hash table grows by moving every entry into one twice its size at once: at a million
-//! entries that is a million cache misses, a stall of a tenth of a second in the middle
-//! of submitting. `IdMap` grows incrementally instead (as Redis' dict does): the full
-//! table becomes the old one, a table of twice the capacity takes new entries, and every
-//! insert moves two entries across, so the move is done long before the new table fills.
-//! Lookups try the new table, then the old.
-//!
-//! Keys are ids made by this process (`rayr_logs::new_id`: already scattered), hashed
-//! with [`IdHasher`], a multiply per half instead of SipHash. Only for keys made here:
-//! ids chosen by another process could be made to collide.
+//! A hash table grows by moving every entry into one twice its size: at a million entries
+//! that is a million cache misses in the middle of submitting, and between growths every
+//! insert lands at a random place in a table far larger than the cache. The ids this
+//! process makes are its own counter, scrambled (`rayr_logs::new_id`; `split_id` undoes
+//! it), so `IdMap` files them by counter instead: in chunks of 64 consecutive counters,
+//! each chunk allocated when its first entry comes and freed with its last. Nothing ever
+//! moves, consecutive submits touch the same chunk, and a million entries need no more
+//! than a small index of chunks. Ids another process made (rare here) go to a plain table.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -48,30 +46,45 @@ impl Hasher for IdHasher {
     }
 }
 
-/// Entries moved from the old table to the new one per insert while growing. Two: the
-/// old table holds at most half of the new one's capacity, so it is empty by the time
-/// the new one is three quarters full.
-const MOVE_PER_INSERT: usize = 2;
+/// Counters per chunk (a power of two): small, so that one long-lived entry keeps little
+/// else allocated; large enough that the index of chunks stays small.
+const CHUNK_BITS: u32 = 6;
+const CHUNK: usize = 1 << CHUNK_BITS;
 
-/// A map from ids made here to `V` that grows without a stall (see the module doc).
+/// The entries of `CHUNK` consecutive counters.
+struct Chunk<V> {
+    slots: Box<[Option<V>]>,
+    live: u32,
+}
+
+/// A map from ids to `V`, for ids made by this process (see the module doc).
 pub(crate) struct IdMap<V> {
-    new: IdHashMap<V>,
-    /// The table being emptied into `new` (empty when not growing).
-    old: IdHashMap<V>,
-    /// Keys of `old` still to move (some may have been removed since).
-    moving: Vec<Id>,
+    /// This process's salt: ids ending with it are filed by counter.
+    salt: u64,
+    /// Chunks by counter / CHUNK.
+    chunks: HashMap<u64, Chunk<V>, BuildHasherDefault<IdHasher>>,
+    /// Ids another process made.
+    other: IdHashMap<V>,
+    len: usize,
 }
 
 impl<V> Default for IdMap<V> {
     fn default() -> Self {
-        IdMap { new: IdHashMap::default(), old: IdHashMap::default(), moving: Vec::new() }
+        IdMap { salt: rayr_logs::process_salt(), chunks: HashMap::default(), other: IdHashMap::default(), len: 0 }
     }
 }
 
 impl<V> IdMap<V> {
+    /// The chunk and slot of one of this process's ids; None for another process's.
+    #[inline]
+    fn place(&self, id: &Id) -> Option<(u64, usize)> {
+        let (salt, counter) = rayr_logs::split_id(id);
+        (salt == self.salt).then_some((counter >> CHUNK_BITS, (counter as usize) & (CHUNK - 1)))
+    }
+
     #[cfg(test)]
     pub fn len(&self) -> usize {
-        self.new.len() + self.old.len()
+        self.len + self.other.len()
     }
 
     #[cfg(test)]
@@ -80,68 +93,64 @@ impl<V> IdMap<V> {
     }
 
     pub fn get(&self, id: &Id) -> Option<&V> {
-        self.new.get(id).or_else(|| self.old.get(id))
+        match self.place(id) {
+            Some((chunk, slot)) => self.chunks.get(&chunk)?.slots[slot].as_ref(),
+            None => self.other.get(id),
+        }
     }
 
     pub fn get_mut(&mut self, id: &Id) -> Option<&mut V> {
-        match self.new.get_mut(id) {
-            Some(v) => Some(v),
-            None => self.old.get_mut(id),
+        match self.place(id) {
+            Some((chunk, slot)) => self.chunks.get_mut(&chunk)?.slots[slot].as_mut(),
+            None => self.other.get_mut(id),
         }
     }
 
     pub fn contains_key(&self, id: &Id) -> bool {
-        self.new.contains_key(id) || self.old.contains_key(id)
-    }
-
-    pub fn remove(&mut self, id: &Id) -> Option<V> {
-        self.new.remove(id).or_else(|| self.old.remove(id))
+        self.get(id).is_some()
     }
 
     /// Inserts, returning the value `id` had.
     pub fn insert(&mut self, id: Id, value: V) -> Option<V> {
-        let before = if self.old.is_empty() { None } else { self.old.remove(&id) };
-        if self.old.is_empty() && self.new.len() == self.new.capacity() && !self.new.contains_key(&id) {
-            self.start_growing();
+        let Some((chunk, slot)) = self.place(&id) else { return self.other.insert(id, value) };
+        let c = self.chunks.entry(chunk).or_insert_with(|| Chunk { slots: (0..CHUNK).map(|_| None).collect(), live: 0 });
+        let before = c.slots[slot].replace(value);
+        if before.is_none() {
+            c.live += 1;
+            self.len += 1;
         }
-        let replaced = self.new.insert(id, value);
-        self.move_some();
-        replaced.or(before)
+        before
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&Id, &V)> {
-        self.new.iter().chain(self.old.iter())
+    pub fn remove(&mut self, id: &Id) -> Option<V> {
+        let Some((chunk, slot)) = self.place(id) else { return self.other.remove(id) };
+        let c = self.chunks.get_mut(&chunk)?;
+        let value = c.slots[slot].take()?;
+        c.live -= 1;
+        self.len -= 1;
+        if c.live == 0 {
+            self.chunks.remove(&chunk);
+        }
+        Some(value)
     }
 
-    pub fn keys(&self) -> impl Iterator<Item = &Id> {
-        self.new.keys().chain(self.old.keys())
+    /// Every entry, in no set order.
+    pub fn iter(&self) -> impl Iterator<Item = (Id, &V)> {
+        let salt = self.salt;
+        self.chunks
+            .iter()
+            .flat_map(move |(chunk, c)| {
+                c.slots.iter().enumerate().filter_map(move |(i, v)| {
+                    let counter = (chunk << CHUNK_BITS) | i as u64;
+                    v.as_ref().map(|v| (rayr_logs::id_of_counter(counter, salt), v))
+                })
+            })
+            .chain(self.other.iter().map(|(id, v)| (*id, v)))
     }
 
-    /// `new` is full: it becomes the old table, emptied into one of twice its capacity.
-    fn start_growing(&mut self) {
-        let capacity = (self.new.capacity() * 2).max(16);
-        let full = std::mem::replace(&mut self.new, IdHashMap::with_capacity_and_hasher(capacity, Default::default()));
-        self.moving.clear();
-        self.moving.extend(full.keys().copied());
-        self.old = full;
-    }
-
-    fn move_some(&mut self) {
-        if self.moving.is_empty() {
-            return;
-        }
-        for _ in 0..MOVE_PER_INSERT {
-            let Some(id) = self.moving.pop() else { break };
-            if let Some(v) = self.old.remove(&id) {
-                self.new.insert(id, v);
-            }
-        }
-        if self.moving.is_empty() {
-            // Whatever is left was removed meanwhile: free the old table.
-            debug_assert!(self.old.is_empty());
-            self.old = IdHashMap::default();
-            self.moving = Vec::new();
-        }
+    /// Every key, in no set order.
+    pub fn keys(&self) -> impl Iterator<Item = Id> + '_ {
+        self.iter().map(|(id, _)| id)
     }
 }
 
@@ -149,26 +158,33 @@ impl<V> IdMap<V> {
 mod tests {
     use super::*;
 
-    fn id(n: u32) -> Id {
+    /// An id another process made.
+    fn foreign(n: u32) -> Id {
         let mut id = [0u8; 16];
         id[..4].copy_from_slice(&n.to_le_bytes());
+        id[8..].copy_from_slice(&(!rayr_logs::process_salt()).to_be_bytes());
         id
     }
 
     #[test]
-    fn every_entry_survives_growing_whatever_is_removed_or_replaced_meanwhile() {
-        // The same operations on a std map, compared at every step.
+    fn every_entry_is_kept_whatever_is_removed_or_replaced_meanwhile() {
+        // The same operations on a std map, compared at every step; ids of this process
+        // and of others (filed apart) mixed.
         let mut m: IdMap<u32> = IdMap::default();
         let mut model: HashMap<Id, u32> = HashMap::new();
+        let mut ids = Vec::new();
         for n in 0..100_000u32 {
-            assert_eq!(m.insert(id(n), n), model.insert(id(n), n));
+            let id = if n % 10 == 0 { foreign(n) } else { rayr_logs::new_id() };
+            ids.push(id);
+            assert_eq!(m.insert(id, n), model.insert(id, n));
             if n % 3 == 0 {
-                // Removed while it (or others) may be waiting to move.
-                assert_eq!(m.remove(&id(n / 2)), model.remove(&id(n / 2)));
+                let old = ids[n as usize / 2];
+                assert_eq!(m.remove(&old), model.remove(&old));
             }
             if n % 7 == 0 && n > 10 {
                 // Replaced (or put back) wherever it is now.
-                assert_eq!(m.insert(id(n - 5), n + 1_000_000), model.insert(id(n - 5), n + 1_000_000));
+                let again = ids[n as usize - 5];
+                assert_eq!(m.insert(again, n + 1_000_000), model.insert(again, n + 1_000_000));
             }
             assert_eq!(m.len(), model.len());
         }
@@ -176,31 +192,34 @@ mod tests {
             assert_eq!(m.get(k), Some(v));
             assert!(m.contains_key(k));
         }
-        assert_eq!(m.iter().count(), model.len());
+        let mut seen: Vec<(Id, u32)> = m.iter().map(|(k, v)| (k, *v)).collect();
+        let mut want: Vec<(Id, u32)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+        seen.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(seen, want, "iteration yields every entry under its own id");
         assert_eq!(m.keys().count(), model.len());
         for k in model.keys() {
             assert!(m.remove(k).is_some());
         }
         assert!(m.is_empty());
+        assert!(m.chunks.is_empty(), "empty chunks are freed");
+        // Removing what is not there changes nothing.
+        assert_eq!(m.remove(&ids[1]), None);
+        assert_eq!(m.get_mut(&ids[2]), None);
     }
 
     #[test]
-    fn growing_never_moves_more_than_a_few_entries_per_insert() {
-        let mut m: IdMap<u64> = IdMap::default();
-        let mut most_moving = 0;
-        for n in 0..300_000u32 {
-            let before = m.new.len();
-            m.insert(id(n), n as u64);
-            // The new table took this entry and at most MOVE_PER_INSERT moved ones; only
-            // the switch itself (a fresh, empty table) drops its count.
-            let grew = m.new.len().saturating_sub(before);
-            assert!(grew <= 1 + MOVE_PER_INSERT, "insert {n} moved {grew}");
-            most_moving = most_moving.max(m.moving.len());
+    fn a_million_entries_made_in_a_row_fill_few_chunks() {
+        let mut m: IdMap<Box<u64>> = IdMap::default();
+        for n in 0..1_000_000u64 {
+            // A task and its result: two ids per submit, one filed here.
+            let _result = rayr_logs::new_id();
+            m.insert(rayr_logs::new_id(), Box::new(n));
         }
-        assert!(most_moving > 100_000, "the test grew a large table ({most_moving} to move at most)");
-        assert_eq!(m.len(), 300_000);
-        // The old table was emptied before the new one had to grow again.
-        assert!(m.new.len() <= m.new.capacity());
+        assert_eq!(m.len(), 1_000_000);
+        // Half of each chunk's counters are the results' (and a thread takes counters in
+        // blocks): a chunk per ~32 entries, give or take a block boundary.
+        assert!(m.chunks.len() <= 1_000_000 / 32 + 64, "{} chunks", m.chunks.len());
     }
 
     #[test]

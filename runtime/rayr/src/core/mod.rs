@@ -26,7 +26,7 @@ use rayr_logs::{Id, hex};
 use rayr_proto::frames::FrameReader;
 use rayr_proto::{
     ClientMessage, NodeMessage, PeerMessage,
-    TaskSpec, client_message, encode_frame, node_message, peer_message,
+    client_message, encode_frame, node_message, peer_message,
 };
 use rayr_store::Arena;
 
@@ -35,13 +35,15 @@ use crate::error::Error;
 mod events;
 mod idmap;
 mod owner;
+mod spec;
 mod submit;
 mod waits;
 
 pub(crate) use idmap::IdMap;
+pub(crate) use spec::PendingSpec;
 pub(crate) use waits::DependencyWaits;
 
-pub(crate) use events::{Batch, EventBuffer, put};
+pub(crate) use events::{Batch, EventBuffer};
 
 
 /// How many tasks may be queued on one leased worker: enough to hide the round trip,
@@ -170,7 +172,7 @@ pub(crate) enum QueueKey {
 }
 
 pub(crate) struct PendingTask {
-    pub spec: TaskSpec,
+    pub spec: PendingSpec,
     /// (argument index, object id owned here) still to be resolved.
     pub deps: Vec<(usize, Id)>,
     /// Owned objects counted in `submitted` (released when the task ends).
@@ -180,7 +182,6 @@ pub(crate) struct PendingTask {
     pub key: QueueKey,
     /// Its resource demand, shared by every task of the same shape.
     pub demand: Arc<HashMap<String, f64>>,
-    pub retry_exceptions: bool,
     pub worker: Option<Id>,
     pub last_event: Id,
     /// Submission order here (an actor's calls retried after a restart keep it).
@@ -218,7 +219,7 @@ struct ActorQueue {
     restarts: u32,
     /// Retries of a call that was running when the actor's worker died (−1: without end).
     max_task_retries: i32,
-    creation: Option<TaskSpec>,
+    creation: Option<PendingSpec>,
     /// The owner's answer to "where is it?": its worker and socket, and whether the
     /// current life's constructor has run (calls may go there directly).
     location: Option<(Id, String)>,
@@ -672,7 +673,7 @@ impl Core {
         }
         let arena = Arena::open(&reg.store_path).map_err(|e| Error::Connection(e.to_string()))?;
         let node: Id = reg.node_id.as_slice().try_into().unwrap_or([0; 16]);
-        let push_tail = submit::push_tail(p.job_id, p.worker_id, &address, node);
+        let push_tail = spec::push_tail(p.job_id, p.worker_id, &address, node);
         let handle_address: Arc<str> = Arc::from(address.as_str());
         let core = Arc::new(Core {
             me: p.worker_id,
@@ -964,7 +965,7 @@ impl Core {
 
     fn fail_everything(self: &Arc<Self>, why: &str) {
         let mut st = self.state.lock();
-        let tasks: Vec<Id> = st.tasks.keys().copied().collect();
+        let tasks: Vec<Id> = st.tasks.keys().collect();
         for t in tasks {
             let err = Error::Connection(format!(
                 "task {} cannot complete: {why}; `rayr status` shows the cluster, and `rayr why-died {}` how the task ended once the head has recorded it",

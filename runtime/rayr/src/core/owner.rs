@@ -271,7 +271,7 @@ impl Core {
         let lost_event = self.record(lost);
         match rerun {
             Some(t) => {
-                let task: Id = t.spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
+                let task: Id = t.spec.task_id;
                 st.owned.get_mut(&id).unwrap().slot = Slot::Pending;
                 st.tasks.insert(task, t);
                 let why = format!("its result {} was lost with node {}", hex(&id), hex(&node));
@@ -377,7 +377,7 @@ impl Core {
     /// its borrows end, and objects nobody else holds are freed.
     pub(super) fn borrower_gone(&self, borrower: Id) {
         let mut st = self.state.lock();
-        let held: Vec<Id> = st.owned.iter().filter(|(_, o)| o.more().is_some_and(|m| m.borrowers.contains(&borrower))).map(|(id, _)| *id).collect();
+        let held: Vec<Id> = st.owned.iter().filter(|(_, o)| o.more().is_some_and(|m| m.borrowers.contains(&borrower))).map(|(id, _)| id).collect();
         for id in held {
             let Some(o) = st.owned.get_mut(&id) else { continue };
             o.more_mut().borrowers.remove(&borrower);

@@ -8,9 +8,10 @@ use std::time::Instant;
 use super::LEASE_IDLE;
 
 use rayr_logs::{Id, hex};
-use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, TaskSpec, client_message, event};
+use rayr_proto::{EventKind, ObjectLocation, TaskDetail, TaskError, client_message, event};
 
-use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, QueueKey, Slot, State, put};
+use super::spec::encode_push_frame;
+use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, QueueKey, Slot, State};
 use crate::error::Error;
 
 /// How long a lease request waits before it is asked again when the node it was spilled to
@@ -56,7 +57,7 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| {
+        let actor = t.spec.actor_id.map(|id: Id| {
             let mut a = ActorQueue::new(id, t.spec.actor_creation, false);
             a.max_concurrency = t.spec.actor_max_concurrency.max(1);
             a
@@ -89,7 +90,7 @@ impl Core {
             if q.actor.is_some() && st.tasks.get(&task).is_some_and(|t| !t.deps.is_empty()) {
                 break; // the next call waits for its arguments, and the ones after it too
             }
-            let push_len = st.tasks.get(&task).map_or(0, |t| rayr_proto::Message::encoded_len(&t.spec) + self.push_tail.len() + 16);
+            let push_len = st.tasks.get(&task).map_or(0, |t| t.spec.encoded_len() + self.push_tail.len() + 16);
             // The least loaded leased worker with room (an idle one takes any size).
             let best = q
                 .workers
@@ -138,7 +139,7 @@ impl Core {
                 }
             });
             t.last_event = id;
-            put(&mut t.spec.scheduled_event, &id);
+            t.spec.scheduled_event = Some(id);
             if let Some(tr) = t.trace.as_deref() {
                 crate::trace::record(crate::trace::Finished {
                     name: "rayr.task.schedule",
@@ -428,9 +429,9 @@ impl Core {
                     self.finish_task_locked(st, task, slot, finished_event);
                 }
                 Some(rayr_proto::task_result::Outcome::Error(err)) => {
-                    let creation = st.tasks.get(&task).filter(|t| t.spec.actor_creation).map(|t| t.spec.actor_id.clone());
+                    let creation = st.tasks.get(&task).filter(|t| t.spec.actor_creation).and_then(|t| t.spec.actor_id);
                     let detail = format!("its constructor failed: {}", err.message);
-                    if let Some(actor) = creation.and_then(|a| <Id>::try_from(a.as_slice()).ok()) {
+                    if let Some(actor) = creation {
                         // No state to call: the calls queued behind the creation fail.
                         let end = ActorEnd { cause: "creation_failed", detail: &detail, because: finished_event, kill: false };
                         self.end_actor_locked(st, actor, end, Vec::new());
@@ -444,7 +445,7 @@ impl Core {
 
     pub(super) fn task_error_locked(self: &Arc<Self>, st: &mut State, task: Id, err: TaskError, cause: Option<Id>) {
         let Some(t) = st.tasks.get_mut(&task) else { return };
-        let retry = t.retry_exceptions && err.kind != "bad_argument" && t.spec.attempt < t.spec.max_retries;
+        let retry = t.spec.retry_exceptions && err.kind != "bad_argument" && t.spec.attempt < t.spec.max_retries;
         if retry {
             let reason = format!("{} in attempt {}: {}", err.kind, t.spec.attempt, err.message);
             self.retry_locked(st, task, reason, cause);
@@ -465,7 +466,7 @@ impl Core {
                 e.cause = c.to_vec();
             }
             e.detail = Some(event::Detail::Task(TaskDetail {
-                function: t.spec.function.clone(),
+                function: t.spec.function.to_string(),
                 attempt: t.spec.attempt,
                 max_retries: t.spec.max_retries,
                 reason,
@@ -496,7 +497,7 @@ impl Core {
             }
             e.cause = cause.unwrap_or(t.last_event).to_vec();
             e.detail = Some(event::Detail::Task(TaskDetail {
-                function: t.spec.function.clone(),
+                function: t.spec.function.to_string(),
                 attempt: t.spec.attempt,
                 max_retries: t.spec.max_retries,
                 error: message.to_string(),
@@ -524,7 +525,7 @@ impl Core {
                 start_ns: tr.start_ns,
                 end_ns: crate::trace::now_ns(),
                 kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind::Producer,
-                attrs: vec![("rayr.task_id", hex(&task)), ("rayr.function", t.spec.function.clone()), ("rayr.attempts", (t.spec.attempt + 1).to_string())],
+                attrs: vec![("rayr.task_id", hex(&task)), ("rayr.function", t.spec.function.to_string()), ("rayr.attempts", (t.spec.attempt + 1).to_string())],
                 error: error.as_deref(),
             });
         }
@@ -535,7 +536,7 @@ impl Core {
                 q.ready.retain(|x| *x != task);
             }
         }
-        let ret: Id = t.spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
+        let ret: Id = t.spec.return_id;
         if t.spec.actor_creation
             && !matches!(slot, Slot::Failed(_))
             && let Some(a) = st.queues.get_mut(&t.key).and_then(|q| q.actor.as_mut())
@@ -546,7 +547,7 @@ impl Core {
         }
         if t.spec.actor_creation
             && let Slot::Failed(e) = &slot
-            && let Ok(actor) = <Id>::try_from(t.spec.actor_id.as_slice())
+            && let Some(actor) = t.spec.actor_id
         {
             // No state to call (its arguments could not be sent, say): the actor ends, and
             // the calls queued behind the creation fail. (Ended already when the worker
@@ -570,7 +571,7 @@ impl Core {
         // A result in another node's store is lost if that node goes: its task is kept to
         // run again (Ray's lineage), its arguments with it, while retries are left.
         let keep = matches!(slot, Slot::OnNode { .. })
-            && t.spec.actor_id.is_empty()
+            && t.spec.actor_id.is_none()
             && t.spec.attempt < t.spec.max_retries
             && st.owned.contains_key(&ret);
         self.object_created(st, ret, slot, Some(task), cause);
@@ -682,7 +683,7 @@ impl Core {
                             e.cause = c.to_vec();
                         }
                         e.detail = Some(event::Detail::Task(TaskDetail {
-                            function: t.spec.function.clone(),
+                            function: t.spec.function.to_string(),
                             attempt: t.spec.attempt,
                             reason: format!("{cause}; retried on the actor's next life, if it restarts"),
                             ..Default::default()
@@ -858,7 +859,7 @@ impl Core {
                 e.actor_id = actor.to_vec();
                 e.cause = restarted.to_vec();
                 e.detail = Some(event::Detail::Task(TaskDetail {
-                    function: t.spec.function.clone(),
+                    function: t.spec.function.to_string(),
                     attempt: t.spec.attempt,
                     reason: format!("{cause}; retried on the restarted actor"),
                     ..Default::default()
@@ -878,14 +879,14 @@ impl Core {
         // The constructor runs again, first in the actor's queue, on a worker leased anew.
         let task = rayr_logs::new_id();
         let ret = rayr_logs::new_id();
-        spec.task_id = task.to_vec();
-        spec.return_id = ret.to_vec();
+        spec.task_id = task;
+        spec.return_id = ret;
         spec.attempt = restart;
         self.own(st, ret, Slot::Pending);
         let submitted = self.emit(EventKind::TaskSubmitted, |e| {
             e.task(&task).object(&ret).actor(&actor).cause(&restarted);
             e.task_detail(|d| {
-                d.function(&spec.function).attempt(restart);
+                d.function(spec.function).attempt(restart);
             });
         });
         let demand = st.queues[&key].demand.clone();
@@ -898,7 +899,6 @@ impl Core {
                 borrowed_args: Vec::new(),
                 key: key.clone(),
                 demand,
-                retry_exceptions: false,
                 worker: None,
                 last_event: submitted,
                 seq: 0,
@@ -1197,29 +1197,4 @@ pub(super) struct ActorEnd<'a> {
     pub detail: &'a str,
     pub because: Option<Id>,
     pub kill: bool,
-}
-
-/// Appends `PeerMessage { push: spec }` as a frame without cloning the spec, with `tail`
-/// (see [`push_tail`]) after the spec's own fields: a protobuf message may carry its fields
-/// in any order, so the receiver decodes one whole `TaskSpec`.
-pub(super) fn encode_push_frame(spec: &TaskSpec, tail: &[u8], buf: &mut Vec<u8>) {
-    use rayr_proto::Message;
-    let spec_len = spec.encoded_len() + tail.len();
-    let body_len = 1 + prost::encoding::encoded_len_varint(spec_len as u64) + spec_len;
-    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
-    prost::encoding::encode_varint(spec_len as u64, buf);
-    spec.encode_raw(buf);
-    buf.extend_from_slice(tail);
-}
-
-/// The `TaskSpec` fields every task submitted by one process shares, encoded: its job,
-/// itself as owner, its address and its node. Pending tasks leave them empty (they would
-/// be ~200 bytes of copies per task) and each push appends these.
-pub(super) fn push_tail(job: Id, owner: Id, address: &str, node: Id) -> Vec<u8> {
-    use rayr_proto::Message;
-    let shared = TaskSpec { job_id: job.to_vec(), owner: owner.to_vec(), owner_address: address.to_string(), owner_node: node.to_vec(), ..Default::default() };
-    let mut tail = Vec::with_capacity(shared.encoded_len());
-    shared.encode_raw(&mut tail);
-    tail
 }
