@@ -77,8 +77,19 @@
 //!     task of a `rayr start` cluster whose record holds 1M events (170k tasks; the head has
 //!     indexed them all: `events_indexed`), median of 5.
 //!
+//! - Queued tasks, in one child (an embedded cluster of its own): one task that waits for a
+//!   gate file, then 1M trivial tasks each taking its result as argument (so all 1M wait
+//!   in the driver), after 2k of warmup and the store's prefault.
+//!   `driver_bytes_per_queued_task`: the driver process's RSS growth (VmRSS; its embedded
+//!   node agent and head included) over the 1M submits, per task (the refs' own Vec is
+//!   reserved before). `submit_rate_last_over_first_tenth`: the submit rate of the last
+//!   100k over that of the first 100k (1 means no cost grows with the queue), with both
+//!   rates (`submit_rate_first_tenth_per_s`, `submit_rate_last_tenth_per_s`);
+//!   `queued_tasks_drain_per_s`: the gate opened, how fast all 1M results are gathered.
+//!   `RAYR_BENCH_ONLY=queued` prints only these; `RAYR_BENCH_QUEUED` changes the count.
+//!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
-//! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a
+//! by `RAYR_BENCH_MODE` (echo, init, throughput, queued, …); they are internal, except that a
 //! throughput child run by hand takes `RAYR_BENCH_ROUNDS` (default 8) to show a sustained
 //! rate: `RAYR_BENCH_MODE=throughput RAYR_BENCH_ROUNDS=50 RAYR_TMPDIR=/tmp/rbx
 //! target/release/rayr-bench`. Scratch files live under `/tmp/rb<pid>` (short, so that
