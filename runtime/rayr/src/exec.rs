@@ -79,7 +79,7 @@ fn worker_main() -> Result<(), String> {
         is_driver: false,
         record_events: cfg.record_events,
         max_inline: cfg.max_inline_bytes,
-        runs_tasks: true,
+        executor: Some(core::Executor { run: run_task, call_pool }),
     };
     // Before registering: a task may arrive the moment it has.
     crate::trace::init("rayr-worker", vec![("rayr.worker_id", std::env::var(env::WORKER_ID).unwrap_or_default())]);
@@ -362,7 +362,7 @@ unsafe impl Sync for HostedCell {}
 static ACTOR: HostedCell = HostedCell(parking_lot::RwLock::new(None));
 
 /// A concurrent actor's calls: handed from the connection that read them to its pool.
-type Call = (rayr_proto::TaskSpec, Arc<core::ServerConn>);
+use crate::core::Call;
 static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<Call>> = std::sync::OnceLock::new();
 
 /// Where a concurrent actor's calls go (`None`: run them on the reading thread, in order).

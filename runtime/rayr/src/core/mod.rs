@@ -549,8 +549,9 @@ pub(crate) struct Core {
     pub record_events: bool,
     pub max_inline: usize,
     pub stopping: AtomicBool,
-    /// Set in workers: pushed tasks run here.
+    /// Set in workers: pushed tasks run here, by `executor`.
     pub runs_tasks: bool,
+    executor: Option<Executor>,
     /// One task at a time in a worker, whichever connection pushed it.
     pub exec_lock: Mutex<()>,
     /// Held results of every connection serving tasks (the ticker sends stale ones).
@@ -565,6 +566,22 @@ pub(crate) struct Core {
     pub handle_address: Arc<str>,
 }
 
+/// A concurrent actor's call, handed from the connection that read it to the actor's
+/// pool of threads, with the connection to answer on.
+pub(crate) type Call = (rayr_proto::TaskSpec, Arc<ServerConn>);
+
+/// What runs the tasks pushed to a worker: the layer above core (`exec`) hands it over at
+/// connect, so that core reads pushes without knowing how user code is run.
+#[derive(Clone, Copy)]
+pub(crate) struct Executor {
+    /// Runs one pushed task on the calling thread and returns the message answering it.
+    /// `events`: the open batch the previous task's TASK_FINISHED is in (see `exec`).
+    pub run: for<'c> fn(&'c Arc<Core>, rayr_proto::TaskSpec, &mut Option<Batch<'c>>) -> PeerMessage,
+    /// Where a concurrent actor's calls go, once this worker hosts one (`None`: they run
+    /// on the reading thread, in order).
+    pub call_pool: fn() -> Option<&'static std::sync::mpsc::SyncSender<Call>>,
+}
+
 /// What `connect` needs to know.
 pub(crate) struct ConnectParams {
     pub node_socket: PathBuf,
@@ -573,9 +590,9 @@ pub(crate) struct ConnectParams {
     pub is_driver: bool,
     pub record_events: bool,
     pub max_inline: usize,
-    /// Workers run pushed tasks; the node agent may lease a worker out (and a task may
-    /// arrive) the moment it registers, so this is known before registering.
-    pub runs_tasks: bool,
+    /// Workers run pushed tasks with it; the node agent may lease a worker out (and a
+    /// task may arrive) the moment it registers, so it is given before registering.
+    pub executor: Option<Executor>,
 }
 
 impl Core {
@@ -716,7 +733,8 @@ impl Core {
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
-            runs_tasks: p.runs_tasks,
+            runs_tasks: p.executor.is_some(),
+            executor: p.executor,
             exec_lock: Mutex::new(()),
             held_results: Mutex::new(Vec::new()),
             pid: std::process::id(),
@@ -1008,24 +1026,24 @@ impl Core {
             let req = msg.req_id;
             match msg.body {
                 Some(peer_message::Body::Push(spec))
-                    if self.runs_tasks && !spec.actor_creation && !spec.actor_id.is_empty() && crate::exec::call_pool().is_some() =>
+                    if !spec.actor_creation && !spec.actor_id.is_empty() && self.executor.is_some_and(|x| (x.call_pool)().is_some()) =>
                 {
                     // A concurrent actor's call: its pool runs it and answers on `conn`. What
                     // this thread held back (the constructor's result) goes first.
                     events = None;
                     held.send(Duration::ZERO);
-                    if let Some(pool) = crate::exec::call_pool() {
+                    if let Some(pool) = self.executor.and_then(|x| (x.call_pool)()) {
                         let _ = pool.send((spec, conn.clone()));
                     }
                     continue;
                 }
-                Some(peer_message::Body::Push(spec)) if self.runs_tasks => {
+                Some(peer_message::Body::Push(spec)) if let Some(executor) = self.executor => {
                     // Run it on this thread: no hand-off to another thread per task. A task
                     // blocked in `get` waits here; the replies it waits for arrive on other
                     // connections, each read by its own thread.
                     let result = {
                         let _one_at_a_time = self.exec_lock.lock();
-                        crate::exec::run_task(&self, spec, &mut events)
+                        (executor.run)(&self, spec, &mut events)
                     };
                     held.hold(&result);
                     if !reader.has_buffered_frame() {
@@ -1234,7 +1252,9 @@ impl Core {
         }
     }
 
-    pub fn shutdown(self: &Arc<Self>, reason: &str) {
+    /// Ends this process's part in the cluster; a driver tells its node agent `exit_code`
+    /// (what its `main` returned: 0 or 1).
+    pub fn shutdown(self: &Arc<Self>, reason: &str, exit_code: i32) {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -1259,7 +1279,6 @@ impl Core {
         }
         self.drain_events_now();
         if self.is_driver {
-            let exit_code = crate::runtime::main_exit_code();
             let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string(), exit_code }));
         }
         let _ = self.node_conn.write.lock().shutdown(std::net::Shutdown::Both);

@@ -1143,7 +1143,7 @@ impl Core {
                 && let Ok(worker) = <Id>::try_from(l.worker_id.as_slice())
                 && Some(worker) != avoid
             {
-                let info = crate::actor::ActorInfo { worker, address: l.address };
+                let info = ActorAt { worker, address: l.address };
                 return Ok(FoundActor { info, max_concurrency: l.max_concurrency, max_task_retries: l.max_task_retries });
             }
             if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
@@ -1185,9 +1185,16 @@ impl Core {
 
 /// Where an actor lives now, as its owner said, and how its calls are to be sent.
 pub(crate) struct FoundActor {
-    info: crate::actor::ActorInfo,
+    info: ActorAt,
     max_concurrency: u32,
     max_task_retries: i32,
+}
+
+/// An actor's worker and that worker's address (what `actor::ActorInfo` holds, as the
+/// owner's `ActorLocation` answer gives it).
+struct ActorAt {
+    worker: Id,
+    address: String,
 }
 
 /// How an actor ended (see `end_actor_locked`): the cause recorded in ACTOR_DIED, what its
