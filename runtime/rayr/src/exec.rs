@@ -9,7 +9,8 @@ use rayr_logs::{Id, hex};
 use rayr_node::pool::env;
 use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskResult, peer_message, task_arg, task_result};
 
-use crate::api::{Fetched, store_bytes_for};
+use crate::api::store_bytes_for;
+use crate::core::fetch::Fetched;
 use crate::codec;
 use crate::core::{self, Batch, ConnectParams, Core, Slot};
 use crate::registry::{self, ArgBytes, ArgReader, Returned};
@@ -430,7 +431,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
         if let Some(task_arg::Arg::ByRef(r)) = &a.arg {
             let id: Id = r.object_id.as_slice().try_into().unwrap_or([0; 16]);
             let owner: Id = r.owner.as_slice().try_into().unwrap_or([0; 16]);
-            match crate::api::fetch_argument(core, id, owner, &r.owner_address) {
+            match crate::core::fetch::fetch_argument(core, id, owner, &r.owner_address) {
                 Ok(f) => {
                     fetched.push(f);
                     done.ids.push(id);
@@ -537,7 +538,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     }
 }
 
-/// Releases the copies a task's arguments were read from (see `api::argument_done`).
+/// Releases the copies a task's arguments were read from (see `core::fetch::argument_done`).
 struct ArgumentsDone<'a> {
     core: &'a Arc<Core>,
     ids: Vec<Id>,
@@ -546,7 +547,7 @@ struct ArgumentsDone<'a> {
 impl Drop for ArgumentsDone<'_> {
     fn drop(&mut self) {
         if !self.ids.is_empty() {
-            crate::api::argument_done(self.core, &self.ids);
+            crate::core::fetch::argument_done(self.core, &self.ids);
         }
     }
 }

@@ -202,7 +202,7 @@ impl core::Core {
             if let Ok(peer) = self.peer(&owner_address) {
                 let msg = borrow_msg(id, Some(self.me), true, token);
                 // Once the owner has counted this borrow, the location stays valid while
-                // the borrow lasts (see api::fetch for how owner death is noticed).
+                // the borrow lasts (see core::fetch for how owner death is noticed).
                 if peer.call(msg, Some(Duration::from_secs(5))).is_ok()
                     && let Some(loc) = location
                 {

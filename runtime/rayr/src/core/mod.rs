@@ -7,8 +7,14 @@
 //! every path holds it briefly and never across a blocking wait or a user callback.
 //!
 //! This file has the state, the connections and start-up/shutdown; [`owner`] has the
-//! ownership rules, [`submit`] the leases, pushes, results and retries, and [`events`]
-//! the event recording.
+//! ownership rules, [`submit`] the leases, pushes, results and retries, [`fetch`] the
+//! reading of values (from the owner, or pulled from another node), and [`events`] the
+//! event recording. [`spec`], [`waits`] and [`idmap`] keep pending tasks small (a driver
+//! may hold millions).
+//!
+//! Core is the bottom layer of the crate: it does not call up into `api`, `exec`, `actor`
+//! or `runtime`. What it needs from above is handed to it: the executor of pushed tasks
+//! ([`Executor`], at connect) and the driver's exit code (at shutdown).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
@@ -33,6 +39,7 @@ use rayr_store::Arena;
 use crate::error::Error;
 
 mod events;
+pub(crate) mod fetch;
 mod idmap;
 mod owner;
 mod spec;
