@@ -75,9 +75,7 @@ impl Core {
             self.fail_task_final_locked(st, task, err, "actor_died", &format!("actor {} died: {why}", hex(&actor)), died);
             return;
         }
-        if !(q.actor.is_some() && q.ready.contains(&task)) {
-            q.ready.push_back(task);
-        }
+        q.ready.push_back(task);
         self.dispatch_locked(st, &key);
     }
 
@@ -631,7 +629,14 @@ impl Core {
         }
         // Queued once: a task that takes the same pending ref twice is told twice, and
         // the first call already resolved both.
-        if st.tasks.get(&task).is_some_and(|t| t.deps.is_empty() && t.deps.len() < waiting) {
+        let Some(t) = st.tasks.get(&task).filter(|t| t.deps.is_empty() && t.deps.len() < waiting) else { return };
+        if t.spec.actor_id.is_some() {
+            // An actor's call is in its queue since it was submitted (calls keep their
+            // order; see enqueue_locked): the queue may go on now. (Not queued again: a
+            // check for that would scan the queue.)
+            let key = t.key.clone();
+            self.dispatch_locked(st, &key);
+        } else {
             self.enqueue_locked(st, task);
         }
     }
