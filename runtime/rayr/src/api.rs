@@ -343,7 +343,7 @@ pub fn put<T: Serialize>(value: T) -> Result<ObjectRef<T>> {
         let pinned: Vec<_> = nested
             .iter()
             .filter(|n| core.pin_locked(&mut st, n.id, n.owner))
-            .map(|n| crate::object_ref::NestedRef { id: n.id, owner: n.owner })
+            .map(|n| core::NestedRef { id: n.id, owner: n.owner })
             .collect();
         if let Some(o) = st.owned.get_mut(&id)
             && !pinned.is_empty()

@@ -79,14 +79,6 @@ struct WireRef {
     token: bool,
 }
 
-/// A ref found inside a value being serialized as a task argument or a `put` value.
-#[doc(hidden)]
-#[derive(Clone, Copy)]
-pub struct NestedRef {
-    pub(crate) id: Id,
-    pub(crate) owner: Id,
-}
-
 thread_local! {
     /// While a task argument or a `put` value is serialized, the refs inside it are
     /// collected here: the pending task or the container keeps them alive (see

@@ -143,7 +143,7 @@ pub(crate) struct OwnedMore {
     pub remote_waiters: Vec<(Arc<ServerConn>, u64)>,
     /// Refs serialized inside this object's value (a `put` container): kept alive while
     /// it exists, released when it is freed.
-    pub contains: Vec<crate::object_ref::NestedRef>,
+    pub contains: Vec<NestedRef>,
     /// Nodes holding a copy of its shm value (readers there pulled it): freed with it.
     pub copies: Vec<Id>,
 }
@@ -167,6 +167,13 @@ impl Owned {
     pub fn copies(&self) -> &[Id] {
         self.more().map_or(&[], |m| &m.copies)
     }
+}
+
+/// A ref found inside a value (a `put` container's): the object, and its owner.
+#[derive(Clone, Copy)]
+pub(crate) struct NestedRef {
+    pub id: Id,
+    pub owner: Id,
 }
 
 /// Which queue a task waits in for a worker: tasks of one resource shape share leased
