@@ -114,6 +114,7 @@ pub(crate) fn submit<R>(function: &'static str, args: Vec<ArgValue>, opts: &Task
         key: actor.as_ref().map_or(shape, |a| core::QueueKey::Actor(a.actor)),
         demand,
         worker: None,
+        in_ready_queue: false,
         last_event: submitted,
         seq: st.next_seq,
         trace: None,

@@ -197,6 +197,8 @@ pub(crate) struct PendingTask {
     /// Its resource demand, shared by every task of the same shape.
     pub demand: Arc<HashMap<String, f64>>,
     pub worker: Option<Id>,
+    /// It is in its queue's `ready` list (what must be scanned to take it out early).
+    pub in_ready_queue: bool,
     pub last_event: Id,
     /// Submission order here (an actor's calls retried after a restart keep it).
     pub seq: u64,

@@ -76,6 +76,9 @@ impl Core {
             return;
         }
         q.ready.push_back(task);
+        if let Some(t) = st.tasks.get_mut(&task) {
+            t.in_ready_queue = true;
+        }
         self.dispatch_locked(st, &key);
     }
 
@@ -126,6 +129,7 @@ impl Core {
             let conn = l.conn.clone();
             let elsewhere = l.lessor.is_some();
             let Some(t) = st.tasks.get_mut(&task) else { continue };
+            t.in_ready_queue = false;
             t.worker = Some(worker);
             let id = self.emit(EventKind::TaskScheduled, |e| {
                 e.task(&task).worker(&worker).cause(&t.last_event);
@@ -527,9 +531,10 @@ impl Core {
                 error: error.as_deref(),
             });
         }
-        if t.worker.is_none() {
-            // Never pushed, so it may still wait in its queue (cancelled, or failed before
-            // dispatch). Tasks that ran are not queued: no O(queue) scan on the hot path.
+        if t.in_ready_queue {
+            // Still in its queue (cancelled, or failed before dispatch). Only then: a task
+            // that ran, or one that waited for its arguments (a million may fail with one
+            // dependency), is in no queue, and must not cost a scan of one.
             if let Some(q) = st.queues.get_mut(&t.key) {
                 q.ready.retain(|x| *x != task);
             }
@@ -694,6 +699,7 @@ impl Core {
                             ..Default::default()
                         }));
                         t.last_event = self.record(e);
+                        t.in_ready_queue = true;
                         again.push((t.seq, task));
                     } else {
                         let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
@@ -870,6 +876,7 @@ impl Core {
                     ..Default::default()
                 }));
                 t.last_event = self.record(e);
+                t.in_ready_queue = true;
                 again.push((t.seq, task));
             } else {
                 let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
@@ -905,6 +912,7 @@ impl Core {
                 key: key.clone(),
                 demand,
                 worker: None,
+                in_ready_queue: true,
                 last_event: submitted,
                 seq: 0,
                 trace: None,
