@@ -91,8 +91,19 @@
 //!     asks its embedded head for the task counts; the lag is how far the counts trail
 //!     the tasks the driver knows finished, median of 3 children.
 //!
+//! - Queued tasks, in one child (an embedded cluster of its own): one task that waits for a
+//!   gate file, then 1M trivial tasks each taking its result as argument (so all 1M wait
+//!   in the driver), after 2k of warmup and the store's prefault.
+//!   `driver_bytes_per_queued_task`: the driver process's RSS growth (VmRSS; its embedded
+//!   node agent and head included) over the 1M submits, per task (the refs' own Vec is
+//!   reserved before). `submit_rate_last_over_first_tenth`: the submit rate of the last
+//!   100k over that of the first 100k (1 means no cost grows with the queue), with both
+//!   rates (`submit_rate_first_tenth_per_s`, `submit_rate_last_tenth_per_s`);
+//!   `queued_tasks_drain_per_s`: the gate opened, how fast all 1M results are gathered.
+//!   `RAYR_BENCH_ONLY=queued` prints only these; `RAYR_BENCH_QUEUED` changes the count.
+//!
 //! 100 MB means 10^8 bytes and GB/s means 10^9 bytes per second. Child modes are selected
-//! by `RAYR_BENCH_MODE` (echo, init, throughput); they are internal, except that a
+//! by `RAYR_BENCH_MODE` (echo, init, throughput, queued, …); they are internal, except that a
 //! throughput child run by hand takes `RAYR_BENCH_ROUNDS` (default 8) to show a sustained
 //! rate: `RAYR_BENCH_MODE=throughput RAYR_BENCH_ROUNDS=50 RAYR_TMPDIR=/tmp/rbx
 //! target/release/rayr-bench`. Scratch files live under `/tmp/rb<pid>` (short, so that
@@ -167,11 +178,16 @@ fn main() -> rayr::Result<()> {
         Ok("events") => return events_child(),
         Ok("lag") => return index::lag_child(),
         Ok("million") => return index::million_child(),
+        Ok("queued") => return queued_child(),
         _ => {}
     }
     let tmp = TempDir::new();
     if std::env::var("RAYR_BENCH_ONLY").as_deref() == Ok("index") {
         index_figures(&tmp);
+        return Ok(());
+    }
+    if std::env::var("RAYR_BENCH_ONLY").as_deref() == Ok("queued") {
+        queued_figures(&tmp);
         return Ok(());
     }
     let result = run_all(&tmp);
@@ -330,6 +346,102 @@ fn run_all(tmp: &TempDir) -> rayr::Result<()> {
     actors()?;
     multinode(tmp);
     index_figures(tmp);
+    queued_figures(tmp);
+    Ok(())
+}
+
+/// How many tasks the queued-task figures hold behind one unfinished dependency.
+const QUEUED_TASKS: usize = 1_000_000;
+
+/// What a driver pays for tasks queued behind a dependency: memory per task, and whether
+/// submitting slows down as the queue grows. One child (its own embedded cluster).
+fn queued_figures(tmp: &TempDir) {
+    let run = child_run(tmp, "queued", "queued", &[]);
+    let get = |key: &str| run.as_ref().and_then(|r| r.get(key).copied());
+    let show = |v: Option<f64>, digits: usize| v.map_or("FAILED".to_string(), |v| format!("{v:.digits$}"));
+    figure("driver_bytes_per_queued_task", show(get("bytes_per_queued_task"), 0), "B");
+    figure("submit_rate_last_over_first_tenth", show(get("last_over_first_tenth"), 2), "x");
+    figure("submit_rate_first_tenth_per_s", show(get("first_tenth_per_s"), 0), "tasks/s");
+    figure("submit_rate_last_tenth_per_s", show(get("last_tenth_per_s"), 0), "tasks/s");
+    figure("queued_tasks_drain_per_s", show(get("drain_per_s"), 0), "tasks/s");
+}
+
+/// Returns once `gate` exists (at most 10 minutes): the dependency the queued tasks wait on.
+#[rayr::remote]
+fn hold_until(gate: String) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    while !std::path::Path::new(&gate).exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    1
+}
+
+/// This process's resident set, in bytes (VmRSS).
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// Child mode `queued`: `RAYR_BENCH_QUEUED` (default 1M) trivial tasks submitted behind one
+/// unfinished task, each taking its result as its argument. Prints the driver's RSS growth
+/// per queued task, the submit rate of each tenth, then releases the dependency and times
+/// the drain (every result checked).
+fn queued_child() -> rayr::Result<()> {
+    let n: usize = std::env::var("RAYR_BENCH_QUEUED").ok().and_then(|v| v.parse().ok()).unwrap_or(QUEUED_TASKS);
+    let n = n.max(10);
+    rayr::init()?;
+    let warm: Vec<ObjectRef<u64>> = (0..2_000).map(noop::remote).collect();
+    rayr::get_all(&warm)?;
+    drop(warm);
+    wait_for_prefaults(Duration::from_secs(20));
+    let gate = rayr_logs::tmpdir().join(format!("queued-gate-{}", std::process::id()));
+    let _ = std::fs::remove_file(&gate);
+    let blocker = hold_until::remote(gate.display().to_string());
+    // The refs' own Vec is reserved up front (untouched pages are not resident).
+    let mut refs: Vec<ObjectRef<u64>> = Vec::with_capacity(n);
+    let rss0 = rss_bytes();
+    let tenth = n / 10;
+    let mut marks = Vec::with_capacity(11);
+    let t0 = Instant::now();
+    marks.push(Duration::ZERO);
+    // The longest single submit, and which: a stall shows here.
+    let (mut longest, mut longest_at) = (Duration::ZERO, 0);
+    let mut last = t0.elapsed();
+    for i in 0..n {
+        refs.push(noop::remote(&blocker));
+        let now = t0.elapsed();
+        if now - last > longest {
+            (longest, longest_at) = (now - last, i);
+        }
+        last = now;
+        if (i + 1) % tenth == 0 {
+            marks.push(now);
+        }
+    }
+    let rss1 = rss_bytes();
+    let rates: Vec<f64> = marks.windows(2).map(|w| tenth as f64 / (w[1] - w[0]).as_secs_f64()).collect();
+    println!("bytes_per_queued_task {:.1}", rss1.saturating_sub(rss0) as f64 / n as f64);
+    println!("first_tenth_per_s {:.1}", rates[0]);
+    println!("last_tenth_per_s {:.1}", rates[9]);
+    println!("last_over_first_tenth {:.3}", rates[9] / rates[0]);
+    println!("submit_per_s {:.1}", n as f64 / marks[10].as_secs_f64());
+    println!("longest_submit_us {:.1}", longest.as_secs_f64() * 1e6);
+    println!("longest_submit_at {longest_at}");
+    for (i, r) in rates.iter().enumerate() {
+        println!("tenth_{i}_per_s {r:.1}");
+    }
+    let t = Instant::now();
+    std::fs::write(&gate, b"go").map_err(|e| rayr::Error::Connection(format!("cannot write the gate file: {e}")))?;
+    let got = rayr::get_all(&refs)?;
+    println!("drain_per_s {:.1}", n as f64 / t.elapsed().as_secs_f64());
+    let _ = std::fs::remove_file(&gate);
+    assert!(got.iter().all(|&v| v == 1), "every queued task returns its argument");
+    drop(refs);
+    rayr::shutdown();
     Ok(())
 }
 

@@ -285,11 +285,11 @@ pub fn kill<H: AsActorHandle>(handle: &H, no_restart: bool) -> crate::Result<()>
 /// `Error::ForeignActor` when the handle's owner is not of this cluster: every process of
 /// a cluster listens in its session's socket directory.
 fn foreign(core: &core::Core, h: &ActorHandle) -> Option<Error> {
-    let owner = std::path::Path::new(&h.info.handle.owner_address);
+    let owner = std::path::Path::new(&*h.info.handle.owner_address);
     if owner.starts_with(rayr_logs::Session::open(&core.session_dir).sockets_dir()) {
         return None;
     }
-    let cluster = rayr_logs::Session::of_socket(owner).map_or_else(|| h.info.handle.owner_address.clone(), |s| format!("session {}", s.dir.display()));
+    let cluster = rayr_logs::Session::of_socket(owner).map_or_else(|| h.info.handle.owner_address.to_string(), |s| format!("session {}", s.dir.display()));
     Some(Error::ForeignActor { actor: ActorId(h.id), cluster })
 }
 

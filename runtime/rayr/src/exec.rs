@@ -9,7 +9,8 @@ use rayr_logs::{Id, hex};
 use rayr_node::pool::env;
 use rayr_proto::{EventKind, ObjectLocation, PeerMessage, TaskError, TaskErrorKind, TaskResult, peer_message, task_arg, task_result};
 
-use crate::api::{Fetched, store_bytes_for};
+use crate::api::store_bytes_for;
+use crate::core::fetch::Fetched;
 use crate::codec;
 use crate::core::{self, Batch, ConnectParams, Core, Slot};
 use crate::registry::{self, ArgBytes, ArgReader, Returned};
@@ -79,7 +80,7 @@ fn worker_main() -> Result<(), String> {
         is_driver: false,
         record_events: cfg.record_events,
         max_inline: cfg.max_inline_bytes,
-        runs_tasks: true,
+        executor: Some(core::Executor { run: run_task, call_pool }),
     };
     // Before registering: a task may arrive the moment it has.
     crate::trace::init("rayr-worker", vec![("rayr.worker_id", std::env::var(env::WORKER_ID).unwrap_or_default())]);
@@ -362,7 +363,7 @@ unsafe impl Sync for HostedCell {}
 static ACTOR: HostedCell = HostedCell(parking_lot::RwLock::new(None));
 
 /// A concurrent actor's calls: handed from the connection that read them to its pool.
-type Call = (rayr_proto::TaskSpec, Arc<core::ServerConn>);
+use crate::core::Call;
 static POOL: std::sync::OnceLock<std::sync::mpsc::SyncSender<Call>> = std::sync::OnceLock::new();
 
 /// Where a concurrent actor's calls go (`None`: run them on the reading thread, in order).
@@ -430,7 +431,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
         if let Some(task_arg::Arg::ByRef(r)) = &a.arg {
             let id: Id = r.object_id.as_slice().try_into().unwrap_or([0; 16]);
             let owner: Id = r.owner.as_slice().try_into().unwrap_or([0; 16]);
-            match crate::api::fetch_argument(core, id, owner, &r.owner_address) {
+            match crate::core::fetch::fetch_argument(core, id, owner, &r.owner_address) {
                 Ok(f) => {
                     fetched.push(f);
                     done.ids.push(id);
@@ -547,7 +548,7 @@ fn execute(core: &Arc<Core>, spec: &rayr_proto::TaskSpec) -> task_result::Outcom
     }
 }
 
-/// Releases the copies a task's arguments were read from (see `api::argument_done`).
+/// Releases the copies a task's arguments were read from (see `core::fetch::argument_done`).
 struct ArgumentsDone<'a> {
     core: &'a Arc<Core>,
     ids: Vec<Id>,
@@ -556,7 +557,7 @@ struct ArgumentsDone<'a> {
 impl Drop for ArgumentsDone<'_> {
     fn drop(&mut self) {
         if !self.ids.is_empty() {
-            crate::api::argument_done(self.core, &self.ids);
+            crate::core::fetch::argument_done(self.core, &self.ids);
         }
     }
 }

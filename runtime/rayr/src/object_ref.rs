@@ -20,7 +20,8 @@ use crate::ids::ObjectId;
 pub struct RefHandle {
     pub(crate) id: Id,
     pub(crate) owner: Id,
-    pub(crate) owner_address: String,
+    /// Shared: every handle to an object of one owner points at one copy.
+    pub(crate) owner_address: Arc<str>,
 }
 
 impl Drop for RefHandle {
@@ -78,14 +79,6 @@ struct WireRef {
     token: bool,
 }
 
-/// A ref found inside a value being serialized as a task argument or a `put` value.
-#[doc(hidden)]
-#[derive(Clone, Copy)]
-pub struct NestedRef {
-    pub(crate) id: Id,
-    pub(crate) owner: Id,
-}
-
 thread_local! {
     /// While a task argument or a `put` value is serialized, the refs inside it are
     /// collected here: the pending task or the container keeps them alive (see
@@ -118,7 +111,7 @@ impl<T> Serialize for ObjectRef<T> {
         WireRef {
             id: self.handle.id,
             owner: self.handle.owner,
-            owner_address: self.handle.owner_address.clone(),
+            owner_address: self.handle.owner_address.to_string(),
             location,
             node: core::current().map_or([0; 16], |c| c.node),
             token: !captured,
@@ -135,7 +128,7 @@ impl<'de, T> Deserialize<'de> for ObjectRef<T> {
                 let location = w.location.filter(|_| w.node == core.node);
                 core.adopt(w.id, w.owner, w.owner_address, location, w.token)
             }
-            None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address }),
+            None => Arc::new(RefHandle { id: w.id, owner: w.owner, owner_address: w.owner_address.into() }),
         };
         Ok(ObjectRef::from_handle(handle))
     }
@@ -201,7 +194,7 @@ impl core::Core {
             if let Ok(peer) = self.peer(&owner_address) {
                 let msg = borrow_msg(id, Some(self.me), true, token);
                 // Once the owner has counted this borrow, the location stays valid while
-                // the borrow lasts (see api::fetch for how owner death is noticed).
+                // the borrow lasts (see core::fetch for how owner death is noticed).
                 if peer.call(msg, Some(Duration::from_secs(5))).is_ok()
                     && let Some(loc) = location
                 {
@@ -212,12 +205,13 @@ impl core::Core {
                 }
             }
         }
+        let owner_address = if owner == self.me { self.handle_address.clone() } else { owner_address.into() };
         Arc::new(RefHandle { id, owner, owner_address })
     }
 
     /// A new handle for an object this process owns (already counted in `local_refs`).
     pub(crate) fn owned_handle(&self, id: Id) -> Arc<RefHandle> {
-        Arc::new(RefHandle { id, owner: self.me, owner_address: self.address.clone() })
+        Arc::new(RefHandle { id, owner: self.me, owner_address: self.handle_address.clone() })
     }
 
     /// Whether the value of an owned object is available (or failed) without waiting.

@@ -92,7 +92,7 @@ pub fn init_with(cfg: Config) -> Result<()> {
         is_driver: true,
         record_events: cfg.record_events,
         max_inline: cfg.max_inline_bytes,
-        runs_tasks: false,
+        executor: None,
     };
     let core = match Core::connect(params) {
         Ok(c) => c,
@@ -119,7 +119,7 @@ pub fn shutdown() {
     // The spans of this process's last tasks go out before it does.
     crate::trace::flush(Duration::from_secs(2));
     if let Some(core) = core::uninstall() {
-        core.shutdown("rayr::shutdown()");
+        core.shutdown("rayr::shutdown()", main_exit_code());
         drop_core_later(core);
     }
     stop_embedded();

@@ -17,13 +17,6 @@ use rayr_proto::{Event, EventKind};
 
 use super::Core;
 
-/// Overwrites `dst` with `src`, keeping its allocation.
-#[inline]
-pub(crate) fn put(dst: &mut Vec<u8>, src: &[u8]) {
-    dst.clear();
-    dst.extend_from_slice(src);
-}
-
 /// How long a thread whose ring is full waits for the node agent to drain it before it
 /// drops the event (the agent drains every few milliseconds; it is gone if this passes).
 const FULL_RING_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

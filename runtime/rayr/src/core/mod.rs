@@ -7,8 +7,14 @@
 //! every path holds it briefly and never across a blocking wait or a user callback.
 //!
 //! This file has the state, the connections and start-up/shutdown; [`owner`] has the
-//! ownership rules, [`submit`] the leases, pushes, results and retries, and [`events`]
-//! the event recording.
+//! ownership rules, [`submit`] the leases, pushes, results and retries, [`fetch`] the
+//! reading of values (from the owner, or pulled from another node), and [`events`] the
+//! event recording. [`spec`], [`waits`] and [`idmap`] keep pending tasks small (a driver
+//! may hold millions).
+//!
+//! Core is the bottom layer of the crate: it does not call up into `api`, `exec`, `actor`
+//! or `runtime`. What it needs from above is handed to it: the executor of pushed tasks
+//! ([`Executor`], at connect) and the driver's exit code (at shutdown).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, Write};
@@ -26,17 +32,25 @@ use rayr_logs::{Id, hex};
 use rayr_proto::frames::FrameReader;
 use rayr_proto::{
     ClientMessage, NodeMessage, PeerMessage,
-    TaskSpec, client_message, encode_frame, node_message, peer_message,
+    client_message, encode_frame, node_message, peer_message,
 };
 use rayr_store::Arena;
 
 use crate::error::Error;
 
 mod events;
+pub(crate) mod fetch;
+mod idmap;
 mod owner;
+mod spec;
 mod submit;
+mod waits;
 
-pub(crate) use events::{Batch, EventBuffer, put};
+pub(crate) use idmap::IdMap;
+pub(crate) use spec::PendingSpec;
+pub(crate) use waits::DependencyWaits;
+
+pub(crate) use events::{Batch, EventBuffer};
 
 
 /// How many tasks may be queued on one leased worker: enough to hide the round trip,
@@ -104,66 +118,92 @@ pub(crate) enum Slot {
     Failed(Error),
 }
 
-/// An object owned by this process.
+/// An object owned by this process. Kept small: a driver may own a million results of
+/// queued tasks at once, and most never get a borrower, a remote reader or a copy (those
+/// live in [`OwnedMore`], allocated when first needed).
 pub(crate) struct Owned {
     pub slot: Slot,
     /// `ObjectRef` handles alive in this process.
     pub local_refs: u32,
     /// Pending tasks that take it as an argument.
     pub submitted: u32,
-    /// Other processes holding a reference.
-    pub borrowers: HashSet<Id>,
     /// Serialized copies not yet deserialized anywhere.
     pub tokens: u32,
-    /// Tasks of ours waiting for this value before they can be pushed.
-    pub dependents: Vec<Id>,
+    pub created_event: Id,
+    /// What few objects need; None while all of it is empty.
+    more: Option<Box<OwnedMore>>,
+}
+
+/// The rarely used part of an [`Owned`] object.
+#[derive(Default)]
+pub(crate) struct OwnedMore {
+    /// Other processes holding a reference.
+    pub borrowers: HashSet<Id>,
     /// Readers in other processes waiting for the value: (connection, request id).
     pub remote_waiters: Vec<(Arc<ServerConn>, u64)>,
-    pub created_event: Id,
     /// Refs serialized inside this object's value (a `put` container): kept alive while
     /// it exists, released when it is freed.
-    pub contains: Vec<crate::object_ref::NestedRef>,
+    pub contains: Vec<NestedRef>,
     /// Nodes holding a copy of its shm value (readers there pulled it): freed with it.
     pub copies: Vec<Id>,
 }
 
 impl Owned {
     fn new(slot: Slot) -> Owned {
-        Owned {
-            slot,
-            local_refs: 0,
-            submitted: 0,
-            borrowers: HashSet::new(),
-            tokens: 0,
-            dependents: Vec::new(),
-            remote_waiters: Vec::new(),
-            created_event: [0; 16],
-            contains: Vec::new(),
-            copies: Vec::new(),
-        }
+        Owned { slot, local_refs: 0, submitted: 0, tokens: 0, created_event: [0; 16], more: None }
     }
     fn referenced(&self) -> bool {
-        self.local_refs > 0 || self.submitted > 0 || !self.borrowers.is_empty() || self.tokens > 0
+        self.local_refs > 0 || self.submitted > 0 || self.tokens > 0 || self.more.as_ref().is_some_and(|m| !m.borrowers.is_empty())
+    }
+    /// The rarely used part, to read (None: all empty).
+    pub fn more(&self) -> Option<&OwnedMore> {
+        self.more.as_deref()
+    }
+    /// The rarely used part, to change (allocated on first use).
+    pub fn more_mut(&mut self) -> &mut OwnedMore {
+        self.more.get_or_insert_with(Default::default)
+    }
+    /// Nodes holding a copy of its value.
+    pub fn copies(&self) -> &[Id] {
+        self.more().map_or(&[], |m| &m.copies)
     }
 }
 
+/// A ref found inside a value (a `put` container's): the object, and its owner.
+#[derive(Clone, Copy)]
+pub(crate) struct NestedRef {
+    pub id: Id,
+    pub owner: Id,
+}
+
+/// Which queue a task waits in for a worker: tasks of one resource shape share leased
+/// workers; an actor's calls go to its one worker.
+#[derive(Clone, PartialEq, Eq, Hash, Debug)]
+pub(crate) enum QueueKey {
+    /// Tasks with this resource demand (its canonical text, shared by every such task).
+    Shape(Arc<str>),
+    Actor(Id),
+}
+
 pub(crate) struct PendingTask {
-    pub spec: TaskSpec,
+    pub spec: PendingSpec,
     /// (argument index, object id owned here) still to be resolved.
     pub deps: Vec<(usize, Id)>,
     /// Owned objects counted in `submitted` (released when the task ends).
     pub owned_args: Vec<Id>,
     /// Borrowed objects this task keeps a reference to.
     pub borrowed_args: Vec<Id>,
-    pub key: String,
-    pub demand: HashMap<String, f64>,
-    pub retry_exceptions: bool,
+    pub key: QueueKey,
+    /// Its resource demand, shared by every task of the same shape.
+    pub demand: Arc<HashMap<String, f64>>,
     pub worker: Option<Id>,
+    /// It is in its queue's `ready` list (what must be scanned to take it out early).
+    pub in_ready_queue: bool,
     pub last_event: Id,
     /// Submission order here (an actor's calls retried after a restart keep it).
     pub seq: u64,
     /// Its `rayr.task` span, when tracing is on: ids, parent, start.
-    pub trace: Option<TaskTrace>,
+    pub trace: Option<Box<TaskTrace>>,
 }
 
 #[derive(Clone, Copy)]
@@ -174,7 +214,7 @@ pub(crate) struct TaskTrace {
 }
 
 struct Queue {
-    demand: HashMap<String, f64>,
+    demand: Arc<HashMap<String, f64>>,
     ready: VecDeque<Id>,
     leases_requested: u32,
     workers: Vec<Id>,
@@ -195,7 +235,7 @@ struct ActorQueue {
     restarts: u32,
     /// Retries of a call that was running when the actor's worker died (−1: without end).
     max_task_retries: i32,
-    creation: Option<TaskSpec>,
+    creation: Option<PendingSpec>,
     /// The owner's answer to "where is it?": its worker and socket, and whether the
     /// current life's constructor has run (calls may go there directly).
     location: Option<(Id, String)>,
@@ -249,7 +289,7 @@ impl ActorQueue {
 
 struct Leased {
     conn: Arc<PeerConn>,
-    key: String,
+    key: QueueKey,
     /// Pushed tasks not yet answered, with the bytes each push took.
     in_flight: HashMap<Id, usize>,
     in_flight_bytes: usize,
@@ -265,7 +305,9 @@ struct Leased {
 }
 
 pub(crate) struct State {
-    pub owned: HashMap<Id, Owned>,
+    /// Boxed (here and in `tasks`): a table of large values would be rehashed and
+    /// over-allocated at twice its size as it grows; a table of pointers stays small.
+    pub owned: IdMap<Box<Owned>>,
     /// Handles alive here for objects owned elsewhere: id → (count, owner, owner address).
     pub borrowed: HashMap<Id, (u32, Id, String)>,
     /// Where borrowed objects in the shm store are: sealed values never move, and the
@@ -278,17 +320,22 @@ pub(crate) struct State {
     pub local_copies: HashMap<Id, (u64, u32)>,
     /// Results held in other nodes' stores, by object: the task that made each, kept (with
     /// its arguments) to make it again if that node goes, while it has retries left.
-    pub lineage: HashMap<Id, PendingTask>,
-    pub tasks: HashMap<Id, PendingTask>,
+    pub lineage: IdMap<Box<PendingTask>>,
+    pub tasks: IdMap<Box<PendingTask>>,
+    /// Tasks waiting for objects owned here, by object.
+    pub waits: DependencyWaits,
+    /// Resource shapes seen, by their canonical text: the key and demand every task of
+    /// that shape shares (one per distinct demand the program uses).
+    shapes: HashMap<String, (QueueKey, Arc<HashMap<String, f64>>)>,
     /// The next task's `seq`.
     pub next_seq: u64,
     /// Actors created here: the creation's result object (which handles hold) → actor.
     pub actors: HashMap<Id, Id>,
-    queues: HashMap<String, Queue>,
+    queues: HashMap<QueueKey, Queue>,
     leased: HashMap<Id, Leased>,
     /// Lease requests in flight: request id → queue key, and the node agent asked when it
     /// is another node's (a spillback).
-    lease_requests: HashMap<u64, (String, Option<Arc<NodeConn>>)>,
+    lease_requests: HashMap<u64, (QueueKey, Option<Arc<NodeConn>>)>,
     /// Node agents of other nodes this process leases from, by socket.
     remote_agents: HashMap<String, Arc<NodeConn>>,
     /// Outgoing connections by address (owners and leased workers).
@@ -298,6 +345,26 @@ pub(crate) struct State {
     pub outbox: Vec<(Arc<ServerConn>, PeerMessage)>,
     /// Nodes the head declared gone: their NODE_DIED (empty if they left) and why.
     pub gone_nodes: HashMap<Id, (Vec<u8>, String)>,
+}
+
+impl State {
+    /// The queue key and shared demand of tasks needing `resources` (interned: every task
+    /// of a shape shares one key and one demand, with no allocation of its own).
+    pub(crate) fn shape(&mut self, resources: &HashMap<String, f64>) -> (QueueKey, Arc<HashMap<String, f64>>) {
+        let mut parts: Vec<(&str, f64)> = resources.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        parts.sort_by(|a, b| a.0.cmp(b.0));
+        let mut text = String::with_capacity(16 * parts.len());
+        for (i, (k, v)) in parts.iter().enumerate() {
+            use std::fmt::Write as _;
+            let _ = write!(text, "{}{k}={v}", if i > 0 { "," } else { "" });
+        }
+        if let Some((key, demand)) = self.shapes.get(&text) {
+            return (key.clone(), demand.clone());
+        }
+        let entry = (QueueKey::Shape(Arc::from(text.as_str())), Arc::new(resources.clone()));
+        self.shapes.insert(text, entry.clone());
+        entry
+    }
 }
 
 /// How long a loss on another node whose agent stopped answering waits for the head to
@@ -498,8 +565,9 @@ pub(crate) struct Core {
     pub record_events: bool,
     pub max_inline: usize,
     pub stopping: AtomicBool,
-    /// Set in workers: pushed tasks run here.
+    /// Set in workers: pushed tasks run here, by `executor`.
     pub runs_tasks: bool,
+    executor: Option<Executor>,
     /// One task at a time in a worker, whichever connection pushed it.
     pub exec_lock: Mutex<()>,
     /// Held results of every connection serving tasks (the ticker sends stale ones).
@@ -507,6 +575,27 @@ pub(crate) struct Core {
     pub pid: u32,
     /// The threads accepting peers (woken at shutdown).
     accepting: Mutex<Option<rayr_proto::frames::Accepting>>,
+    /// The fields every task pushed from here shares (job, owner, its address and node),
+    /// encoded once: appended to each push instead of being stored in every pending task.
+    push_tail: Vec<u8>,
+    /// `address`, shared by every handle to an object owned here.
+    pub handle_address: Arc<str>,
+}
+
+/// A concurrent actor's call, handed from the connection that read it to the actor's
+/// pool of threads, with the connection to answer on.
+pub(crate) type Call = (rayr_proto::TaskSpec, Arc<ServerConn>);
+
+/// What runs the tasks pushed to a worker: the layer above core (`exec`) hands it over at
+/// connect, so that core reads pushes without knowing how user code is run.
+#[derive(Clone, Copy)]
+pub(crate) struct Executor {
+    /// Runs one pushed task on the calling thread and returns the message answering it.
+    /// `events`: the open batch the previous task's TASK_FINISHED is in (see `exec`).
+    pub run: for<'c> fn(&'c Arc<Core>, rayr_proto::TaskSpec, &mut Option<Batch<'c>>) -> PeerMessage,
+    /// Where a concurrent actor's calls go, once this worker hosts one (`None`: they run
+    /// on the reading thread, in order).
+    pub call_pool: fn() -> Option<&'static std::sync::mpsc::SyncSender<Call>>,
 }
 
 /// What `connect` needs to know.
@@ -517,9 +606,9 @@ pub(crate) struct ConnectParams {
     pub is_driver: bool,
     pub record_events: bool,
     pub max_inline: usize,
-    /// Workers run pushed tasks; the node agent may lease a worker out (and a task may
-    /// arrive) the moment it registers, so this is known before registering.
-    pub runs_tasks: bool,
+    /// Workers run pushed tasks with it; the node agent may lease a worker out (and a
+    /// task may arrive) the moment it registers, so it is given before registering.
+    pub executor: Option<Executor>,
 }
 
 impl Core {
@@ -616,10 +705,13 @@ impl Core {
             (&stream).write_all(&buf).map_err(|e| conn_err("register with the node agent", e))?;
         }
         let arena = Arena::open(&reg.store_path).map_err(|e| Error::Connection(e.to_string()))?;
+        let node: Id = reg.node_id.as_slice().try_into().unwrap_or([0; 16]);
+        let push_tail = spec::push_tail(p.job_id, p.worker_id, &address, node);
+        let handle_address: Arc<str> = Arc::from(address.as_str());
         let core = Arc::new(Core {
             me: p.worker_id,
             job: p.job_id,
-            node: reg.node_id.as_slice().try_into().unwrap_or([0; 16]),
+            node,
             is_driver: p.is_driver,
             address,
             session_dir,
@@ -632,12 +724,14 @@ impl Core {
             },
             arena,
             state: Mutex::new(State {
-                owned: HashMap::new(),
+                owned: IdMap::default(),
                 borrowed: HashMap::new(),
                 borrowed_locations: HashMap::new(),
                 local_copies: HashMap::new(),
-                lineage: HashMap::new(),
-                tasks: HashMap::new(),
+                lineage: IdMap::default(),
+                tasks: IdMap::default(),
+                waits: DependencyWaits::default(),
+                shapes: HashMap::new(),
                 next_seq: 0,
                 actors: HashMap::new(),
                 queues: HashMap::new(),
@@ -655,11 +749,14 @@ impl Core {
             record_events: p.record_events,
             max_inline: p.max_inline,
             stopping: AtomicBool::new(false),
-            runs_tasks: p.runs_tasks,
+            runs_tasks: p.executor.is_some(),
+            executor: p.executor,
             exec_lock: Mutex::new(()),
             held_results: Mutex::new(Vec::new()),
             pid: std::process::id(),
             accepting: Mutex::new(None),
+            push_tail,
+            handle_address,
         });
         let c = core.clone();
         std::thread::Builder::new().name("rayr-node-reader".into()).spawn(move || c.read_node(reader)).unwrap();
@@ -883,7 +980,7 @@ impl Core {
         if st.remote_agents.get(&socket).is_some_and(|c| Arc::ptr_eq(c, &conn)) {
             st.remote_agents.remove(&socket);
         }
-        let lost: Vec<(u64, String)> = st
+        let lost: Vec<(u64, QueueKey)> = st
             .lease_requests
             .iter()
             .filter(|(_, (_, l))| l.as_ref().is_some_and(|l| Arc::ptr_eq(l, &conn)))
@@ -902,7 +999,7 @@ impl Core {
 
     fn fail_everything(self: &Arc<Self>, why: &str) {
         let mut st = self.state.lock();
-        let tasks: Vec<Id> = st.tasks.keys().copied().collect();
+        let tasks: Vec<Id> = st.tasks.keys().collect();
         for t in tasks {
             let err = Error::Connection(format!(
                 "task {} cannot complete: {why}; `rayr status` shows the cluster, and `rayr why-died {}` how the task ended once the head has recorded it",
@@ -945,24 +1042,24 @@ impl Core {
             let req = msg.req_id;
             match msg.body {
                 Some(peer_message::Body::Push(spec))
-                    if self.runs_tasks && !spec.actor_creation && !spec.actor_id.is_empty() && crate::exec::call_pool().is_some() =>
+                    if !spec.actor_creation && !spec.actor_id.is_empty() && self.executor.is_some_and(|x| (x.call_pool)().is_some()) =>
                 {
                     // A concurrent actor's call: its pool runs it and answers on `conn`. What
                     // this thread held back (the constructor's result) goes first.
                     events = None;
                     held.send(Duration::ZERO);
-                    if let Some(pool) = crate::exec::call_pool() {
+                    if let Some(pool) = self.executor.and_then(|x| (x.call_pool)()) {
                         let _ = pool.send((spec, conn.clone()));
                     }
                     continue;
                 }
-                Some(peer_message::Body::Push(spec)) if self.runs_tasks => {
+                Some(peer_message::Body::Push(spec)) if let Some(executor) = self.executor => {
                     // Run it on this thread: no hand-off to another thread per task. A task
                     // blocked in `get` waits here; the replies it waits for arrive on other
                     // connections, each read by its own thread.
                     let result = {
                         let _one_at_a_time = self.exec_lock.lock();
-                        crate::exec::run_task(&self, spec, &mut events)
+                        (executor.run)(&self, spec, &mut events)
                     };
                     held.hold(&result);
                     if !reader.has_buffered_frame() {
@@ -1171,7 +1268,9 @@ impl Core {
         }
     }
 
-    pub fn shutdown(self: &Arc<Self>, reason: &str) {
+    /// Ends this process's part in the cluster; a driver tells its node agent `exit_code`
+    /// (what its `main` returned: 0 or 1).
+    pub fn shutdown(self: &Arc<Self>, reason: &str, exit_code: i32) {
         if self.stopping.swap(true, Ordering::AcqRel) {
             return;
         }
@@ -1189,14 +1288,13 @@ impl Core {
             }
             // Our objects go with us (the node agent frees what is in its store); copies
             // on other nodes are freed here, since only we know where they are.
-            for (id, o) in st.owned.iter().filter(|(_, o)| !o.copies.is_empty()) {
-                let nodes = o.copies.iter().map(|n| n.to_vec()).collect();
+            for (id, o) in st.owned.iter().filter(|(_, o)| !o.copies().is_empty()) {
+                let nodes = o.copies().iter().map(|n| n.to_vec()).collect();
                 let _ = self.node_conn.send(0, client_message::Body::FreeCopies(rayr_proto::FreeCopies { object_id: id.to_vec(), nodes }));
             }
         }
         self.drain_events_now();
         if self.is_driver {
-            let exit_code = crate::runtime::main_exit_code();
             let _ = self.node_conn.send(0, client_message::Body::Disconnect(rayr_proto::Disconnect { reason: reason.to_string(), exit_code }));
         }
         let _ = self.node_conn.write.lock().shutdown(std::net::Shutdown::Both);

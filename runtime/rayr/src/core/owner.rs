@@ -8,7 +8,7 @@ use rayr_logs::event_run::FREED_BY_RELEASE;
 use rayr_logs::{Id, hex};
 use rayr_proto::{EventKind, ObjectDetail, ObjectLocation, PeerMessage, client_message, event, peer_message};
 
-use super::{Core, Owned, ServerConn, Slot, State};
+use super::{Core, Owned, QueueKey, ServerConn, Slot, State};
 
 impl Core {
 
@@ -16,7 +16,7 @@ impl Core {
     pub fn own(&self, st: &mut State, id: Id, slot: Slot) {
         let mut o = Owned::new(slot);
         o.local_refs = 1;
-        st.owned.insert(id, o);
+        st.owned.insert(id, Box::new(o));
     }
 
     /// Records that an owned object has a value (OBJECT_CREATED, owner assigned) and wakes
@@ -58,9 +58,9 @@ impl Core {
         if let Some(e) = ev {
             o.created_event = e;
         }
-        let dependents = std::mem::take(&mut o.dependents);
-        let waiters = std::mem::take(&mut o.remote_waiters);
+        let waiters = o.more.as_mut().map(|m| std::mem::take(&mut m.remote_waiters)).unwrap_or_default();
         let referenced = o.referenced();
+        let dependents = st.waits.take(id);
         for (conn, req) in waiters {
             st.outbox.push((conn, value_message(req, id, &slot, self.node)));
         }
@@ -122,8 +122,10 @@ impl Core {
 
     pub fn free_locked(&self, st: &mut State, id: Id, reason: &str) {
         let Some(o) = st.owned.remove(&id) else { return };
+        // (Tasks waiting on it pin it: none can be left; this only keeps the index exact.)
+        st.waits.take(id);
         // What the value held on to is let go with it.
-        for inner in &o.contains {
+        for inner in o.more().map_or(&[][..], |m| &m.contains) {
             self.unpin_locked(st, inner.id, inner.owner, "the object holding it was freed");
         }
         if let Slot::Shm { .. } = o.slot {
@@ -133,7 +135,7 @@ impl Core {
         if st.local_copies.remove(&id).is_some() {
             self.release_copies(&[id]);
         }
-        let mut nodes: Vec<Vec<u8>> = o.copies.iter().map(|n| n.to_vec()).collect();
+        let mut nodes: Vec<Vec<u8>> = o.copies().iter().map(|n| n.to_vec()).collect();
         if let Slot::OnNode { node, .. } = o.slot {
             nodes.push(node.to_vec());
         }
@@ -166,7 +168,7 @@ impl Core {
     }
 
     fn actor_out_of_scope_locked(&self, st: &mut State, actor: Id, because: Option<Id>) {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(a) = q.actor.as_mut() else { return };
         if a.dead.is_some() {
@@ -233,9 +235,9 @@ impl Core {
 
     pub(crate) fn copy_made_locked(&self, st: &mut State, id: Id, node: Id) {
         if let Some(o) = st.owned.get_mut(&id)
-            && !o.copies.contains(&node)
+            && !o.copies().contains(&node)
         {
-            o.copies.push(node);
+            o.more_mut().copies.push(node);
         }
     }
 
@@ -248,7 +250,9 @@ impl Core {
         if !matches!(o.slot, Slot::OnNode { node: n, .. } if n == node) {
             return;
         }
-        o.copies.retain(|n| *n != node);
+        if let Some(m) = o.more.as_mut() {
+            m.copies.retain(|n| *n != node);
+        }
         let rerun = st.lineage.remove(&id);
         let mut lost = self.event(EventKind::ObjectLost);
         lost.object_id = id.to_vec();
@@ -268,7 +272,7 @@ impl Core {
         let lost_event = self.record(lost);
         match rerun {
             Some(t) => {
-                let task: Id = t.spec.task_id.as_slice().try_into().unwrap_or([0; 16]);
+                let task: Id = t.spec.task_id;
                 st.owned.get_mut(&id).unwrap().slot = Slot::Pending;
                 st.tasks.insert(task, t);
                 let why = format!("its result {} was lost with node {}", hex(&id), hex(&node));
@@ -278,7 +282,8 @@ impl Core {
                 let slot = Slot::Failed(crate::Error::ObjectLost { object: crate::ObjectId(id) });
                 let o = st.owned.get_mut(&id).unwrap();
                 o.slot = slot.clone();
-                for (conn, req) in std::mem::take(&mut o.remote_waiters) {
+                let waiters = o.more.as_mut().map(|m| std::mem::take(&mut m.remote_waiters)).unwrap_or_default();
+                for (conn, req) in waiters {
                     st.outbox.push((conn, value_message(req, id, &slot, self.node)));
                 }
             }
@@ -299,13 +304,13 @@ impl Core {
         }
         match (b.add, borrower) {
             (true, Some(w)) => {
-                if o.borrowers.insert(w) {
+                if o.more_mut().borrowers.insert(w) {
                     event = Some((EventKind::ObjectBorrowed, w));
                 }
             }
             (true, None) => o.tokens += 1,
             (false, Some(w)) => {
-                if o.borrowers.remove(&w) {
+                if o.more.as_mut().is_some_and(|m| m.borrowers.remove(&w)) {
                     event = Some((EventKind::ObjectReleased, w));
                 }
             }
@@ -373,10 +378,10 @@ impl Core {
     /// its borrows end, and objects nobody else holds are freed.
     pub(super) fn borrower_gone(&self, borrower: Id) {
         let mut st = self.state.lock();
-        let held: Vec<Id> = st.owned.iter().filter(|(_, o)| o.borrowers.contains(&borrower)).map(|(id, _)| *id).collect();
+        let held: Vec<Id> = st.owned.iter().filter(|(_, o)| o.more().is_some_and(|m| m.borrowers.contains(&borrower))).map(|(id, _)| id).collect();
         for id in held {
             let Some(o) = st.owned.get_mut(&id) else { continue };
-            o.borrowers.remove(&borrower);
+            o.more_mut().borrowers.remove(&borrower);
             let created = o.created_event;
             self.record_borrow(EventKind::ObjectReleased, id, borrower, created, "the borrower's connection closed: it exited");
             self.free_if_unreferenced(&mut st, id, "its last borrower exited");
@@ -394,7 +399,7 @@ impl Core {
         match st.owned.get_mut(&id) {
             Some(o) if matches!(o.slot, Slot::Pending) && !g.probe => {
                 // Reply when the value arrives (see object_created).
-                o.remote_waiters.push((conn.clone(), req));
+                o.more_mut().remote_waiters.push((conn.clone(), req));
             }
             Some(o) => {
                 let msg = value_message(req, id, &o.slot, self.node);

@@ -8,9 +8,10 @@ use std::time::Instant;
 use super::LEASE_IDLE;
 
 use rayr_logs::{Id, hex};
-use rayr_proto::{ActorDeathCause, EventKind, ObjectLocation, TaskDetail, TaskError, TaskErrorKind, TaskSpec, client_message, event};
+use rayr_proto::{ActorDeathCause, EventKind, ObjectLocation, TaskDetail, TaskError, TaskErrorKind, client_message, event};
 
-use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, Slot, State, put};
+use super::spec::encode_push_frame;
+use super::{ActorQueue, Core, Leased, MAX_IN_FLIGHT, MAX_IN_FLIGHT_BYTES, PeerConn, PendingTask, Queue, QueueKey, Slot, State};
 use crate::error::Error;
 
 /// How long a lease request waits before it is asked again when the node it was spilled to
@@ -56,7 +57,7 @@ impl Core {
         let Some(t) = st.tasks.get(&task) else { return };
         let key = t.key.clone();
         let demand = t.demand.clone();
-        let actor = t.spec.actor_id.as_slice().try_into().ok().map(|id: Id| {
+        let actor = t.spec.actor_id.map(|id: Id| {
             let mut a = ActorQueue::new(id, t.spec.actor_creation, false);
             a.max_concurrency = t.spec.actor_max_concurrency.max(1);
             a
@@ -74,13 +75,14 @@ impl Core {
             self.fail_task_final_locked(st, task, err, TaskErrorKind::ActorDied, &format!("actor {} died: {why}", hex(&actor)), died);
             return;
         }
-        if !(q.actor.is_some() && q.ready.contains(&task)) {
-            q.ready.push_back(task);
+        q.ready.push_back(task);
+        if let Some(t) = st.tasks.get_mut(&task) {
+            t.in_ready_queue = true;
         }
         self.dispatch_locked(st, &key);
     }
 
-    pub(super) fn dispatch_locked(self: &Arc<Self>, st: &mut State, key: &str) {
+    pub(super) fn dispatch_locked(self: &Arc<Self>, st: &mut State, key: &QueueKey) {
         let events = self.event_batch();
         let mut batches: Vec<(Arc<PeerConn>, Vec<u8>)> = Vec::new();
         loop {
@@ -89,7 +91,7 @@ impl Core {
             if q.actor.is_some() && st.tasks.get(&task).is_some_and(|t| !t.deps.is_empty()) {
                 break; // the next call waits for its arguments, and the ones after it too
             }
-            let push_len = st.tasks.get(&task).map_or(0, |t| rayr_proto::Message::encoded_len(&t.spec) + 16);
+            let push_len = st.tasks.get(&task).map_or(0, |t| t.spec.encoded_len() + self.push_tail.len() + 16);
             // The least loaded leased worker with room (an idle one takes any size).
             let best = q
                 .workers
@@ -111,7 +113,7 @@ impl Core {
                 };
                 if may_lease && q.leases_requested == 0 {
                     q.leases_requested += 1;
-                    let demand = q.demand.clone();
+                    let demand = (*q.demand).clone();
                     self.request_lease(st, key, demand, task);
                 }
                 break;
@@ -127,6 +129,7 @@ impl Core {
             let conn = l.conn.clone();
             let elsewhere = l.lessor.is_some();
             let Some(t) = st.tasks.get_mut(&task) else { continue };
+            t.in_ready_queue = false;
             t.worker = Some(worker);
             let id = self.emit(EventKind::TaskScheduled, |e| {
                 e.task(&task).worker(&worker).cause(&t.last_event);
@@ -138,8 +141,8 @@ impl Core {
                 }
             });
             t.last_event = id;
-            put(&mut t.spec.scheduled_event, &id);
-            if let Some(tr) = t.trace {
+            t.spec.scheduled_event = Some(id);
+            if let Some(tr) = t.trace.as_deref() {
                 crate::trace::record(crate::trace::Finished {
                     name: "rayr.task.schedule",
                     ids: (tr.ids.0, crate::trace::random_span_id()),
@@ -168,9 +171,9 @@ impl Core {
                         a.arg = Some(rayr_proto::task_arg::Arg::ByRef(r));
                     }
                 }
-                encode_push_frame(&spec, buf);
+                encode_push_frame(&spec, &self.push_tail, buf);
             } else {
-                encode_push_frame(&t.spec, buf);
+                encode_push_frame(&t.spec, &self.push_tail, buf);
             }
         }
         drop(events);
@@ -180,9 +183,9 @@ impl Core {
         }
     }
 
-    pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &str, demand: HashMap<String, f64>, task: Id) {
+    pub(super) fn request_lease(self: &Arc<Self>, st: &mut State, key: &QueueKey, demand: HashMap<String, f64>, task: Id) {
         let req = self.node_conn.next_req();
-        st.lease_requests.insert(req, (key.to_string(), None));
+        st.lease_requests.insert(req, (key.clone(), None));
         let actor = st.queues.get(key).and_then(|q| q.actor.as_ref()).map(|a| a.id.to_vec());
         let (preferred_node, preferred_bytes) = self.where_arguments_are(st, task);
         let body = client_message::Body::Lease(rayr_proto::LeaseRequest {
@@ -232,7 +235,7 @@ impl Core {
 
     /// The node agent said where to lease instead (spillback): the request goes to the
     /// agent of that node, marked spilled (it grants or queues it there).
-    fn lease_elsewhere(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply) {
+    fn lease_elsewhere(self: &Arc<Self>, key: QueueKey, reply: rayr_proto::LeaseReply) {
         let agent = self.remote_agent(&reply.spill_to);
         if let (Ok(a), Ok(node)) = (&agent, <Id>::try_from(reply.spill_node.as_slice())) {
             *a.node.lock() = Some(node);
@@ -243,7 +246,7 @@ impl Core {
             q.leases_requested = 0; // nothing left to run there
             return;
         };
-        let demand = q.demand.clone();
+        let demand = (*q.demand).clone();
         // An actor's lease stays dedicated to it, wherever it is granted.
         let actor = q.actor.as_ref().map(|a| a.id.to_vec());
         let request = |demand| rayr_proto::LeaseRequest {
@@ -281,7 +284,7 @@ impl Core {
         }
     }
 
-    pub(super) fn lease_granted(self: &Arc<Self>, key: String, reply: rayr_proto::LeaseReply, lessor: Option<Arc<super::NodeConn>>) {
+    pub(super) fn lease_granted(self: &Arc<Self>, key: QueueKey, reply: rayr_proto::LeaseReply, lessor: Option<Arc<super::NodeConn>>) {
         if !reply.spill_to.is_empty() {
             self.lease_elsewhere(key, reply);
             return;
@@ -379,7 +382,7 @@ impl Core {
             let q = st.queues.get_mut(&key).unwrap();
             if q.leases_requested == 0 {
                 q.leases_requested = 1;
-                let demand = q.demand.clone();
+                let demand = (*q.demand).clone();
                 let first = q.ready[0];
                 self.request_lease(&mut st, &key, demand, first);
             }
@@ -428,9 +431,9 @@ impl Core {
                     self.finish_task_locked(st, task, slot, finished_event);
                 }
                 Some(rayr_proto::task_result::Outcome::Error(err)) => {
-                    let creation = st.tasks.get(&task).filter(|t| t.spec.actor_creation).map(|t| t.spec.actor_id.clone());
+                    let creation = st.tasks.get(&task).filter(|t| t.spec.actor_creation).and_then(|t| t.spec.actor_id);
                     let detail = format!("its constructor failed: {}", err.message);
-                    if let Some(actor) = creation.and_then(|a| <Id>::try_from(a.as_slice()).ok()) {
+                    if let Some(actor) = creation {
                         // No state to call: the calls queued behind the creation fail.
                         let end = ActorEnd { cause: ActorDeathCause::CreationFailed, detail: &detail, because: finished_event, kill: false };
                         self.end_actor_locked(st, actor, end, Vec::new());
@@ -444,7 +447,7 @@ impl Core {
 
     pub(super) fn task_error_locked(self: &Arc<Self>, st: &mut State, task: Id, err: TaskError, cause: Option<Id>) {
         let Some(t) = st.tasks.get_mut(&task) else { return };
-        let retry = t.retry_exceptions && err.kind() != TaskErrorKind::BadArgument && t.spec.attempt < t.spec.max_retries;
+        let retry = t.spec.retry_exceptions && err.kind() != TaskErrorKind::BadArgument && t.spec.attempt < t.spec.max_retries;
         if retry {
             let reason = format!("{} in attempt {}: {}", err.kind().word(), t.spec.attempt, err.message);
             self.retry_locked(st, task, reason, cause);
@@ -465,7 +468,7 @@ impl Core {
                 e.cause = c.to_vec();
             }
             e.detail = Some(event::Detail::Task(TaskDetail {
-                function: t.spec.function.clone(),
+                function: t.spec.function.to_string(),
                 attempt: t.spec.attempt,
                 max_retries: t.spec.max_retries,
                 reason,
@@ -503,7 +506,7 @@ impl Core {
             }
             e.cause = cause.unwrap_or(t.last_event).to_vec();
             e.detail = Some(event::Detail::Task(TaskDetail {
-                function: t.spec.function.clone(),
+                function: t.spec.function.to_string(),
                 attempt: t.spec.attempt,
                 max_retries: t.spec.max_retries,
                 r#final: true,
@@ -517,7 +520,7 @@ impl Core {
     /// A task is done for good: its return object gets `slot`, its arguments are released.
     pub fn finish_task_locked(self: &Arc<Self>, st: &mut State, task: Id, slot: Slot, cause: Option<Id>) {
         let Some(t) = st.tasks.remove(&task) else { return };
-        if let Some(tr) = t.trace {
+        if let Some(tr) = t.trace.as_deref() {
             let error = match &slot {
                 Slot::Failed(e) => Some(e.to_string()),
                 _ => None,
@@ -529,18 +532,19 @@ impl Core {
                 start_ns: tr.start_ns,
                 end_ns: crate::trace::now_ns(),
                 kind: opentelemetry_proto::tonic::trace::v1::span::SpanKind::Producer,
-                attrs: vec![("rayr.task_id", hex(&task)), ("rayr.function", t.spec.function.clone()), ("rayr.attempts", (t.spec.attempt + 1).to_string())],
+                attrs: vec![("rayr.task_id", hex(&task)), ("rayr.function", t.spec.function.to_string()), ("rayr.attempts", (t.spec.attempt + 1).to_string())],
                 error: error.as_deref(),
             });
         }
-        if t.worker.is_none() {
-            // Never pushed, so it may still wait in its queue (cancelled, or failed before
-            // dispatch). Tasks that ran are not queued: no O(queue) scan on the hot path.
+        if t.in_ready_queue {
+            // Still in its queue (cancelled, or failed before dispatch). Only then: a task
+            // that ran, or one that waited for its arguments (a million may fail with one
+            // dependency), is in no queue, and must not cost a scan of one.
             if let Some(q) = st.queues.get_mut(&t.key) {
                 q.ready.retain(|x| *x != task);
             }
         }
-        let ret: Id = t.spec.return_id.as_slice().try_into().unwrap_or([0; 16]);
+        let ret: Id = t.spec.return_id;
         if t.spec.actor_creation
             && !matches!(slot, Slot::Failed(_))
             && let Some(a) = st.queues.get_mut(&t.key).and_then(|q| q.actor.as_mut())
@@ -551,7 +555,7 @@ impl Core {
         }
         if t.spec.actor_creation
             && let Slot::Failed(e) = &slot
-            && let Ok(actor) = <Id>::try_from(t.spec.actor_id.as_slice())
+            && let Some(actor) = t.spec.actor_id
         {
             // No state to call (its arguments could not be sent, say): the actor ends, and
             // the calls queued behind the creation fail. (Ended already when the worker
@@ -575,13 +579,13 @@ impl Core {
         // A result in another node's store is lost if that node goes: its task is kept to
         // run again (Ray's lineage), its arguments with it, while retries are left.
         let keep = matches!(slot, Slot::OnNode { .. })
-            && t.spec.actor_id.is_empty()
+            && t.spec.actor_id.is_none()
             && t.spec.attempt < t.spec.max_retries
             && st.owned.contains_key(&ret);
         self.object_created(st, ret, slot, Some(task), cause);
         if keep && st.owned.contains_key(&ret) {
             let (owned_args, borrowed_args) = args;
-            st.lineage.insert(ret, PendingTask { owned_args, borrowed_args, worker: None, ..t });
+            st.lineage.insert(ret, Box::new(PendingTask { owned_args, borrowed_args, worker: None, ..*t }));
         } else {
             self.release_args_locked(st, args);
         }
@@ -640,7 +644,14 @@ impl Core {
         }
         // Queued once: a task that takes the same pending ref twice is told twice, and
         // the first call already resolved both.
-        if st.tasks.get(&task).is_some_and(|t| t.deps.is_empty() && t.deps.len() < waiting) {
+        let Some(t) = st.tasks.get(&task).filter(|t| t.deps.is_empty() && t.deps.len() < waiting) else { return };
+        if t.spec.actor_id.is_some() {
+            // An actor's call is in its queue since it was submitted (calls keep their
+            // order; see enqueue_locked): the queue may go on now. (Not queued again: a
+            // check for that would scan the queue.)
+            let key = t.key.clone();
+            self.dispatch_locked(st, &key);
+        } else {
             self.enqueue_locked(st, task);
         }
     }
@@ -664,13 +675,13 @@ impl Core {
         let mut st = self.state.lock();
         if let Some(actor) = actor {
             let why = format!("its worker {} died: {detail}", hex(&worker));
-            let owned = st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).is_some_and(|a| a.owned);
+            let owned = st.queues.get(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_ref()).is_some_and(|a| a.owned);
             if !owned {
                 // Only its owner knows whether it restarts. The calls that were running run
                 // again on the next life while they have retries (max_task_retries, as the
                 // owner said), the others fail; what is queued waits while this process asks
                 // the owner where the actor is now (or learns that it is dead).
-                let key = crate::api::actor_key(&actor);
+                let key = QueueKey::Actor(actor);
                 let (retries, owner_address) = match st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) {
                     Some(a) => {
                         a.lost_worker = Some(worker);
@@ -692,12 +703,13 @@ impl Core {
                             e.cause = c.to_vec();
                         }
                         e.detail = Some(event::Detail::Task(TaskDetail {
-                            function: t.spec.function.clone(),
+                            function: t.spec.function.to_string(),
                             attempt: t.spec.attempt,
                             reason: format!("{cause}; retried on the actor's next life, if it restarts"),
                             ..Default::default()
                         }));
                         t.last_event = self.record(e);
+                        t.in_ready_queue = true;
                         again.push((t.seq, task));
                     } else {
                         let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
@@ -760,7 +772,7 @@ impl Core {
     /// `in_flight`: calls that were on its worker when that was found gone.
     pub(super) fn end_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, end: ActorEnd<'_>, in_flight: Vec<Id>) {
         let ActorEnd { cause, detail, because, kill } = end;
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let Some(q) = st.queues.get_mut(&key) else { return };
         let Some(a) = q.actor.as_mut() else { return };
         if let Some((why, died)) = a.dead.clone() {
@@ -831,7 +843,7 @@ impl Core {
     /// worker fail, queued and later ones go to the new one. False: no restart (none left,
     /// not the owner, or nothing to re-run).
     fn restart_actor_locked(self: &Arc<Self>, st: &mut State, actor: Id, why: &str, exit_event: Option<Id>, in_flight: &[Id]) -> bool {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let Some(a) = st.queues.get_mut(&key).and_then(|q| q.actor.as_mut()) else { return false };
         // (Arguments by reference are still there: the actor keeps them while it may restart.)
         if !a.owned || a.dead.is_some() || a.restarts_left == 0 || a.creation.is_none() {
@@ -868,12 +880,13 @@ impl Core {
                 e.actor_id = actor.to_vec();
                 e.cause = restarted.to_vec();
                 e.detail = Some(event::Detail::Task(TaskDetail {
-                    function: t.spec.function.clone(),
+                    function: t.spec.function.to_string(),
                     attempt: t.spec.attempt,
                     reason: format!("{cause}; retried on the restarted actor"),
                     ..Default::default()
                 }));
                 t.last_event = self.record(e);
+                t.in_ready_queue = true;
                 again.push((t.seq, task));
             } else {
                 let err = Error::ActorDied { actor: crate::ActorId(actor), cause: cause.clone() };
@@ -888,31 +901,32 @@ impl Core {
         // The constructor runs again, first in the actor's queue, on a worker leased anew.
         let task = rayr_logs::new_id();
         let ret = rayr_logs::new_id();
-        spec.task_id = task.to_vec();
-        spec.return_id = ret.to_vec();
+        spec.task_id = task;
+        spec.return_id = ret;
         spec.attempt = restart;
         self.own(st, ret, Slot::Pending);
         let submitted = self.emit(EventKind::TaskSubmitted, |e| {
             e.task(&task).object(&ret).actor(&actor).cause(&restarted);
             e.task_detail(|d| {
-                d.function(&spec.function).attempt(restart);
+                d.function(spec.function).attempt(restart);
             });
         });
+        let demand = st.queues[&key].demand.clone();
         st.tasks.insert(
             task,
-            PendingTask {
+            Box::new(PendingTask {
                 spec,
                 deps: Vec::new(),
                 owned_args: Vec::new(),
                 borrowed_args: Vec::new(),
                 key: key.clone(),
-                demand: st.queues[&key].demand.clone(),
-                retry_exceptions: false,
+                demand,
                 worker: None,
+                in_ready_queue: true,
                 last_event: submitted,
                 seq: 0,
                 trace: None,
-            },
+            }),
         );
         // The result (where the new life lives) has no reader: freed when it arrives.
         if let Some(o) = st.owned.get_mut(&ret) {
@@ -930,8 +944,8 @@ impl Core {
         a.restarts_left = opts.max_restarts;
         a.max_task_retries = opts.max_task_retries;
         a.max_concurrency = opts.max_concurrency.max(1);
-        let q = Queue { demand: opts.resources.clone(), ready: VecDeque::new(), leases_requested: 0, workers: Vec::new(), actor: Some(a) };
-        self.state.lock().queues.insert(crate::api::actor_key(&actor), q);
+        let q = Queue { demand: Arc::new(opts.resources.clone()), ready: VecDeque::new(), leases_requested: 0, workers: Vec::new(), actor: Some(a) };
+        self.state.lock().queues.insert(QueueKey::Actor(actor), q);
     }
 
     /// An actor was just submitted: `info` (its creation's result, which its handles hold)
@@ -943,7 +957,7 @@ impl Core {
     /// The actor now holds `name` with the node (freed when it ends).
     pub(crate) fn actor_named(&self, actor: Id, name: rayr_proto::ActorName) {
         let mut st = self.state.lock();
-        let dead = match st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+        let dead = match st.queues.get_mut(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_mut()) {
             Some(a) if a.dead.is_none() => {
                 a.name = Some(name.clone());
                 false
@@ -960,12 +974,12 @@ impl Core {
     /// An actor that could not even be submitted (`why`): its queue is dead from the start,
     /// so calls fail with ActorDied; ACTOR_DIED creation_failed is recorded.
     pub(crate) fn actor_never_created(self: &Arc<Self>, actor: Id, why: &str) {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         st.queues.insert(
             key,
             Queue {
-                demand: HashMap::new(),
+                demand: Arc::default(),
                 ready: VecDeque::new(),
                 leases_requested: 0,
                 workers: Vec::new(),
@@ -979,7 +993,7 @@ impl Core {
     /// `ActorDied`. Only its creator holds its worker's lease, so only it can, for now.
     pub(crate) fn kill_actor(self: &Arc<Self>, actor: Id, no_restart: bool) -> crate::Result<()> {
         let mut st = self.state.lock();
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let Some(q) = st.queues.get(&key).filter(|q| q.actor.as_ref().is_some_and(|a| a.owned)) else {
             return Err(Error::Connection(format!("actor {} was not created by this process: only its creator can kill it (for now)", hex(&actor))));
         };
@@ -1007,10 +1021,10 @@ impl Core {
     /// is created or restarted, however long that takes — and sends the queued calls there,
     /// or fails them with why it is dead. Calls meanwhile queue, in order; none blocks.
     pub(crate) fn start_locating(self: &Arc<Self>, actor: Id, owner_address: &str) {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         let q = st.queues.entry(key).or_insert_with(|| Queue {
-            demand: HashMap::new(),
+            demand: Arc::default(),
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
@@ -1027,7 +1041,7 @@ impl Core {
         let (core, owner_address) = (self.clone(), owner_address.to_string());
         let started = std::thread::Builder::new().name("rayr-actor-locate".into()).spawn(move || {
             let result = core.locate_and_attach(actor, &owner_address);
-            if let Some(a) = core.state.lock().queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+            if let Some(a) = core.state.lock().queues.get_mut(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_mut()) {
                 a.locating = false;
             }
             if let Err(why) = result {
@@ -1045,7 +1059,7 @@ impl Core {
         for _ in 0..20 {
             let avoid = {
                 let st = self.state.lock();
-                st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref()).and_then(|a| a.lost_worker)
+                st.queues.get(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_ref()).and_then(|a| a.lost_worker)
             };
             let found = self.find_actor(actor, owner_address, avoid)?;
             match self.attach_actor(actor, owner_address, &found) {
@@ -1053,7 +1067,7 @@ impl Core {
                 // Died between the owner's answer and our connect: ask again.
                 Err(_) => {
                     let mut st = self.state.lock();
-                    if let Some(a) = st.queues.get_mut(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_mut()) {
+                    if let Some(a) = st.queues.get_mut(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_mut()) {
                         a.lost_worker = Some(found.info.worker);
                     }
                 }
@@ -1066,10 +1080,10 @@ impl Core {
         let info = &found.info;
         let conn = self.peer(&info.address)?;
         *conn.worker.lock() = Some(info.worker);
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         let q = st.queues.entry(key.clone()).or_insert_with(|| Queue {
-            demand: HashMap::new(),
+            demand: Arc::default(),
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
@@ -1116,7 +1130,7 @@ impl Core {
             return out;
         };
         let st = self.state.lock();
-        match st.queues.get(&crate::api::actor_key(&actor)).and_then(|q| q.actor.as_ref().map(|a| (q, a))) {
+        match st.queues.get(&QueueKey::Actor(actor)).and_then(|q| q.actor.as_ref().map(|a| (q, a))) {
             None => out.dead = format!("its owner {} does not know it (it ended, or never began)", hex(&self.me)),
             Some((_, a)) if a.dead.is_some() => out.dead = a.dead.as_ref().unwrap().0.clone(),
             Some((q, a)) => match &a.location {
@@ -1152,7 +1166,7 @@ impl Core {
                 && let Ok(worker) = <Id>::try_from(l.worker_id.as_slice())
                 && Some(worker) != avoid
             {
-                let info = crate::actor::ActorInfo { worker, address: l.address };
+                let info = ActorAt { worker, address: l.address };
                 return Ok(FoundActor { info, max_concurrency: l.max_concurrency, max_task_retries: l.max_task_retries });
             }
             if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
@@ -1166,10 +1180,10 @@ impl Core {
     /// The actor is dead (`cause`, unspecified where only its owner knows; `why`), as a borrower learned or as its creator decided
     /// (its name was taken): later calls from here fail at once.
     pub(crate) fn actor_dead_here(self: &Arc<Self>, actor: Id, cause: ActorDeathCause, why: &str) {
-        let key = crate::api::actor_key(&actor);
+        let key = QueueKey::Actor(actor);
         let mut st = self.state.lock();
         st.queues.entry(key).or_insert_with(|| Queue {
-            demand: HashMap::new(),
+            demand: Arc::default(),
             ready: VecDeque::new(),
             leases_requested: 0,
             workers: Vec::new(),
@@ -1186,7 +1200,7 @@ impl Core {
     pub(crate) fn actor_reachable(&self, actor: &Id) -> bool {
         let st = self.state.lock();
         st.queues
-            .get(&crate::api::actor_key(actor))
+            .get(&QueueKey::Actor(*actor))
             .and_then(|q| q.actor.as_ref().map(|a| a.owned || a.dead.is_some() || !q.workers.is_empty()))
             .unwrap_or(false)
     }
@@ -1194,9 +1208,16 @@ impl Core {
 
 /// Where an actor lives now, as its owner said, and how its calls are to be sent.
 pub(crate) struct FoundActor {
-    info: crate::actor::ActorInfo,
+    info: ActorAt,
     max_concurrency: u32,
     max_task_retries: i32,
+}
+
+/// An actor's worker and that worker's address (what `actor::ActorInfo` holds, as the
+/// owner's `ActorLocation` answer gives it).
+struct ActorAt {
+    worker: Id,
+    address: String,
 }
 
 /// How an actor ended (see `end_actor_locked`): the cause recorded in ACTOR_DIED, what its
@@ -1206,15 +1227,4 @@ pub(super) struct ActorEnd<'a> {
     pub detail: &'a str,
     pub because: Option<Id>,
     pub kill: bool,
-}
-
-/// Appends `PeerMessage { push: spec }` as a frame without cloning the spec.
-pub(super) fn encode_push_frame(spec: &TaskSpec, buf: &mut Vec<u8>) {
-    use rayr_proto::Message;
-    let spec_len = spec.encoded_len();
-    let body_len = 1 + prost::encoding::encoded_len_varint(spec_len as u64) + spec_len;
-    buf.extend_from_slice(&(body_len as u32).to_le_bytes());
-    prost::encoding::encode_key(2, prost::encoding::WireType::LengthDelimited, buf);
-    prost::encoding::encode_varint(spec_len as u64, buf);
-    spec.encode_raw(buf);
 }
